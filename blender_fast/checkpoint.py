@@ -1,0 +1,256 @@
+"""Finding and reading a PairRM checkpoint directory.
+
+Two layouts are accepted, mirroring what exists in the wild:
+
+* ``llm-blender``: the layout of ``llm-blender/PairRM``. ``config.json`` holds llm-blender's
+  ``RankerConfig`` (``ranker_type``, ``model_type``, ``model_name``, ``source_maxlength`` ...), the
+  weights (``pytorch_model.bin`` or ``model.safetensors``) have keys ``pretrained_model.*`` and
+  ``head_layer.*``, and ``model_name`` names the backbone: a local directory (absolute, relative to the
+  working directory as llm-blender resolves it, or relative to the checkpoint) or a known hub name such as
+  ``microsoft/deberta-v3-large`` whose config this module carries, so no network is ever needed.
+* ``hf``: the ``DebertaV2PairRM`` layout of ``llm-blender/PairRM-hf``: one HF ``config.json`` for the
+  backbone plus the head fields, same weight keys.
+
+Everything here is plain Python + json: no torch, so a cached ONNX model can be served without it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# microsoft/deberta-v3-large's config.json, the backbone the real PairRM names. Carried so that the
+# real checkpoint loads offline: its weights come from PairRM's own file, only the shape is needed here.
+DEBERTA_V3_LARGE = {
+    "model_type": "deberta-v2",
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 1024,
+    "initializer_range": 0.02,
+    "intermediate_size": 4096,
+    "max_position_embeddings": 512,
+    "relative_attention": True,
+    "position_buckets": 256,
+    "norm_rel_ebd": "layer_norm",
+    "share_att_key": True,
+    "pos_att_type": "p2c|c2p",
+    "layer_norm_eps": 1e-7,
+    "max_relative_positions": -1,
+    "position_biased_input": False,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 24,
+    "type_vocab_size": 0,
+    "vocab_size": 128100,
+}
+KNOWN_BACKBONES = {"microsoft/deberta-v3-large": DEBERTA_V3_LARGE}
+
+# PairRM's published truncation settings; the PairRM-hf layout hard-codes them in its tokenize_pair().
+PAIRRM_SOURCE_MAXLENGTH = 1224
+PAIRRM_CANDIDATE_MAXLENGTH = 412
+
+WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")  # llm-blender's order of preference
+TOKENIZER_FILES = ("tokenizer.json", "spm.model")
+SPECIAL_TOKENS = ("<|source|>", "<|candidate1|>", "<|candidate2|>", "<|candidate|>")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing a file or holds one that cannot be used."""
+
+
+@dataclass(frozen=True)
+class RankerCheckpoint:
+    path: Path
+    layout: str  # "llm-blender" or "hf"
+    weights_path: Path
+    tokenizer_dir: Path | None  # None: the tokenizer must come from the HF cache (see tokenization.py)
+    backbone_name: str  # the name or path the config points at, for messages and the HF-cache lookup
+    backbone_config: dict  # HF DebertaV2 config fields
+    source_maxlength: int
+    candidate_maxlength: int
+    n_tasks: int = 1
+    ranker_config: dict = field(default_factory=dict)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _positive_int(value, name: str, source: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise CheckpointError(f"{source}: '{name}' must be a positive integer, got {value!r}")
+    return value
+
+
+def has_tokenizer_files(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in TOKENIZER_FILES)
+
+
+def _weights_file(directory: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(
+        f"{directory}: no weights file: expected one of {', '.join(WEIGHT_FILES)}"
+    )
+
+
+def _resolve_backbone(ckpt_dir: Path, model_name: str, config_path: Path) -> tuple[dict, Path | None]:
+    """Return the backbone's HF config and the directory holding its tokenizer (None: HF cache)."""
+    candidates = [Path(model_name), ckpt_dir / model_name, ckpt_dir / Path(model_name).name]
+    for directory in candidates:
+        if (directory / "config.json").is_file():
+            backbone = _read_json(directory / "config.json")
+            tok_dir = directory if has_tokenizer_files(directory) else None
+            if tok_dir is None and has_tokenizer_files(ckpt_dir):
+                tok_dir = ckpt_dir
+            return backbone, tok_dir
+    if model_name in KNOWN_BACKBONES:
+        return dict(KNOWN_BACKBONES[model_name]), (ckpt_dir if has_tokenizer_files(ckpt_dir) else None)
+    raise CheckpointError(
+        f"{config_path}: model_name {model_name!r} is neither a local directory with a config.json "
+        f"(looked in {', '.join(str(c) for c in candidates)}) nor a known backbone "
+        f"({', '.join(KNOWN_BACKBONES)}); blender-fast never downloads from a hub"
+    )
+
+
+def _check_backbone(backbone: dict, source: Path) -> None:
+    model_type = str(backbone.get("model_type", ""))
+    if model_type not in ("deberta-v2", "deberta"):
+        raise CheckpointError(
+            f"{source}: backbone model_type {model_type!r} is not supported (PairRM is DeBERTa-v2/v3)"
+        )
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
+        _positive_int(backbone.get(key), key, source)
+
+
+def load_checkpoint(path: str | os.PathLike) -> RankerCheckpoint:
+    """Read a PairRM checkpoint directory's metadata; errors name the file and the problem."""
+    ckpt_dir = Path(path).expanduser()
+    if not ckpt_dir.exists():
+        raise CheckpointError(f"{ckpt_dir}: checkpoint directory does not exist")
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(f"{ckpt_dir}: expected a checkpoint directory, got a file")
+    ckpt_dir = ckpt_dir.resolve()
+    config_path = ckpt_dir / "config.json"
+    config = _read_json(config_path)
+    weights = _weights_file(ckpt_dir)
+
+    if "ranker_type" in config:
+        ranker_type = config.get("ranker_type")
+        if ranker_type != "pairranker":
+            raise CheckpointError(
+                f"{config_path}: ranker_type {ranker_type!r} is not supported; "
+                "blender-fast runs PairRM-style pair rankers ('pairranker')"
+            )
+        model_type = str(config.get("model_type") or "")
+        if not model_type.startswith("deberta"):
+            raise CheckpointError(
+                f"{config_path}: model_type {model_type!r} is not supported (expected 'deberta')"
+            )
+        model_name = config.get("model_name")
+        if not isinstance(model_name, str) or not model_name:
+            raise CheckpointError(f"{config_path}: 'model_name' (the backbone) is missing")
+        backbone, tok_dir = _resolve_backbone(ckpt_dir, model_name, config_path)
+        _check_backbone(backbone, config_path)
+        return RankerCheckpoint(
+            path=ckpt_dir,
+            layout="llm-blender",
+            weights_path=weights,
+            tokenizer_dir=tok_dir,
+            backbone_name=model_name,
+            backbone_config=backbone,
+            source_maxlength=_positive_int(config.get("source_maxlength"), "source_maxlength", config_path),
+            candidate_maxlength=_positive_int(
+                config.get("candidate_maxlength"), "candidate_maxlength", config_path
+            ),
+            n_tasks=_positive_int(config.get("n_tasks", 1), "n_tasks", config_path),
+            ranker_config=config,
+        )
+
+    architectures = config.get("architectures") or []
+    if "DebertaV2PairRM" in architectures or config.get("model_type") == "deberta-v2":
+        _check_backbone(config, config_path)
+        if not has_tokenizer_files(ckpt_dir):
+            raise CheckpointError(
+                f"{ckpt_dir}: no tokenizer files: expected one of {', '.join(TOKENIZER_FILES)}"
+            )
+        return RankerCheckpoint(
+            path=ckpt_dir,
+            layout="hf",
+            weights_path=weights,
+            tokenizer_dir=ckpt_dir,
+            backbone_name=str(ckpt_dir),
+            backbone_config=config,
+            source_maxlength=int(config.get("source_maxlength", PAIRRM_SOURCE_MAXLENGTH)),
+            candidate_maxlength=int(config.get("candidate_maxlength", PAIRRM_CANDIDATE_MAXLENGTH)),
+            n_tasks=_positive_int(config.get("n_tasks", 1), "n_tasks", config_path),
+            ranker_config=config,
+        )
+    raise CheckpointError(
+        f"{config_path}: not a PairRM config: it has neither llm-blender's 'ranker_type' nor a "
+        "DebertaV2PairRM architecture"
+    )
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_root() -> Path:
+    env = os.environ.get("BLENDER_FAST_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache")
+    return Path(base) / "blender_fast"
+
+
+def weights_fingerprint(path: Path) -> str:
+    """sha256 of a weights file, remembered per (path, size, mtime) so a 1.7 GB file is hashed once."""
+    stat = path.stat()
+    memo_path = cache_root() / "fingerprints.json"
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key not in memo:
+        memo[key] = file_sha256(path)
+        try:
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(memo))
+            os.replace(tmp, memo_path)
+        except OSError:
+            pass  # a read-only cache only costs re-hashing
+    return memo[key]
+
+
+def checkpoint_fingerprint(ckpt: RankerCheckpoint, **options) -> str:
+    """One key for everything an exported model depends on: weights, tokenizer, shape, options."""
+    h = hashlib.sha256()
+    h.update(weights_fingerprint(ckpt.weights_path).encode())
+    h.update(json.dumps(ckpt.backbone_config, sort_keys=True).encode())
+    h.update(json.dumps({"n_tasks": ckpt.n_tasks, **options}, sort_keys=True).encode())
+    if ckpt.tokenizer_dir is not None:
+        for name in sorted(os.listdir(ckpt.tokenizer_dir)):
+            p = ckpt.tokenizer_dir / name
+            if p.is_file() and (name.startswith(("tokenizer", "special_tokens", "added_tokens")) or name.endswith(".model")):
+                h.update(name.encode())
+                h.update(file_sha256(p).encode())
+    return h.hexdigest()[:20]

@@ -1,0 +1,220 @@
+"""PairRM as one torch module, and its export to ONNX (fp32 / fp16 / dynamic int8), cached.
+
+The module computes exactly llm-blender's ``CrossCompareReranker._forward`` for one packed sequence
+``[CLS] <|source|> s [SEP] [CLS] <|candidate1|> a [SEP] [CLS] <|candidate2|> b [SEP]``: the last hidden
+states at the three prefix tokens, ``head([src; c1]) - head([src; c2])``, mean over tasks. The prefix
+positions are inputs (the packer knows them), and the head runs once on the two stacked halves: dynamic
+int8 quantization breaks when a Linear node is called twice in the graph.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import CheckpointError, RankerCheckpoint, cache_root, checkpoint_fingerprint, load_checkpoint
+from .tokenization import PairTokenizer, build_pair_tokenizer
+
+PRECISIONS = ("fp32", "fp16", "int8")
+ONNX_INPUTS = ("input_ids", "attention_mask", "positions")
+OPSET = 17
+EXPORT_VERSION = 1  # bump when the exported graph changes, to invalidate caches
+
+
+def _require_torch():
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"{e.name} is needed to export or run a checkpoint with torch: "
+            "pip install 'blender-fast[export]'"
+        ) from None
+
+
+def load_state_dict(ckpt: RankerCheckpoint) -> dict:
+    """The checkpoint's tensors (torch), with a clear error for a broken or foreign file."""
+    _require_torch()
+    import torch
+
+    path = ckpt.weights_path
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or truncated files surface as many exception types
+        raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+    for required in ("pretrained_model.embeddings.word_embeddings.weight", "head_layer.1.weight", "head_layer.4.weight"):
+        if required not in state:
+            raise CheckpointError(f"{path}: missing tensor {required!r}; is this a PairRM checkpoint?")
+    return state
+
+
+def build_torch_model(ckpt: RankerCheckpoint, state: dict | None = None):
+    """PairRMModule with the checkpoint's weights, in eval mode (fp32, CPU)."""
+    _require_torch()
+    import torch
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    state = load_state_dict(ckpt) if state is None else state
+    backbone = dict(ckpt.backbone_config)
+    for key in ("architectures", "auto_map", "transformers_version", "torch_dtype", "dtype"):
+        backbone.pop(key, None)
+    # Like llm-blender, the vocabulary is whatever the embedding matrix holds (it resizes the backbone to
+    # len(tokenizer) before loading the ranker weights over it).
+    backbone["vocab_size"] = int(state["pretrained_model.embeddings.word_embeddings.weight"].shape[0])
+    config = DebertaV2Config(**backbone)
+
+    class PairRMModule(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pretrained_model = DebertaV2Model(config)
+            hidden = config.hidden_size
+            self.head_layer = torch.nn.Sequential(
+                torch.nn.Dropout(0.0),
+                torch.nn.Linear(2 * hidden, hidden),
+                torch.nn.Tanh(),
+                torch.nn.Dropout(0.0),
+                torch.nn.Linear(hidden, ckpt.n_tasks),
+            )
+
+        def forward(self, input_ids, attention_mask, positions):
+            hidden = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            rows = torch.arange(hidden.shape[0], device=hidden.device).unsqueeze(1)
+            picked = hidden[rows, positions]  # [B, 3, H]: source, candidate1, candidate2
+            src = picked[:, 0]
+            pairs = torch.cat([torch.cat([src, picked[:, 1]], -1), torch.cat([src, picked[:, 2]], -1)], 0)
+            scores = self.head_layer(pairs)  # one call on [2B, 2H]
+            half = hidden.shape[0]
+            return (scores[:half] - scores[half:]).mean(-1).float()
+
+    model = PairRMModule()
+    # Keys like embeddings.position_ids differ across transformers versions; everything that has a
+    # shape in the model must be there.
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
+    if missing:
+        raise CheckpointError(f"{ckpt.weights_path}: missing tensors {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    return model.eval()
+
+
+@dataclass
+class ExportReport:
+    path: str
+    precision: str
+    max_abs_diff: float  # ORT vs torch fp32 on a sample batch
+    seconds: float
+    cached: bool
+
+
+def sample_batch(tok: PairTokenizer, ckpt: RankerCheckpoint):
+    """A small packed batch of real-looking pairs, used to trace the export and to check it."""
+    from . import _core
+    from .tokenization import encode_prompts
+
+    sources = ["Explain why the sky is blue to a child.", "Write a haiku about autumn leaves falling."]
+    cands = [
+        ["Sunlight scatters off air, and blue light scatters the most.", "Because it is.", "Air molecules bounce blue light around the sky more than red light, so we see blue everywhere."],
+        ["Red leaves drift down / the cold wind carries them far / the branch waits for spring", "Leaves fall.", "Autumn is a season."],
+    ]
+    enc = encode_prompts(tok, sources, cands, ckpt.source_maxlength, ckpt.candidate_maxlength)
+    packer = _core.PairPacker(enc.tokens, enc.offsets, enc.limits, cand1_id=tok.cand1_id, cand2_id=tok.cand2_id, pad_id=tok.pad_id, prefix_offset=tok.prefix_offset)
+    rows = []
+    for p in range(len(sources)):
+        for i in range(3):
+            for j in range(3):
+                if i != j:
+                    rows.append((enc.source_index[p], enc.candidate_index(p, i), enc.candidate_index(p, j)))
+    pairs = np.asarray(rows, dtype=np.int64)
+    ids, mask, pos = packer.build(pairs, np.arange(len(pairs), dtype=np.int64))[:3]
+    return ids, mask, pos
+
+
+def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", tok: PairTokenizer | None = None) -> ExportReport:
+    """Write ``model.onnx`` (+ tokenizer) into out_dir and check ORT against torch on a sample batch."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    _require_torch()
+    import torch
+
+    t0 = time.perf_counter()
+    tok = tok or build_pair_tokenizer(ckpt)
+    model = build_torch_model(ckpt)
+    ids, mask, pos = sample_batch(tok, ckpt)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(pos)).numpy()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32_path = out_dir / ("model.onnx" if precision != "int8" else "model.fp32.onnx")
+    export_model = model.half() if precision == "fp16" else model
+    dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "positions": {0: "batch"}, "logits": {0: "batch"}}
+    with torch.no_grad():
+        torch.onnx.export(
+            export_model,
+            (torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(pos)),
+            str(fp32_path),
+            input_names=list(ONNX_INPUTS),
+            output_names=["logits"],
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            dynamo=False,  # the TorchScript exporter: 15x faster here, same graph accuracy (~1e-7)
+        )
+    final_path = out_dir / "model.onnx"
+    if precision == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(fp32_path), str(final_path), weight_type=QuantType.QInt8)
+        fp32_path.unlink()
+    tok.save(out_dir)
+    from .runtime import OnnxPairModel
+
+    session = OnnxPairModel(final_path, device="cpu")
+    got = session(ids, mask, pos)
+    diff = float(np.max(np.abs(got - reference)))
+    report = ExportReport(str(final_path), precision, diff, time.perf_counter() - t0, cached=False)
+    meta = {"export": asdict(report), "checkpoint": str(ckpt.path), "source_maxlength": ckpt.source_maxlength, "candidate_maxlength": ckpt.candidate_maxlength, "n_tasks": ckpt.n_tasks}
+    (out_dir / "export.json").write_text(json.dumps(meta, indent=1))
+    return report
+
+
+def export_key(ckpt: RankerCheckpoint, precision: str) -> str:
+    return checkpoint_fingerprint(ckpt, precision=precision, opset=OPSET, export_version=EXPORT_VERSION)
+
+
+def cached_export(ckpt: RankerCheckpoint, precision: str = "fp32", cache_dir: Path | None = None) -> tuple[Path, ExportReport]:
+    """The exported model directory for this checkpoint and precision, exporting on first use.
+
+    Keyed by a hash of the weights, tokenizer files, backbone config and export options, so an edited
+    checkpoint is re-exported and an unchanged one never is.
+    """
+    root = Path(cache_dir) if cache_dir else cache_root() / "onnx"
+    out_dir = root / export_key(ckpt, precision)
+    meta_path = out_dir / "export.json"
+    if meta_path.is_file() and (out_dir / "model.onnx").is_file():
+        report = ExportReport(**{**json.loads(meta_path.read_text())["export"], "cached": True})
+        return out_dir, report
+    tmp = root / f".{out_dir.name}.{os.getpid()}.tmp"
+    report = export_onnx(ckpt, tmp, precision)
+    if out_dir.exists():  # another process won the race; theirs is as good as ours
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+    report.path = str(out_dir / "model.onnx")
+    return out_dir, report
+
+
+def export_command(path: str, precision: str = "fp32", out: str | None = None) -> ExportReport:
+    ckpt = load_checkpoint(path)
+    if out:
+        return export_onnx(ckpt, Path(out), precision)
+    return cached_export(ckpt, precision)[1]

@@ -1,0 +1,265 @@
+"""Ranker: PairRM scores, ranks, comparisons and sub-n^2 selection over packed pair batches."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import _core
+from .checkpoint import SPECIAL_TOKENS, load_checkpoint
+from .selection import Selection, ranks_from_scores, select
+from .tokenization import EncodedPrompts, PairTokenizer, encode_prompts
+
+BACKENDS = ("onnx", "torch")
+COMPARE_MODES = ("[A,B]", "[B,A]", "[A,B]+[B,A]")
+DEFAULT_TOKEN_BUDGET = 16384
+DEFAULT_MAX_BATCH = 64
+
+
+@dataclass
+class RunStats:
+    """Where the time of the last call went, and how much of its batches was padding."""
+
+    pairs: int = 0
+    batches: int = 0
+    tokens: int = 0  # real tokens run through the model
+    pad_tokens: int = 0
+    tokenize_s: float = 0.0
+    pack_s: float = 0.0
+    model_s: float = 0.0
+    steps: int = 0
+
+    @property
+    def pad_fraction(self) -> float:
+        total = self.tokens + self.pad_tokens
+        return self.pad_tokens / total if total else 0.0
+
+
+def check_prompts(inputs, candidates, instructions=None) -> tuple[list[str], list[list[str]]]:
+    """Validate the user's lists once, naming the offending prompt; return sources and candidates."""
+    if isinstance(inputs, str) or not isinstance(inputs, Sequence):
+        raise TypeError(f"inputs must be a list of strings, got {type(inputs).__name__}")
+    if isinstance(candidates, str) or not isinstance(candidates, Sequence):
+        raise TypeError(f"candidates must be a list of lists of strings, got {type(candidates).__name__}")
+    if len(inputs) != len(candidates):
+        raise ValueError(f"got {len(inputs)} inputs but {len(candidates)} candidate lists")
+    if instructions is not None:
+        if isinstance(instructions, str) or len(instructions) != len(inputs):
+            raise ValueError(
+                f"instructions must be None or a list with one string per input ({len(inputs)})"
+            )
+    sources, cand_lists = [], []
+    for p, (inp, cands) in enumerate(zip(inputs, candidates)):
+        if not isinstance(inp, str):
+            raise TypeError(f"inputs[{p}] must be a string, got {type(inp).__name__}")
+        inst = "" if instructions is None else instructions[p]
+        if not isinstance(inst, str):
+            raise TypeError(f"instructions[{p}] must be a string, got {type(inst).__name__}")
+        if isinstance(cands, str) or not isinstance(cands, Sequence):
+            raise TypeError(f"candidates[{p}] must be a list of strings, got {type(cands).__name__}")
+        if len(cands) == 0:
+            raise ValueError(f"candidates[{p}] is empty: each input needs at least one candidate")
+        for c, cand in enumerate(cands):
+            if not isinstance(cand, str):
+                raise TypeError(f"candidates[{p}][{c}] must be a string, got {type(cand).__name__}")
+        # llm-blender prepends the instruction to the input with no separator; so do we.
+        source = inst + inp
+        for name, text in [(f"inputs[{p}]", source)] + [(f"candidates[{p}][{c}]", t) for c, t in enumerate(cands)]:
+            for special in SPECIAL_TOKENS:
+                if special in text:
+                    raise ValueError(
+                        f"{name} contains the reserved marker {special!r}, which PairRM uses to find the "
+                        "source and candidates; remove or escape it"
+                    )
+        sources.append(source)
+        cand_lists.append(list(cands))
+    return sources, cand_lists
+
+
+def _stack_if_equal(rows: list[np.ndarray]):
+    """llm-blender returns one array when every prompt has n candidates; ragged input gets a list."""
+    if rows and all(len(r) == len(rows[0]) for r in rows):
+        return np.stack(rows)
+    return rows
+
+
+class Ranker:
+    """PairRM over ONNX Runtime (default) or torch, fed by the C++ pair packer."""
+
+    def __init__(self, model: Callable, tokenizer: PairTokenizer, source_maxlength: int, candidate_maxlength: int,
+                 token_budget: int = DEFAULT_TOKEN_BUDGET, max_batch_size: int = DEFAULT_MAX_BATCH, progress: bool = False):
+        if token_budget < 1 or max_batch_size < 1:
+            raise ValueError("token_budget and max_batch_size must be positive")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source_maxlength = source_maxlength
+        self.candidate_maxlength = candidate_maxlength
+        self.token_budget = token_budget
+        self.max_batch_size = max_batch_size
+        self.progress = progress
+        self.last_stats = RunStats()
+
+    @classmethod
+    def from_pretrained(cls, path, backend: str = "onnx", device: str = "cpu", precision: str = "fp32", *,
+                        threads: int | None = None, cache_dir=None, token_budget: int = DEFAULT_TOKEN_BUDGET,
+                        max_batch_size: int = DEFAULT_MAX_BATCH, source_maxlength: int | None = None,
+                        candidate_maxlength: int | None = None, progress: bool = False) -> "Ranker":
+        """Load a PairRM checkpoint directory (llm-blender or PairRM-hf layout).
+
+        backend="onnx" exports the checkpoint to ONNX on first use and caches it (keyed by a hash of the
+        weights and export options); precision "int8" is ONNX Runtime dynamic quantization (CPU).
+        backend="torch" runs the same graph in torch eager, fp32 or fp16.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if precision not in ("fp32", "fp16", "int8"):
+            raise ValueError(f"precision must be 'fp32', 'fp16' or 'int8', got {precision!r}")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        ckpt = load_checkpoint(path)
+        if backend == "onnx":
+            from .export import cached_export
+            from .runtime import OnnxPairModel
+
+            out_dir, _ = cached_export(ckpt, precision, cache_dir)
+            model = OnnxPairModel(out_dir / "model.onnx", device=device, threads=threads)
+            tok = PairTokenizer.load(out_dir)
+        else:
+            if precision == "int8":
+                raise ValueError("precision='int8' needs backend='onnx' (ONNX Runtime dynamic quantization)")
+            from .export import build_torch_model
+            from .runtime import TorchPairModel
+            from .tokenization import build_pair_tokenizer
+
+            tok = build_pair_tokenizer(ckpt)
+            model = TorchPairModel(build_torch_model(ckpt), device=device, precision=precision, threads=threads)
+        return cls(model, tok, source_maxlength or ckpt.source_maxlength, candidate_maxlength or ckpt.candidate_maxlength,
+                   token_budget=token_budget, max_batch_size=max_batch_size, progress=progress)
+
+    # -- the engine ---------------------------------------------------------------------------------
+
+    def encode(self, sources: list[str], candidates: list[list[str]]) -> EncodedPrompts:
+        return encode_prompts(self.tokenizer, sources, candidates, self.source_maxlength, self.candidate_maxlength)
+
+    def _pair_scorer(self, enc: EncodedPrompts, stats: RunStats, group_size: int, desc: str):
+        """A compare(rows) function for selection.select: rows are (prompt, left, right) candidate triples."""
+        packer = _core.PairPacker(enc.tokens, enc.offsets, enc.limits, cand1_id=self.tokenizer.cand1_id,
+                                  cand2_id=self.tokenizer.cand2_id, pad_id=self.tokenizer.pad_id,
+                                  prefix_offset=self.tokenizer.prefix_offset)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(desc=desc, unit="pair")
+
+        def compare(rows: np.ndarray) -> np.ndarray:
+            t0 = time.perf_counter()
+            prompts = rows[:, 0]
+            text_pairs = np.stack([enc.source_index[prompts], enc.candidate_start[prompts] + rows[:, 1],
+                                   enc.candidate_start[prompts] + rows[:, 2]], axis=1)
+            gs = group_size if len(rows) % group_size == 0 else 1
+            order, bounds = packer.plan(text_pairs, self.token_budget, self.max_batch_size, gs)
+            stats.pack_s += time.perf_counter() - t0
+            logits = np.empty(len(rows), dtype=np.float32)
+            for b in range(len(bounds) - 1):
+                t0 = time.perf_counter()
+                batch_rows = order[bounds[b]:bounds[b + 1]]
+                ids, mask, pos, pad = packer.build(text_pairs, batch_rows)
+                t1 = time.perf_counter()
+                logits[batch_rows] = self.model(ids, mask, pos)
+                stats.model_s += time.perf_counter() - t1
+                stats.pack_s += t1 - t0
+                stats.batches += 1
+                stats.pad_tokens += int(pad)
+                stats.tokens += int(ids.size - pad)
+                if bar is not None:
+                    bar.update(len(batch_rows))
+            stats.pairs += len(rows)
+            stats.steps += 1
+            return logits
+
+        compare.close = (lambda: bar.close()) if bar is not None else (lambda: None)
+        return compare
+
+    def _run(self, inputs, candidates, instructions, *, strategy, top_k, orders="both", seed=0,
+             initial_orders=None, policy="max_logits", worst=False, desc="Ranking") -> list[Selection]:
+        stats = RunStats()
+        t0 = time.perf_counter()
+        sources, cands = check_prompts(inputs, candidates, instructions)
+        enc = self.encode(sources, cands)
+        stats.tokenize_s = time.perf_counter() - t0
+        compare = self._pair_scorer(enc, stats, 2 if orders == "both" else 1, desc)
+        scorer = (lambda rows: -compare(rows)) if worst else compare
+        try:
+            result = select([len(c) for c in cands], top_k, strategy, scorer, orders=orders, seed=seed,
+                            initial_orders=initial_orders, policy=policy)
+        finally:
+            compare.close()
+            self.last_stats = stats
+        return result
+
+    # -- public API ---------------------------------------------------------------------------------
+
+    def rank(self, inputs, candidates, instructions=None, return_scores: bool = False, policy: str = "max_logits"):
+        """Full pairwise ranking, all n(n-1) ordered pairs per prompt, aggregated like llm-blender.
+
+        Returns ranks (int32, 1 = best, ties share the better rank) or scores (float32, higher is
+        better): one array [n_prompts, n] when every prompt has n candidates, else a list of arrays.
+        """
+        sels = self._run(inputs, candidates, instructions, strategy="full", top_k=1, policy=policy)
+        scores = [s.scores for s in sels]
+        if return_scores:
+            return _stack_if_equal(scores)
+        return _stack_if_equal([ranks_from_scores(s) for s in scores])
+
+    def compare(self, inputs, candidates_a, candidates_b, instructions=None, mode: str = "[A,B]+[B,A]") -> np.ndarray:
+        """Logits (float32, one per input) that A is better than B, with llm-blender's modes.
+
+        "[A,B]": f(A,B); "[B,A]": f(B,A) (B read first; as in llm-blender, not negated);
+        "[A,B]+[B,A]": f(A,B) - f(B,A), the position-debiased comparison.
+        """
+        if mode not in COMPARE_MODES:
+            raise ValueError(f"mode must be one of {COMPARE_MODES}, got {mode!r}")
+        if isinstance(candidates_a, str) or isinstance(candidates_b, str):
+            raise TypeError("candidates_a and candidates_b must be lists of strings, one per input")
+        if len(candidates_a) != len(candidates_b):
+            raise ValueError(f"got {len(candidates_a)} candidates_a but {len(candidates_b)} candidates_b")
+        pairs = [[a, b] for a, b in zip(candidates_a, candidates_b)]
+        stats = RunStats()
+        t0 = time.perf_counter()
+        sources, cands = check_prompts(inputs, pairs, instructions)
+        enc = self.encode(sources, cands)
+        stats.tokenize_s = time.perf_counter() - t0
+        n = len(sources)
+        prompts = np.arange(n, dtype=np.int64)
+        ab = np.stack([prompts, np.zeros(n, np.int64), np.ones(n, np.int64)], axis=1)
+        ba = ab[:, [0, 2, 1]]
+        compare = self._pair_scorer(enc, stats, 2 if mode == "[A,B]+[B,A]" else 1, "Comparing")
+        try:
+            if mode == "[A,B]":
+                out = compare(ab)
+            elif mode == "[B,A]":
+                out = compare(ba)
+            else:
+                rows = np.empty((2 * n, 3), dtype=np.int64)
+                rows[0::2], rows[1::2] = ab, ba
+                both = compare(rows)
+                out = both[0::2] - both[1::2]
+        finally:
+            compare.close()
+            self.last_stats = stats
+        return out
+
+    def select(self, inputs, candidates, top_k: int = 1, strategy: str = "bubble", orders: str = "both",
+               seed: int = 0, instructions=None, initial_orders=None, policy: str = "max_logits",
+               worst: bool = False) -> list[Selection]:
+        """Top-k per prompt with far fewer than n^2 model calls (bubble / tournament), or "full".
+
+        All prompts advance in lockstep: each step runs every ready comparison of every prompt as one
+        packed set of batches. Returns one Selection per prompt (top-k indices best first, counts of
+        comparisons, forward passes and sequential steps). worst=True selects the worst k instead.
+        """
+        return self._run(inputs, candidates, instructions, strategy=strategy, top_k=top_k, orders=orders,
+                         seed=seed, initial_orders=initial_orders, policy=policy, worst=worst, desc="Selecting")

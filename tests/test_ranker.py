@@ -1,0 +1,152 @@
+"""The engine end to end on a generated checkpoint: ONNX vs torch, int8, ragged prompts, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import require
+
+INPUTS = ["Explain photosynthesis briefly.", "Name three prime numbers.", "Write a greeting."]
+CANDIDATES = [
+    ["Plants turn light, water and CO2 into sugar and oxygen.", "It is about plants.", "Photosynthesis happens in chloroplasts: light energy splits water and makes glucose."],
+    ["2, 3, 5", "4, 6, 8", "Two, three and five are prime.", "1, 2, 3"],
+    ["Hello!", "Good morning, and welcome."],
+]
+
+
+@pytest.fixture(scope="module")
+def onnx_ranker(tiny_checkpoint):
+    from blender_fast import Ranker
+
+    return Ranker.from_pretrained(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def torch_ranker(tiny_checkpoint):
+    require("torch")
+    from blender_fast import Ranker
+
+    return Ranker.from_pretrained(tiny_checkpoint, backend="torch")
+
+
+def test_onnx_agrees_with_torch(onnx_ranker, torch_ranker):
+    a = onnx_ranker.rank(INPUTS, CANDIDATES, return_scores=True)
+    b = torch_ranker.rank(INPUTS, CANDIDATES, return_scores=True)
+    assert isinstance(a, list) and len(a) == 3  # ragged: a list, one array per prompt
+    for x, y in zip(a, b):
+        assert x.dtype == np.float32
+        assert np.abs(x - y).max() <= 1e-4
+
+
+def test_ragged_equals_one_prompt_at_a_time(onnx_ranker):
+    together = onnx_ranker.rank(INPUTS, CANDIDATES, return_scores=True)
+    for p in range(3):
+        alone = onnx_ranker.rank(INPUTS[p:p + 1], CANDIDATES[p:p + 1], return_scores=True)[0]
+        assert np.abs(alone - together[p]).max() <= 1e-5
+
+
+def test_batching_does_not_change_results(tiny_checkpoint, onnx_ranker):
+    from blender_fast import Ranker
+
+    small = Ranker.from_pretrained(tiny_checkpoint, token_budget=64, max_batch_size=2)
+    a = onnx_ranker.rank(INPUTS, CANDIDATES, return_scores=True)
+    b = small.rank(INPUTS, CANDIDATES, return_scores=True)
+    assert small.last_stats.batches > onnx_ranker.last_stats.batches
+    for x, y in zip(a, b):
+        assert np.abs(x - y).max() <= 1e-5
+
+
+def test_stats_count_pairs_and_padding(onnx_ranker):
+    onnx_ranker.rank(INPUTS, CANDIDATES)
+    s = onnx_ranker.last_stats
+    assert s.pairs == 3 * 2 + 4 * 3 + 2 * 1
+    assert 0.0 <= s.pad_fraction < 0.5 and s.tokens > 0 and s.steps == 1
+
+
+def test_int8_export_runs_and_roughly_agrees(tiny_checkpoint, onnx_ranker):
+    from blender_fast import Ranker
+
+    q = Ranker.from_pretrained(tiny_checkpoint, precision="int8")
+    a = onnx_ranker.rank(INPUTS, CANDIDATES, return_scores=True)
+    b = q.rank(INPUTS, CANDIDATES, return_scores=True)
+    diffs = [np.abs(x - y).max() for x, y in zip(a, b)]
+    assert 0 < max(diffs) < 0.5  # quantized: close, not identical
+
+
+def test_export_is_cached(tiny_checkpoint):
+    from blender_fast.checkpoint import load_checkpoint
+    from blender_fast.export import cached_export
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    path1, report1 = cached_export(ckpt, "fp32")
+    path2, report2 = cached_export(ckpt, "fp32")
+    assert path1 == path2 and report2.cached
+    assert report1.max_abs_diff < 1e-4
+
+
+def test_compare_modes_are_consistent(onnx_ranker):
+    a = [c[0] for c in CANDIDATES]
+    b = [c[1] for c in CANDIDATES]
+    ab = onnx_ranker.compare(INPUTS, a, b, mode="[A,B]")
+    ba = onnx_ranker.compare(INPUTS, a, b, mode="[B,A]")
+    both = onnx_ranker.compare(INPUTS, a, b, mode="[A,B]+[B,A]")
+    assert np.allclose(both, ab - ba, atol=1e-6)
+
+
+def test_select_full_matches_rank(onnx_ranker):
+    scores = onnx_ranker.rank(INPUTS, CANDIDATES, return_scores=True)
+    sels = onnx_ranker.select(INPUTS, CANDIDATES, top_k=2, strategy="full")
+    for s, sc in zip(sels, scores):
+        assert s.top_k == [int(i) for i in np.argsort(-sc, kind="stable")[:2]]
+
+
+def test_select_strategies_count_model_calls(onnx_ranker):
+    inputs = INPUTS[:2]
+    cands = [CANDIDATES[1] * 3, CANDIDATES[0] * 4]  # n = 12 each
+    bubble = onnx_ranker.select(inputs, cands, strategy="bubble")
+    assert [s.forward_passes for s in bubble] == [22, 22] and [s.steps for s in bubble] == [11, 11]
+    tour = onnx_ranker.select(inputs, cands, strategy="tournament")
+    assert [s.forward_passes for s in tour] == [22, 22] and [s.steps for s in tour] == [4, 4]
+    assert onnx_ranker.last_stats.steps == 4
+
+
+@pytest.mark.parametrize(
+    "inputs, candidates, instructions, error, message",
+    [
+        (["a"], [["x"], ["y"]], None, ValueError, "1 inputs but 2 candidate lists"),
+        (["a"], [[]], None, ValueError, "candidates[0] is empty"),
+        (["a"], [["x", 3]], None, TypeError, "candidates[0][1] must be a string"),
+        ([5], [["x"]], None, TypeError, "inputs[0] must be a string"),
+        ("abc", [["x"]], None, TypeError, "inputs must be a list"),
+        (["a"], ["xy"], None, TypeError, "candidates[0] must be a list"),
+        (["a", "b"], [["x"], ["y"]], ["only one"], ValueError, "one string per input"),
+        (["a"], [["<|candidate|> sneaky"]], None, ValueError, "reserved marker"),
+    ],
+)
+def test_bad_input_is_named(onnx_ranker, inputs, candidates, instructions, error, message):
+    with pytest.raises(error) as err:
+        onnx_ranker.rank(inputs, candidates, instructions)
+    assert message in str(err.value)
+
+
+def test_bad_options(tiny_checkpoint, onnx_ranker):
+    from blender_fast import Ranker
+
+    with pytest.raises(ValueError, match="backend"):
+        Ranker.from_pretrained(tiny_checkpoint, backend="tensorflow")
+    with pytest.raises(ValueError, match="precision"):
+        Ranker.from_pretrained(tiny_checkpoint, precision="int4")
+    with pytest.raises(ValueError, match="int8"):
+        Ranker.from_pretrained(tiny_checkpoint, backend="torch", precision="int8")
+    with pytest.raises(ValueError, match="device"):
+        Ranker.from_pretrained(tiny_checkpoint, device="tpu")
+    with pytest.raises(ValueError, match="mode"):
+        onnx_ranker.compare(["a"], ["x"], ["y"], mode="[A]")
+    with pytest.raises(ValueError, match="top_k"):
+        onnx_ranker.select(["a"], [["x", "y"]], top_k=3)
+
+
+def test_empty_candidate_text_is_allowed(onnx_ranker):
+    # A model that answered nothing is a legitimate (bad) candidate, as in llm-blender.
+    scores = onnx_ranker.rank(["Say something."], [["", "Something."]], return_scores=True)
+    assert scores.shape == (1, 2) and np.isfinite(scores).all()
