@@ -24,6 +24,7 @@ costs nothing for users of the ranker only.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -246,6 +247,16 @@ def export_fuser_to_onnx(checkpoint, cache_dir=None, merged_decoder: bool = Fals
 
     _, main_export = _import_ort_seq2seq()
     checkpoint = check_fuser_checkpoint(checkpoint)
+    if merged_decoder:
+        config = json.loads((checkpoint / "config.json").read_text())
+        d_model, n_heads, d_kv = config.get("d_model"), config.get("num_heads"), config.get("d_kv")
+        if None not in (d_model, n_heads, d_kv) and n_heads * d_kv != d_model:
+            # optimum-onnx 0.1.0 sizes the first step's empty cache as d_model // num_heads
+            # per head, which fails at run time for such T5s (flan-t5-small); XL is fine.
+            raise ValueError(
+                f"onnx_merged_decoder=True does not work for this checkpoint (num_heads*d_kv="
+                f"{n_heads * d_kv} != d_model={d_model}, an optimum-onnx limitation): use the split decoders"
+            )
     from .checkpoint import cache_root as default_cache_root
 
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
@@ -331,6 +342,7 @@ class Fuser:
         candidate_maxlength: int = DEFAULT_CANDIDATE_MAXLENGTH,
         onnx_cache_dir=None,
         onnx_merged_decoder: bool = False,
+        onnx_threads: Optional[int] = None,
     ) -> "Fuser":
         """Load a local seq2seq checkpoint directory (e.g. a copy of llm-blender/gen_fuser_3b).
 
@@ -346,6 +358,10 @@ class Fuser:
         max_length: token budget of the whole fuser input (llm-blender: 1024).
         candidate_maxlength: per-candidate token budget and default max_new_tokens
             (llm-blender: 128).
+        onnx_merged_decoder: one decoder graph for the first and the cached steps
+            (decoder weights stored once: half the decoder's memory and disk).
+        onnx_threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice).
+            The torch backend follows ``torch.set_num_threads``.
         Nothing is ever downloaded: a missing directory or file is an error.
         """
         if backend not in ("torch", "onnx"):
@@ -354,9 +370,10 @@ class Fuser:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         checkpoint = check_fuser_checkpoint(path)
         try:
+            import torch  # noqa: F401  (both backends hand torch tensors to generate())
             from transformers import AutoTokenizer
         except ImportError as e:
-            raise ImportError(f"the fuser needs transformers and torch: {_INSTALL_HINT}") from e
+            raise ImportError(f"the fuser needs torch and transformers: {_INSTALL_HINT} ({e})") from e
 
         tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True)
         onnx_dir = None
@@ -375,11 +392,18 @@ class Fuser:
                 checkpoint, cache_dir=onnx_cache_dir, merged_decoder=onnx_merged_decoder
             )
             provider = "CUDAExecutionProvider" if device.startswith("cuda") else "CPUExecutionProvider"
+            session_options = None
+            if onnx_threads is not None:
+                import onnxruntime
+
+                session_options = onnxruntime.SessionOptions()
+                session_options.intra_op_num_threads = int(onnx_threads)
             model = ORTModelForSeq2SeqLM.from_pretrained(
                 str(onnx_dir),
                 use_cache=True,
                 use_merged=onnx_merged_decoder,
                 provider=provider,
+                session_options=session_options,
                 local_files_only=True,
             )
         return cls(

@@ -1,9 +1,11 @@
 """Shared fixtures. Tests never touch the network: hubs are switched off before anything imports."""
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,7 +15,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Exported models go to a per-run cache, never the user's.
-os.environ.setdefault("BLENDER_FAST_CACHE", tempfile.mkdtemp(prefix="blender_fast_test_cache_"))
+if "BLENDER_FAST_CACHE" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="blender_fast_test_cache_")
+    os.environ["BLENDER_FAST_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("BLENDER_FAST_DATA", REPO.parent / "shared" / "data" / "alpaca_eval_candidates"))
@@ -53,7 +58,13 @@ def shared_records():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A random-weight PairRM checkpoint (tiny shape, llm-blender layout) shared by the whole run."""
+    """A random-weight PairRM checkpoint (tiny shape, llm-blender layout) shared by the whole run.
+
+    BLENDER_FAST_TEST_CHECKPOINT points at one made beforehand: CI generates it with transformers 4 and
+    then reruns the engine tests under transformers 5 with it.
+    """
+    if os.environ.get("BLENDER_FAST_TEST_CHECKPOINT"):
+        return Path(os.environ["BLENDER_FAST_TEST_CHECKPOINT"])
     require("torch")
     from blender_fast.make_checkpoint import make_ranker_checkpoint
 

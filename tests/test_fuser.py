@@ -21,6 +21,17 @@ TOP_K = 3
 # ---------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny model gains nothing from threads, and on a shared 2-core machine extra torch threads
+    spin against each other (a 1 s generation becomes 20 s). Restored after this module."""
+    torch = require("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def fuser_dir(tmp_path_factory):
     require("torch")
@@ -124,7 +135,6 @@ def test_fuser_inputs_match_llm_blender(tokenizer, prompts, candidate_maxlength)
         for cands in candidates for c in cands
     )
     assert n_long > 0
-    assert sum(s.count("...</s>Candidate") + s.endswith("...</s>Summarize candidates into a better one for the given instruction:") for s in ours) > 0
 
 
 @pytest.mark.reference
@@ -309,6 +319,23 @@ def test_onnx_backend_matches_torch(fuser_dir, fuser, prompts, tmp_path):
     again = Fuser.from_pretrained(fuser_dir, backend="onnx", onnx_cache_dir=tmp_path)
     assert again.onnx_dir == onnx_fuser.onnx_dir
     assert len(list((tmp_path / "onnx-fuser").iterdir())) == 1
+
+
+def test_onnx_merged_decoder_guard(fuser_dir, tmp_path):
+    """optimum-onnx's merged decoder mis-sizes the empty first-step cache when num_heads*d_kv != d_model."""
+    require("optimum.onnxruntime")
+    import json
+    import shutil
+
+    from blender_fast.fuser import export_fuser_to_onnx
+
+    odd = tmp_path / "odd-heads"
+    shutil.copytree(fuser_dir, odd)
+    config = json.loads((odd / "config.json").read_text())
+    config["d_kv"] = config["d_kv"] + 1
+    (odd / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="d_model"):
+        export_fuser_to_onnx(odd, cache_dir=tmp_path / "cache", merged_decoder=True)
 
 
 # ---------------------------------------------------------------------------

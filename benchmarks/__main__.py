@@ -1,0 +1,231 @@
+"""python -m benchmarks: engine vs llm-blender, strategies, FLOPs vs peak, selection quality.
+
+Writes OUT/results.md, OUT/results.json and OUT/*.png. See `python -m benchmarks --help`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+# Never touch a hub: every checkpoint here is local (generated, or given with --model).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SECTIONS = ("engine", "strategies", "flops", "quality")
+ALL_NS = (4, 8, 12, 16, 24, 32)
+
+
+@dataclass
+class Sizes:
+    """How much work each section does. The CPU defaults are sized so that `python -m benchmarks`
+    (shape xsmall) finishes in under 15 minutes on a 2-core machine; a pair of ~550 tokens costs
+    ~34 GFLOP there, i.e. roughly half a second to a second per model row."""
+
+    shape: str
+    prompts: int  # engine section: prompts ...
+    candidates: int  # ... and candidates per prompt
+    repeats: int
+    timed_ns: tuple  # strategies wall-time grid (the count tables always cover ALL_NS)
+    throughput_prompts: int
+    latency_prompts: int
+    max_rows: int  # strategies: skip a timed cell above this many model rows
+    quality_seeds: int
+    quality_prompts: int  # with --model: prompts whose n(n-1) pairs the checkpoint scores
+    max_chars: int | None = None  # clip every text (smoke runs only: changes the workload)
+
+
+DEFAULTS = {
+    # A smoke run: short texts (200 characters) and 2 repeats, so that even llm-blender is quick.
+    "quick": Sizes("tiny", prompts=2, candidates=3, repeats=2, timed_ns=(4,), throughput_prompts=2,
+                   latency_prompts=2, max_rows=100, quality_seeds=1, quality_prompts=2, max_chars=200),
+    "cpu": Sizes("xsmall", prompts=2, candidates=4, repeats=3, timed_ns=(4, 12), throughput_prompts=4,
+                 latency_prompts=2, max_rows=200, quality_seeds=20, quality_prompts=4),
+    "cuda": Sizes("xsmall", prompts=32, candidates=12, repeats=3, timed_ns=ALL_NS, throughput_prompts=64,
+                  latency_prompts=8, max_rows=70000, quality_seeds=20, quality_prompts=405),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--shape", choices=("tiny", "xsmall", "base", "large"), default=None,
+                   help="generated checkpoint size (large = PairRM's real size); default xsmall, tiny with --quick")
+    p.add_argument("--model", default=None, help="use this checkpoint directory instead of generating one; the "
+                   "quality section then also runs on its logits")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--data", default=None, help="prompts (AlpacaEval candidates format); default "
+                   "$BLENDER_FAST_DATA or ../shared/data/alpaca_eval_candidates/candidates_dev.jsonl")
+    p.add_argument("--out", default="bench_out")
+    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
+    p.add_argument("--quick", action="store_true", help="tiny-shape smoke run (well under a minute)")
+    p.add_argument("--prompts", type=int, default=None, help="engine section: number of prompts")
+    p.add_argument("--candidates", type=int, default=None, help="engine section: candidates per prompt")
+    p.add_argument("--repeats", type=int, default=None, help="engine section: interleaved repeats (median)")
+    p.add_argument("--strategy-ns", default=None, help="strategies: candidate counts to time, e.g. 4,8,12")
+    p.add_argument("--throughput-prompts", type=int, default=None)
+    p.add_argument("--latency-prompts", type=int, default=None)
+    p.add_argument("--max-rows", type=int, default=None, help="strategies: skip timed cells above this many model rows")
+    p.add_argument("--quality-seeds", type=int, default=None)
+    p.add_argument("--quality-prompts", type=int, default=None, help="with --model: prompts scored by the checkpoint")
+    p.add_argument("--max-chars", type=int, default=None, help="clip every prompt and candidate text to this many "
+                   "characters (smoke runs; --quick uses 300)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (ours and torch); default: runtime's")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
+    args.sections = sections
+    return args
+
+
+def resolve_sizes(args) -> Sizes:
+    base = DEFAULTS["quick" if args.quick else args.device]
+    return Sizes(
+        shape=args.shape or base.shape,
+        prompts=args.prompts or base.prompts,
+        candidates=args.candidates or base.candidates,
+        repeats=args.repeats or base.repeats,
+        timed_ns=tuple(int(x) for x in args.strategy_ns.split(",")) if args.strategy_ns else base.timed_ns,
+        throughput_prompts=args.throughput_prompts if args.throughput_prompts is not None else base.throughput_prompts,
+        latency_prompts=args.latency_prompts if args.latency_prompts is not None else base.latency_prompts,
+        max_rows=args.max_rows or base.max_rows,
+        quality_seeds=args.quality_seeds or base.quality_seeds,
+        quality_prompts=args.quality_prompts or base.quality_prompts,
+        max_chars=args.max_chars or base.max_chars,
+    )
+
+
+def generated_checkpoint(shape: str, seed: int) -> Path:
+    """A random-weight checkpoint, generated once into the blender-fast cache and reused."""
+    from blender_fast.checkpoint import cache_root
+    from blender_fast.make_checkpoint import make_ranker_checkpoint
+
+    from .common import log
+
+    path = cache_root() / "checkpoints" / f"bench-{shape}-seed{seed}"
+    done = path / "bench_complete"  # written after generation finished: a killed run leaves none
+    if not done.is_file():
+        log(f"generating a random-weight {shape} checkpoint in {path}")
+        make_ranker_checkpoint(path, shape=shape, seed=seed)
+        done.write_text("ok\n")
+    return path
+
+
+def quiet_libraries() -> None:
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except ImportError:
+        pass
+    import logging
+
+    logging.getLogger().setLevel(logging.ERROR)  # llm-blender logs through the root logger
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    sizes = resolve_sizes(args)
+    quiet_libraries()
+    from . import report
+    from .common import as_jsonable, default_data_path, load_average, load_prompts, log, machine_info
+
+    started = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data) if args.data else default_data_path()
+    prompts = load_prompts(data, max_chars=sizes.max_chars)
+    need = max(sizes.prompts, sizes.throughput_prompts, sizes.latency_prompts)
+    if len(prompts) < need:
+        raise SystemExit(f"{data}: {len(prompts)} prompts, the settings need {need}")
+
+    if args.model:
+        ckpt, kind = Path(args.model), "given with --model"
+    else:
+        ckpt, kind = generated_checkpoint(sizes.shape, args.seed), f"generated, shape {sizes.shape}, random weights"
+    from .flops import ModelShape
+
+    shape = ModelShape.from_checkpoint(ckpt)
+    machine = machine_info(args.device)
+    busy = machine.get("load_average_at_start") and machine["load_average_at_start"][0] > 0.5 * (machine["logical_cores"] or 1)
+    results = {"meta": {
+        "command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine, "checkpoint": str(ckpt), "checkpoint_kind": kind, "model_shape": shape,
+        "data": str(data), "settings": {**vars(args), **as_jsonable(sizes), "sections": args.sections},
+        "note": (f"Provisional: the machine was busy at the start (load average {machine['load_average_at_start'][0]:.1f} "
+                 f"on {machine['logical_cores']} cores); timings are noisy." if busy else None),
+        "section_seconds": {},
+    }}
+
+    def finish_section(name, t0):
+        results["meta"]["section_seconds"][name] = time.perf_counter() - t0
+        results["meta"]["wall_s"] = time.perf_counter() - started
+        results["meta"]["load_average_at_end"] = load_average()
+        report.write_outputs(results, out)  # after every section: a late failure keeps the earlier ones
+
+    if "engine" in args.sections:
+        from .engine import run_engine_section
+
+        t0 = time.perf_counter()
+        log(f"engine: {sizes.prompts} prompts × {sizes.candidates} candidates, {sizes.repeats} repeats")
+        results["engine"] = run_engine_section(ckpt, prompts[:sizes.prompts], sizes.candidates, args.device,
+                                               args.threads, sizes.repeats, seed=args.seed)
+        finish_section("engine", t0)
+
+    if "strategies" in args.sections:
+        from .strategies import run_strategies_section
+
+        t0 = time.perf_counter()
+        log(f"strategies: timing n in {sizes.timed_ns}")
+        results["strategies"] = as_jsonable(run_strategies_section(
+            ckpt, prompts, ALL_NS if not args.strategy_ns else tuple(sorted(set(ALL_NS) | set(sizes.timed_ns))),
+            args.device, args.threads, sizes.throughput_prompts, sizes.latency_prompts, sizes.max_rows,
+            seed=args.seed, timed_ns=sizes.timed_ns))
+        finish_section("strategies", t0)
+
+    if "flops" in args.sections:
+        from .flops import run_flops_section
+
+        t0 = time.perf_counter()
+        log("flops: measuring the GEMM peak")
+        results["flops"] = as_jsonable(run_flops_section(shape, results.get("engine"), results.get("strategies"),
+                                                         args.device, args.threads, args.quick))
+        finish_section("flops", t0)
+
+    if "quality" in args.sections:
+        from . import quality
+
+        t0 = time.perf_counter()
+        results["quality"] = {"synthetic": quality.run_synthetic(prompts, seeds=sizes.quality_seeds)}
+        if args.model:
+            from blender_fast import Ranker
+
+            ranker = Ranker.from_pretrained(ckpt, device=args.device, threads=args.threads,
+                                            backend="onnx" if args.device == "cpu" else "torch")
+            results["quality"]["checkpoint"] = quality.run_model(ranker, prompts[:sizes.quality_prompts],
+                                                                 seeds=sizes.quality_seeds)
+        results["quality"] = as_jsonable(results["quality"])
+        finish_section("quality", t0)
+
+    results["meta"]["wall_s"] = time.perf_counter() - started
+    results["meta"]["load_average_at_end"] = load_average()
+    report.write_outputs(results, out)
+    log(f"wrote {out / 'results.md'} and {out / 'results.json'} in {results['meta']['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Shared pieces of the benchmarks: prompt data, machine info, timing, memory sampling, batch recording."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_FILE_NAME = "candidates_dev.jsonl"
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """Progress on stderr, stamped with seconds since start (a benchmark run takes minutes)."""
+    print(f"[bench {time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+def default_data_path() -> Path:
+    """$BLENDER_FAST_DATA (the file, or the folder holding it), else ../shared/data/... of the repo."""
+    env = os.environ.get("BLENDER_FAST_DATA")
+    path = Path(env) if env else REPO.parent / "shared" / "data" / "alpaca_eval_candidates"
+    return path / DATA_FILE_NAME if path.is_dir() else path
+
+
+@dataclass
+class BenchPrompt:
+    id: str
+    instruction: str
+    candidates: list[str]
+    judge_pref: list[float] | None  # AlpacaEval judge score per candidate, in [1, 2]; None if absent
+
+
+def load_prompts(path: Path, limit: int | None = None, max_chars: int | None = None) -> list[BenchPrompt]:
+    """Prompts in the shared AlpacaEval format (or any JSONL with instruction + candidates).
+    max_chars clips every text (smoke runs: short texts make even the reference fast)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: prompt file not found; pass --data FILE or set BLENDER_FAST_DATA "
+            "(the shared AlpacaEval candidates_dev.jsonl or any file in that format)"
+        )
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            cands = rec.get("candidates") or []
+            texts = [c["text"] if isinstance(c, dict) else c for c in cands]
+            prefs = [c.get("judge_pref") if isinstance(c, dict) else None for c in cands]
+            instruction = rec.get("instruction", "") + rec.get("input", "")
+            if max_chars:
+                instruction, texts = instruction[:max_chars], [t[:max_chars] for t in texts]
+            if not instruction or not texts:
+                raise ValueError(f"{path}:{lineno}: needs an instruction and candidates")
+            prompts.append(BenchPrompt(str(rec.get("id", lineno)), instruction, texts,
+                                       None if any(p is None for p in prefs) else [float(p) for p in prefs]))
+            if limit is not None and len(prompts) >= limit:
+                break
+    return prompts
+
+
+def candidates_for(prompts: list[BenchPrompt], index: int, n: int) -> list[str]:
+    """n candidate texts for prompt `index`: its own first, then those of the following prompts
+    (wrapping around), so n can exceed the 12 answers the data holds per prompt."""
+    out: list[str] = []
+    k = index
+    while len(out) < n:
+        need = n - len(out)
+        out.extend(prompts[k % len(prompts)].candidates[:need])
+        k += 1
+        if k - index > len(prompts):
+            raise ValueError(f"the data holds fewer than {n} candidates in total")
+    return out
+
+
+# -- machine ---------------------------------------------------------------------------------------
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return None
+
+
+def machine_info(device: str) -> dict:
+    import psutil
+
+    info = {
+        "cpu_model": _cpu_model(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "logical_cores": psutil.cpu_count(logical=True),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "versions": {m: _version(m) for m in ("blender-fast", "llm-blender", "numpy", "onnxruntime",
+                                              "onnxruntime-gpu", "torch", "transformers", "tokenizers")},
+    }
+    try:
+        import onnxruntime as ort
+
+        info["onnxruntime_providers"] = ort.get_available_providers()
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if device == "cuda" and torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    except ImportError:
+        pass
+    return info
+
+
+def load_average() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+# -- timing and memory -----------------------------------------------------------------------------
+
+class RssSampler:
+    """Peak resident memory of this process while a block runs, sampled by a background thread.
+
+    Sampling (every 5 ms) rather than ru_maxrss because the latter is a high-water mark for the
+    whole process life: after the first big run it would never move again."""
+
+    def __init__(self, interval_s: float = 0.005):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval_s = interval_s
+        self.before = self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self):
+        self.before = self.peak = self._proc.memory_info().rss
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+        return False
+
+
+@dataclass
+class BatchShape:
+    """One model call: enough to count FLOPs with real lengths (sum_t, sum_t2) and as padded."""
+
+    rows: int
+    padded_len: int
+    sum_t: int  # real tokens
+    sum_t2: int  # sum of squared real lengths (attention is quadratic in each sequence's length)
+    seconds: float = 0.0
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.rows * self.padded_len
+
+
+def shape_of(mask: np.ndarray, seconds: float = 0.0) -> BatchShape:
+    lens = np.asarray(mask).sum(axis=1).astype(np.int64)
+    return BatchShape(int(mask.shape[0]), int(mask.shape[1]), int(lens.sum()), int((lens * lens).sum()), seconds)
+
+
+class RecordingModel:
+    """Wraps a blender-fast model callable (ids, mask, positions) -> logits and records each batch."""
+
+    def __init__(self, model):
+        self.model = model
+        self.batches: list[BatchShape] = []
+
+    def __call__(self, ids, mask, positions):
+        t0 = time.perf_counter()
+        out = self.model(ids, mask, positions)
+        self.batches.append(shape_of(mask, time.perf_counter() - t0))
+        return out
+
+
+def record_reference_batches(ref_blender, device: str) -> list[BatchShape]:
+    """Instrument llm-blender's backbone call (its pretrained_model.forward) to record every batch:
+    shape, real tokens (attention_mask ones) and time. Returns the list it appends to."""
+    batches: list[BatchShape] = []
+    module = ref_blender.ranker.pretrained_model
+    original = module.forward
+
+    def forward(*args, **kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 1:
+            mask = args[1]
+        sync = _cuda_sync if device == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        out = original(*args, **kwargs)
+        sync()
+        batches.append(shape_of(mask.detach().cpu().numpy(), time.perf_counter() - t0))
+        return out
+
+    module.forward = forward
+    return batches
+
+
+def _cuda_sync():
+    import torch
+
+    torch.cuda.synchronize()
+
+
+def summarize_batches(batches: list[BatchShape]) -> dict:
+    real = sum(b.sum_t for b in batches)
+    padded = sum(b.padded_tokens for b in batches)
+    return {
+        "batches": len(batches),
+        "rows": sum(b.rows for b in batches),
+        "tokens": real,
+        "padded_tokens": padded,
+        "pad_fraction": (1 - real / padded) if padded else 0.0,
+        "model_s": sum(b.seconds for b in batches),
+    }
+
+
+def median(xs) -> float:
+    return float(np.median(np.asarray(xs, dtype=np.float64))) if len(xs) else float("nan")
+
+
+def as_jsonable(obj):
+    """dataclasses, numpy scalars/arrays and Paths → plain JSON types."""
+    if hasattr(obj, "__dataclass_fields__"):
+        return as_jsonable(asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): as_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [as_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    return obj

@@ -1,0 +1,308 @@
+"""Engine vs reference: blender-fast's Blender against llm_blender.Blender on the same checkpoint,
+prompts and machine, with interleaved repeats so that machine noise hits both sides alike."""
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .common import (BatchShape, RecordingModel, RssSampler, as_jsonable, log, median,
+                     record_reference_batches, summarize_batches)
+from .flops import ModelShape, run_flops
+
+REFERENCE_BATCH_SIZE = 8  # llm_blender.Blender.rank's default
+# Pause before each timed call: ONNX Runtime's and torch's worker threads spin-wait for a while after
+# a call, and on a 2-core machine that would slow whichever engine runs next.
+SETTLE_S = 0.25
+
+
+@dataclass
+class Engine:
+    """One way of running PairRM: ours (a backend and precision) or llm-blender (a batch size)."""
+
+    name: str
+    side: str  # "ours" or "reference"
+    backend: str  # "onnx" | "torch" (llm-blender is torch)
+    precision: str
+    batch_size: int | None = None  # llm-blender only
+    blender: object = None
+    batches: list[BatchShape] = field(default_factory=list)  # every model call, appended by a recorder
+    load_s: float = 0.0
+
+
+def engine_plan(device: str) -> list[tuple[str, str, str, str]]:
+    """(name, side, backend, precision) of the engines to compare on this device."""
+    if device == "cpu":
+        return [
+            ("blender-fast onnx fp32", "ours", "onnx", "fp32"),
+            ("blender-fast onnx int8", "ours", "onnx", "int8"),
+            ("blender-fast torch fp32", "ours", "torch", "fp32"),
+        ]
+    import onnxruntime as ort
+
+    plan = [("blender-fast torch fp16", "ours", "torch", "fp16"), ("blender-fast torch fp32", "ours", "torch", "fp32")]
+    if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()):
+        plan = [("blender-fast onnx fp16", "ours", "onnx", "fp16"), ("blender-fast onnx fp32", "ours", "onnx", "fp32")] + plan
+    return plan
+
+
+def load_ours(path, device: str, backend: str, precision: str, threads: int | None) -> tuple[object, list]:
+    from blender_fast import Blender
+
+    blender = Blender({"device": device, "use_tqdm": False})
+    blender.loadranker(str(path), device=device, backend=backend, precision=precision, threads=threads)
+    recorder = RecordingModel(blender.ranker.model)
+    blender.ranker.model = recorder
+    return blender, recorder.batches
+
+
+def load_reference(path, device: str) -> tuple[object, list]:
+    import llm_blender
+
+    # llm-blender prints its progress to stdout; keep stdout for nothing but our own output.
+    with contextlib.redirect_stdout(sys.stderr):
+        ref = llm_blender.Blender(llm_blender.BlenderConfig(device=device, use_tqdm=False))
+        ref.loadranker(str(path), device=device)
+    return ref, record_reference_batches(ref, device)
+
+
+def reference_precision(ref, device: str) -> str:
+    # llm-blender halves the ranker on GPUs when its config says fp16 (the default), fp32 on CPU.
+    return "fp16" if device == "cuda" and getattr(ref.ranker_config, "fp16", False) else "fp32"
+
+
+def reference_bubble_orders(n_prompts: int, n: int, batch_size: int, seed: int) -> list[np.ndarray]:
+    """The start permutations llm-blender's bubble pass will draw after torch.manual_seed(seed): one
+    torch.randperm(n) per batch of `batch_size` prompts, shared by the batch's prompts."""
+    import torch
+
+    torch.manual_seed(seed)
+    perms = [torch.randperm(n).numpy().astype(np.int64) for _ in range(0, n_prompts, batch_size)]
+    return [perms[p // batch_size] for p in range(n_prompts)]
+
+
+def _sync(device):
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def timed_call(engine: Engine, fn, device: str, shape: ModelShape) -> tuple[object, dict]:
+    """Run fn once; wall time, peak RSS, batch statistics and FLOPs of exactly this call."""
+    gc.collect()
+    time.sleep(SETTLE_S)
+    first_batch = len(engine.batches)
+    cuda_peak = None
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    with RssSampler() as mem:
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        wall = time.perf_counter() - t0
+    if device == "cuda":
+        import torch
+
+        cuda_peak = torch.cuda.max_memory_allocated() / 2**20
+    batches = engine.batches[first_batch:]
+    rec = {"wall_s": wall, "rss_before_mb": mem.before / 2**20, "peak_rss_mb": mem.peak / 2**20,
+           "rss_increase_mb": (mem.peak - mem.before) / 2**20, "cuda_peak_mb": cuda_peak,
+           **summarize_batches(batches), **run_flops(shape, batches), "precision": engine.precision}
+    if engine.side == "ours":
+        st = engine.blender.ranker.last_stats
+        # last_stats is the engine's own account; the recorder's model_s includes nothing else.
+        rec.update(pairs=st.pairs, steps=st.steps, tokenize_s=st.tokenize_s, pack_s=st.pack_s,
+                   engine_model_s=st.model_s, engine_pad_fraction=st.pad_fraction)
+    else:
+        rec["pairs"] = rec["rows"]
+    return out, rec
+
+
+def _ranks(scores):
+    from blender_fast.selection import ranks_from_scores
+
+    return np.stack([ranks_from_scores(np.asarray(s)) for s in scores])
+
+
+def score_agreement(a, b) -> dict:
+    """How two engines' full rankings agree: identical rank vectors, same top-1, max |score diff|."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    ra, rb = _ranks(a), _ranks(b)
+    return {
+        "identical_ranks_pct": 100.0 * float(np.mean(np.all(ra == rb, axis=1))),
+        "top1_agreement_pct": 100.0 * float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1))),
+        "max_abs_score_diff": float(np.max(np.abs(a - b))),
+        "prompts": int(a.shape[0]),
+    }
+
+
+def pick_agreement(a: list[int], b: list[int]) -> float:
+    return 100.0 * float(np.mean(np.asarray(a) == np.asarray(b)))
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Median over repeats of one (task, engine) cell."""
+    walls = [r["wall_s"] for r in runs]
+    wall = median(walls)
+    first = runs[0]
+    out = {
+        "repeats": len(runs), "wall_s": wall, "wall_min_s": min(walls), "wall_max_s": max(walls),
+        "pairs": first["pairs"], "tokens": first["tokens"], "padded_tokens": first["padded_tokens"],
+        "batches": first["batches"], "pad_fraction": first["pad_fraction"],
+        "pairs_per_s": first["pairs"] / wall, "tokens_per_s": first["tokens"] / wall,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "rss_increase_mb": max(r["rss_increase_mb"] for r in runs),
+        "cuda_peak_mb": max((r["cuda_peak_mb"] or 0) for r in runs) or None,
+        "model_s": median([r["model_s"] for r in runs]),
+        "real_flops": first["real_flops"], "padded_flops": first["padded_flops"], "precision": first["precision"],
+    }
+    if "tokenize_s" in first:
+        out.update(tokenize_s=median([r["tokenize_s"] for r in runs]), pack_s=median([r["pack_s"] for r in runs]),
+                   steps=first["steps"])
+        out["other_s"] = max(0.0, wall - out["tokenize_s"] - out["pack_s"] - out["model_s"])
+    return out
+
+
+def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threads: int | None, repeats: int,
+                       seed: int = 0, best_of_n: bool = True) -> dict:
+    """Time rank (all pairs) and best-of-n on the same prompts: ours vs llm-blender, interleaved."""
+    from .common import candidates_for
+
+    shape = ModelShape.from_checkpoint(ckpt_path)
+    inputs = [p.instruction for p in prompts]
+    cands = [candidates_for(prompts, i, n_candidates) for i in range(len(prompts))]
+
+    engines: list[Engine] = []
+    for name, side, backend, precision in engine_plan(device):
+        log(f"engine: loading {name}")
+        t0 = time.perf_counter()
+        blender, batches = load_ours(ckpt_path, device, backend, precision, threads)
+        engines.append(Engine(name, side, backend, precision, blender=blender, batches=batches))
+        engines[-1].load_s = time.perf_counter() - t0
+    log("engine: loading llm-blender (reference)")
+    t0 = time.perf_counter()
+    ref_blender, ref_batches = load_reference(ckpt_path, device)
+    ref_prec = reference_precision(ref_blender, device)
+    ref = Engine(f"llm-blender (batch_size={REFERENCE_BATCH_SIZE})", "reference", "torch", ref_prec,
+                 batch_size=REFERENCE_BATCH_SIZE, blender=ref_blender, batches=ref_batches)
+    ref.load_s = time.perf_counter() - t0
+    ref1 = Engine("llm-blender (batch_size=1)", "reference", "torch", ref_prec, batch_size=1,
+                  blender=ref_blender, batches=ref_batches)
+    ours_main = engines[0]
+
+    # What each timed task runs, per engine. Ours get llm-blender's bubble start orders so that the
+    # two bubble passes make the same comparisons and their picks can be compared one to one.
+    bubble_orders = reference_bubble_orders(len(prompts), n_candidates, REFERENCE_BATCH_SIZE, seed)
+
+    def rank_fn(engine):
+        if engine.side == "ours":
+            return lambda: engine.blender.rank(inputs, cands, return_scores=True, disable_tqdm=True)
+        return lambda: engine.blender.rank(inputs, cands, return_scores=True, batch_size=engine.batch_size,
+                                           disable_tqdm=True)
+
+    def best_fn(engine, cmp_type):
+        if engine.side == "ours":
+            orders = bubble_orders if cmp_type == "bubble" else None
+            return lambda: engine.blender.get_best_of_n(inputs, cands, pairrm_cmp_type=cmp_type, seed=seed,
+                                                        initial_orders=orders)
+
+        def run():
+            import torch
+
+            torch.manual_seed(seed)  # fixes the randperm its bubble pass draws (see reference_bubble_orders)
+            return engine.blender.get_best_of_n(inputs, cands, pairrm_cmp_type=cmp_type, batch_size=engine.batch_size)
+
+        return run
+
+    # One sequence of (task, engine, fn), run `repeats` times: ours and theirs alternate.
+    schedule = [("rank", ours_main, rank_fn(ours_main)), ("rank", ref, rank_fn(ref))]
+    for e in engines[1:]:
+        schedule.append(("rank", e, rank_fn(e)))
+    if best_of_n:
+        schedule += [("best_of_n bubble", ours_main, best_fn(ours_main, "bubble")),
+                     ("best_of_n bubble", ref, best_fn(ref, "bubble")),
+                     ("best_of_n tournament", ours_main, best_fn(ours_main, "tournament"))]
+
+    log("engine: warm-up (one small call per engine)")
+    warm_in, warm_c = inputs[:1], [cands[0][:2]]
+    for e in engines:
+        e.blender.rank(warm_in, warm_c, return_scores=True, disable_tqdm=True)
+    ref.blender.rank(warm_in, warm_c, return_scores=True, batch_size=1, disable_tqdm=True)
+
+    runs: dict[tuple[str, str], list[dict]] = {}
+    outputs: dict[tuple[str, str], object] = {}
+    for r in range(repeats):
+        for task, engine, fn in schedule:
+            out, rec = timed_call(engine, fn, device, shape)
+            rec["repeat"] = r
+            runs.setdefault((task, engine.name), []).append(rec)
+            outputs.setdefault((task, engine.name), out)
+            log(f"engine: repeat {r + 1}/{repeats} {task:<21} {engine.name:<28} {rec['wall_s']:7.2f}s")
+    # llm-blender decides truncation per batch (longest source in the batch); with batch_size=1 it
+    # is per prompt, like ours. One run, for the agreement numbers (and its time, for reference).
+    out, rec = timed_call(ref1, rank_fn(ref1), device, shape)
+    runs[("rank", ref1.name)] = [rec]
+    outputs[("rank", ref1.name)] = out
+    log(f"engine: agreement run {ref1.name} {rec['wall_s']:.2f}s")
+
+    cells = {}
+    for (task, name), rs in runs.items():
+        cell = summarize(rs)
+        cells.setdefault(task, {})[name] = cell
+    for task, by_engine in cells.items():
+        ref_name = ref.name
+        if ref_name in by_engine:
+            for name, cell in by_engine.items():
+                cell["speedup_vs_reference"] = by_engine[ref_name]["wall_s"] / cell["wall_s"]
+                # Paired per-repeat ratios: robust to load that drifts over the run.
+                if name != ref_name and len(runs[(task, name)]) == len(runs[(task, ref_name)]):
+                    ratios = [b["wall_s"] / a["wall_s"] for a, b in zip(runs[(task, name)], runs[(task, ref_name)])]
+                    cell["speedup_paired_median"] = median(ratios)
+        elif task.startswith("best_of_n") and ref_name in cells.get("best_of_n bubble", {}):
+            for cell in by_engine.values():
+                cell["speedup_vs_reference"] = cells["best_of_n bubble"][ref_name]["wall_s"] / cell["wall_s"]
+
+    # Agreement on the full rankings.
+    scores = {name: np.asarray(outputs[("rank", name)], dtype=np.float64) for (task, name) in outputs if task == "rank"}
+    agreement = {
+        f"{ours_main.name} vs {ref1.name}": score_agreement(scores[ours_main.name], scores[ref1.name]),
+        f"{ours_main.name} vs {ref.name}": score_agreement(scores[ours_main.name], scores[ref.name]),
+        f"{ref.name} vs {ref1.name}": score_agreement(scores[ref.name], scores[ref1.name]),
+    }
+    for e in engines[1:]:
+        agreement[f"{e.name} vs {ours_main.name}"] = score_agreement(scores[e.name], scores[ours_main.name])
+
+    picks = {}
+    if best_of_n:
+        def idx(task, name):
+            return [cands[p].index(text) for p, text in enumerate(outputs[(task, name)])]
+
+        full_top1 = [int(i) for i in np.argmax(scores[ours_main.name], axis=1)]
+        ours_bubble, ref_bubble = idx("best_of_n bubble", ours_main.name), idx("best_of_n bubble", ref.name)
+        ours_tourn = idx("best_of_n tournament", ours_main.name)
+        picks = {
+            "ours bubble vs llm-blender bubble (same start order), % same pick": pick_agreement(ours_bubble, ref_bubble),
+            "ours bubble vs full-rank top-1, % same": pick_agreement(ours_bubble, full_top1),
+            "ours tournament vs full-rank top-1, % same": pick_agreement(ours_tourn, full_top1),
+            "ours tournament vs ours bubble, % same": pick_agreement(ours_tourn, ours_bubble),
+        }
+
+    return as_jsonable({
+        "settings": {"prompts": len(prompts), "candidates_per_prompt": n_candidates, "repeats": repeats,
+                     "device": device, "threads": threads, "reference_batch_size": REFERENCE_BATCH_SIZE,
+                     "reference_precision": ref_prec, "seed": seed,
+                     "interleaving": [f"{t} / {e.name}" for t, e, _ in schedule]},
+        "load_s": {**{e.name: e.load_s for e in engines}, ref.name: ref.load_s},
+        "tasks": cells,
+        "agreement": agreement,
+        "best_of_n_picks": picks,
+        "runs": {f"{task} / {name}": rs for (task, name), rs in runs.items()},
+        "model_shape": shape,
+    })

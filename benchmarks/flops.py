@@ -1,0 +1,214 @@
+"""Model FLOPs of PairRM (DeBERTa-v2/v3 with disentangled attention) and the machine's GEMM peak.
+
+The count (multiply-add = 2 FLOPs), per layer, for one sequence of T real tokens, hidden H,
+intermediate I and relative-attention span 2k (position_buckets=256 → 2k = 512 relative positions):
+
+* Q, K, V and output projections: 4 · 2·T·H² = 8·T·H²
+* QKᵀ and attention·V: 2 · 2·T²·H = 4·T²·H
+* relative-position key and query projections of the 2k relative embeddings (share_att_key: the
+  layer's own K and Q weights): 2 · 2·(2k)·H², once per layer per *batch* (shared by its rows)
+* c2p and p2c scores (queries against relative keys, keys against relative queries): 2 · 2·T·(2k)·H
+* feed-forward H→I→H: 4·T·H·I
+* head, per pair: Linear(2H→H) on the [source; candidate] pair of each side: 2 · 2·(2H)·H = 8·H²,
+  plus Linear(H→n_tasks) twice: 4·H·n_tasks
+
+Left out (small against the above, and not GEMM work): embeddings lookup, LayerNorm, softmax, GELU,
+the relative-position bucket gather. "Real" FLOPs count real tokens only; "padded" FLOPs count every
+position of every batch (B × T_max), which is what the hardware actually executes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .common import BatchShape
+
+
+@dataclass
+class ModelShape:
+    layers: int
+    hidden: int
+    intermediate: int
+    att_span: int  # 2k: number of relative positions whose embeddings every layer projects
+    n_tasks: int = 1
+
+    @classmethod
+    def from_checkpoint(cls, path) -> "ModelShape":
+        from blender_fast.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        cfg = ckpt.backbone_config
+        buckets = int(cfg.get("position_buckets", -1) or -1)
+        if buckets > 0:
+            span = 2 * buckets
+        else:
+            max_rel = int(cfg.get("max_relative_positions", -1) or -1)
+            span = 2 * (max_rel if max_rel > 0 else int(cfg.get("max_position_embeddings", 512)))
+        return cls(int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]),
+                   int(cfg.get("intermediate_size", 4 * cfg["hidden_size"])), span, ckpt.n_tasks)
+
+
+def batch_flops(shape: ModelShape, rows: int, sum_t: float, sum_t2: float) -> float:
+    """FLOPs of one batch of `rows` sequences with sum of lengths sum_t and of squared lengths sum_t2."""
+    h, i, s = shape.hidden, shape.intermediate, shape.att_span
+    per_token = 8 * h * h + 2 * 2 * s * h + 4 * h * i
+    per_layer = per_token * sum_t + 4 * h * sum_t2 + 2 * 2 * s * h * h
+    head = rows * (8 * h * h + 4 * h * shape.n_tasks)
+    return shape.layers * per_layer + head
+
+
+def run_flops(shape: ModelShape, batches: list[BatchShape]) -> dict:
+    """Real-token and padded FLOPs of all batches of a run."""
+    real = sum(batch_flops(shape, b.rows, b.sum_t, b.sum_t2) for b in batches)
+    padded = sum(batch_flops(shape, b.rows, b.padded_tokens, b.rows * b.padded_len ** 2) for b in batches)
+    return {"real_flops": float(real), "padded_flops": float(padded)}
+
+
+def flops_per_pair(shape: ModelShape, tokens: int, batch_rows: int = 1) -> float:
+    """FLOPs of one pair of `tokens` real tokens, in a batch of `batch_rows` (amortizes the rel. proj.)."""
+    return batch_flops(shape, batch_rows, batch_rows * tokens, batch_rows * tokens * tokens) / batch_rows
+
+
+def flops_breakdown(shape: ModelShape, tokens: int) -> dict:
+    """Where one pair's FLOPs go (per pair, batch of 1), for the report."""
+    h, i, s, t, n = shape.hidden, shape.intermediate, shape.att_span, tokens, shape.layers
+    return {
+        "qkvo_projections": n * 8 * t * h * h,
+        "qk_and_av": n * 4 * t * t * h,
+        "relative_position_projections": n * 2 * 2 * s * h * h,
+        "c2p_p2c": n * 2 * 2 * t * s * h,
+        "ffn": n * 4 * t * h * i,
+        "head": 8 * h * h + 4 * h * shape.n_tasks,
+    }
+
+
+# -- the machine's GEMM peak -----------------------------------------------------------------------
+
+def _best_rate(fn, flops: float, reps: int, min_s: float = 0.5) -> float:
+    fn()  # warm-up: thread pools, allocations
+    best = float("inf")
+    t_start = time.perf_counter()
+    done = 0
+    while done < reps or (time.perf_counter() - t_start < min_s and done < 10 * reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        done += 1
+    return flops / best
+
+
+def numpy_gemm_peak(n: int, reps: int = 3) -> float:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    return _best_rate(lambda: a @ b, 2.0 * n ** 3, reps)
+
+
+def onnxruntime_gemm_peak(n: int, threads: int | None, reps: int = 3) -> float | None:
+    """fp32 MatMul through ONNX Runtime's CPU provider, with the thread count our engine uses."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 9)  # accepted by every ORT from 1.17 on
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.standard_normal((n, n), dtype=np.float32), "b": rng.standard_normal((n, n), dtype=np.float32)}
+    return _best_rate(lambda: sess.run(None, feeds), 2.0 * n ** 3, reps)
+
+
+def torch_cuda_gemm_peak(n: int, dtype: str, reps: int = 10) -> float | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    dt = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
+    a = torch.randn(n, n, device="cuda", dtype=dt)
+    b = torch.randn(n, n, device="cuda", dtype=dt)
+
+    def run():
+        for _ in range(5):
+            a @ b
+        torch.cuda.synchronize()
+
+    return _best_rate(run, 5 * 2.0 * n ** 3, reps)
+
+
+def measure_peak(device: str, threads: int | None, quick: bool) -> dict:
+    """GEMM peak of this machine, measured now (so it sees the same load as the runs)."""
+    n = 512 if quick else 2048
+    out = {"matrix_size": n, "numpy_fp32": numpy_gemm_peak(n), "onnxruntime_fp32": onnxruntime_gemm_peak(n, threads)}
+    if device == "cuda":
+        n_gpu = 1024 if quick else 8192
+        out["cuda_matrix_size"] = n_gpu
+        out["torch_cuda_fp32"] = torch_cuda_gemm_peak(n_gpu, "fp32")
+        out["torch_cuda_fp16"] = torch_cuda_gemm_peak(n_gpu, "fp16")
+        out["peak_flops"] = out["torch_cuda_fp32"]
+        out["peak_source"] = "torch_cuda_fp32"
+        out["peak_fp16_flops"] = out["torch_cuda_fp16"]
+    else:
+        cands = {k: out[k] for k in ("numpy_fp32", "onnxruntime_fp32") if out.get(k)}
+        out["peak_source"] = max(cands, key=cands.get)
+        out["peak_flops"] = cands[out["peak_source"]]
+    return out
+
+
+def achieved(run: dict, peak: float, peak_fp16: float | None = None) -> dict:
+    """Achieved FLOP/s of one timed run (dict with real_flops, padded_flops, wall_s, model_s)."""
+    wall = run["wall_s"]
+    model_s = run.get("model_s") or wall
+    ref_peak = peak_fp16 if (peak_fp16 and run.get("precision") == "fp16") else peak
+    real_rate = run["real_flops"] / wall if wall else float("nan")
+    padded_model_rate = run["padded_flops"] / model_s if model_s else float("nan")
+    return {
+        "real_flops_per_s": real_rate,  # useful work per wall second
+        "padded_flops_per_s_in_model": padded_model_rate,  # what the hardware executes while in the model
+        "fraction_of_peak": real_rate / ref_peak if ref_peak else float("nan"),
+        "padded_model_fraction_of_peak": padded_model_rate / ref_peak if ref_peak else float("nan"),
+    }
+
+
+def run_flops_section(shape: ModelShape, engine: dict | None, strategies: dict | None, device: str,
+                      threads: int | None, quick: bool) -> dict:
+    """Achieved FLOP/s of every timed run of the other sections, against a peak measured now."""
+    peak = measure_peak(device, threads, quick)
+    runs = []
+    if engine and "tasks" in engine:
+        for task, cells in engine["tasks"].items():
+            for name, cell in cells.items():
+                runs.append({"run": f"{task} / {name} (median)", "real_flops": cell["real_flops"],
+                             "padded_flops": cell["padded_flops"], "wall_s": cell["wall_s"],
+                             "model_s": cell["model_s"], "precision": cell["precision"]})
+    if strategies:
+        for c in strategies.get("timed", []):
+            if "wall_s" in c:
+                runs.append({"run": f"strategies n={c['n']} {c['mode']} {c['strategy']}", "real_flops": c["real_flops"],
+                             "padded_flops": c["padded_flops"], "wall_s": c["wall_s"], "model_s": c["model_s"],
+                             "precision": c["engine"].split()[-1]})
+    for r in runs:
+        r.update(achieved(r, peak["peak_flops"], peak.get("peak_fp16_flops")))
+    out = {"model_shape": shape, "peak": peak, "runs": runs}
+    main = engine["tasks"]["rank"] if engine and "tasks" in engine else None
+    if main:
+        first = next(iter(main.values()))
+        tokens = first["tokens"] / first["pairs"]
+        f = flops_per_pair(shape, round(tokens))
+        out["per_pair"] = {"tokens": tokens, "flops": f, "gflop": f / 1e9,
+                           "breakdown": flops_breakdown(shape, round(tokens))}
+    return out

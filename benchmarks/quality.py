@@ -1,0 +1,245 @@
+"""Selection quality: how often bubble / tournament pick what full ranking picks, and how much judge
+score a pick gives up, as a function of how accurate the pairwise comparator is.
+
+The comparator is synthetic unless a real checkpoint is given (--model). Synthetic model, per prompt:
+
+* utility u_i = log(q / (1 - q)) with q = judge_pref_i - 1 clipped to [1e-6, 1 - 1e-6] (judge_pref is
+  1 + P(candidate beats the GPT-4 reference); 17% of the scores sit below 1.000001, so the clip keeps
+  the ordering among weak candidates that the judge does express, and no further);
+* ordered-pair logit f(i, j) = β·(u_i - u_j) + b + ε_ij, with ε_ij ~ N(0, σ²) drawn once per ordered
+  pair (seeded) and a position bias b: f(i, j) is the logit that the candidate shown first is better;
+* the comparator's pairwise agreement is the fraction of candidate pairs with different (clipped)
+  judge utilities where sign(f(i, j) - f(j, i)) matches the judge. The bias cancels in that
+  difference; it only matters for one-order comparisons (orders="one"), which are shown too;
+* σ = 1 and β is calibrated by bisection on the drawn noise so that the agreement hits 60, 70, 80 and
+  90 % exactly (to within one pair). Only β/σ matters for the agreement.
+
+Bubble and tournament start from a random arrangement per prompt (seeded): the data lists the 12
+models in a fixed order, so one shared arrangement would give the same model the same bracket slot in
+every prompt. Everything is averaged over several noise seeds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .common import BenchPrompt, log
+
+CLIP = 1e-6
+SIGMA = 1.0
+DEFAULT_BIAS = 0.3
+DEFAULT_LEVELS = (60, 70, 80, 90)
+# (label, strategy, orders) of the selection runs compared.
+VARIANTS = (
+    ("full", "full", "both"),
+    ("bubble", "bubble", "both"),
+    ("tournament", "tournament", "both"),
+    ("bubble (one order)", "bubble", "one"),
+    ("tournament (one order)", "tournament", "one"),
+)
+
+
+def utilities(prefs: np.ndarray) -> np.ndarray:
+    q = np.clip(np.asarray(prefs, dtype=np.float64) - 1.0, CLIP, 1.0 - CLIP)
+    return np.log(q / (1.0 - q))
+
+
+@dataclass
+class SyntheticComparator:
+    """f(p, i, j) = beta * (u[p, i] - u[p, j]) + bias + sigma * noise[p, i, j]."""
+
+    u: np.ndarray  # [P, n]
+    noise: np.ndarray  # [P, n, n], standard normal, one draw per ordered pair
+    beta: float
+    bias: float = DEFAULT_BIAS
+    sigma: float = SIGMA
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        p, i, j = rows[:, 0], rows[:, 1], rows[:, 2]
+        return self.beta * (self.u[p, i] - self.u[p, j]) + self.bias + self.sigma * self.noise[p, i, j]
+
+    def matrix(self) -> np.ndarray:
+        m = self.beta * (self.u[:, :, None] - self.u[:, None, :]) + self.bias + self.sigma * self.noise
+        return m
+
+
+@dataclass
+class MatrixComparator:
+    """Logits looked up in a precomputed [P, n, n] matrix of f(i, j) (a real checkpoint's)."""
+
+    logits: np.ndarray
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return self.logits[rows[:, 0], rows[:, 1], rows[:, 2]]
+
+    def matrix(self) -> np.ndarray:
+        return self.logits
+
+
+def pairwise_agreement(logits: np.ndarray, u: np.ndarray) -> float:
+    """Fraction of pairs i<j with u_i != u_j where sign(f(i,j) - f(j,i)) == sign(u_i - u_j)."""
+    n = u.shape[1]
+    a, b = np.triu_indices(n, 1)
+    du = u[:, a] - u[:, b]
+    d = logits[:, a, b] - logits[:, b, a]
+    valid = du != 0
+    return float(np.mean(np.sign(d[valid]) == np.sign(du[valid])))
+
+
+def calibrate_beta(u: np.ndarray, noise: np.ndarray, target: float, sigma: float = SIGMA) -> float:
+    """β giving pairwise agreement `target` (0..1) with this noise draw. Agreement is monotone in β:
+    pair (i, j) agrees iff 2β|u_i - u_j| > -sign(u_i - u_j)·σ·(ε_ij - ε_ji)."""
+    n = u.shape[1]
+    a, b = np.triu_indices(n, 1)
+    du = u[:, a] - u[:, b]
+    de = sigma * (noise[:, a, b] - noise[:, b, a])
+    valid = du != 0
+    du, de = du[valid], de[valid]
+
+    def agreement(beta):
+        return np.mean(np.sign(2 * beta * du + de) == np.sign(du))
+
+    lo, hi = 0.0, 1.0
+    while agreement(hi) < target and hi < 1e6:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if agreement(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def evaluate(comparator, prefs: np.ndarray, seed: int, top_ks=(1, 3)) -> list[dict]:
+    """Run every variant with this comparator; per (variant, k) metrics against full and the judge."""
+    from blender_fast.selection import select
+
+    n_prompts, n = prefs.shape
+    rng = np.random.default_rng(seed + 7919)  # start arrangements, independent of the noise draw
+    starts = [rng.permutation(n).astype(np.int64) for _ in range(n_prompts)]
+    best_pref = prefs.max(axis=1)
+    out = []
+    for k in top_ks:
+        picks = {}
+        passes = {}
+        steps = {}
+        for label, strategy, orders in VARIANTS:
+            sels = select([n] * n_prompts, k, strategy, comparator, orders=orders, seed=seed,
+                          initial_orders=None if strategy == "full" else starts)
+            picks[label] = [s.top_k for s in sels]
+            passes[label] = float(np.mean([s.forward_passes for s in sels]))
+            steps[label] = float(np.mean([s.steps for s in sels]))
+        full = picks["full"]
+        for label, _, _ in VARIANTS:
+            chosen = picks[label]
+            top1 = np.array([c[0] for c in chosen])
+            got_best = np.array([prefs[p, c].max() for p, c in enumerate(chosen)])
+            row = {
+                "variant": label, "top_k": k, "seed": seed,
+                "forward_passes": passes[label], "steps": steps[label],
+                # regret of the best candidate in the chosen set (for k=1: the pick)
+                "regret": float(np.mean(best_pref - got_best)),
+                "judge_best_in_set_pct": 100.0 * float(np.mean(got_best >= best_pref)),
+            }
+            if k == 1:
+                row["top1_agreement_with_full_pct"] = 100.0 * float(np.mean(top1 == np.array([c[0] for c in full])))
+            else:
+                row["overlap_with_full_pct"] = 100.0 * float(np.mean(
+                    [len(set(c) & set(f)) / k for c, f in zip(chosen, full)]))
+                row["top1_agreement_with_full_pct"] = 100.0 * float(np.mean(top1 == np.array([c[0] for c in full])))
+            out.append(row)
+    return out
+
+
+def _mean_rows(rows: list[dict]) -> list[dict]:
+    """Average the per-seed rows of each (variant, k)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["top_k"]), []).append(r)
+    out = []
+    for (variant, k), rs in groups.items():
+        m = {"variant": variant, "top_k": k, "seeds": len(rs)}
+        for key in rs[0]:
+            if key in ("variant", "top_k", "seed"):
+                continue
+            vals = [r[key] for r in rs]
+            m[key] = float(np.mean(vals))
+            if key == "regret" and len(rs) > 1:
+                m["regret_std_over_seeds"] = float(np.std(vals))
+        out.append(m)
+    return out
+
+
+def usable(prompts: list[BenchPrompt]) -> list[BenchPrompt]:
+    """Prompts with a judge score for every candidate, all with the most common candidate count."""
+    scored = [p for p in prompts if p.judge_pref is not None]
+    if not scored:
+        return []
+    n = max(set(len(p.candidates) for p in scored), key=[len(p.candidates) for p in scored].count)
+    return [p for p in scored if len(p.candidates) == n]
+
+
+def run_synthetic(prompts: list[BenchPrompt], levels=DEFAULT_LEVELS, seeds: int = 5, bias: float = DEFAULT_BIAS) -> dict:
+    prompts = usable(prompts)
+    if not prompts:
+        return {"skipped": "no prompt in the data has judge_pref for all its candidates"}
+    prefs = np.array([p.judge_pref for p in prompts], dtype=np.float64)
+    u = utilities(prefs)
+    n_prompts, n = prefs.shape
+    levels_out = []
+    for level in levels:
+        rows, betas, achieved = [], [], []
+        for seed in range(seeds):
+            noise = np.random.default_rng(seed).standard_normal((n_prompts, n, n))
+            beta = calibrate_beta(u, noise, level / 100.0)
+            comp = SyntheticComparator(u, noise, beta, bias)
+            achieved.append(100.0 * pairwise_agreement(comp.matrix(), u))
+            betas.append(beta)
+            rows += evaluate(comp, prefs, seed)
+        levels_out.append({"target_agreement_pct": level, "achieved_agreement_pct": float(np.mean(achieved)),
+                           "beta_mean": float(np.mean(betas)), "rows": _mean_rows(rows)})
+        log(f"quality: agreement {level}% (beta {np.mean(betas):.3f}) done")
+    a, b = np.triu_indices(n, 1)
+    return {
+        "comparator": "synthetic",
+        "prompts": n_prompts, "candidates": n, "seeds": seeds, "sigma": SIGMA, "bias": bias, "clip": CLIP,
+        "distinct_pairs_pct": 100.0 * float(np.mean(u[:, a] != u[:, b])),
+        "random_pick_regret": float(np.mean(prefs.max(axis=1) - prefs.mean(axis=1))),
+        "levels": levels_out,
+    }
+
+
+def model_logit_matrix(ranker, prompts: list[BenchPrompt]) -> np.ndarray:
+    """f(i, j) for every ordered pair of every prompt, from a real checkpoint (one packed call)."""
+    n = len(prompts[0].candidates)
+    a, b = np.where(~np.eye(n, dtype=bool))
+    inputs, left, right = [], [], []
+    for p in prompts:
+        inputs += [p.instruction] * len(a)
+        left += [p.candidates[i] for i in a]
+        right += [p.candidates[j] for j in b]
+    logits = ranker.compare(inputs, left, right, mode="[A,B]")
+    m = np.zeros((len(prompts), n, n))
+    m[:, a, b] = np.asarray(logits, dtype=np.float64).reshape(len(prompts), len(a))
+    return m
+
+
+def run_model(ranker, prompts: list[BenchPrompt], seeds: int = 5) -> dict:
+    """The same metrics with a real checkpoint's logits. The model is run once per ordered pair and
+    every strategy reads those logits: the same decisions as running it per strategy (deterministic)."""
+    prompts = usable(prompts)
+    if not prompts:
+        return {"skipped": "no prompt in the data has judge_pref for all its candidates"}
+    prefs = np.array([p.judge_pref for p in prompts], dtype=np.float64)
+    u = utilities(prefs)
+    log(f"quality: running the checkpoint on all ordered pairs of {len(prompts)} prompts")
+    comp = MatrixComparator(model_logit_matrix(ranker, prompts))
+    rows = []
+    for seed in range(seeds):
+        rows += evaluate(comp, prefs, seed)
+    return {"comparator": "checkpoint", "prompts": len(prompts), "candidates": prefs.shape[1], "seeds": seeds,
+            "achieved_agreement_pct": 100.0 * pairwise_agreement(comp.logits, u),
+            "random_pick_regret": float(np.mean(prefs.max(axis=1) - prefs.mean(axis=1))),
+            "rows": _mean_rows(rows)}

@@ -1,0 +1,305 @@
+"""results.md (markdown tables), results.json (every number) and PNG plots from a results dict."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import as_jsonable
+from .flops import __doc__ as FLOPS_DOC
+from .quality import __doc__ as QUALITY_DOC
+
+
+def _f(x, digits=2, pct=False):
+    if x is None:
+        return "—"
+    if isinstance(x, str):
+        return x
+    if x != x:  # NaN
+        return "—"
+    return f"{100 * x:.{digits}f}" if pct else f"{x:.{digits}f}"
+
+
+def _g(x):
+    """Large counts in engineering notation (GFLOP etc.)."""
+    return "—" if x is None else f"{x:.3g}"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def _doc_body(doc: str) -> str:
+    """A module docstring without its first paragraph (the summary), for the report's method notes."""
+    return doc.strip().split("\n\n", 1)[-1].strip()
+
+
+# -- sections --------------------------------------------------------------------------------------
+
+def engine_md(eng: dict) -> list[str]:
+    s = eng["settings"]
+    md = ["## 1. Engine vs llm-blender", "",
+          f"{s['prompts']} prompts × {s['candidates_per_prompt']} candidates, same checkpoint and machine; "
+          f"{s['repeats']} interleaved repeats (order per repeat: {', '.join(s['interleaving'])}); "
+          f"medians, [min–max]. llm-blender runs `Blender.rank(..., batch_size={s['reference_batch_size']}, "
+          f"disable_tqdm=True)` ({s['reference_precision']}). Pairs = model rows (ordered pairs); tokens = "
+          "real (unpadded) tokens. Pad fraction: ours from `last_stats`, llm-blender's from its attention "
+          "masks (its `pretrained_model.forward` is wrapped). Peak RSS: whole process (every engine is "
+          "loaded in it), and the increase over the RSS before the run.", ""]
+    for task, cells in eng["tasks"].items():
+        md.append(f"### {task}")
+        md.append("")
+        rows = []
+        for name, c in cells.items():
+            rows.append([name, f"{_f(c['wall_s'])} [{_f(c['wall_min_s'])}–{_f(c['wall_max_s'])}]", c["pairs"],
+                         _f(c["pairs_per_s"]), _f(c["tokens_per_s"], 0),
+                         _f(c.get("speedup_vs_reference")) + ("×" if c.get("speedup_vs_reference") else ""),
+                         _f(c.get("speedup_paired_median")), _f(c["pad_fraction"], 1, pct=True),
+                         f"{_f(c['peak_rss_mb'], 0)} (+{_f(c['rss_increase_mb'], 0)})"
+                         + (f"; GPU {_f(c['cuda_peak_mb'], 0)}" if c.get("cuda_peak_mb") else "")])
+        md += _table(["engine", "wall s", "pairs", "pairs/s", "tokens/s", "speedup vs llm-blender",
+                      "paired speedup (median of per-repeat ratios)", "pad %", "peak RSS MB (+run)"], rows)
+    md += ["### Where our time goes (median seconds per call)", ""]
+    rows = []
+    for task, cells in eng["tasks"].items():
+        for name, c in cells.items():
+            if "tokenize_s" in c:
+                wall = c["wall_s"]
+                rows.append([task, name, _f(wall), _f(c["tokenize_s"], 3), _f(c["pack_s"], 3), _f(c["model_s"]),
+                             _f(c["other_s"], 3), _f(c["model_s"] / wall if wall else None, 1, pct=True),
+                             c["batches"], c.get("steps")])
+    md += _table(["task", "engine", "wall", "tokenize", "pack", "model", "other", "model % of wall", "batches",
+                  "steps"], rows)
+    md += ["### Agreement", ""]
+    rows = [[k, _f(v["identical_ranks_pct"], 1), _f(v["top1_agreement_pct"], 1), f"{v['max_abs_score_diff']:.2e}"]
+            for k, v in eng["agreement"].items()]
+    md += _table(["pair of engines", "identical ranks %", "same top-1 %", "max |score diff|"], rows)
+    md += ["llm-blender truncates candidates by the longest source *in its batch*; blender-fast per prompt. "
+           "With batch_size=1 the two rules coincide, so that run is the parity reference; any difference "
+           "between llm-blender's batch_size=8 and batch_size=1 runs is that truncation rule at work "
+           "(none when no candidate reaches its limit).", ""]
+    if eng.get("best_of_n_picks"):
+        md += _table(["best-of-n check", "%"], [[k, _f(v, 1)] for k, v in eng["best_of_n_picks"].items()])
+    return md
+
+
+def strategies_md(st: dict) -> list[str]:
+    s = st["settings"]
+    md = ["## 2. Selection strategies", "",
+          "Counts per prompt (top-k, both orders: every comparison runs (a,b) and (b,a)), from the "
+          "selection code itself; exact for top-1, means over 64 random prompts for top-3.", ""]
+    c12 = [r for r in st["counts"] if r["n"] == 12 and r["top_k"] == 1]
+    if c12:
+        md += ["### Best of 12", ""]
+        md += _table(["strategy", "forward passes", "sequential steps", "comparisons"],
+                     [[r["strategy"], _f(r["forward_passes"], 0), _f(r["steps"], 0), _f(r["comparisons"], 0)]
+                      for r in c12])
+    md += ["### Forward passes / sequential steps per prompt", ""]
+    ns = s["ns"]
+    for k in sorted({r["top_k"] for r in st["counts"]}):
+        rows = []
+        for strategy in ("full", "bubble", "tournament"):
+            cells = []
+            for n in ns:
+                r = next((r for r in st["counts"] if r["n"] == n and r["top_k"] == k and r["strategy"] == strategy), None)
+                cells.append("—" if r is None else f"{_f(r['forward_passes'], 0 if k == 1 else 1)} / "
+                                                   f"{_f(r['steps'], 0 if k == 1 else 1)}")
+            rows.append([f"{strategy} (top-{k})"] + cells)
+        md += _table(["strategy"] + [f"n={n}" for n in ns], rows)
+    if st["timed"]:
+        md += ["### Wall time", "",
+               f"Top-1, our engine ({st['timed'][0]['engine']}). Throughput: {s['throughput_prompts']} prompts in "
+               f"flight, each step of all prompts is one packed call. Latency: {s['latency_prompts']} prompts one "
+               f"at a time, median per-prompt wall time. Cells over {s['max_rows_per_cell']} model rows are "
+               "skipped (counts above still hold). One run per cell.", ""]
+        rows = []
+        for c in st["timed"]:
+            if "skipped" in c:
+                rows.append([c["n"], c["mode"], c["strategy"], c["prompts"], c["rows_needed"], "—", "—", "—",
+                             "skipped: " + c["skipped"]])
+                continue
+            per_prompt = c.get("median_prompt_wall_s")
+            rows.append([c["n"], c["mode"], c["strategy"], c["prompts"], c["forward_passes"], c["steps"],
+                         _f(c["wall_s"]), _f(per_prompt if per_prompt is not None else c["wall_s"] / c["prompts"]),
+                         f"pad {_f(c['pad_fraction'], 1, pct=True)}%"])
+        md += _table(["n", "mode", "strategy", "prompts", "forward passes", "steps (max)", "wall s",
+                      "s per prompt (latency: median)", "note"], rows)
+    return md
+
+
+def flops_md(fl: dict) -> list[str]:
+    peak = fl["peak"]
+    md = ["## 3. How close to the machine's limit", "", _doc_body(FLOPS_DOC), "",
+          f"Model: {fl['model_shape']['layers']} layers, H={fl['model_shape']['hidden']}, "
+          f"I={fl['model_shape']['intermediate']}, 2k={fl['model_shape']['att_span']}.", ""]
+    if fl.get("per_pair"):
+        pp = fl["per_pair"]
+        md += [f"One pair of {pp['tokens']:.0f} real tokens (the mean of the engine run): "
+               f"{pp['gflop']:.1f} GFLOP — "
+               + ", ".join(f"{k.replace('_', ' ')} {100 * v / pp['flops']:.0f}%" for k, v in pp["breakdown"].items())
+               + ".", ""]
+    md += [f"GEMM peak measured in this run ({peak['matrix_size']}² fp32): "
+           + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()
+                       if isinstance(v, float) and k not in ("peak_flops", "peak_fp16_flops"))
+           + f"; peak used = {peak['peak_source']} = {peak['peak_flops'] / 1e9:.1f} GFLOP/s.", ""]
+    rows = []
+    for r in fl["runs"]:
+        rows.append([r["run"], _g(r["real_flops"] / 1e9), _g(r["padded_flops"] / 1e9), _f(r["wall_s"]),
+                     _f(r["real_flops_per_s"] / 1e9, 1), _f(r["fraction_of_peak"], 1, pct=True),
+                     _f(r["padded_flops_per_s_in_model"] / 1e9, 1), _f(r["padded_model_fraction_of_peak"], 1, pct=True)])
+    md += _table(["run", "real GFLOP", "padded GFLOP", "wall s", "real GFLOP/s (wall)", "% of peak",
+                  "padded GFLOP/s in model", "% of peak"], rows)
+    md += ["\"real GFLOP/s (wall)\" is useful work per second of the whole call; \"padded GFLOP/s in model\" "
+           "is what the hardware executed while inside the model (ours: the ONNX/torch call; llm-blender: "
+           "its backbone forward). int8 runs count the same operations and are compared with the fp32 "
+           "peak, so they can exceed it.", ""]
+    return md
+
+
+def quality_md(q: dict) -> list[str]:
+    md = ["## 4. Selection quality", ""]
+    syn = q.get("synthetic")
+    if syn and "levels" in syn:
+        md += [_doc_body(QUALITY_DOC), "",
+               f"{syn['prompts']} prompts × {syn['candidates']} candidates, {syn['seeds']} noise seeds (means), "
+               f"b = {syn['bias']}, σ = {syn['sigma']}. {syn['distinct_pairs_pct']:.1f}% of candidate pairs have "
+               "different clipped utilities. Regret = best judge_pref − judge_pref of the pick, mean over prompts "
+               "(judge_pref − 1 is a win rate against the reference, so 0.01 = 1 win-rate point); for top-3 it is "
+               f"the regret of the best of the chosen three. A random pick's regret is {syn['random_pick_regret']:.4f}. "
+               "PairRM's published pairwise agreements are 59–85%.", ""]
+        levels = syn["levels"]
+        head = [f"{lvl['target_agreement_pct']}% (β={lvl['beta_mean']:.3f})" for lvl in levels]
+        for k, what in ((1, "same top-1 as full %"), (3, "overlap with full's top-3 %")):
+            key = "top1_agreement_with_full_pct" if k == 1 else "overlap_with_full_pct"
+            md += [f"### Top-{k}: {what} / regret, by the comparator's pairwise agreement", ""]
+            rows = []
+            for r0 in (r for r in levels[0]["rows"] if r["top_k"] == k):
+                cells = []
+                for lvl in levels:
+                    r = next(x for x in lvl["rows"] if x["variant"] == r0["variant"] and x["top_k"] == k)
+                    cells.append(f"{_f(r[key], 1)} / {_f(r['regret'], 4)}")
+                rows.append([r0["variant"], _f(r0["forward_passes"], 1), _f(r0["steps"], 1)] + cells)
+            md += _table(["strategy", "forward passes", "steps"] + head, rows)
+    model = q.get("checkpoint")
+    if model and "rows" in model:
+        md += [f"### With the checkpoint's own logits ({model['prompts']} prompts)", "",
+               f"Pairwise agreement with the judge: {model['achieved_agreement_pct']:.1f}%. A generated "
+               "(random-weight) checkpoint scores about 50%: only a real PairRM makes this table meaningful.", ""]
+        rows = [[r["variant"], r["top_k"], _f(r["forward_passes"], 1), _f(r["steps"], 1),
+                 _f(r["top1_agreement_with_full_pct"], 1), _f(r.get("overlap_with_full_pct"), 1),
+                 _f(r["regret"], 4), _f(r["judge_best_in_set_pct"], 1)] for r in model["rows"]]
+        md += _table(["strategy", "k", "forward passes", "steps", "same top-1 as full %", "top-3 overlap %",
+                      "regret", "judge's best in set %"], rows)
+    return md
+
+
+# -- plots -----------------------------------------------------------------------------------------
+
+def make_plots(results: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    eng = results.get("engine")
+    if eng and "tasks" in eng:
+        tasks = list(eng["tasks"])
+        fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
+            cells = eng["tasks"][task]
+            names = list(cells)
+            walls = [cells[n]["wall_s"] for n in names]
+            err = [[cells[n]["wall_s"] - cells[n]["wall_min_s"] for n in names],
+                   [cells[n]["wall_max_s"] - cells[n]["wall_s"] for n in names]]
+            colors = ["tab:gray" if n.startswith("llm-blender") else "tab:blue" for n in names]
+            ax.barh(names, walls, xerr=err, color=colors)
+            ax.set_xlabel("wall time, s (median, min–max)")
+            ax.set_title(task)
+            ax.invert_yaxis()
+        fig.tight_layout()
+        fig.savefig(out / "engine.png", dpi=110)
+        plt.close(fig)
+        written.append("engine.png")
+
+    st = results.get("strategies")
+    if st and st.get("counts"):
+        ns = st["settings"]["ns"]
+        fig, axes = plt.subplots(1, 3 if st["timed"] else 2, figsize=(15 if st["timed"] else 10, 4))
+        for strategy, marker in (("full", "o"), ("bubble", "s"), ("tournament", "^")):
+            rows = [r for r in st["counts"] if r["top_k"] == 1 and r["strategy"] == strategy]
+            axes[0].plot([r["n"] for r in rows], [r["forward_passes"] for r in rows], marker=marker, label=strategy)
+            axes[1].plot([r["n"] for r in rows], [r["steps"] for r in rows], marker=marker, label=strategy)
+            if st["timed"]:
+                for mode, style in (("throughput", "-"), ("latency", "--")):
+                    t = [c for c in st["timed"] if c["strategy"] == strategy and c["mode"] == mode and "wall_s" in c]
+                    if t:
+                        y = [c.get("median_prompt_wall_s") or c["wall_s"] / c["prompts"] for c in t]
+                        axes[2].plot([c["n"] for c in t], y, style, marker=marker, label=f"{strategy}, {mode}")
+        axes[0].set(xlabel="candidates n", ylabel="forward passes per prompt (top-1)", yscale="log", xticks=ns)
+        axes[1].set(xlabel="candidates n", ylabel="sequential steps (top-1)", xticks=ns)
+        if st["timed"]:
+            axes[2].set(xlabel="candidates n", ylabel="s per prompt", yscale="log", xticks=ns)
+            axes[2].legend(fontsize=7)
+        axes[0].legend()
+        fig.tight_layout()
+        fig.savefig(out / "strategies.png", dpi=110)
+        plt.close(fig)
+        written.append("strategies.png")
+
+    q = results.get("quality", {}).get("synthetic")
+    if q and "levels" in q:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        x = [lvl["achieved_agreement_pct"] for lvl in q["levels"]]
+        variants = [r["variant"] for r in q["levels"][0]["rows"] if r["top_k"] == 1]
+        for v in variants:
+            rows = [next(r for r in lvl["rows"] if r["variant"] == v and r["top_k"] == 1) for lvl in q["levels"]]
+            style = "--" if "one order" in v else "-"
+            axes[0].plot(x, [r["regret"] for r in rows], style, marker="o", label=v)
+            axes[1].plot(x, [r["top1_agreement_with_full_pct"] for r in rows], style, marker="o", label=v)
+        axes[0].axhline(q["random_pick_regret"], color="gray", lw=0.8, ls=":", label="random pick")
+        axes[0].set(xlabel="comparator pairwise agreement with the judge, %", ylabel="mean regret (judge_pref)",
+                    yscale="log", title="top-1 regret")
+        axes[1].set(xlabel="comparator pairwise agreement with the judge, %", ylabel="%",
+                    title="same top-1 as full ranking")
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "quality.png", dpi=110)
+        plt.close(fig)
+        written.append("quality.png")
+    return written
+
+
+# -- files -----------------------------------------------------------------------------------------
+
+def write_outputs(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        results["plots"] = make_plots(results, out)
+    except ImportError as e:  # matplotlib is optional (the bench extra)
+        results["plots"] = []
+        results["plots_skipped"] = str(e)
+    (out / "results.json").write_text(json.dumps(as_jsonable(results), indent=1))
+    (out / "results.md").write_text(render_markdown(results))
+
+
+def render_markdown(results: dict) -> str:
+    meta = results["meta"]
+    m = meta["machine"]
+    md = ["# blender-fast benchmark", ""]
+    if meta.get("note"):
+        md += [f"**{meta['note']}**", ""]
+    md += [f"Run {meta['started']}, {meta['wall_s']:.0f} s in all. Command: `{meta['command']}`", "",
+           f"Machine: {m['cpu_model']}, {m['physical_cores']} physical / {m['logical_cores']} logical cores, "
+           f"{m['memory_gb']} GB" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+           + f". Load average at start {m.get('load_average_at_start')}, at end {meta.get('load_average_at_end')}. "
+           + "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".", "",
+           f"Checkpoint: `{meta['checkpoint']}` ({meta['checkpoint_kind']}); data: `{meta['data']}`; "
+           f"device {meta['settings']['device']}; threads {meta['settings']['threads'] or 'default'}.", ""]
+    for key, fn in (("engine", engine_md), ("strategies", strategies_md), ("flops", flops_md), ("quality", quality_md)):
+        if key in results:
+            md += fn(results[key])
+    if results.get("plots"):
+        md += ["## Plots", ""] + [f"![{p}]({p})" for p in results["plots"]] + [""]
+    return "\n".join(md)
