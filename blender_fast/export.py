@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -156,7 +157,11 @@ def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", 
     fp32_path = out_dir / ("model.onnx" if precision != "int8" else "model.fp32.onnx")
     export_model = model.half() if precision == "fp16" else model
     dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "positions": {0: "batch"}, "logits": {0: "batch"}}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter is deprecated (still the faster, equally exact one here), and warns that
+        # advanced indexing breaks on negative indices: the packer's positions are never negative.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
         torch.onnx.export(
             export_model,
             (torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(pos)),

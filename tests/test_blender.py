@@ -1,0 +1,129 @@
+"""The llm-blender-compatible facade: signatures, config objects, rank_and_fuse, and errors."""
+from __future__ import annotations
+
+import inspect
+import json
+
+import numpy as np
+import pytest
+
+from conftest import require
+
+INPUTS = ["Give a tip for sleeping better.", "What is 2 + 2?"]
+CANDIDATES = [
+    ["Keep a regular schedule.", "Drink coffee at night.", "Avoid screens an hour before bed and keep the room cool.", "Sleep."],
+    ["4", "Four.", "22", "2 + 2 equals 4."],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_fuser(tmp_path_factory):
+    require("torch")
+    from blender_fast.make_checkpoint import make_fuser_checkpoint
+
+    return make_fuser_checkpoint(tmp_path_factory.mktemp("fuser") / "tiny", shape="tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def blender(tiny_checkpoint, tiny_fuser):
+    from blender_fast import Blender
+
+    b = Blender({"device": "cpu", "use_tqdm": False})
+    b.loadranker(str(tiny_checkpoint))
+    b.loadfuser(str(tiny_fuser), device="cpu")
+    return b
+
+
+def test_signatures_match_llm_blender():
+    """Every public method of llm_blender.Blender exists here with the same parameters and defaults."""
+    llm_blender = require("llm_blender")
+    from blender_fast import Blender
+
+    for name, ref in inspect.getmembers(llm_blender.Blender, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        ours = getattr(Blender, name)
+        ref_params = inspect.signature(ref).parameters
+        our_params = inspect.signature(ours).parameters
+        for pname, p in ref_params.items():
+            assert pname in our_params, f"{name}() lacks parameter {pname}"
+            if p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD:
+                assert our_params[pname].default == p.default, f"{name}({pname}=...) default differs"
+
+
+def test_config_objects_are_accepted(tiny_checkpoint):
+    llm_blender = require("llm_blender")
+    from blender_fast import Blender
+
+    cfg = llm_blender.RankerConfig(ranker_type="pairranker", model_type="deberta", load_checkpoint=str(tiny_checkpoint),
+                                   source_maxlength=1224, candidate_maxlength=412)
+    b = Blender(llm_blender.BlenderConfig(device="cpu", use_tqdm=False), ranker_config=cfg)
+    assert b.rank(INPUTS, CANDIDATES).shape == (2, 4)
+    b2 = Blender({"device": "cpu"}, ranker_config={"load_checkpoint": str(tiny_checkpoint)})
+    np.testing.assert_array_equal(b2.rank(INPUTS, CANDIDATES), b.rank(INPUTS, CANDIDATES))
+
+
+@pytest.mark.parametrize("strategy", ["full", "bubble", "tournament"])
+def test_rank_and_fuse(blender, strategy):
+    fused, ranks = blender.rank_and_fuse(INPUTS, CANDIDATES, top_k=2, strategy=strategy, num_beams=1, max_new_tokens=8)
+    assert len(fused) == 2 and all(isinstance(t, str) for t in fused)
+    assert ranks.shape == (2, 4) and ranks.dtype == np.int32
+    assert sorted(ranks[0])[:2] == [1, 2]
+
+
+def test_rank_and_fuse_uses_the_top_k_of_the_ranking(blender):
+    ranks = blender.rank(INPUTS, CANDIDATES)
+    top = [[c[i] for i in np.argsort(r)[:2]] for r, c in zip(ranks, CANDIDATES)]
+    want = blender.fuse(INPUTS, top, num_beams=1, max_new_tokens=8)
+    got, _ = blender.rank_and_fuse(INPUTS, CANDIDATES, top_k=2, num_beams=1, max_new_tokens=8)
+    assert got == want
+
+
+def test_best_of_n_strategies_agree_with_a_consistent_ranking(blender):
+    full = blender.get_best_of_n(INPUTS, CANDIDATES, pairrm_cmp_type="full")
+    assert len(full) == 2 and all(f in c for f, c in zip(full, CANDIDATES))
+    for cmp_type in ("bubble", "tournament"):
+        allc = blender.get_best_of_n(INPUTS, CANDIDATES, pairrm_cmp_type=cmp_type, return_all=True)
+        assert [sorted(a) for a in allc] == [sorted(c) for c in CANDIDATES]  # a permutation, best first
+    assert blender.get_best_of_n(["x"], [["only"]]) == ["only"]
+
+
+def test_bad_input_errors(blender, tiny_checkpoint):
+    from blender_fast import Blender
+
+    conv_a = [[{"role": "USER", "content": "hi"}, {"role": "ASSISTANT", "content": "hello"}]]
+    conv_b = [[{"role": "USER", "content": "hey"}, {"role": "ASSISTANT", "content": "yo"}]]
+    with pytest.raises(ValueError, match="USER turn 0 differs"):
+        blender.compare_conversations(conv_a, conv_b)
+    with pytest.raises(ValueError, match="even, non-zero number of turns"):
+        blender.compare_conversations([conv_a[0][:1]], [conv_b[0][:1]])
+    with pytest.raises(ValueError, match="fewer than top_k=5"):
+        blender.rank_and_fuse(INPUTS, CANDIDATES, top_k=5)
+    with pytest.raises(ValueError, match="ref_mode"):
+        blender.rank_with_ref(INPUTS, CANDIDATES, ref_mode="random")
+    with pytest.raises(ValueError, match="pairrm_cmp_type"):
+        blender.get_best_of_n(INPUTS, CANDIDATES, pairrm_cmp_type="quick")
+    with pytest.raises(ValueError, match="empty"):
+        blender.fuse(["x"], [[""]])
+    fresh = Blender({"device": "cpu"})
+    with pytest.raises(RuntimeError, match="no fuser loaded"):
+        fresh.fuse(INPUTS, CANDIDATES)
+    with pytest.raises(RuntimeError, match="no ranker loaded"):
+        fresh.rank(INPUTS, CANDIDATES)
+    with pytest.raises(TypeError, match="unknown options"):
+        fresh.loadranker(str(tiny_checkpoint), batchsize=3)
+    with pytest.raises(FileNotFoundError):
+        fresh.loadfuser("/nonexistent/fuser")
+
+
+def test_fuse_cli(tiny_checkpoint, tiny_fuser, tmp_path):
+    from blender_fast.cli import main
+
+    out = tmp_path / "fused.jsonl"
+    argv = ["fuse", "--ranker", str(tiny_checkpoint), "--fuser", str(tiny_fuser), "--output", str(out),
+            "--strategy", "tournament", "--top-k", "2", "--num-beams", "1", "--limit", "3", "--quiet"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in open(out)]
+    assert len(rows) == 3
+    for row in rows:
+        assert isinstance(row["fused"], str) and len(row["blender_fast"]["top_k"]) == 2
