@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .common import (BatchShape, RecordingModel, RssSampler, as_jsonable, log, median,
+from .common import (BatchShape, RecordingModel, RssSampler, as_jsonable, load_average, log, median,
                      record_reference_batches, summarize_batches)
 from .flops import ModelShape, run_flops
 
@@ -112,7 +112,8 @@ def timed_call(engine: Engine, fn, device: str, shape: ModelShape) -> tuple[obje
 
         cuda_peak = torch.cuda.max_memory_allocated() / 2**20
     batches = engine.batches[first_batch:]
-    rec = {"wall_s": wall, "rss_before_mb": mem.before / 2**20, "peak_rss_mb": mem.peak / 2**20,
+    rec = {"wall_s": wall, "load_average_1min": load_average()[0] if load_average() else None,
+           "rss_before_mb": mem.before / 2**20, "peak_rss_mb": mem.peak / 2**20,
            "rss_increase_mb": (mem.peak - mem.before) / 2**20, "cuda_peak_mb": cuda_peak,
            **summarize_batches(batches), **run_flops(shape, batches), "precision": engine.precision}
     if engine.side == "ours":

@@ -46,7 +46,10 @@ def engine_md(eng: dict) -> list[str]:
           f"disable_tqdm=True)` ({s['reference_precision']}). Pairs = model rows (ordered pairs); tokens = "
           "real (unpadded) tokens. Pad fraction: ours from `last_stats`, llm-blender's from its attention "
           "masks (its `pretrained_model.forward` is wrapped). Peak RSS: whole process (every engine is "
-          "loaded in it), and the increase over the RSS before the run.", ""]
+          "loaded in it), and the increase over the RSS before the run. On a busy machine the comparison "
+          "is skewed, not just noisy: torch (llm-blender and our torch backend) slows down far more than "
+          "ONNX Runtime when the cores are oversubscribed; every run's 1-minute load average is in "
+          "results.json.", ""]
     for task, cells in eng["tasks"].items():
         md.append(f"### {task}")
         md.append("")
@@ -139,18 +142,27 @@ def flops_md(fl: dict) -> list[str]:
                f"{pp['gflop']:.1f} GFLOP — "
                + ", ".join(f"{k.replace('_', ' ')} {100 * v / pp['flops']:.0f}%" for k, v in pp["breakdown"].items())
                + ".", ""]
-    md += [f"GEMM peak measured in this run ({peak['matrix_size']}² fp32): "
-           + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()
-                       if isinstance(v, float) and k not in ("peak_flops", "peak_fp16_flops"))
-           + f"; peak used = {peak['peak_source']} = {peak['peak_flops'] / 1e9:.1f} GFLOP/s.", ""]
+    def rates(p):
+        return ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in p.items()
+                         if isinstance(v, float) and k not in ("peak_flops", "peak_fp16_flops"))
+
+    when = (f"at the start of the run: {rates(peak['at_start_of_run'])}; at the end: {rates(peak['at_end_of_run'])}"
+            if "at_start_of_run" in peak else rates(peak))
+    md += [f"GEMM peak measured in this run ({peak['matrix_size']}² fp32 matmul through ONNX Runtime with our engine's thread count, and through numpy), "
+           f"{when}; peak used = the highest, {peak['peak_source']} = {peak['peak_flops'] / 1e9:.1f} GFLOP/s.", ""]
     rows = []
     for r in fl["runs"]:
         rows.append([r["run"], _g(r["real_flops"] / 1e9), _g(r["padded_flops"] / 1e9), _f(r["wall_s"]),
                      _f(r["real_flops_per_s"] / 1e9, 1), _f(r["fraction_of_peak"], 1, pct=True),
                      _f(r["padded_flops_per_s_in_model"] / 1e9, 1), _f(r["padded_model_fraction_of_peak"], 1, pct=True)])
+    if not rows:
+        return md + ["No timed runs in this invocation: run the engine or strategies section too.", ""]
     md += _table(["run", "real GFLOP", "padded GFLOP", "wall s", "real GFLOP/s (wall)", "% of peak",
                   "padded GFLOP/s in model", "% of peak"], rows)
-    md += ["\"real GFLOP/s (wall)\" is useful work per second of the whole call; \"padded GFLOP/s in model\" "
+    md += ["Real FLOPs include the relative-position projections once per batch, so an engine that runs "
+           "more, smaller batches (llm-blender: one per pair position and batch of prompts) does more real "
+           "work for the same pairs. "
+           "\"real GFLOP/s (wall)\" is useful work per second of the whole call; \"padded GFLOP/s in model\" "
            "is what the hardware executed while inside the model (ours: the ONNX/torch call; llm-blender: "
            "its backbone forward). int8 runs count the same operations and are compared with the fp32 "
            "peak, so they can exceed it.", ""]
@@ -205,18 +217,19 @@ def make_plots(results: dict, out: Path) -> list[str]:
     written = []
     eng = results.get("engine")
     if eng and "tasks" in eng:
-        tasks = list(eng["tasks"])
-        fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
-        for ax, task in zip(axes[0], tasks):
-            cells = eng["tasks"][task]
-            names = list(cells)
-            walls = [cells[n]["wall_s"] for n in names]
-            err = [[cells[n]["wall_s"] - cells[n]["wall_min_s"] for n in names],
-                   [cells[n]["wall_max_s"] - cells[n]["wall_s"] for n in names]]
-            colors = ["tab:gray" if n.startswith("llm-blender") else "tab:blue" for n in names]
-            ax.barh(names, walls, xerr=err, color=colors)
+        # Panel 1: full ranking; panel 2: every best-of-n task (ours bubble and tournament, theirs bubble).
+        panels = [("rank", [("rank", n) for n in eng["tasks"].get("rank", {})]),
+                  ("best of n", [(t, n) for t in eng["tasks"] if t.startswith("best_of_n") for n in eng["tasks"][t]])]
+        panels = [p for p in panels if p[1]]
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), squeeze=False)
+        for ax, (title, keys) in zip(axes[0], panels):
+            cells = [eng["tasks"][t][n] for t, n in keys]
+            labels = [n if title == "rank" else f"{n}, {t.split()[-1]}" for t, n in keys]
+            err = [[c["wall_s"] - c["wall_min_s"] for c in cells], [c["wall_max_s"] - c["wall_s"] for c in cells]]
+            colors = ["tab:gray" if n.startswith("llm-blender") else "tab:blue" for _, n in keys]
+            ax.barh(labels, [c["wall_s"] for c in cells], xerr=err, color=colors)
             ax.set_xlabel("wall time, s (median, min–max)")
-            ax.set_title(task)
+            ax.set_title(title)
             ax.invert_yaxis()
         fig.tight_layout()
         fig.savefig(out / "engine.png", dpi=110)
@@ -227,20 +240,24 @@ def make_plots(results: dict, out: Path) -> list[str]:
     if st and st.get("counts"):
         ns = st["settings"]["ns"]
         fig, axes = plt.subplots(1, 3 if st["timed"] else 2, figsize=(15 if st["timed"] else 10, 4))
-        for strategy, marker in (("full", "o"), ("bubble", "s"), ("tournament", "^")):
+        for strategy, marker, color in (("full", "o", "tab:blue"), ("bubble", "s", "tab:orange"),
+                                        ("tournament", "^", "tab:green")):
             rows = [r for r in st["counts"] if r["top_k"] == 1 and r["strategy"] == strategy]
-            axes[0].plot([r["n"] for r in rows], [r["forward_passes"] for r in rows], marker=marker, label=strategy)
-            axes[1].plot([r["n"] for r in rows], [r["steps"] for r in rows], marker=marker, label=strategy)
+            axes[0].plot([r["n"] for r in rows], [r["forward_passes"] for r in rows], marker=marker, color=color,
+                         label=strategy)
+            axes[1].plot([r["n"] for r in rows], [r["steps"] for r in rows], marker=marker, color=color, label=strategy)
             if st["timed"]:
                 for mode, style in (("throughput", "-"), ("latency", "--")):
                     t = [c for c in st["timed"] if c["strategy"] == strategy and c["mode"] == mode and "wall_s" in c]
                     if t:
                         y = [c.get("median_prompt_wall_s") or c["wall_s"] / c["prompts"] for c in t]
-                        axes[2].plot([c["n"] for c in t], y, style, marker=marker, label=f"{strategy}, {mode}")
+                        axes[2].plot([c["n"] for c in t], y, style, marker=marker, color=color,
+                                     label=f"{strategy}, {mode}")
         axes[0].set(xlabel="candidates n", ylabel="forward passes per prompt (top-1)", yscale="log", xticks=ns)
         axes[1].set(xlabel="candidates n", ylabel="sequential steps (top-1)", xticks=ns)
         if st["timed"]:
-            axes[2].set(xlabel="candidates n", ylabel="s per prompt", yscale="log", xticks=ns)
+            axes[2].set(xlabel="candidates n", ylabel="s per prompt (latency: median)", yscale="log",
+                        xticks=st["settings"].get("timed_ns") or ns, title="wall time, top-1")
             axes[2].legend(fontsize=7)
         axes[0].legend()
         fig.tight_layout()

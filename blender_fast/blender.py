@@ -14,7 +14,7 @@ from typing import List
 
 import numpy as np
 
-from .ranker import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET, Ranker
+from .ranker import DEFAULT_MAX_BATCH, Ranker
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ FUSER_CONFIG_FIELDS = {
     "model_name", "cache_dir", "max_length", "candidate_maxlength", "torch_dtype", "load_in_4bit",
     "load_in_8bit", "device",
 }
-ENGINE_OPTIONS = {"backend", "precision", "threads", "token_budget", "max_batch_size", "onnx_cache_dir"}
+ENGINE_OPTIONS = {"backend", "precision", "threads", "token_budget", "max_batch_size", "batch_cost", "onnx_cache_dir"}
 CMP_TYPES = ("bubble", "tournament", "full")
 REF_MODES = ("longest", "shortest", "median_length", "first", "last")
 CONVERSATION_INSTRUCTION = (
@@ -136,7 +136,7 @@ class Blender:
     def loadranker(self, ranker_path: str, device: str = None, **kwargs):
         """Load a local PairRM checkpoint. Extra keywords: llm-blender RankerConfig fields
         (source_maxlength, candidate_maxlength, fp16, ...) and engine options (backend="onnx"|"torch",
-        precision="fp32"|"fp16"|"int8", threads, token_budget, max_batch_size, onnx_cache_dir)."""
+        precision="fp32"|"fp16"|"int8", threads, token_budget, max_batch_size, batch_cost, onnx_cache_dir)."""
         unknown = set(kwargs) - RANKER_CONFIG_FIELDS - ENGINE_OPTIONS
         if unknown:
             raise TypeError(f"loadranker() got unknown options {sorted(unknown)}")
@@ -147,8 +147,8 @@ class Blender:
         self.ranker = Ranker.from_pretrained(
             ranker_path, backend=kwargs.get("backend", "onnx"), device=device, precision=precision,
             threads=kwargs.get("threads"), cache_dir=kwargs.get("onnx_cache_dir"),
-            token_budget=kwargs.get("token_budget") or DEFAULT_TOKEN_BUDGET,
-            max_batch_size=kwargs.get("max_batch_size") or DEFAULT_MAX_BATCH,
+            token_budget=kwargs.get("token_budget"),
+            max_batch_size=kwargs.get("max_batch_size") or DEFAULT_MAX_BATCH, batch_cost=kwargs.get("batch_cost"),
             source_maxlength=kwargs.get("source_maxlength"), candidate_maxlength=kwargs.get("candidate_maxlength"),
         )
         self.ranker_config = {**(self.ranker_config or {}), **kwargs, "load_checkpoint": str(ranker_path), "device": device}

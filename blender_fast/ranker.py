@@ -14,8 +14,13 @@ from .tokenization import EncodedPrompts, PairTokenizer, encode_prompts
 
 BACKENDS = ("onnx", "torch")
 COMPARE_MODES = ("[A,B]", "[B,A]", "[A,B]+[B,A]")
-DEFAULT_TOKEN_BUDGET = 16384
+# Tokens per batch (rows x longest row). On a CPU bigger batches buy nothing once a batch holds a few
+# sequences (each is already hundreds of GEMM rows) and cost cache misses in the T x T attention maps.
+DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 32768}
 DEFAULT_MAX_BATCH = 64
+# The fixed cost of one model call, in tokens, for the batch planner: on a CPU a padded token costs as
+# much as a real one and a call ~1 ms (about one token of xsmall); on a GPU calls dominate.
+DEFAULT_BATCH_COST = {"cpu": 16, "cuda": 4096}
 
 
 @dataclass
@@ -89,9 +94,12 @@ class Ranker:
     """PairRM over ONNX Runtime (default) or torch, fed by the C++ pair packer."""
 
     def __init__(self, model: Callable, tokenizer: PairTokenizer, source_maxlength: int, candidate_maxlength: int,
-                 token_budget: int = DEFAULT_TOKEN_BUDGET, max_batch_size: int = DEFAULT_MAX_BATCH, progress: bool = False):
+                 token_budget: int = DEFAULT_TOKEN_BUDGET["cpu"], max_batch_size: int = DEFAULT_MAX_BATCH, progress: bool = False,
+                 batch_cost: int = DEFAULT_BATCH_COST["cpu"]):
         if token_budget < 1 or max_batch_size < 1:
             raise ValueError("token_budget and max_batch_size must be positive")
+        if batch_cost < 0:
+            raise ValueError(f"batch_cost must be >= 0, got {batch_cost}")
         self.model = model
         self.tokenizer = tokenizer
         self.source_maxlength = source_maxlength
@@ -99,13 +107,15 @@ class Ranker:
         self.token_budget = token_budget
         self.max_batch_size = max_batch_size
         self.progress = progress
+        self.batch_cost = batch_cost
         self.last_stats = RunStats()
 
     @classmethod
     def from_pretrained(cls, path, backend: str = "onnx", device: str = "cpu", precision: str = "fp32", *,
-                        threads: int | None = None, cache_dir=None, token_budget: int = DEFAULT_TOKEN_BUDGET,
+                        threads: int | None = None, cache_dir=None, token_budget: int | None = None,
                         max_batch_size: int = DEFAULT_MAX_BATCH, source_maxlength: int | None = None,
-                        candidate_maxlength: int | None = None, progress: bool = False) -> "Ranker":
+                        candidate_maxlength: int | None = None, progress: bool = False,
+                        batch_cost: int | None = None) -> "Ranker":
         """Load a PairRM checkpoint directory (llm-blender or PairRM-hf layout).
 
         backend="onnx" exports the checkpoint to ONNX on first use and caches it (keyed by a hash of the
@@ -136,7 +146,8 @@ class Ranker:
             tok = build_pair_tokenizer(ckpt)
             model = TorchPairModel(build_torch_model(ckpt), device=device, precision=precision, threads=threads)
         return cls(model, tok, source_maxlength or ckpt.source_maxlength, candidate_maxlength or ckpt.candidate_maxlength,
-                   token_budget=token_budget, max_batch_size=max_batch_size, progress=progress)
+                   token_budget=token_budget or DEFAULT_TOKEN_BUDGET[device], max_batch_size=max_batch_size, progress=progress,
+                   batch_cost=DEFAULT_BATCH_COST[device] if batch_cost is None else batch_cost)
 
     # -- the engine ---------------------------------------------------------------------------------
 
@@ -160,7 +171,7 @@ class Ranker:
             text_pairs = np.stack([enc.source_index[prompts], enc.candidate_start[prompts] + rows[:, 1],
                                    enc.candidate_start[prompts] + rows[:, 2]], axis=1)
             gs = group_size if len(rows) % group_size == 0 else 1
-            order, bounds = packer.plan(text_pairs, self.token_budget, self.max_batch_size, gs)
+            order, bounds = packer.plan(text_pairs, self.token_budget, self.max_batch_size, gs, self.batch_cost)
             stats.pack_s += time.perf_counter() - t0
             logits = np.empty(len(rows), dtype=np.float32)
             for b in range(len(bounds) - 1):

@@ -123,26 +123,28 @@ cand1_id / cand2_id. The buffers are copied.
       .def(
           "plan",
           [](const bf::PairPacker& self, py::object pairs, int64_t token_budget, int64_t max_batch_size,
-             int64_t group_size) {
+             int64_t group_size, int64_t batch_cost) {
             auto pr = as_i64(pairs, "pairs", 2, 3);
             const int64_t P = pr.shape(0);
             const int64_t* pp = pr.data();
             bf::BatchPlan plan;
             {
               py::gil_scoped_release nogil;
-              plan = self.plan(pp, P, token_budget, max_batch_size, group_size);
+              plan = self.plan(pp, P, token_budget, max_batch_size, group_size, batch_cost);
             }
             return py::make_tuple(vector_to_array(plan.order), vector_to_array(plan.bounds));
           },
           py::arg("pairs"), py::arg("token_budget"), py::arg("max_batch_size"), py::arg("group_size") = 1,
-          R"doc(plan(pairs, token_budget, max_batch_size, group_size=1) -> (order int64[P], bounds int64[B+1])
+          py::arg("batch_cost") = 64,
+          R"doc(plan(pairs, token_budget, max_batch_size, group_size=1, batch_cost=64) -> (order int64[P], bounds int64[B+1])
 
 Rows form consecutive groups of group_size (P must be a multiple; use 2 so
 both orders of a comparison share a batch). Groups are sorted by their longest
 row (stable) and cut into contiguous batches with rows*longest <= token_budget
 and rows <= max_batch_size (a lone group over budget gets its own batch).
-Among the cuts with the fewest batches, the one with the fewest pad tokens is
-chosen. Batches come shortest first; batch i is order[bounds[i]:bounds[i+1]];
+The cut minimizes computed tokens (rows*longest per batch) + batch_cost per
+batch, ties to fewer batches: a pad token costs as much as a real one, a model
+call costs batch_cost tokens (small on CPU, large on GPU). Batches come shortest first; batch i is order[bounds[i]:bounds[i+1]];
 a group's rows stay adjacent and in their original order. Deterministic.)doc")
       .def(
           "build",

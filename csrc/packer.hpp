@@ -91,20 +91,21 @@ class PairPacker {
   }
 
   // Groups (consecutive runs of group_size rows) are sorted by their longest
-  // row and cut into contiguous batches. Any contiguous sub-run of a feasible
-  // batch is feasible, so a greedy cut from either end already reaches the
-  // minimum number of batches; but the two greedy cuts pad differently and
-  // neither dominates (ascending greedy wastes padding when a long tail row
-  // joins a batch of short ones, descending greedy when a short row joins a
-  // batch of long ones). So a DP picks, among the minimum-batch partitions,
-  // the one with the fewest padded tokens. Its cost is O(groups * width),
-  // width = most groups a batch can hold; if that is pathologically large
-  // (huge budgets with unbounded batch size) it falls back to the ascending
-  // greedy cut, which has the same batch count.
+  // row and cut into contiguous batches. The cut minimizes the tokens the
+  // model computes, rows*longest summed over batches, plus batch_cost tokens
+  // per batch (the fixed cost of one model call, in token-equivalents): on a
+  // CPU a pad token costs as much as a real one and a call almost nothing
+  // (batch_cost ~ 16), on a GPU calls dominate (batch_cost ~ thousands). Ties
+  // go to fewer batches. A DP over the sorted groups does it in
+  // O(groups * width), width = most groups a batch can hold; if that is
+  // pathologically large (huge budgets with unbounded batch size) it falls
+  // back to the ascending greedy cut (fewest batches).
   BatchPlan plan(const int64_t* pairs, int64_t P, int64_t token_budget, int64_t max_batch_size,
-                 int64_t group_size) const {
+                 int64_t group_size, int64_t batch_cost) const {
     if (group_size < 1) fail("group_size must be >= 1, got " + std::to_string(group_size));
     if (token_budget < 1) fail("token_budget must be >= 1, got " + std::to_string(token_budget));
+    if (batch_cost < 0 || batch_cost > kMaxBatchCost)
+      fail("batch_cost must be in [0, " + std::to_string(kMaxBatchCost) + "], got " + std::to_string(batch_cost));
     if (max_batch_size < group_size)
       fail("max_batch_size (" + std::to_string(max_batch_size) + ") must be >= group_size (" +
            std::to_string(group_size) + ")");
@@ -139,23 +140,22 @@ class PairPacker {
 
     std::vector<int64_t> cut;  // batch end positions in sorted order
     if (work <= kMaxDpWork) {
+      // fc[i]: cheapest cost of the first i sorted groups; fb[i]: its batch count.
       std::vector<int64_t> fb(static_cast<size_t>(G) + 1, 0), fc(static_cast<size_t>(G) + 1, 0),
           from(static_cast<size_t>(G) + 1, 0);
       for (int64_t i = 1; i <= G; ++i) {
         const int64_t L = glen[sorted[i - 1]];
         const int64_t lo = std::max<int64_t>(0, i - width[i]);
-        // Batch counts are non-decreasing in j, so the minimum-batch choices
-        // are a prefix of the window.
-        const int64_t best_b = fb[lo];
-        int64_t best_c = -1, best_j = lo;
-        for (int64_t j = lo; j < i && fb[j] == best_b; ++j) {
-          const int64_t c = fc[j] + (i - j) * L;
-          if (best_c < 0 || c < best_c) {
+        int64_t best_c = -1, best_b = 0, best_j = lo;
+        for (int64_t j = lo; j < i; ++j) {
+          const int64_t c = fc[j] + (i - j) * group_size * L + batch_cost;
+          if (best_c < 0 || c < best_c || (c == best_c && fb[j] + 1 < best_b)) {
             best_c = c;
+            best_b = fb[j] + 1;
             best_j = j;
           }
         }
-        fb[i] = best_b + 1;
+        fb[i] = best_b;
         fc[i] = best_c;
         from[i] = best_j;
       }
@@ -252,6 +252,8 @@ class PairPacker {
   // A DP of ~64M inner steps is well under a second; beyond that the
   // padding it saves is not worth the planning time.
   static constexpr int64_t kMaxDpWork = int64_t{1} << 26;
+  // Keeps fc[] far from overflow: groups * (budget + batch_cost) < 2^63.
+  static constexpr int64_t kMaxBatchCost = int64_t{1} << 40;
 
   [[noreturn]] static void fail(const std::string& msg) { throw std::invalid_argument(msg); }
 

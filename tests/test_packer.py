@@ -76,11 +76,11 @@ def cost(L, cuts):
     return total
 
 
-def brute_best(L, budget, maxb, g):
-    """Min batches, then min cost, over all contiguous cuts (plain DP)."""
+def brute_best(L, budget, maxb, g, batch_cost):
+    """Min (computed tokens + batch_cost per batch), then min batches, over all contiguous cuts."""
     best = {0: (0, 0)}
     for i in range(1, len(L) + 1):
-        cands = [(best[j][0] + 1, best[j][1] + (i - j) * L[i - 1])
+        cands = [(best[j][0] + (i - j) * g * L[i - 1] + batch_cost, best[j][1] + 1)
                  for j in range(max(0, i - width(L[i - 1], budget, maxb, g)), i)]
         best[i] = min(cands)
     return best[len(L)]
@@ -125,12 +125,12 @@ def test_build_matches_twin(c, data):
 
 
 @settings(max_examples=200, deadline=None)
-@given(corpora(), st.integers(1, 120), st.integers(1, 12))
-def test_plan_matches_twin(c, budget, maxb):
+@given(corpora(), st.integers(1, 120), st.integers(1, 12), st.sampled_from([0, 1, 7, 64, 10**9]))
+def test_plan_matches_twin(c, budget, maxb, batch_cost):
     packer, tokens, offsets, limits, po, pairs, g = c
     maxb = max(maxb, g)
-    order, bounds = packer.plan(pairs, budget, maxb, g)
-    again = packer.plan(pairs, budget, maxb, g)
+    order, bounds = packer.plan(pairs, budget, maxb, g, batch_cost)
+    again = packer.plan(pairs, budget, maxb, g, batch_cost)
     assert np.array_equal(order, again[0]) and np.array_equal(bounds, again[1])  # deterministic
     P = len(pairs)
     assert sorted(order.tolist()) == list(range(P))  # every row exactly once
@@ -146,13 +146,17 @@ def test_plan_matches_twin(c, budget, maxb):
         longest = max(lens[r] for r in batch)
         assert len(batch) <= maxb
         assert len(batch) * longest <= budget or len(batch) == g  # only a lone group may exceed
-    # Fewest batches, and among those the fewest pad tokens.
+    # The cheapest cut: computed tokens + batch_cost per batch (ties: fewer batches).
     L = sorted(glen)
-    asc, desc = greedy_cut(L, budget, maxb, g), greedy_cut_desc(L, budget, maxb, g)
-    assert len(asc) == len(desc) == len(bounds) - 1
     ends = [(int(e) // g) for e in bounds[1:]]
-    assert (len(ends), cost(L, ends)) == brute_best(L, budget, maxb, g)
-    assert cost(L, ends) <= min(cost(L, asc), cost(L, desc))
+    assert (g * cost(L, ends) + batch_cost * len(ends), len(ends)) == brute_best(L, budget, maxb, g, batch_cost)
+    asc, desc = greedy_cut(L, budget, maxb, g), greedy_cut_desc(L, budget, maxb, g)
+    for greedy in (asc, desc):
+        assert g * cost(L, ends) + batch_cost * len(ends) <= g * cost(L, greedy) + batch_cost * len(greedy)
+    if batch_cost == 10**9:  # calls dominate: the fewest batches, as both greedy cuts give
+        assert len(asc) == len(desc) == len(ends)
+    if batch_cost == 0 and L:  # padding is all that counts: no batch pads (equal lengths may share)
+        assert packer.pad_tokens(pairs, order, bounds) == 0
     pad = packer.pad_tokens(pairs, order, bounds)
     assert pad == sum(twin_build(tokens, offsets, limits, po, pairs, order[bounds[b]:bounds[b + 1]])[3]
                       for b in range(len(bounds) - 1))
@@ -165,8 +169,10 @@ def test_plan_beats_both_greedy_cuts():
                               np.array([100] * 3, dtype=np.int64), cand1_id=CAND1, cand2_id=CAND2, pad_id=PAD)
     pairs = np.array([[0, 0, 0], [0, 0, 0], [1, 1, 1], [2, 2, 2]], dtype=np.int64)
     assert packer.lengths(pairs).tolist() == [12, 12, 18, 24]
-    order, bounds = packer.plan(pairs, 75, 64)
+    order, bounds = packer.plan(pairs, 75, 64, batch_cost=64)
     assert order.tolist() == [0, 1, 2, 3] and bounds.tolist() == [0, 2, 4]
+    # Cheap calls: the 18 and the 24 go alone rather than pad the 18 by 6.
+    assert packer.plan(pairs, 75, 64, batch_cost=4)[1].tolist() == [0, 2, 3, 4]
     assert packer.pad_tokens(pairs, order, bounds) == 6
     assert packer.pad_tokens(pairs, order, np.array([0, 3, 4])) == 12
     assert packer.pad_tokens(pairs, order, np.array([0, 1, 4])) == 18

@@ -45,13 +45,14 @@ def test_ragged_equals_one_prompt_at_a_time(onnx_ranker):
         assert np.abs(alone - together[p]).max() <= 1e-5
 
 
-def test_batching_does_not_change_results(tiny_checkpoint, onnx_ranker):
+def test_batching_does_not_change_results(tiny_checkpoint):
     from blender_fast import Ranker
 
+    few = Ranker.from_pretrained(tiny_checkpoint, token_budget=10**6, batch_cost=10**6)  # one batch
     small = Ranker.from_pretrained(tiny_checkpoint, token_budget=64, max_batch_size=2)
-    a = onnx_ranker.rank(INPUTS, CANDIDATES, return_scores=True)
+    a = few.rank(INPUTS, CANDIDATES, return_scores=True)
     b = small.rank(INPUTS, CANDIDATES, return_scores=True)
-    assert small.last_stats.batches > onnx_ranker.last_stats.batches
+    assert few.last_stats.batches == 1 and small.last_stats.batches == 10  # 20 rows, 2 per batch
     for x, y in zip(a, b):
         assert np.abs(x - y).max() <= 1e-5
 
@@ -69,8 +70,9 @@ def test_int8_export_runs_and_roughly_agrees(tiny_checkpoint, onnx_ranker):
     q = Ranker.from_pretrained(tiny_checkpoint, precision="int8")
     a = onnx_ranker.rank(INPUTS, CANDIDATES, return_scores=True)
     b = q.rank(INPUTS, CANDIDATES, return_scores=True)
-    diffs = [np.abs(x - y).max() for x, y in zip(a, b)]
-    assert 0 < max(diffs) < 0.5  # quantized: close, not identical
+    a, b = np.concatenate(a), np.concatenate(b)
+    assert 0 < np.abs(a - b).max()  # quantized: not identical...
+    assert np.corrcoef(a, b)[0, 1] > 0.7  # ...but close (0.87 measured on 60 real candidates, tiny shape)
 
 
 def test_export_is_cached(tiny_checkpoint):
