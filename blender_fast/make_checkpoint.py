@@ -35,6 +35,8 @@ import threading
 from collections import Counter
 from typing import Dict, List, Optional, Tuple, Union
 
+from .checkpoint import DEBERTA_V3_LARGE
+
 __all__ = [
     "make_ranker_checkpoint",
     "make_fuser_checkpoint",
@@ -99,29 +101,12 @@ RANKER_SHAPES: Dict[str, Dict[str, int]] = {
     "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
 
-# microsoft/deberta-v3-large config.json values (PairRM's backbone).  "p2c|c2p" in the original
-# file; DebertaV2Config turns that string into this list.
+# microsoft/deberta-v3-large's config (PairRM's backbone; carried by checkpoint.py so the real PairRM
+# loads offline), plus the pooler fields its config.json also holds. "p2c|c2p" in the original file;
+# DebertaV2Config turns that string into this list.
 PAIRRM_LARGE_BACKBONE: Dict[str, object] = {
-    "model_type": "deberta-v2",
-    "attention_probs_dropout_prob": 0.1,
-    "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1,
-    "hidden_size": 1024,
-    "initializer_range": 0.02,
-    "intermediate_size": 4096,
-    "max_position_embeddings": 512,
-    "relative_attention": True,
-    "position_buckets": 256,
-    "norm_rel_ebd": "layer_norm",
-    "share_att_key": True,
+    **DEBERTA_V3_LARGE,
     "pos_att_type": ["p2c", "c2p"],
-    "layer_norm_eps": 1e-7,
-    "max_relative_positions": -1,
-    "position_biased_input": False,
-    "num_attention_heads": 16,
-    "num_hidden_layers": 24,
-    "type_vocab_size": 0,
-    "vocab_size": 128100,
     "pooler_hidden_size": 1024,
     "pooler_dropout": 0,
     "pooler_hidden_act": "gelu",

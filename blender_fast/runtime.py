@@ -42,6 +42,8 @@ class OnnxPairModel:
             raise FileNotFoundError(f"{path}: ONNX model not found")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Errors only: fp16 graphs on the CPU provider log one "can't constant fold" warning per layer.
+        options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = int(threads)
         self.providers = providers or choose_providers(device, ort.get_available_providers())

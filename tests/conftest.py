@@ -33,7 +33,7 @@ def require(module: str):
     except ImportError as e:
         if STRICT:
             pytest.fail(f"{module} is required in CI but cannot be imported: {e}")
-        pytest.skip(f"{module} not installed")
+        pytest.skip(f"{module} not installed", allow_module_level=True)
 
 
 def load_shared_records(limit: int | None = None) -> list[dict]:
@@ -69,3 +69,14 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from blender_fast.make_checkpoint import make_ranker_checkpoint
 
     return make_ranker_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", shape="tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine extra torch threads
+    spin against each other (50x slower). Modules opt in; the setting is restored after them."""
+    torch = require("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,6 +6,8 @@ import shutil
 
 import pytest
 
+from conftest import require
+
 from blender_fast.checkpoint import CheckpointError, DEBERTA_V3_LARGE, checkpoint_fingerprint, load_checkpoint
 
 
@@ -76,7 +78,7 @@ def test_missing_directory():
 
 
 def test_corrupt_weights_are_named(tiny_checkpoint, tmp_path):
-    pytest.importorskip("torch")
+    require("torch")
     from blender_fast.export import load_state_dict
 
     dst = _copy(tiny_checkpoint, tmp_path)

@@ -22,14 +22,8 @@ TOP_K = 3
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model gains nothing from threads, and on a shared 2-core machine extra torch threads
-    spin against each other (a 1 s generation becomes 20 s). Restored after this module."""
-    torch = require("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _tiny_models_use_one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +229,7 @@ def test_fuse_options_match_llm_blender(fuser, reference, prompts):
 
 
 def test_fuse_accepts_numpy_candidates(fuser, prompts):
-    np = pytest.importorskip("numpy")
+    import numpy as np
     inputs, candidates = prompts
     inputs, candidates = inputs[:2], candidates[:2]
     kwargs = dict(num_beams=1, do_sample=False, max_new_tokens=8)

@@ -15,10 +15,12 @@ import sys
 
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("sentencepiece")
-pytest.importorskip("safetensors")
+from conftest import require
+
+torch = require("torch")
+transformers = require("transformers")
+require("sentencepiece")
+require("safetensors")
 
 from blender_fast import make_checkpoint as mc  # noqa: E402
 
@@ -56,12 +58,8 @@ def _offline():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models: extra intra-op threads only cost time (a lot on a busy machine)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _tiny_models_use_one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(prev)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +103,7 @@ def _load_state(path: pathlib.Path):
 
 
 def _load_blender_ranker(d: pathlib.Path, caplog):
-    llm_blender = pytest.importorskip("llm_blender")  # noqa: F841  (the reference)
+    llm_blender = require("llm_blender")  # noqa: F841  (the reference)
     from llm_blender.blender.blender import Blender
 
     caplog.clear()
@@ -224,7 +222,7 @@ def test_checkpoint_layout_and_configs(ranker_st):
 
 
 def test_prefix_token_ids_match_llm_blender_collator(ranker_st):
-    pytest.importorskip("llm_blender")
+    require("llm_blender")
     from llm_blender.pair_ranker.collator import CrossCompareCollator
 
     d = ranker_st
@@ -375,7 +373,7 @@ def test_tokenizer_training_is_reproducible(tmp_path):
 
 
 def test_padded_vocab_fillers_never_match_text():
-    spm = pytest.importorskip("sentencepiece")
+    spm = require("sentencepiece")
     small = spm.SentencePieceProcessor(model_proto=mc.english_spm_model("deberta"))
     big = spm.SentencePieceProcessor(model_proto=mc.english_spm_model("deberta", mc.DEBERTA_V3_SPM_PIECES))
     assert big.get_piece_size() == mc.DEBERTA_V3_SPM_PIECES
@@ -435,7 +433,7 @@ def test_fuser_loads_and_generates(fuser):
             distinct.append(len(set(out) - {tok.pad_token_id}))
     assert max(distinct) >= 5, distinct
 
-    pytest.importorskip("llm_blender")
+    require("llm_blender")
     from llm_blender.blender.blender import Blender
 
     blender = Blender()

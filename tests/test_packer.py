@@ -155,7 +155,7 @@ def test_plan_matches_twin(c, budget, maxb, batch_cost):
         assert g * cost(L, ends) + batch_cost * len(ends) <= g * cost(L, greedy) + batch_cost * len(greedy)
     if batch_cost == 10**9:  # calls dominate: the fewest batches, as both greedy cuts give
         assert len(asc) == len(desc) == len(ends)
-    if batch_cost == 0 and L:  # padding is all that counts: no batch pads (equal lengths may share)
+    if batch_cost == 0 and g == 1:  # padding is all that counts: no batch pads (equal lengths may share)
         assert packer.pad_tokens(pairs, order, bounds) == 0
     pad = packer.pad_tokens(pairs, order, bounds)
     assert pad == sum(twin_build(tokens, offsets, limits, po, pairs, order[bounds[b]:bounds[b + 1]])[3]

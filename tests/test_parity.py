@@ -18,19 +18,15 @@ N_CANDIDATES = 12
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_checkpoint):
+def reference(tiny_checkpoint, one_torch_thread):
+    # one_torch_thread: the reference makes thousands of tiny-batch calls, where torch's thread pool only
+    # adds overhead.
     require("llm_blender")
     import llm_blender
-    import torch
 
-    # The reference makes thousands of tiny-batch calls; torch's thread pool only adds overhead there
-    # (50x slower on a busy 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     ref = llm_blender.Blender(llm_blender.BlenderConfig(device="cpu", use_tqdm=False))
     ref.loadranker(str(tiny_checkpoint), device="cpu")
-    yield ref
-    torch.set_num_threads(threads)
+    return ref
 
 
 @pytest.fixture(scope="module")

@@ -152,3 +152,27 @@ def test_empty_candidate_text_is_allowed(onnx_ranker):
     # A model that answered nothing is a legitimate (bad) candidate, as in llm-blender.
     scores = onnx_ranker.rank(["Say something."], [["", "Something."]], return_scores=True)
     assert scores.shape == (1, 2) and np.isfinite(scores).all()
+
+
+def test_pairrm_hf_layout_gives_the_same_scores(tiny_checkpoint, tmp_path, onnx_ranker):
+    """The DebertaV2PairRM (PairRM-hf) layout of the same weights ranks identically."""
+    require("torch")
+    from blender_fast import Ranker
+    from blender_fast.checkpoint import load_checkpoint
+    from blender_fast.make_checkpoint import make_ranker_checkpoint
+
+    hf_dir = make_ranker_checkpoint(tmp_path / "hf", shape="tiny", seed=0, layout="hf")
+    assert load_checkpoint(hf_dir).layout == "hf"
+    a = onnx_ranker.rank(INPUTS, CANDIDATES, return_scores=True)
+    b = Ranker.from_pretrained(hf_dir).rank(INPUTS, CANDIDATES, return_scores=True)
+    for x, y in zip(a, b):
+        assert np.abs(x - y).max() <= 1e-5
+
+
+def test_fp16_export_runs_close_to_fp32(tiny_checkpoint, onnx_ranker):
+    from blender_fast import Ranker
+
+    half = Ranker.from_pretrained(tiny_checkpoint, precision="fp16")
+    a = np.concatenate(onnx_ranker.rank(INPUTS, CANDIDATES, return_scores=True))
+    b = np.concatenate(half.rank(INPUTS, CANDIDATES, return_scores=True))
+    assert np.abs(a - b).max() < 0.05
