@@ -675,8 +675,20 @@ def _save_weights(state_dict, path_dir: pathlib.Path, weights_format: str) -> pa
     return path
 
 
-def _deberta_tokenizer(spm_path: pathlib.Path, with_prefix_tokens: bool):
+def _require_transformers4():
     transformers = _require("transformers")
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        # The conversion below (TokenizerFast(vocab_file=spm.model)) is gone in transformers 5. Only the
+        # generator needs it: blender-fast itself loads and runs checkpoints under transformers 5.
+        raise ImportError(
+            f"generating checkpoints needs transformers<5 (found {transformers.__version__}): "
+            "pip install 'transformers<5', or generate them in another environment"
+        )
+    return transformers
+
+
+def _deberta_tokenizer(spm_path: pathlib.Path, with_prefix_tokens: bool):
+    transformers = _require_transformers4()
     tok = transformers.DebertaV2TokenizerFast(vocab_file=str(spm_path), do_lower_case=False,
                                               split_by_punct=False)
     if with_prefix_tokens:
@@ -840,7 +852,7 @@ def fuser_config(shape: str, vocab_size: int):
 
 
 def _t5_tokenizer(spm_path: pathlib.Path):
-    transformers = _require("transformers")
+    transformers = _require_transformers4()
     # legacy=True + add_prefix_space=True: flan-t5's behaviour ("▁" before the text that follows
     # a special token), identical in the slow (sentencepiece) and the fast tokenizer.
     return transformers.T5TokenizerFast(vocab_file=str(spm_path), extra_ids=_T5_EXTRA_IDS,
