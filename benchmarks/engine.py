@@ -81,6 +81,8 @@ def reference_bubble_orders(n_prompts: int, n: int, batch_size: int, seed: int) 
     import torch
 
     torch.manual_seed(seed)
+    # Creating its DataLoader iterator draws one number (the workers' base seed) before any randperm.
+    torch.empty((), dtype=torch.int64).random_()
     perms = [torch.randperm(n).numpy().astype(np.int64) for _ in range(0, n_prompts, batch_size)]
     return [perms[p // batch_size] for p in range(n_prompts)]
 
