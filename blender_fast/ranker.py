@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from . import _core
 from .checkpoint import SPECIAL_TOKENS, load_checkpoint
+from .export import PRECISIONS
+from .runtime import DEVICES
 from .selection import Selection, ranks_from_scores, select
 from .tokenization import EncodedPrompts, PairTokenizer, encode_prompts
 
@@ -124,10 +126,10 @@ class Ranker:
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if precision not in ("fp32", "fp16", "int8"):
-            raise ValueError(f"precision must be 'fp32', 'fp16' or 'int8', got {precision!r}")
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         ckpt = load_checkpoint(path)
         if backend == "onnx":
             from .export import cached_export

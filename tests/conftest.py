@@ -36,12 +36,18 @@ def require(module: str):
         pytest.skip(f"{module} not installed", allow_module_level=True)
 
 
-def load_shared_records(limit: int | None = None) -> list[dict]:
+def shared_data_file() -> Path:
+    """The shared AlpacaEval file; skip locally when it is missing, fail in CI."""
     path = DATA_DIR / "candidates_dev.jsonl"
     if not path.is_file():
         if STRICT:
             pytest.fail(f"shared data missing in CI: {path}")
         pytest.skip(f"shared data not found at {path} (set BLENDER_FAST_DATA)")
+    return path
+
+
+def load_shared_records(limit: int | None = None) -> list[dict]:
+    path = shared_data_file()
     records = []
     with open(path, encoding="utf-8") as f:
         for line in f:

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import DATA_DIR, REPO, STRICT, require
+from conftest import REPO, require, shared_data_file
 
 pytestmark = [pytest.mark.reference, pytest.mark.slow]
 
@@ -21,11 +21,7 @@ pytestmark = [pytest.mark.reference, pytest.mark.slow]
 def quick_results(tiny_checkpoint, tmp_path_factory):
     for module in ("llm_blender", "matplotlib", "psutil", "onnx"):
         require(module)
-    data = DATA_DIR / "candidates_dev.jsonl"
-    if not data.is_file():
-        if STRICT:
-            pytest.fail(f"shared data missing in CI: {data}")
-        pytest.skip(f"shared data not found at {data} (set BLENDER_FAST_DATA)")
+    data = shared_data_file()
     out = tmp_path_factory.mktemp("bench_out")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), "--data", str(data),

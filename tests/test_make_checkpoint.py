@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import require
+from conftest import load_shared_records, require
 
 torch = require("torch")
 transformers = require("transformers")
@@ -127,26 +127,11 @@ def _pairwise_logits(blender):
     return out["logits"].double()
 
 
-def _shared_data_dir() -> pathlib.Path:
-    default = REPO.parent / "shared" / "data" / "alpaca_eval_candidates"
-    return pathlib.Path(os.environ.get("BLENDER_FAST_DATA", str(default)))
-
-
 def _shared_texts(n_records: int = 60):
-    path = _shared_data_dir() / "candidates_dev.jsonl"
-    if not path.is_file():
-        msg = f"shared data not found at {path} (set BLENDER_FAST_DATA)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
     texts = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i >= n_records:
-                break
-            rec = json.loads(line)
-            texts.append(rec["instruction"])
-            texts.extend(c["text"] for c in rec["candidates"])
+    for rec in load_shared_records(n_records):
+        texts.append(rec["instruction"])
+        texts.extend(c["text"] for c in rec["candidates"])
     return texts
 
 
