@@ -159,29 +159,25 @@ class Blender:
             raise RuntimeError("no ranker loaded: call loadranker(path) first")
         return self.ranker
 
-    def _with_progress(self, disable_tqdm=False):
-        ranker = self._need_ranker()
-        ranker.progress = self.use_tqdm and not disable_tqdm
-        return ranker
+    def _progress(self, disable_tqdm=False) -> bool:
+        # Per call, never written onto the shared Ranker: other threads may be using it.
+        return self.use_tqdm and not disable_tqdm
 
     def rank(self, inputs: List[str], candidates: List[List[str]], instructions: List[str] = None,
              return_scores: bool = False, batch_size: int = 8, disable_tqdm: bool = False, **rank_kwargs):
         """Ranks (int32, 1 = best) or scores (float32, higher = better) per input, like llm-blender.
         rank_kwargs: source_max_length, candidate_max_length, policy ("max_logits" | "max_wins")."""
-        ranker = self._with_progress(disable_tqdm)
-        saved = ranker.source_maxlength, ranker.candidate_maxlength
-        ranker.source_maxlength = rank_kwargs.get("source_max_length") or saved[0]
-        ranker.candidate_maxlength = rank_kwargs.get("candidate_max_length") or saved[1]
-        try:
-            return ranker.rank(inputs, candidates, instructions, return_scores=return_scores,
-                               policy=rank_kwargs.get("policy", "max_logits"))
-        finally:
-            ranker.source_maxlength, ranker.candidate_maxlength = saved
+        return self._need_ranker().rank(
+            inputs, candidates, instructions, return_scores=return_scores,
+            policy=rank_kwargs.get("policy", "max_logits"), progress=self._progress(disable_tqdm),
+            source_maxlength=rank_kwargs.get("source_max_length"),
+            candidate_maxlength=rank_kwargs.get("candidate_max_length"))
 
     def compare(self, inputs: List[str], candidates_A: List[str], candidates_B: List[str],
                 instructions: List[str] = None, batch_size: int = 4, return_logits: bool = False,
                 mode: str = "[A,B]+[B,A]", disable_tqdm: bool = False):
-        logits = self._with_progress(disable_tqdm).compare(inputs, candidates_A, candidates_B, instructions, mode=mode)
+        logits = self._need_ranker().compare(inputs, candidates_A, candidates_B, instructions, mode=mode,
+                                             progress=self._progress(disable_tqdm))
         return logits if return_logits else logits > 0
 
     def compare_conversations(self, conversations_a: List[List[dict]], conversations_b: List[List[dict]],
@@ -239,14 +235,14 @@ class Blender:
             raise ValueError(f"pairrm_cmp_type must be one of {CMP_TYPES}, got {pairrm_cmp_type!r}")
         if all(len(c) == 1 for c in candidates):
             return [list(c) for c in candidates] if return_all else [c[0] for c in candidates]
-        ranker = self._with_progress()
+        ranker = self._need_ranker()
         if pairrm_cmp_type == "full":
-            ranks = ranker.rank(inputs, candidates, instructions)
+            ranks = ranker.rank(inputs, candidates, instructions, progress=self._progress())
             ranks = [-np.asarray(r) for r in ranks] if worst else ranks
             ordered = topk_from_ranks(ranks, candidates, None if return_all else 1)
             return ordered if return_all else [o[0] for o in ordered]
         sels = ranker.select(inputs, candidates, top_k=1, strategy=pairrm_cmp_type, instructions=instructions,
-                             seed=seed, initial_orders=initial_orders, worst=worst)
+                             seed=seed, initial_orders=initial_orders, worst=worst, progress=self._progress())
         if not return_all:
             return [candidates[p][s.top_k[0]] for p, s in enumerate(sels)]
         # llm-blender's return_all order: the winner, then each comparison's loser in comparison order.
@@ -310,7 +306,8 @@ class Blender:
         else:
             if return_scores:
                 raise ValueError(f"strategy={strategy!r} computes no scores; use return_scores=False or strategy='full'")
-            sels = self._with_progress().select(inputs, candidates, top_k=top_k, strategy=strategy, instructions=instructions)
+            sels = self._need_ranker().select(inputs, candidates, top_k=top_k, strategy=strategy,
+                                              instructions=instructions, progress=self._progress())
             rows = []
             for s, cands in zip(sels, candidates):
                 r = np.full(len(cands), top_k + 1, dtype=np.int32)

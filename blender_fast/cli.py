@@ -74,7 +74,7 @@ def _load_ranker(args):
 
 def _rank_chunk(ranker, args, prompts):
     """Results to add to each record of this chunk of prompts."""
-    from .data import as_blender_args
+    from .prompts import as_blender_args
     from .selection import ranks_from_scores
 
     inputs, candidates, instructions = as_blender_args(prompts)
@@ -95,7 +95,7 @@ def _rank_chunk(ranker, args, prompts):
 def cmd_rank(args) -> int:
     from tqdm.auto import tqdm
 
-    from .data import example_prompts_path, read_prompts
+    from .prompts import example_prompts_path, read_prompts
 
     prompts = read_prompts(args.input or example_prompts_path(), limit=args.limit)
     for p, prompt in enumerate(prompts):
@@ -124,7 +124,7 @@ def cmd_rank(args) -> int:
 def cmd_fuse(args) -> int:
     from tqdm.auto import tqdm
 
-    from .data import as_blender_args, example_prompts_path, read_prompts
+    from .prompts import as_blender_args, example_prompts_path, read_prompts
     from .fuser import Fuser
 
     prompts = read_prompts(args.input or example_prompts_path(), limit=args.limit)

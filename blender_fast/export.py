@@ -20,7 +20,7 @@ import numpy as np
 from .checkpoint import CheckpointError, RankerCheckpoint, cache_root, checkpoint_fingerprint, load_checkpoint
 from .tokenization import PairTokenizer, build_pair_tokenizer
 
-PRECISIONS = ("fp32", "fp16", "int8")
+from .options import PRECISIONS  # noqa: F401  (re-exported)
 ONNX_INPUTS = ("input_ids", "attention_mask", "positions")
 OPSET = 17
 EXPORT_VERSION = 1  # bump when the exported graph changes, to invalidate caches

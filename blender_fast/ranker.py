@@ -9,13 +9,10 @@ import numpy as np
 
 from . import _core
 from .checkpoint import SPECIAL_TOKENS, load_checkpoint
-from .export import PRECISIONS
-from .runtime import DEVICES
+from .options import BACKENDS, COMPARE_MODES, DEVICES, PRECISIONS  # noqa: F401  (re-exported)
 from .selection import Selection, ranks_from_scores, select
 from .tokenization import EncodedPrompts, PairTokenizer, encode_prompts
 
-BACKENDS = ("onnx", "torch")
-COMPARE_MODES = ("[A,B]", "[B,A]", "[A,B]+[B,A]")
 # Tokens per batch (rows x longest row). On a CPU bigger batches buy nothing once a batch holds a few
 # sequences (each is already hundreds of GEMM rows) and cost cache misses in the T x T attention maps.
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 32768}
@@ -153,16 +150,36 @@ class Ranker:
 
     # -- the engine ---------------------------------------------------------------------------------
 
-    def encode(self, sources: list[str], candidates: list[list[str]]) -> EncodedPrompts:
-        return encode_prompts(self.tokenizer, sources, candidates, self.source_maxlength, self.candidate_maxlength)
+    def truncation(self, source_maxlength=None, candidate_maxlength=None) -> tuple[int, int]:
+        """This call's truncation lengths: the arguments when given, else the ranker's defaults.
 
-    def _pair_scorer(self, enc: EncodedPrompts, stats: RunStats, group_size: int, desc: str):
+        They are per call (never written onto the ranker), so threads sharing one Ranker may use
+        different lengths at once."""
+        out = []
+        for name, value, default in (("source_maxlength", source_maxlength, self.source_maxlength),
+                                     ("candidate_maxlength", candidate_maxlength, self.candidate_maxlength)):
+            if value is None:
+                out.append(default)
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name} must be a positive integer, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+            out.append(int(value))
+        return out[0], out[1]
+
+    def encode(self, sources: list[str], candidates: list[list[str]], source_maxlength=None,
+               candidate_maxlength=None) -> EncodedPrompts:
+        src_len, cand_len = self.truncation(source_maxlength, candidate_maxlength)
+        return encode_prompts(self.tokenizer, sources, candidates, src_len, cand_len)
+
+    def _pair_scorer(self, enc: EncodedPrompts, stats: RunStats, group_size: int, desc: str, progress=None):
         """A compare(rows) function for selection.select: rows are (prompt, left, right) candidate triples."""
         packer = _core.PairPacker(enc.tokens, enc.offsets, enc.limits, cand1_id=self.tokenizer.cand1_id,
                                   cand2_id=self.tokenizer.cand2_id, pad_id=self.tokenizer.pad_id,
                                   prefix_offset=self.tokenizer.prefix_offset)
         bar = None
-        if self.progress:
+        if self.progress if progress is None else progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(desc=desc, unit="pair")
@@ -197,13 +214,14 @@ class Ranker:
         return compare
 
     def _run(self, inputs, candidates, instructions, *, strategy, top_k, orders="both", seed=0,
-             initial_orders=None, policy="max_logits", worst=False, desc="Ranking") -> list[Selection]:
+             initial_orders=None, policy="max_logits", worst=False, desc="Ranking", source_maxlength=None,
+             candidate_maxlength=None, progress=None) -> list[Selection]:
         stats = RunStats()
         t0 = time.perf_counter()
         sources, cands = check_prompts(inputs, candidates, instructions)
-        enc = self.encode(sources, cands)
+        enc = self.encode(sources, cands, source_maxlength, candidate_maxlength)
         stats.tokenize_s = time.perf_counter() - t0
-        compare = self._pair_scorer(enc, stats, 2 if orders == "both" else 1, desc)
+        compare = self._pair_scorer(enc, stats, 2 if orders == "both" else 1, desc, progress)
         scorer = (lambda rows: -compare(rows)) if worst else compare
         try:
             result = select([len(c) for c in cands], top_k, strategy, scorer, orders=orders, seed=seed,
@@ -215,19 +233,26 @@ class Ranker:
 
     # -- public API ---------------------------------------------------------------------------------
 
-    def rank(self, inputs, candidates, instructions=None, return_scores: bool = False, policy: str = "max_logits"):
+    def rank(self, inputs, candidates, instructions=None, return_scores: bool = False, policy: str = "max_logits",
+             *, source_maxlength: int | None = None, candidate_maxlength: int | None = None,
+             progress: bool | None = None):
         """Full pairwise ranking, all n(n-1) ordered pairs per prompt, aggregated like llm-blender.
 
         Returns ranks (int32, 1 = best, ties share the better rank) or scores (float32, higher is
         better): one array [n_prompts, n] when every prompt has n candidates, else a list of arrays.
+        source_maxlength / candidate_maxlength / progress apply to this call only (None: the ranker's).
         """
-        sels = self._run(inputs, candidates, instructions, strategy="full", top_k=1, policy=policy)
+        sels = self._run(inputs, candidates, instructions, strategy="full", top_k=1, policy=policy,
+                         source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength,
+                         progress=progress)
         scores = [s.scores for s in sels]
         if return_scores:
             return _stack_if_equal(scores)
         return _stack_if_equal([ranks_from_scores(s) for s in scores])
 
-    def compare(self, inputs, candidates_a, candidates_b, instructions=None, mode: str = "[A,B]+[B,A]") -> np.ndarray:
+    def compare(self, inputs, candidates_a, candidates_b, instructions=None, mode: str = "[A,B]+[B,A]", *,
+                source_maxlength: int | None = None, candidate_maxlength: int | None = None,
+                progress: bool | None = None) -> np.ndarray:
         """Logits (float32, one per input) that A is better than B, with llm-blender's modes.
 
         "[A,B]": f(A,B); "[B,A]": f(B,A) (B read first; as in llm-blender, not negated);
@@ -243,13 +268,13 @@ class Ranker:
         stats = RunStats()
         t0 = time.perf_counter()
         sources, cands = check_prompts(inputs, pairs, instructions)
-        enc = self.encode(sources, cands)
+        enc = self.encode(sources, cands, source_maxlength, candidate_maxlength)
         stats.tokenize_s = time.perf_counter() - t0
         n = len(sources)
         prompts = np.arange(n, dtype=np.int64)
         ab = np.stack([prompts, np.zeros(n, np.int64), np.ones(n, np.int64)], axis=1)
         ba = ab[:, [0, 2, 1]]
-        compare = self._pair_scorer(enc, stats, 2 if mode == "[A,B]+[B,A]" else 1, "Comparing")
+        compare = self._pair_scorer(enc, stats, 2 if mode == "[A,B]+[B,A]" else 1, "Comparing", progress)
         try:
             if mode == "[A,B]":
                 out = compare(ab)
@@ -267,12 +292,16 @@ class Ranker:
 
     def select(self, inputs, candidates, top_k: int = 1, strategy: str = "bubble", orders: str = "both",
                seed: int = 0, instructions=None, initial_orders=None, policy: str = "max_logits",
-               worst: bool = False) -> list[Selection]:
+               worst: bool = False, *, source_maxlength: int | None = None,
+               candidate_maxlength: int | None = None, progress: bool | None = None) -> list[Selection]:
         """Top-k per prompt with far fewer than n^2 model calls (bubble / tournament), or "full".
 
         All prompts advance in lockstep: each step runs every ready comparison of every prompt as one
         packed set of batches. Returns one Selection per prompt (top-k indices best first, counts of
         comparisons, forward passes and sequential steps). worst=True selects the worst k instead.
+        source_maxlength / candidate_maxlength / progress apply to this call only (None: the ranker's).
         """
         return self._run(inputs, candidates, instructions, strategy=strategy, top_k=top_k, orders=orders,
-                         seed=seed, initial_orders=initial_orders, policy=policy, worst=worst, desc="Selecting")
+                         seed=seed, initial_orders=initial_orders, policy=policy, worst=worst, desc="Selecting",
+                         source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength,
+                         progress=progress)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEVICES = ("cpu", "cuda")
+from .options import DEVICES  # noqa: F401  (re-exported)
 
 
 def _check_device(device: str) -> str:

@@ -12,10 +12,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from . import _core
-
-STRATEGIES = ("bubble", "tournament", "full")
-ORDERS = ("both", "one")
-POLICIES = ("max_logits", "max_wins")
+from .options import ORDERS, POLICIES, STRATEGIES  # noqa: F401  (re-exported: selection.STRATEGIES)
 
 
 @dataclass
