@@ -105,19 +105,14 @@ def resolve_sizes(args) -> Sizes:
 
 
 def generated_checkpoint(shape: str, seed: int) -> Path:
-    """A random-weight checkpoint, generated once into the blender-fast cache and reused."""
-    from blender_fast.checkpoint import cache_root
-    from blender_fast.make_checkpoint import make_ranker_checkpoint
+    """A random-weight checkpoint, generated once into the blender-fast cache and reused (with the
+    backbone weights llm-blender's loader reads: the reference runs on it too)."""
+    from blender_fast.cache import demo_checkpoint
 
     from .common import log
 
-    path = cache_root() / "checkpoints" / f"bench-{shape}-seed{seed}"
-    done = path / "bench_complete"  # written after generation finished: a killed run leaves none
-    if not done.is_file():
-        log(f"generating a random-weight {shape} checkpoint in {path}")
-        make_ranker_checkpoint(path, shape=shape, seed=seed)
-        done.write_text("ok\n")
-    return path
+    return demo_checkpoint(shape, seed, llm_blender_loadable=True,
+                           announce=lambda p: log(f"generating a random-weight {shape} checkpoint in {p}"))
 
 
 def quiet_libraries() -> None:

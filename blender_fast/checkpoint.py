@@ -15,9 +15,9 @@ Everything here is plain Python + json: no torch, so a cached ONNX model can be 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +54,11 @@ PAIRRM_CANDIDATE_MAXLENGTH = 412
 WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")  # llm-blender's order of preference
 TOKENIZER_FILES = ("tokenizer.json", "spm.model")
 SPECIAL_TOKENS = ("<|source|>", "<|candidate1|>", "<|candidate2|>", "<|candidate|>")
+# Every source and candidate piece is [CLS] <prefix> ... [SEP]: a truncation length below this cannot
+# hold even an empty text.
+MIN_MAXLENGTH = 3
+# JSON files of a tokenizer directory, checked at load so a damaged one is named (not a library trace).
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 
 
 class CheckpointError(ValueError):
@@ -93,6 +98,16 @@ def _positive_int(value, name: str, source: Path) -> int:
     return value
 
 
+def _maxlength(value, name: str, source: Path) -> int:
+    value = _positive_int(value, name, source)
+    if value < MIN_MAXLENGTH:
+        raise CheckpointError(
+            f"{source}: '{name}' = {value} cannot hold a piece's [CLS], prefix token and [SEP]; "
+            f"it must be >= {MIN_MAXLENGTH}"
+        )
+    return value
+
+
 def has_tokenizer_files(directory: Path) -> bool:
     return any((directory / name).is_file() for name in TOKENIZER_FILES)
 
@@ -108,7 +123,14 @@ def _weights_file(directory: Path) -> Path:
 
 def _resolve_backbone(ckpt_dir: Path, model_name: str, config_path: Path) -> tuple[dict, Path | None]:
     """Return the backbone's HF config and the directory holding its tokenizer (None: HF cache)."""
-    candidates = [Path(model_name), ckpt_dir / model_name, ckpt_dir / Path(model_name).name]
+    # A relative name is the checkpoint's own subdirectory (generated checkpoints write "backbone", so a
+    # copied checkpoint uses its own copy); then the working directory, as llm-blender resolves it; then,
+    # for a moved checkpoint whose config still holds an absolute path, the same name inside it.
+    if Path(model_name).is_absolute():
+        candidates = [Path(model_name), ckpt_dir / Path(model_name).name]
+    else:
+        candidates = [ckpt_dir / model_name, Path(model_name), ckpt_dir / Path(model_name).name]
+    candidates = list(dict.fromkeys(candidates))
     for directory in candidates:
         if (directory / "config.json").is_file():
             backbone = _read_json(directory / "config.json")
@@ -164,20 +186,20 @@ def load_checkpoint(path: str | os.PathLike) -> RankerCheckpoint:
             raise CheckpointError(f"{config_path}: 'model_name' (the backbone) is missing")
         backbone, tok_dir = _resolve_backbone(ckpt_dir, model_name, config_path)
         _check_backbone(backbone, config_path)
-        return RankerCheckpoint(
+        ckpt = RankerCheckpoint(
             path=ckpt_dir,
             layout="llm-blender",
             weights_path=weights,
             tokenizer_dir=tok_dir,
             backbone_name=model_name,
             backbone_config=backbone,
-            source_maxlength=_positive_int(config.get("source_maxlength"), "source_maxlength", config_path),
-            candidate_maxlength=_positive_int(
-                config.get("candidate_maxlength"), "candidate_maxlength", config_path
-            ),
+            source_maxlength=_maxlength(config.get("source_maxlength"), "source_maxlength", config_path),
+            candidate_maxlength=_maxlength(config.get("candidate_maxlength"), "candidate_maxlength", config_path),
             n_tasks=_positive_int(config.get("n_tasks", 1), "n_tasks", config_path),
             ranker_config=config,
         )
+        _check_loaded(ckpt)
+        return ckpt
 
     architectures = config.get("architectures") or []
     if "DebertaV2PairRM" in architectures or config.get("model_type") == "deberta-v2":
@@ -186,71 +208,103 @@ def load_checkpoint(path: str | os.PathLike) -> RankerCheckpoint:
             raise CheckpointError(
                 f"{ckpt_dir}: no tokenizer files: expected one of {', '.join(TOKENIZER_FILES)}"
             )
-        return RankerCheckpoint(
+        ckpt = RankerCheckpoint(
             path=ckpt_dir,
             layout="hf",
             weights_path=weights,
             tokenizer_dir=ckpt_dir,
             backbone_name=str(ckpt_dir),
             backbone_config=config,
-            source_maxlength=int(config.get("source_maxlength", PAIRRM_SOURCE_MAXLENGTH)),
-            candidate_maxlength=int(config.get("candidate_maxlength", PAIRRM_CANDIDATE_MAXLENGTH)),
+            source_maxlength=_maxlength(config.get("source_maxlength", PAIRRM_SOURCE_MAXLENGTH), "source_maxlength", config_path),
+            candidate_maxlength=_maxlength(
+                config.get("candidate_maxlength", PAIRRM_CANDIDATE_MAXLENGTH), "candidate_maxlength", config_path
+            ),
             n_tasks=_positive_int(config.get("n_tasks", 1), "n_tasks", config_path),
             ranker_config=config,
         )
+        _check_loaded(ckpt)
+        return ckpt
     raise CheckpointError(
         f"{config_path}: not a PairRM config: it has neither llm-blender's 'ranker_type' nor a "
         "DebertaV2PairRM architecture"
     )
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def cache_root() -> Path:
-    env = os.environ.get("BLENDER_FAST_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache")
-    return Path(base) / "blender_fast"
-
-
-def weights_fingerprint(path: Path) -> str:
-    """sha256 of a weights file, remembered per (path, size, mtime) so a 1.7 GB file is hashed once."""
-    stat = path.stat()
-    memo_path = cache_root() / "fingerprints.json"
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    if key not in memo:
-        memo[key] = file_sha256(path)
-        try:
-            memo_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(memo))
-            os.replace(tmp, memo_path)
-        except OSError:
-            pass  # a read-only cache only costs re-hashing
-    return memo[key]
-
-
-def checkpoint_fingerprint(ckpt: RankerCheckpoint, **options) -> str:
-    """One key for everything an exported model depends on: weights, tokenizer, shape, options."""
-    h = hashlib.sha256()
-    h.update(weights_fingerprint(ckpt.weights_path).encode())
-    h.update(json.dumps(ckpt.backbone_config, sort_keys=True).encode())
-    h.update(json.dumps({"n_tasks": ckpt.n_tasks, **options}, sort_keys=True).encode())
+def _check_loaded(ckpt: RankerCheckpoint) -> None:
+    """What can be checked without torch: tokenizer files parse, the weights' shapes fit the config."""
     if ckpt.tokenizer_dir is not None:
-        for name in sorted(os.listdir(ckpt.tokenizer_dir)):
-            p = ckpt.tokenizer_dir / name
-            if p.is_file() and (name.startswith(("tokenizer", "special_tokens", "added_tokens")) or name.endswith(".model")):
-                h.update(name.encode())
-                h.update(file_sha256(p).encode())
-    return h.hexdigest()[:20]
+        check_tokenizer_files(ckpt.tokenizer_dir)
+    if ckpt.weights_path.suffix == ".safetensors":
+        check_weight_shapes(ckpt, safetensors_shapes(ckpt.weights_path))
+
+
+def check_tokenizer_files(directory: Path) -> None:
+    """A damaged tokenizer file fails here, named, instead of deep inside a tokenizer library."""
+    for name in TOKENIZER_JSON_FILES:
+        p = directory / name
+        if p.is_file():
+            _read_json(p)
+    for p in directory.glob("*.model"):
+        if p.is_file() and p.stat().st_size == 0:
+            raise CheckpointError(f"{p}: empty SentencePiece model file")
+
+
+def safetensors_shapes(path: Path) -> dict:
+    """{tensor name: shape} from a .safetensors header (plain json: no torch, no reading the data)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                raise ValueError("file shorter than its 8-byte header length")
+            (n,) = struct.unpack("<Q", head)
+            size = os.fstat(f.fileno()).st_size
+            if n > size - 8:
+                raise ValueError(f"header length {n} is beyond the file's {size} bytes (truncated?)")
+            header = json.loads(f.read(n))
+        shapes = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{path}: cannot read weights (not a valid safetensors file: {e})") from None
+    if 8 + n + end > size:
+        raise CheckpointError(f"{path}: cannot read weights (truncated: {size} bytes, the header needs {8 + n + end})")
+    return shapes
+
+
+def check_weight_shapes(ckpt: RankerCheckpoint, shapes: dict) -> None:
+    """The config and the weights agree: n_tasks (the head's output rows) and the hidden size."""
+    config_path = ckpt.path / "config.json"
+    out = shapes.get("head_layer.4.weight")
+    if out is not None and len(out) == 2 and out[0] != ckpt.n_tasks:
+        raise CheckpointError(
+            f"{config_path}: 'n_tasks' = {ckpt.n_tasks}, but {ckpt.weights_path.name}'s head_layer.4.weight "
+            f"has {out[0]} output row(s), one per task: the config and the weights disagree"
+        )
+    hidden = ckpt.backbone_config.get("hidden_size")
+    emb = shapes.get("pretrained_model.embeddings.word_embeddings.weight")
+    where = "config.json" if ckpt.layout == "hf" else f"the backbone config of {ckpt.backbone_name!r}"
+    if emb is not None and len(emb) == 2 and emb[1] != hidden:
+        raise CheckpointError(
+            f"{config_path}: 'hidden_size' = {hidden} in {where}, but {ckpt.weights_path.name}'s word embeddings "
+            f"have width {emb[1]}: the config and the weights disagree"
+        )
+    inner = shapes.get("head_layer.1.weight")
+    if inner is not None and len(inner) == 2 and tuple(inner) != (hidden, 2 * hidden):
+        raise CheckpointError(
+            f"{config_path}: 'hidden_size' = {hidden} in {where}, but {ckpt.weights_path.name}'s head_layer.1.weight "
+            f"is {list(inner)}, not [{hidden}, {2 * hidden}]: the config and the weights disagree"
+        )
+
+
+def llm_blender_model_name(path) -> str:
+    """What to pass llm-blender's ``loadranker(path, model_name=...)`` for a checkpoint whose config.json
+    names its backbone relative to itself (generated checkpoints write ``backbone``): llm-blender
+    resolves model_name against the working directory, blender-fast against the checkpoint."""
+    ckpt_dir = Path(path).expanduser().resolve()
+    name = _read_json(ckpt_dir / "config.json").get("model_name")
+    if isinstance(name, str) and name and not Path(name).is_absolute() and (ckpt_dir / name).is_dir():
+        return str(ckpt_dir / name)
+    return name
+
+
+# Fingerprints and the cache root live in cache.py; these names stay importable from here.
+from .cache import cache_root, checkpoint_fingerprint, file_sha256, weights_fingerprint  # noqa: E402,F401

@@ -16,15 +16,12 @@ DEMO_WARNING = (
 
 
 def demo_checkpoint(spec: str) -> Path:
-    """'demo:xsmall' → a generated checkpoint in the user cache, made once."""
-    from .checkpoint import cache_root
-    from .make_checkpoint import make_ranker_checkpoint
+    """'demo:xsmall' → a generated checkpoint in the user cache, made once (cache.demo_checkpoint)."""
+    from . import cache
 
     shape = spec[len(DEMO_PREFIX):] or "xsmall"
-    path = cache_root() / "checkpoints" / f"demo-{shape}-seed0"
-    if not (path / "config.json").is_file():
-        print(f"generating a random-weight PairRM checkpoint ({shape}) in {path} ...", file=sys.stderr)
-        make_ranker_checkpoint(path, shape=shape, seed=0)
+    path = cache.demo_checkpoint(shape, seed=0, announce=lambda p: print(
+        f"generating a random-weight PairRM checkpoint ({shape}) in {p} ...", file=sys.stderr))
     return path
 
 
@@ -42,7 +39,7 @@ def _chunks(items, size):
 
 
 def cmd_make_checkpoint(args) -> int:
-    from .make_checkpoint import make_fuser_checkpoint, make_ranker_checkpoint
+    from .synthetic import make_fuser_checkpoint, make_ranker_checkpoint
 
     t0 = time.perf_counter()
     if args.kind == "fuser":

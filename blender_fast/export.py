@@ -17,13 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CheckpointError, RankerCheckpoint, cache_root, checkpoint_fingerprint, load_checkpoint
+from . import cache
+from .cache import checkpoint_fingerprint
+from .checkpoint import CheckpointError, RankerCheckpoint, check_weight_shapes, load_checkpoint
 from .tokenization import PairTokenizer, build_pair_tokenizer
 
 from .options import PRECISIONS  # noqa: F401  (re-exported)
 ONNX_INPUTS = ("input_ids", "attention_mask", "positions")
 OPSET = 17
 EXPORT_VERSION = 1  # bump when the exported graph changes, to invalidate caches
+EXPORT_META = "export.json"
+EXPORT_FILES = ("model.onnx", "tokenizer.json", "pair_tokenizer.json")  # what a served entry needs
 
 
 def _require_torch():
@@ -57,23 +61,18 @@ def load_state_dict(ckpt: RankerCheckpoint) -> dict:
     for required in ("pretrained_model.embeddings.word_embeddings.weight", "head_layer.1.weight", "head_layer.4.weight"):
         if required not in state:
             raise CheckpointError(f"{path}: missing tensor {required!r}; is this a PairRM checkpoint?")
+    check_weight_shapes(ckpt, {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")})
     return state
 
 
-def build_torch_model(ckpt: RankerCheckpoint, state: dict | None = None):
-    """PairRMModule with the checkpoint's weights, in eval mode (fp32, CPU)."""
+def pairrm_module(config, n_tasks: int = 1):
+    """llm-blender's ``CrossCompareReranker`` as one torch module (random init, train mode): a DeBERTa-v2
+    backbone (``config``, a DebertaV2Config) as ``pretrained_model`` and the pair head as ``head_layer``,
+    with llm-blender's parameter names. Its forward computes the pair logit of packed sequences. The
+    synthetic checkpoints are made from this same module."""
     _require_torch()
     import torch
-    from transformers import DebertaV2Config, DebertaV2Model
-
-    state = load_state_dict(ckpt) if state is None else state
-    backbone = dict(ckpt.backbone_config)
-    for key in ("architectures", "auto_map", "transformers_version", "torch_dtype", "dtype"):
-        backbone.pop(key, None)
-    # Like llm-blender, the vocabulary is whatever the embedding matrix holds (it resizes the backbone to
-    # len(tokenizer) before loading the ranker weights over it).
-    backbone["vocab_size"] = int(state["pretrained_model.embeddings.word_embeddings.weight"].shape[0])
-    config = DebertaV2Config(**backbone)
+    from transformers import DebertaV2Model
 
     class PairRMModule(torch.nn.Module):
         def __init__(self):
@@ -85,7 +84,7 @@ def build_torch_model(ckpt: RankerCheckpoint, state: dict | None = None):
                 torch.nn.Linear(2 * hidden, hidden),
                 torch.nn.Tanh(),
                 torch.nn.Dropout(0.0),
-                torch.nn.Linear(hidden, ckpt.n_tasks),
+                torch.nn.Linear(hidden, n_tasks),
             )
 
         def forward(self, input_ids, attention_mask, positions):
@@ -98,7 +97,22 @@ def build_torch_model(ckpt: RankerCheckpoint, state: dict | None = None):
             half = hidden.shape[0]
             return (scores[:half] - scores[half:]).mean(-1).float()
 
-    model = PairRMModule()
+    return PairRMModule()
+
+
+def build_torch_model(ckpt: RankerCheckpoint, state: dict | None = None):
+    """PairRMModule with the checkpoint's weights, in eval mode (fp32, CPU)."""
+    _require_torch()
+    from transformers import DebertaV2Config
+
+    state = load_state_dict(ckpt) if state is None else state
+    backbone = dict(ckpt.backbone_config)
+    for key in ("architectures", "auto_map", "transformers_version", "torch_dtype", "dtype"):
+        backbone.pop(key, None)
+    # Like llm-blender, the vocabulary is whatever the embedding matrix holds (it resizes the backbone to
+    # len(tokenizer) before loading the ranker weights over it).
+    backbone["vocab_size"] = int(state["pretrained_model.embeddings.word_embeddings.weight"].shape[0])
+    model = pairrm_module(DebertaV2Config(**backbone), ckpt.n_tasks)
     # Keys like embeddings.position_ids differ across transformers versions; everything that has a
     # shape in the model must be there.
     result = model.load_state_dict(state, strict=False)
@@ -140,8 +154,12 @@ def sample_batch(tok: PairTokenizer, ckpt: RankerCheckpoint):
     return ids, mask, pos
 
 
-def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", tok: PairTokenizer | None = None) -> ExportReport:
-    """Write ``model.onnx`` (+ tokenizer) into out_dir and check ORT against torch on a sample batch."""
+def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", tok: PairTokenizer | None = None,
+                *, final_dir: Path | None = None) -> ExportReport:
+    """Write ``model.onnx`` (+ tokenizer) into out_dir and check ORT against torch on a sample batch.
+
+    ``export.json`` records the report, and the size and sha256 of every file written (the cache checks
+    them before serving the entry); ``final_dir``: where out_dir will be renamed to (the recorded path)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     _require_torch()
@@ -184,10 +202,22 @@ def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", 
     session = OnnxPairModel(final_path, device="cpu")
     got = session(ids, mask, pos)
     diff = float(np.max(np.abs(got - reference)))
-    report = ExportReport(str(final_path), precision, diff, time.perf_counter() - t0, cached=False)
-    meta = {"export": asdict(report), "checkpoint": str(ckpt.path), "source_maxlength": ckpt.source_maxlength, "candidate_maxlength": ckpt.candidate_maxlength, "n_tasks": ckpt.n_tasks}
-    (out_dir / "export.json").write_text(json.dumps(meta, indent=1))
+    report = ExportReport(str(Path(final_dir or out_dir) / "model.onnx"), precision, diff, time.perf_counter() - t0, cached=False)
+    meta = {"export": asdict(report), "checkpoint": str(ckpt.path), "source_maxlength": ckpt.source_maxlength, "candidate_maxlength": ckpt.candidate_maxlength, "n_tasks": ckpt.n_tasks,
+            "files": cache.record_files(out_dir, exclude=(EXPORT_META,))}
+    (out_dir / EXPORT_META).write_text(json.dumps(meta, indent=1))
     return report
+
+
+def check_export(out_dir: Path) -> str | None:
+    """None when ``out_dir`` is a complete, intact export; else what is wrong, naming the file."""
+    meta, problem = cache.read_manifest(Path(out_dir) / EXPORT_META)
+    if problem:
+        return problem
+    files = meta.get(cache.MANIFEST_FILES_KEY)
+    if not isinstance(meta.get("export"), dict) or not isinstance(files, dict) or not set(EXPORT_FILES) <= set(files):
+        return f"{Path(out_dir) / EXPORT_META} does not list {', '.join(EXPORT_FILES)} (an older or damaged entry)"
+    return cache.verify_files(out_dir, files)
 
 
 def export_key(ckpt: RankerCheckpoint, precision: str) -> str:
@@ -198,24 +228,32 @@ def cached_export(ckpt: RankerCheckpoint, precision: str = "fp32", cache_dir: Pa
     """The exported model directory for this checkpoint and precision, exporting on first use.
 
     Keyed by a hash of the weights, tokenizer files, backbone config and export options, so an edited
-    checkpoint is re-exported and an unchanged one never is.
+    checkpoint is re-exported and an unchanged one never is. A truncated or corrupt entry (checked
+    against the sizes and hashes in its export.json) is exported again; where that is impossible (no
+    torch here), the error names the file and the directory to delete. The export runs in a temporary
+    directory renamed into place (``cache.publish_dir``): concurrent exports of one model all succeed.
     """
-    root = Path(cache_dir) if cache_dir else cache_root() / "onnx"
+    root = Path(cache_dir) if cache_dir else cache.cache_root() / "onnx"
     out_dir = root / export_key(ckpt, precision)
-    meta_path = out_dir / "export.json"
-    if meta_path.is_file() and (out_dir / "model.onnx").is_file():
-        report = ExportReport(**{**json.loads(meta_path.read_text())["export"], "cached": True})
-        return out_dir, report
-    tmp = root / f".{out_dir.name}.{os.getpid()}.tmp"
-    report = export_onnx(ckpt, tmp, precision)
-    if out_dir.exists():  # another process won the race; theirs is as good as ours
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    problem = check_export(out_dir) if out_dir.exists() else None
+    if problem is not None:
+        try:
+            _require_torch()
+        except ImportError as e:
+            raise cache.CacheError(
+                f"the cached export {out_dir} is damaged: {problem}. Delete that directory (rm -r '{out_dir}') "
+                f"to export it again, which needs torch ({e})"
+            ) from None
+    reports = []
+    path, cached = cache.publish_dir(
+        out_dir, lambda tmp: reports.append(export_onnx(ckpt, tmp, precision, final_dir=out_dir)), check_export
+    )
+    if reports and not cached:
+        report = reports[0]
     else:
-        os.replace(tmp, out_dir)
-    report.path = str(out_dir / "model.onnx")
-    return out_dir, report
+        report = ExportReport(**{**json.loads((path / EXPORT_META).read_text())["export"], "cached": True})
+    report.path = str(path / "model.onnx")  # where it is now, even if the cache directory was moved
+    return path, report
 
 
 def export_command(path: str, precision: str = "fp32", out: str | None = None) -> ExportReport:

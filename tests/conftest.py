@@ -72,7 +72,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     if os.environ.get("BLENDER_FAST_TEST_CHECKPOINT"):
         return Path(os.environ["BLENDER_FAST_TEST_CHECKPOINT"])
     require("torch")
-    from blender_fast.make_checkpoint import make_ranker_checkpoint
+    from blender_fast.synthetic import make_ranker_checkpoint
 
     return make_ranker_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", shape="tiny", seed=0)
 

@@ -19,7 +19,7 @@ CANDIDATES = [
 @pytest.fixture(scope="module")
 def tiny_fuser(tmp_path_factory):
     require("torch")
-    from blender_fast.make_checkpoint import make_fuser_checkpoint
+    from blender_fast.synthetic import make_fuser_checkpoint
 
     return make_fuser_checkpoint(tmp_path_factory.mktemp("fuser") / "tiny", shape="tiny", seed=0)
 

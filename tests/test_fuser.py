@@ -30,7 +30,7 @@ def _tiny_models_use_one_thread(one_torch_thread):
 def fuser_dir(tmp_path_factory):
     require("torch")
     require("transformers")
-    from blender_fast.make_checkpoint import make_fuser_checkpoint
+    from blender_fast.synthetic import make_fuser_checkpoint
 
     return make_fuser_checkpoint(tmp_path_factory.mktemp("fuser") / "tiny", shape="tiny", seed=0)
 

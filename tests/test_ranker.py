@@ -161,7 +161,7 @@ def test_pairrm_hf_layout_gives_the_same_scores(tiny_checkpoint, tmp_path, onnx_
     require("torch")
     from blender_fast import Ranker
     from blender_fast.checkpoint import load_checkpoint
-    from blender_fast.make_checkpoint import make_ranker_checkpoint
+    from blender_fast.synthetic import make_ranker_checkpoint
 
     # CI's transformers-5 run gets it made beforehand (the generator needs transformers<5).
     hf_dir = os.environ.get("BLENDER_FAST_TEST_HF_CHECKPOINT") or make_ranker_checkpoint(

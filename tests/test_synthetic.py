@@ -1,4 +1,4 @@
-"""Tests of blender_fast.make_checkpoint: random-weight PairRM / fuser checkpoints.
+"""Tests of blender_fast.synthetic: random-weight PairRM / fuser checkpoints.
 
 Everything here runs offline on the ``tiny`` shapes; the checkpoints are built once per module.
 """
@@ -22,7 +22,7 @@ transformers = require("transformers")
 require("sentencepiece")
 require("safetensors")
 
-from blender_fast import make_checkpoint as mc  # noqa: E402
+from blender_fast import synthetic as mc  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -348,7 +348,7 @@ def test_tokens_per_word_on_shared_data(ranker_st):
 
 def test_tokenizer_training_is_reproducible(tmp_path):
     """A cold (uncached) training run in a fresh process gives the same bytes."""
-    code = ("import hashlib, blender_fast.make_checkpoint as m; "
+    code = ("import hashlib, blender_fast.synthetic as m; "
             "print(hashlib.sha256(m.english_spm_model('deberta')).hexdigest())")
     env = dict(os.environ, BLENDER_FAST_CACHE=str(tmp_path / "cache"))
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=str(REPO), env=env,
@@ -434,7 +434,7 @@ def test_fuser_loads_and_generates(fuser):
 
 
 def test_import_is_light_and_arguments_are_checked(tmp_path):
-    code = ("import sys, blender_fast.make_checkpoint as m; "
+    code = ("import sys, blender_fast.synthetic as m; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(REPO))
     with pytest.raises(ValueError):

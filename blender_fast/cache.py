@@ -1,0 +1,378 @@
+"""Everything blender-fast keeps on disk between runs, in one place.
+
+Under ``cache_root()`` (``$BLENDER_FAST_CACHE``, else ``$XDG_CACHE_HOME/blender_fast``, else
+``~/.cache/blender_fast``)::
+
+    onnx/<key>/                    exported rankers: model.onnx, pair_tokenizer.json, export.json
+    onnx-fuser/<key>/              exported fusers (optimum): encoder/decoder graphs + manifest.json
+    checkpoints/demo-<shape>-seed<n>/   the generated demo checkpoint (``--model demo:xsmall``)
+    spm/                           SentencePiece models trained for generated checkpoints
+    fingerprints.json              sha256 of weight files, so a 1.7 GB file is hashed once
+
+Every directory entry is built in a temporary directory beside its final place and renamed into it
+(``publish_dir``): a reader sees a complete entry or none, two processes building the same entry
+both succeed, and the temporary directories of killed processes are removed by the next publisher.
+Entries carry a manifest of their files (sizes and sha256), so a truncated or corrupt file is noticed
+and the entry rebuilt instead of served.
+
+Plain Python: no torch, so a cached ONNX model can be served without it.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+CACHE_ENV = "BLENDER_FAST_CACHE"
+MANIFEST_FILES_KEY = "files"
+# Files up to this size are re-hashed in full on every check; bigger ones by their first and last
+# SAMPLE_BYTES (plus the size). Truncation and the usual corruption (a partial copy, a zeroed tail)
+# change those; a full check is one `verify_files(..., full=True)` away.
+FULL_HASH_LIMIT = 64 << 20
+SAMPLE_BYTES = 64 << 10
+# A temporary directory whose process is gone, or older than this, is debris of a killed run.
+STALE_TEMP_SECONDS = 24 * 3600
+_TEMP_MARK = ".tmp-"
+
+
+class CacheError(RuntimeError):
+    """The cache directory cannot be used, or an entry is corrupt and cannot be rebuilt here."""
+
+
+def cache_root() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache")
+    return Path(base) / "blender_fast"
+
+
+def unusable(path: Path, err: BaseException) -> CacheError:
+    """The one error for a cache directory that cannot be created or written."""
+    reason = getattr(err, "strerror", None) or str(err)
+    return CacheError(
+        f"{path}: the blender-fast cache directory is not usable ({reason}). Point {CACHE_ENV} at a "
+        f"writable directory, e.g. `export {CACHE_ENV}=/tmp/blender_fast_cache` (or pass cache_dir=...)"
+    )
+
+
+def ensure_dir(path: Path) -> Path:
+    """mkdir -p, with the cache error (naming BLENDER_FAST_CACHE) instead of a bare OSError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise unusable(path, e) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise unusable(path, PermissionError(errno.EACCES, "not writable"))
+    return path
+
+
+# -- fingerprints ------------------------------------------------------------------------------------
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sample_sha256(path: Path, size: Optional[int] = None) -> str:
+    """sha256 of a file's size, first and last SAMPLE_BYTES: cheap, and changes when the file is
+    truncated, extended, or rewritten at either end."""
+    size = os.path.getsize(path) if size is None else size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(SAMPLE_BYTES))
+        if size > SAMPLE_BYTES:
+            f.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
+            h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TEMP_MARK}{os.getpid()}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress_oserror():
+            os.unlink(tmp)
+        raise
+
+
+class _suppress_oserror:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        return kind is not None and issubclass(kind, OSError)
+
+
+def weights_fingerprint(path: Path) -> str:
+    """sha256 of a weights file, remembered so a 1.7 GB file is hashed once.
+
+    The memo is keyed on the path, size, mtime, inode, ctime and a sample of the content: a file
+    replaced in place (same size, mtime restored with ``touch -r``/``os.utime``) gets a new inode or
+    ctime (which no user call can set back) and, almost always, a new sample, so it never inherits the
+    old file's hash, nor its cached ONNX export."""
+    path = Path(path)
+    stat = path.stat()
+    key = "|".join(str(x) for x in (path.resolve(), stat.st_size, stat.st_mtime_ns, stat.st_ino,
+                                      stat.st_ctime_ns, sample_sha256(path, stat.st_size)))
+    memo_path = cache_root() / "fingerprints.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+        if not isinstance(memo, dict):
+            memo = {}
+    except (OSError, ValueError):
+        memo = {}
+    if key not in memo:
+        memo[key] = file_sha256(path)
+        try:
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(memo_path, json.dumps(memo))
+        except OSError:
+            pass  # a read-only cache only costs re-hashing
+    return memo[key]
+
+
+def checkpoint_fingerprint(ckpt, **options) -> str:
+    """One key for everything an exported ranker depends on: weights, tokenizer, shape, options.
+    ``ckpt`` is a ``checkpoint.RankerCheckpoint``."""
+    h = hashlib.sha256()
+    h.update(weights_fingerprint(ckpt.weights_path).encode())
+    h.update(json.dumps(ckpt.backbone_config, sort_keys=True).encode())
+    h.update(json.dumps({"n_tasks": ckpt.n_tasks, **options}, sort_keys=True).encode())
+    if ckpt.tokenizer_dir is not None:
+        for name in sorted(os.listdir(ckpt.tokenizer_dir)):
+            p = ckpt.tokenizer_dir / name
+            if p.is_file() and (name.startswith(("tokenizer", "special_tokens", "added_tokens")) or name.endswith(".model")):
+                h.update(name.encode())
+                h.update(file_sha256(p).encode())
+    return h.hexdigest()[:20]
+
+
+# -- manifests: what a complete entry holds ----------------------------------------------------------
+
+def record_files(directory: Path, exclude: tuple = ()) -> dict:
+    """{relative path: {size, sha256, sample}} of every file under ``directory``."""
+    directory = Path(directory)
+    files = {}
+    for p in sorted(directory.rglob("*")):
+        rel = p.relative_to(directory).as_posix()
+        if p.is_file() and rel not in exclude:
+            size = p.stat().st_size
+            files[rel] = {"size": size, "sha256": file_sha256(p), "sample": sample_sha256(p, size)}
+    return files
+
+
+def verify_files(directory: Path, files, full: bool = False) -> Optional[str]:
+    """None when every recorded file is there, intact; else what is wrong, naming the file."""
+    if not isinstance(files, dict) or not files:
+        return "its manifest lists no files"
+    for rel, info in files.items():
+        p = Path(directory) / rel
+        try:
+            size = p.stat().st_size
+        except OSError:
+            return f"{p} is missing"
+        try:
+            if size != info["size"]:
+                return f"{p} has {size} bytes, {info['size']} were written (truncated or replaced)"
+            if full or size <= FULL_HASH_LIMIT:
+                if file_sha256(p) != info["sha256"]:
+                    return f"{p} is corrupt (sha256 differs from the one recorded at export)"
+            elif sample_sha256(p, size) != info["sample"]:
+                return f"{p} is corrupt (its content differs from the one recorded at export)"
+        except (KeyError, TypeError):
+            return f"the manifest entry for {p} is malformed"
+        except OSError as e:
+            return f"{p} cannot be read ({e.strerror})"
+    return None
+
+
+def read_manifest(path: Path) -> tuple[Optional[dict], Optional[str]]:
+    """(the JSON object, None) or (None, what is wrong with the file)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, f"{path} is missing"
+    except (OSError, ValueError) as e:
+        return None, f"{path} is unreadable or not valid JSON ({e})"
+    if not isinstance(data, dict):
+        return None, f"{path} is not a JSON object"
+    return data, None
+
+
+# -- publishing a directory atomically ---------------------------------------------------------------
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def temp_prefix(final: Path) -> str:
+    return f".{Path(final).name}{_TEMP_MARK}"
+
+
+def remove_stale_temps(final: Path, max_age: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Remove the temporary directories of ``final`` left by killed processes (their pid is gone, or
+    they are older than max_age: a pid on another machine sharing the cache). Returns what went."""
+    final = Path(final)
+    removed = []
+    prefix = temp_prefix(final)
+    try:
+        entries = list(final.parent.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        pid_text = entry.name[len(prefix):].split("-", 1)[0]
+        try:
+            pid = int(pid_text)
+            age = now - entry.lstat().st_mtime
+        except (ValueError, OSError):
+            continue
+        if pid == os.getpid() or (_pid_alive(pid) and age < max_age):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with _suppress_oserror():
+                entry.unlink()
+        removed.append(entry)
+    return removed
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Flush the files, then the directories, so a rename never publishes data still in page cache."""
+    for root, dirs, files in os.walk(directory):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # not every filesystem syncs directories
+    finally:
+        os.close(fd)
+
+
+def _discard(path: Path) -> None:
+    """Move a broken entry out of the way (atomically), then delete it."""
+    if not path.exists():
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(path)}{os.getpid()}-trash-", dir=path.parent))
+    try:
+        os.rename(path, trash / "old")
+    except OSError:
+        pass  # someone else replaced it meanwhile
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def publish_dir(final: Path, build: Callable[[Path], object], check: Callable[[Path], Optional[str]]) -> tuple[Path, bool]:
+    """``final``, built once: ``(final, True)`` when a valid entry already existed, else
+    ``build(tmp)`` fills a fresh temporary directory beside it, which is flushed to disk and renamed
+    to ``final``; ``(final, False)``.
+
+    ``check(dir)`` returns None for a complete, intact entry, else the reason it is not (a broken
+    entry is deleted and rebuilt). When another process publishes first, its entry is used. The
+    temporary directory is removed on any error or interrupt, and those of killed processes are
+    removed here."""
+    final = Path(final)
+    if final.is_dir() and check(final) is None:
+        return final, True
+    parent = ensure_dir(final.parent)
+    remove_stale_temps(final)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(final)}{os.getpid()}-", dir=parent))
+    except OSError as e:
+        raise unusable(parent, e) from None
+    try:
+        build(tmp)
+        problem = check(tmp)
+        if problem is not None:
+            raise CacheError(f"{final}: the entry just built is incomplete: {problem}")
+        _fsync_tree(tmp)
+        for _attempt in range(3):
+            if final.exists():
+                if check(final) is None:
+                    return final, True  # another process won the race; its entry is as good as ours
+                _discard(final)
+            try:
+                os.rename(tmp, final)
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                    raise unusable(parent, e) from None
+                continue  # lost a race: look again
+            _fsync_dir(parent)
+            return final, False
+        raise CacheError(f"{final}: could not publish the cache entry (it keeps changing underneath)")
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- the demo checkpoint -----------------------------------------------------------------------------
+
+def _demo_check(directory: Path) -> Optional[str]:
+    data, problem = read_manifest(directory / "blender_fast.json")
+    if problem:
+        return problem
+    return verify_files(directory, data.get(MANIFEST_FILES_KEY))
+
+
+def demo_checkpoint(shape: str = "xsmall", seed: int = 0, *, llm_blender_loadable: bool = False,
+                    announce: Optional[Callable[[Path], object]] = None) -> Path:
+    """A generated random-weight PairRM checkpoint in the cache, made once (then reused).
+
+    By default it holds what blender-fast needs: the ranker weights, its tokenizer and the backbone's
+    config (no second copy of the backbone weights). ``llm_blender_loadable=True`` adds the fp16
+    backbone weights llm-blender's loader reads before the ranker's (benchmarks against the reference).
+    ``announce(path)`` is called before a checkpoint is generated (it takes a while).
+    """
+    from .synthetic import make_ranker_checkpoint
+
+    name = f"demo-{shape}-seed{int(seed)}" + ("-llm-blender" if llm_blender_loadable else "")
+    final = cache_root() / "checkpoints" / name
+
+    def build(tmp: Path) -> None:
+        if announce is not None:
+            announce(final)
+        make_ranker_checkpoint(tmp, shape=shape, seed=seed, backbone_weights=llm_blender_loadable,
+                               manifest=True)
+
+    path, _ = publish_dir(final, build, _demo_check)
+    return path

@@ -1,0 +1,46 @@
+"""Random-weight checkpoints with the real PairRM / GenFuser architecture and file layout.
+
+Tests, benchmarks and ``blender-fast make-checkpoint`` never download weights: they use checkpoints
+made here, loadable offline by ``llm-blender`` 0.0.2 itself. Orderings produced by them are
+meaningless; only shapes, file formats, tokenization and numerics are realistic.
+
+* ``tokenizer.py``: SentencePiece tokenizers trained locally on CPython's own documentation plus the
+  word lists of ``words.txt`` (cached in ``cache.cache_root() / "spm"``);
+* ``ranker.py``: PairRM checkpoints, built from the engine's own ``export.pairrm_module``;
+* ``fuser.py``: Flan-T5-style fuser checkpoints.
+
+Public API::
+
+    make_ranker_checkpoint(out_dir, shape="tiny", seed=0, *, weights_format="safetensors",
+                           layout="llm-blender", source_maxlength=1224, candidate_maxlength=412,
+                           backbone_weights=True) -> pathlib.Path
+    make_fuser_checkpoint(out_dir, shape="tiny", seed=0) -> pathlib.Path
+    ranker_backbone_config(shape, vocab_size) -> transformers.DebertaV2Config
+
+``cache.demo_checkpoint(shape)`` makes one once in the user cache. Importing this package imports
+neither torch nor transformers.
+"""
+from __future__ import annotations
+
+from ..checkpoint import SPECIAL_TOKENS as PREFIX_TOKENS
+from .common import CALIBRATION_EXAMPLES, GENERATOR
+from .fuser import FUSER_SHAPES, fuser_config, make_fuser_checkpoint
+from .ranker import (PAIRRM_EMBEDDING_ROWS, PAIRRM_LARGE_BACKBONE, RANKER_SHAPES, make_ranker_checkpoint,
+                     ranker_backbone_config)
+from .tokenizer import DEBERTA_V3_SPM_PIECES, english_spm_model
+
+__all__ = [
+    "make_ranker_checkpoint",
+    "make_fuser_checkpoint",
+    "ranker_backbone_config",
+    "fuser_config",
+    "PAIRRM_LARGE_BACKBONE",
+    "RANKER_SHAPES",
+    "FUSER_SHAPES",
+    "PREFIX_TOKENS",
+    "DEBERTA_V3_SPM_PIECES",
+    "PAIRRM_EMBEDDING_ROWS",
+    "CALIBRATION_EXAMPLES",
+    "GENERATOR",
+    "english_spm_model",
+]
