@@ -66,7 +66,10 @@ def load_reference(path, device: str) -> tuple[object, list]:
     # llm-blender prints its progress to stdout; keep stdout for nothing but our own output.
     with contextlib.redirect_stdout(sys.stderr):
         ref = llm_blender.Blender(llm_blender.BlenderConfig(device=device, use_tqdm=False))
-        ref.loadranker(str(path), device=device)
+        # llm-blender resolves model_name against the working directory, blender-fast against the checkpoint
+        from blender_fast.checkpoint import llm_blender_model_name
+
+        ref.loadranker(str(path), device=device, model_name=llm_blender_model_name(path))
     return ref, record_reference_batches(ref, device)
 
 

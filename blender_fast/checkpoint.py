@@ -235,7 +235,9 @@ def _check_loaded(ckpt: RankerCheckpoint) -> None:
     if ckpt.tokenizer_dir is not None:
         check_tokenizer_files(ckpt.tokenizer_dir)
     if ckpt.weights_path.suffix == ".safetensors":
-        check_weight_shapes(ckpt, safetensors_shapes(ckpt.weights_path))
+        # n_tasks only: the hidden size is checked when the weights are loaded (a config-only use, e.g.
+        # fingerprinting, must not need the backbone to match)
+        check_weight_shapes(ckpt, safetensors_shapes(ckpt.weights_path), hidden_size=False)
 
 
 def check_tokenizer_files(directory: Path) -> None:
@@ -270,7 +272,7 @@ def safetensors_shapes(path: Path) -> dict:
     return shapes
 
 
-def check_weight_shapes(ckpt: RankerCheckpoint, shapes: dict) -> None:
+def check_weight_shapes(ckpt: RankerCheckpoint, shapes: dict, hidden_size: bool = True) -> None:
     """The config and the weights agree: n_tasks (the head's output rows) and the hidden size."""
     config_path = ckpt.path / "config.json"
     out = shapes.get("head_layer.4.weight")
@@ -279,6 +281,8 @@ def check_weight_shapes(ckpt: RankerCheckpoint, shapes: dict) -> None:
             f"{config_path}: 'n_tasks' = {ckpt.n_tasks}, but {ckpt.weights_path.name}'s head_layer.4.weight "
             f"has {out[0]} output row(s), one per task: the config and the weights disagree"
         )
+    if not hidden_size:
+        return
     hidden = ckpt.backbone_config.get("hidden_size")
     emb = shapes.get("pretrained_model.embeddings.word_embeddings.weight")
     where = "config.json" if ckpt.layout == "hf" else f"the backbone config of {ckpt.backbone_name!r}"

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from . import cache
+from .options import BACKENDS, DEVICE_CHOICES, FUSER_PRECISIONS, check_choice
 
 # llm-blender's GenFuserConfig defaults.
 DEFAULT_MAX_LENGTH = 1024
@@ -49,6 +49,10 @@ WEIGHT_FILE_NAMES = (
 TOKENIZER_FILE_NAMES = ("tokenizer.json", "spiece.model")
 
 ONNX_EXPORT_TASK = "text2text-generation-with-past"
+FUSER_EXPORT_MANIFEST = "blender_fast_export.json"
+# llm-blender's torch_dtype spellings (Blender.loadfuser passes them as dtype=) -> our precisions.
+_DTYPE_PRECISIONS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16",
+                     "torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}
 
 _INSTALL_HINT = 'install blender-fast[export] (pip install "blender-fast[export]")'
 _ONNX_INSTALL_HINT = (
@@ -212,9 +216,9 @@ def check_fuser_checkpoint(path) -> Path:
 
 def fuser_fingerprint(checkpoint: Path) -> str:
     """A key for everything an ONNX export of ``checkpoint`` depends on: config.json and
-    the sha256 of every weight file (memoized per path/size/mtime by
-    ``checkpoint.weights_fingerprint``, so the 11 GB of gen_fuser_3b are hashed once)."""
-    from .checkpoint import weights_fingerprint
+    the sha256 of every weight file (memoized by ``cache.weights_fingerprint``, so the
+    11 GB of gen_fuser_3b are hashed once)."""
+    from .cache import weights_fingerprint
 
     digest = hashlib.sha256()
     digest.update((checkpoint / "config.json").read_bytes())
@@ -257,21 +261,14 @@ def export_fuser_to_onnx(checkpoint, cache_dir=None, merged_decoder: bool = Fals
                 f"onnx_merged_decoder=True does not work for this checkpoint (num_heads*d_kv="
                 f"{n_heads * d_kv} != d_model={d_model}, an optimum-onnx limitation): use the split decoders"
             )
-    from .checkpoint import cache_root as default_cache_root
-
-    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    root = Path(cache_dir) if cache_dir is not None else cache.cache_root()
     fingerprint = fuser_fingerprint(checkpoint)
     # The exporter's version is part of the key: a new optimum may export differently.
     flavour = "merged" if merged_decoder else "split"
     exporter = importlib.metadata.version("optimum-onnx")
-    out_dir = cache_root / "onnx-fuser" / f"{fingerprint}-{flavour}-optimum-onnx{exporter}"
-    if (out_dir / "encoder_model.onnx").is_file():
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Export into a scratch dir next to the target and rename it into place, so that
-    # a crashed or concurrent export never leaves a half-written cache entry.
-    scratch = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
+    out_dir = root / "onnx-fuser" / f"{fingerprint}-{flavour}-optimum-onnx{exporter}"
+
+    def build(scratch: Path) -> None:
         main_export(
             model_name_or_path=str(checkpoint),
             output=scratch,
@@ -286,16 +283,25 @@ def export_fuser_to_onnx(checkpoint, cache_dir=None, merged_decoder: bool = Fals
             # for gen_fuser_3b that is ~10 GB of disk nobody reads
             for leftover in list(scratch.glob("decoder_model.onnx*")) + list(scratch.glob("decoder_with_past_model.onnx*")):
                 leftover.unlink()
-        try:
-            os.replace(scratch, out_dir)
-        except OSError:
-            if not (out_dir / "encoder_model.onnx").is_file():
-                raise
-            # another process finished first; its export is as good as ours
-    finally:
-        if scratch.exists():
-            shutil.rmtree(scratch, ignore_errors=True)
-    return out_dir
+        manifest = {"checkpoint": str(checkpoint), "merged_decoder": merged_decoder, "exporter": f"optimum-onnx {exporter}",
+                    cache.MANIFEST_FILES_KEY: cache.record_files(scratch)}
+        (scratch / FUSER_EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+    # Built in a scratch dir beside the target and renamed into place: a crashed or concurrent export
+    # never leaves a half-written entry, and a damaged entry (checked against its manifest) is rebuilt.
+    path, _ = cache.publish_dir(out_dir, build, check_fuser_export)
+    return path
+
+
+def check_fuser_export(out_dir: Path) -> Optional[str]:
+    """None when ``out_dir`` is a complete, intact fuser export; else what is wrong, naming the file."""
+    meta, problem = cache.read_manifest(Path(out_dir) / FUSER_EXPORT_MANIFEST)
+    if problem:
+        return problem
+    files = meta.get(cache.MANIFEST_FILES_KEY)
+    if not isinstance(files, dict) or "encoder_model.onnx" not in files:
+        return f"{Path(out_dir) / FUSER_EXPORT_MANIFEST} does not list encoder_model.onnx"
+    return cache.verify_files(out_dir, files)
 
 
 # ---------------------------------------------------------------------------
@@ -303,19 +309,38 @@ def export_fuser_to_onnx(checkpoint, cache_dir=None, merged_decoder: bool = Fals
 # ---------------------------------------------------------------------------
 
 
-def _resolve_torch_dtype(dtype, device: str):
+def _resolve_device(device: str) -> str:
+    """"cpu", "cuda" or "cuda:N" as given; "auto": cuda when torch sees a GPU, else cpu."""
+    if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
+        return device
+    check_choice("device", device, DEVICE_CHOICES)
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _resolve_precision(precision, dtype, device: str) -> str:
+    """One of FUSER_PRECISIONS. ``dtype`` is llm-blender's spelling (``torch_dtype``: "float32",
+    "bfloat16", a torch.dtype), kept as an alias. None: fp32 on CPU, bf16 (llm-blender's default) on
+    CUDA: on CPU bfloat16 is slow on most machines and not bitwise comparable."""
+    if dtype is not None:
+        name = _DTYPE_PRECISIONS.get(str(dtype))
+        if name is None:
+            raise ValueError(f"dtype must be one of {sorted(set(_DTYPE_PRECISIONS))[:3]} or a torch.dtype of those, got {dtype!r}")
+        if precision is not None and precision != name:
+            raise ValueError(f"precision={precision!r} and dtype={dtype!r} disagree; pass precision only")
+        precision = name
+    if precision is None:
+        return "bf16" if device.startswith("cuda") else "fp32"
+    return check_choice("precision", precision, FUSER_PRECISIONS)
+
+
+def _torch_dtype(precision: str):
     import torch
 
-    if dtype is None:
-        # llm-blender's default is bfloat16 everywhere; on CPU bfloat16 is slow on
-        # most machines and not bitwise comparable, so CPU defaults to float32.
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if dtype not in names:
-        raise ValueError(f"dtype must be one of {sorted(names)} or a torch.dtype, got {dtype!r}")
-    return names[dtype]
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 @dataclass
@@ -326,6 +351,7 @@ class Fuser:
     tokenizer: Any
     backend: str = "torch"
     device: str = "cpu"
+    precision: str = "fp32"
     max_length: int = DEFAULT_MAX_LENGTH
     candidate_maxlength: int = DEFAULT_CANDIDATE_MAXLENGTH
     checkpoint: Optional[Path] = None
@@ -337,37 +363,54 @@ class Fuser:
         path,
         backend: str = "torch",
         device: str = "cpu",
-        dtype=None,
+        precision: Optional[str] = None,
+        *,
+        threads: Optional[int] = None,
+        cache_dir=None,
         max_length: int = DEFAULT_MAX_LENGTH,
         candidate_maxlength: int = DEFAULT_CANDIDATE_MAXLENGTH,
-        onnx_cache_dir=None,
         onnx_merged_decoder: bool = False,
+        dtype=None,
+        onnx_cache_dir=None,
         onnx_threads: Optional[int] = None,
     ) -> "Fuser":
         """Load a local seq2seq checkpoint directory (e.g. a copy of llm-blender/gen_fuser_3b).
 
-        backend: "torch" (transformers) or "onnx" (ONNX Runtime through optimum-onnx;
-            the checkpoint is exported once and cached under
-            ``onnx_cache_dir/onnx-fuser/`` (default: the blender-fast cache,
-            ``$BLENDER_FAST_CACHE`` or ``~/.cache/blender_fast``), keyed by a hash of
-            its config and weights).
-        device: "cpu" or "cuda" (for onnx: the CUDA execution provider).
-        dtype: None, "float32", "float16", "bfloat16" or a torch.dtype. None means
-            float32 on CPU and bfloat16 (llm-blender's default) on CUDA. The onnx
-            backend runs float32 only.
+        Spelled like ``Ranker.from_pretrained``:
+        backend: "torch" (transformers) or "onnx" (ONNX Runtime through optimum-onnx; the
+            checkpoint is exported once and cached under ``cache_dir/onnx-fuser/`` (default: the
+            blender-fast cache, ``$BLENDER_FAST_CACHE`` or ``~/.cache/blender_fast``), keyed by a
+            hash of its config and weights).
+        device: "cpu", "cuda" (or "cuda:N"), or "auto" (cuda when torch sees a GPU).
+            For onnx: the CUDA execution provider.
+        precision: "fp32", "fp16" or "bf16" (``options.FUSER_PRECISIONS``). None: fp32 on CPU,
+            bf16 (llm-blender's default) on CUDA. The onnx backend runs fp32 only.
+        threads: intra-op threads: ONNX Runtime's for onnx; for torch, ``torch.set_num_threads``
+            (process-wide, as for the Ranker's torch backend). None: the runtime's choice.
+        cache_dir: where exported ONNX models go (onnx backend).
         max_length: token budget of the whole fuser input (llm-blender: 1024).
         candidate_maxlength: per-candidate token budget and default max_new_tokens
             (llm-blender: 128).
         onnx_merged_decoder: one decoder graph for the first and the cached steps
             (decoder weights stored once: half the decoder's memory and disk).
-        onnx_threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice).
-            The torch backend follows ``torch.set_num_threads``.
+        dtype, onnx_cache_dir, onnx_threads: older spellings of precision (llm-blender's
+            ``torch_dtype`` values: "float32", "float16", "bfloat16" or a torch.dtype),
+            cache_dir and threads; kept so existing callers keep working.
         Nothing is ever downloaded: a missing directory or file is an error.
         """
-        if backend not in ("torch", "onnx"):
-            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
-        if not (device == "cpu" or device.startswith("cuda")):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        check_choice("backend", backend, BACKENDS)
+        device = _resolve_device(device)
+        precision = _resolve_precision(precision, dtype, device)
+        if onnx_cache_dir is not None:
+            if cache_dir is not None and Path(cache_dir) != Path(onnx_cache_dir):
+                raise ValueError("cache_dir and onnx_cache_dir disagree; pass cache_dir only")
+            cache_dir = onnx_cache_dir
+        if onnx_threads is not None:
+            if threads is not None and threads != onnx_threads:
+                raise ValueError("threads and onnx_threads disagree; pass threads only")
+            threads = onnx_threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         checkpoint = check_fuser_checkpoint(path)
         try:
             import torch  # noqa: F401  (both backends hand torch tensors to generate())
@@ -380,24 +423,24 @@ class Fuser:
         if backend == "torch":
             from transformers import AutoModelForSeq2SeqLM
 
+            if threads is not None:
+                torch.set_num_threads(threads)
             model = AutoModelForSeq2SeqLM.from_pretrained(
-                str(checkpoint), dtype=_resolve_torch_dtype(dtype, device), local_files_only=True
+                str(checkpoint), dtype=_torch_dtype(precision), local_files_only=True
             )
             model = model.to(device).eval()
         else:
-            if dtype not in (None, "float32") and str(dtype) != "torch.float32":
-                raise ValueError(f"the onnx backend runs float32 only, got dtype={dtype!r}")
+            if precision != "fp32":
+                raise ValueError(f"the onnx backend runs fp32 only, got precision={precision!r}")
             ORTModelForSeq2SeqLM, _ = _import_ort_seq2seq()
-            onnx_dir = export_fuser_to_onnx(
-                checkpoint, cache_dir=onnx_cache_dir, merged_decoder=onnx_merged_decoder
-            )
+            onnx_dir = export_fuser_to_onnx(checkpoint, cache_dir=cache_dir, merged_decoder=onnx_merged_decoder)
             provider = "CUDAExecutionProvider" if device.startswith("cuda") else "CPUExecutionProvider"
             session_options = None
-            if onnx_threads is not None:
+            if threads is not None:
                 import onnxruntime
 
                 session_options = onnxruntime.SessionOptions()
-                session_options.intra_op_num_threads = int(onnx_threads)
+                session_options.intra_op_num_threads = threads
             model = ORTModelForSeq2SeqLM.from_pretrained(
                 str(onnx_dir),
                 use_cache=True,
@@ -411,6 +454,7 @@ class Fuser:
             tokenizer=tokenizer,
             backend=backend,
             device=device,
+            precision=precision,
             max_length=max_length,
             candidate_maxlength=candidate_maxlength,
             checkpoint=checkpoint,

@@ -12,6 +12,8 @@ POLICIES = ("max_logits", "max_wins")
 COMPARE_MODES = ("[A,B]", "[B,A]", "[A,B]+[B,A]")
 # Numeric precision of the model; "int8" is ONNX Runtime dynamic quantization (CPU).
 PRECISIONS = ("fp32", "fp16", "int8")
+# The fuser's (torch) precisions; the fuser's onnx backend runs fp32 only.
+FUSER_PRECISIONS = ("fp32", "fp16", "bf16")
 # Where the model runs; "auto" = cuda when torch or onnxruntime sees a GPU, else cpu.
 DEVICES = ("cpu", "cuda")
 DEVICE_CHOICES = DEVICES + ("auto",)

@@ -125,15 +125,22 @@ def build_pair_tokenizer(ckpt: RankerCheckpoint) -> PairTokenizer:
                 f"tokenizer of {ckpt.backbone_name!r} is not in the local Hugging Face cache ({e}). "
                 "blender-fast never downloads: copy the tokenizer files into the checkpoint directory."
             ) from None
-    elif have_transformers:
-        backend, sep, pad_id, ids = _from_transformers(str(ckpt.tokenizer_dir), local_files_only=True)
-    elif (ckpt.tokenizer_dir / "tokenizer.json").is_file():
-        backend, sep, pad_id, ids = _from_tokenizer_json(ckpt.tokenizer_dir)
     else:
-        raise CheckpointError(
-            f"{ckpt.tokenizer_dir}: only spm.model is present; converting it needs transformers "
-            "(pip install 'blender-fast[export]')"
-        )
+        try:
+            if have_transformers:
+                backend, sep, pad_id, ids = _from_transformers(str(ckpt.tokenizer_dir), local_files_only=True)
+            elif (ckpt.tokenizer_dir / "tokenizer.json").is_file():
+                backend, sep, pad_id, ids = _from_tokenizer_json(ckpt.tokenizer_dir)
+            else:
+                raise CheckpointError(
+                    f"{ckpt.tokenizer_dir}: only spm.model is present; converting it needs transformers "
+                    "(pip install 'blender-fast[export]')"
+                )
+        except CheckpointError:
+            raise
+        except Exception as e:  # a damaged file surfaces as many exception types, deep in the libraries
+            raise CheckpointError(f"{_tokenizer_files(ckpt.tokenizer_dir)}: cannot load the tokenizer "
+                                  f"({type(e).__name__}: {e})") from None
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(backend.to_str())  # a private copy: we change truncation/padding
@@ -142,6 +149,13 @@ def build_pair_tokenizer(ckpt: RankerCheckpoint) -> PairTokenizer:
     pair_tok = PairTokenizer(tok, sep, int(pad_id), *[int(i) for i in ids])
     _check_layout(pair_tok, ckpt)
     return pair_tok
+
+
+def _tokenizer_files(directory: Path) -> str:
+    """The tokenizer files of a directory, for a message ('DIR/{tokenizer.json,spm.model}')."""
+    names = sorted(p.name for p in directory.iterdir() if p.is_file() and (
+        p.name.startswith(("tokenizer", "special_tokens", "added_tokens")) or p.suffix == ".model"))
+    return f"{directory}/{{{','.join(names)}}}" if names else str(directory)
 
 
 def _check_layout(tok: PairTokenizer, ckpt: RankerCheckpoint) -> None:

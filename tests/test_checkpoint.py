@@ -98,3 +98,95 @@ def test_fingerprint_follows_the_weights(tiny_checkpoint, tmp_path):
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
     assert before != checkpoint_fingerprint(load_checkpoint(dst), precision="fp32")
+
+
+def test_generated_checkpoint_is_relocatable(tmp_path):
+    """model_name is relative to the checkpoint: a copy uses its own backbone, even with the original gone."""
+    require("torch")
+    from blender_fast.synthetic import make_ranker_checkpoint
+
+    original = make_ranker_checkpoint(tmp_path / "original", "tiny", seed=0, backbone_weights=False)
+    assert json.loads((original / "config.json").read_text())["model_name"] == "backbone"
+    copy = _copy(original, tmp_path, "elsewhere")
+    shutil.rmtree(original)
+    ckpt = load_checkpoint(copy)
+    assert ckpt.backbone_config["hidden_size"] == 32
+    assert ckpt.tokenizer_dir == copy.resolve()  # a lean backbone/ has no tokenizer: the checkpoint's own
+    from blender_fast import Ranker
+
+    ranker = Ranker.from_pretrained(copy, backend="torch", threads=1)
+    assert ranker.rank(["What is 2+2?"], [["4", "five", "2+2 is 4"]]).shape == (1, 3)
+
+
+def test_relative_model_name_prefers_the_checkpoint_over_the_working_directory(tiny_checkpoint, tmp_path, monkeypatch):
+    decoy = tmp_path / "cwd" / "backbone"
+    decoy.mkdir(parents=True)
+    (decoy / "config.json").write_text(json.dumps({**DEBERTA_V3_LARGE, "hidden_size": 1024}))
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert load_checkpoint(tiny_checkpoint).backbone_config["hidden_size"] == 32
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"])
+def test_corrupt_tokenizer_files_are_named(tiny_checkpoint, tmp_path, name):
+    dst = _copy(tiny_checkpoint, tmp_path)
+    damaged = load_checkpoint(dst).tokenizer_dir / name  # the backbone's: what llm-blender loads too
+    damaged.write_text('{"truncated": ')
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(dst)
+    assert f"{damaged}: not valid JSON" in str(err.value)
+
+
+def test_tokenizer_that_cannot_load_is_named(tiny_checkpoint, tmp_path):
+    require("transformers")
+    from blender_fast.tokenization import build_pair_tokenizer
+
+    dst = _copy(tiny_checkpoint, tmp_path)
+    tok_dir = load_checkpoint(dst).tokenizer_dir
+    (tok_dir / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "nonsense"}}')
+    with pytest.raises(CheckpointError) as err:
+        build_pair_tokenizer(load_checkpoint(dst))
+    assert f"{tok_dir}/{{" in str(err.value) and "tokenizer.json" in str(err.value)
+    assert "cannot load the tokenizer" in str(err.value)
+
+
+def test_n_tasks_that_disagrees_with_the_weights_fails_at_load(tiny_checkpoint, tmp_path):
+    dst = _copy(tiny_checkpoint, tmp_path)
+    _edit(dst, n_tasks=3)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(dst)
+    message = str(err.value)
+    assert "config.json" in message and "'n_tasks' = 3" in message and "head_layer.4.weight" in message
+
+
+def test_n_tasks_mismatch_in_bin_weights_fails_before_torch(tiny_checkpoint, tmp_path):
+    torch = require("torch")
+    from safetensors.torch import load_file
+
+    from blender_fast import Ranker
+
+    dst = _copy(tiny_checkpoint, tmp_path)
+    torch.save(load_file(str(dst / "model.safetensors")), str(dst / "pytorch_model.bin"))
+    (dst / "model.safetensors").unlink()
+    _edit(dst, n_tasks=2)
+    load_checkpoint(dst)  # .bin: shapes need torch, checked when the weights are read
+    with pytest.raises(CheckpointError, match=r"'n_tasks' = 2, but pytorch_model.bin's head_layer.4.weight"):
+        Ranker.from_pretrained(dst, backend="torch")
+
+
+@pytest.mark.parametrize("field", ["source_maxlength", "candidate_maxlength"])
+def test_maxlength_too_small_for_the_prefix_tokens(tiny_checkpoint, tmp_path, field):
+    dst = _copy(tiny_checkpoint, tmp_path)
+    _edit(dst, **{field: 2})
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(dst)
+    assert "config.json" in str(err.value) and f"'{field}' = 2 cannot hold" in str(err.value)
+    _edit(dst, **{field: 3})  # [CLS] <prefix> [SEP]: the smallest that works
+    assert getattr(load_checkpoint(dst), field) == 3
+
+
+def test_truncated_safetensors_fails_at_load(tiny_checkpoint, tmp_path):
+    dst = _copy(tiny_checkpoint, tmp_path)
+    weights = dst / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"model.safetensors: cannot read weights \(truncated"):
+        load_checkpoint(dst)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from blender_fast.checkpoint import llm_blender_model_name
 from conftest import require
 
 pytestmark = pytest.mark.reference
@@ -25,7 +26,8 @@ def reference(tiny_checkpoint, one_torch_thread):
     import llm_blender
 
     ref = llm_blender.Blender(llm_blender.BlenderConfig(device="cpu", use_tqdm=False))
-    ref.loadranker(str(tiny_checkpoint), device="cpu")
+    # llm-blender resolves model_name against the working directory; ours is relative to the checkpoint
+    ref.loadranker(str(tiny_checkpoint), device="cpu", model_name=llm_blender_model_name(tiny_checkpoint))
     return ref
 
 

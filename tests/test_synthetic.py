@@ -23,6 +23,7 @@ require("sentencepiece")
 require("safetensors")
 
 from blender_fast import synthetic as mc  # noqa: E402
+from blender_fast.checkpoint import llm_blender_model_name  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -109,7 +110,7 @@ def _load_blender_ranker(d: pathlib.Path, caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         blender = Blender()
-        blender.loadranker(str(d), device="cpu")
+        blender.loadranker(str(d), device="cpu", model_name=llm_blender_model_name(d))
     bad = [r.getMessage() for r in caplog.records
            if "Missing keys" in r.getMessage() or "Unexpected keys" in r.getMessage()]
     assert not bad, bad
@@ -176,8 +177,9 @@ def test_checkpoint_layout_and_configs(ranker_st):
     d = ranker_st
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["ranker_type"] == "pairranker" and cfg["model_type"] == "deberta"
-    assert pathlib.Path(cfg["model_name"]).is_absolute()
-    assert pathlib.Path(cfg["model_name"]) == d / "backbone"
+    # relative to the checkpoint, so a copy uses its own backbone (was: the absolute path of d/backbone)
+    assert cfg["model_name"] == "backbone"
+    assert llm_blender_model_name(d) == str(d / "backbone")
     assert (cfg["source_maxlength"], cfg["candidate_maxlength"]) == (1224, 412)
     for key in ("n_tasks", "num_pos", "num_neg", "sub_sampling_mode", "sub_sampling_ratio",
                 "loss_type", "reduce_type", "inference_mode", "drop_out", "fp16", "device",
@@ -300,14 +302,8 @@ def test_same_seed_identical_different_seed_differs(ranker_st, ckdir):
     again = mc.make_ranker_checkpoint(ckdir / "ranker_st_again", "tiny", seed=0)
     other = mc.make_ranker_checkpoint(ckdir / "ranker_seed1", "tiny", seed=1)
     assert _files(again) == _files(ranker_st)
-    for rel in _files(ranker_st):
-        a, b = (ranker_st / rel).read_bytes(), (again / rel).read_bytes()
-        if rel == pathlib.Path("config.json"):  # model_name is the (different) absolute path
-            ja, jb = json.loads(a), json.loads(b)
-            ja.pop("model_name"), jb.pop("model_name")
-            assert ja == jb
-        else:
-            assert a == b, rel
+    for rel in _files(ranker_st):  # every file, config.json too (model_name is relative)
+        assert (ranker_st / rel).read_bytes() == (again / rel).read_bytes(), rel
     # a different seed: different weights, same tokenizer
     assert (other / "model.safetensors").read_bytes() != (ranker_st / "model.safetensors").read_bytes()
     assert (other / "backbone" / "model.safetensors").read_bytes() != \
