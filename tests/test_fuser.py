@@ -292,6 +292,53 @@ def test_missing_checkpoint_files(fuser_dir, tmp_path):
         Fuser.from_pretrained(fuser_dir, backend="tensorrt")
 
 
+def test_fuser_options_are_spelled_like_the_ranker(fuser_dir):
+    import inspect
+
+    import torch
+
+    from blender_fast.fuser import Fuser
+    from blender_fast.ranker import Ranker
+
+    shared = {"backend", "device", "precision", "threads", "cache_dir"}
+    assert shared <= set(inspect.signature(Fuser.from_pretrained).parameters)
+    assert shared <= set(inspect.signature(Ranker.from_pretrained).parameters)
+    fuser = Fuser.from_pretrained(fuser_dir, backend="torch", device="auto", precision="fp32", threads=1)
+    assert fuser.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert fuser.precision == "fp32" and fuser.model.dtype == torch.float32
+    # llm-blender's torch_dtype spelling (Blender.loadfuser passes it) is an alias
+    assert Fuser.from_pretrained(fuser_dir, dtype="float32").precision == "fp32"
+    assert Fuser.from_pretrained(fuser_dir, precision="bf16").model.dtype == torch.bfloat16
+    for kwargs, message in [
+        (dict(precision="int8"), r"precision must be one of \('fp32', 'fp16', 'bf16'\), got 'int8'"),
+        (dict(device="tpu"), r"device must be one of \('cpu', 'cuda', 'auto'\), got 'tpu'"),
+        (dict(backend="tensorrt"), r"backend must be one of"),
+        (dict(precision="fp32", dtype="bfloat16"), "disagree"),
+        (dict(dtype="float64"), "dtype must be one of"),
+        (dict(backend="onnx", precision="fp16"), "onnx backend runs fp32 only"),
+        (dict(threads=0), "threads must be a positive integer"),
+        (dict(cache_dir="/a", onnx_cache_dir="/b"), "disagree"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Fuser.from_pretrained(fuser_dir, **kwargs)
+
+
+def test_fuser_export_manifest_notices_damage(tmp_path):
+    import json
+
+    from blender_fast import cache
+    from blender_fast.fuser import FUSER_EXPORT_MANIFEST, check_fuser_export
+
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    assert FUSER_EXPORT_MANIFEST in check_fuser_export(entry)
+    (entry / "encoder_model.onnx").write_bytes(b"graph" * 100)
+    (entry / FUSER_EXPORT_MANIFEST).write_text(json.dumps({"files": cache.record_files(entry)}))
+    assert check_fuser_export(entry) is None
+    (entry / "encoder_model.onnx").write_bytes(b"graph" * 50)
+    assert "encoder_model.onnx has 250 bytes, 500 were written" in check_fuser_export(entry)
+
+
 # ---------------------------------------------------------------------------
 # ONNX backend
 # ---------------------------------------------------------------------------
@@ -304,7 +351,7 @@ def test_onnx_backend_matches_torch(fuser_dir, fuser, prompts, tmp_path):
 
     inputs, candidates = prompts
     inputs, candidates = inputs[:N_FUSE_PROMPTS], candidates[:N_FUSE_PROMPTS]
-    onnx_fuser = Fuser.from_pretrained(fuser_dir, backend="onnx", onnx_cache_dir=tmp_path)
+    onnx_fuser = Fuser.from_pretrained(fuser_dir, backend="onnx", cache_dir=tmp_path)
     assert onnx_fuser.onnx_dir is not None and onnx_fuser.onnx_dir.is_relative_to(tmp_path)
     kwargs = dict(num_beams=1, do_sample=False, max_new_tokens=48)
     expected = fuser.fuse(inputs, candidates, progress=False, **kwargs)
@@ -313,6 +360,9 @@ def test_onnx_backend_matches_torch(fuser_dir, fuser, prompts, tmp_path):
     again = Fuser.from_pretrained(fuser_dir, backend="onnx", onnx_cache_dir=tmp_path)
     assert again.onnx_dir == onnx_fuser.onnx_dir
     assert len(list((tmp_path / "onnx-fuser").iterdir())) == 1
+    from blender_fast.fuser import check_fuser_export
+
+    assert check_fuser_export(onnx_fuser.onnx_dir) is None  # published with its manifest
 
 
 def test_onnx_merged_decoder_guard(fuser_dir, tmp_path):

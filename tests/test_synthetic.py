@@ -359,7 +359,7 @@ def test_padded_vocab_fillers_never_match_text():
     big = spm.SentencePieceProcessor(model_proto=mc.english_spm_model("deberta", mc.DEBERTA_V3_SPM_PIECES))
     assert big.get_piece_size() == mc.DEBERTA_V3_SPM_PIECES
     assert [big.id_to_piece(i) for i in range(4)] == ["[PAD]", "[CLS]", "[SEP]", "[UNK]"]
-    texts = [t for _, cands in mc._CALIBRATION_EXAMPLES for t in cands] + _SAMPLE_INPUTS + [
+    texts = [t for _, cands in mc.CALIBRATION_EXAMPLES for t in cands] + _SAMPLE_INPUTS + [
         "Ünïcödé, emoji 😀, symbols ≥ ≤ → and CJK 中文 are fine.\n\n  Multiple   spaces."]
     assert [big.encode(t) for t in texts] == [small.encode(t) for t in texts]
     assert mc.PAIRRM_EMBEDDING_ROWS == mc.DEBERTA_V3_SPM_PIECES + 1 + 4 == 128005
@@ -406,7 +406,7 @@ def test_fuser_loads_and_generates(fuser):
     assert model.config.vocab_size >= len(tok)
     distinct = []
     with torch.no_grad():
-        for src, cands in mc._CALIBRATION_EXAMPLES:
+        for src, cands in mc.CALIBRATION_EXAMPLES:
             enc = tok(f"Instruction: {src}</s>Candidate 0: <extra_id_0>:{cands[0]}", return_tensors="pt")
             out = model.generate(**enc, max_new_tokens=16, do_sample=False, num_beams=1)[0, 1:].tolist()
             if tok.eos_token_id in out:
@@ -441,3 +441,44 @@ def test_import_is_light_and_arguments_are_checked(tmp_path):
         mc.make_ranker_checkpoint(tmp_path / "x", "tiny", layout="other")
     with pytest.raises(ValueError):
         mc.make_fuser_checkpoint(tmp_path / "x", "huge")
+
+
+# ---------------------------------------------------------------------------------------------
+# layout of the subpackage
+# ---------------------------------------------------------------------------------------------
+
+
+def test_word_lists_are_package_data():
+    from blender_fast.synthetic import tokenizer
+
+    assert tokenizer.WORDS_FILE.parent == pathlib.Path(mc.__file__).parent
+    lists = tokenizer.word_lists()
+    assert list(lists) == list(tokenizer.WORD_SECTIONS)
+    assert all(text.startswith("\n") and text.endswith("\n") and len(text.split()) > 20 for text in lists.values())
+    assert "the" in lists["function_words"].split() and "café" in lists["symbol_words"].split()
+
+
+def test_ranker_reuses_the_engine_constants_and_module():
+    from blender_fast.checkpoint import DEBERTA_V3_LARGE, PAIRRM_CANDIDATE_MAXLENGTH, PAIRRM_SOURCE_MAXLENGTH, SPECIAL_TOKENS
+    from blender_fast.export import pairrm_module
+    from blender_fast.synthetic import ranker
+
+    assert mc.PREFIX_TOKENS is SPECIAL_TOKENS
+    assert ranker.RANKER_SHAPES["large"]["hidden_size"] == DEBERTA_V3_LARGE["hidden_size"]
+    defaults = ranker._RANKER_CONFIG_DEFAULTS
+    assert (defaults["source_maxlength"], defaults["candidate_maxlength"]) == (PAIRRM_SOURCE_MAXLENGTH, PAIRRM_CANDIDATE_MAXLENGTH)
+    module = ranker._build_ranker_module(mc.ranker_backbone_config("tiny", 100))
+    assert type(module).__name__ == type(pairrm_module(mc.ranker_backbone_config("tiny", 100))).__name__ == "PairRMModule"
+
+
+def test_lean_checkpoint_has_no_second_weights_copy(ckdir, ranker_st):
+    lean = mc.make_ranker_checkpoint(ckdir / "lean", "tiny", seed=0, backbone_weights=False)
+    assert sorted(p.name for p in (lean / "backbone").iterdir()) == ["config.json"]
+    assert (lean / "model.safetensors").read_bytes() == (ranker_st / "model.safetensors").read_bytes()
+    assert (lean / "backbone" / "config.json").read_bytes() == (ranker_st / "backbone" / "config.json").read_bytes()
+    assert json.loads((lean / "blender_fast.json").read_text())["backbone_weights"] is False
+
+
+def test_make_checkpoint_has_one_command_line():
+    assert not (pathlib.Path(mc.__file__).parent.parent / "make_checkpoint.py").exists()
+    assert not any(hasattr(m, "_main") for m in (mc, mc.ranker, mc.fuser, mc.tokenizer))
