@@ -325,6 +325,7 @@ def publish_dir(final: Path, build: Callable[[Path], object], check: Callable[[P
         problem = check(tmp)
         if problem is not None:
             raise CacheError(f"{final}: the entry just built is incomplete: {problem}")
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the entry from other users of a shared cache
         _fsync_tree(tmp)
         for _attempt in range(3):
             if final.exists():
