@@ -230,20 +230,21 @@ def temp_prefix(final: Path) -> str:
 
 
 def remove_stale_temps(final: Path, max_age: float = STALE_TEMP_SECONDS) -> list[Path]:
-    """Remove the temporary directories of ``final`` left by killed processes (their pid is gone, or
-    they are older than max_age: a pid on another machine sharing the cache). Returns what went."""
+    """Remove the temporary directories (and files) beside ``final`` left by killed processes: their
+    pid is gone, or they are older than max_age (a pid on another machine sharing the cache). Any
+    entry's debris goes, not only final's. Returns what was removed."""
     final = Path(final)
     removed = []
-    prefix = temp_prefix(final)
     try:
         entries = list(final.parent.iterdir())
     except OSError:
         return removed
     now = time.time()
     for entry in entries:
-        if not entry.name.startswith(prefix):
+        name = entry.name
+        if not name.startswith(".") or _TEMP_MARK not in name:
             continue
-        pid_text = entry.name[len(prefix):].split("-", 1)[0]
+        pid_text = name.rsplit(_TEMP_MARK, 1)[1].split("-", 1)[0]
         try:
             pid = int(pid_text)
             age = now - entry.lstat().st_mtime

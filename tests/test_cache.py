@@ -96,10 +96,12 @@ def test_temp_dirs_of_killed_processes_are_removed(tmp_path):
     debris = tmp_path / f"{cache.temp_prefix(final)}{dead.pid}-abc123"
     (debris / "sub").mkdir(parents=True)
     (debris / "sub" / "model.onnx").write_bytes(b"half")
+    other = tmp_path / f"{cache.temp_prefix(tmp_path / 'another-entry')}{dead.pid}-xyz789"  # any entry's debris
+    other.mkdir()
     alive = tmp_path / f"{cache.temp_prefix(final)}{os.getppid()}-def456"  # a live process: left alone
     alive.mkdir()
     publish_dir(final, _writer([]), _check)
-    assert not debris.exists() and alive.exists()
+    assert not debris.exists() and not other.exists() and alive.exists()
     old = os.path.getmtime(alive) - cache.STALE_TEMP_SECONDS - 10
     os.utime(alive, (old, old))  # ... unless it is a day old (a pid from another machine)
     assert cache.remove_stale_temps(final) == [alive]
