@@ -235,8 +235,8 @@ def _check_loaded(ckpt: RankerCheckpoint) -> None:
     if ckpt.tokenizer_dir is not None:
         check_tokenizer_files(ckpt.tokenizer_dir)
     if ckpt.weights_path.suffix == ".safetensors":
-        # n_tasks only: the hidden size is checked when the weights are loaded (a config-only use, e.g.
-        # fingerprinting, must not need the backbone to match)
+        # n_tasks only: the hidden size is checked when the weights are read (export.load_state_dict), so
+        # metadata-only uses (fingerprints, a known backbone's config) never need the tensors to match
         check_weight_shapes(ckpt, safetensors_shapes(ckpt.weights_path), hidden_size=False)
 
 

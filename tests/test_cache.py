@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,7 @@ def test_fingerprint_notices_a_file_replaced_in_place(tmp_path, own_cache):
     data = bytearray(weights.read_bytes())
     data[150_000] ^= 1
     before = weights_fingerprint(weights)
+    time.sleep(0.05)  # file timestamps tick every few ms: a rewrite within the same tick keeps its ctime
     with open(weights, "r+b") as f:
         f.write(bytes(data))
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
