@@ -100,18 +100,17 @@ def test_fingerprint_follows_the_weights(tiny_checkpoint, tmp_path):
     assert before != checkpoint_fingerprint(load_checkpoint(dst), precision="fp32")
 
 
-def test_generated_checkpoint_is_relocatable(tmp_path):
-    """model_name is relative to the checkpoint: a copy uses its own backbone, even with the original gone."""
+def test_generated_checkpoint_is_relocatable(tiny_checkpoint, tmp_path):
+    """model_name is relative to the checkpoint: a copy uses its own backbone, even with the original gone.
+    (tiny_checkpoint is generated; CI's transformers-5 run passes one made by `blender-fast make-checkpoint`.)"""
     require("torch")
-    from blender_fast.synthetic import make_ranker_checkpoint
-
-    original = make_ranker_checkpoint(tmp_path / "original", "tiny", seed=0, backbone_weights=False)
-    assert json.loads((original / "config.json").read_text())["model_name"] == "backbone"
+    assert json.loads((tiny_checkpoint / "config.json").read_text())["model_name"] == "backbone"
+    original = _copy(tiny_checkpoint, tmp_path, "original")
     copy = _copy(original, tmp_path, "elsewhere")
     shutil.rmtree(original)
     ckpt = load_checkpoint(copy)
     assert ckpt.backbone_config["hidden_size"] == 32
-    assert ckpt.tokenizer_dir == copy.resolve()  # a lean backbone/ has no tokenizer: the checkpoint's own
+    assert copy.resolve() in ckpt.tokenizer_dir.parents or ckpt.tokenizer_dir == copy.resolve()
     from blender_fast import Ranker
 
     ranker = Ranker.from_pretrained(copy, backend="torch", threads=1)
