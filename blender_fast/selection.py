@@ -189,6 +189,11 @@ def select(n_candidates: Sequence[int], top_k: int, strategy: str, compare: _Com
                       steps=sel.steps(p), scores=None, log=sel.log(p)) for p in range(len(ns))]
 
 
+def min_passes(strategy: str, n: int, top_k: int, orders: str = "both") -> int:
+    """Fewest forward passes ``budget`` may be for a budgeted strategy, top_k of n candidates."""
+    return int(_core.min_budget(strategy, n, top_k)) * (2 if orders == "both" else 1)
+
+
 def _budgets(budget, strategy: str, ns: list[int], top_k: int, orders: str) -> "np.ndarray | None":
     """Comparisons per prompt for the budgeted strategies (None for the others), checked against each
     prompt's minimum; the errors speak in forward passes, the unit of ``budget``."""
