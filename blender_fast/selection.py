@@ -126,9 +126,10 @@ def select(n_candidates: Sequence[int], top_k: int, strategy: str, compare: _Com
     Budgeted strategies (they never exceed ``budget`` forward passes per prompt; a comparison costs 2
       passes with orders="both", 1 with "one", so an odd budget with "both" leaves one pass unused):
       "swiss" (Swiss-system rounds: everyone is paired with a candidate of the same loss count and
-      similar rating that it has not met; a loss does not eliminate; pick: fewest losses, then rating),
-      "knockout_rr" (knockout down to the m survivors the budget affords a round robin for, then that
-      round robin; pick: most round-robin wins, then margin sum) and "adaptive" (a first matching, then
+      similar rating that it has not met; a loss does not eliminate; pick: the only unbeaten candidate
+      if exactly one is left, else by rating), "knockout_rr" (knockout down to the m survivors the budget
+      affords a round robin for, then that round robin; pick: its Condorcet winner, else the largest
+      margin sum) and "adaptive" (a first matching, then
       each step compares the leaders (top k + 1 by rating) against the candidates whose rating gap to
       them is smallest for its uncertainty; pick: rating). Ratings are least-squares fits of the
       comparison margins f(a,b) - f(b,a) (Massey ratings with a ridge of one game), so they use how

@@ -544,8 +544,10 @@ class Selector {
     for (int64_t t = 0; t < take; ++t) s.queued.push_back({cand[t].i, cand[t].j});
   }
 
-  // The pick, best first. swiss: fewest losses, then rating; adaptive: rating; knockout_rr: the
-  // survivors by round-robin wins, then round-robin margin sum. Ties: lower candidate index.
+  // The pick, best first. swiss: the only unbeaten candidate if there is exactly one (then a Condorcet
+  // winner, if any, is that one), then rating; adaptive: rating; knockout_rr: the round robin's
+  // Condorcet winner if any (a Condorcet winner of all n never loses, so it is that one), then the
+  // round-robin margin sum. Ties: lower candidate index.
   std::vector<int64_t> final_ranking(Prompt& s) {
     std::vector<int64_t> out;
     if (s.n == 1) return {s.order[0]};
@@ -564,8 +566,10 @@ class Selector {
             if (x > 0 || (x == 0 && c < o)) ++w[c];
           }
       out = s.alive;
+      const int64_t all_won = static_cast<int64_t>(s.alive.size()) - 1;
       std::sort(out.begin(), out.end(), [&](int64_t a, int64_t b) {
-        if (w[a] != w[b]) return w[a] > w[b];
+        const bool ca = w[a] == all_won, cb = w[b] == all_won;
+        if (ca != cb) return ca;
         if (msum[a] != msum[b]) return msum[a] > msum[b];
         return a < b;
       });
@@ -573,9 +577,15 @@ class Selector {
       const std::vector<double> r = ratings(s);
       out.resize(static_cast<size_t>(s.n));
       for (int64_t i = 0; i < s.n; ++i) out[i] = i;
-      const bool swiss = strategy_ == Strategy::Swiss;
+      int64_t first = -1;  // swiss: the only unbeaten candidate, if exactly one
+      if (strategy_ == Strategy::Swiss)
+        for (int64_t c = 0; c < s.n; ++c)
+          if (s.losses[c] == 0) {
+            if (first != -1) { first = -1; break; }
+            first = c;
+          }
       std::sort(out.begin(), out.end(), [&](int64_t a, int64_t b) {
-        if (swiss && s.losses[a] != s.losses[b]) return s.losses[a] < s.losses[b];
+        if ((a == first) != (b == first)) return a == first;
         if (r[a] != r[b]) return r[a] > r[b];
         return a < b;
       });

@@ -84,7 +84,8 @@ class _State:
 def swiss(order, k, budget, score):
     """Swiss-system rounds: rank by (losses, -rating, arrangement position), pair each unpaired
     candidate with the next unpaired one in that ranking it has not met; a round is cut to the budget
-    (top pairs first). Pick: fewest losses, then highest rating, then lower index."""
+    (top pairs first). Pick: the only unbeaten candidate if there is exactly one, then by rating, then
+    lower index."""
     s = _State(order)
     left = budget
     while s.n > 1 and left > 0:
@@ -106,14 +107,17 @@ def swiss(order, k, budget, score):
         s.run(pairs, score)
         left -= len(pairs)
     r = s.ratings()
-    top = sorted(range(s.n), key=lambda c: (s.losses[c], -r[c], c))[:k]
+    unbeaten = [c for c in range(s.n) if s.losses[c] == 0]
+    first = unbeaten[0] if len(unbeaten) == 1 else -1
+    top = sorted(range(s.n), key=lambda c: (c != first, -r[c], c))[:k]
     return top, s.log, s.steps
 
 
 def knockout_rr(order, k, budget, score):
     """Knockout rounds over the arrangement (consecutive survivors meet, only as many matches as it
-    takes to reach m survivors), then a round robin among the m. Pick: most round-robin wins, then
-    the larger round-robin margin sum, then lower index."""
+    takes to reach m survivors), then a round robin among the m. Pick: the round robin's Condorcet
+    winner (it beat the other m-1) if there is one, then the larger round-robin margin sum, then lower
+    index."""
     s = _State(order)
     m = survivors_for(s.n, k, budget)
     alive = list(order)
@@ -132,7 +136,7 @@ def knockout_rr(order, k, budget, score):
         for o in sorted(alive):
             if o != c:
                 msum[c] += s.margin[(c, o)]
-    top = sorted(alive, key=lambda c: (-wins[c], -msum[c], c))[:k]
+    top = sorted(alive, key=lambda c: (wins[c] != len(alive) - 1, -msum[c], c))[:k]
     return top, s.log, s.steps
 
 
