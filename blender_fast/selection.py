@@ -1,8 +1,9 @@
 """Best-k selection over pairwise comparisons, and llm-blender's score/rank aggregation.
 
 ``select`` drives :class:`blender_fast._core.Selector` (bubble / tournament, and the budgeted swiss /
-knockout_rr / adaptive) or a full n(n-1) comparison matrix for many prompts at once: each step hands *all* ready comparisons of *all*
-prompts to ``compare`` in one call, so the caller can run the model on one packed set of rows.
+knockout_rr / adaptive) or a full n(n-1) comparison matrix for many prompts at once: each step hands
+*all* ready comparisons of *all* prompts to ``compare`` in one call, so the caller can run the model on
+one packed set of rows.
 """
 from __future__ import annotations
 

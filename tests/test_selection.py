@@ -436,9 +436,9 @@ def run_tables(t, k, strategy, budget, orders=None, one_order=True):
 @pytest.mark.parametrize("n", [3, 4, 5, 6, 7])
 def test_condorcet_winner_every_tournament(n):
     """knockout_rr returns the Condorcet winner at every budget (it never loses a knockout match, and is
-    the round robin's Condorcet winner, which is picked first); swiss does from swiss_condorcet_budget(n) comparisons on; adaptive, like
-    full ranking, follows the margins and guarantees it only when every margin has the same size (its
-    ratings are then Copeland scores) and the budget covers every pair. Every tournament for n <= 6,
+    the round robin's Condorcet winner, which is picked first); swiss does from swiss_condorcet_budget(n)
+    comparisons on; adaptive, like full ranking, follows the margins and guarantees it only when every
+    margin has the same size (its ratings are then Copeland scores) and the budget covers every pair. Every tournament for n <= 6,
     5000 random ones for n = 7; the budgets: the minimum, each first budget of a new knockout_rr
     survivor count, swiss's bound and every pair."""
     t = tournaments(n, limit=5000 if n == 7 else None, seed=n)
@@ -560,7 +560,8 @@ def test_budget_defaults_and_counts():
     ({"strategy": "swiss", "budget": 21}, r"budget = 21 forward passes is below the minimum of 22 that "
                                           r"strategy='swiss' needs for top_k = 1 of the 12 candidates of prompt 0"),
     ({"strategy": "adaptive", "budget": 10, "orders": "one"}, r"minimum of 11 .*orders='one'"),
-    ({"strategy": "knockout_rr", "budget": 22, "top_k": 3}, r"minimum of 24 that strategy='knockout_rr' needs for top_k = 3"),
+    ({"strategy": "knockout_rr", "budget": 22, "top_k": 3},
+     r"minimum of 24 that strategy='knockout_rr' needs for top_k = 3"),
     ({"strategy": "swiss", "budget": 30.5}, r"budget must be an integer number of forward passes"),
     ({"strategy": "swiss", "budget": "44"}, r"budget must be an integer"),
     ({"strategy": "adaptive", "budget": -4}, r"budget must be >= 0 forward passes, got -4"),
