@@ -344,8 +344,9 @@ class Blender:
 
     def best_of_n_generate(self, model, model_tokenizer, inputs: List[str], instructions: List[str] = None,
                            n: int = 5, sampling_mode: str = "top_p_sampling", batch_size: int = 4,
-                           pairrm_cmp_type: str = "bubble", return_all: bool = False, **generate_kwargs):
+                           pairrm_cmp_type: str = "bubble", return_all: bool = False, budget: int = None,
+                           **generate_kwargs):
         sampled = self.n_generate(model, model_tokenizer, inputs, instructions=instructions, n=n,
                                   sampling_mode=sampling_mode, batch_size=batch_size, **generate_kwargs)
         return self.get_best_of_n(inputs, sampled, instructions=instructions, pairrm_cmp_type=pairrm_cmp_type,
-                                  return_all=return_all, batch_size=min(batch_size, 32))
+                                  return_all=return_all, batch_size=min(batch_size, 32), budget=budget)

@@ -129,3 +129,12 @@ def test_fuse_cli(tiny_checkpoint, tiny_fuser, tmp_path):
     assert len(rows) == 3
     for row in rows:
         assert isinstance(row["fused"], str) and len(row["blender_fast"]["top_k"]) == 2
+
+
+def test_rank_and_fuse_at_a_budget(blender):
+    got, ranks = blender.rank_and_fuse(INPUTS, CANDIDATES, top_k=2, strategy="knockout_rr", budget=40,
+                                       num_beams=1, max_new_tokens=8)
+    assert len(got) == len(INPUTS) and all(isinstance(g, str) for g in got)
+    assert all(sorted(r)[:2] == [1, 2] for r in ranks)
+    with pytest.raises(ValueError, match="budget applies to strategy"):
+        blender.rank_and_fuse(INPUTS, CANDIDATES, top_k=2, strategy="full", budget=40)
