@@ -130,9 +130,9 @@ def select(n_candidates: Sequence[int], top_k: int, strategy: str, compare: _Com
       similar rating that it has not met; a loss does not eliminate; pick: the only unbeaten candidate
       if exactly one is left, else by rating), "knockout_rr" (knockout down to the m survivors the budget
       affords a round robin for, then that round robin; pick: its Condorcet winner, else the largest
-      margin sum) and "adaptive" (a first matching, then
-      each step compares the leaders (top k + 1 by rating) against the candidates whose rating gap to
-      them is smallest for its uncertainty; pick: rating). Ratings are least-squares fits of the
+      margin sum) and "adaptive" (a first matching, a knockout round among its winners, then each
+      step compares the leaders (top k + 1 by rating) against the candidates whose rating gap to them
+      is smallest for its uncertainty; pick: rating). Ratings are least-squares fits of the
       comparison margins f(a,b) - f(b,a) (Massey ratings with a ridge of one game), so they use how
       decided each comparison was, as full ranking's max_logits does. No pair is compared twice.
     budget: forward passes per prompt for swiss / knockout_rr / adaptive; None = 4(n-1) (twice a

@@ -224,6 +224,7 @@ class Selector {
     std::vector<int64_t> alive;       // knockout_rr: survivors, in arrangement order
     int64_t m = 0;                    // knockout_rr: survivors that play the round robin
     bool rr_done = false;             // knockout_rr: the round robin has been scheduled
+    int phase = 0;                    // adaptive: 0 matching, 1 knockout round, 2 adaptive steps
     std::vector<std::array<int64_t, 2>> queued;  // the next round, planned when the last one ended
   };
 
@@ -506,17 +507,33 @@ class Selector {
     }
   }
 
-  // adaptive: first a matching over the arrangement; then the unplayed pairs touching the top k + 1
-  // by rating whose rating gap is smallest for its uncertainty, |r_i - r_j| / sqrt(1/(g_i+1) +
-  // 1/(g_j+1)) (g: games played), per_step of them a round; when those run out, any unplayed pair.
+  // adaptive: first a matching over the arrangement; then a knockout round among the unbeaten (by
+  // rating: best against second best, ...) unless at most k are unbeaten; then, per_step a round, the
+  // unplayed pairs touching the top k + 1 by rating whose rating gap is smallest for its uncertainty,
+  // |r_i - r_j| / sqrt(1/(g_i+1) + 1/(g_j+1)) (g: games played); when those run out, any unplayed pair.
   static int64_t per_step(int64_t n) { return std::max<int64_t>(2, (n + 3) / 4); }
 
   void plan_adaptive(Prompt& s) {
-    if (s.log.empty()) {
+    if (s.phase == 0) {
+      s.phase = 1;
       for (int64_t i = 0; i + 1 < s.n; i += 2) s.queued.push_back({s.order[i], s.order[i + 1]});
       return;
     }
     const std::vector<double> r = ratings(s);
+    if (s.phase == 1) {
+      s.phase = 2;
+      std::vector<int64_t> unbeaten;
+      for (int64_t c = 0; c < s.n; ++c)
+        if (s.losses[c] == 0) unbeaten.push_back(c);
+      std::sort(unbeaten.begin(), unbeaten.end(), [&](int64_t a, int64_t b) {
+        if (r[a] != r[b]) return r[a] > r[b];
+        return a < b;
+      });
+      if (static_cast<int64_t>(unbeaten.size()) > k_) {
+        for (size_t i = 0; i + 1 < unbeaten.size(); i += 2) s.queued.push_back({unbeaten[i], unbeaten[i + 1]});
+        return;
+      }
+    }
     std::vector<int64_t> ranking(static_cast<size_t>(s.n));
     for (int64_t i = 0; i < s.n; ++i) ranking[i] = i;
     std::sort(ranking.begin(), ranking.end(), [&](int64_t a, int64_t b) {

@@ -145,7 +145,9 @@ def per_step(n):
 
 
 def adaptive(order, k, budget, score):
-    """Step 1: a matching over the arrangement. Then each step plays the per_step(n) unplayed pairs
+    """Step 1: a matching over the arrangement. Step 2: a knockout round among the unbeaten (by rating,
+    best against second best, ...), unless at most k are unbeaten. Then each step plays the per_step(n)
+    unplayed pairs
     touching the current top k + 1 by rating (for the best of n: the leader and the runner-up) whose
     rating gap is smallest relative to its uncertainty,
     |r_i - r_j| / sqrt(1/(g_i+1) + 1/(g_j+1)); when those are exhausted, any unplayed pair. Pick: top k
@@ -156,6 +158,13 @@ def adaptive(order, k, budget, score):
         first = [(order[2 * i], order[2 * i + 1]) for i in range(s.n // 2)][:left]
         s.run(first, score)
         left -= len(first)
+    if left > 0:
+        r = s.ratings()
+        unbeaten = sorted((c for c in range(s.n) if s.losses[c] == 0), key=lambda c: (-r[c], c))
+        if len(unbeaten) > k:
+            pairs = [(unbeaten[2 * i], unbeaten[2 * i + 1]) for i in range(len(unbeaten) // 2)][:left]
+            s.run(pairs, score)
+            left -= len(pairs)
     while left > 0:
         r = s.ratings()
         ranking = sorted(range(s.n), key=lambda c: (-r[c], c))
