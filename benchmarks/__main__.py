@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("engine", "strategies", "flops", "quality")
+SECTIONS = ("engine", "strategies", "flops", "quality", "frontier")
 ALL_NS = (4, 8, 12, 16, 24, 32)
 
 
@@ -221,6 +221,21 @@ def main(argv=None) -> int:
                                                                  seeds=sizes.quality_seeds)
         results["quality"] = as_jsonable(results["quality"])
         finish_section("quality", t0)
+
+    if "frontier" in args.sections:
+        from . import quality
+
+        t0 = time.perf_counter()
+        results["frontier"] = {"synthetic": quality.run_frontier(prompts, seeds=sizes.quality_seeds)}
+        if args.model:
+            from blender_fast import Ranker
+
+            ranker = Ranker.from_pretrained(ckpt, device=args.device, threads=args.threads,
+                                            backend="onnx" if args.device == "cpu" else "torch")
+            results["frontier"]["checkpoint"] = quality.run_model_frontier(ranker, prompts[:sizes.quality_prompts],
+                                                                           seeds=sizes.quality_seeds)
+        results["frontier"] = as_jsonable(results["frontier"])
+        finish_section("frontier", t0)
 
     results["meta"]["wall_s"] = time.perf_counter() - started
     results["meta"]["load_average_at_end"] = load_average()

@@ -243,3 +243,129 @@ def run_model(ranker, prompts: list[BenchPrompt], seeds: int = 5) -> dict:
             "achieved_agreement_pct": 100.0 * pairwise_agreement(comp.logits, u),
             "random_pick_regret": float(np.mean(prefs.max(axis=1) - prefs.mean(axis=1))),
             "rows": _mean_rows(rows)}
+
+
+# -- the frontier: quality against forward passes for the budgeted strategies -----------------------
+
+FRONTIER_STRATEGIES = ("swiss", "knockout_rr", "adaptive")
+# Forward passes per prompt (orders="both": 2 per comparison) at n = 12: from a knockout's 22 to full's 132.
+FRONTIER_BUDGETS = (22, 26, 30, 34, 38, 44, 52, 66, 88, 110, 132)
+FRONTIER_REFERENCES = ("full", "tournament", "bubble")
+# Issue 12's targets (best of 12): regret within `slack` of full's at <= `passes`, in <= `steps` steps.
+FRONTIER_TARGETS = ({"agreement_pct": 60, "passes": 44, "slack": 0.02, "steps": 8},
+                    {"agreement_pct": 70, "passes": 44, "slack": 0.01, "steps": None})
+
+
+def _frontier_rows(comparator, prefs: np.ndarray, seed: int, budgets) -> list[dict]:
+    """Top-1 judge regret and agreement with full for every budgeted strategy at every budget, and the
+    fixed-cost references, all from the same starting arrangements."""
+    from blender_fast.selection import min_passes, select
+
+    n_prompts, n = prefs.shape
+    rng = np.random.default_rng(seed + 7919)
+    starts = [rng.permutation(n).astype(np.int64) for _ in range(n_prompts)]
+    best_pref = prefs.max(axis=1)
+    full = None
+    out = []
+
+    def row(strategy, budget, sels):
+        nonlocal full
+        picks = np.array([s.top_k[0] for s in sels])
+        if full is None:
+            full = picks
+        return {"strategy": strategy, "budget": budget, "seed": seed,
+                "forward_passes": float(np.mean([s.forward_passes for s in sels])),
+                "forward_passes_max": int(max(s.forward_passes for s in sels)),
+                "steps": float(np.mean([s.steps for s in sels])),
+                "steps_max": int(max(s.steps for s in sels)),
+                "regret": float(np.mean(best_pref - prefs[np.arange(n_prompts), picks])),
+                "top1_agreement_with_full_pct": 100.0 * float(np.mean(picks == full))}
+
+    for strategy in FRONTIER_REFERENCES:
+        sels = select([n] * n_prompts, 1, strategy, comparator, initial_orders=None if strategy == "full" else starts)
+        out.append(row(strategy, None, sels))
+    for strategy in FRONTIER_STRATEGIES:
+        for budget in budgets:
+            if budget < min_passes(strategy, n, 1):
+                continue
+            sels = select([n] * n_prompts, 1, strategy, comparator, initial_orders=starts, budget=budget)
+            out.append(row(strategy, budget, sels))
+    return out
+
+
+def _mean_frontier(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["strategy"], r["budget"]), []).append(r)
+    out = []
+    for (strategy, budget), rs in groups.items():
+        m = {"strategy": strategy, "budget": budget, "seeds": len(rs)}
+        for key in ("forward_passes", "steps", "regret", "top1_agreement_with_full_pct"):
+            m[key] = float(np.mean([r[key] for r in rs]))
+        m["forward_passes_max"] = max(r["forward_passes_max"] for r in rs)
+        m["steps_max"] = max(r["steps_max"] for r in rs)
+        m["regret_std_over_seeds"] = float(np.std([r["regret"] for r in rs]))
+        out.append(m)
+    return out
+
+
+def frontier_targets(levels: list[dict]) -> list[dict]:
+    """Whether each target is met, by the best budgeted strategy within the target's passes."""
+    out = []
+    for t in FRONTIER_TARGETS:
+        lvl = next((x for x in levels if x["target_agreement_pct"] == t["agreement_pct"]), None)
+        if lvl is None:
+            continue
+        full = next(r for r in lvl["rows"] if r["strategy"] == "full")
+        ok = [r for r in lvl["rows"] if r["budget"] is not None and r["forward_passes_max"] <= t["passes"]
+              and (t["steps"] is None or r["steps_max"] <= t["steps"])]
+        best = min(ok, key=lambda r: r["regret"]) if ok else None
+        out.append({**t, "full_regret": full["regret"], "best_strategy": best and best["strategy"],
+                    "best_budget": best and best["budget"], "best_regret": best and best["regret"],
+                    "best_steps_max": best and best["steps_max"],
+                    "met": bool(best and best["regret"] - full["regret"] <= t["slack"])})
+    return out
+
+
+def run_frontier(prompts: list[BenchPrompt], levels=DEFAULT_LEVELS, seeds: int = 5, budgets=FRONTIER_BUDGETS,
+                 bias: float = DEFAULT_BIAS) -> dict:
+    """The synthetic comparator of run_synthetic (same calibration, same noise seeds)."""
+    prompts = usable(prompts)
+    if not prompts:
+        return {"skipped": "no prompt in the data has judge_pref for all its candidates"}
+    prefs = np.array([p.judge_pref for p in prompts], dtype=np.float64)
+    u = utilities(prefs)
+    n_prompts, n = prefs.shape
+    levels_out = []
+    for level in levels:
+        rows, betas, achieved = [], [], []
+        for seed in range(seeds):
+            noise = np.random.default_rng(seed).standard_normal((n_prompts, n, n))
+            beta = calibrate_beta(u, noise, level / 100.0)
+            comp = SyntheticComparator(u, noise, beta, bias)
+            achieved.append(100.0 * pairwise_agreement(comp.matrix(), u))
+            betas.append(beta)
+            rows += _frontier_rows(comp, prefs, seed, budgets)
+        levels_out.append({"target_agreement_pct": level, "achieved_agreement_pct": float(np.mean(achieved)),
+                           "beta_mean": float(np.mean(betas)), "rows": _mean_frontier(rows)})
+        log(f"frontier: agreement {level}% done")
+    return {"comparator": "synthetic", "prompts": n_prompts, "candidates": n, "seeds": seeds, "bias": bias,
+            "budgets": list(budgets), "random_pick_regret": float(np.mean(prefs.max(axis=1) - prefs.mean(axis=1))),
+            "levels": levels_out, "targets": frontier_targets(levels_out)}
+
+
+def run_model_frontier(ranker, prompts: list[BenchPrompt], seeds: int = 5, budgets=FRONTIER_BUDGETS) -> dict:
+    """The frontier on a real checkpoint's logits (every ordered pair scored once, then looked up)."""
+    prompts = usable(prompts)
+    if not prompts:
+        return {"skipped": "no prompt in the data has judge_pref for all its candidates"}
+    prefs = np.array([p.judge_pref for p in prompts], dtype=np.float64)
+    log(f"frontier: running the checkpoint on all ordered pairs of {len(prompts)} prompts")
+    comp = MatrixComparator(model_logit_matrix(ranker, prompts))
+    rows = []
+    for seed in range(seeds):
+        rows += _frontier_rows(comp, prefs, seed, budgets)
+    return {"comparator": "checkpoint", "prompts": len(prompts), "candidates": prefs.shape[1], "seeds": seeds,
+            "achieved_agreement_pct": 100.0 * pairwise_agreement(comp.logits, utilities(prefs)),
+            "budgets": list(budgets), "random_pick_regret": float(np.mean(prefs.max(axis=1) - prefs.mean(axis=1))),
+            "rows": _mean_frontier(rows)}

@@ -206,6 +206,82 @@ def quality_md(q: dict) -> list[str]:
     return md
 
 
+def _frontier_table(rows: list[dict]) -> list[str]:
+    table = []
+    for r in rows:
+        label = r["strategy"] if r["budget"] is None else f"{r['strategy']} @ {r['budget']}"
+        table.append([label, _f(r["forward_passes"], 1), r["forward_passes_max"], _f(r["steps"], 1), r["steps_max"],
+                      _f(r["regret"], 4), _f(r["regret_std_over_seeds"], 4), _f(r["top1_agreement_with_full_pct"], 1)])
+    return _table(["strategy @ budget", "forward passes (mean)", "(max)", "steps (mean)", "(max)", "regret",
+                   "± over seeds", "same top-1 as full %"], table)
+
+
+def frontier_md(fr: dict) -> list[str]:
+    md = ["## 5. Selection at a budget: the frontier", ""]
+    syn = fr.get("synthetic")
+    if syn and "levels" in syn:
+        md += ["Best of n with the budgeted strategies (swiss, knockout_rr, adaptive) at budgets from a knockout's "
+               "forward passes to full ranking's, against full, tournament and bubble, with the synthetic comparator "
+               f"of section 4 (same calibration and noise seeds): {syn['prompts']} prompts × {syn['candidates']} "
+               f"candidates, {syn['seeds']} seeds (means; the max columns are over prompts and seeds). A budget is in "
+               "forward passes per prompt, both orders (2 per comparison); a strategy never exceeds it. Random pick: "
+               f"regret {syn['random_pick_regret']:.4f}.", ""]
+        if syn.get("targets"):
+            md += ["### Targets (issue 12)", ""]
+            md += _table(["agreement", "target", "full's regret", "best within it", "its regret", "steps (max)", "met"],
+                         [[f"{t['agreement_pct']}%", f"regret ≤ full + {t['slack']} at ≤ {t['passes']} passes"
+                           + (f", ≤ {t['steps']} steps" if t["steps"] else ""), _f(t["full_regret"], 4),
+                           f"{t['best_strategy']} @ {t['best_budget']}" if t["best_strategy"] else "—",
+                           _f(t["best_regret"], 4), t["best_steps_max"], "yes" if t["met"] else "no"]
+                          for t in syn["targets"]])
+        for lvl in syn["levels"]:
+            md += [f"### {lvl['target_agreement_pct']}% pairwise agreement (β = {lvl['beta_mean']:.3f})", ""]
+            md += _frontier_table(lvl["rows"])
+    model = fr.get("checkpoint")
+    if model and "rows" in model:
+        md += [f"### With the checkpoint's own logits ({model['prompts']} prompts, agreement "
+               f"{model['achieved_agreement_pct']:.1f}%)", ""]
+        md += _frontier_table(model["rows"])
+    return md
+
+
+def plot_frontier(fr: dict, path: Path) -> bool:
+    """One column per agreement level: judge regret (top) and same top-1 as full (bottom) against
+    forward passes, one line per budgeted strategy; full / tournament / bubble as reference points."""
+    import matplotlib.pyplot as plt
+
+    syn = fr.get("synthetic")
+    if not syn or "levels" not in syn:
+        return False
+    levels = syn["levels"]
+    fig, axes = plt.subplots(2, len(levels), figsize=(4.2 * len(levels), 7), squeeze=False)
+    styles = {"swiss": ("s", "tab:orange"), "knockout_rr": ("^", "tab:green"), "adaptive": ("o", "tab:red")}
+    refs = {"full": ("*", "tab:blue"), "tournament": ("v", "tab:purple"), "bubble": ("D", "tab:brown")}
+    for col, lvl in enumerate(levels):
+        for row, key in enumerate(("regret", "top1_agreement_with_full_pct")):
+            ax = axes[row][col]
+            for strategy, (marker, color) in styles.items():
+                rs = sorted((r for r in lvl["rows"] if r["strategy"] == strategy), key=lambda r: r["budget"])
+                ax.plot([r["forward_passes"] for r in rs], [r[key] for r in rs], marker=marker, color=color,
+                        ms=4, label=strategy)
+            for strategy, (marker, color) in refs.items():
+                r = next(r for r in lvl["rows"] if r["strategy"] == strategy)
+                ax.plot([r["forward_passes"]], [r[key]], marker=marker, color=color, ls="none", ms=8, label=strategy)
+            if key == "regret":
+                full = next(r for r in lvl["rows"] if r["strategy"] == "full")["regret"]
+                ax.axhline(full, color="tab:blue", lw=0.8, ls="--")
+                ax.set_title(f"{lvl['target_agreement_pct']}% comparator agreement")
+            ax.axvline(44, color="gray", lw=0.6, ls=":")
+            ax.set_xlabel("forward passes per prompt")
+            ax.set_ylabel("judge regret (top-1)" if key == "regret" else "same top-1 as full, %")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 # -- plots -----------------------------------------------------------------------------------------
 
 def make_plots(results: dict, out: Path) -> list[str]:
@@ -285,6 +361,8 @@ def make_plots(results: dict, out: Path) -> list[str]:
         fig.savefig(out / "quality.png", dpi=110)
         plt.close(fig)
         written.append("quality.png")
+    if results.get("frontier") and plot_frontier(results["frontier"], out / "frontier.png"):
+        written.append("frontier.png")
     return written
 
 
@@ -314,7 +392,8 @@ def render_markdown(results: dict) -> str:
            + "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".", "",
            f"Checkpoint: `{meta['checkpoint']}` ({meta['checkpoint_kind']}); data: `{meta['data']}`; "
            f"device {meta['settings']['device']}; threads {meta['settings']['threads'] or 'default'}.", ""]
-    for key, fn in (("engine", engine_md), ("strategies", strategies_md), ("flops", flops_md), ("quality", quality_md)):
+    for key, fn in (("engine", engine_md), ("strategies", strategies_md), ("flops", flops_md), ("quality", quality_md),
+                     ("frontier", frontier_md)):
         if key in results:
             md += fn(results[key])
     if results.get("plots"):

@@ -14,6 +14,8 @@ from typing import List
 
 import numpy as np
 
+from .options import STRATEGIES
+from .selection import BUDGETED
 from .ranker import DEFAULT_MAX_BATCH, Ranker
 
 logger = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ FUSER_CONFIG_FIELDS = {
     "load_in_8bit", "device",
 }
 ENGINE_OPTIONS = {"backend", "precision", "threads", "token_budget", "max_batch_size", "batch_cost", "onnx_cache_dir"}
-CMP_TYPES = ("bubble", "tournament", "full")
+CMP_TYPES = STRATEGIES  # llm-blender's three, and the budgeted swiss / knockout_rr / adaptive
 REF_MODES = ("longest", "shortest", "median_length", "first", "last")
 CONVERSATION_INSTRUCTION = (
     # llm-blender's exact text, typo included: the model saw it in training.
@@ -230,9 +232,12 @@ class Blender:
         rows = scores if return_scores else [ranks_from_scores(s) for s in scores]
         return np.stack(rows) if all(len(r) == len(rows[0]) for r in rows) else rows
 
-    def _best_or_worst(self, inputs, candidates, instructions, pairrm_cmp_type, return_all, worst, seed, initial_orders):
+    def _best_or_worst(self, inputs, candidates, instructions, pairrm_cmp_type, return_all, worst, seed, initial_orders,
+                       budget=None):
         if pairrm_cmp_type not in CMP_TYPES:
             raise ValueError(f"pairrm_cmp_type must be one of {CMP_TYPES}, got {pairrm_cmp_type!r}")
+        if budget is not None and pairrm_cmp_type not in BUDGETED:
+            raise ValueError(f"budget applies to pairrm_cmp_type in {BUDGETED}, not to {pairrm_cmp_type!r}")
         if all(len(c) == 1 for c in candidates):
             return [list(c) for c in candidates] if return_all else [c[0] for c in candidates]
         ranker = self._need_ranker()
@@ -242,27 +247,34 @@ class Blender:
             ordered = topk_from_ranks(ranks, candidates, None if return_all else 1)
             return ordered if return_all else [o[0] for o in ordered]
         sels = ranker.select(inputs, candidates, top_k=1, strategy=pairrm_cmp_type, instructions=instructions,
-                             seed=seed, initial_orders=initial_orders, worst=worst, progress=self._progress())
+                             seed=seed, initial_orders=initial_orders, worst=worst, progress=self._progress(),
+                             budget=budget)
         if not return_all:
             return [candidates[p][s.top_k[0]] for p, s in enumerate(sels)]
         # llm-blender's return_all order: the winner, then each comparison's loser in comparison order.
+        # The budgeted strategies let a candidate lose more than once: its first loss places it, and
+        # candidates that never lost (nor won) come last, by index.
         out = []
         for p, s in enumerate(sels):
-            losers = [a if w == b else b for a, b, w in s.log]
-            out.append([candidates[p][i] for i in [s.top_k[0]] + losers])
+            order = list(dict.fromkeys([s.top_k[0]] + [a if w == b else b for a, b, w in s.log]))
+            order += [i for i in range(len(candidates[p])) if i not in set(order)]
+            out.append([candidates[p][i] for i in order])
         return out
 
     def get_best_of_n(self, inputs: List[str], candidates: List[List[str]], instructions: List[str] = None,
                       pairrm_cmp_type: str = "bubble", return_all: bool = False, batch_size: int = 8,
-                      seed: int = 0, initial_orders=None):
+                      seed: int = 0, initial_orders=None, budget: int = None):
         """The best candidate per input: "bubble" (n-1 comparisons), "tournament" (n-1 comparisons in
-        ceil(log2 n) steps) or "full" (n(n-1) forward passes)."""
-        return self._best_or_worst(inputs, candidates, instructions, pairrm_cmp_type, return_all, False, seed, initial_orders)
+        ceil(log2 n) steps), "full" (n(n-1) forward passes), or "swiss" / "knockout_rr" / "adaptive"
+        within ``budget`` forward passes per prompt (None: 4(n-1)); see ``selection.select``."""
+        return self._best_or_worst(inputs, candidates, instructions, pairrm_cmp_type, return_all, False, seed,
+                                   initial_orders, budget)
 
     def get_worst_of_n(self, inputs: List[str], candidates: List[List[str]], instructions: List[str] = None,
                        pairrm_cmp_type: str = "bubble", return_all: bool = False, batch_size: int = 8,
-                       seed: int = 0, initial_orders=None):
-        return self._best_or_worst(inputs, candidates, instructions, pairrm_cmp_type, return_all, True, seed, initial_orders)
+                       seed: int = 0, initial_orders=None, budget: int = None):
+        return self._best_or_worst(inputs, candidates, instructions, pairrm_cmp_type, return_all, True, seed,
+                                   initial_orders, budget)
 
     # -- fuser --------------------------------------------------------------------------------------
 
@@ -289,11 +301,14 @@ class Blender:
 
     def rank_and_fuse(self, inputs: List[str], candidates: List[List[str]], instructions: List[str] = None,
                       return_scores: bool = False, batch_size: int = 4, top_k: int = 3, strategy: str = "full",
-                      **generate_kwargs):
-        """Rank, then fuse the top_k candidates. strategy="bubble"/"tournament" selects the top_k without
-        the full n^2 ranking; ranks are then 1..top_k for the selected and top_k+1 for the rest."""
+                      budget: int = None, **generate_kwargs):
+        """Rank, then fuse the top_k candidates. strategy="bubble"/"tournament" (or a budgeted one,
+        "swiss"/"knockout_rr"/"adaptive" within ``budget`` forward passes per prompt) selects the top_k
+        without the full n^2 ranking; ranks are then 1..top_k for the selected and top_k+1 for the rest."""
         if strategy not in CMP_TYPES:
             raise ValueError(f"strategy must be one of {CMP_TYPES}, got {strategy!r}")
+        if budget is not None and strategy not in BUDGETED:
+            raise ValueError(f"budget applies to strategy in {BUDGETED}, not to {strategy!r}")
         for p, c in enumerate(candidates):
             if len(c) < top_k:
                 raise ValueError(f"candidates[{p}] has {len(c)} candidates, fewer than top_k={top_k}")
@@ -307,7 +322,7 @@ class Blender:
             if return_scores:
                 raise ValueError(f"strategy={strategy!r} computes no scores; use return_scores=False or strategy='full'")
             sels = self._need_ranker().select(inputs, candidates, top_k=top_k, strategy=strategy,
-                                              instructions=instructions, progress=self._progress())
+                                              instructions=instructions, progress=self._progress(), budget=budget)
             rows = []
             for s, cands in zip(sels, candidates):
                 r = np.full(len(cands), top_k + 1, dtype=np.int32)
@@ -329,8 +344,9 @@ class Blender:
 
     def best_of_n_generate(self, model, model_tokenizer, inputs: List[str], instructions: List[str] = None,
                            n: int = 5, sampling_mode: str = "top_p_sampling", batch_size: int = 4,
-                           pairrm_cmp_type: str = "bubble", return_all: bool = False, **generate_kwargs):
+                           pairrm_cmp_type: str = "bubble", return_all: bool = False, budget: int = None,
+                           **generate_kwargs):
         sampled = self.n_generate(model, model_tokenizer, inputs, instructions=instructions, n=n,
                                   sampling_mode=sampling_mode, batch_size=batch_size, **generate_kwargs)
         return self.get_best_of_n(inputs, sampled, instructions=instructions, pairrm_cmp_type=pairrm_cmp_type,
-                                  return_all=return_all, batch_size=min(batch_size, 32))
+                                  return_all=return_all, batch_size=min(batch_size, 32), budget=budget)

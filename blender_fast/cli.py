@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from .options import STRATEGIES
+
 DEMO_PREFIX = "demo:"
 DEMO_WARNING = (
     "NOTE: ranking with a GENERATED checkpoint ({path}): random weights, so the orderings are meaningless. "
@@ -84,7 +86,7 @@ def _rank_chunk(ranker, args, prompts):
                         "top_k": order[:args.top_k], "forward_passes": len(s) * (len(s) - 1)})
         return out
     sels = ranker.select(inputs, candidates, top_k=args.top_k, strategy=args.strategy, orders=args.orders,
-                         seed=args.seed, instructions=instructions)
+                         seed=args.seed, instructions=instructions, budget=args.budget)
     return [{"top_k": list(map(int, s.top_k)), "comparisons": s.comparisons, "forward_passes": s.forward_passes,
              "steps": s.steps} for s in sels]
 
@@ -159,7 +161,9 @@ def _add_ranker_options(p):
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
     p.add_argument("--int8", action="store_true", help="same as --precision int8 (ONNX Runtime dynamic quantization)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--strategy", choices=["full", "bubble", "tournament"], default="full")
+    p.add_argument("--strategy", choices=STRATEGIES, default="full")
+    p.add_argument("--budget", type=int, default=None, help="swiss/knockout_rr/adaptive: forward passes per prompt "
+                   "they never exceed (default 4(n-1))")
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--orders", choices=["both", "one"], default="both")
     p.add_argument("--policy", choices=["max_logits", "max_wins"], default="max_logits")

@@ -3,7 +3,7 @@ binding's error messages all take their choices from here, so a value means the 
 from __future__ import annotations
 
 # Selection strategies (``Ranker.select``, ``Blender.get_best_of_n``, ``--strategy``).
-STRATEGIES = ("bubble", "tournament", "full")
+STRATEGIES = ("bubble", "tournament", "full", "swiss", "knockout_rr", "adaptive")
 # "both": run (a, b) and (b, a), decide on f(a,b) - f(b,a) (llm-blender's); "one": (a, b) only.
 ORDERS = ("both", "one")
 # How full ranking aggregates the comparison matrix (llm-blender's names).

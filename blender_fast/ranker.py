@@ -215,7 +215,7 @@ class Ranker:
 
     def _run(self, inputs, candidates, instructions, *, strategy, top_k, orders="both", seed=0,
              initial_orders=None, policy="max_logits", worst=False, desc="Ranking", source_maxlength=None,
-             candidate_maxlength=None, progress=None) -> list[Selection]:
+             candidate_maxlength=None, progress=None, budget=None) -> list[Selection]:
         stats = RunStats()
         t0 = time.perf_counter()
         sources, cands = check_prompts(inputs, candidates, instructions)
@@ -225,7 +225,7 @@ class Ranker:
         scorer = (lambda rows: -compare(rows)) if worst else compare
         try:
             result = select([len(c) for c in cands], top_k, strategy, scorer, orders=orders, seed=seed,
-                            initial_orders=initial_orders, policy=policy)
+                            initial_orders=initial_orders, policy=policy, budget=budget)
         finally:
             compare.close()
             self.last_stats = stats
@@ -292,9 +292,13 @@ class Ranker:
 
     def select(self, inputs, candidates, top_k: int = 1, strategy: str = "bubble", orders: str = "both",
                seed: int = 0, instructions=None, initial_orders=None, policy: str = "max_logits",
-               worst: bool = False, *, source_maxlength: int | None = None,
+               worst: bool = False, budget: int | None = None, *, source_maxlength: int | None = None,
                candidate_maxlength: int | None = None, progress: bool | None = None) -> list[Selection]:
-        """Top-k per prompt with far fewer than n^2 model calls (bubble / tournament), or "full".
+        """Top-k per prompt with far fewer than n^2 model calls (bubble / tournament / the budgeted
+        swiss / knockout_rr / adaptive), or "full".
+
+        budget: forward passes per prompt that swiss / knockout_rr / adaptive never exceed (None:
+        4(n-1), twice a knockout's); see ``selection.select``.
 
         All prompts advance in lockstep: each step runs every ready comparison of every prompt as one
         packed set of batches. Returns one Selection per prompt (top-k indices best first, counts of
@@ -304,4 +308,4 @@ class Ranker:
         return self._run(inputs, candidates, instructions, strategy=strategy, top_k=top_k, orders=orders,
                          seed=seed, initial_orders=initial_orders, policy=policy, worst=worst, desc="Selecting",
                          source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength,
-                         progress=progress)
+                         progress=progress, budget=budget)

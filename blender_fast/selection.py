@@ -1,8 +1,9 @@
 """Best-k selection over pairwise comparisons, and llm-blender's score/rank aggregation.
 
-``select`` drives :class:`blender_fast._core.Selector` (bubble / tournament) or a full n(n-1)
-comparison matrix for many prompts at once: each step hands *all* ready comparisons of *all*
-prompts to ``compare`` in one call, so the caller can run the model on one packed set of rows.
+``select`` drives :class:`blender_fast._core.Selector` (bubble / tournament, and the budgeted swiss /
+knockout_rr / adaptive) or a full n(n-1) comparison matrix for many prompts at once: each step hands
+*all* ready comparisons of *all* prompts to ``compare`` in one call, so the caller can run the model on
+one packed set of rows.
 """
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import numpy as np
 
 from . import _core
 from .options import ORDERS, POLICIES, STRATEGIES  # noqa: F401  (re-exported: selection.STRATEGIES)
+
+# Strategies that take a budget (forward passes per prompt) and never exceed it.
+BUDGETED = ("swiss", "knockout_rr", "adaptive")
 
 
 @dataclass
@@ -107,7 +111,7 @@ def _scores(out: np.ndarray, orders: str) -> np.ndarray:
 
 def select(n_candidates: Sequence[int], top_k: int, strategy: str, compare: _Compare, *,
            orders: str = "both", seed: int = 0, initial_orders: Optional[Sequence] = None,
-           policy: str = "max_logits") -> list[Selection]:
+           policy: str = "max_logits", budget: Optional[int] = None) -> list[Selection]:
     """Select the best ``top_k`` candidates of every prompt with pairwise comparisons.
 
     n_candidates: candidates per prompt (ragged is fine); top_k: 1 <= top_k <= n for every prompt.
@@ -120,6 +124,20 @@ def select(n_candidates: Sequence[int], top_k: int, strategy: str, compare: _Com
       For worst-of-n pass a compare that returns -logits.
     orders: "both" runs (p,a,b) and (p,b,a) as adjacent rows and decides on f(a,b) - f(b,a);
       "one" runs (p,a,b) only and decides on f(a,b). A score of exactly 0 goes to the lower index.
+    Budgeted strategies (they never exceed ``budget`` forward passes per prompt; a comparison costs 2
+      passes with orders="both", 1 with "one", so an odd budget with "both" leaves one pass unused):
+      "swiss" (Swiss-system rounds: everyone is paired with a candidate of the same loss count and
+      similar rating that it has not met; a loss does not eliminate; pick: the only unbeaten candidate
+      if exactly one is left, else by rating), "knockout_rr" (knockout down to the m survivors the budget
+      affords a round robin for, then that round robin; pick: its Condorcet winner, else the largest
+      margin sum) and "adaptive" (a first matching, a knockout round among its winners, then each
+      step compares the leaders (top k + 1 by rating) against the candidates whose rating gap to them
+      is smallest for its uncertainty; pick: rating). Ratings are least-squares fits of the
+      comparison margins f(a,b) - f(b,a) (Massey ratings with a ridge of one game), so they use how
+      decided each comparison was, as full ranking's max_logits does. No pair is compared twice.
+    budget: forward passes per prompt for swiss / knockout_rr / adaptive; None = 4(n-1) (twice a
+      knockout's comparisons, with orders="both"), or the strategy's minimum if that is more. The
+      minimum is n-1 comparisons (knockout_rr: n-k + k(k-1)/2).
     initial_orders: starting arrangement per prompt (bubble/tournament; ignored by full). Default:
       ``np.random.default_rng(seed).permutation(n)``, a fresh generator per prompt, so a prompt's
       arrangement depends only on (seed, n) and not on how prompts are batched.
@@ -141,6 +159,7 @@ def select(n_candidates: Sequence[int], top_k: int, strategy: str, compare: _Com
             raise ValueError(f"prompt {p} has {n} candidates; need at least 1")
         if top_k > n:
             raise ValueError(f"top_k = {top_k} exceeds the {n} candidates of prompt {p}")
+    budgets = _budgets(budget, strategy, ns, top_k, orders)
     if not ns:
         return []
     if strategy == "full":
@@ -158,7 +177,7 @@ def select(n_candidates: Sequence[int], top_k: int, strategy: str, compare: _Com
             raise ValueError(f"initial_orders has {len(starts)} entries for {len(ns)} prompts")
         # Any integer dtype is fine here; anything else is left for the core to reject by name.
         starts = [o.astype(np.int64) if o.dtype.kind in "iu" else o for o in starts]
-    sel = _core.Selector(np.asarray(ns, dtype=np.int64), top_k, strategy, starts)
+    sel = _core.Selector(np.asarray(ns, dtype=np.int64), top_k, strategy, starts, budgets)
     passes = np.zeros(len(ns), dtype=np.int64)
     while not sel.done():
         rows = sel.next()
@@ -170,6 +189,41 @@ def select(n_candidates: Sequence[int], top_k: int, strategy: str, compare: _Com
         sel.feed(_scores(out, orders))
     return [Selection(top_k=list(sel.top_k(p)), comparisons=sel.comparisons(p), forward_passes=int(passes[p]),
                       steps=sel.steps(p), scores=None, log=sel.log(p)) for p in range(len(ns))]
+
+
+def min_passes(strategy: str, n: int, top_k: int, orders: str = "both") -> int:
+    """Fewest forward passes ``budget`` may be for a budgeted strategy, top_k of n candidates."""
+    return int(_core.min_budget(strategy, n, top_k)) * (2 if orders == "both" else 1)
+
+
+def _budgets(budget, strategy: str, ns: list[int], top_k: int, orders: str) -> "np.ndarray | None":
+    """Comparisons per prompt for the budgeted strategies (None for the others), checked against each
+    prompt's minimum; the errors speak in forward passes, the unit of ``budget``."""
+    if strategy not in BUDGETED:
+        if budget is not None:
+            raise ValueError(f"budget applies to the strategies {BUDGETED}, not to strategy={strategy!r}")
+        return None
+    per_row = 2 if orders == "both" else 1
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer, float, np.floating)) \
+                or int(budget) != budget:
+            raise ValueError(f"budget must be an integer number of forward passes per prompt, got {budget!r}")
+        budget = int(budget)
+        if budget < 0:
+            raise ValueError(f"budget must be >= 0 forward passes, got {budget}")
+    out = np.empty(len(ns), dtype=np.int64)
+    for p, n in enumerate(ns):
+        need = _core.min_budget(strategy, n, top_k)
+        if budget is None:
+            out[p] = max(need, 2 * (n - 1))
+            continue
+        if budget // per_row < need:
+            raise ValueError(
+                f"budget = {budget} forward passes is below the minimum of {need * per_row} that strategy="
+                f"{strategy!r} needs for top_k = {top_k} of the {n} candidates of prompt {p} ({need} comparisons "
+                f"x {per_row} pass{'es' if per_row == 2 else ''} with orders={orders!r})")
+        out[p] = budget // per_row
+    return out
 
 
 def _select_full(ns: list[int], top_k: int, compare: _Compare, orders: str, policy: str) -> list[Selection]:

@@ -68,9 +68,11 @@ I64Array vector_to_array(const std::vector<int64_t>& v) {
 }
 
 bf::Strategy parse_strategy(const std::string& s) {
-  if (s == "bubble") return bf::Strategy::Bubble;
-  if (s == "tournament") return bf::Strategy::Tournament;
-  throw py::value_error("strategy must be 'bubble' or 'tournament', got '" + s + "'");
+  for (auto st : {bf::Strategy::Bubble, bf::Strategy::Tournament, bf::Strategy::Swiss, bf::Strategy::KnockoutRR,
+                  bf::Strategy::Adaptive})
+    if (s == bf::strategy_name(st)) return st;
+  throw py::value_error("strategy must be one of 'bubble', 'tournament', 'swiss', 'knockout_rr', 'adaptive', got '" +
+                        s + "'");
 }
 
 }  // namespace
@@ -196,18 +198,31 @@ n_pad = m*T - attention_mask.sum(), the pad tokens of this batch.)doc")
           py::arg("pairs"), py::arg("order"), py::arg("bounds"),
           "pad_tokens(pairs, order, bounds) -> int: pad tokens the batches of a plan would carry.");
 
+  m.def(
+      "min_budget",
+      [](const std::string& strategy, int64_t n, int64_t top_k) {
+        const bf::Strategy st = parse_strategy(strategy);
+        if (!bf::is_budgeted(st)) throw py::value_error("min_budget applies to swiss, knockout_rr and adaptive");
+        return bf::min_budget(st, n, top_k);
+      },
+      py::arg("strategy"), py::arg("n"), py::arg("top_k"),
+      "Fewest comparisons (not forward passes) the strategy accepts for top_k of n candidates.");
+
   py::class_<bf::Selector>(m, "Selector", R"doc(
 Best-k selection for many prompts in lockstep.
 
-Selector(n_candidates: int64[P], top_k: int, strategy: 'bubble'|'tournament',
-initial_orders: list of P int64 permutations). Drive it with
+Selector(n_candidates: int64[P], top_k: int, strategy: 'bubble'|'tournament'|'swiss'|
+'knockout_rr'|'adaptive', initial_orders: list of P int64 permutations, budgets: int64[P] or
+None). budgets: comparisons per prompt (not forward passes), required by swiss / knockout_rr /
+adaptive, which never exceed it; None for bubble / tournament. Drive it with
 ``while not s.done(): rows = s.next(); s.feed(scores_for(rows))``.
 next() -> int64[m,3] rows (prompt, a, b), a standing earlier in the
 arrangement; feed(float64[m]): score>0 a wins, <0 b wins, ==0 the lower
-candidate index wins; NaN raises ValueError.
+candidate index wins; NaN raises ValueError (and so does an infinite score for the
+budgeted strategies, whose ratings add margins up).
 )doc")
       .def(py::init([](py::object n_candidates, int64_t top_k, const std::string& strategy,
-                       py::sequence initial_orders) {
+                       py::sequence initial_orders, py::object budgets) {
              auto n = as_i64(n_candidates, "n_candidates", 1);
              const bf::Strategy st = parse_strategy(strategy);
              std::vector<std::vector<int64_t>> orders;
@@ -216,14 +231,15 @@ candidate index wins; NaN raises ValueError.
                const std::string name = "initial_orders[" + std::to_string(i) + "]";
                orders.push_back(to_vector(as_i64(initial_orders[i], name.c_str(), 1)));
              }
-             return new bf::Selector(to_vector(n), top_k, st, orders);
+             std::vector<int64_t> b;
+             if (!budgets.is_none()) b = to_vector(as_i64(budgets, "budgets", 1));
+             return new bf::Selector(to_vector(n), top_k, st, orders, b);
            }),
-           py::arg("n_candidates"), py::arg("top_k"), py::arg("strategy"), py::arg("initial_orders"))
+           py::arg("n_candidates"), py::arg("top_k"), py::arg("strategy"), py::arg("initial_orders"),
+           py::arg("budgets") = py::none())
       .def_property_readonly("n_prompts", &bf::Selector::n_prompts)
       .def_property_readonly("k", &bf::Selector::k)
-      .def_property_readonly("strategy", [](const bf::Selector& s) {
-        return s.strategy() == bf::Strategy::Bubble ? "bubble" : "tournament";
-      })
+      .def_property_readonly("strategy", [](const bf::Selector& s) { return bf::strategy_name(s.strategy()); })
       .def("done", &bf::Selector::done, "True once every prompt has its top-k.")
       .def(
           "next",

@@ -108,3 +108,22 @@ def test_quality_numbers(quick_results):
     assert full[-1] < full[0], "a more accurate comparator should pick better"
     ckpt = res["quality"]["checkpoint"]
     assert 0.0 <= ckpt["achieved_agreement_pct"] <= 100.0 and ckpt["rows"]
+
+
+def test_frontier_numbers(quick_results):
+    out, res = quick_results
+    assert "## 5. Selection at a budget" in (out / "results.md").read_text()
+    assert (out / "frontier.png").stat().st_size > 1000
+    syn = res["frontier"]["synthetic"]
+    assert [lvl["target_agreement_pct"] for lvl in syn["levels"]] == [60, 70, 80, 90]
+    for lvl in syn["levels"]:
+        rows = lvl["rows"]
+        full = next(r for r in rows if r["strategy"] == "full")
+        assert full["forward_passes"] == 132 and full["top1_agreement_with_full_pct"] == 100.0
+        for r in rows:
+            if r["budget"] is not None:
+                assert r["forward_passes_max"] <= r["budget"], r  # never over budget
+        for strategy in ("swiss", "knockout_rr", "adaptive"):
+            assert any(r["strategy"] == strategy for r in rows)
+    assert {t["agreement_pct"] for t in syn["targets"]} == {60, 70}
+    assert res["frontier"]["checkpoint"]["rows"]

@@ -82,7 +82,7 @@ def test_rank_and_fuse_uses_the_top_k_of_the_ranking(blender):
 def test_best_of_n_strategies_agree_with_a_consistent_ranking(blender):
     full = blender.get_best_of_n(INPUTS, CANDIDATES, pairrm_cmp_type="full")
     assert len(full) == 2 and all(f in c for f, c in zip(full, CANDIDATES))
-    for cmp_type in ("bubble", "tournament"):
+    for cmp_type in ("bubble", "tournament", "swiss", "knockout_rr", "adaptive"):
         allc = blender.get_best_of_n(INPUTS, CANDIDATES, pairrm_cmp_type=cmp_type, return_all=True)
         assert [sorted(a) for a in allc] == [sorted(c) for c in CANDIDATES]  # a permutation, best first
     assert blender.get_best_of_n(["x"], [["only"]]) == ["only"]
@@ -103,6 +103,8 @@ def test_bad_input_errors(blender, tiny_checkpoint):
         blender.rank_with_ref(INPUTS, CANDIDATES, ref_mode="random")
     with pytest.raises(ValueError, match="pairrm_cmp_type"):
         blender.get_best_of_n(INPUTS, CANDIDATES, pairrm_cmp_type="quick")
+    with pytest.raises(ValueError, match="budget applies to pairrm_cmp_type"):
+        blender.get_best_of_n(INPUTS, CANDIDATES, pairrm_cmp_type="bubble", budget=10)
     with pytest.raises(ValueError, match="empty"):
         blender.fuse(["x"], [[""]])
     fresh = Blender({"device": "cpu"})
@@ -127,3 +129,12 @@ def test_fuse_cli(tiny_checkpoint, tiny_fuser, tmp_path):
     assert len(rows) == 3
     for row in rows:
         assert isinstance(row["fused"], str) and len(row["blender_fast"]["top_k"]) == 2
+
+
+def test_rank_and_fuse_at_a_budget(blender):
+    got, ranks = blender.rank_and_fuse(INPUTS, CANDIDATES, top_k=2, strategy="knockout_rr", budget=40,
+                                       num_beams=1, max_new_tokens=8)
+    assert len(got) == len(INPUTS) and all(isinstance(g, str) for g in got)
+    assert all(sorted(r)[:2] == [1, 2] for r in ranks)
+    with pytest.raises(ValueError, match="budget applies to strategy"):
+        blender.rank_and_fuse(INPUTS, CANDIDATES, top_k=2, strategy="full", budget=40)

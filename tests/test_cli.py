@@ -60,3 +60,13 @@ def test_errors_are_reported_not_raised(tiny_checkpoint, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["rank", "--model", str(tiny_checkpoint), "--top-k", "9", "--strategy", "bubble", "--quiet"]) == 2
     assert "fewer than --top-k 9" in capsys.readouterr().err
+
+
+def test_rank_with_a_budget(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out.jsonl"
+    argv = ["rank", "--model", str(tiny_checkpoint), "--output", str(out), "--strategy", "adaptive",
+            "--budget", "10", "--quiet"]
+    assert main(argv) == 0
+    rows = _read(out)
+    assert len(rows) == 6 and all(r["blender_fast"]["forward_passes"] <= 10 for r in rows)
+    assert max(r["blender_fast"]["forward_passes"] for r in rows) == 10  # n = 5: 5 comparisons

@@ -180,3 +180,29 @@ def test_fp16_export_runs_close_to_fp32(tiny_checkpoint, onnx_ranker):
     a = np.concatenate(onnx_ranker.rank(INPUTS, CANDIDATES, return_scores=True))
     b = np.concatenate(half.rank(INPUTS, CANDIDATES, return_scores=True))
     assert np.abs(a - b).max() < 0.05
+
+
+@pytest.mark.parametrize("strategy", ["swiss", "knockout_rr", "adaptive"])
+def test_select_budgeted_end_to_end(onnx_ranker, strategy):
+    """The budgeted strategies through Ranker.select: within the budget, and the same picks as
+    selection.select reading the model's own logits for every ordered pair (computed once)."""
+    from blender_fast.selection import select
+
+    inputs = INPUTS[:2]
+    cands = [CANDIDATES[1] * 2 + ["3, 5, 7", "Primes: 2, 3, 5."], CANDIDATES[0] * 2 + ["Sugar from light."]]
+    sels = onnx_ranker.select(inputs, cands, strategy=strategy, budget=24, seed=1)
+    assert all(s.forward_passes <= 24 and s.comparisons * 2 == s.forward_passes for s in sels)
+    assert onnx_ranker.last_stats.steps == max(s.steps for s in sels)
+    tables = []
+    for p, c in enumerate(cands):
+        n = len(c)
+        a, b = np.where(~np.eye(n, dtype=bool))
+        logits = onnx_ranker.compare([inputs[p]] * len(a), [c[i] for i in a], [c[j] for j in b], mode="[A,B]")
+        t = np.zeros((n, n))
+        t[a, b] = logits
+        tables.append(t)
+    twin = select([len(c) for c in cands], 1, strategy, lambda r: np.array([tables[p][i, j] for p, i, j in r]),
+                  seed=1, budget=24)
+    assert [s.top_k for s in sels] == [s.top_k for s in twin]
+    with pytest.raises(ValueError, match="budget = 8 forward passes is below the minimum"):
+        onnx_ranker.select(inputs, cands, strategy=strategy, budget=8)

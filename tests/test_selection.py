@@ -361,3 +361,230 @@ def test_selection_dataclass_shape():
     assert isinstance(s, Selection) and s.scores is None
     assert s.top_k == [3, 2] and s.forward_passes == s.comparisons
     assert all(isinstance(x, int) for x in s.top_k)
+
+
+# -- (f) budgeted strategies: swiss, knockout_rr, adaptive -----------------------------------------
+
+import budget_twins  # noqa: E402  (tests/ is on sys.path, as conftest is)
+
+BUDGETED = ("swiss", "knockout_rr", "adaptive")
+
+
+def all_pairs(n):
+    return n * (n - 1) // 2
+
+
+def swiss_condorcet_budget(n):
+    """Comparisons after which swiss always returns a Condorcet winner: ceil(log2 n) uncut rounds of at
+    most floor(n/2) pairs. Unbeaten candidates rank first and have never met, so each round pairs them
+    off and halves their number (rounded up); after ceil(log2 n) rounds one is left, and a Condorcet
+    winner never loses, so it is that one, and swiss picks the only unbeaten candidate first."""
+    return log2ceil(n) * (n // 2)
+
+
+@settings(max_examples=120, deadline=None)
+@given(ragged_problem(max_n=16), st.sampled_from(BUDGETED), st.sampled_from(["both", "one"]), st.data())
+def test_budgeted_match_twins(prob, strategy, orders, data):
+    ns, k, tables, inits = prob
+    per_row = 2 if orders == "both" else 1
+    need = max(budget_twins.min_budget(strategy, n, k) for n in ns)
+    passes = data.draw(st.integers(need * per_row, (max(all_pairs(n) for n in ns) + 2) * per_row + 1))
+    calls = []
+    sels = select(ns, k, strategy, table_compare(tables, calls), orders=orders, initial_orders=inits, budget=passes)
+    assert len(calls) == max(s.steps for s in sels)
+    for p, (t, s) in enumerate(zip(tables, sels)):
+        f = (lambda a, b: t[a, b] - t[b, a]) if orders == "both" else (lambda a, b: t[a, b])
+        top, log, steps = budget_twins.TWINS[strategy](inits[p].tolist(), k, passes // per_row, f)
+        assert (s.top_k, s.log, s.steps) == (top, log, steps)
+        assert s.forward_passes == per_row * s.comparisons <= passes
+        assert len({tuple(sorted(e[:2])) for e in s.log}) == len(s.log)  # no pair is compared twice
+        assert sum(int((rows[:, 0] == p).sum()) for rows in calls) == s.forward_passes
+
+
+def tournaments(n, limit=None, seed=0):
+    """Outcome matrices of every tournament on n players (2^(n(n-1)/2)), or `limit` random ones, as
+    margin tables t[a, b] = -t[b, a] with random magnitudes: sign = who wins, size = by how much."""
+    a, b = np.triu_indices(n, 1)
+    m = len(a)
+    codes = np.arange(2 ** m) if limit is None else np.random.default_rng(seed).integers(0, 2 ** m, limit)
+    bits = (codes[:, None] >> np.arange(m)) & 1
+    mag = np.random.default_rng(seed + 1).uniform(0.1, 3.0, (len(codes), m))
+    t = np.zeros((len(codes), n, n))
+    t[:, a, b] = np.where(bits == 1, mag, -mag)
+    t[:, b, a] = -t[:, a, b]
+    return t
+
+
+def condorcet(t):
+    """Per tournament: the candidate that beats every other, or -1."""
+    n = t.shape[1]
+    beats = (t > 0).sum(axis=2)
+    return np.where((beats == n - 1).any(axis=1), np.argmax(beats, axis=1), -1)
+
+
+def run_tables(t, k, strategy, budget, orders=None, one_order=True):
+    """Every tournament of t as one prompt of one Selector (the batched path)."""
+    P, n = t.shape[:2]
+    if orders is None:
+        orders = np.argsort(np.random.default_rng(P * n).random((P, n)), axis=1)
+    sel = _core.Selector(np.full(P, n, dtype=np.int64), k, strategy, list(np.asarray(orders, dtype=np.int64)),
+                         np.full(P, budget, dtype=np.int64))
+    drive(sel, lambda rows: t[rows[:, 0], rows[:, 1], rows[:, 2]])
+    return sel
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 6, 7])
+def test_condorcet_winner_every_tournament(n):
+    """knockout_rr returns the Condorcet winner at every budget (it never loses a knockout match, and is
+    the round robin's Condorcet winner, which is picked first); swiss does from swiss_condorcet_budget(n)
+    comparisons on; adaptive, like full ranking, follows the margins and guarantees it only when every
+    margin has the same size (its ratings are then Copeland scores) and the budget covers every pair. Every tournament for n <= 6,
+    5000 random ones for n = 7; the budgets: the minimum, each first budget of a new knockout_rr
+    survivor count, swiss's bound and every pair."""
+    t = tournaments(n, limit=5000 if n == 7 else None, seed=n)
+    cw = condorcet(t)
+    has = np.flatnonzero(cw >= 0)
+    assert len(has) > 0
+    budgets = {n - 1, swiss_condorcet_budget(n), all_pairs(n)}
+    budgets |= {n - m + all_pairs(m) for m in range(1, n + 1) if n - m + all_pairs(m) <= all_pairs(n)}
+    for budget in sorted(budgets):
+        sel = run_tables(t, 1, "knockout_rr", budget)
+        assert all(sel.top_k(p)[0] == cw[p] for p in has), ("knockout_rr", budget)
+        sel = run_tables(t, 1, "swiss", budget)
+        picks = np.array([sel.top_k(p)[0] for p in has])
+        if budget >= swiss_condorcet_budget(n):
+            assert (picks == cw[has]).all(), ("swiss", budget)
+        else:  # whenever swiss ends with a single unbeaten candidate, that is the Condorcet winner
+            for p in has[picks != cw[has]]:
+                assert len({a if w == b else b for a, b, w in sel.log(p)}) < n - 1
+    sign = np.sign(t)
+    sel = run_tables(sign, 1, "adaptive", all_pairs(n))
+    assert all(sel.top_k(p)[0] == cw[p] for p in has)
+
+
+def test_swiss_below_its_condorcet_budget_can_miss():
+    """The bound is needed: with fewer rounds two candidates can stay unbeaten, and the rating (margin)
+    tie-break may then prefer the one that is not the Condorcet winner."""
+    n = 6
+    t = tournaments(n, seed=6)
+    cw = condorcet(t)
+    has = np.flatnonzero(cw >= 0)
+    sel = run_tables(t, 1, "swiss", swiss_condorcet_budget(n) - 3)
+    assert any(sel.top_k(p)[0] != cw[p] for p in has)
+
+
+@pytest.mark.parametrize("strategy", BUDGETED)
+def test_budget_never_exceeded_every_budget(strategy):
+    n = 7
+    t = tournaments(n, limit=300, seed=1)
+    for k in (1, 2, 3, 7):
+        for budget in range(budget_twins.min_budget(strategy, n, k), all_pairs(n) + 3):
+            sel = run_tables(t, k, strategy, budget)
+            for p in range(len(t)):
+                assert sel.comparisons(p) <= min(budget, all_pairs(n))
+                assert len(sel.top_k(p)) == k and len(set(sel.top_k(p))) == k
+                # steps are rounds, each with at least one comparison
+                assert 1 <= sel.steps(p) <= sel.comparisons(p)
+
+
+@pytest.mark.parametrize("strategy", BUDGETED)
+def test_batching_does_not_change_picks(strategy):
+    rng = np.random.default_rng(11)
+    ns = [12, 7, 12, 3, 9, 12, 1, 5]
+    tables = [rng.normal(size=(n, n)) for n in ns]
+    inits = [rng.permutation(n) for n in ns]
+    k, budget = 1, 40
+
+    def run(idx):
+        return select([ns[i] for i in idx], k, strategy, table_compare([tables[i] for i in idx], []),
+                      initial_orders=[inits[i] for i in idx], budget=budget)
+
+    together = run(range(len(ns)))
+    alone = [run([i])[0] for i in range(len(ns))]
+    perm = rng.permutation(len(ns))
+    shuffled = run(perm)
+    for i in range(len(ns)):
+        assert together[i].top_k == alone[i].top_k
+        assert together[i].log == alone[i].log and together[i].steps == alone[i].steps
+        assert shuffled[list(perm).index(i)].log == together[i].log
+    # Default arrangements depend only on (seed, n), not on the batch either.
+    a = select(ns, 1, strategy, table_compare(tables, []), seed=5, budget=budget)
+    b = select(ns[::-1], 1, strategy, table_compare(tables[::-1], []), seed=5, budget=budget)
+    assert [s.log for s in a] == [s.log for s in b[::-1]]
+
+
+@pytest.mark.parametrize("strategy", BUDGETED)
+def test_budgeted_ties_go_to_the_lower_index(strategy):
+    """A comparator that always says 0: every comparison goes to the lower index (as for bubble and
+    tournament), and so does every rating tie; candidate 0 wins from any arrangement."""
+    for n in (2, 5, 8):
+        for seed in range(5):
+            order = np.random.default_rng(seed).permutation(n)
+            s = select([n], 1, strategy, lambda rows: np.zeros(len(rows)), initial_orders=[order],
+                       budget=4 * (n - 1))[0]
+            assert s.top_k == [0]
+            assert all(w == min(a, b) for a, b, w in s.log)
+
+
+def test_budgeted_find_the_best_of_a_total_order():
+    n = 12
+    util = np.random.default_rng(3).normal(size=n)
+    best = np.argsort(-util).tolist()
+    for strategy in BUDGETED:
+        for k in (1, 2, 3):
+            s = select([n], k, strategy, lambda r: util[r[:, 1]] - util[r[:, 2]], budget=60, seed=k)[0]
+            assert s.top_k[0] == best[0], strategy
+            assert s.top_k == best[:k], strategy
+
+
+def test_budget_defaults_and_counts():
+    # default: 2(n-1) comparisons = 4(n-1) passes with orders="both"
+    for strategy in BUDGETED:
+        s = select([12], 1, strategy, _util_compare)[0]
+        assert s.forward_passes <= 44 and s.comparisons <= 22
+        one = select([12], 1, strategy, _util_compare, orders="one")[0]
+        assert one.forward_passes == one.comparisons <= 22
+    ko = select([12], 1, "knockout_rr", _util_compare, budget=44)[0]
+    assert ko.comparisons == 6 + 15 and ko.steps == 2  # 12 -> 6 survivors, then their round robin
+    assert select([12], 3, "knockout_rr", _util_compare)[0].comparisons <= 22
+    assert select([12], 12, "knockout_rr", _util_compare)[0].comparisons == all_pairs(12)  # min for k = n
+    # An odd budget with both orders leaves one pass unused; all pairs is the most any strategy plays.
+    for strategy in BUDGETED:
+        s = select([6], 1, strategy, _util_compare, budget=10**6)[0]
+        assert s.comparisons <= all_pairs(6)
+    s = select([12], 1, "adaptive", _util_compare, budget=45)[0]
+    assert s.forward_passes <= 44
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"strategy": "swiss", "budget": 21}, r"budget = 21 forward passes is below the minimum of 22 that "
+                                          r"strategy='swiss' needs for top_k = 1 of the 12 candidates of prompt 0"),
+    ({"strategy": "adaptive", "budget": 10, "orders": "one"}, r"minimum of 11 .*orders='one'"),
+    ({"strategy": "knockout_rr", "budget": 22, "top_k": 3},
+     r"minimum of 24 that strategy='knockout_rr' needs for top_k = 3"),
+    ({"strategy": "swiss", "budget": 30.5}, r"budget must be an integer number of forward passes"),
+    ({"strategy": "swiss", "budget": "44"}, r"budget must be an integer"),
+    ({"strategy": "adaptive", "budget": -4}, r"budget must be >= 0 forward passes, got -4"),
+    ({"strategy": "tournament", "budget": 44}, r"budget applies to the strategies .* not to strategy='tournament'"),
+    ({"strategy": "full", "budget": 44}, r"budget applies to"),
+])
+def test_budget_errors(kw, msg):
+    kw = {"top_k": 1, **kw}
+    with pytest.raises(ValueError, match=msg):
+        select([12], kw.pop("top_k"), kw.pop("strategy"), _util_compare, **kw)
+
+
+def test_budgeted_selector_errors():
+    o = [np.arange(4)]
+    with pytest.raises(ValueError, match="needs a budget per prompt"):
+        _core.Selector(np.array([4]), 1, "swiss", o)
+    with pytest.raises(ValueError, match="not to 'bubble'"):
+        _core.Selector(np.array([4]), 1, "bubble", o, np.array([5]))
+    with pytest.raises(ValueError, match="budget = 2 comparisons for prompt 0 is below the 3"):
+        _core.Selector(np.array([4]), 1, "adaptive", o, np.array([2]))
+    assert _core.min_budget("knockout_rr", 12, 3) == 12 - 3 + 3 and _core.min_budget("swiss", 1, 1) == 0
+    sel = _core.Selector(np.array([4]), 1, "adaptive", o, np.array([6]))
+    assert sel.strategy == "adaptive"
+    sel.next()
+    with pytest.raises(ValueError, match="infinite for prompt 0"):
+        sel.feed(np.array([np.inf, 1.0]))
