@@ -14,7 +14,10 @@ from typing import List
 
 import numpy as np
 
+from .options import STRATEGIES
 from .ranker import DEFAULT_MAX_BATCH, Ranker
+from .runtime import resolve_device
+from .selection import top_k_from_scores
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ FUSER_CONFIG_FIELDS = {
     "load_in_8bit", "device",
 }
 ENGINE_OPTIONS = {"backend", "precision", "threads", "token_budget", "max_batch_size", "batch_cost", "onnx_cache_dir"}
-CMP_TYPES = ("bubble", "tournament", "full")
+CMP_TYPES = STRATEGIES  # llm-blender's pairrm_cmp_type values are our strategies
 REF_MODES = ("longest", "shortest", "median_length", "first", "last")
 CONVERSATION_INSTRUCTION = (
     # llm-blender's exact text, typo included: the model saw it in training.
@@ -52,22 +55,22 @@ def config_to_dict(config) -> dict:
 
 
 def default_device() -> str:
+    """llm-blender's default: cuda when there is one (torch's view when torch is installed), else cpu."""
     try:
-        import torch
+        import torch  # noqa: F401
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return resolve_device("auto", "torch")
     except ImportError:
-        import onnxruntime as ort
-
-        return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+        return resolve_device("auto", "onnx")
 
 
 def topk_from_ranks(ranks, candidates, top_k):
-    """llm-blender's get_topk_candidates_from_ranks (np.argsort per prompt), ragged input allowed."""
+    """llm-blender's get_topk_candidates_from_ranks, ragged input allowed; ties go to the lower index
+    (selection.top_k_from_scores, the one top-k rule)."""
     out = []
     for r, cands in zip(ranks, candidates):
-        idx = np.argsort(np.asarray(r))
-        out.append([cands[i] for i in (idx if top_k is None else idx[:top_k])])
+        idx = top_k_from_scores(-np.asarray(r, dtype=np.float64), top_k)
+        out.append([cands[i] for i in idx])
     return out
 
 

@@ -70,6 +70,28 @@ def ranks_from_scores(scores) -> np.ndarray:
     return ranks.reshape(s.shape)
 
 
+def top_k_from_scores(scores, k: int | None = None) -> list[int]:
+    """THE rule for "the best k" from per-candidate scores (higher is better), used everywhere (full
+    selection, the CLI, the facade): indices best first, ties to the lower index; k=None: all of them.
+    For ranks (lower is better) pass ``-ranks``."""
+    s = np.asarray(scores)
+    if s.ndim != 1:
+        raise ValueError(f"scores must have shape [c], got {s.shape}")
+    if s.dtype.kind == "f" and np.isnan(s).any():
+        raise ValueError("scores contain NaN; the top k is undefined")
+    order = np.argsort(-s, kind="stable")  # stable: equal scores keep index order
+    return [int(i) for i in (order if k is None else order[:k])]
+
+
+class PromptError(ValueError):
+    """An error about one prompt of a call: ``prompt`` is its index in that call, so callers that know
+    where the prompt came from (a file and line) can say so."""
+
+    def __init__(self, message: str, prompt: int):
+        super().__init__(message)
+        self.prompt = prompt
+
+
 # -- selection -------------------------------------------------------------------------------------
 
 _Compare = Callable[[np.ndarray], np.ndarray]
@@ -87,7 +109,7 @@ def _run_compare(compare: _Compare, rows: np.ndarray) -> np.ndarray:
     bad = np.flatnonzero(np.isnan(out))
     if bad.size:
         p, a, b = (int(x) for x in rows[bad[0]])
-        raise ValueError(f"compare returned NaN for prompt {p} (row {p}, {a}, {b})")
+        raise PromptError(f"compare returned NaN for prompt {p} (row {p}, {a}, {b})", p)
     return out
 
 
@@ -198,8 +220,7 @@ def _select_full(ns: list[int], top_k: int, compare: _Compare, orders: str, poli
             m[:, a, b] = f
             m[:, b, a] = -f
         scores = scores_from_cmps(m, policy)
-        ranking = np.argsort(-scores, axis=-1, kind="stable")[:, :top_k].tolist()
         for i, p in enumerate(ps.tolist()):
-            result[p] = Selection(top_k=ranking[i], comparisons=len(a), forward_passes=len(a) * per_row,
+            result[p] = Selection(top_k=top_k_from_scores(scores[i], top_k), comparisons=len(a), forward_passes=len(a) * per_row,
                                   steps=1 if len(a) else 0, scores=scores[i].copy(), log=[])
     return result
