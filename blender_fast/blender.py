@@ -15,9 +15,9 @@ from typing import List
 import numpy as np
 
 from .options import STRATEGIES
-from .ranker import DEFAULT_MAX_BATCH, Ranker
+from .ranker import DEFAULT_MAX_BATCH, Ranker, check_prompts, check_text
 from .runtime import resolve_device
-from .selection import top_k_from_scores
+from .selection import PromptError, top_k_from_scores
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,31 @@ def topk_from_ranks(ranks, candidates, top_k):
         idx = top_k_from_scores(-np.asarray(r, dtype=np.float64), top_k)
         out.append([cands[i] for i in idx])
     return out
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1, else a ValueError naming the argument (None, NaN, 1.5, 0, -1, True...)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def non_negative_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def check_texts(name: str, texts) -> None:
+    """Name any lone surrogate in a list (or list of lists) of strings; other type errors are left to
+    the callee's own checks."""
+    if texts is None or isinstance(texts, str):
+        return
+    for i, t in enumerate(texts):
+        if isinstance(t, str):
+            check_text(f"{name}[{i}]", t)
+        elif isinstance(t, (list, tuple)):
+            check_texts(f"{name}[{i}]", t)
 
 
 def conversation_pairs(conversations_a, conversations_b):
@@ -170,6 +195,9 @@ class Blender:
              return_scores: bool = False, batch_size: int = 8, disable_tqdm: bool = False, **rank_kwargs):
         """Ranks (int32, 1 = best) or scores (float32, higher = better) per input, like llm-blender.
         rank_kwargs: source_max_length, candidate_max_length, policy ("max_logits" | "max_wins")."""
+        for name in ("source_max_length", "candidate_max_length"):
+            if rank_kwargs.get(name) is not None:
+                positive_int(name, rank_kwargs[name])
         return self._need_ranker().rank(
             inputs, candidates, instructions, return_scores=return_scores,
             policy=rank_kwargs.get("policy", "max_logits"), progress=self._progress(disable_tqdm),
@@ -187,15 +215,19 @@ class Blender:
                               batch_size: int = 4, return_logits: bool = False, mode: str = "[A,B]+[B,A]"):
         inputs, cand_a, cand_b = conversation_pairs(conversations_a, conversations_b)
         instructions = [CONVERSATION_INSTRUCTION] * len(inputs)
-        return self.compare(inputs, cand_a, cand_b, instructions, batch_size=batch_size,
-                            return_logits=return_logits, mode=mode)
+        try:
+            return self.compare(inputs, cand_a, cand_b, instructions, batch_size=batch_size,
+                                return_logits=return_logits, mode=mode)
+        except PromptError as e:
+            raise PromptError(f"conversation {e.prompt}: the model returned NaN", e.prompt) from None
 
     def rank_with_ref(self, inputs: List[str], candidates: List[List[str]], instructions: List[str] = None,
                       return_scores: bool = False, batch_size: int = 8, ref_mode: str = "longest",
                       ref_candidates: List[str] = None, **rank_kwargs):
         """Score each candidate by comparing it with a reference answer: score = -compare(ref, cand)."""
-        if len(inputs) != len(candidates):
-            raise ValueError(f"got {len(inputs)} inputs but {len(candidates)} candidate lists")
+        check_prompts(inputs, candidates, instructions)  # a str where a list belongs, empty lists, ...
+        if isinstance(ref_candidates, str):
+            raise TypeError("ref_candidates must be a list with one string per input, got a str")
         if ref_candidates is None:
             if ref_mode not in REF_MODES:
                 raise ValueError(f"ref_mode must be one of {REF_MODES}, got {ref_mode!r}")
@@ -221,8 +253,15 @@ class Blender:
                 flat_cands.append(cand)
                 if instructions is not None:
                     flat_inst.append(instructions[p])
-        logits = self.compare(flat_inputs, flat_refs, flat_cands, instructions if instructions is None else flat_inst,
-                              return_logits=True, mode=rank_kwargs.get("mode", "[A,B]+[B,A]"))
+        try:
+            logits = self.compare(flat_inputs, flat_refs, flat_cands, instructions if instructions is None else flat_inst,
+                                  return_logits=True, mode=rank_kwargs.get("mode", "[A,B]+[B,A]"))
+        except PromptError as e:
+            p, start = 0, e.prompt  # flat index -> (prompt, candidate)
+            while start >= len(candidates[p]):
+                start -= len(candidates[p])
+                p += 1
+            raise PromptError(f"prompt {p}: comparing candidates[{p}][{start}] with its reference gave NaN", p) from None
         scores, start = [], 0
         for cands in candidates:
             # llm-blender fills a float64 matrix with the float32 logits, then negates.
@@ -236,6 +275,10 @@ class Blender:
     def _best_or_worst(self, inputs, candidates, instructions, pairrm_cmp_type, return_all, worst, seed, initial_orders):
         if pairrm_cmp_type not in CMP_TYPES:
             raise ValueError(f"pairrm_cmp_type must be one of {CMP_TYPES}, got {pairrm_cmp_type!r}")
+        # Before the one-candidate shortcut: a str where a list belongs would otherwise "win" as its
+        # first character. One candidate per prompt is legal (trivially the best, as in llm-blender).
+        check_prompts(inputs, candidates, instructions)
+        non_negative_int("seed", seed)
         if all(len(c) == 1 for c in candidates):
             return [list(c) for c in candidates] if return_all else [c[0] for c in candidates]
         ranker = self._need_ranker()
@@ -287,6 +330,12 @@ class Blender:
              batch_size: int = 4, **generate_kwargs):
         if self.fuser is None:
             raise RuntimeError("no fuser loaded: call loadfuser(path) first")
+        positive_int("batch_size", batch_size)
+        for name in ("num_beams", "max_new_tokens", "num_return_sequences"):
+            if name in generate_kwargs:
+                positive_int(name, generate_kwargs[name])
+        for name, texts in (("inputs", inputs), ("candidates", candidates), ("instructions", instructions)):
+            check_texts(name, texts)
         generate_kwargs.setdefault("progress", self.use_tqdm)
         return self.fuser.fuse(inputs, candidates, instructions, batch_size=batch_size, **generate_kwargs)
 
@@ -297,6 +346,8 @@ class Blender:
         the full n^2 ranking; ranks are then 1..top_k for the selected and top_k+1 for the rest."""
         if strategy not in CMP_TYPES:
             raise ValueError(f"strategy must be one of {CMP_TYPES}, got {strategy!r}")
+        top_k = positive_int("top_k", top_k)
+        check_prompts(inputs, candidates, instructions)
         for p, c in enumerate(candidates):
             if len(c) < top_k:
                 raise ValueError(f"candidates[{p}] has {len(c)} candidates, fewer than top_k={top_k}")

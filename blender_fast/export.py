@@ -162,6 +162,9 @@ def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", 
         # advanced indexing breaks on negative indices: the packer's positions are never negative.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+        # Tracer warnings flag Python control flow in transformers' DeBERTa that is constant for our
+        # inputs (the graph is checked against torch right below); they are not the user's concern.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             export_model,
             (torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(pos)),

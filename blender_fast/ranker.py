@@ -45,6 +45,17 @@ class RunStats:
         return self.pad_tokens / total if total else 0.0
 
 
+def check_text(name: str, text: str) -> None:
+    """A lone surrogate (e.g. '\ud800', from a bad JSON escape) has no UTF-8 form: tokenizers fail on it
+    deep inside with an unhelpful message, so it is named here."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{name} contains a lone surrogate {text[e.start]!r} at character {e.start}, "
+                             "which is not valid Unicode text") from None
+
+
 def check_prompts(inputs, candidates, instructions=None) -> tuple[list[str], list[list[str]]]:
     """Validate the user's lists once, naming the offending prompt; return sources and candidates."""
     if isinstance(inputs, str) or not isinstance(inputs, Sequence):
@@ -75,14 +86,7 @@ def check_prompts(inputs, candidates, instructions=None) -> tuple[list[str], lis
         # llm-blender prepends the instruction to the input with no separator; so do we.
         source = inst + inp
         for name, text in [(f"inputs[{p}]", source)] + [(f"candidates[{p}][{c}]", t) for c, t in enumerate(cands)]:
-            if not text.isascii():
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError as e:
-                    # A lone surrogate (e.g. '\ud800' from a bad JSON escape) has no UTF-8 form; the
-                    # tokenizer would fail on it with an unhelpful message.
-                    raise ValueError(f"{name} contains a lone surrogate {text[e.start]!r} at character "
-                                     f"{e.start}, which is not valid Unicode text") from None
+            check_text(name, text)
             for special in SPECIAL_TOKENS:
                 if special in text:
                     raise ValueError(

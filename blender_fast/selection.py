@@ -153,9 +153,12 @@ def select(n_candidates: Sequence[int], top_k: int, strategy: str, compare: _Com
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     ns = [int(n) for n in n_candidates]
-    if isinstance(top_k, bool) or int(top_k) != top_k:
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(top_k) or int(top_k) != top_k:
         raise ValueError(f"top_k must be an integer, got {top_k!r}")
     top_k = int(top_k)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     for p, n in enumerate(ns):
