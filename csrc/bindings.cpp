@@ -70,7 +70,8 @@ I64Array vector_to_array(const std::vector<int64_t>& v) {
 bf::Strategy parse_strategy(const std::string& s) {
   if (s == "bubble") return bf::Strategy::Bubble;
   if (s == "tournament") return bf::Strategy::Tournament;
-  throw py::value_error("strategy must be 'bubble' or 'tournament', got '" + s + "'");
+  // Same wording as options.check_choice over options.SELECTOR_STRATEGIES (a test keeps them in step).
+  throw py::value_error("strategy must be one of ('bubble', 'tournament'), got '" + s + "'");
 }
 
 }  // namespace
