@@ -168,7 +168,7 @@ class Blender:
         unknown = set(kwargs) - RANKER_CONFIG_FIELDS - ENGINE_OPTIONS
         if unknown:
             raise TypeError(f"loadranker() got unknown options {sorted(unknown)}")
-        device = self._device(device or kwargs.get("device"))
+        device = resolve_device(self._device(device or kwargs.get("device")), kwargs.get("backend", "onnx"))
         fp16 = kwargs.get("fp16", True)
         # llm-blender halves the model on GPUs when the config says fp16, keeps fp32 on CPU.
         precision = kwargs.get("precision") or ("fp16" if device == "cuda" and fp16 else "fp32")

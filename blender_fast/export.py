@@ -68,7 +68,12 @@ def build_torch_model(ckpt: RankerCheckpoint, state: dict | None = None):
     """PairRMModule with the checkpoint's weights, in eval mode (fp32, CPU)."""
     _require_torch()
     import torch
-    from transformers import DebertaV2Config, DebertaV2Model
+
+    with warnings.catch_warnings():
+        # transformers' DeBERTa decorates helpers with torch.jit.script, which torch 2.x deprecates at
+        # import: noise about transformers' code, not the user's.
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+        from transformers import DebertaV2Config, DebertaV2Model
 
     state = load_state_dict(ckpt) if state is None else state
     backbone = dict(ckpt.backbone_config)

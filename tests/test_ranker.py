@@ -331,3 +331,35 @@ def test_mistral_regex_warning_is_silenced_ours_stay(tiny_checkpoint, monkeypatc
     finally:
         log.removeHandler(handler)
     assert not any("incorrect regex pattern" in m for m in seen) and "another warning that stays" in seen
+
+
+def test_export_shows_no_third_party_warnings(tiny_checkpoint, tmp_path):
+    import warnings
+
+    import torch
+
+    from blender_fast.checkpoint import load_checkpoint
+    from blender_fast.export import export_onnx
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_onnx(load_checkpoint(tiny_checkpoint), tmp_path / "e", "fp32")
+    noise = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)
+             or "aten::index" in str(w.message) or "torch.jit.script" in str(w.message)]
+    assert not noise, [str(w.message)[:120] for w in noise]
+
+
+def test_prompts_are_streamed(tmp_path):
+    """iter_prompts reads line by line: the first prompt comes back before a bad later line is read."""
+    from blender_fast.prompts import iter_prompts
+
+    path = tmp_path / "big.jsonl"
+    path.write_text('{"instruction": "q", "candidates": ["a", "b"]}\n' + "not json\n")
+    it = iter_prompts(path)
+    first = next(it)
+    assert first.candidates == ["a", "b"] and first.where == f"{path}:1"
+    with pytest.raises(ValueError, match=f"{path}:2: not valid JSON"):
+        next(it)
+    assert list(iter_prompts(path, limit=0)) == []
+    with pytest.raises(ValueError, match="limit must be >= 0"):
+        list(iter_prompts(path, limit=-1))
