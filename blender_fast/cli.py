@@ -164,21 +164,34 @@ def _scan_input(path, limit, options, want_keys: bool):
     from .prompts import iter_prompts, record_digest
 
     n_prompts = passes = 0
-    keys: set[str] = set()
-    seen: dict[str, int] = {}
+    keys: set[bytes] = set()
+    repeats: dict[int, int] = {}  # prompt number -> occurrence, for the (rare) repeated records only
     for prompt in iter_prompts(path, limit):
         if options.top_k > len(prompt.candidates):
             raise ValueError(f"{prompt.where}: {len(prompt.candidates)} candidates, fewer than --top-k {options.top_k}")
         n_prompts += 1
         passes += expected_forward_passes(len(prompt.candidates), options)
         if want_keys:
-            keys.add(_occurrence_key(record_digest(prompt.record), seen))
-    return n_prompts, passes, keys
+            key, occurrence = _new_key(record_digest(prompt.record), keys)
+            keys.add(key)
+            if occurrence > 1:
+                repeats[n_prompts - 1] = occurrence
+    return n_prompts, passes, (keys, repeats)
 
 
-def _occurrence_key(digest: str, seen: dict) -> str:
-    seen[digest] = seen.get(digest, 0) + 1
-    return f"{digest}:{seen[digest]}"
+def _key(digest: str, occurrence: int) -> bytes:
+    """A prompt's identity, compact (16 bytes of its record digest, + its occurrence when > 1): --resume
+    holds one per prompt, so a 1M-line job's set stays well under 100 MB."""
+    head = bytes.fromhex(digest[:32])
+    return head if occurrence == 1 else head + occurrence.to_bytes(4, "little")
+
+
+def _new_key(digest: str, seen: set) -> tuple[bytes, int]:
+    """The key of the next occurrence of this record, given the keys of the records before it."""
+    occurrence = 1
+    while _key(digest, occurrence) in seen:
+        occurrence += 1
+    return _key(digest, occurrence), occurrence
 
 
 def _is_done(record, options, fused: bool) -> bool:
@@ -192,11 +205,11 @@ def _carry_over(out, sources, wanted: set, options, fused: bool) -> set:
     belong to this input and these options; return their identities."""
     from .prompts import record_digest
 
-    done: set[str] = set()
+    done: set[bytes] = set()
     for source in sources:
         if not source.is_file():
             continue
-        seen: dict[str, int] = {}
+        seen: set[bytes] = set()
         with open(source, encoding="utf-8") as f:
             for line in f:
                 try:
@@ -205,7 +218,8 @@ def _carry_over(out, sources, wanted: set, options, fused: bool) -> set:
                     continue  # a line cut short by a crash: that prompt is simply redone
                 if not isinstance(record, dict):
                     continue
-                key = _occurrence_key(record_digest(record), seen)
+                key = _new_key(record_digest(record), seen)[0]
+                seen.add(key)
                 if key in wanted and key not in done and _is_done(record, options, fused):
                     out.write_line(line)
                     done.add(key)
@@ -224,7 +238,7 @@ def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
     to_stdout = args.output == "-"
     if args.resume and to_stdout:
         raise ValueError("--resume needs an --output file")
-    n_prompts, total_passes, wanted = _scan_input(src, args.limit, options, args.resume)
+    n_prompts, total_passes, (wanted, repeats) = _scan_input(src, args.limit, options, args.resume)
     out = StdoutJsonl() if to_stdout else AtomicJsonl(args.output)
     written_new = 0
     t0 = time.perf_counter()
@@ -238,10 +252,9 @@ def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
         if todo:
             work = process_chunk.load()
         with tqdm(total=total_passes, desc=desc, unit="pair", disable=args.quiet or not todo, smoothing=0.1) as bar:
-            seen: dict[str, int] = {}
             chunk = []
-            for prompt in iter_prompts(src, args.limit):
-                if done and _occurrence_key(record_digest(prompt.record), seen) in done:
+            for number, prompt in enumerate(iter_prompts(src, args.limit)):
+                if done and _key(record_digest(prompt.record), repeats.get(number, 1)) in done:
                     continue
                 chunk.append(prompt)
                 if len(chunk) == args.chunk:
