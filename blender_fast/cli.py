@@ -90,6 +90,8 @@ class AtomicJsonl:
 
     def __init__(self, path):
         self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"{self.path.parent}: the directory of --output does not exist")
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         self.written = 0
