@@ -265,6 +265,9 @@ def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
                     chunk = []
             if chunk:
                 written_new += _write_chunk(out, chunk, process_chunk(work, chunk, bar))
+            if bar.n < bar.total:  # the tournament's total is an upper bound: end the bar at what ran
+                bar.total = bar.n
+                bar.refresh()
         out.commit()
     except (KeyboardInterrupt, Interrupted) as e:
         kept = out.keep_partial()
