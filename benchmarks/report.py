@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import as_jsonable
+from .common import as_jsonable, log
 from .flops import __doc__ as FLOPS_DOC
 from .quality import __doc__ as QUALITY_DOC
 
@@ -366,15 +366,19 @@ def make_plots(results: dict, out: Path) -> list[str]:
     return written
 
 
+PLOTS_SKIPPED = "No plots drawn: matplotlib is not installed (pip install 'blender-fast[bench]')"
+
+
 # -- files -----------------------------------------------------------------------------------------
 
 def write_outputs(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     try:
         results["plots"] = make_plots(results, out)
-    except ImportError as e:  # matplotlib is optional (the bench extra)
+    except ImportError as e:  # matplotlib is optional (the bench extra): say so, in the log and the report
         results["plots"] = []
-        results["plots_skipped"] = str(e)
+        results["plots_skipped"] = f"{PLOTS_SKIPPED} ({e})"
+        log(f"WARNING: {results['plots_skipped']}")
     (out / "results.json").write_text(json.dumps(as_jsonable(results), indent=1))
     (out / "results.md").write_text(render_markdown(results))
 
@@ -398,4 +402,6 @@ def render_markdown(results: dict) -> str:
             md += fn(results[key])
     if results.get("plots"):
         md += ["## Plots", ""] + [f"![{p}]({p})" for p in results["plots"]] + [""]
+    elif results.get("plots_skipped"):
+        md += ["## Plots", "", f"**{results['plots_skipped']}**", ""]
     return "\n".join(md)

@@ -6,6 +6,27 @@
     best = ranker.select(inputs, candidates, strategy="tournament")  # best of n in ceil(log2 n) steps
 
 ``Blender`` is a drop-in for ``llm_blender.Blender``; ``Fuser`` runs a GenFuser checkpoint.
+
+Module map (one concept per module), in the order a ranking call runs through them:
+
+    prompts.py        records in (JSON Lines, streamed), Prompt
+       |
+    encode            tokenization.py: PairTokenizer, encode_prompts (token pieces, per-prompt truncation)
+       |
+    select  <->  compare
+    selection.py      select(): which pairs, step by step (bubble / tournament via _core.Selector, full);
+                      scores/ranks aggregation; top_k_from_scores (the one top-k rule)
+    ranker.py         Ranker: validates input, encodes, and its compare(rows) runs each step's pairs
+       |
+    packer plan/build _core.PairPacker (csrc/packer.hpp): plan batches by length under a token budget,
+                      build the padded (input_ids, attention_mask, positions) arrays
+       |
+    runtime.py        OnnxPairModel (ONNX Runtime) / TorchPairModel: logits per packed row
+
+Around it: options.py (the one vocabulary of choices), checkpoint.py (reading a PairRM directory),
+export.py (torch module -> ONNX, checked against torch), jobs.py (RankOptions, rank_prompts: the result
+record shared by the CLI and the Ray job), cli.py (``blender-fast``), blender.py (the llm-blender
+facade), fuser.py (GenFuser), generation.py (n_generate).
 """
 from ._core import __version__
 

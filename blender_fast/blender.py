@@ -15,8 +15,9 @@ from typing import List
 import numpy as np
 
 from .options import STRATEGIES
-from .selection import BUDGETED
-from .ranker import DEFAULT_MAX_BATCH, Ranker
+from .ranker import DEFAULT_MAX_BATCH, Ranker, check_prompts, check_text
+from .runtime import resolve_device
+from .selection import BUDGETED, PromptError, top_k_from_scores
 
 logger = logging.getLogger(__name__)
 
@@ -54,23 +55,48 @@ def config_to_dict(config) -> dict:
 
 
 def default_device() -> str:
+    """llm-blender's default: cuda when there is one (torch's view when torch is installed), else cpu."""
     try:
-        import torch
+        import torch  # noqa: F401
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return resolve_device("auto", "torch")
     except ImportError:
-        import onnxruntime as ort
-
-        return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+        return resolve_device("auto", "onnx")
 
 
 def topk_from_ranks(ranks, candidates, top_k):
-    """llm-blender's get_topk_candidates_from_ranks (np.argsort per prompt), ragged input allowed."""
+    """llm-blender's get_topk_candidates_from_ranks, ragged input allowed; ties go to the lower index
+    (selection.top_k_from_scores, the one top-k rule)."""
     out = []
     for r, cands in zip(ranks, candidates):
-        idx = np.argsort(np.asarray(r))
-        out.append([cands[i] for i in (idx if top_k is None else idx[:top_k])])
+        idx = top_k_from_scores(-np.asarray(r, dtype=np.float64), top_k)
+        out.append([cands[i] for i in idx])
     return out
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1, else a ValueError naming the argument (None, NaN, 1.5, 0, -1, True...)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def non_negative_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def check_texts(name: str, texts) -> None:
+    """Name any lone surrogate in a list (or list of lists) of strings; other type errors are left to
+    the callee's own checks."""
+    if texts is None or isinstance(texts, str):
+        return
+    for i, t in enumerate(texts):
+        if isinstance(t, str):
+            check_text(f"{name}[{i}]", t)
+        elif isinstance(t, (list, tuple)):
+            check_texts(f"{name}[{i}]", t)
 
 
 def conversation_pairs(conversations_a, conversations_b):
@@ -142,7 +168,7 @@ class Blender:
         unknown = set(kwargs) - RANKER_CONFIG_FIELDS - ENGINE_OPTIONS
         if unknown:
             raise TypeError(f"loadranker() got unknown options {sorted(unknown)}")
-        device = self._device(device or kwargs.get("device"))
+        device = resolve_device(self._device(device or kwargs.get("device")), kwargs.get("backend", "onnx"))
         fp16 = kwargs.get("fp16", True)
         # llm-blender halves the model on GPUs when the config says fp16, keeps fp32 on CPU.
         precision = kwargs.get("precision") or ("fp16" if device == "cuda" and fp16 else "fp32")
@@ -169,6 +195,9 @@ class Blender:
              return_scores: bool = False, batch_size: int = 8, disable_tqdm: bool = False, **rank_kwargs):
         """Ranks (int32, 1 = best) or scores (float32, higher = better) per input, like llm-blender.
         rank_kwargs: source_max_length, candidate_max_length, policy ("max_logits" | "max_wins")."""
+        for name in ("source_max_length", "candidate_max_length"):
+            if rank_kwargs.get(name) is not None:
+                positive_int(name, rank_kwargs[name])
         return self._need_ranker().rank(
             inputs, candidates, instructions, return_scores=return_scores,
             policy=rank_kwargs.get("policy", "max_logits"), progress=self._progress(disable_tqdm),
@@ -186,15 +215,19 @@ class Blender:
                               batch_size: int = 4, return_logits: bool = False, mode: str = "[A,B]+[B,A]"):
         inputs, cand_a, cand_b = conversation_pairs(conversations_a, conversations_b)
         instructions = [CONVERSATION_INSTRUCTION] * len(inputs)
-        return self.compare(inputs, cand_a, cand_b, instructions, batch_size=batch_size,
-                            return_logits=return_logits, mode=mode)
+        try:
+            return self.compare(inputs, cand_a, cand_b, instructions, batch_size=batch_size,
+                                return_logits=return_logits, mode=mode)
+        except PromptError as e:
+            raise PromptError(f"conversation {e.prompt}: the model returned NaN", e.prompt) from None
 
     def rank_with_ref(self, inputs: List[str], candidates: List[List[str]], instructions: List[str] = None,
                       return_scores: bool = False, batch_size: int = 8, ref_mode: str = "longest",
                       ref_candidates: List[str] = None, **rank_kwargs):
         """Score each candidate by comparing it with a reference answer: score = -compare(ref, cand)."""
-        if len(inputs) != len(candidates):
-            raise ValueError(f"got {len(inputs)} inputs but {len(candidates)} candidate lists")
+        check_prompts(inputs, candidates, instructions)  # a str where a list belongs, empty lists, ...
+        if isinstance(ref_candidates, str):
+            raise TypeError("ref_candidates must be a list with one string per input, got a str")
         if ref_candidates is None:
             if ref_mode not in REF_MODES:
                 raise ValueError(f"ref_mode must be one of {REF_MODES}, got {ref_mode!r}")
@@ -220,8 +253,15 @@ class Blender:
                 flat_cands.append(cand)
                 if instructions is not None:
                     flat_inst.append(instructions[p])
-        logits = self.compare(flat_inputs, flat_refs, flat_cands, instructions if instructions is None else flat_inst,
-                              return_logits=True, mode=rank_kwargs.get("mode", "[A,B]+[B,A]"))
+        try:
+            logits = self.compare(flat_inputs, flat_refs, flat_cands, instructions if instructions is None else flat_inst,
+                                  return_logits=True, mode=rank_kwargs.get("mode", "[A,B]+[B,A]"))
+        except PromptError as e:
+            p, start = 0, e.prompt  # flat index -> (prompt, candidate)
+            while start >= len(candidates[p]):
+                start -= len(candidates[p])
+                p += 1
+            raise PromptError(f"prompt {p}: comparing candidates[{p}][{start}] with its reference gave NaN", p) from None
         scores, start = [], 0
         for cands in candidates:
             # llm-blender fills a float64 matrix with the float32 logits, then negates.
@@ -236,6 +276,10 @@ class Blender:
                        budget=None):
         if pairrm_cmp_type not in CMP_TYPES:
             raise ValueError(f"pairrm_cmp_type must be one of {CMP_TYPES}, got {pairrm_cmp_type!r}")
+        # Before the one-candidate shortcut: a str where a list belongs would otherwise "win" as its
+        # first character. One candidate per prompt is legal (trivially the best, as in llm-blender).
+        check_prompts(inputs, candidates, instructions)
+        non_negative_int("seed", seed)
         if budget is not None and pairrm_cmp_type not in BUDGETED:
             raise ValueError(f"budget applies to pairrm_cmp_type in {BUDGETED}, not to {pairrm_cmp_type!r}")
         if all(len(c) == 1 for c in candidates):
@@ -296,6 +340,12 @@ class Blender:
              batch_size: int = 4, **generate_kwargs):
         if self.fuser is None:
             raise RuntimeError("no fuser loaded: call loadfuser(path) first")
+        positive_int("batch_size", batch_size)
+        for name in ("num_beams", "max_new_tokens", "num_return_sequences"):
+            if name in generate_kwargs:
+                positive_int(name, generate_kwargs[name])
+        for name, texts in (("inputs", inputs), ("candidates", candidates), ("instructions", instructions)):
+            check_texts(name, texts)
         generate_kwargs.setdefault("progress", self.use_tqdm)
         return self.fuser.fuse(inputs, candidates, instructions, batch_size=batch_size, **generate_kwargs)
 
@@ -307,6 +357,8 @@ class Blender:
         without the full n^2 ranking; ranks are then 1..top_k for the selected and top_k+1 for the rest."""
         if strategy not in CMP_TYPES:
             raise ValueError(f"strategy must be one of {CMP_TYPES}, got {strategy!r}")
+        top_k = positive_int("top_k", top_k)
+        check_prompts(inputs, candidates, instructions)
         if budget is not None and strategy not in BUDGETED:
             raise ValueError(f"budget applies to strategy in {BUDGETED}, not to {strategy!r}")
         for p, c in enumerate(candidates):

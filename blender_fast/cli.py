@@ -1,13 +1,24 @@
-"""``blender-fast`` command line: make-checkpoint, export, rank, fuse."""
+"""blender-fast command line: rank, select and fuse LLM answers with PairRM; export and generate checkpoints.
+
+Output files are written atomically (a temp file in the same directory, renamed at the end): a failed or
+interrupted run never truncates an existing output, and --output may equal --input.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
 
-from .options import STRATEGIES
+from .options import BACKENDS, DEVICE_CHOICES, ORDERS, POLICIES, PRECISIONS, STRATEGIES
+
+DESCRIPTION = (
+    "blender-fast: rank the answers several LLMs gave to each prompt with PairRM (all pairs, or the best k "
+    "with far fewer model calls), fuse the best with a GenFuser, export a checkpoint to ONNX."
+)
 
 DEMO_PREFIX = "demo:"
 DEMO_WARNING = (
@@ -35,11 +46,6 @@ def resolve_model(spec: str) -> Path:
     return Path(spec)
 
 
-def _chunks(items, size):
-    for start in range(0, len(items), size):
-        yield start, items[start:start + size]
-
-
 def cmd_make_checkpoint(args) -> int:
     from .synthetic import make_fuser_checkpoint, make_ranker_checkpoint
 
@@ -63,145 +69,403 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _load_ranker(args):
-    from .ranker import Ranker
 
-    precision = "int8" if args.int8 else args.precision
-    return Ranker.from_pretrained(resolve_model(args.model), backend=args.backend, device=args.device,
-                                  precision=precision, threads=args.threads)
+# -- output files --------------------------------------------------------------------------------------
 
+class Interrupted(Exception):
+    """SIGINT / SIGTERM arrived: stop between model batches and keep what was written."""
 
-def _rank_chunk(ranker, args, prompts):
-    """Results to add to each record of this chunk of prompts."""
-    from .prompts import as_blender_args
-    from .selection import ranks_from_scores
-
-    inputs, candidates, instructions = as_blender_args(prompts)
-    if args.strategy == "full":
-        scores = ranker.rank(inputs, candidates, instructions, return_scores=True, policy=args.policy)
-        out = []
-        for s in scores:
-            order = [int(i) for i in sorted(range(len(s)), key=lambda i: (-s[i], i))]
-            out.append({"ranks": ranks_from_scores(s).tolist(), "scores": [float(x) for x in s],
-                        "top_k": order[:args.top_k], "forward_passes": len(s) * (len(s) - 1)})
-        return out
-    sels = ranker.select(inputs, candidates, top_k=args.top_k, strategy=args.strategy, orders=args.orders,
-                         seed=args.seed, instructions=instructions, budget=args.budget)
-    return [{"top_k": list(map(int, s.top_k)), "comparisons": s.comparisons, "forward_passes": s.forward_passes,
-             "steps": s.steps} for s in sels]
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
-def cmd_rank(args) -> int:
+class AtomicJsonl:
+    """A JSON Lines output written to a temp file in the target's directory and renamed over it at the end
+    (``os.replace``: all or nothing). On failure or interruption the target is untouched and what was
+    written is kept as ``<output>.partial`` (a later ``--resume`` picks it up)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"{self.path.parent}: the directory of --output does not exist")
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.written = 0
+        self._f = open(self.tmp, "w", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.written += 1
+
+    def write_line(self, line: str) -> None:
+        self._f.write(line if line.endswith("\n") else line + "\n")
+        self.written += 1
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def commit(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self.tmp, self.path)
+        if self.partial.exists():  # its records are in the output now
+            self.partial.unlink()
+
+    def keep_partial(self) -> Path | None:
+        """Close; keep the records written so far as <output>.partial (None when there were none)."""
+        self._f.close()
+        if not self.written:
+            self.tmp.unlink(missing_ok=True)
+            return None
+        os.replace(self.tmp, self.partial)
+        return self.partial
+
+
+class StdoutJsonl:
+    path = partial = Path("-")
+
+    def __init__(self):
+        self.written = 0
+
+    def write(self, record: dict) -> None:
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.written += 1
+
+    def write_line(self, line: str) -> None:
+        sys.stdout.write(line if line.endswith("\n") else line + "\n")
+        self.written += 1
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def commit(self) -> None:
+        sys.stdout.flush()
+
+    def keep_partial(self):
+        sys.stdout.flush()
+        return None
+
+
+# -- the job -------------------------------------------------------------------------------------------
+
+def _options(args):
+    from .jobs import RankOptions
+
+    return RankOptions(strategy=args.strategy, top_k=args.top_k, orders=args.orders, policy=args.policy, seed=args.seed,
+                      budget=args.budget)
+
+
+def _scan_input(path, limit, options, want_keys: bool):
+    """One streaming pass before any model work: validates every line (errors name file:line), counts
+    prompts and model rows for the progress bar, and (for --resume) collects the prompts' identities."""
+    from .jobs import expected_forward_passes
+    from .prompts import iter_prompts, record_digest
+
+    n_prompts = passes = 0
+    keys: set[bytes] = set()
+    repeats: dict[int, int] = {}  # prompt number -> occurrence, for the (rare) repeated records only
+    for prompt in iter_prompts(path, limit):
+        if options.top_k > len(prompt.candidates):
+            raise ValueError(f"{prompt.where}: {len(prompt.candidates)} candidates, fewer than --top-k {options.top_k}")
+        n_prompts += 1
+        passes += expected_forward_passes(len(prompt.candidates), options)
+        if want_keys:
+            key, occurrence = _new_key(record_digest(prompt.record), keys)
+            keys.add(key)
+            if occurrence > 1:
+                repeats[n_prompts - 1] = occurrence
+    return n_prompts, passes, (keys, repeats)
+
+
+def _key(digest: str, occurrence: int) -> bytes:
+    """A prompt's identity, compact (16 bytes of its record digest, + its occurrence when > 1): --resume
+    holds one per prompt, so a 1M-line job's set stays well under 100 MB."""
+    head = bytes.fromhex(digest[:32])
+    return head if occurrence == 1 else head + occurrence.to_bytes(4, "little")
+
+
+def _new_key(digest: str, seen: set) -> tuple[bytes, int]:
+    """The key of the next occurrence of this record, given the keys of the records before it."""
+    occurrence = 1
+    while _key(digest, occurrence) in seen:
+        occurrence += 1
+    return _key(digest, occurrence), occurrence
+
+
+def _is_done(record, options, fused: bool) -> bool:
+    result = record.get("blender_fast") if isinstance(record, dict) else None
+    return (isinstance(result, dict) and result.get("strategy") == options.strategy
+            and len(result.get("top_k") or ()) == options.top_k and (not fused or "fused" in record))
+
+
+def _carry_over(out, sources, wanted: set, options, fused: bool) -> set:
+    """--resume: copy the finished records of earlier runs (the old output, then its .partial) that
+    belong to this input and these options; return their identities."""
+    from .prompts import record_digest
+
+    done: set[bytes] = set()
+    for source in sources:
+        if not source.is_file():
+            continue
+        seen: set[bytes] = set()
+        with open(source, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash: that prompt is simply redone
+                if not isinstance(record, dict):
+                    continue
+                key = _new_key(record_digest(record), seen)[0]
+                seen.add(key)
+                if key in wanted and key not in done and _is_done(record, options, fused):
+                    out.write_line(line)
+                    done.add(key)
+    return done
+
+
+def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
+    """Stream the input in chunks of --chunk prompts, run process_chunk(prompts, bar) -> records, write
+    them atomically; Ctrl-C / SIGTERM stop cleanly, saying what was kept where."""
     from tqdm.auto import tqdm
 
-    from .prompts import example_prompts_path, read_prompts
+    from .prompts import example_prompts_path, iter_prompts, record_digest
 
-    prompts = read_prompts(args.input or example_prompts_path(), limit=args.limit)
-    for p, prompt in enumerate(prompts):
-        if args.top_k > len(prompt.candidates):
-            raise ValueError(f"prompt {p} has {len(prompt.candidates)} candidates, fewer than --top-k {args.top_k}")
-    ranker = _load_ranker(args)
+    options = _options(args)
+    src = Path(args.input) if args.input else example_prompts_path()
+    to_stdout = args.output == "-"
+    if args.resume and to_stdout:
+        raise ValueError("--resume needs an --output file")
+    n_prompts, total_passes, (wanted, repeats) = _scan_input(src, args.limit, options, args.resume)
+    out = StdoutJsonl() if to_stdout else AtomicJsonl(args.output)
+    written_new = 0
     t0 = time.perf_counter()
-    out = open(args.output, "w", encoding="utf-8") if args.output != "-" else sys.stdout
+    previous_handler = _install_sigterm()
     try:
-        with tqdm(total=len(prompts), desc=f"Ranking ({args.strategy})", unit="prompt", disable=args.quiet) as bar:
-            for _, chunk in _chunks(prompts, args.chunk):
-                for prompt, result in zip(chunk, _rank_chunk(ranker, args, chunk)):
-                    result["best"] = result["top_k"][0]
-                    out.write(json.dumps({**prompt.record, "blender_fast": {"strategy": args.strategy, **result}},
-                                         ensure_ascii=False) + "\n")
-                bar.update(len(chunk))
+        done = _carry_over(out, [out.path, out.partial], wanted, options, fused) if args.resume else set()
+        if args.resume:
+            print(f"--resume: {len(done)} of {n_prompts} prompts already done, kept", file=sys.stderr)
+        todo = n_prompts - len(done)
+        work = None
+        if todo:
+            work = process_chunk.load()
+        with tqdm(total=total_passes, desc=desc, unit="pair", disable=args.quiet or not todo, smoothing=0.1) as bar:
+            chunk = []
+            for number, prompt in enumerate(iter_prompts(src, args.limit)):
+                if done and _key(record_digest(prompt.record), repeats.get(number, 1)) in done:
+                    continue
+                chunk.append(prompt)
+                if len(chunk) == args.chunk:
+                    written_new += _write_chunk(out, chunk, process_chunk(work, chunk, bar))
+                    bar.set_postfix_str(f"{written_new}/{todo} prompts", refresh=False)
+                    chunk = []
+            if chunk:
+                written_new += _write_chunk(out, chunk, process_chunk(work, chunk, bar))
+            if bar.n < bar.total:  # the tournament's total is an upper bound: end the bar at what ran
+                bar.total = bar.n
+                bar.refresh()
+        out.commit()
+    except (KeyboardInterrupt, Interrupted) as e:
+        kept = out.keep_partial()
+        name = e.args[0] if isinstance(e, Interrupted) else "SIGINT"
+        print(f"\nblender-fast: interrupted ({name}): {_kept_message(out, kept, written_new, to_stdout)}",
+              file=sys.stderr)
+        return 128 + (e.signum if isinstance(e, Interrupted) else signal.SIGINT)
+    except BaseException:
+        kept = out.keep_partial()
+        if kept is not None or (to_stdout and out.written):
+            print(f"blender-fast: stopped: {_kept_message(out, kept, written_new, to_stdout)}", file=sys.stderr)
+        raise
     finally:
-        if out is not sys.stdout:
-            out.close()
+        _restore_sigterm(previous_handler)
     elapsed = time.perf_counter() - t0
-    print(f"ranked {len(prompts)} prompts in {elapsed:.1f}s ({len(prompts) / elapsed:.2f} prompts/s) -> {args.output}",
+    print(f"{desc}: {written_new} prompts in {elapsed:.1f}s ({written_new / max(elapsed, 1e-9):.2f} prompts/s)"
+          f"{f', {out.written - written_new} kept from earlier runs' if args.resume else ''} -> {args.output}",
           file=sys.stderr)
     return 0
 
 
+def _kept_message(out, kept, written_new, to_stdout) -> str:
+    if to_stdout:
+        return f"{out.written} prompts were written to stdout"
+    if kept is None:
+        return f"no prompts were written; {out.path} left unchanged"
+    return (f"{out.written} prompts ({written_new} new) written to {kept}; {out.path} left unchanged. "
+            f"Rerun with --resume to continue from them")
+
+
+def _write_chunk(out, chunk, records) -> int:
+    for record in records:
+        out.write(record)
+    out.flush()
+    return len(chunk)
+
+
+def _install_sigterm():
+    """SIGTERM ends the job like Ctrl-C (partial output kept and reported); main thread only."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _device(args) -> str:
+    from .runtime import resolve_device
+
+    return resolve_device(args.device, args.backend)
+
+
+def _load_ranker(args):
+    from .ranker import Ranker
+
+    precision = "int8" if args.int8 else args.precision
+    return Ranker.from_pretrained(resolve_model(args.model), backend=args.backend, device=_device(args),
+                                  precision=precision, threads=args.threads)
+
+
+class _RankChunks:
+    def __init__(self, args):
+        self.args = args
+
+    def load(self):
+        return _load_ranker(self.args)
+
+    def __call__(self, ranker, chunk, bar):
+        from .jobs import rank_prompts
+
+        results = rank_prompts(ranker, chunk, _options(self.args), progress=bar)
+        return [{**p.record, "blender_fast": r} for p, r in zip(chunk, results)]
+
+
+class _FuseChunks(_RankChunks):
+    def load(self):
+        from .fuser import Fuser
+
+        return _load_ranker(self.args), Fuser.from_pretrained(self.args.fuser, device=_device(self.args))
+
+    def __call__(self, work, chunk, bar):
+        from .jobs import rank_prompts
+
+        ranker, fuser = work
+        results = rank_prompts(ranker, chunk, _options(self.args), progress=bar)
+        top = [[p.candidates[i] for i in r["top_k"]] for p, r in zip(chunk, results)]
+        fused = fuser.fuse([p.input for p in chunk], top, [p.instruction for p in chunk],
+                           batch_size=self.args.batch_size, progress=False,
+                           **({"num_beams": self.args.num_beams} if self.args.num_beams else {}))
+        return [{**p.record, "blender_fast": r, "fused": text} for p, r, text in zip(chunk, results, fused)]
+
+
+def cmd_rank(args) -> int:
+    return _run_job(args, f"Ranking ({args.strategy})", _RankChunks(args), fused=False)
+
+
 def cmd_fuse(args) -> int:
-    from tqdm.auto import tqdm
+    return _run_job(args, f"Rank ({args.strategy}) + fuse", _FuseChunks(args), fused=True)
 
-    from .prompts import as_blender_args, example_prompts_path, read_prompts
-    from .fuser import Fuser
 
-    prompts = read_prompts(args.input or example_prompts_path(), limit=args.limit)
-    for p, prompt in enumerate(prompts):
-        if len(prompt.candidates) < args.top_k:
-            raise ValueError(f"prompt {p} has {len(prompt.candidates)} candidates, fewer than --top-k {args.top_k}")
-    ranker = _load_ranker(args)
-    fuser = Fuser.from_pretrained(args.fuser, device=args.device)
-    out = open(args.output, "w", encoding="utf-8") if args.output != "-" else sys.stdout
-    try:
-        with tqdm(total=len(prompts), desc=f"Rank ({args.strategy}) + fuse", unit="prompt", disable=args.quiet) as bar:
-            for _, chunk in _chunks(prompts, args.chunk):
-                results = _rank_chunk(ranker, args, chunk)
-                inputs, candidates, instructions = as_blender_args(chunk)
-                top = [[c[i] for i in r["top_k"]] for c, r in zip(candidates, results)]
-                fused = fuser.fuse(inputs, top, instructions, batch_size=args.batch_size, progress=False,
-                                   **({"num_beams": args.num_beams} if args.num_beams else {}))
-                for prompt, result, text in zip(chunk, results, fused):
-                    out.write(json.dumps({**prompt.record, "blender_fast": {"strategy": args.strategy, **result},
-                                          "fused": text}, ensure_ascii=False) + "\n")
-                bar.update(len(chunk))
-    finally:
-        if out is not sys.stdout:
-            out.close()
-    return 0
+# -- arguments -----------------------------------------------------------------------------------------
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
 
 
 def _add_ranker_options(p):
     p.add_argument("--model", "--ranker", dest="model", default="demo:xsmall",
-                   help="PairRM checkpoint directory (default: a generated random-weight demo checkpoint)")
-    p.add_argument("--input", help="JSON Lines prompts (default: the package's example prompts)")
-    p.add_argument("--output", default="-", help="output JSON Lines ('-' = stdout)")
-    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
-    p.add_argument("--int8", action="store_true", help="same as --precision int8 (ONNX Runtime dynamic quantization)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--strategy", choices=STRATEGIES, default="full")
-    p.add_argument("--budget", type=int, default=None, help="swiss/knockout_rr/adaptive: forward passes per prompt "
-                   "they never exceed (default 4(n-1))")
-    p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--orders", choices=["both", "one"], default="both")
-    p.add_argument("--policy", choices=["max_logits", "max_wins"], default="max_logits")
-    p.add_argument("--seed", type=int, default=0, help="seed of the starting order for bubble/tournament")
-    p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
-    p.add_argument("--chunk", type=int, default=64, help="prompts run together (in lockstep)")
+                   help="PairRM checkpoint directory, an exported ONNX directory, or demo:SHAPE for a generated "
+                        "random-weight demo checkpoint")
+    p.add_argument("--input", help="JSON Lines prompts, read line by line (default: the package's example prompts)")
+    p.add_argument("--output", default="-",
+                   help="output JSON Lines, written atomically ('-' = stdout); may be the same file as --input")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the prompts already in --output (or its .partial) and run only the rest; a prompt "
+                        "is identified by the SHA-256 of its input record and its occurrence number")
+    p.add_argument("--backend", choices=BACKENDS, default="onnx", help="runtime of the ranker")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = cuda when available, else cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="model precision; int8 = ONNX Runtime dynamic quantization (CPU)")
+    p.add_argument("--int8", action="store_true", help="same as --precision int8")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: the runtime's)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="full",
+                   help="full: all n(n-1) pairs, scores and ranks; bubble/tournament: the top k in ~2(n-1) passes")
+    p.add_argument("--top-k", type=positive_int, default=1, help="how many of the best candidates to report (0-based indices)")
+    p.add_argument("--budget", type=positive_int, default=None,
+                   help="swiss / knockout_rr / adaptive: forward passes per prompt they never exceed "
+                        "(default: 4(n-1))")
+    p.add_argument("--orders", choices=ORDERS, default="both",
+                   help="both: compare (a,b) and (b,a) like llm-blender; one: (a,b) only, half the cost")
+    p.add_argument("--policy", choices=POLICIES, default="max_logits", help="how full ranking aggregates comparisons")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the starting order for bubble/tournament")
+    p.add_argument("--limit", type=non_negative_int, default=None, help="only the first N prompts (0: none)")
+    p.add_argument("--chunk", type=positive_int, default=64,
+                   help="prompts run together (in lockstep) and written per step")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blender-fast", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="blender-fast", description=DESCRIPTION, formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("make-checkpoint", help="write a random-weight checkpoint with the real layout")
-    p.add_argument("dir")
-    p.add_argument("--kind", choices=["ranker", "fuser"], default="ranker")
-    p.add_argument("--shape", default=None, help="ranker: tiny|xsmall|base|large; fuser: tiny|small")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layout", choices=["llm-blender", "hf"], default="llm-blender")
-    p.add_argument("--weights-format", choices=["safetensors", "bin"], default="safetensors")
+    p = sub.add_parser("make-checkpoint", help="write a random-weight checkpoint with the real layout",
+                       description="Write a random-weight checkpoint with the real file layout.", formatter_class=fmt)
+    p.add_argument("dir", help="directory to write")
+    p.add_argument("--kind", choices=["ranker", "fuser"], default="ranker", help="PairRM ranker or GenFuser (T5)")
+    p.add_argument("--shape", default=None, help="ranker: tiny|xsmall|base|large; fuser: tiny|small (default: tiny)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random weights")
+    p.add_argument("--layout", choices=["llm-blender", "hf"], default="llm-blender", help="ranker file layout")
+    p.add_argument("--weights-format", choices=["safetensors", "bin"], default="safetensors", help="weights file format")
     p.set_defaults(func=cmd_make_checkpoint)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (cached) and check it against torch")
-    p.add_argument("dir")
-    p.add_argument("--int8", action="store_true")
-    p.add_argument("--fp16", action="store_true")
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (cached) and check it against torch",
+                       description="Export a PairRM checkpoint to ONNX (cached) and check it against torch.",
+                       formatter_class=fmt)
+    p.add_argument("dir", help="PairRM checkpoint directory (or demo:SHAPE)")
+    p.add_argument("--int8", action="store_true", help="ONNX Runtime dynamic int8 quantization")
+    p.add_argument("--fp16", action="store_true", help="half precision")
     p.add_argument("--out", default=None, help="write here instead of the cache")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("rank", help="rank (or select the top-k of) each prompt's candidates")
+    p = sub.add_parser("rank", help="rank (or select the top-k of) each prompt's candidates",
+                       description="Rank (or select the top k of) each prompt's candidates. Output: each input "
+                                   "record plus 'blender_fast' with top_k (0-based indices, best first), best, "
+                                   "ranks (1-based, 1 = best; full only), scores (full only), comparisons, "
+                                   "forward_passes, steps.", formatter_class=fmt)
     _add_ranker_options(p)
     p.set_defaults(func=cmd_rank)
 
-    p = sub.add_parser("fuse", help="select the top-k candidates and fuse them with a GenFuser")
+    p = sub.add_parser("fuse", help="select the top-k candidates and fuse them with a GenFuser",
+                       description="Select the top k candidates of each prompt and fuse them with a GenFuser; "
+                                   "the output adds 'fused' to the rank record.", formatter_class=fmt)
     _add_ranker_options(p)
     p.add_argument("--fuser", required=True, help="fuser (seq2seq) checkpoint directory")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--num-beams", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=4, help="prompts per fuser batch")
+    p.add_argument("--num-beams", type=positive_int, default=None, help="beam width (default: the fuser's, 4)")
     p.set_defaults(func=cmd_fuse, top_k=3)
     return parser
 
@@ -209,8 +473,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "top_k", 1) < 1:
-        parser.error("--top-k must be >= 1")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:

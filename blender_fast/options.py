@@ -4,6 +4,8 @@ from __future__ import annotations
 
 # Selection strategies (``Ranker.select``, ``Blender.get_best_of_n``, ``--strategy``).
 STRATEGIES = ("bubble", "tournament", "full", "swiss", "knockout_rr", "adaptive")
+# The ones the C++ Selector runs ("full" is one step of all pairs, done in Python).
+SELECTOR_STRATEGIES = ("bubble", "tournament", "swiss", "knockout_rr", "adaptive")
 # "both": run (a, b) and (b, a), decide on f(a,b) - f(b,a) (llm-blender's); "one": (a, b) only.
 ORDERS = ("both", "one")
 # How full ranking aggregates the comparison matrix (llm-blender's names).

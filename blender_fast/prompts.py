@@ -18,6 +18,22 @@ class Prompt:
     instruction: str
     input: str
     candidates: list[str]
+    where: str = ""  # "file:line" when read from a file: errors about this prompt name it
+
+
+# Fields the CLI adds to a record; not part of the prompt's identity.
+RESULT_FIELDS = ("blender_fast", "fused")
+
+
+def record_digest(record: dict) -> str:
+    """The identity of a prompt record, for ``--resume``: SHA-256 of its canonical JSON (sorted keys, no
+    whitespace, non-ASCII kept) without the result fields, so an output line and the input line it came
+    from have the same digest. Identical input lines are told apart by their occurrence number."""
+    import hashlib
+
+    core = {k: v for k, v in record.items() if k not in RESULT_FIELDS}
+    text = json.dumps(core, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def example_prompts_path() -> Path:
@@ -46,11 +62,17 @@ def parse_prompt(record, where: str) -> Prompt:
     return Prompt(record, instruction, inp, texts)
 
 
-def read_prompts(path, limit: int | None = None) -> list[Prompt]:
+def iter_prompts(path, limit: int | None = None):
+    """Prompts of a JSON Lines file one at a time, read line by line (memory does not grow with the
+    file). Each has ``where`` = "path:line". Blank lines are skipped; limit: at most this many."""
     path = Path(path)
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: input file not found")
-    prompts = []
+    if limit == 0:
+        return
+    count = 0
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -59,10 +81,18 @@ def read_prompts(path, limit: int | None = None) -> list[Prompt]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            prompts.append(parse_prompt(record, f"{path}:{lineno}"))
-            if limit is not None and len(prompts) >= limit:
-                break
-    if not prompts:
+            prompt = parse_prompt(record, f"{path}:{lineno}")
+            prompt.where = f"{path}:{lineno}"
+            yield prompt
+            count += 1
+            if limit is not None and count >= limit:
+                return
+
+
+def read_prompts(path, limit: int | None = None) -> list[Prompt]:
+    """All prompts of a file as a list (small files; use ``iter_prompts`` to stream a large one)."""
+    prompts = list(iter_prompts(path, limit))
+    if not prompts and limit != 0:
         raise ValueError(f"{path}: no prompts")
     return prompts
 

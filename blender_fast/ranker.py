@@ -1,22 +1,26 @@
 """Ranker: PairRM scores, ranks, comparisons and sub-n^2 selection over packed pair batches."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from . import _core
 from .checkpoint import SPECIAL_TOKENS, load_checkpoint
-from .options import BACKENDS, COMPARE_MODES, DEVICES, PRECISIONS  # noqa: F401  (re-exported)
-from .selection import Selection, ranks_from_scores, select
+from .options import BACKENDS, COMPARE_MODES, DEVICE_CHOICES, DEVICES, PRECISIONS, check_choice  # noqa: F401
+from .selection import PromptError, Selection, ranks_from_scores, select
 from .tokenization import EncodedPrompts, PairTokenizer, encode_prompts
 
 # Tokens per batch (rows x longest row). On a CPU bigger batches buy nothing once a batch holds a few
 # sequences (each is already hundreds of GEMM rows) and cost cache misses in the T x T attention maps.
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 32768}
 DEFAULT_MAX_BATCH = 64
+# What an exported model directory holds (export.export_onnx writes them all).
+EXPORTED_FILES = ("model.onnx", "tokenizer.json", "pair_tokenizer.json", "export.json")
 # The fixed cost of one model call, in tokens, for the batch planner: on a CPU a padded token costs as
 # much as a real one and a call ~1 ms (about one token of xsmall); on a GPU calls dominate.
 DEFAULT_BATCH_COST = {"cpu": 16, "cuda": 4096}
@@ -39,6 +43,17 @@ class RunStats:
     def pad_fraction(self) -> float:
         total = self.tokens + self.pad_tokens
         return self.pad_tokens / total if total else 0.0
+
+
+def check_text(name: str, text: str) -> None:
+    """A lone surrogate (e.g. '\ud800', from a bad JSON escape) has no UTF-8 form: tokenizers fail on it
+    deep inside with an unhelpful message, so it is named here."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{name} contains a lone surrogate {text[e.start]!r} at character {e.start}, "
+                             "which is not valid Unicode text") from None
 
 
 def check_prompts(inputs, candidates, instructions=None) -> tuple[list[str], list[list[str]]]:
@@ -71,6 +86,7 @@ def check_prompts(inputs, candidates, instructions=None) -> tuple[list[str], lis
         # llm-blender prepends the instruction to the input with no separator; so do we.
         source = inst + inp
         for name, text in [(f"inputs[{p}]", source)] + [(f"candidates[{p}][{c}]", t) for c, t in enumerate(cands)]:
+            check_text(name, text)
             for special in SPECIAL_TOKENS:
                 if special in text:
                     raise ValueError(
@@ -80,6 +96,23 @@ def check_prompts(inputs, candidates, instructions=None) -> tuple[list[str], lis
         sources.append(source)
         cand_lists.append(list(cands))
     return sources, cand_lists
+
+
+def is_exported_dir(path) -> bool:
+    """A directory written by ``export_onnx``: the model, its tokenizer and export.json, no checkpoint needed."""
+    p = Path(path)
+    return all((p / name).is_file() for name in EXPORTED_FILES)
+
+
+def read_export_meta(path: Path) -> dict:
+    meta_path = Path(path) / "export.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        int(meta["source_maxlength"]), int(meta["candidate_maxlength"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{meta_path}: unreadable export metadata ({type(e).__name__}: {e}); re-export the "
+                         "model (blender-fast export CHECKPOINT --out DIR)") from None
+    return meta
 
 
 def _stack_if_equal(rows: list[np.ndarray]):
@@ -110,43 +143,69 @@ class Ranker:
         self.last_stats = RunStats()
 
     @classmethod
-    def from_pretrained(cls, path, backend: str = "onnx", device: str = "cpu", precision: str = "fp32", *,
+    def from_pretrained(cls, path, backend: str = "onnx", device: str = "cpu", precision: str | None = None, *,
                         threads: int | None = None, cache_dir=None, token_budget: int | None = None,
                         max_batch_size: int = DEFAULT_MAX_BATCH, source_maxlength: int | None = None,
                         candidate_maxlength: int | None = None, progress: bool = False,
                         batch_cost: int | None = None) -> "Ranker":
-        """Load a PairRM checkpoint directory (llm-blender or PairRM-hf layout).
+        """Load a PairRM checkpoint directory (llm-blender or PairRM-hf layout), or an exported one.
 
         backend="onnx" exports the checkpoint to ONNX on first use and caches it (keyed by a hash of the
         weights and export options); precision "int8" is ONNX Runtime dynamic quantization (CPU).
-        backend="torch" runs the same graph in torch eager, fp32 or fp16.
+        backend="torch" runs the same graph in torch eager, fp32 or fp16. device="auto" is cuda when the
+        backend sees a GPU, else cpu. precision=None: fp32 for a checkpoint.
+
+        An *exported* directory (``model.onnx`` + ``pair_tokenizer.json`` + ``tokenizer.json`` +
+        ``export.json``, as ``blender-fast export --out DIR`` writes it) loads with onnxruntime and
+        tokenizers only: torch and transformers are never imported (the runtime install needs neither).
+        Its precision is the exported one.
         """
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-        ckpt = load_checkpoint(path)
-        if backend == "onnx":
-            from .export import cached_export
+        from .runtime import resolve_device
+
+        check_choice("backend", backend, BACKENDS)
+        if precision is not None:
+            check_choice("precision", precision, PRECISIONS)
+        device = resolve_device(check_choice("device", device, DEVICE_CHOICES), backend)
+        if is_exported_dir(path):
             from .runtime import OnnxPairModel
 
-            out_dir, _ = cached_export(ckpt, precision, cache_dir)
-            model = OnnxPairModel(out_dir / "model.onnx", device=device, threads=threads)
-            tok = PairTokenizer.load(out_dir)
+            path = Path(path)
+            meta = read_export_meta(path)
+            exported = meta.get("export", {}).get("precision", "fp32")
+            if backend != "onnx":
+                raise ValueError(f"{path} is an exported ONNX model: it runs on backend='onnx', not {backend!r}")
+            if precision is not None and precision != exported:
+                raise ValueError(f"{path} was exported with precision {exported!r}; precision={precision!r} "
+                                 "needs its own export (blender-fast export --out DIR with that precision)")
+            model = OnnxPairModel(path / "model.onnx", device=device, threads=threads)
+            tok = PairTokenizer.load(path)
+            src_len, cand_len = meta["source_maxlength"], meta["candidate_maxlength"]
         else:
-            if precision == "int8":
-                raise ValueError("precision='int8' needs backend='onnx' (ONNX Runtime dynamic quantization)")
-            from .export import build_torch_model
-            from .runtime import TorchPairModel
-            from .tokenization import build_pair_tokenizer
+            precision = precision or "fp32"
+            ckpt = load_checkpoint(path)
+            src_len, cand_len = ckpt.source_maxlength, ckpt.candidate_maxlength
+            if backend == "onnx":
+                from .export import cached_export
+                from .runtime import OnnxPairModel
 
-            tok = build_pair_tokenizer(ckpt)
-            model = TorchPairModel(build_torch_model(ckpt), device=device, precision=precision, threads=threads)
-        return cls(model, tok, source_maxlength or ckpt.source_maxlength, candidate_maxlength or ckpt.candidate_maxlength,
-                   token_budget=token_budget or DEFAULT_TOKEN_BUDGET[device], max_batch_size=max_batch_size, progress=progress,
-                   batch_cost=DEFAULT_BATCH_COST[device] if batch_cost is None else batch_cost)
+                out_dir, _ = cached_export(ckpt, precision, cache_dir)
+                model = OnnxPairModel(out_dir / "model.onnx", device=device, threads=threads)
+                tok = PairTokenizer.load(out_dir)
+            else:
+                if precision == "int8":
+                    raise ValueError("precision='int8' needs backend='onnx' (ONNX Runtime dynamic quantization)")
+                from .export import build_torch_model
+                from .runtime import TorchPairModel
+                from .tokenization import build_pair_tokenizer
+
+                tok = build_pair_tokenizer(ckpt)
+                model = TorchPairModel(build_torch_model(ckpt), device=device, precision=precision, threads=threads)
+        ranker = cls(model, tok, src_len, cand_len,
+                     token_budget=token_budget or DEFAULT_TOKEN_BUDGET[device], max_batch_size=max_batch_size,
+                     progress=progress, batch_cost=DEFAULT_BATCH_COST[device] if batch_cost is None else batch_cost)
+        # Validated like per-call lengths: a clear error here instead of a failure inside the packer.
+        ranker.source_maxlength, ranker.candidate_maxlength = ranker.truncation(source_maxlength, candidate_maxlength)
+        return ranker
 
     # -- the engine ---------------------------------------------------------------------------------
 
@@ -178,11 +237,16 @@ class Ranker:
         packer = _core.PairPacker(enc.tokens, enc.offsets, enc.limits, cand1_id=self.tokenizer.cand1_id,
                                   cand2_id=self.tokenizer.cand2_id, pad_id=self.tokenizer.pad_id,
                                   prefix_offset=self.tokenizer.prefix_offset)
-        bar = None
-        if self.progress if progress is None else progress:
+        # progress: None = the ranker's default; a bool; or a bar (anything with .update(n)) owned by the
+        # caller, e.g. one bar over a whole CLI job, moved here after every model batch.
+        progress = self.progress if progress is None else progress
+        bar, own_bar = None, False
+        if hasattr(progress, "update"):
+            bar = progress
+        elif progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(desc=desc, unit="pair")
+            bar, own_bar = tqdm(desc=desc, unit="pair"), True
 
         def compare(rows: np.ndarray) -> np.ndarray:
             t0 = time.perf_counter()
@@ -210,7 +274,7 @@ class Ranker:
             stats.steps += 1
             return logits
 
-        compare.close = (lambda: bar.close()) if bar is not None else (lambda: None)
+        compare.close = bar.close if own_bar else (lambda: None)
         return compare
 
     def _run(self, inputs, candidates, instructions, *, strategy, top_k, orders="both", seed=0,
@@ -285,6 +349,9 @@ class Ranker:
                 rows[0::2], rows[1::2] = ab, ba
                 both = compare(rows)
                 out = both[0::2] - both[1::2]
+            bad = np.flatnonzero(np.isnan(out))
+            if bad.size:  # as rank/select do: a NaN logit is an error, never a silent "A loses"
+                raise PromptError(f"compare returned NaN for prompt {int(bad[0])}", int(bad[0]))
         finally:
             compare.close()
             self.last_stats = stats

@@ -9,13 +9,29 @@ from pathlib import Path
 
 import numpy as np
 
-from .options import DEVICES  # noqa: F401  (re-exported)
+from .options import DEVICE_CHOICES, DEVICES, check_choice  # noqa: F401  (re-exported)
 
 
 def _check_device(device: str) -> str:
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    return device
+    return check_choice("device", device, DEVICES)
+
+
+def resolve_device(device: str, backend: str = "onnx") -> str:
+    """``device``, with "auto" resolved: "cuda" when the backend can use a GPU here, else "cpu".
+
+    For the ONNX backend that means onnxruntime has a CUDA/TensorRT provider (torch is not imported:
+    the runtime path stays torch-free); for torch, ``torch.cuda.is_available()``."""
+    check_choice("device", device, DEVICE_CHOICES)
+    if device != "auto":
+        return device
+    if backend == "torch":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    import onnxruntime as ort
+
+    gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers())
+    return "cuda" if gpu else "cpu"
 
 
 def choose_providers(device: str, available: list[str]) -> list[str]:

@@ -74,6 +74,28 @@ def ranks_from_scores(scores) -> np.ndarray:
     return ranks.reshape(s.shape)
 
 
+def top_k_from_scores(scores, k: int | None = None) -> list[int]:
+    """THE rule for "the best k" from per-candidate scores (higher is better), used everywhere (full
+    selection, the CLI, the facade): indices best first, ties to the lower index; k=None: all of them.
+    For ranks (lower is better) pass ``-ranks``."""
+    s = np.asarray(scores)
+    if s.ndim != 1:
+        raise ValueError(f"scores must have shape [c], got {s.shape}")
+    if s.dtype.kind == "f" and np.isnan(s).any():
+        raise ValueError("scores contain NaN; the top k is undefined")
+    order = np.argsort(-s, kind="stable")  # stable: equal scores keep index order
+    return [int(i) for i in (order if k is None else order[:k])]
+
+
+class PromptError(ValueError):
+    """An error about one prompt of a call: ``prompt`` is its index in that call, so callers that know
+    where the prompt came from (a file and line) can say so."""
+
+    def __init__(self, message: str, prompt: int):
+        super().__init__(message)
+        self.prompt = prompt
+
+
 # -- selection -------------------------------------------------------------------------------------
 
 _Compare = Callable[[np.ndarray], np.ndarray]
@@ -91,7 +113,7 @@ def _run_compare(compare: _Compare, rows: np.ndarray) -> np.ndarray:
     bad = np.flatnonzero(np.isnan(out))
     if bad.size:
         p, a, b = (int(x) for x in rows[bad[0]])
-        raise ValueError(f"compare returned NaN for prompt {p} (row {p}, {a}, {b})")
+        raise PromptError(f"compare returned NaN for prompt {p} (row {p}, {a}, {b})", p)
     return out
 
 
@@ -149,9 +171,12 @@ def select(n_candidates: Sequence[int], top_k: int, strategy: str, compare: _Com
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     ns = [int(n) for n in n_candidates]
-    if isinstance(top_k, bool) or int(top_k) != top_k:
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(top_k) or int(top_k) != top_k:
         raise ValueError(f"top_k must be an integer, got {top_k!r}")
     top_k = int(top_k)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     for p, n in enumerate(ns):
@@ -252,8 +277,7 @@ def _select_full(ns: list[int], top_k: int, compare: _Compare, orders: str, poli
             m[:, a, b] = f
             m[:, b, a] = -f
         scores = scores_from_cmps(m, policy)
-        ranking = np.argsort(-scores, axis=-1, kind="stable")[:, :top_k].tolist()
         for i, p in enumerate(ps.tolist()):
-            result[p] = Selection(top_k=ranking[i], comparisons=len(a), forward_passes=len(a) * per_row,
+            result[p] = Selection(top_k=top_k_from_scores(scores[i], top_k), comparisons=len(a), forward_passes=len(a) * per_row,
                                   steps=1 if len(a) else 0, scores=scores[i].copy(), log=[])
     return result

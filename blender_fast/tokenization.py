@@ -56,10 +56,27 @@ class PairTokenizer:
         return cls(tokenizer=tok, **meta)
 
 
+class _DropMistralRegexWarning:
+    """transformers 4.57 warns about "an incorrect regex pattern" for ANY local tokenizer whose config.json
+    lacks a recent ``transformers_version`` (a Mistral check with false positives): never true of a
+    DeBERTa tokenizer, so that one message is dropped while it loads; everything else is kept."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return "incorrect regex pattern" not in str(record.msg)
+
+
 def _from_transformers(tokenizer_source: str, local_files_only: bool):
+    import logging
+
     from transformers import AutoTokenizer
 
-    hf = AutoTokenizer.from_pretrained(tokenizer_source, local_files_only=local_files_only)
+    log = logging.getLogger("transformers.tokenization_utils_base")
+    log.addFilter(_DropMistralRegexWarning)
+    try:
+        hf = AutoTokenizer.from_pretrained(tokenizer_source, local_files_only=local_files_only)
+    finally:
+        log.removeFilter(_DropMistralRegexWarning)
     if not hf.is_fast:
         raise CheckpointError(
             f"{tokenizer_source}: could not build a fast tokenizer (install sentencepiece and protobuf "

@@ -71,7 +71,8 @@ bf::Strategy parse_strategy(const std::string& s) {
   for (auto st : {bf::Strategy::Bubble, bf::Strategy::Tournament, bf::Strategy::Swiss, bf::Strategy::KnockoutRR,
                   bf::Strategy::Adaptive})
     if (s == bf::strategy_name(st)) return st;
-  throw py::value_error("strategy must be one of 'bubble', 'tournament', 'swiss', 'knockout_rr', 'adaptive', got '" +
+  // Same wording as options.check_choice over options.SELECTOR_STRATEGIES (a test keeps them in step).
+  throw py::value_error("strategy must be one of ('bubble', 'tournament', 'swiss', 'knockout_rr', 'adaptive'), got '" +
                         s + "'");
 }
 

@@ -138,3 +138,78 @@ def test_rank_and_fuse_at_a_budget(blender):
     assert all(sorted(r)[:2] == [1, 2] for r in ranks)
     with pytest.raises(ValueError, match="budget applies to strategy"):
         blender.rank_and_fuse(INPUTS, CANDIDATES, top_k=2, strategy="full", budget=40)
+# -- issue 8: the facade validates like the Ranker; NaN; threads -------------------------------------
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda b: b.get_best_of_n(["q"], ["only"]), TypeError, r"candidates\[0\] must be a list"),
+    (lambda b: b.get_best_of_n(INPUTS, CANDIDATES, seed=-1), ValueError, "seed must be a non-negative integer, got -1"),
+    (lambda b: b.rank_with_ref(INPUTS, "not a list"), TypeError, "candidates must be a list"),
+    (lambda b: b.rank_with_ref(INPUTS, ["abc", "def"]), TypeError, r"candidates\[0\] must be a list"),
+    (lambda b: b.rank_with_ref(INPUTS, CANDIDATES, ref_candidates="ref"), TypeError, "ref_candidates must be a list"),
+    (lambda b: b.rank_and_fuse(INPUTS, CANDIDATES, top_k=-1), ValueError, "top_k must be a positive integer, got -1"),
+    (lambda b: b.rank_and_fuse(INPUTS, CANDIDATES, top_k=0), ValueError, "top_k must be a positive integer, got 0"),
+    (lambda b: b.rank_and_fuse(INPUTS, CANDIDATES, top_k=1.5), ValueError, "top_k must be a positive integer, got 1.5"),
+    (lambda b: b.rank_and_fuse(INPUTS, CANDIDATES, top_k=None), ValueError, "top_k must be a positive integer, got None"),
+    (lambda b: b.rank_and_fuse(INPUTS, CANDIDATES, top_k=float("nan")), ValueError, "top_k must be a positive integer, got nan"),
+    (lambda b: b.fuse(INPUTS, CANDIDATES, num_beams=0), ValueError, "num_beams must be a positive integer, got 0"),
+    (lambda b: b.fuse(INPUTS, CANDIDATES, batch_size=0), ValueError, "batch_size must be a positive integer"),
+    (lambda b: b.rank(INPUTS, CANDIDATES, source_max_length=0), ValueError, "source_max_length must be a positive integer, got 0"),
+    (lambda b: b.rank(INPUTS, CANDIDATES, candidate_max_length=-5), ValueError, "candidate_max_length must be a positive integer"),
+    (lambda b: b.rank(["\ud800"], [["x", "y"]]), ValueError, r"inputs\[0\] contains a lone surrogate"),
+    (lambda b: b.compare(["q"], ["a"], ["b\udc00"]), ValueError, r"candidates\[0\]\[1\] contains a lone surrogate"),
+    (lambda b: b.fuse(["q"], [["a\ud800", "b"]]), ValueError, r"candidates\[0\]\[0\] contains a lone surrogate"),
+    (lambda b: b.get_best_of_n(["q", "r"], [["a", "b"], ["c", "\ud83d"]]), ValueError, r"candidates\[1\]\[1\] contains a lone surrogate"),
+])
+def test_facade_bad_arguments_are_named(blender, call, error, message):
+    with pytest.raises(error, match=message):
+        call(blender)
+
+
+def test_one_candidate_is_trivially_the_best(blender):
+    # As llm-blender: nothing to compare, the candidate is returned; mixed with larger prompts too.
+    assert blender.get_best_of_n(["x"], [["only"]]) == ["only"]
+    best = blender.get_best_of_n(["x", INPUTS[0]], [["only"], CANDIDATES[0]], pairrm_cmp_type="tournament")
+    assert best[0] == "only" and best[1] in CANDIDATES[0]
+
+
+def test_nan_is_an_error_in_every_compare_path(blender):
+    import copy
+
+    from blender_fast import Blender
+
+    bad = Blender({"device": "cpu", "use_tqdm": False})
+    bad.ranker = copy.copy(blender.ranker)
+    bad.ranker.model = lambda ids, mask, pos: np.full(len(ids), np.nan, dtype=np.float32)
+    with pytest.raises(ValueError, match="NaN for prompt 0"):
+        bad.compare(INPUTS, [c[0] for c in CANDIDATES], [c[1] for c in CANDIDATES])
+    conv_a = [[{"role": "USER", "content": "hi"}, {"role": "ASSISTANT", "content": "hello"}]]
+    conv_b = [[{"role": "USER", "content": "hi"}, {"role": "ASSISTANT", "content": "yo"}]]
+    with pytest.raises(ValueError, match="conversation 0"):
+        bad.compare_conversations(conv_a, conv_b)
+    with pytest.raises(ValueError, match=r"prompt 0: comparing candidates\[0\]\[0\]"):
+        bad.rank_with_ref(INPUTS, CANDIDATES)
+    with pytest.raises(ValueError, match="NaN"):
+        bad.rank(INPUTS, CANDIDATES)
+    with pytest.raises(ValueError, match="NaN"):
+        bad.get_best_of_n(INPUTS, CANDIDATES)
+
+
+def test_threads_with_different_lengths_share_one_ranker(blender):
+    """Truncation lengths are per call: 4 threads on one Ranker with different lengths get exactly the
+    sequential results (llm-blender-style setters on a shared object would mix them up)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = [(None, None), (24, 8), (12, 5), (40, 16)] * 3
+    inputs = INPUTS * 2
+    cands = [c + ["An extra answer that is long enough to be truncated at small lengths, surely."] for c in CANDIDATES * 2]
+
+    def run(s):
+        src, cand = s
+        return blender.rank(inputs, cands, return_scores=True, source_max_length=src, candidate_max_length=cand)
+
+    sequential = [run(s) for s in settings]
+    assert not np.array_equal(sequential[0], sequential[2])  # the lengths do change the scores
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(run, settings))
+    for want, got in zip(sequential, parallel):
+        np.testing.assert_array_equal(got, want)

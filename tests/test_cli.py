@@ -70,3 +70,215 @@ def test_rank_with_a_budget(tiny_checkpoint, tmp_path):
     rows = _read(out)
     assert len(rows) == 6 and all(r["blender_fast"]["forward_passes"] <= 10 for r in rows)
     assert max(r["blender_fast"]["forward_passes"] for r in rows) == 10  # n = 5: 5 comparisons
+# -- issue 8: outputs that never lie, options, records ------------------------------------------------
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from blender_fast.prompts import example_prompts_path  # noqa: E402
+
+EXAMPLES = [json.loads(line) for line in open(example_prompts_path(), encoding="utf-8")]
+
+
+def _write_jsonl(path, records):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+def _rank(model, *extra):
+    return main(["rank", "--model", str(model), "--quiet", *map(str, extra)])
+
+
+def test_failed_run_keeps_existing_output_and_names_file_and_line(tiny_checkpoint, tmp_path, capsys):
+    bad = dict(EXAMPLES[1], candidates=["fine", "sneaky <|candidate|> marker"])
+    src = _write_jsonl(tmp_path / "in.jsonl", [EXAMPLES[0], bad, EXAMPLES[2]])
+    out = tmp_path / "out.jsonl"
+    out.write_text("EARLIER RESULTS\n")
+    assert _rank(tiny_checkpoint, "--input", src, "--output", out, "--chunk", 1) == 2
+    err = capsys.readouterr().err
+    assert f"{src}:2: candidates[1] contains the reserved marker" in err  # file:line, not inputs[i] of a chunk
+    assert out.read_text() == "EARLIER RESULTS\n"  # never truncated
+    partial = tmp_path / "out.jsonl.partial"
+    assert f"1 prompts (1 new) written to {partial}" in err
+    assert [r["id"] for r in _read(partial)] == ["ex0"]
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # no temp file left behind
+
+
+def test_output_may_be_the_input(tiny_checkpoint, tmp_path):
+    src = _write_jsonl(tmp_path / "data.jsonl", EXAMPLES)
+    assert _rank(tiny_checkpoint, "--input", src, "--output", src, "--strategy", "bubble") == 0
+    rows = _read(src)
+    assert [r["id"] for r in rows] == [r["id"] for r in EXAMPLES]  # the input is not destroyed
+    assert all(r["candidates"] == e["candidates"] and "blender_fast" in r for r, e in zip(rows, EXAMPLES))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--chunk", "0"], "argument --chunk: must be >= 1, got 0"),
+    (["--chunk", "-3"], "argument --chunk: must be >= 1, got -3"),
+    (["--limit", "-1"], "argument --limit: must be >= 0, got -1"),
+    (["--top-k", "0"], "argument --top-k: must be >= 1, got 0"),
+    (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+    (["--threads", "0"], "argument --threads: must be >= 1, got 0"),
+])
+def test_bad_numbers_are_usage_errors(tiny_checkpoint, argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        _rank(tiny_checkpoint, *argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_limit_zero_ranks_nothing(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out.jsonl"
+    assert _rank(tiny_checkpoint, "--limit", "0", "--output", out) == 0
+    assert out.read_text() == ""
+
+
+def test_resume_skips_prompts_already_done(tiny_checkpoint, tmp_path, capsys):
+    records = [dict(EXAMPLES[i % 6], id=f"r{i}") for i in range(8)] + [EXAMPLES[0]]  # a duplicate line too
+    records.append(EXAMPLES[0])
+    src = _write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "out.jsonl"
+    assert _rank(tiny_checkpoint, "--input", src, "--output", out, "--limit", "3", "--strategy", "tournament") == 0
+    first = _read(out)
+    capsys.readouterr()
+    assert _rank(tiny_checkpoint, "--input", src, "--output", out, "--resume", "--strategy", "tournament") == 0
+    assert "--resume: 3 of 10 prompts already done" in capsys.readouterr().err
+    rows = _read(out)
+    assert rows[:3] == first  # kept as they were
+    assert sorted(json.dumps({k: v for k, v in r.items() if k != "blender_fast"}, sort_keys=True) for r in rows) == \
+        sorted(json.dumps(r, sort_keys=True) for r in records)  # every input record exactly once
+    # Other options are other results: nothing is reused.
+    assert _rank(tiny_checkpoint, "--input", src, "--output", out, "--resume", "--strategy", "bubble") == 0
+    assert "--resume: 0 of 10" in capsys.readouterr().err
+    assert all(r["blender_fast"]["strategy"] == "bubble" for r in _read(out))
+
+
+def test_sigterm_stops_cleanly_and_says_what_was_kept(tiny_checkpoint, tmp_path):
+    records = [dict(EXAMPLES[i % 6], id=f"r{i}") for i in range(1000)]  # far more than runs before the signal
+    src = _write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "out.jsonl"
+    out.write_text("OLD\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "blender_fast.cli", "rank", "--model", str(tiny_checkpoint), "--input", str(src),
+           "--output", str(out), "--chunk", "1", "--strategy", "bubble", "--quiet", "--threads", "1"]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    tmp = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        tmps = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        if tmps and tmps[0].stat().st_size > 0:
+            tmp = tmps[0]
+            break
+        time.sleep(0.02)
+    assert tmp is not None, "the job never wrote a first chunk"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert out.read_text() == "OLD\n"
+    partial = tmp_path / "out.jsonl.partial"
+    kept = _read(partial)
+    assert 0 < len(kept) < 1000
+    assert f"interrupted (SIGTERM): {len(kept)} prompts ({len(kept)} new) written to {partial}" in err
+    assert "--resume" in err and not tmp.exists()
+
+
+def test_record_has_the_same_fields_for_every_strategy(tiny_checkpoint):
+    from blender_fast import Ranker
+    from blender_fast.jobs import RESULT_KEYS, RankOptions, rank_prompts
+    from blender_fast.prompts import read_prompts
+
+    ranker = Ranker.from_pretrained(tiny_checkpoint)
+    prompts = read_prompts(example_prompts_path())
+    for strategy in ("full", "bubble", "tournament"):
+        results = rank_prompts(ranker, prompts, RankOptions(strategy=strategy, top_k=2))
+        for prompt, r in zip(prompts, results):
+            assert tuple(r) == RESULT_KEYS
+            assert len(r["top_k"]) == 2 and r["best"] == r["top_k"][0]
+            assert all(0 <= i < len(prompt.candidates) for i in r["top_k"])  # 0-based indices
+            if strategy == "full":
+                assert r["ranks"][r["best"]] == 1  # ranks are 1-based
+                assert r["scores"][r["best"]] == max(r["scores"])
+                n = len(prompt.candidates)
+                assert (r["comparisons"], r["forward_passes"], r["steps"]) == (n * (n - 1) // 2, n * (n - 1), 1)
+            else:
+                assert r["ranks"] is None and r["scores"] is None
+
+
+def test_full_top_k_follows_the_one_rule(tiny_checkpoint):
+    """The CLI's full path is select(strategy='full'): its top_k is top_k_from_scores of its scores."""
+    from blender_fast import Ranker
+    from blender_fast.jobs import RankOptions, rank_prompts
+    from blender_fast.prompts import read_prompts
+    from blender_fast.selection import top_k_from_scores
+
+    ranker = Ranker.from_pretrained(tiny_checkpoint)
+    prompts = read_prompts(example_prompts_path())
+    for r, s in zip(rank_prompts(ranker, prompts, RankOptions(top_k=3)),
+                    ranker.rank(*[[p.input for p in prompts], [p.candidates for p in prompts],
+                                  [p.instruction for p in prompts]], return_scores=True)):
+        assert r["top_k"] == top_k_from_scores(s, 3)
+        assert r["scores"] == [float(x) for x in s]
+
+
+def test_rank_options_are_validated():
+    from blender_fast.jobs import RankOptions
+
+    for kwargs, message in [({"strategy": "quick"}, "strategy must be one of"), ({"top_k": 0}, "top_k must be >= 1"),
+                            ({"orders": "two"}, "orders must be one of"), ({"policy": "x"}, "policy must be one of"),
+                            ({"seed": -1}, "seed must be >= 0")]:
+        with pytest.raises(ValueError, match=message):
+            RankOptions(**kwargs)
+    with pytest.raises(TypeError, match="top_k must be an integer"):
+        RankOptions(top_k=1.5)
+
+
+def test_progress_moves_per_model_batch(tiny_checkpoint):
+    from blender_fast import Ranker
+    from blender_fast.jobs import RankOptions, expected_forward_passes, rank_prompts
+    from blender_fast.prompts import read_prompts
+
+    class Bar:
+        def __init__(self):
+            self.updates = []
+
+        def update(self, n):
+            self.updates.append(n)
+
+    ranker = Ranker.from_pretrained(tiny_checkpoint, token_budget=256, max_batch_size=4)
+    prompts = read_prompts(example_prompts_path())
+    bar = Bar()
+    results = rank_prompts(ranker, prompts, RankOptions(), progress=bar)
+    assert len(bar.updates) == ranker.last_stats.batches > 5  # moved after every model batch, not per chunk
+    total = sum(expected_forward_passes(len(p.candidates), RankOptions()) for p in prompts)
+    assert sum(bar.updates) == total == sum(r["forward_passes"] for r in results)
+    bubble = RankOptions(strategy="bubble", top_k=2)
+    bar = Bar()
+    results = rank_prompts(ranker, prompts, bubble, progress=bar)
+    assert sum(bar.updates) == sum(expected_forward_passes(len(p.candidates), bubble) for p in prompts)
+
+
+def test_every_option_has_help_and_defaults_are_shown(capsys):
+    from blender_fast.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            assert action.help and action.help.strip(), f"{name} {action.option_strings or action.dest} has no help"
+    with pytest.raises(SystemExit):
+        main(["rank", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: 64)" in text and "(default: full)" in text and "``" not in text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out  # no raw markup in the description
+
+
+def test_device_auto_is_accepted(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out.jsonl"
+    assert _rank(tiny_checkpoint, "--device", "auto", "--output", out, "--limit", "1") == 0
+    assert len(_read(out)) == 1

@@ -206,3 +206,184 @@ def test_select_budgeted_end_to_end(onnx_ranker, strategy):
     assert [s.top_k for s in sels] == [s.top_k for s in twin]
     with pytest.raises(ValueError, match="budget = 8 forward passes is below the minimum"):
         onnx_ranker.select(inputs, cands, strategy=strategy, budget=8)
+# -- issue 8 ---------------------------------------------------------------------------------------
+
+def test_exported_directory_runs_without_torch(tiny_checkpoint, tmp_path, onnx_ranker):
+    """The runtime path (pip install blender-fast + an exported model) never imports torch/transformers."""
+    import json
+    import subprocess
+    import sys
+
+    from blender_fast.cli import main
+
+    exported = tmp_path / "exported"
+    assert main(["export", str(tiny_checkpoint), "--out", str(exported)]) == 0
+    script = f"""
+import json, sys
+sys.modules["torch"] = None          # "import torch" now raises ImportError
+sys.modules["transformers"] = None
+from blender_fast import Ranker
+ranker = Ranker.from_pretrained({str(exported)!r})
+scores = ranker.rank({INPUTS!r}, {CANDIDATES!r}, return_scores=True)
+sels = ranker.select({INPUTS!r}, {CANDIDATES!r}, strategy="tournament")
+assert not any(m == "torch" or m.startswith(("torch.", "transformers")) for m in sys.modules if sys.modules[m] is not None)
+print(json.dumps([[float(x) for x in s] for s in scores]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    want = onnx_ranker.rank(INPUTS, CANDIDATES, return_scores=True)
+    for g, w in zip(got, want):
+        assert np.abs(np.asarray(g) - w).max() <= 1e-5
+
+
+def test_exported_directory_options_are_checked(tiny_checkpoint, tmp_path):
+    from blender_fast import Ranker
+    from blender_fast.export import export_command
+
+    export_command(str(tiny_checkpoint), out=str(tmp_path / "e"))
+    with pytest.raises(ValueError, match="exported with precision 'fp32'"):
+        Ranker.from_pretrained(tmp_path / "e", precision="int8")
+    with pytest.raises(ValueError, match="backend='onnx'"):
+        Ranker.from_pretrained(tmp_path / "e", backend="torch")
+
+
+def _nan_ranker(ranker):
+    import copy
+
+    bad = copy.copy(ranker)
+    bad.model = lambda ids, mask, pos: np.full(len(ids), np.nan, dtype=np.float32)
+    return bad
+
+
+def test_compare_raises_on_nan_naming_the_prompt(onnx_ranker):
+    bad = _nan_ranker(onnx_ranker)
+    with pytest.raises(ValueError, match="NaN for prompt 0"):
+        bad.compare(INPUTS, [c[0] for c in CANDIDATES], [c[1] for c in CANDIDATES])
+    with pytest.raises(ValueError, match="NaN for prompt 0"):
+        bad.compare(INPUTS, [c[0] for c in CANDIDATES], [c[1] for c in CANDIDATES], mode="[A,B]")
+
+
+@pytest.mark.parametrize("shift, message", [(np.nan, "max \\|ORT - torch\\| = nan"), (5.0, "disagrees with torch")])
+def test_export_fails_when_ort_disagrees_with_torch(tiny_checkpoint, tmp_path, monkeypatch, shift, message):
+    from blender_fast import runtime
+    from blender_fast.checkpoint import load_checkpoint
+    from blender_fast.export import ExportCheckError, export_onnx
+
+    real = runtime.OnnxPairModel
+
+    class Broken(real):
+        def __call__(self, *args):
+            return super().__call__(*args) + np.float32(shift)
+
+    monkeypatch.setattr(runtime, "OnnxPairModel", Broken)
+    with pytest.raises(ExportCheckError, match=message):
+        export_onnx(load_checkpoint(tiny_checkpoint), tmp_path / "out", "fp32")
+    assert not (tmp_path / "out" / "export.json").exists()  # never taken for a good export
+
+
+def test_export_tolerance_is_relative_to_the_logit_spread():
+    from blender_fast.export import ExportCheckError, check_export_diff
+
+    ref = np.array([-10.0, 10.0], dtype=np.float32)  # spread 20: fp32 allows 0.02
+    check_export_diff(0.019, ref, "fp32", "m.onnx")
+    with pytest.raises(ExportCheckError):
+        check_export_diff(0.021, ref, "fp32", "m.onnx")
+    check_export_diff(1.5, ref, "fp16", "m.onnx")  # fp16: 0.1 x 20
+
+
+def test_device_auto_resolves(tiny_checkpoint, monkeypatch):
+    import onnxruntime as ort
+
+    from blender_fast import Ranker
+    from blender_fast.runtime import resolve_device
+
+    assert resolve_device("cpu") == "cpu" and resolve_device("cuda") == "cuda"
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert resolve_device("auto", "onnx") == "cuda"
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert resolve_device("auto", "onnx") == "cpu"
+    assert Ranker.from_pretrained(tiny_checkpoint, device="auto").model.device == "cpu"
+    with pytest.raises(ValueError, match=r"device must be one of \('cpu', 'cuda', 'auto'\)"):
+        resolve_device("tpu")
+
+
+def test_lone_surrogates_are_named(onnx_ranker):
+    with pytest.raises(ValueError, match=r"candidates\[1\]\[0\] contains a lone surrogate '\\ud800'"):
+        onnx_ranker.rank(["a", "b"], [["x"], ["bad \ud800 text"]])
+    with pytest.raises(ValueError, match=r"inputs\[0\] contains a lone surrogate"):
+        onnx_ranker.select(["\udfff"], [["x", "y"]])
+
+
+def test_truncation_lengths_are_validated_at_load(tiny_checkpoint):
+    from blender_fast import Ranker
+
+    with pytest.raises(ValueError, match="source_maxlength must be a positive integer, got 0"):
+        Ranker.from_pretrained(tiny_checkpoint, source_maxlength=0)
+
+
+def test_mistral_regex_warning_is_silenced_ours_stay(tiny_checkpoint, monkeypatch):
+    """transformers' false "incorrect regex pattern" warning (Mistral check) is dropped at the source
+    while a DeBERTa tokenizer loads; its other warnings still show."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    from blender_fast.checkpoint import load_checkpoint
+    from blender_fast.tokenization import build_pair_tokenizer
+
+    real = transformers.AutoTokenizer.from_pretrained
+    log = hf_logging.get_logger("transformers.tokenization_utils_base")
+
+    def noisy(*args, **kwargs):
+        log.warning("The tokenizer you are loading from 'x' with an incorrect regex pattern: ...")
+        log.warning("another warning that stays")
+        return real(*args, **kwargs)
+
+    import logging
+
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    log.addHandler(handler)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", noisy)
+    try:
+        build_pair_tokenizer(load_checkpoint(tiny_checkpoint))
+    finally:
+        log.removeHandler(handler)
+    assert not any("incorrect regex pattern" in m for m in seen) and "another warning that stays" in seen
+
+
+def test_export_shows_no_third_party_warnings(tiny_checkpoint, tmp_path):
+    import warnings
+
+    import torch
+
+    from blender_fast.checkpoint import load_checkpoint
+    from blender_fast.export import export_onnx
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_onnx(load_checkpoint(tiny_checkpoint), tmp_path / "e", "fp32")
+    noise = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)
+             or "aten::index" in str(w.message) or "torch.jit.script" in str(w.message)]
+    assert not noise, [str(w.message)[:120] for w in noise]
+
+
+def test_prompts_are_streamed(tmp_path):
+    """iter_prompts reads line by line: the first prompt comes back before a bad later line is read."""
+    from blender_fast.prompts import iter_prompts
+
+    path = tmp_path / "big.jsonl"
+    path.write_text('{"instruction": "q", "candidates": ["a", "b"]}\n' + "not json\n")
+    it = iter_prompts(path)
+    first = next(it)
+    assert first.candidates == ["a", "b"] and first.where == f"{path}:1"
+    with pytest.raises(ValueError, match=f"{path}:2: not valid JSON"):
+        next(it)
+    assert list(iter_prompts(path, limit=0)) == []
+    with pytest.raises(ValueError, match="limit must be >= 0"):
+        list(iter_prompts(path, limit=-1))

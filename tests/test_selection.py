@@ -588,3 +588,42 @@ def test_budgeted_selector_errors():
     sel.next()
     with pytest.raises(ValueError, match="infinite for prompt 0"):
         sel.feed(np.array([np.inf, 1.0]))
+# -- issue 8: one top-k rule, one vocabulary ---------------------------------------------------------
+
+def test_top_k_from_scores_ties_go_to_the_lower_index():
+    from blender_fast.selection import top_k_from_scores
+
+    assert top_k_from_scores([0.5, 2.0, 2.0, -1.0, 2.0], 3) == [1, 2, 4]
+    assert top_k_from_scores(np.array([1, 1, 1], dtype=np.float32)) == [0, 1, 2]
+    assert top_k_from_scores([3.0, 1.0, 2.0], 10) == [0, 2, 1]
+    with pytest.raises(ValueError, match="NaN"):
+        top_k_from_scores([1.0, float("nan")], 1)
+
+
+def test_facade_top_k_uses_the_same_rule():
+    from blender_fast.blender import topk_from_ranks
+
+    # tied ranks: the lower index first, as top_k_from_scores on -ranks
+    assert topk_from_ranks([[2, 1, 1, 3]], [["a", "b", "c", "d"]], 2) == [["b", "c"]]
+    assert topk_from_ranks([[2, 1, 1, 3]], [["a", "b", "c", "d"]], None) == [["b", "c", "a", "d"]]
+
+
+def test_selector_strategy_error_lists_the_vocabulary():
+    from blender_fast.options import SELECTOR_STRATEGIES, STRATEGIES, check_choice
+
+    assert set(SELECTOR_STRATEGIES) <= set(STRATEGIES)
+    with pytest.raises(ValueError) as native:
+        _core.Selector(np.array([3]), 1, "quick", [np.arange(3)])
+    with pytest.raises(ValueError) as python:
+        check_choice("strategy", "quick", SELECTOR_STRATEGIES)
+    assert str(native.value) == str(python.value)
+
+
+def test_select_rejects_bad_seed_and_top_k():
+    cmp = lambda rows: np.ones(len(rows))  # noqa: E731
+    for seed in (-1, 1.5, None):
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            select([3], 1, "bubble", cmp, seed=seed)
+    for top_k in (float("nan"), 1.5, None, "1"):
+        with pytest.raises(ValueError, match="top_k must be an integer"):
+            select([3], top_k, "bubble", cmp)
