@@ -240,11 +240,12 @@ def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
         raise ValueError("--resume needs an --output file")
     n_prompts, total_passes, (wanted, repeats) = _scan_input(src, args.limit, options, args.resume)
     out = StdoutJsonl() if to_stdout else AtomicJsonl(args.output)
-    written_new = 0
+    carried = 0  # records kept from earlier runs (--resume); the rest of out.written is new
     t0 = time.perf_counter()
     previous_handler = _install_sigterm()
     try:
         done = _carry_over(out, [out.path, out.partial], wanted, options, fused) if args.resume else set()
+        carried = out.written
         if args.resume:
             print(f"--resume: {len(done)} of {n_prompts} prompts already done, kept", file=sys.stderr)
         todo = n_prompts - len(done)
@@ -258,11 +259,11 @@ def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
                     continue
                 chunk.append(prompt)
                 if len(chunk) == args.chunk:
-                    written_new += _write_chunk(out, chunk, process_chunk(work, chunk, bar))
-                    bar.set_postfix_str(f"{written_new}/{todo} prompts", refresh=False)
+                    _write_chunk(out, chunk, process_chunk(work, chunk, bar))
+                    bar.set_postfix_str(f"{out.written - carried}/{todo} prompts", refresh=False)
                     chunk = []
             if chunk:
-                written_new += _write_chunk(out, chunk, process_chunk(work, chunk, bar))
+                _write_chunk(out, chunk, process_chunk(work, chunk, bar))
             if bar.n < bar.total:  # the tournament's total is an upper bound: end the bar at what ran
                 bar.total = bar.n
                 bar.refresh()
@@ -270,17 +271,18 @@ def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
     except (KeyboardInterrupt, Interrupted) as e:
         kept = out.keep_partial()
         name = e.args[0] if isinstance(e, Interrupted) else "SIGINT"
-        print(f"\nblender-fast: interrupted ({name}): {_kept_message(out, kept, written_new, to_stdout)}",
+        print(f"\nblender-fast: interrupted ({name}): {_kept_message(out, kept, out.written - carried, to_stdout)}",
               file=sys.stderr)
         return 128 + (e.signum if isinstance(e, Interrupted) else signal.SIGINT)
     except BaseException:
         kept = out.keep_partial()
         if kept is not None or (to_stdout and out.written):
-            print(f"blender-fast: stopped: {_kept_message(out, kept, written_new, to_stdout)}", file=sys.stderr)
+            print(f"blender-fast: stopped: {_kept_message(out, kept, out.written - carried, to_stdout)}", file=sys.stderr)
         raise
     finally:
         _restore_sigterm(previous_handler)
     elapsed = time.perf_counter() - t0
+    written_new = out.written - carried
     print(f"{desc}: {written_new} prompts in {elapsed:.1f}s ({written_new / max(elapsed, 1e-9):.2f} prompts/s)"
           f"{f', {out.written - written_new} kept from earlier runs' if args.resume else ''} -> {args.output}",
           file=sys.stderr)
@@ -296,29 +298,43 @@ def _kept_message(out, kept, written_new, to_stdout) -> str:
             f"Rerun with --resume to continue from them")
 
 
-def _write_chunk(out, chunk, records) -> int:
-    for record in records:
-        out.write(record)
-    out.flush()
-    return len(chunk)
+# While a chunk's records are written, SIGTERM waits (the handler notes it), so the count reported
+# on interruption is exactly what the partial file holds.
+_writing = {"active": False, "signum": None}
+
+
+def _write_chunk(out, chunk, records) -> None:
+    _writing["active"] = True
+    try:
+        for record in records:
+            out.write(record)
+        out.flush()
+    finally:
+        _writing["active"] = False
+    if _writing["signum"] is not None:
+        signum, _writing["signum"] = _writing["signum"], None
+        raise Interrupted(signum)
 
 
 def _install_sigterm():
-    """SIGTERM ends the job like Ctrl-C (partial output kept and reported); main thread only."""
+    """SIGINT and SIGTERM end the job cleanly (partial output kept and reported); main thread only."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def handler(signum, frame):
+        if _writing["active"]:
+            _writing["signum"] = signum
+            return
         raise Interrupted(signum)
 
-    return signal.signal(signal.SIGTERM, handler)
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _restore_sigterm(previous) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
+    for signum, handler in (previous or {}).items():
+        signal.signal(signum, handler)
 
 
 def _device(args) -> str:
