@@ -93,6 +93,10 @@ def _rank_chunk(ranker, args, prompts):
 
 
 def cmd_rank(args) -> int:
+    if getattr(args, "ray", False):
+        from .ray import cmd_rank_ray
+
+        return cmd_rank_ray(args)
     from tqdm.auto import tqdm
 
     from .prompts import example_prompts_path, read_prompts
@@ -194,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rank", help="rank (or select the top-k of) each prompt's candidates")
     _add_ranker_options(p)
+    from .ray import add_ray_options
+
+    add_ray_options(p)
     p.set_defaults(func=cmd_rank)
 
     p = sub.add_parser("fuse", help="select the top-k candidates and fuse them with a GenFuser")
