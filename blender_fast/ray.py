@@ -159,16 +159,8 @@ def rank_dataset(ds, model, *, strategy: str = "full", top_k: int = 1, orders: s
     actor_cls: a RankerActor subclass (hooks for tests and customisation).
     """
     _import_ray()
-    options = RankOptions(strategy=strategy, top_k=int(top_k), orders=orders, policy=policy, seed=int(seed))
-    device = device or ("cuda" if gpus_per_actor else "cpu")
-    check_choice("backend", backend, BACKENDS)
-    check_choice("precision", precision, PRECISIONS)
-    check_choice("device", device, DEVICES)
-    for name, value in (("num_actors", num_actors), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if gpus_per_actor < 0:
-        raise ValueError(f"gpus_per_actor must be >= 0, got {gpus_per_actor}")
+    options, device = _check_job(strategy, top_k, orders, policy, seed, backend, precision, device, num_actors,
+                                 batch_size, gpus_per_actor)
     model, cache = prepare_model(model, backend, precision, cache_dir)
     ranker_kwargs = {"backend": backend, "device": device, "precision": precision, "threads": threads,
                      "token_budget": token_budget, "cache_dir": cache}
@@ -181,6 +173,22 @@ def rank_dataset(ds, model, *, strategy: str = "full", top_k: int = 1, orders: s
     return ds.map_batches(actor_cls or RankerActor, fn_constructor_kwargs={
         "model": model, "options": options, "ranker_kwargs": ranker_kwargs},
         batch_size=batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=num_actors), **remote_args)
+
+
+def _check_job(strategy="full", top_k=1, orders="both", policy="max_logits", seed=0, backend="onnx",
+               precision="fp32", device=None, num_actors=1, batch_size=64, gpus_per_actor=0):
+    """Every option checked on the driver, before Ray reads a byte: (RankOptions, device)."""
+    options = RankOptions(strategy=strategy, top_k=top_k, orders=orders, policy=policy, seed=seed)
+    device = device or ("cuda" if gpus_per_actor else "cpu")
+    check_choice("backend", backend, BACKENDS)
+    check_choice("precision", precision, PRECISIONS)
+    check_choice("device", device, DEVICES)
+    for name, value in (("num_actors", num_actors), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not gpus_per_actor >= 0:
+        raise ValueError(f"gpus_per_actor must be >= 0, got {gpus_per_actor}")
+    return options, device
 
 
 # -- JSON Lines shards as raw lines --------------------------------------------------------------------
@@ -292,6 +300,9 @@ def rank_files(input_spec: str, output_dir, model, *, limit: int | None = None, 
     this process is connected to. The output directory appears complete or not at all (written beside
     it, then renamed). Returns the number of rows written."""
     ray = _import_ray()
+    import inspect
+
+    _check_job(**{k: v for k, v in rank_args.items() if k in inspect.signature(_check_job).parameters})
     files, fmt = input_files(input_spec)
     out = Path(output_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
