@@ -165,7 +165,10 @@ def rank_dataset(ds, model, *, strategy: str = "full", top_k: int = 1, orders: s
     ranker_kwargs = {"backend": backend, "device": device, "precision": precision, "threads": threads,
                      "token_budget": token_budget, "cache_dir": cache}
     cpus = cpus_per_actor if cpus_per_actor is not None else (threads or 1)
-    remote_args = {"num_cpus": cpus, "max_restarts": -1, "max_task_retries": -1}
+    # No max_restarts / max_task_retries here: Ray Data's actor pools default to -1 / -1 (restart a dead
+    # actor, retry its batches; output is emitted per finished task, so nothing is duplicated), and
+    # passing them explicitly is deprecated since Ray 2.5x. tests/test_ray.py kills an actor to hold it.
+    remote_args = {"num_cpus": cpus}
     if gpus_per_actor:
         remote_args["num_gpus"] = gpus_per_actor
     from ray.data import ActorPoolStrategy
@@ -214,7 +217,7 @@ def _datasource_class():
         checked here (valid JSON, a valid prompt record), so a malformed one fails the read with its
         file and line, before any ranking, and the file is streamed in blocks of READ_BLOCK_ROWS."""
 
-        def _read_stream(self, f, path):
+        def _read_stream(self, f, path, **_reader_args):
             import pyarrow as pa
 
             def block(lines, sources):
