@@ -317,6 +317,10 @@ def render_markdown(results: dict) -> str:
     for key, fn in (("engine", engine_md), ("strategies", strategies_md), ("flops", flops_md), ("quality", quality_md)):
         if key in results:
             md += fn(results[key])
+    if "ray" in results:
+        from .ray_scaling import ray_md
+
+        md += ray_md(results["ray"])
     if results.get("plots"):
         md += ["## Plots", ""] + [f"![{p}]({p})" for p in results["plots"]] + [""]
     return "\n".join(md)

@@ -30,8 +30,9 @@ INSTALL_HINT = "blender_fast.ray needs Ray Data and pyarrow: pip install 'blende
 LINE = "_bf_line"      # one JSON record (input) / one output line of the CLI (output)
 SOURCE = "_bf_source"  # "FILE:LINE" of the record, for error messages
 RESULT = "blender_fast"
-# Rows per block the JSONL reader emits: small enough to stream a 1M-line file, large enough to batch.
-READ_BLOCK_ROWS = 1024
+# Rows per block the JSONL reader emits, by default. A block goes to ONE actor, so rank_files makes it
+# the batch size: a 200-line file in one block would keep a second actor idle.
+READ_BLOCK_ROWS = 64
 # Reads and writes are I/O: they request no CPU, so they stay schedulable next to actors that hold
 # every CPU of a node (with Ray Data's default of 1 CPU per task, 2 one-CPU actors on a 2-CPU node leave
 # the read no budget and the job hangs: measured).
@@ -215,7 +216,11 @@ def _datasource_class():
     class PromptLinesDatasource(FileBasedDatasource):
         """JSON Lines prompt files, one row per record: the raw line and its "FILE:LINE". Each line is
         checked here (valid JSON, a valid prompt record), so a malformed one fails the read with its
-        file and line, before any ranking, and the file is streamed in blocks of READ_BLOCK_ROWS."""
+        file and line, before any ranking, and the file is streamed in blocks of ``block_rows`` rows."""
+
+        def __init__(self, paths, block_rows: int = READ_BLOCK_ROWS, **kwargs):
+            super().__init__(paths, **kwargs)
+            self.block_rows = block_rows
 
         def _read_stream(self, f, path, **_reader_args):
             import pyarrow as pa
@@ -239,7 +244,7 @@ def _datasource_class():
                 parse_prompt(record, where)
                 lines.append(text.rstrip("\r"))
                 sources.append(where)
-                if len(lines) >= READ_BLOCK_ROWS:
+                if len(lines) >= self.block_rows:
                     yield block(lines, sources)
                     lines, sources = [], []
             if lines:
@@ -248,11 +253,13 @@ def _datasource_class():
     return PromptLinesDatasource
 
 
-def read_prompt_lines(paths, **read_args):
+def read_prompt_lines(paths, block_rows: int = READ_BLOCK_ROWS, **read_args):
     """A Dataset of the records of JSON Lines files (a path, a list of paths or a directory), as raw
-    lines with their "FILE:LINE"; rank it with :func:`rank_dataset`."""
+    lines with their "FILE:LINE"; rank it with :func:`rank_dataset`. block_rows: rows per block (the
+    unit handed to one actor: make it the batch size)."""
     ray = _import_ray()
-    return ray.data.read_datasource(_datasource_class()(paths), **_io_cpus(ray.data.read_datasource, read_args))
+    source = _datasource_class()(paths, block_rows=block_rows)
+    return ray.data.read_datasource(source, **_io_cpus(ray.data.read_datasource, read_args))
 
 
 def _sink_class():
@@ -313,7 +320,7 @@ def rank_files(input_spec: str, output_dir, model, *, limit: int | None = None, 
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     if fmt == "jsonl":
-        ds = read_prompt_lines(files)
+        ds = read_prompt_lines(files, block_rows=rank_args.get("batch_size", READ_BLOCK_ROWS))
     else:
         ds = ray.data.read_parquet(files, include_paths=True, **_io_cpus(ray.data.read_parquet, {}))
     if limit is not None:

@@ -1,0 +1,131 @@
+"""Ray: the same ranking job single-process vs on Ray Data with 1 and 2 actors (issue 11).
+
+Every variant runs the whole job on the same JSONL file: read the prompts, load the ranker, rank
+(tournament top-1 by default), write JSON Lines. Single-process is the CLI's loop (``jobs.rank_prompts``
+per chunk, one ranker with 1 thread); Ray is ``blender_fast.ray.rank_files`` (reader tasks, an actor
+pool of 1-thread rankers, writer tasks) on a local Ray instance started once before the timings
+(its start-up is reported apart). Both use the same chunk = batch size, and every actor gets 1 thread,
+so "2 actors" is the scaling the pool gives on 2 cores. Variants are interleaved per repeat; medians.
+Ray's overhead per prompt = (Ray 1 actor − single-process) / prompts. Targets (issue 11): Ray 1 actor
+≤ 1.10× single-process wall time; 2 actors ≥ 1.6× the throughput of 1 actor.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from .common import load_average, log, median
+
+VARIANTS = ("single-process", "ray 1 actor", "ray 2 actors")
+
+
+def write_input(prompts, n_prompts: int, n_candidates: int, path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for p in prompts[:n_prompts]:
+            f.write(json.dumps({"id": p.id, "instruction": p.instruction, "candidates": p.candidates[:n_candidates]},
+                               ensure_ascii=False) + "\n")
+
+
+def run_single(ckpt, inp: Path, out: Path, strategy: str, chunk: int) -> int:
+    """The single-process CLI's job, in-process (no interpreter start-up in the timing)."""
+    from blender_fast.jobs import RankOptions, rank_prompts
+    from blender_fast.prompts import read_prompts
+    from blender_fast.ranker import Ranker
+
+    prompts = read_prompts(inp)
+    ranker = Ranker.from_pretrained(ckpt, threads=1)
+    options = RankOptions(strategy=strategy)
+    with open(out, "w", encoding="utf-8") as f:
+        for start in range(0, len(prompts), chunk):
+            part = prompts[start:start + chunk]
+            for prompt, result in zip(part, rank_prompts(ranker, part, options, progress=False)):
+                f.write(json.dumps({**prompt.record, "blender_fast": result}, ensure_ascii=False) + "\n")
+    return len(prompts)
+
+
+def run_ray(ckpt, inp: Path, out: Path, strategy: str, chunk: int, actors: int) -> int:
+    from blender_fast.ray import rank_files
+
+    return rank_files(str(inp), out, ckpt, strategy=strategy, num_actors=actors, threads=1, batch_size=chunk)
+
+
+def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, repeats: int = 2,
+                    strategy: str = "tournament", chunk: int = 25) -> dict:
+    import ray
+
+    from blender_fast.ray import prepare_model
+
+    if len(prompts) < n_prompts:
+        raise ValueError(f"the ray section needs {n_prompts} prompts, the data has {len(prompts)}")
+    work = Path(tempfile.mkdtemp(prefix="bench_ray_"))
+    try:
+        inp = work / "prompts.jsonl"
+        write_input(prompts, n_prompts, n_candidates, inp)
+        prepare_model(ckpt)  # the export cache is warm for every variant alike
+        t0 = time.perf_counter()
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray_init_s = time.perf_counter() - t0
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        walls = {v: [] for v in VARIANTS}
+        loads = []
+        outputs = {}
+        try:
+            for r in range(repeats):
+                order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]  # interleaved, alternating order
+                for v in order:
+                    out = work / f"out-{r}-{v.replace(' ', '_')}"
+                    loads.append(load_average())
+                    t = time.perf_counter()
+                    if v == "single-process":
+                        out.mkdir()
+                        n = run_single(ckpt, inp, out / "out.jsonl", strategy, chunk)
+                    else:
+                        n = run_ray(ckpt, inp, out, strategy, chunk, actors=int(v.split()[1]))
+                    walls[v].append(time.perf_counter() - t)
+                    if n != n_prompts:
+                        raise RuntimeError(f"{v}: wrote {n} rows, expected {n_prompts}")
+                    outputs[v] = sorted(line for p in out.glob("*.jsonl") for line in p.read_text("utf-8").splitlines())
+                    log(f"ray: repeat {r + 1}/{repeats} {v}: {walls[v][-1]:.1f} s (load {loads[-1]})")
+        finally:
+            ray.shutdown()
+        same = all(outputs[v] == outputs["single-process"] for v in VARIANTS)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    med = {v: median(w) for v, w in walls.items()}
+    single, one, two = med["single-process"], med["ray 1 actor"], med["ray 2 actors"]
+    return {
+        "settings": {"prompts": n_prompts, "candidates_per_prompt": n_candidates, "strategy": strategy, "top_k": 1,
+                     "chunk": chunk, "repeats": repeats, "threads_per_ranker": 1, "cpus": os.cpu_count()},
+        "ray_init_s": ray_init_s,
+        "variants": {v: {"wall_s": med[v], "walls_s": walls[v], "prompts_per_s": n_prompts / med[v]} for v in VARIANTS},
+        "ray1_over_single": one / single,
+        "ray_overhead_ms_per_prompt": 1000 * (one - single) / n_prompts,
+        "ray2_speedup_over_ray1": one / two,
+        "targets": {"ray1_over_single_max": 1.10, "ray2_speedup_min": 1.6},
+        "outputs_identical": same,
+        "load_averages": loads,
+    }
+
+
+def ray_md(res: dict) -> list[str]:
+    from .report import _doc_body, _f, _table
+
+    s = res["settings"]
+    rows = [[v, f"{_f(c['wall_s'])} [{', '.join(_f(w) for w in c['walls_s'])}]", _f(c["prompts_per_s"])]
+            for v, c in res["variants"].items()]
+    t = res["targets"]
+    return ["## Ray: one machine, 1 and 2 actors", "",
+            f"{s['prompts']} prompts × {s['candidates_per_prompt']} candidates, {s['strategy']} top-{s['top_k']}, "
+            f"chunk/batch {s['chunk']}, 1 thread per ranker, {s['repeats']} interleaved repeats (median "
+            f"[each]); {s['cpus']} CPUs. `ray.init` took {_f(res['ray_init_s'])} s (not in the timings). "
+            f"Outputs identical across variants: {res['outputs_identical']}.", ""] + _table(
+        ["variant", "wall s", "prompts/s"], rows) + [
+        f"Ray 1 actor / single-process: **{_f(res['ray1_over_single'])}×** (target ≤ {t['ray1_over_single_max']}); "
+        f"Ray's overhead {_f(res['ray_overhead_ms_per_prompt'], 1)} ms per prompt. "
+        f"2 actors vs 1: **{_f(res['ray2_speedup_over_ray1'])}×** (target ≥ {t['ray2_speedup_min']}). "
+        f"1-minute load averages before each run: {[la[0] if la else None for la in res['load_averages']]}.", "",
+        _doc_body(__doc__), ""]
