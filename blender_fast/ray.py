@@ -408,6 +408,10 @@ def cmd_rank_ray(args) -> int:
     device = "cuda" if args.gpus_per_actor and args.device == "cpu" else args.device
     started = not ray.is_initialized()
     if started:
+        if not (args.address or os.environ.get("RAY_ADDRESS")):
+            # A local instance for this run: its workers at the CLI's own priority, not Ray's default
+            # nice 15 (which starves them next to any other work on the machine).
+            os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address=args.address, include_dashboard=False, log_to_driver=not args.quiet,
                  logging_level="WARNING" if args.quiet else "INFO")
     try:
