@@ -106,8 +106,8 @@ class RankerActor:
             raise ValueError(f"the dataset has no 'candidates' column (columns: {batch.column_names})")
         records = batch.select(names).to_pylist()
         paths = batch.column("path").to_pylist() if "path" in batch.column_names else [None] * len(records)
-        sources = [f"{path}: record {r.get('instruction', '')[:40]!r}" if path else
-                   f"dataset record {r.get('instruction', '')[:40]!r}" for r, path in zip(records, paths)]
+        sources = [f"{path}: record {str(r.get('instruction') or '')[:40]!r}" if path else
+                   f"dataset record {str(r.get('instruction') or '')[:40]!r}" for r, path in zip(records, paths)]
         # Arrow gives absent struct fields / missing columns as None; the CLI's record would lack them.
         prompts = [parse_prompt({k: v for k, v in r.items() if v is not None}, where)
                    for r, where in zip(records, sources)]
@@ -166,9 +166,10 @@ def rank_dataset(ds, model, *, strategy: str = "full", top_k: int = 1, orders: s
     ranker_kwargs = {"backend": backend, "device": device, "precision": precision, "threads": threads,
                      "token_budget": token_budget, "cache_dir": cache}
     cpus = cpus_per_actor if cpus_per_actor is not None else (threads or 1)
-    # No max_restarts / max_task_retries here: Ray Data's actor pools default to -1 / -1 (restart a dead
-    # actor, retry its batches; output is emitted per finished task, so nothing is duplicated), and
-    # passing them explicitly is deprecated since Ray 2.5x. tests/test_ray.py kills an actor to hold it.
+    # No max_restarts / max_task_retries here: Ray Data's actor pools default to -1 / -1 (a dead actor is
+    # restarted and its unfinished tasks retried; a task's output counts only once it finishes), and
+    # passing them explicitly is deprecated since Ray 2.5x. tests/test_ray.py kills an actor mid-run and
+    # checks that every row comes out exactly once.
     remote_args = {"num_cpus": cpus}
     if gpus_per_actor:
         remote_args["num_gpus"] = gpus_per_actor

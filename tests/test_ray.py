@@ -153,6 +153,11 @@ def test_malformed_line_names_file_and_line(ray_instance, tiny_checkpoint, recor
     bad.write_text(json.dumps(records[0]) + "\n{not json\n", encoding="utf-8")
     with pytest.raises(ValueError, match=rf"{bad}:2: not valid JSON"):
         rank_files(str(bad), tmp_path / "out", tiny_checkpoint, num_actors=1, threads=1)
+    # Valid lines, but one prompt has fewer candidates than top_k: found by the actor, still FILE:LINE.
+    bad.write_text(json.dumps(records[3]) + "\n" + json.dumps({**records[1], "candidates": ["a", "b"]}) + "\n",
+                   encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{bad}:2: 2 candidates, fewer than top_k 3"):
+        rank_files(str(bad), tmp_path / "out", tiny_checkpoint, strategy="bubble", top_k=3, num_actors=1, threads=1)
 
 
 def test_cli_ray_rank_writes_shards(ray_instance, tiny_checkpoint, records, jsonl_inputs, tmp_path, capsys):
