@@ -354,14 +354,24 @@ def count_rows(directory, fmt: str) -> int:
     return n
 
 
+_USER_ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "FileNotFoundError": FileNotFoundError}
+
+
 def user_error(e: BaseException) -> BaseException:
     """The user's error (a ValueError naming FILE:LINE, a missing file ...) from under Ray's wrappers;
-    ``e`` itself when there is none."""
+    ``e`` itself when there is none. An error raised in an actor reaches the driver as text only (Ray
+    pickles a UserCodeException without its cause): then the traceback's last "ValueError: ..." line."""
+    import re
+
     seen, cur = set(), e
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, (ValueError, FileNotFoundError, TypeError)) and type(cur).__module__ == "builtins":
+        if type(cur) in _USER_ERRORS.values():
             return cur
+        found = re.findall(r"^(ValueError|TypeError|FileNotFoundError): (.+)$", str(cur), re.M)
+        if found:
+            kind, message = found[-1]
+            return _USER_ERRORS[kind](message)
         cause = getattr(cur, "cause", None)
         cur = cause if isinstance(cause, BaseException) else (cur.__cause__ or cur.__context__)
     return e

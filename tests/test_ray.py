@@ -4,6 +4,7 @@ and names FILE:LINE for a malformed input line."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import sys
 from pathlib import Path
@@ -151,12 +152,12 @@ def test_malformed_line_names_file_and_line(ray_instance, tiny_checkpoint, recor
     assert f"blender-fast: error: {bad}:4: 'candidates' must be a non-empty list" in err
     assert not (tmp_path / "out").exists(), "no output directory after a failed run"
     bad.write_text(json.dumps(records[0]) + "\n{not json\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{bad}:2: not valid JSON"):
+    with pytest.raises(ValueError, match=rf"{re.escape(str(bad))}:2: not valid JSON"):
         rank_files(str(bad), tmp_path / "out", tiny_checkpoint, num_actors=1, threads=1)
     # Valid lines, but one prompt has fewer candidates than top_k: found by the actor, still FILE:LINE.
     bad.write_text(json.dumps(records[3]) + "\n" + json.dumps({**records[1], "candidates": ["a", "b"]}) + "\n",
                    encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{bad}:2: 2 candidates, fewer than top_k 3"):
+    with pytest.raises(ValueError, match=rf"{re.escape(str(bad))}:2: 2 candidates, fewer than top_k 3"):
         rank_files(str(bad), tmp_path / "out", tiny_checkpoint, strategy="bubble", top_k=3, num_actors=1, threads=1)
 
 
