@@ -39,6 +39,11 @@ class _MeteredActor:
     actor process's own) to a log, so the report can say how many cores each variant actually got."""
     log_path: str = ""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        with open(self.log_path, "a", encoding="utf-8") as f:  # the worker's CPU so far: imports + model load
+            f.write(json.dumps({"pid": os.getpid(), "init_cpu_s": time.process_time()}) + "\n")
+
     def __call__(self, batch):
         t, c = time.perf_counter(), time.process_time()
         out = super().__call__(batch)
@@ -55,10 +60,28 @@ def metered_actor(log_path: Path):
 
 
 def read_meter(log_path: Path) -> dict:
-    recs = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+    recs = [r for r in lines if "rows" in r]
     return {"batches": len(recs), "actors": len({r["pid"] for r in recs}), "rank_cpu_s": sum(r["cpu_s"] for r in recs),
+            "actor_start_cpu_s": sum(r["init_cpu_s"] for r in lines if "init_cpu_s" in r),
+            "pids": sorted({r["pid"] for r in lines}),
             "rank_wall_s_per_actor": {str(p): sum(r["wall_s"] for r in recs if r["pid"] == p)
                                       for p in sorted({r["pid"] for r in recs})}}
+
+
+def process_tree_cpu() -> dict:
+    """CPU seconds so far of this process and every process under it (Ray's raylet, GCS, workers)."""
+    import psutil
+
+    me = psutil.Process()
+    out = {}
+    for p in [me] + me.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
 
 
 def run_single(ckpt, inp: Path, out: Path, strategy: str, chunk: int) -> int:
@@ -127,9 +150,16 @@ def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, 
                         cpus[v].append(time.process_time() - c)
                     else:
                         meter = work / f"meter-{r}-{v.replace(' ', '_')}.jsonl"
+                        before = process_tree_cpu()
                         n = run_ray(ckpt, inp, out, strategy, chunk, int(v.split()[1]), meter)
-                        meters[v].append(read_meter(meter))
-                        cpus[v].append(meters[v][-1]["rank_cpu_s"])
+                        after = process_tree_cpu()
+                        m = read_meter(meter)
+                        # Ray's own CPU: driver, raylet, GCS, reader/writer workers (not the actors)
+                        m["ray_side_cpu_s"] = sum(c - before.get(pid, 0.0) for pid, c in after.items()
+                                                  if pid not in m["pids"])
+                        m["job_cpu_s"] = m["ray_side_cpu_s"] + m["actor_start_cpu_s"] + m["rank_cpu_s"]
+                        meters[v].append(m)
+                        cpus[v].append(m["rank_cpu_s"])
                     walls[v].append(time.perf_counter() - t)
                     if n != n_prompts:
                         raise RuntimeError(f"{v}: wrote {n} rows, expected {n_prompts}")
@@ -155,6 +185,11 @@ def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, 
         "ray1_over_single": one / single,
         "ray_overhead_ms_per_prompt": 1000 * (one - single) / n_prompts,
         "ray2_speedup_over_ray1": one / two,
+        # CPU seconds per prompt the whole Ray job costs (driver + Ray's daemons + actors' start-up and
+        # ranking) minus the single-process job's: Ray's overhead in CPU, which contention cannot blur.
+        "ray1_job_cpu_s": median([m["job_cpu_s"] for m in meters["ray 1 actor"]]),
+        "ray2_job_cpu_s": median([m["job_cpu_s"] for m in meters["ray 2 actors"]]),
+        "single_job_cpu_s": median(cpus["single-process"]),
         "targets": {"ray1_over_single_max": 1.10, "ray2_speedup_min": 1.6},
         "outputs_identical": same,
         "load_averages": loads,
@@ -177,5 +212,8 @@ def ray_md(res: dict) -> list[str]:
         f"Ray 1 actor / single-process: **{_f(res['ray1_over_single'])}×** (target ≤ {t['ray1_over_single_max']}); "
         f"Ray's overhead {_f(res['ray_overhead_ms_per_prompt'], 1)} ms per prompt. "
         f"2 actors vs 1: **{_f(res['ray2_speedup_over_ray1'])}×** (target ≥ {t['ray2_speedup_min']}). "
+        f"Whole-job CPU seconds (driver, Ray's daemons, actors' start-up and ranking): single-process "
+        f"{_f(res['single_job_cpu_s'], 1)}, Ray 1 actor {_f(res['ray1_job_cpu_s'], 1)}, Ray 2 actors "
+        f"{_f(res['ray2_job_cpu_s'], 1)}. "
         f"1-minute load averages before each run: {[la[0] if la else None for la in res['load_averages']]}.", "",
         _doc_body(__doc__), ""]
