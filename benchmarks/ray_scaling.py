@@ -127,8 +127,10 @@ def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, 
         # work, that alone starves the actors against the nice-0 single-process run (measured: 2 actors
         # slower than 1). Same priority for every variant; the CLI's local instance does the same.
         os.environ.setdefault("RAY_worker_niceness", "0")
+        started = not ray.is_initialized()  # a test may have started one already
         t0 = time.perf_counter()
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if started:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
         ray_init_s = time.perf_counter() - t0
         ray.data.DataContext.get_current().enable_progress_bars = False
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the metered actor, by value
@@ -167,7 +169,8 @@ def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, 
                     log(f"ray: repeat {r + 1}/{repeats} {v}: {walls[v][-1]:.1f} s, {cpus[v][-1]:.1f} CPU s "
                         f"(load {loads[-1]})")
         finally:
-            ray.shutdown()
+            if started:
+                ray.shutdown()
         same = all(outputs[v] == outputs["single-process"] for v in VARIANTS)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require
+from conftest import require, shared_data_file
 
 ray = require("ray")
 require("ray.data")
@@ -183,3 +183,18 @@ def test_bad_arguments_fail_before_any_work(tiny_checkpoint, jsonl_inputs, tmp_p
         rank_files(str(jsonl_inputs), tmp_path / "o", tiny_checkpoint, num_actors=0)
     with pytest.raises(FileNotFoundError, match="no input files"):
         rank_files(str(tmp_path / "nothing" / "*.jsonl"), tmp_path / "o", tiny_checkpoint)
+
+
+def test_benchmark_section_runs_and_agrees(ray_instance, tiny_checkpoint):
+    require("psutil")
+    from benchmarks.common import load_prompts
+    from benchmarks.ray_scaling import ray_md, run_ray_section
+
+    prompts = load_prompts(shared_data_file(), limit=6, max_chars=300)
+    res = run_ray_section(tiny_checkpoint, prompts, n_prompts=6, n_candidates=3, repeats=1, chunk=2)
+    assert res["outputs_identical"], "single-process and Ray wrote different results"
+    for v in ("ray 1 actor", "ray 2 actors"):
+        (meter,) = res["variants"][v]["actors_meter"]
+        # 3 small batches: a second actor may still be starting when the first has taken them all
+        assert meter["batches"] == 3 and 1 <= meter["actors"] <= int(v.split()[1])
+    assert "2 actors vs 1" in "\n".join(ray_md(res))
