@@ -411,6 +411,8 @@ def cmd_rank_ray(args) -> int:
         raise ValueError("--ray needs --input: JSONL or Parquet files, a directory or a glob like 'DIR/*.jsonl'")
     if not args.output or args.output == "-":
         raise ValueError("--ray needs --output DIR: a directory for the output shards")
+    if getattr(args, "resume", False):
+        raise ValueError("--resume is not supported with --ray: give a new --output directory")
     if args.num_actors is not None and args.num_actors < 1:
         raise ValueError(f"--num-actors must be >= 1, got {args.num_actors}")
     input_files(args.input)  # fail on a bad --input before starting Ray

@@ -118,11 +118,14 @@ def test_parquet_job_matches_single_process(ray_instance, tiny_checkpoint, ranke
 
 
 class CrashOnceActor(RankerActor):
-    """Dies (the whole worker process) on its first batch, once per marker file."""
+    """Dies (the whole worker process) on its second batch, after its first batch's rows went out; once
+    per marker file, so the replacement actor runs normally."""
     marker: str = ""
+    calls = 0
 
     def __call__(self, batch):
-        if not os.path.exists(self.marker):
+        self.calls += 1
+        if self.calls == 2 and not os.path.exists(self.marker):
             Path(self.marker).write_text("crashed")
             os._exit(1)
         return super().__call__(batch)
