@@ -6,6 +6,7 @@ import pytest
 
 from blender_fast.blender import Blender
 from blender_fast.judges import PairRMJudge
+from conftest import require
 
 N_PAIRS = 24
 
@@ -113,3 +114,55 @@ def test_bad_input_is_named(judge):
         PairRMJudge(3)
     with pytest.raises(RuntimeError, match="no ranker loaded"):
         PairRMJudge(Blender())
+
+
+def trl_pairrm_judge(blender, prompts, completions, flip_mask, return_scores=False, temperature=1.0):
+    """TRL's PairRMJudge.judge (trl/trainer/judges.py, before TRL removed its judges), on llm-blender
+    itself, with the flip mask given instead of drawn from np.random, and batch_size=1 (llm-blender
+    truncates per batch; blender-fast per prompt, equal at batch size 1: see test_parity)."""
+    if len(completions[0]) != 2:
+        raise ValueError("PairRM judge requires exactly 2 completions per prompt.")
+    completions = [pair[::-1] if flip else pair for flip, pair in zip(flip_mask, completions)]
+    ranks = blender.rank(prompts, completions, return_scores=return_scores, batch_size=1, disable_tqdm=True)
+    if not return_scores:
+        ranks -= 1
+    else:
+        ranks /= temperature
+    ranks[flip_mask] = ranks[flip_mask][:, ::-1]
+    if return_scores:
+        logit_max = np.amax(ranks, axis=-1, keepdims=True)
+        exp_logit_shifted = np.exp(ranks - logit_max)
+        probs = exp_logit_shifted / np.sum(exp_logit_shifted, axis=-1, keepdims=True)
+        return probs[:, 0].tolist()
+    return ranks[:, 0].tolist()
+
+
+class FixedFlips:
+    """Stands in for the judge's generator: hands out a given flip mask."""
+
+    def __init__(self, mask):
+        self.mask = np.asarray(mask, dtype=bool)
+
+    def choice(self, options, size):
+        assert list(options) == [True, False] and size == len(self.mask)
+        return self.mask.copy()
+
+
+@pytest.mark.reference
+def test_same_answers_as_trl_judge_on_llm_blender(tiny_checkpoint, one_torch_thread, judge, pairs):
+    require("llm_blender")
+    import llm_blender
+
+    ref = llm_blender.Blender(llm_blender.BlenderConfig(device="cpu", use_tqdm=False))
+    ref.loadranker(str(tiny_checkpoint), device="cpu")
+    prompts, completions = pairs
+    mask = np.random.default_rng(3).choice([True, False], size=len(prompts))
+    for flips in (np.zeros(len(prompts), bool), mask):
+        ours = PairRMJudge(judge.blender.ranker)
+        ours.rng = FixedFlips(flips)
+        assert ours.judge(prompts, completions) == trl_pairrm_judge(ref, prompts, completions, flips)
+        for t in (1.0, 2.5):
+            ours.rng = FixedFlips(flips)
+            got = ours.judge(prompts, completions, return_scores=True, temperature=t)
+            want = trl_pairrm_judge(ref, prompts, completions, flips, return_scores=True, temperature=t)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
