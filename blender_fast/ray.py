@@ -327,6 +327,7 @@ def rank_files(input_spec: str, output_dir, model, *, limit: int | None = None, 
     if limit is not None:
         ds = ds.limit(limit)
     ranked = rank_dataset(ds, model, **rank_args)
+    tmp.mkdir(parents=True)  # there even when no row is written (an input of blank lines)
     try:
         if fmt == "jsonl":
             write_prompt_lines(ranked, tmp)
