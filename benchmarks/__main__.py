@@ -18,7 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("engine", "strategies", "flops", "quality", "frontier")
+SECTIONS = ("engine", "strategies", "flops", "quality", "frontier", "ray")
+# "ray" (Ray Data scaling, needs the [ray] extra) runs when asked: --sections ray
+DEFAULT_SECTIONS = ("engine", "strategies", "flops", "quality", "frontier")
 ALL_NS = (4, 8, 12, 16, 24, 32)
 
 
@@ -39,12 +41,15 @@ class Sizes:
     quality_seeds: int
     quality_prompts: int  # with --model: prompts whose n(n-1) pairs the checkpoint scores
     max_chars: int | None = None  # clip every text (smoke runs only: changes the workload)
+    ray_prompts: int = 200  # ray section: prompts (tournament top-1) ...
+    ray_candidates: int = 6  # ... and candidates per prompt
 
 
 DEFAULTS = {
     # A smoke run: short texts (200 characters) and 2 repeats, so that even llm-blender is quick.
     "quick": Sizes("tiny", prompts=2, candidates=3, repeats=2, timed_ns=(4,), throughput_prompts=2,
-                   latency_prompts=2, max_rows=100, quality_seeds=1, quality_prompts=2, max_chars=200),
+                   latency_prompts=2, max_rows=100, quality_seeds=1, quality_prompts=2, max_chars=200,
+                   ray_prompts=8, ray_candidates=4),
     "cpu": Sizes("xsmall", prompts=2, candidates=4, repeats=3, timed_ns=(4, 12), throughput_prompts=4,
                  latency_prompts=2, max_rows=200, quality_seeds=20, quality_prompts=4),
     "cuda": Sizes("xsmall", prompts=32, candidates=12, repeats=3, timed_ns=ALL_NS, throughput_prompts=64,
@@ -63,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None, help="prompts (AlpacaEval candidates format); default "
                    "$BLENDER_FAST_DATA or ../shared/data/alpaca_eval_candidates/candidates_dev.jsonl")
     p.add_argument("--out", default="bench_out")
-    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
+    p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
     p.add_argument("--quick", action="store_true", help="tiny-shape smoke run (well under a minute)")
     p.add_argument("--prompts", type=int, default=None, help="engine section: number of prompts")
     p.add_argument("--candidates", type=int, default=None, help="engine section: candidates per prompt")
@@ -77,6 +82,7 @@ def parse_args(argv=None):
     p.add_argument("--max-chars", type=int, default=None, help="clip every prompt and candidate text to this many "
                    "characters (smoke runs; --quick uses 300)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (ours and torch); default: runtime's")
+    p.add_argument("--ray-prompts", type=int, default=None, help="ray section: prompts (default 200)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -101,6 +107,8 @@ def resolve_sizes(args) -> Sizes:
         quality_seeds=args.quality_seeds or base.quality_seeds,
         quality_prompts=args.quality_prompts or base.quality_prompts,
         max_chars=args.max_chars or base.max_chars,
+        ray_prompts=args.ray_prompts or base.ray_prompts,
+        ray_candidates=base.ray_candidates,
     )
 
 
@@ -236,6 +244,15 @@ def main(argv=None) -> int:
                                                                            seeds=sizes.quality_seeds)
         results["frontier"] = as_jsonable(results["frontier"])
         finish_section("frontier", t0)
+
+    if "ray" in args.sections:
+        from .ray_scaling import run_ray_section
+
+        t0 = time.perf_counter()
+        log(f"ray: {sizes.ray_prompts} prompts, single-process vs Ray with 1 and 2 actors")
+        results["ray"] = as_jsonable(run_ray_section(ckpt, prompts, sizes.ray_prompts, sizes.ray_candidates,
+                                                     repeats=sizes.repeats if args.repeats else 2))
+        finish_section("ray", t0)
 
     results["meta"]["wall_s"] = time.perf_counter() - started
     results["meta"]["load_average_at_end"] = load_average()

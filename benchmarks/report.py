@@ -400,6 +400,10 @@ def render_markdown(results: dict) -> str:
                      ("frontier", frontier_md)):
         if key in results:
             md += fn(results[key])
+    if "ray" in results:
+        from .ray_scaling import ray_md
+
+        md += ray_md(results["ray"])
     if results.get("plots"):
         md += ["## Plots", ""] + [f"![{p}]({p})" for p in results["plots"]] + [""]
     elif results.get("plots_skipped"):

@@ -384,6 +384,10 @@ class _FuseChunks(_RankChunks):
 
 
 def cmd_rank(args) -> int:
+    if getattr(args, "ray", False):
+        from .ray import cmd_rank_ray
+
+        return cmd_rank_ray(args)
     return _run_job(args, f"Ranking ({args.strategy})", _RankChunks(args), fused=False)
 
 
@@ -473,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ranks (1-based, 1 = best; full only), scores (full only), comparisons, "
                                    "forward_passes, steps.", formatter_class=fmt)
     _add_ranker_options(p)
+    from .ray import add_ray_options
+
+    add_ray_options(p)
     p.set_defaults(func=cmd_rank)
 
     p = sub.add_parser("fuse", help="select the top-k candidates and fuse them with a GenFuser",
