@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-beams", type=int, default=None)
     p.set_defaults(func=cmd_fuse, top_k=3)
+
+    from .server import add_serve_parser; add_serve_parser(sub)  # noqa: E702  (blender-fast serve)
     return parser
 
 
