@@ -170,6 +170,16 @@ def _parse_items(route: str, body: bytes, max_items: int) -> tuple[list[dict], b
     return out, single
 
 
+# Per route: the single-text fields and the list-of-texts field that the size limits (413) apply to.
+SIZED_FIELDS = {
+    "rank": (("input", "instruction"), "candidates"),
+    "select": (("input", "instruction"), "candidates"),
+    "fuse": (("input", "instruction"), "candidates"),
+    "compare": (("input", "instruction", "candidate_a", "candidate_b"), None),
+    "judge": (("prompt",), "completions"),
+}
+
+
 def _check_sizes(items: list[dict], text_fields: tuple, list_field: Optional[str], max_candidates: int,
                  max_text_chars: int) -> None:
     """413 for requests past the server's limits (types are the engine's business: it names them)."""
@@ -430,6 +440,7 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
             if timeout_ms is not None and not timeout_ms > 0:
                 raise HTTPError(422, f"timeout_ms must be a positive number, got {timeout_ms}")
             items, single = _parse_items(route, await request.body(), max_items)
+            _check_sizes(items, *SIZED_FIELDS[route], max_candidates, max_text_chars)
             timeout = None if timeout_ms is None else timeout_ms / 1000.0
             task = asyncio.ensure_future(fn(items, timeout))
             watcher = asyncio.ensure_future(_until_disconnected(request))
