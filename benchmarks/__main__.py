@@ -18,7 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("engine", "strategies", "flops", "quality")
+SECTIONS = ("engine", "strategies", "flops", "quality", "serve")
+DEFAULT_SECTIONS = SECTIONS[:4]  # serve (a few minutes of HTTP load) runs when asked: --sections serve
 ALL_NS = (4, 8, 12, 16, 24, 32)
 
 
@@ -63,7 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None, help="prompts (AlpacaEval candidates format); default "
                    "$BLENDER_FAST_DATA or ../shared/data/alpaca_eval_candidates/candidates_dev.jsonl")
     p.add_argument("--out", default="bench_out")
-    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
+    p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
     p.add_argument("--quick", action="store_true", help="tiny-shape smoke run (well under a minute)")
     p.add_argument("--prompts", type=int, default=None, help="engine section: number of prompts")
     p.add_argument("--candidates", type=int, default=None, help="engine section: candidates per prompt")
@@ -226,6 +227,13 @@ def main(argv=None) -> int:
                                                                  seeds=sizes.quality_seeds)
         results["quality"] = as_jsonable(results["quality"])
         finish_section("quality", t0)
+
+    if "serve" in args.sections:
+        from .serve import run_serve_section
+
+        t0 = time.perf_counter()
+        results["serve"] = as_jsonable(run_serve_section(ckpt, prompts, quick=args.quick, seed=args.seed))
+        finish_section("serve", t0)
 
     results["meta"]["wall_s"] = time.perf_counter() - started
     results["meta"]["load_average_at_end"] = load_average()

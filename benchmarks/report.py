@@ -285,6 +285,10 @@ def make_plots(results: dict, out: Path) -> list[str]:
         fig.savefig(out / "quality.png", dpi=110)
         plt.close(fig)
         written.append("quality.png")
+    if results.get("serve", {}).get("closed_loop"):
+        from .serve import serve_plot
+
+        written.append(serve_plot(results["serve"], out))
     return written
 
 
@@ -317,6 +321,10 @@ def render_markdown(results: dict) -> str:
     for key, fn in (("engine", engine_md), ("strategies", strategies_md), ("flops", flops_md), ("quality", quality_md)):
         if key in results:
             md += fn(results[key])
+    if "serve" in results:
+        from .serve import serve_md
+
+        md += serve_md(results["serve"])
     if results.get("plots"):
         md += ["## Plots", ""] + [f"![{p}]({p})" for p in results["plots"]] + [""]
     return "\n".join(md)

@@ -375,6 +375,8 @@ class Metrics:
         self.forward_passes = Counter("blender_fast_forward_passes", "Model rows run (one per ordered pair)",
                                       registry=r)
         self.batches = Counter("blender_fast_batches", "Model calls", registry=r)
+        self.tokens = Counter("blender_fast_tokens", "Real tokens run through the model", registry=r)
+        self.pad_tokens = Counter("blender_fast_pad_tokens", "Pad tokens run through the model", registry=r)
 
     def observe_batch(self, rows: int, tokens: int, pad: int, seconds: float) -> None:
         self.batch_rows.observe(rows)
@@ -383,6 +385,8 @@ class Metrics:
         self.model_seconds.inc(seconds)
         self.forward_passes.inc(rows)
         self.batches.inc()
+        self.tokens.inc(tokens)
+        self.pad_tokens.inc(pad)
 
 
 # -- the app ---------------------------------------------------------------------------------------
