@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import math
 import threading
 import time
@@ -172,10 +173,14 @@ def _row_cost(strategy: str, n: int, top_k: int, per_row: int) -> int:
     return comparisons * per_row
 
 
+_SERIAL = itertools.count()
+
+
 class _Job:
     """One request in flight: its encoded texts, its step generator and the rows of its current step."""
 
     def __init__(self, enc: EncodedPrompts, steps: _Steps, reserved: int, deadline: Optional[float]):
+        self.serial = next(_SERIAL)  # names the job in the packer cache (ids of freed objects get reused)
         self.enc = enc
         self.steps = steps
         self.reserved = reserved  # rows still counted against the queue bound
@@ -277,6 +282,9 @@ class BatchingEngine:
         self._closing = False
         self._stopped = False
         self._rows_per_s = 0.0  # recent model throughput, for Retry-After
+        self._last_iteration_jobs = 0  # requests that shared the last iteration
+        self._packer_key: tuple = ()  # the jobs whose texts the cached packer holds, and where each starts
+        self._packer = self._packer_bases = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=tokenize_threads,
                                                            thread_name_prefix="blender-fast-tokenize")
         self._worker = threading.Thread(target=self._loop, name="blender-fast-model", daemon=True)
@@ -519,9 +527,10 @@ class BatchingEngine:
                 self._run_iteration(picked)
 
     def _wait_for_company(self) -> None:
-        """Batching delay: only when every ready request is new (the engine was idle), give others up to
-        max_wait_ms to arrive, or until the ready rows fill an iteration. Holds self._cv."""
-        if self.max_wait_s <= 0 or any(j.started for j in self._jobs):
+        """Batching delay: when every ready request is new (the engine was idle) and the last iteration
+        was shared by several requests (there is concurrency to gather), give others up to max_wait_ms
+        to arrive, or until the ready rows fill an iteration. A lone client never waits. Holds self._cv."""
+        if self.max_wait_s <= 0 or self._last_iteration_jobs < 2 or any(j.started for j in self._jobs):
             return
         until = min(j.arrival for j in self._jobs) + self.max_wait_s
         for _ in range(1000):  # bounded: each pass waits or returns
@@ -576,26 +585,34 @@ class BatchingEngine:
                 break
         return picked
 
-    def _run_iteration(self, picked) -> None:
-        ranker, tok = self.ranker, self.ranker.tokenizer
-        try:
-            # One packer over the texts of the participating requests, back to back: each request's
-            # text indices are shifted by the texts before it.
-            tokens, offsets, limits, pairs = [], [np.zeros(1, np.int64)], [], []
+    def _packer_for(self, jobs: list) -> tuple:
+        """One packer over the texts of the participating requests, back to back (each request's text
+        indices shifted by the texts before it); reused while the same requests take part (a lone
+        client's selection steps)."""
+        unique = list({job.serial: job for job in jobs}.values())
+        key = tuple(job.serial for job in unique)
+        if key != self._packer_key:
+            tok = self.ranker.tokenizer
+            tokens, offsets, limits, bases = [], [np.zeros(1, np.int64)], [], {}
             n_texts = n_tok = 0
-            seen: dict[int, int] = {}
-            for job, start, stop in picked:
-                if id(job) not in seen:
-                    seen[id(job)] = n_texts
-                    tokens.append(job.enc.tokens)
-                    offsets.append(job.enc.offsets[1:] + n_tok)
-                    limits.append(job.enc.limits)
-                    n_texts += len(job.enc.limits)
-                    n_tok += int(job.enc.tokens.size)
-                pairs.append(job.text_pairs[start:stop] + seen[id(job)])
-            packer = _core.PairPacker(np.concatenate(tokens), np.concatenate(offsets), np.concatenate(limits),
-                                      cand1_id=tok.cand1_id, cand2_id=tok.cand2_id, pad_id=tok.pad_id,
-                                      prefix_offset=tok.prefix_offset)
+            for job in unique:
+                bases[job.serial] = n_texts
+                tokens.append(job.enc.tokens)
+                offsets.append(job.enc.offsets[1:] + n_tok)
+                limits.append(job.enc.limits)
+                n_texts += len(job.enc.limits)
+                n_tok += int(job.enc.tokens.size)
+            self._packer = _core.PairPacker(np.concatenate(tokens), np.concatenate(offsets), np.concatenate(limits),
+                                            cand1_id=tok.cand1_id, cand2_id=tok.cand2_id, pad_id=tok.pad_id,
+                                            prefix_offset=tok.prefix_offset)
+            self._packer_key, self._packer_bases = key, bases
+        return self._packer, self._packer_bases
+
+    def _run_iteration(self, picked) -> None:
+        ranker = self.ranker
+        try:
+            packer, bases = self._packer_for([job for job, _, _ in picked])
+            pairs = [job.text_pairs[start:stop] + bases[job.serial] for job, start, stop in picked]
             text_pairs = np.concatenate(pairs)
             group = 2 if all(job.group == 2 and (stop - start) % 2 == 0 for job, start, stop in picked) else 1
             order, bounds = packer.plan(text_pairs, ranker.token_budget, max(ranker.max_batch_size, group), group,
@@ -654,6 +671,7 @@ class BatchingEngine:
                     failed.append(job)
         with self._cv:
             self.stats.iterations += 1
+            self._last_iteration_jobs = len({job.serial for job, _, _ in picked})
             for job in finished + failed:
                 self._jobs.remove(job)
                 self._queued_pairs -= job.reserved
