@@ -27,7 +27,7 @@ require("prometheus_client")
 from blender_fast import Client, Ranker  # noqa: E402
 from blender_fast.client import ServerError  # noqa: E402
 from blender_fast.engine import BatchingEngine  # noqa: E402
-from blender_fast.server import create_app  # noqa: E402
+from blender_fast.server import create_app, listening_socket  # noqa: E402
 from test_engine import WAIT_S, gated_ranker  # noqa: E402
 
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -50,8 +50,7 @@ def live_server(engine, **app_kwargs):
     import uvicorn
 
     app = create_app(engine, **app_kwargs)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = listening_socket("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
