@@ -43,6 +43,7 @@ class ServeSizes:
     overload_seconds: float = 6.0
     overload_queue_pairs: int = 600
     reference_requests: int = 24
+    rounds: int = 2  # closed loop: interleaved rounds per concurrency
     latency_repeats: int = 7
     max_chars: int = 400
     threads: int = 1
@@ -126,6 +127,14 @@ class ServerProcess:
         import psutil
 
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used (all its threads): a measure of work that other
+        jobs on a shared machine disturb far less than wall time."""
+        import psutil
+
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
 
     def metrics(self) -> dict:
         status, text = _get(self.host, self.port, "/metrics")
@@ -269,7 +278,7 @@ def open_loop(host, port, requests: list[Request], rate: float, seconds: float, 
 
 def summarize(outcomes: list[Outcome], wall: float) -> dict:
     ok = [o for o in outcomes if o.status == 200]
-    out = {"requests": len(outcomes), "ok": len(ok), "wall_s": wall,
+    out = {"requests": len(outcomes), "ok": len(ok), "wall_s": wall, "outcomes": outcomes,
            "statuses": {str(s): sum(1 for o in outcomes if o.status == s) for s in sorted({o.status for o in outcomes})},
            "pairs_per_s": sum(o.rows for o in ok) / wall if wall else 0.0,
            "requests_per_s": len(ok) / wall if wall else 0.0}
@@ -348,14 +357,35 @@ def _offline(ranker, requests: list[Request]) -> dict:
     """The ceiling: every request's work in two calls (ranks, then tournament selects), in-process."""
     ranks = [r for r in requests if r.route == "rank"]
     sels = [r for r in requests if r.route == "select"]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     if ranks:
         ranker.rank([r.input for r in ranks], [r.candidates for r in ranks])
     if sels:
         ranker.select([r.input for r in sels], [r.candidates for r in sels], top_k=1, strategy="tournament")
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     rows = sum(r.rows for r in requests)
-    return {"requests": len(requests), "rows": rows, "wall_s": wall, "pairs_per_s": rows / wall}
+    return {"requests": len(requests), "rows": rows, "wall_s": wall, "cpu_s": cpu, "pairs_per_s": rows / wall,
+            "cpu_ms_per_pair": 1000 * cpu / rows}
+
+
+def _merge_offline(runs: list[dict]) -> dict:
+    rows, wall, cpu = (sum(r[k] for r in runs) for k in ("rows", "wall_s", "cpu_s"))
+    return {"rows": rows, "wall_s": wall, "pairs_per_s": rows / wall, "cpu_ms_per_pair": 1000 * cpu / rows}
+
+
+def _merge_runs(runs: list[dict]) -> dict:
+    """One level's rounds as one run: counts and times summed, latencies pooled."""
+    outcomes = [o for r in runs for o in r["outcomes"]]
+    out = summarize(outcomes, sum(r["wall_s"] for r in runs))
+    ok_rows = sum(o.rows for o in outcomes if o.status == 200)
+    batches = sum(r["batches"] for r in runs) or 1
+    out.update(rounds=len(runs), cpu_s=sum(r["cpu_s"] for r in runs),
+               cpu_ms_per_pair=1000 * sum(r["cpu_s"] for r in runs) / max(ok_rows, 1),
+               batches=batches, model_s=sum(r["model_s"] for r in runs),
+               rows_per_batch=sum(r["rows_per_batch"] * r["batches"] for r in runs) / batches,
+               batch_fill=sum(r["batch_fill"] * r["batches"] for r in runs) / batches,
+               pad_fraction=sum(r["pad_fraction"] * r["batches"] for r in runs) / batches)
+    return out
 
 
 def _tournament_latency(ranker, server: ServerProcess, prompts, repeats: int, max_chars: int) -> dict:
@@ -400,23 +430,31 @@ def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, see
         res["startup_line"] = servers["batching"].lines[0]
         res["tournament_latency"] = _tournament_latency(ranker, servers["batching"], prompts, sz.latency_repeats,
                                                         sz.max_chars)
+        # Interleaved rounds (batching, no batching, offline, then again), so that the load other jobs
+        # put on a shared machine drifts over all three alike; rows of one level are summed over rounds.
         for c in sz.concurrencies:
-            reqs = pool_requests[:max(sz.requests_per_level, 2 * c)]
-            for kind in ("batching", "no batching"):
-                if kind == "no batching":
-                    if c < 16 and c != 1:
-                        continue
+            reqs = pool_requests[:max(sz.requests_per_level // sz.rounds, 2 * c)]
+            kinds = ["batching"] + (["no batching"] if c == 1 or c >= 16 else [])
+            runs: dict = {k: [] for k in kinds}
+            offline_runs = []
+            for rnd in range(sz.rounds):
+                for kind in kinds:
                     if kind not in servers:
                         servers[kind] = ServerProcess(ours(ckpt, sz.threads, "--no-cross-request-batching"),
                                                       "blender-fast serve (no cross-request batching)")
-                srv = servers[kind]
-                log(f"serve: closed loop, {kind}, concurrency {c}, {len(reqs)} requests")
-                before = srv.metrics()
-                row = closed_loop(srv.host, srv.port, reqs, c, sz.level_seconds)
-                row.update(server=kind, concurrency=c, rss_mb=srv.rss_mb(),
-                           **batch_stats(before, srv.metrics(), ranker.token_budget))
-                # The ceiling on exactly the requests this level completed.
-                row["offline_pairs_per_s"] = _offline(ranker, reqs[:max(row["ok"], 1)])["pairs_per_s"]
+                    srv = servers[kind]
+                    log(f"serve: closed loop, {kind}, concurrency {c}, {len(reqs)} requests, round {rnd + 1}")
+                    before, cpu0 = srv.metrics(), srv.cpu_s()
+                    row = closed_loop(srv.host, srv.port, reqs, c, sz.level_seconds / sz.rounds)
+                    row.update(cpu_s=srv.cpu_s() - cpu0, **batch_stats(before, srv.metrics(), ranker.token_budget))
+                    runs[kind].append(row)
+                # The ceiling on the same requests, in between.
+                offline_runs.append(_offline(ranker, reqs))
+            offline = _merge_offline(offline_runs)
+            for kind in kinds:
+                row = _merge_runs(runs[kind])
+                row.update(server=kind, concurrency=c, rss_mb=servers[kind].rss_mb(),
+                           offline_pairs_per_s=offline["pairs_per_s"], offline_cpu_ms_per_pair=offline["cpu_ms_per_pair"])
                 res["closed_loop"].append(row)
         best = max((r for r in res["closed_loop"] if r["server"] == "batching"), key=lambda r: r["requests_per_s"])
         capacity = best["requests_per_s"]
@@ -457,12 +495,17 @@ def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, see
                 reqs = pool_requests[:sz.reference_requests]
                 for c in (1, 16):
                     log(f"serve: closed loop, llm-blender, concurrency {c}, {len(reqs)} requests")
+                    cpu0 = srv.cpu_s()
                     row = closed_loop(srv.host, srv.port, reqs, c, sz.level_seconds * 2)
+                    cpu = srv.cpu_s() - cpu0
                     # llm-blender ranks all n(n-1) pairs for a select too: count the rows it really ran.
                     done = reqs[:row["ok"]]
                     row["pairs_per_s_run"] = sum(len(r.candidates) * (len(r.candidates) - 1) for r in done) / row["wall_s"]
+                    offline = _offline(ranker, done or reqs[:1])
                     row.update(server="llm-blender 0.0.2 (http.server, batch_size=8)", concurrency=c,
-                               rss_mb=srv.rss_mb(), offline_pairs_per_s=_offline(ranker, done or reqs[:1])["pairs_per_s"])
+                               rss_mb=srv.rss_mb(), offline_pairs_per_s=offline["pairs_per_s"],
+                               offline_cpu_ms_per_pair=offline["cpu_ms_per_pair"],
+                               cpu_ms_per_pair=1000 * cpu / max(sum(r.rows for r in done), 1))
                     res["closed_loop"].append(row)
             except Exception as e:  # noqa: BLE001  (the baseline is optional: say why it is missing)
                 res["reference_error"] = f"{type(e).__name__}: {e}"
@@ -470,6 +513,8 @@ def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, see
         for s in servers.values():
             s.stop()
     res["load_average_end"] = load_average()
+    for row in res["closed_loop"] + res["poisson"] + ([res["overload"]] if "overload" in res else []):
+        row.pop("outcomes", None)  # per-request records: merged above, too long for the JSON
     return res
 
 
@@ -497,8 +542,9 @@ def serve_md(res: dict) -> list[str]:
           "(a shared machine: other jobs ran at the same time). Server: `" + res.get("startup_line", "") + "`", "",
           "### Closed loop (each client sends its next request when the last one is answered)", "",
           "| server | clients | requests ok | pairs/s | offline pairs/s (same requests) | % of offline | req/s | "
-          "rank p50 / p95 / p99 ms | select p50 / p95 / p99 ms | rows per batch | batch fill | pad % | server RSS MB |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "rank p50 / p95 / p99 ms | select p50 / p95 / p99 ms | rows per batch | batch fill | pad % | "
+          "CPU ms per pair (offline) | server RSS MB |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["closed_loop"]:
         pct = 100 * r["pairs_per_s"] / r["offline_pairs_per_s"] if r.get("offline_pairs_per_s") else None
         md.append(f"| {r['server']} | {r['concurrency']} | {r['ok']}/{r['requests']} | {_f(r['pairs_per_s'])} | "
@@ -506,7 +552,8 @@ def serve_md(res: dict) -> list[str]:
                   f"{_f(r.get('rank_p50_ms'), 0)} / {_f(r.get('rank_p95_ms'), 0)} / {_f(r.get('rank_p99_ms'), 0)} | "
                   f"{_f(r.get('select_p50_ms'), 0)} / {_f(r.get('select_p95_ms'), 0)} / {_f(r.get('select_p99_ms'), 0)} | "
                   f"{_f(r.get('rows_per_batch'))} | {_f(r.get('batch_fill'), 2)} | "
-                  f"{_f(100 * r['pad_fraction'] if 'pad_fraction' in r else None)} | {_f(r.get('rss_mb'), 0)} |")
+                  f"{_f(100 * r['pad_fraction'] if 'pad_fraction' in r else None)} | "
+                  f"{_f(r.get('cpu_ms_per_pair'), 2)} ({_f(r.get('offline_cpu_ms_per_pair'), 2)}) | {_f(r.get('rss_mb'), 0)} |")
     if res.get("reference_error"):
         md += ["", f"llm-blender baseline not measured: {res['reference_error']}"]
     md += ["", f"The llm-blender rows count pairs/s of the requests' own pairs (a tournament select's 2(n-1)); "
