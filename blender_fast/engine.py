@@ -91,6 +91,9 @@ class _Captured(Exception):
 
 def _full_steps(ns: list[int], top_k: int, orders: str, policy: str, worst: bool) -> _Steps:
     """Generator twin of selection.select(strategy="full"): one step with every pair."""
+    if not ns:
+        return []
+
     def capture(rows):
         raise _Captured(np.array(rows, copy=True))
 
@@ -217,6 +220,8 @@ class _Job:
         """Start the next step (feeding the last one's logits); True when the request has finished."""
         try:
             step = next(self.steps) if value is None else self.steps.send(value)
+            while not len(step[0]):  # a step with no rows (no prompts at all): answer it at once
+                step = self.steps.send(np.empty(0, dtype=np.float32))
         except StopIteration as stop:
             self.rows = None
             _settle(self.future, result=stop.value)

@@ -130,6 +130,17 @@ def test_judge_is_trls_pairrm_judge(ranker, prompts):
             engine.judge_sync(inputs[:2], [pairs[0], pairs[1] + ["x"]])
 
 
+def test_empty_requests_answer_like_the_ranker(ranker):
+    with BatchingEngine(ranker) as engine:
+        assert engine.compare_sync([], [], []).shape == (0,)
+        assert engine.select_sync([], [], strategy="tournament") == [] == engine.select_sync([], [], strategy="full")
+        assert len(engine.rank_sync([], [])) == len(ranker.rank([], [])) == 0
+        assert engine.judge_sync([], []) == []
+        # One candidate: nothing to run, answered at submission.
+        assert engine.select_sync(["q"], [["only"]])[0].top_k == [0]
+        assert engine.queued_pairs == 0 and engine.in_flight == 0
+
+
 def test_invalid_requests_fail_with_the_python_api_messages(ranker):
     with BatchingEngine(ranker) as engine:
         with pytest.raises(TypeError, match=r"candidates\[1\]\[0\] must be a string, got int"):
