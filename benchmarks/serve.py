@@ -473,6 +473,9 @@ def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, see
         srv = servers["overload"] = ServerProcess(
             ours(ckpt, sz.threads, max_queued_pairs=sz.overload_queue_pairs),
             "blender-fast serve (small queue)")
+        # Warm up first (the runtime's arenas grow to their working size), so that RSS during the
+        # overload shows growth, if any, and not the first allocations.
+        closed_loop(srv.host, srv.port, pool_requests[:32], 16, sz.level_seconds)
         before = srv.metrics()
         row = open_loop(srv.host, srv.port, pool_requests, capacity * sz.overload_factor, sz.overload_seconds, seed + 99,
                         rss=srv.rss_mb)
@@ -571,7 +574,7 @@ def serve_md(res: dict) -> list[str]:
                f"{res['settings']['overload_seconds']} s, --max-queued-pairs {res['settings']['overload_queue_pairs']}", "",
                f"Sent {o['sent']}, answered {o['requests']} ({o['statuses']}), unanswered {o['unanswered']}, lost "
                f"{o['lost']}. Server RSS {_f(o.get('rss_mb_first'), 0)} MB at the start, max "
-               f"{_f(o.get('rss_mb_max'), 0)}, {_f(o.get('rss_mb_last'), 0)} at the end; exit code after SIGTERM "
+               f"{_f(o.get('rss_mb_max'), 0)}, {_f(o.get('rss_mb_last'), 0)} at the end (after a warm-up); exit code after SIGTERM "
                f"{o.get('exit_code')}."]
     t = res.get("tournament_latency")
     if t:

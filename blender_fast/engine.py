@@ -566,21 +566,28 @@ class BatchingEngine:
     def _pick(self) -> list[tuple[_Job, int, int]]:
         """(job, start, stop) row ranges for this iteration, in arrival order. Holds self._cv."""
         picked, tokens = [], 0
+        # The per-request cap is there to share iterations; a request running alone takes what the
+        # token budget allows.
+        ready = sum(1 for job in self._jobs if job.remaining())
+        cap = self.max_rows_per_request if ready > 1 else None
         for job in self._jobs:
             if job.remaining() == 0:
                 continue
             if not self.cross_request:
                 return [(job, job.cursor, len(job.rows))]
-            take = min(job.remaining(), self.max_rows_per_request)
+            take = job.remaining() if cap is None else min(job.remaining(), cap)
             take -= take % job.group
             take = max(take, job.group)
             stop = job.cursor + take
             cost = int(job.row_len[job.cursor:stop].sum())
-            if picked and tokens + cost > self.max_batch_tokens:
-                # Fill what is left of the budget with this request's leading rows, whole groups only.
-                room = np.searchsorted(np.cumsum(job.row_len[job.cursor:stop]), self.max_batch_tokens - tokens,
-                                       side="right")
+            if tokens + cost > self.max_batch_tokens:
+                # Fill what is left of the budget with this request's leading rows, whole groups only
+                # (at least one group when it comes first, so that every iteration makes progress).
+                room = int(np.searchsorted(np.cumsum(job.row_len[job.cursor:stop]), self.max_batch_tokens - tokens,
+                                           side="right"))
                 room -= room % job.group
+                if not picked:
+                    room = max(room, job.group)
                 if room > 0:
                     picked.append((job, job.cursor, job.cursor + int(room)))
                 break

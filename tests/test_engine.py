@@ -187,7 +187,7 @@ def test_cancelled_request_frees_its_rows(ranker, prompts):
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    with BatchingEngine(gr, max_rows_per_request=8, max_wait_ms=0) as engine:
+    with BatchingEngine(gr, max_rows_per_request=8, max_batch_tokens=2000, max_wait_ms=0) as engine:
         asyncio.run(asyncio.wait_for(run(engine), WAIT_S))
         gated.gate.set()
         end = time.monotonic() + WAIT_S
@@ -201,7 +201,7 @@ def test_cancelled_request_frees_its_rows(ranker, prompts):
 def test_deadline_drops_the_rest(ranker, prompts):
     gr, gated = gated_ranker(ranker)
     inp, cands = prompts[5]
-    with BatchingEngine(gr, max_rows_per_request=8, max_wait_ms=0) as engine:
+    with BatchingEngine(gr, max_rows_per_request=8, max_batch_tokens=2000, max_wait_ms=0) as engine:
         threading.Timer(0.3, gated.gate.set).start()
         with pytest.raises(DeadlineExceeded):
             engine.rank_sync([inp], [cands], timeout=0.1)
@@ -213,7 +213,7 @@ def test_small_request_is_not_starved_by_a_large_one(ranker, prompts):
     gr, gated = gated_ranker(ranker)
     big_inp, big = prompts[5]
     finished = []
-    with BatchingEngine(gr, max_rows_per_request=8, max_wait_ms=0) as engine:
+    with BatchingEngine(gr, max_rows_per_request=8, max_batch_tokens=2000, max_wait_ms=0) as engine:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             f_big = pool.submit(lambda: (engine.rank_sync([big_inp], [big]), finished.append("big")))
             assert gated.entered.wait(WAIT_S)  # the big one is running its first iteration

@@ -201,8 +201,8 @@ def test_overload_gets_429_and_no_request_is_lost_or_answered_twice(ranker, prom
 
 def test_disconnecting_client_frees_its_work(ranker, prompts):
     gr, gated = gated_ranker(ranker)
-    inp, cands = prompts[5]  # 72 rows, 8 per iteration
-    engine = BatchingEngine(gr, max_rows_per_request=8, max_wait_ms=0)
+    inp, cands = prompts[5]  # 72 rows, several iterations
+    engine = BatchingEngine(gr, max_rows_per_request=8, max_batch_tokens=2000, max_wait_ms=0)
     with live_server(engine) as url:
         port = int(url.rsplit(":", 1)[1])
         body = json.dumps({"input": inp, "candidates": cands}).encode()
@@ -230,7 +230,7 @@ def test_disconnecting_client_frees_its_work(ranker, prompts):
 def test_deadline_gets_504(ranker, prompts):
     gr, gated = gated_ranker(ranker)
     inp, cands = prompts[5]
-    with live_server(BatchingEngine(gr, max_rows_per_request=8, max_wait_ms=0)) as url:
+    with live_server(BatchingEngine(gr, max_rows_per_request=8, max_batch_tokens=2000, max_wait_ms=0)) as url:
         threading.Timer(0.3, gated.gate.set).start()
         status, body, _ = post(url, "/v1/rank?timeout_ms=100", json.dumps({"input": inp, "candidates": cands}))
         assert status == 504 and "deadline" in body["detail"]
