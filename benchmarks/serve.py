@@ -585,32 +585,40 @@ def serve_md(res: dict) -> list[str]:
 
 
 def serve_plot(res: dict, out: Path) -> str | None:
+    """Left: latency against throughput. Right: throughput as % of the offline engine measured in the
+    same rounds (the machine's speed drifts between levels; the ratio does not drift with it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for server, color in (("batching", "tab:blue"), ("no batching", "tab:orange")):
-        rows = [r for r in res["closed_loop"] if r["server"] == server]
-        if rows:
-            ax.plot([r["pairs_per_s"] for r in rows], [r["all_p50_ms"] for r in rows], "-o", color=color,
-                    label=f"{server}, closed loop p50")
-            ax.plot([r["pairs_per_s"] for r in rows], [r["all_p95_ms"] for r in rows], ":o", color=color,
-                    label=f"{server}, closed loop p95")
-            for r in rows:
-                ax.annotate(f"c={r['concurrency']}", (r["pairs_per_s"], r["all_p50_ms"]), fontsize=7)
-    ref = [r for r in res["closed_loop"] if r["server"].startswith("llm-blender")]
-    if ref:
-        ax.plot([r["pairs_per_s"] for r in ref], [r["all_p50_ms"] for r in ref], "-s", color="tab:gray",
-                label="llm-blender + http.server, p50")
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    styles = (("batching", "tab:blue", "o"), ("no batching", "tab:orange", "o"),
+              ("llm-blender", "tab:gray", "s"))
+    for server, color, marker in styles:
+        rows = [r for r in res["closed_loop"] if r["server"].startswith(server)]
+        if not rows:
+            continue
+        label = "llm-blender + http.server" if server == "llm-blender" else server
+        ax.plot([r["pairs_per_s"] for r in rows], [r["all_p50_ms"] for r in rows], "-" + marker, color=color,
+                label=f"{label}, closed loop p50")
+        ax.plot([r["pairs_per_s"] for r in rows], [r["all_p95_ms"] for r in rows], ":" + marker, color=color,
+                label=f"{label}, closed loop p95")
+        for r in rows:
+            ax.annotate(f"c={r['concurrency']}", (r["pairs_per_s"], r["all_p50_ms"]), fontsize=7)
+        ax2.plot([r["concurrency"] for r in rows], [100 * r["pairs_per_s"] / r["offline_pairs_per_s"] for r in rows],
+                 "-" + marker, color=color, label=label)
     if res["poisson"]:
         ax.plot([r["pairs_per_s"] for r in res["poisson"]], [r["all_p50_ms"] for r in res["poisson"]], "-^",
-                color="tab:green", label="batching, Poisson p50")
-    if res.get("offline"):
-        ax.axvline(res["offline"]["pairs_per_s"], color="k", lw=0.8, ls="--", label="offline engine (ceiling)")
+                color="tab:green", label="batching, Poisson arrivals p50")
     ax.set(xlabel="throughput, pairs/s", ylabel="latency, ms", yscale="log", title="blender-fast serve on loopback")
     ax.legend(fontsize=7)
+    ax2.axhline(100, color="k", lw=0.8, ls="--")
+    ax2.set(xlabel="concurrent clients", ylabel="% of the offline engine's pairs/s", xscale="log",
+            title="throughput vs offline, same rounds")
+    ax2.set_xticks(sorted({r["concurrency"] for r in res["closed_loop"]}))
+    ax2.set_xticklabels([str(c) for c in sorted({r["concurrency"] for r in res["closed_loop"]})])
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "serve.png", dpi=110)
     plt.close(fig)

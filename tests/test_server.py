@@ -301,3 +301,20 @@ def test_sigterm_drains_then_exits_0(tiny_checkpoint, shared_records):
             proc.kill()
             proc.wait(10)
         proc.stderr.close()
+
+
+def test_fuse_route_selects_then_fuses_like_offline(ranker, prompts, tmp_path_factory, one_torch_thread):
+    require("transformers")
+    from blender_fast.fuser import Fuser
+    from blender_fast.make_checkpoint import make_fuser_checkpoint
+
+    fuser = Fuser.from_pretrained(make_fuser_checkpoint(tmp_path_factory.mktemp("fuser") / "tiny", shape="tiny"),
+                                  device="cpu", dtype="float32")
+    inp, cands = prompts[1]
+    top = ranker.select([inp], [cands], top_k=2, strategy="tournament")[0].top_k
+    want = fuser.fuse([inp], [[cands[i] for i in top]], progress=False, num_beams=1, max_new_tokens=8)
+    with live_server(BatchingEngine(ranker), fuser=fuser) as url:
+        status, body, _ = post(url, "/v1/fuse", json.dumps({"input": inp, "candidates": cands, "top_k": 2,
+                                                            "num_beams": 1, "max_new_tokens": 8}))
+        assert status == 200 and body["top_k"] == top and body["text"] == want[0]
+        assert Client(url).fuse([inp], [cands], top_k=2, num_beams=1, max_new_tokens=8) == want
