@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -559,7 +559,7 @@ def serve_md(res: dict) -> list[str]:
                   f"{_f(r.get('cpu_ms_per_pair'), 2)} ({_f(r.get('offline_cpu_ms_per_pair'), 2)}) | {_f(r.get('rss_mb'), 0)} |")
     if res.get("reference_error"):
         md += ["", f"llm-blender baseline not measured: {res['reference_error']}"]
-    md += ["", f"The llm-blender rows count pairs/s of the requests' own pairs (a tournament select's 2(n-1)); "
+    md += ["", "The llm-blender rows count pairs/s of the requests' own pairs (a tournament select's 2(n-1)); "
            "it ranks all n(n-1) pairs for every request.", "",
            "### Open loop (Poisson arrivals)", "",
            "| offered req/s | x capacity | sent | ok | statuses | pairs/s | all p50 / p95 / p99 ms | rows per batch | pad % |",
@@ -578,7 +578,7 @@ def serve_md(res: dict) -> list[str]:
                f"{o.get('exit_code')}."]
     t = res.get("tournament_latency")
     if t:
-        md += ["", f"### Best-of-12 tournament, one request at a time", "",
+        md += ["", "### Best-of-12 tournament, one request at a time", "",
                f"Offline `Ranker.select` {t['offline_ms']:.1f} ms, through the server {t['server_ms']:.1f} ms "
                f"(median of {t['repeats']}): {t['ratio']:.2f}x."]
     return md + [""]

@@ -251,12 +251,13 @@ class BatchingEngine:
       its batch (running requests never wait). Trades a little latency for fuller batches.
     max_queued_pairs: the bound on model rows admitted but not yet run; past it, requests fail with
       Overloaded (one request is always admitted into an empty queue).
-    max_rows_per_request: the most rows one request contributes to one iteration.
+    max_rows_per_request: the most rows one request contributes to an iteration it shares with others
+      (a request alone takes what max_batch_tokens allows).
     cross_request: False runs one request at a time (a naive wrapper; benchmarks only).
     on_batch(rows, tokens, pad_tokens, seconds): called after each model call (metrics).
 
     Fairness: requests are served in arrival order, and each contributes at most
-    max_rows_per_request rows per iteration, so a 12-candidate full ranking (132 rows) cannot fill
+    max_rows_per_request rows to an iteration it shares, so a 12-candidate full ranking (132 rows) cannot fill
     the iterations ahead of a 2-candidate judge that arrives just after it: the judge joins the next
     iteration. Arrival order (not shortest-first) keeps the latency of large requests bounded too.
     """

@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
