@@ -132,17 +132,22 @@ RESPONSES = {
               "scores?}` per item",
     "compare": "`{logit: float}` per item: > 0 means candidate_a is better",
     "judge": "`{preferred: 0|1}` per item (0-based index of the better completion); with return_scores also "
-             "`probability`: that completion 0 is better, softmax(scores / temperature)[0] (TRL's PairRMJudge)",
+             "`probability`: that completion 0 is better, softmax(scores / temperature)[0] (TRL's PairRMJudge). "
+             "The body may also be TRL's call, `{prompts, completions, shuffle_order?, return_scores?, "
+             "temperature?}`, answered with TRL's return value: a list of indices or probabilities",
     "fuse": "`{text: str, top_k: [int] (0-based)}` per item",
 }
 
 
-def _parse_items(route: str, body: bytes, max_items: int) -> tuple[list[dict], bool]:
-    """The body as a list of items with defaults filled in, and whether it was a single item."""
+def _parse_items(route: str, body: bytes, max_items: int) -> tuple[list[dict], str]:
+    """The body as a list of items with defaults filled in, and its shape: "one" (a single item),
+    "list" (a list of items) or "trl" (TRL's batch judge call)."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise HTTPError(422, f"the request body is not valid JSON: {e}") from None
+    if route == "judge" and isinstance(data, dict) and "prompts" in data:
+        return _trl_judge_items(data), "trl"
     single = isinstance(data, dict)
     items = [data] if single else data
     if not isinstance(items, list) or not items:
@@ -167,7 +172,29 @@ def _parse_items(route: str, body: bytes, max_items: int) -> tuple[list[dict], b
             else:
                 full[name] = default
         out.append(full)
-    return out, single
+    return out, "one" if single else "list"
+
+
+TRL_JUDGE_FIELDS = ("prompts", "completions", "shuffle_order", "return_scores", "temperature", "seed")
+
+
+def _trl_judge_items(data: dict) -> list[dict]:
+    """TRL's call shape, ``{prompts: [...], completions: [[c0, c1], ...], shuffle_order?, return_scores?,
+    temperature?}``, as judge items sharing the options."""
+    unknown = sorted(set(data) - set(TRL_JUDGE_FIELDS))
+    if unknown:
+        raise HTTPError(422, f"unknown field {unknown[0]!r}; a batch judge request has the fields "
+                             f"{', '.join(TRL_JUDGE_FIELDS)}")
+    prompts, completions = data.get("prompts"), data.get("completions")
+    if not isinstance(prompts, list) or not isinstance(completions, list):
+        raise HTTPError(422, "prompts and completions must be lists (completions: one [completion_0, "
+                             "completion_1] pair per prompt)")
+    if len(prompts) != len(completions):
+        raise HTTPError(422, f"got {len(prompts)} prompts but {len(completions)} completion pairs")
+    if not prompts:
+        raise HTTPError(422, "prompts is empty")
+    options = {k: data.get(k, FIELDS["judge"][k]) for k in ("shuffle_order", "return_scores", "temperature", "seed")}
+    return [{"prompt": p, "completions": c, **options} for p, c in zip(prompts, completions)]
 
 
 # Per route: the single-text fields and the list-of-texts field that the size limits (413) apply to.
@@ -443,7 +470,9 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
                 raise HTTPError(503, "the server is warming up; see GET /ready", {"Retry-After": "1"})
             if timeout_ms is not None and not timeout_ms > 0:
                 raise HTTPError(422, f"timeout_ms must be a positive number, got {timeout_ms}")
-            items, single = _parse_items(route, await request.body(), max_items)
+            items, shape = _parse_items(route, await request.body(), max_items)
+            if len(items) > max_items:
+                raise HTTPError(413, f"{len(items)} items in one request; this server accepts at most {max_items}")
             _check_sizes(items, *SIZED_FIELDS[route], max_candidates, max_text_chars)
             timeout = None if timeout_ms is None else timeout_ms / 1000.0
             task = asyncio.ensure_future(fn(items, timeout))
@@ -457,7 +486,10 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
                 await asyncio.gather(task, return_exceptions=True)
                 raise _ClientGone()
             results = task.result()
-            payload = results[0] if single else results
+            if shape == "trl":  # TRL's PairRMJudge.judge return value: a plain list
+                payload = [r["probability"] if "probability" in r else r["preferred"] for r in results]
+            else:
+                payload = results[0] if shape == "one" else results
         except HTTPError as e:
             status, headers, payload = e.status, e.headers, {"detail": str(e)}
         except (ValueError, TypeError) as e:

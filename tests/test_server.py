@@ -136,6 +136,12 @@ def test_judge_route_is_trls_shape(ranker, prompts):
         assert all(0 <= p <= 1 for p in probs) and [0 if p >= 0.5 else 1 for p in probs] == want
         status, body, _ = post(url, "/v1/judge", json.dumps({"prompt": "q", "completions": ["a", "b"]}))
         assert status == 200 and body["preferred"] in (0, 1)
+        # TRL's own call shape, answered with TRL's return value (a list).
+        status, body, _ = post(url, "/v1/judge", json.dumps({"prompts": inputs, "completions": pairs,
+                                                             "shuffle_order": False}))
+        assert status == 200 and body == want
+        status, body, _ = post(url, "/v1/judge", json.dumps({"prompts": inputs, "completions": pairs[:1]}))
+        assert status == 422 and f"got {len(inputs)} prompts but 1 completion pairs" in body["detail"]
 
 
 def test_bad_requests_get_422_and_413_with_the_message(ranker):
