@@ -268,6 +268,7 @@ def test_metrics_health_ready_and_docs(ranker, prompts):
         assert get(url, "/docs")[0] == 200
 
 
+@pytest.mark.slow
 def test_sigterm_drains_then_exits_0(tiny_checkpoint, shared_records):
     """A real `blender-fast serve` process: an in-flight request completes, new ones get 503, exit code 0."""
     texts = [c["text"][:400] for rec in shared_records[:4] for c in rec["candidates"]]
@@ -309,6 +310,7 @@ def test_sigterm_drains_then_exits_0(tiny_checkpoint, shared_records):
         proc.stderr.close()
 
 
+@pytest.mark.slow
 def test_fuse_route_selects_then_fuses_like_offline(ranker, prompts, tmp_path_factory, one_torch_thread):
     require("transformers")
     from blender_fast.fuser import Fuser
@@ -324,3 +326,28 @@ def test_fuse_route_selects_then_fuses_like_offline(ranker, prompts, tmp_path_fa
                                                             "num_beams": 1, "max_new_tokens": 8}))
         assert status == 200 and body["top_k"] == top and body["text"] == want[0]
         assert Client(url).fuse([inp], [cands], top_k=2, num_beams=1, max_new_tokens=8) == want
+
+
+def test_serve_benchmark_summary_and_report(tmp_path):
+    """The load benchmark's bookkeeping on made-up outcomes: percentiles, merged rounds, table, plot."""
+    require("matplotlib")
+    from benchmarks.serve import Outcome, _merge_runs, serve_md, serve_plot, summarize
+
+    outcomes = [Outcome("rank", 200, 0.1 * (i + 1), 12) for i in range(10)] + [Outcome("select", 429, 0.01, 6)]
+    one = summarize(outcomes, 2.0)
+    assert one["ok"] == 10 and one["statuses"] == {"200": 10, "429": 1}
+    assert one["pairs_per_s"] == 60.0 and abs(one["rank_p50_ms"] - 550.0) < 1e-6 and "select_p50_ms" not in one
+    stats = {"cpu_s": 1.0, "batches": 4, "model_s": 1.5, "rows_per_batch": 3.0, "batch_fill": 0.5, "pad_fraction": 0.1}
+    merged = _merge_runs([{**one, **stats}, {**one, **stats}])
+    assert merged["ok"] == 20 and merged["pairs_per_s"] == 60.0 and merged["batches"] == 8
+    row = {**merged, "server": "batching", "concurrency": 4, "offline_pairs_per_s": 50.0,
+           "offline_cpu_ms_per_pair": 2.0, "rss_mb": 100.0}
+    row.pop("outcomes")
+    res = {"settings": {"overload_factor": 10, "overload_seconds": 6, "overload_queue_pairs": 600},
+           "closed_loop": [row], "poisson": [{**one, "offered_rate": 5.0, "fraction": 0.5, "sent": 11, "all_p50_ms": 1.0,
+                                              "all_p95_ms": 2.0, "all_p99_ms": 3.0, **stats}],
+           "overload": {**one, "sent": 11, "unanswered": 0, "lost": 0, "exit_code": 0},
+           "tournament_latency": {"offline_ms": 10.0, "server_ms": 11.0, "ratio": 1.1, "repeats": 3}}
+    md = "\n".join(serve_md(res))
+    assert "| batching | 4 | 20/22 | 60.0 | 50.0 | 120 |" in md and "lost 0" in md and "1.10x" in md
+    assert serve_plot(res, tmp_path) == "serve.png" and (tmp_path / "serve.png").stat().st_size > 1000
