@@ -18,8 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("engine", "strategies", "flops", "quality", "frontier", "ray")
-# "ray" (Ray Data scaling, needs the [ray] extra) runs when asked: --sections ray
+SECTIONS = ("engine", "strategies", "flops", "quality", "frontier", "ray", "serve")
+# "ray" (Ray Data scaling, needs the [ray] extra) and "serve" (a few minutes of HTTP load, needs [serve])
+# run when asked: --sections ray,serve
 DEFAULT_SECTIONS = ("engine", "strategies", "flops", "quality", "frontier")
 ALL_NS = (4, 8, 12, 16, 24, 32)
 
@@ -253,6 +254,13 @@ def main(argv=None) -> int:
         results["ray"] = as_jsonable(run_ray_section(ckpt, prompts, sizes.ray_prompts, sizes.ray_candidates,
                                                      repeats=sizes.repeats if args.repeats else 2))
         finish_section("ray", t0)
+
+    if "serve" in args.sections:
+        from .serve import run_serve_section
+
+        t0 = time.perf_counter()
+        results["serve"] = as_jsonable(run_serve_section(ckpt, prompts, quick=args.quick, seed=args.seed))
+        finish_section("serve", t0)
 
     results["meta"]["wall_s"] = time.perf_counter() - started
     results["meta"]["load_average_at_end"] = load_average()

@@ -363,6 +363,10 @@ def make_plots(results: dict, out: Path) -> list[str]:
         written.append("quality.png")
     if results.get("frontier") and plot_frontier(results["frontier"], out / "frontier.png"):
         written.append("frontier.png")
+    if results.get("serve", {}).get("closed_loop"):
+        from .serve import serve_plot
+
+        written.append(serve_plot(results["serve"], out))
     return written
 
 
@@ -404,6 +408,10 @@ def render_markdown(results: dict) -> str:
         from .ray_scaling import ray_md
 
         md += ray_md(results["ray"])
+    if "serve" in results:
+        from .serve import serve_md
+
+        md += serve_md(results["serve"])
     if results.get("plots"):
         md += ["## Plots", ""] + [f"![{p}]({p})" for p in results["plots"]] + [""]
     elif results.get("plots_skipped"):

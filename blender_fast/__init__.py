@@ -34,6 +34,7 @@ from ._core import __version__
 _EXPORTS = {
     "Blender": "blender",
     "CheckpointError": "checkpoint",
+    "Client": "client",
     "Fuser": "fuser",
     "Ranker": "ranker",
     "Selection": "selection",
@@ -48,4 +49,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'blender_fast' has no attribute {name!r}")
 
 
-__all__ = ["Blender", "CheckpointError", "Fuser", "Ranker", "Selection", "__version__"]
+__all__ = ["Blender", "CheckpointError", "Client", "Fuser", "Ranker", "Selection", "__version__"]

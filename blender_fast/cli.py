@@ -490,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=4, help="prompts per fuser batch")
     p.add_argument("--num-beams", type=positive_int, default=None, help="beam width (default: the fuser's, 4)")
     p.set_defaults(func=cmd_fuse, top_k=3)
+
+    from .server import add_serve_parser; add_serve_parser(sub)  # noqa: E702  (blender-fast serve)
     return parser
 
 

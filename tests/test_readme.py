@@ -14,7 +14,7 @@ def _api_blocks() -> list[str]:
 
 def test_readme_python_api_snippet_runs(tiny_checkpoint, tmp_path, capsys):
     require("torch")
-    from blender_fast.make_checkpoint import make_fuser_checkpoint
+    from blender_fast.synthetic import make_fuser_checkpoint
 
     ranker_block, fuser_block = _api_blocks()
     assert 'PAIRRM = "/path/to/PairRM"' in ranker_block and "/path/to/gen_fuser" in fuser_block

@@ -1,0 +1,633 @@
+"""Serving under load: `blender-fast serve` on loopback against its own ceiling and two baselines.
+
+Side by side in one run, on the same request mix (rank and tournament-select requests with 4-12
+candidates from the shared data):
+  - the offline engine (Ranker.rank / select in-process, all requests in one call): the ceiling;
+  - the server with continuous batching (the default), closed-loop at several concurrencies and an
+    open-loop Poisson sweep;
+  - the same server with cross-request batching off (one request per model call: a naive wrapper);
+  - llm-blender 0.0.2 behind a minimal HTTP handler (one request at a time, its batch_size=8);
+  - overload: open-loop at 10x the measured capacity against a small queue bound (429s, lost
+    requests, server RSS).
+Every loop is bounded in count and in time. Servers run as subprocesses bound to 127.0.0.1.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .common import BenchPrompt, candidates_for, load_average, log
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ServeSizes:
+    concurrencies: tuple = (1, 4, 16, 64)
+    requests_per_level: int = 96  # closed loop: at most this many (and at least 2 per client) ...
+    level_seconds: float = 20.0  # ... within this long
+    poisson_fractions: tuple = (0.25, 0.5, 0.75, 1.0)  # of the measured capacity
+    poisson_seconds: float = 6.0
+    overload_factor: float = 10.0
+    overload_seconds: float = 6.0
+    overload_queue_pairs: int = 600
+    reference_requests: int = 24
+    rounds: int = 2  # closed loop: interleaved rounds per concurrency
+    latency_repeats: int = 7
+    max_chars: int = 400
+    threads: int = 1
+
+
+QUICK = ServeSizes(concurrencies=(1, 4, 16), requests_per_level=32, level_seconds=8, poisson_fractions=(0.5, 1.0),
+                   poisson_seconds=3, overload_seconds=3, reference_requests=6, latency_repeats=3)
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+@dataclass
+class Request:
+    route: str  # "rank" | "select"
+    input: str
+    candidates: list
+    rows: int  # model rows the request costs (rank: n(n-1); tournament top-1: 2(n-1))
+
+    def body(self) -> bytes:
+        item = {"input": self.input, "candidates": self.candidates}
+        if self.route == "select":
+            item.update(top_k=1, strategy="tournament")
+        return json.dumps(item).encode()
+
+
+def build_requests(prompts: list[BenchPrompt], count: int, seed: int, max_chars: int) -> list[Request]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        n = int(rng.integers(4, 13))
+        route = "rank" if rng.random() < 0.5 else "select"
+        p = int(rng.integers(len(prompts)))
+        cands = [c[:max_chars] for c in candidates_for(prompts, p, n)]
+        rows = n * (n - 1) if route == "rank" else 2 * (n - 1)
+        out.append(Request(route, prompts[p].instruction[:max_chars], cands, rows))
+    return out
+
+
+# -- servers ---------------------------------------------------------------------------------------
+
+class ServerProcess:
+    """A server subprocess; its first stderr line with http:// gives the URL."""
+
+    def __init__(self, argv: list[str], name: str, ready_timeout: float = 180.0):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+        self.name = name
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                                     cwd=str(REPO))
+        self.lines: list[str] = []
+        self.url = None
+        end = time.monotonic() + ready_timeout
+        while self.url is None and time.monotonic() < end:
+            line = self.proc.stderr.readline()
+            if not line:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            self.lines.append(line.rstrip())
+            for word in line.split():
+                if word.startswith("http://"):
+                    self.url = word
+        if self.url is None:
+            self.stop()
+            raise RuntimeError(f"{name} did not start: " + "\n".join(self.lines[-20:]))
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        host, port = self.url[len("http://"):].split(":")
+        self.host, self.port = host, int(port)
+        for _ in range(int(ready_timeout * 10)):
+            if _get(self.host, self.port, "/ready")[0] == 200:
+                break
+            time.sleep(0.1)
+        else:
+            self.stop()
+            raise RuntimeError(f"{name} never became ready")
+
+    def _drain_stderr(self):
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip())
+
+    def rss_mb(self) -> float:
+        import psutil
+
+        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used (all its threads): a measure of work that other
+        jobs on a shared machine disturb far less than wall time."""
+        import psutil
+
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
+
+    def metrics(self) -> dict:
+        status, text = _get(self.host, self.port, "/metrics")
+        out = {}
+        if status != 200:
+            return out
+        for line in text.splitlines():
+            if line.startswith("#") or "{" in line:
+                continue
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+        return out
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def ours(ckpt, threads: int, *extra, max_queued_pairs: int = 100000) -> list[str]:
+    return [sys.executable, "-m", "blender_fast.cli", "serve", "--model", str(ckpt), "--port", "0",
+            "--threads", str(threads), "--max-queued-pairs", str(max_queued_pairs), *extra]
+
+
+def _get(host, port, path):
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        conn.close()
+        return resp.status, body
+    except OSError:
+        return 0, ""
+
+
+# -- load generation -------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    route: str
+    status: int
+    latency_s: float
+    rows: int
+
+
+class Connections:
+    """One keep-alive connection per client thread."""
+
+    def __init__(self, host, port):
+        self.host, self.port = host, port
+        self.local = threading.local()
+
+    def post(self, route: str, body: bytes) -> int:
+        for attempt in range(2):  # a keep-alive connection the server closed: reconnect once
+            conn = getattr(self.local, "conn", None)
+            if conn is None:
+                conn = self.local.conn = http.client.HTTPConnection(self.host, self.port, timeout=300)
+            try:
+                conn.request("POST", f"/v1/{route}", body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                return resp.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self.local.conn = None
+                if attempt:
+                    return 0
+        return 0
+
+
+def closed_loop(host, port, requests: list[Request], concurrency: int, seconds: float) -> dict:
+    conns = Connections(host, port)
+    lock = threading.Lock()
+    next_index = [0]
+    outcomes: list[Outcome] = []
+    end = time.monotonic() + seconds
+
+    def client():
+        while time.monotonic() < end:
+            with lock:
+                i = next_index[0]
+                if i >= len(requests):
+                    return
+                next_index[0] += 1
+            r = requests[i]
+            t0 = time.perf_counter()
+            status = conns.post(r.route, r.body())
+            o = Outcome(r.route, status, time.perf_counter() - t0, r.rows)
+            with lock:
+                outcomes.append(o)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 300)
+    return summarize(outcomes, time.perf_counter() - t0)
+
+
+def open_loop(host, port, requests: list[Request], rate: float, seconds: float, seed: int,
+              rss=None) -> dict:
+    """Poisson arrivals at `rate` requests/s for `seconds`; every sent request is waited for (bounded)."""
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, size=int(rate * seconds * 2) + 10))
+    arrivals = arrivals[arrivals < seconds]
+    conns = Connections(host, port)
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+    rss_samples = []
+
+    def send(r: Request):
+        t0 = time.perf_counter()
+        status = conns.post(r.route, r.body())
+        with lock:
+            outcomes.append(Outcome(r.route, status, time.perf_counter() - t0, r.rows))
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=256) as pool:
+        futures = []
+        for k, at in enumerate(arrivals):
+            delay = t0 + at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(send, requests[k % len(requests)]))
+            if rss is not None and k % 10 == 0:
+                rss_samples.append(rss())
+        done, not_done = concurrent.futures.wait(futures, timeout=seconds + 300)
+    out = summarize(outcomes, time.perf_counter() - t0)
+    out.update(offered_rate=rate, sent=len(arrivals), unanswered=len(not_done))
+    if rss_samples:
+        out.update(rss_mb_first=rss_samples[0], rss_mb_last=rss(), rss_mb_max=max(rss_samples))
+    return out
+
+
+def summarize(outcomes: list[Outcome], wall: float) -> dict:
+    ok = [o for o in outcomes if o.status == 200]
+    out = {"requests": len(outcomes), "ok": len(ok), "wall_s": wall, "outcomes": outcomes,
+           "statuses": {str(s): sum(1 for o in outcomes if o.status == s) for s in sorted({o.status for o in outcomes})},
+           "pairs_per_s": sum(o.rows for o in ok) / wall if wall else 0.0,
+           "requests_per_s": len(ok) / wall if wall else 0.0}
+    for route in ("rank", "select", "all"):
+        lat = np.array([o.latency_s for o in ok if route == "all" or o.route == route])
+        if len(lat):
+            out[f"{route}_p50_ms"], out[f"{route}_p95_ms"], out[f"{route}_p99_ms"] = (
+                float(x) * 1000 for x in np.percentile(lat, [50, 95, 99]))
+    return out
+
+
+def batch_stats(before: dict, after: dict, token_budget: int) -> dict:
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in (
+        "blender_fast_batches_total", "blender_fast_forward_passes_total", "blender_fast_tokens_total",
+        "blender_fast_pad_tokens_total", "blender_fast_model_seconds_total")}
+    batches = d["blender_fast_batches_total"] or 1
+    padded = d["blender_fast_tokens_total"] + d["blender_fast_pad_tokens_total"]
+    return {"batches": int(d["blender_fast_batches_total"]), "rows_per_batch": d["blender_fast_forward_passes_total"] / batches,
+            "batch_fill": padded / batches / token_budget, "pad_fraction": d["blender_fast_pad_tokens_total"] / padded if padded else 0.0,
+            "model_s": d["blender_fast_model_seconds_total"]}
+
+
+# -- the llm-blender baseline: a minimal HTTP handler ----------------------------------------------
+
+def reference_server_main(argv: list[str]) -> int:
+    """`python -m benchmarks.serve reference CKPT`: llm-blender behind http.server, one request at a time."""
+    import logging
+    import warnings
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+    import torch
+
+    torch.set_num_threads(int(argv[1]) if len(argv) > 1 else 1)
+    from .engine import REFERENCE_BATCH_SIZE, load_reference
+
+    blender, _ = load_reference(argv[0], "cpu")
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _send(self, status, payload):
+            body = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._send(200, {"ready": True})
+
+        def do_POST(self):
+            item = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with lock:  # what a plain wrapper does: one request at a time, llm-blender's own batching
+                ranks = blender.rank([item["input"]], [item["candidates"]], batch_size=REFERENCE_BATCH_SIZE,
+                                     disable_tqdm=True)[0]
+            ranks = [int(r) for r in ranks]
+            self._send(200, {"ranks": ranks} if self.path.endswith("rank") else {"top_k": [int(np.argmin(ranks))]})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(f"llm-blender reference server: http://127.0.0.1:{server.server_address[1]}", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
+    server.serve_forever()
+    return 0
+
+
+# -- the section -----------------------------------------------------------------------------------
+
+def _offline(ranker, requests: list[Request]) -> dict:
+    """The ceiling: every request's work in two calls (ranks, then tournament selects), in-process."""
+    ranks = [r for r in requests if r.route == "rank"]
+    sels = [r for r in requests if r.route == "select"]
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    if ranks:
+        ranker.rank([r.input for r in ranks], [r.candidates for r in ranks])
+    if sels:
+        ranker.select([r.input for r in sels], [r.candidates for r in sels], top_k=1, strategy="tournament")
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    rows = sum(r.rows for r in requests)
+    return {"requests": len(requests), "rows": rows, "wall_s": wall, "cpu_s": cpu, "pairs_per_s": rows / wall,
+            "cpu_ms_per_pair": 1000 * cpu / rows}
+
+
+def _merge_offline(runs: list[dict]) -> dict:
+    rows, wall, cpu = (sum(r[k] for r in runs) for k in ("rows", "wall_s", "cpu_s"))
+    return {"rows": rows, "wall_s": wall, "pairs_per_s": rows / wall, "cpu_ms_per_pair": 1000 * cpu / rows}
+
+
+def _merge_runs(runs: list[dict]) -> dict:
+    """One level's rounds as one run: counts and times summed, latencies pooled."""
+    outcomes = [o for r in runs for o in r["outcomes"]]
+    out = summarize(outcomes, sum(r["wall_s"] for r in runs))
+    ok_rows = sum(o.rows for o in outcomes if o.status == 200)
+    batches = sum(r["batches"] for r in runs) or 1
+    out.update(rounds=len(runs), cpu_s=sum(r["cpu_s"] for r in runs),
+               cpu_ms_per_pair=1000 * sum(r["cpu_s"] for r in runs) / max(ok_rows, 1),
+               batches=batches, model_s=sum(r["model_s"] for r in runs),
+               rows_per_batch=sum(r["rows_per_batch"] * r["batches"] for r in runs) / batches,
+               batch_fill=sum(r["batch_fill"] * r["batches"] for r in runs) / batches,
+               pad_fraction=sum(r["pad_fraction"] * r["batches"] for r in runs) / batches)
+    return out
+
+
+def _tournament_latency(ranker, server: ServerProcess, prompts, repeats: int, max_chars: int) -> dict:
+    """Best-of-12 tournament, one request at a time: offline Ranker.select vs the server, alternated."""
+    inp = prompts[0].instruction[:max_chars]
+    cands = [c[:max_chars] for c in candidates_for(prompts, 0, 12)]
+    req = Request("select", inp, cands, 22)
+    conns = Connections(server.host, server.port)
+    off, srv = [], []
+    for _ in range(repeats):
+        time.sleep(0.1)
+        t0 = time.perf_counter()
+        ranker.select([inp], [cands], top_k=1, strategy="tournament")
+        off.append(time.perf_counter() - t0)
+        time.sleep(0.1)
+        t0 = time.perf_counter()
+        assert conns.post("select", req.body()) == 200
+        srv.append(time.perf_counter() - t0)
+    return {"offline_ms": float(np.median(off)) * 1000, "server_ms": float(np.median(srv)) * 1000,
+            "ratio": float(np.median(srv) / np.median(off)), "repeats": repeats}
+
+
+def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, seed: int = 0,
+                      reference: bool = True) -> dict:
+    from blender_fast import Ranker
+
+    sz = QUICK if quick else ServeSizes()
+    ranker = Ranker.from_pretrained(ckpt, threads=sz.threads)
+    res: dict = {"settings": {**sz.__dict__, "token_budget": ranker.token_budget}, "closed_loop": [],
+                 "poisson": [], "load_average_start": load_average()}
+    pool_requests = build_requests(prompts, max(sz.requests_per_level, 2 * max(sz.concurrencies)) + 32, seed,
+                                   sz.max_chars)
+
+    log("serve: offline ceiling")
+    ranker.rank([pool_requests[0].input], [pool_requests[0].candidates])  # warm-up
+    res["offline"] = _offline(ranker, pool_requests[:sz.requests_per_level])
+
+    servers = {}
+    try:
+        log("serve: starting the batching server and the no-batching server")
+        servers["batching"] = ServerProcess(ours(ckpt, sz.threads), "blender-fast serve")
+        res["startup_line"] = servers["batching"].lines[0]
+        res["tournament_latency"] = _tournament_latency(ranker, servers["batching"], prompts, sz.latency_repeats,
+                                                        sz.max_chars)
+        # Interleaved rounds (batching, no batching, offline, then again), so that the load other jobs
+        # put on a shared machine drifts over all three alike; rows of one level are summed over rounds.
+        for c in sz.concurrencies:
+            reqs = pool_requests[:max(sz.requests_per_level // sz.rounds, 2 * c)]
+            kinds = ["batching"] + (["no batching"] if c == 1 or c >= 16 else [])
+            runs: dict = {k: [] for k in kinds}
+            offline_runs = []
+            for rnd in range(sz.rounds):
+                for kind in kinds:
+                    if kind not in servers:
+                        servers[kind] = ServerProcess(ours(ckpt, sz.threads, "--no-cross-request-batching"),
+                                                      "blender-fast serve (no cross-request batching)")
+                    srv = servers[kind]
+                    log(f"serve: closed loop, {kind}, concurrency {c}, {len(reqs)} requests, round {rnd + 1}")
+                    before, cpu0 = srv.metrics(), srv.cpu_s()
+                    row = closed_loop(srv.host, srv.port, reqs, c, sz.level_seconds / sz.rounds)
+                    row.update(cpu_s=srv.cpu_s() - cpu0, **batch_stats(before, srv.metrics(), ranker.token_budget))
+                    runs[kind].append(row)
+                # The ceiling on the same requests, in between.
+                offline_runs.append(_offline(ranker, reqs))
+            offline = _merge_offline(offline_runs)
+            for kind in kinds:
+                row = _merge_runs(runs[kind])
+                row.update(server=kind, concurrency=c, rss_mb=servers[kind].rss_mb(),
+                           offline_pairs_per_s=offline["pairs_per_s"], offline_cpu_ms_per_pair=offline["cpu_ms_per_pair"])
+                res["closed_loop"].append(row)
+        best = max((r for r in res["closed_loop"] if r["server"] == "batching"), key=lambda r: r["requests_per_s"])
+        capacity = best["requests_per_s"]
+        srv = servers["batching"]
+        for k, frac in enumerate(sz.poisson_fractions):
+            log(f"serve: open loop, {frac:.2f} x capacity ({capacity * frac:.1f} requests/s)")
+            before = srv.metrics()
+            row = open_loop(srv.host, srv.port, pool_requests, capacity * frac, sz.poisson_seconds, seed + k)
+            row.update(fraction=frac, **batch_stats(before, srv.metrics(), ranker.token_budget))
+            res["poisson"].append(row)
+        for s in servers.values():
+            s.stop()
+        servers.clear()
+
+        log(f"serve: overload, {sz.overload_factor:.0f} x capacity against --max-queued-pairs {sz.overload_queue_pairs}")
+        srv = servers["overload"] = ServerProcess(
+            ours(ckpt, sz.threads, max_queued_pairs=sz.overload_queue_pairs),
+            "blender-fast serve (small queue)")
+        # Warm up first (the runtime's arenas grow to their working size), so that RSS during the
+        # overload shows growth, if any, and not the first allocations.
+        closed_loop(srv.host, srv.port, pool_requests[:32], 16, sz.level_seconds)
+        before = srv.metrics()
+        row = open_loop(srv.host, srv.port, pool_requests, capacity * sz.overload_factor, sz.overload_seconds, seed + 99,
+                        rss=srv.rss_mb)
+        m = srv.metrics()
+        # Every request sent must get exactly one response: the server's count of answered requests
+        # equals the client's, and none is missing (status 0 = no response on the connection).
+        row["server_counted"] = sum(_labelled(srv).values())
+        row["lost"] = row["sent"] - sum(n for s, n in row["statuses"].items() if s != "0")
+        row.update(**batch_stats(before, m, ranker.token_budget))
+        res["overload"] = row
+        res["overload"]["exit_code"] = srv.stop()
+        servers.clear()
+
+        if reference:
+            try:
+                log("serve: llm-blender behind a minimal HTTP handler")
+                srv = servers["llm-blender"] = ServerProcess(
+                    [sys.executable, "-m", "benchmarks.serve", "reference", str(ckpt), str(sz.threads)],
+                    "llm-blender reference server", ready_timeout=300)
+                reqs = pool_requests[:sz.reference_requests]
+                for c in (1, 16):
+                    log(f"serve: closed loop, llm-blender, concurrency {c}, {len(reqs)} requests")
+                    cpu0 = srv.cpu_s()
+                    row = closed_loop(srv.host, srv.port, reqs, c, sz.level_seconds * 2)
+                    cpu = srv.cpu_s() - cpu0
+                    # llm-blender ranks all n(n-1) pairs for a select too: count the rows it really ran.
+                    done = reqs[:row["ok"]]
+                    row["pairs_per_s_run"] = sum(len(r.candidates) * (len(r.candidates) - 1) for r in done) / row["wall_s"]
+                    offline = _offline(ranker, done or reqs[:1])
+                    row.update(server="llm-blender 0.0.2 (http.server, batch_size=8)", concurrency=c,
+                               rss_mb=srv.rss_mb(), offline_pairs_per_s=offline["pairs_per_s"],
+                               offline_cpu_ms_per_pair=offline["cpu_ms_per_pair"],
+                               cpu_ms_per_pair=1000 * cpu / max(sum(r.rows for r in done), 1))
+                    res["closed_loop"].append(row)
+            except Exception as e:  # noqa: BLE001  (the baseline is optional: say why it is missing)
+                res["reference_error"] = f"{type(e).__name__}: {e}"
+    finally:
+        for s in servers.values():
+            s.stop()
+    res["load_average_end"] = load_average()
+    for row in res["closed_loop"] + res["poisson"] + ([res["overload"]] if "overload" in res else []):
+        row.pop("outcomes", None)  # per-request records: merged above, too long for the JSON
+    return res
+
+
+def _labelled(srv: ServerProcess) -> dict:
+    """blender_fast_requests_total samples by (route, status)."""
+    status, text = _get(srv.host, srv.port, "/metrics")
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("blender_fast_requests_total{"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+def _f(x, digits=1):
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def serve_md(res: dict) -> list[str]:
+    md = ["## Serving under load (`blender-fast serve`)", "",
+          __doc__.split("\n\n")[1].strip(), "",
+          f"Load average at start {res.get('load_average_start')}, at end {res.get('load_average_end')} "
+          "(a shared machine: other jobs ran at the same time). Server: `" + res.get("startup_line", "") + "`", "",
+          "### Closed loop (each client sends its next request when the last one is answered)", "",
+          "| server | clients | requests ok | pairs/s | offline pairs/s (same requests) | % of offline | req/s | "
+          "rank p50 / p95 / p99 ms | select p50 / p95 / p99 ms | rows per batch | batch fill | pad % | "
+          "CPU ms per pair (offline) | server RSS MB |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["closed_loop"]:
+        pct = 100 * r["pairs_per_s"] / r["offline_pairs_per_s"] if r.get("offline_pairs_per_s") else None
+        md.append(f"| {r['server']} | {r['concurrency']} | {r['ok']}/{r['requests']} | {_f(r['pairs_per_s'])} | "
+                  f"{_f(r.get('offline_pairs_per_s'))} | {_f(pct, 0)} | {_f(r['requests_per_s'], 2)} | "
+                  f"{_f(r.get('rank_p50_ms'), 0)} / {_f(r.get('rank_p95_ms'), 0)} / {_f(r.get('rank_p99_ms'), 0)} | "
+                  f"{_f(r.get('select_p50_ms'), 0)} / {_f(r.get('select_p95_ms'), 0)} / {_f(r.get('select_p99_ms'), 0)} | "
+                  f"{_f(r.get('rows_per_batch'))} | {_f(r.get('batch_fill'), 2)} | "
+                  f"{_f(100 * r['pad_fraction'] if 'pad_fraction' in r else None)} | "
+                  f"{_f(r.get('cpu_ms_per_pair'), 2)} ({_f(r.get('offline_cpu_ms_per_pair'), 2)}) | {_f(r.get('rss_mb'), 0)} |")
+    if res.get("reference_error"):
+        md += ["", f"llm-blender baseline not measured: {res['reference_error']}"]
+    md += ["", "The llm-blender rows count pairs/s of the requests' own pairs (a tournament select's 2(n-1)); "
+           "it ranks all n(n-1) pairs for every request.", "",
+           "### Open loop (Poisson arrivals)", "",
+           "| offered req/s | x capacity | sent | ok | statuses | pairs/s | all p50 / p95 / p99 ms | rows per batch | pad % |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["poisson"]:
+        md.append(f"| {_f(r['offered_rate'], 1)} | {r['fraction']:.2f} | {r['sent']} | {r['ok']} | {r['statuses']} | "
+                  f"{_f(r['pairs_per_s'])} | {_f(r.get('all_p50_ms'), 0)} / {_f(r.get('all_p95_ms'), 0)} / "
+                  f"{_f(r.get('all_p99_ms'), 0)} | {_f(r.get('rows_per_batch'))} | {_f(100 * r['pad_fraction'])} |")
+    o = res.get("overload")
+    if o:
+        md += ["", f"### Overload: {res['settings']['overload_factor']:.0f}x capacity for "
+               f"{res['settings']['overload_seconds']} s, --max-queued-pairs {res['settings']['overload_queue_pairs']}", "",
+               f"Sent {o['sent']}, answered {o['requests']} ({o['statuses']}), unanswered {o['unanswered']}, lost "
+               f"{o['lost']}. Server RSS {_f(o.get('rss_mb_first'), 0)} MB at the start, max "
+               f"{_f(o.get('rss_mb_max'), 0)}, {_f(o.get('rss_mb_last'), 0)} at the end (after a warm-up); exit code after SIGTERM "
+               f"{o.get('exit_code')}."]
+    t = res.get("tournament_latency")
+    if t:
+        md += ["", "### Best-of-12 tournament, one request at a time", "",
+               f"Offline `Ranker.select` {t['offline_ms']:.1f} ms, through the server {t['server_ms']:.1f} ms "
+               f"(median of {t['repeats']}): {t['ratio']:.2f}x."]
+    return md + [""]
+
+
+def serve_plot(res: dict, out: Path) -> str | None:
+    """Left: latency against throughput. Right: throughput as % of the offline engine measured in the
+    same rounds (the machine's speed drifts between levels; the ratio does not drift with it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    styles = (("batching", "tab:blue", "o"), ("no batching", "tab:orange", "o"),
+              ("llm-blender", "tab:gray", "s"))
+    for server, color, marker in styles:
+        rows = [r for r in res["closed_loop"] if r["server"].startswith(server)]
+        if not rows:
+            continue
+        label = "llm-blender + http.server" if server == "llm-blender" else server
+        ax.plot([r["pairs_per_s"] for r in rows], [r["all_p50_ms"] for r in rows], "-" + marker, color=color,
+                label=f"{label}, closed loop p50")
+        ax.plot([r["pairs_per_s"] for r in rows], [r["all_p95_ms"] for r in rows], ":" + marker, color=color,
+                label=f"{label}, closed loop p95")
+        for r in rows:
+            ax.annotate(f"c={r['concurrency']}", (r["pairs_per_s"], r["all_p50_ms"]), fontsize=7)
+        ax2.plot([r["concurrency"] for r in rows], [100 * r["pairs_per_s"] / r["offline_pairs_per_s"] for r in rows],
+                 "-" + marker, color=color, label=label)
+    if res["poisson"]:
+        ax.plot([r["pairs_per_s"] for r in res["poisson"]], [r["all_p50_ms"] for r in res["poisson"]], "-^",
+                color="tab:green", label="batching, Poisson arrivals p50")
+    ax.set(xlabel="throughput, pairs/s", ylabel="latency, ms", yscale="log", title="blender-fast serve on loopback")
+    ax.legend(fontsize=7)
+    ax2.axhline(100, color="k", lw=0.8, ls="--")
+    ax2.set(xlabel="concurrent clients", ylabel="% of the offline engine's pairs/s", xscale="log",
+            title="throughput vs offline, same rounds")
+    ax2.set_xticks(sorted({r["concurrency"] for r in res["closed_loop"]}))
+    ax2.set_xticklabels([str(c) for c in sorted({r["concurrency"] for r in res["closed_loop"]})])
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "serve.png", dpi=110)
+    plt.close(fig)
+    return "serve.png"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "reference":
+        sys.exit(reference_server_main(sys.argv[2:]))
+    print("usage: python -m benchmarks --sections serve  (this module also runs the llm-blender baseline server)",
+          file=sys.stderr)
+    sys.exit(2)

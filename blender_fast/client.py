@@ -1,0 +1,160 @@
+"""Client for ``blender-fast serve``: the Ranker's verbs over HTTP, standard library only.
+
+    from blender_fast import Client
+    client = Client("http://127.0.0.1:8000")
+    ranks = client.rank(inputs, candidates)                      # as Ranker.rank (list of arrays)
+    picks = client.select(inputs, candidates, top_k=1, strategy="tournament")   # list of dicts
+    probs = client.judge(prompts, [[a, b], ...], return_scores=True)            # as TRL's PairRMJudge
+
+A 429 (queue full) is retried after the server's Retry-After, a bounded number of times; any other
+error raises ``ServerError`` with the status and the server's message.
+"""
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Optional
+
+import numpy as np
+
+
+class ServerError(RuntimeError):
+    """The server answered with an error status; ``status`` and the server's ``detail`` message."""
+
+    def __init__(self, status: int, detail: str, retry_after: Optional[float] = None):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class Client:
+    """HTTP client of one blender-fast server.
+
+    timeout: seconds per HTTP call; max_retries: how many times a 429 is retried (after Retry-After,
+    capped at max_retry_wait seconds); deadline_ms: the server-side deadline sent with each request.
+    """
+
+    def __init__(self, url: str, timeout: float = 300.0, max_retries: int = 5, max_retry_wait: float = 30.0,
+                 deadline_ms: Optional[float] = None):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
+        self.deadline_ms = deadline_ms
+        self.retries = 0  # 429s retried so far (all calls)
+        # No proxies: a server is usually on loopback or the local network, and HTTP_PROXY would
+        # otherwise route loopback calls through the proxy.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    # -- transport --------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, payload=None):
+        url = self.url + path
+        if payload is not None and self.deadline_ms is not None:
+            url += f"?timeout_ms={self.deadline_ms}"
+        data = None if payload is None else json.dumps(payload).encode()
+        for attempt in range(self.max_retries + 1):
+            req = urllib.request.Request(url, data=data, method=method,
+                                         headers={"Content-Type": "application/json"} if data else {})
+            try:
+                with self._opener.open(req, timeout=self.timeout) as resp:
+                    body = resp.read()
+                    ctype = resp.headers.get("Content-Type", "")
+                    return json.loads(body) if "json" in ctype else body.decode()
+            except urllib.error.HTTPError as e:
+                body = e.read()
+                try:
+                    detail = json.loads(body).get("detail", body.decode(errors="replace"))
+                except ValueError:
+                    detail = body.decode(errors="replace")
+                retry_after = e.headers.get("Retry-After")
+                retry_after = float(retry_after) if retry_after else None
+                if e.code == 429 and attempt < self.max_retries:
+                    self.retries += 1
+                    time.sleep(min(self.max_retry_wait, retry_after if retry_after is not None else 1.0))
+                    continue
+                raise ServerError(e.code, detail, retry_after) from None
+        raise AssertionError("unreachable")
+
+    def _post(self, route: str, items: list[dict]) -> list[dict]:
+        return self._request("POST", f"/v1/{route}", items)
+
+    @staticmethod
+    def _items(inputs, candidates, instructions, **extra) -> list[dict]:
+        if isinstance(inputs, str) or isinstance(candidates, str):
+            raise TypeError("inputs and candidates must be lists (one entry per prompt)")
+        if len(inputs) != len(candidates):
+            raise ValueError(f"got {len(inputs)} inputs but {len(candidates)} candidate lists")
+        if instructions is not None and len(instructions) != len(inputs):
+            raise ValueError(f"instructions must be None or a list with one string per input ({len(inputs)})")
+        return [{"input": inp, "candidates": list(c), **({"instruction": instructions[p]} if instructions else {}),
+                 **extra} for p, (inp, c) in enumerate(zip(inputs, candidates))]
+
+    # -- the verbs --------------------------------------------------------------------------------
+
+    def rank(self, inputs, candidates, instructions=None, return_scores: bool = False,
+             policy: str = "max_logits"):
+        """As Ranker.rank: ranks (1 = best) or scores per prompt; one array when all have n candidates."""
+        out = self._post("rank", self._items(inputs, candidates, instructions, return_scores=return_scores,
+                                             policy=policy))
+        rows = [np.asarray(r["scores"], dtype=np.float32) if return_scores else np.asarray(r["ranks"], np.int32)
+                for r in out]
+        if rows and all(len(r) == len(rows[0]) for r in rows):
+            return np.stack(rows)
+        return rows
+
+    def select(self, inputs, candidates, top_k: int = 1, strategy: str = "tournament", orders: str = "both",
+               seed: int = 0, instructions=None, policy: str = "max_logits", worst: bool = False) -> list[dict]:
+        """Per prompt ``{top_k: [0-based indices, best first], comparisons, forward_passes, steps}``."""
+        return self._post("select", self._items(inputs, candidates, instructions, top_k=top_k, strategy=strategy,
+                                                orders=orders, seed=seed, policy=policy, worst=worst))
+
+    def compare(self, inputs, candidates_a, candidates_b, instructions=None, mode: str = "[A,B]+[B,A]") -> np.ndarray:
+        """As Ranker.compare: one logit per input that candidate A is better than B."""
+        if len(candidates_a) != len(candidates_b) or len(inputs) != len(candidates_a):
+            raise ValueError("inputs, candidates_a and candidates_b must have the same length")
+        items = [{"input": i, "candidate_a": a, "candidate_b": b, "mode": mode,
+                  **({"instruction": instructions[p]} if instructions else {})}
+                 for p, (i, a, b) in enumerate(zip(inputs, candidates_a, candidates_b))]
+        return np.asarray([r["logit"] for r in self._post("compare", items)], dtype=np.float32)
+
+    def judge(self, prompts, completions, shuffle_order: bool = True, return_scores: bool = False,
+              temperature: float = 1.0, seed: Optional[int] = None) -> list:
+        """TRL's PairRMJudge.judge: per prompt the preferred completion index (0 or 1), or with
+        return_scores the probability that completion 0 is better."""
+        items = [{"prompt": p, "completions": list(c), "shuffle_order": shuffle_order,
+                  "return_scores": return_scores, "temperature": temperature, "seed": seed}
+                 for p, c in zip(prompts, completions)]
+        out = self._post("judge", items)
+        return [r["probability"] if return_scores else r["preferred"] for r in out]
+
+    def fuse(self, inputs, candidates, instructions=None, top_k: int = 3, strategy: str = "tournament",
+             **generate) -> list[str]:
+        """Select the top k of each prompt and fuse them (the server needs --fuser)."""
+        out = self._post("fuse", self._items(inputs, candidates, instructions, top_k=top_k, strategy=strategy,
+                                             **generate))
+        return [r["text"] for r in out]
+
+    def health(self) -> bool:
+        try:
+            return self._request("GET", "/health")["status"] == "ok"
+        except (OSError, ServerError):
+            return False
+
+    def ready(self) -> bool:
+        try:
+            return bool(self._request("GET", "/ready").get("ready"))
+        except (OSError, ServerError):
+            return False
+
+    def wait_ready(self, timeout: float = 60.0, interval: float = 0.1) -> bool:
+        """Poll /ready until it says ready or timeout seconds pass."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.ready():
+                return True
+            time.sleep(interval)
+        return False
