@@ -491,7 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=positive_int, default=None, help="beam width (default: the fuser's, 4)")
     p.set_defaults(func=cmd_fuse, top_k=3)
 
-    from .server import add_serve_parser; add_serve_parser(sub)  # noqa: E702  (blender-fast serve)
+    from .server import add_serve_parser  # imports no web framework until `serve` runs
+
+    add_serve_parser(sub)
     return parser
 
 
