@@ -216,35 +216,25 @@ def main(argv=None) -> int:
                                                          args.device, args.threads, args.quick, start_peak))
         finish_section("flops", t0)
 
-    if "quality" in args.sections:
-        from . import quality
+    from . import quality
 
+    # quality and frontier: the synthetic comparator on every prompt, and with --model the checkpoint's
+    # own logits on the first --quality-prompts.
+    for section, synthetic, on_model in (("quality", quality.run_synthetic, quality.run_model),
+                                         ("frontier", quality.run_frontier, quality.run_model_frontier)):
+        if section not in args.sections:
+            continue
         t0 = time.perf_counter()
-        results["quality"] = {"synthetic": quality.run_synthetic(prompts, seeds=sizes.quality_seeds)}
+        results[section] = {"synthetic": synthetic(prompts, seeds=sizes.quality_seeds)}
         if args.model:
             from blender_fast import Ranker
 
             ranker = Ranker.from_pretrained(ckpt, device=args.device, threads=args.threads,
                                             backend="onnx" if args.device == "cpu" else "torch")
-            results["quality"]["checkpoint"] = quality.run_model(ranker, prompts[:sizes.quality_prompts],
-                                                                 seeds=sizes.quality_seeds)
-        results["quality"] = as_jsonable(results["quality"])
-        finish_section("quality", t0)
-
-    if "frontier" in args.sections:
-        from . import quality
-
-        t0 = time.perf_counter()
-        results["frontier"] = {"synthetic": quality.run_frontier(prompts, seeds=sizes.quality_seeds)}
-        if args.model:
-            from blender_fast import Ranker
-
-            ranker = Ranker.from_pretrained(ckpt, device=args.device, threads=args.threads,
-                                            backend="onnx" if args.device == "cpu" else "torch")
-            results["frontier"]["checkpoint"] = quality.run_model_frontier(ranker, prompts[:sizes.quality_prompts],
-                                                                           seeds=sizes.quality_seeds)
-        results["frontier"] = as_jsonable(results["frontier"])
-        finish_section("frontier", t0)
+            results[section]["checkpoint"] = on_model(ranker, prompts[:sizes.quality_prompts],
+                                                      seeds=sizes.quality_seeds)
+        results[section] = as_jsonable(results[section])
+        finish_section(section, t0)
 
     if "ray" in args.sections:
         from .ray_scaling import run_ray_section

@@ -181,14 +181,11 @@ def usable(prompts: list[BenchPrompt]) -> list[BenchPrompt]:
     return [p for p in scored if len(p.candidates) == n]
 
 
-def run_synthetic(prompts: list[BenchPrompt], levels=DEFAULT_LEVELS, seeds: int = 5, bias: float = DEFAULT_BIAS) -> dict:
-    prompts = usable(prompts)
-    if not prompts:
-        return {"skipped": "no prompt in the data has judge_pref for all its candidates"}
-    prefs = np.array([p.judge_pref for p in prompts], dtype=np.float64)
+def calibrated_levels(prefs: np.ndarray, levels, seeds: int, bias: float, rows_for):
+    """For each agreement level: the synthetic comparator calibrated to it for every noise seed, each run
+    through ``rows_for(comparator, prefs, seed) -> rows``; yields (level, rows, betas, achieved %)."""
     u = utilities(prefs)
     n_prompts, n = prefs.shape
-    levels_out = []
     for level in levels:
         rows, betas, achieved = [], [], []
         for seed in range(seeds):
@@ -197,7 +194,19 @@ def run_synthetic(prompts: list[BenchPrompt], levels=DEFAULT_LEVELS, seeds: int 
             comp = SyntheticComparator(u, noise, beta, bias)
             achieved.append(100.0 * pairwise_agreement(comp.matrix(), u))
             betas.append(beta)
-            rows += evaluate(comp, prefs, seed)
+            rows += rows_for(comp, prefs, seed)
+        yield level, rows, betas, achieved
+
+
+def run_synthetic(prompts: list[BenchPrompt], levels=DEFAULT_LEVELS, seeds: int = 5, bias: float = DEFAULT_BIAS) -> dict:
+    prompts = usable(prompts)
+    if not prompts:
+        return {"skipped": "no prompt in the data has judge_pref for all its candidates"}
+    prefs = np.array([p.judge_pref for p in prompts], dtype=np.float64)
+    u = utilities(prefs)
+    n_prompts, n = prefs.shape
+    levels_out = []
+    for level, rows, betas, achieved in calibrated_levels(prefs, levels, seeds, bias, evaluate):
         levels_out.append({"target_agreement_pct": level, "achieved_agreement_pct": float(np.mean(achieved)),
                            "beta_mean": float(np.mean(betas)), "rows": _mean_rows(rows)})
         log(f"quality: agreement {level}% (beta {np.mean(betas):.3f}) done")
@@ -334,18 +343,10 @@ def run_frontier(prompts: list[BenchPrompt], levels=DEFAULT_LEVELS, seeds: int =
     if not prompts:
         return {"skipped": "no prompt in the data has judge_pref for all its candidates"}
     prefs = np.array([p.judge_pref for p in prompts], dtype=np.float64)
-    u = utilities(prefs)
     n_prompts, n = prefs.shape
     levels_out = []
-    for level in levels:
-        rows, betas, achieved = [], [], []
-        for seed in range(seeds):
-            noise = np.random.default_rng(seed).standard_normal((n_prompts, n, n))
-            beta = calibrate_beta(u, noise, level / 100.0)
-            comp = SyntheticComparator(u, noise, beta, bias)
-            achieved.append(100.0 * pairwise_agreement(comp.matrix(), u))
-            betas.append(beta)
-            rows += _frontier_rows(comp, prefs, seed, budgets)
+    frontier_rows = lambda comp, prefs, seed: _frontier_rows(comp, prefs, seed, budgets)  # noqa: E731
+    for level, rows, betas, achieved in calibrated_levels(prefs, levels, seeds, bias, frontier_rows):
         levels_out.append({"target_agreement_pct": level, "achieved_agreement_pct": float(np.mean(achieved)),
                            "beta_mean": float(np.mean(betas)), "rows": _mean_frontier(rows)})
         log(f"frontier: agreement {level}% done")

@@ -565,29 +565,36 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
 
 def add_serve_parser(subparsers) -> None:
     """``blender-fast serve``: the CLI calls this from build_parser."""
-    from .options import BACKENDS, DEVICES, PRECISIONS
+    import argparse
 
-    p = subparsers.add_parser("serve", help="serve PairRM over HTTP with continuous batching (needs [serve])")
+    from .cli import non_negative_int, positive_int
+    from .options import BACKENDS, DEVICE_CHOICES, PRECISIONS
+
+    p = subparsers.add_parser("serve", help="serve PairRM over HTTP with continuous batching (needs [serve])",
+                              description="Serve PairRM over HTTP (JSON under /v1, /health, /ready, /metrics, "
+                                          "/docs) with continuous batching across requests and selection steps.",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", "--ranker", dest="model", required=True,
                    help="PairRM checkpoint directory (or demo:tiny / demo:xsmall, random weights)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000, help="0 = any free port (the startup line says which)")
-    p.add_argument("--backend", choices=BACKENDS, default="onnx")
-    p.add_argument("--device", choices=DEVICES, default="cpu")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the runtime")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
+    p.add_argument("--port", type=non_negative_int, default=8000,
+                   help="0 = any free port (the startup line says which)")
+    p.add_argument("--backend", choices=BACKENDS, default="onnx", help="runtime of the ranker graph")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = cuda when available, else cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="numeric precision of the model")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads of the runtime")
     p.add_argument("--fuser", default=None, help="GenFuser checkpoint directory: enables POST /v1/fuse")
-    p.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS,
+    p.add_argument("--max-batch-tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS,
                    help="real tokens one scheduler iteration runs (all its model calls together)")
     p.add_argument("--max-wait-ms", type=float, default=DEFAULT_MAX_WAIT_MS,
                    help="when idle, how long a new request waits for others to share its batch")
-    p.add_argument("--max-queued-pairs", type=int, default=DEFAULT_MAX_QUEUED_PAIRS,
+    p.add_argument("--max-queued-pairs", type=positive_int, default=DEFAULT_MAX_QUEUED_PAIRS,
                    help="model rows admitted but not yet run; beyond it requests get 429")
-    p.add_argument("--max-rows-per-request", type=int, default=DEFAULT_MAX_ROWS_PER_REQUEST,
+    p.add_argument("--max-rows-per-request", type=positive_int, default=DEFAULT_MAX_ROWS_PER_REQUEST,
                    help="most rows one request contributes to one iteration (fairness)")
-    p.add_argument("--max-candidates", type=int, default=DEFAULT_MAX_CANDIDATES,
+    p.add_argument("--max-candidates", type=positive_int, default=DEFAULT_MAX_CANDIDATES,
                    help="candidates per item; beyond it 413")
-    p.add_argument("--max-text-chars", type=int, default=DEFAULT_MAX_TEXT_CHARS,
+    p.add_argument("--max-text-chars", type=positive_int, default=DEFAULT_MAX_TEXT_CHARS,
                    help="characters per text; beyond it 413")
     p.add_argument("--no-cross-request-batching", action="store_true",
                    help="run one request per model call (for comparison only)")
@@ -625,24 +632,26 @@ def cmd_serve(args) -> int:
 
     from .cli import resolve_model
     from .ranker import Ranker
+    from .runtime import resolve_device
 
     for name in ("max_batch_tokens", "max_queued_pairs", "max_candidates", "max_text_chars", "max_rows_per_request"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     t0 = time.perf_counter()
     path = resolve_model(args.model)
-    ranker = Ranker.from_pretrained(path, backend=args.backend, device=args.device, precision=args.precision,
+    device = resolve_device(args.device, args.backend)
+    ranker = Ranker.from_pretrained(path, backend=args.backend, device=device, precision=args.precision,
                                     threads=args.threads)
     fuser = None
     if args.fuser:
         from .fuser import Fuser
 
-        fuser = Fuser.from_pretrained(args.fuser, device=args.device)
+        fuser = Fuser.from_pretrained(args.fuser, device=device)
     engine = BatchingEngine(ranker, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
                             max_queued_pairs=args.max_queued_pairs, max_rows_per_request=args.max_rows_per_request,
                             cross_request=not args.no_cross_request_batching)
     info = {"model": str(path), "runtime": _runtime_name(ranker.model), "precision": args.precision,
-            "threads": args.threads or "runtime default", "device": args.device}
+            "threads": args.threads or "runtime default", "device": device}
     app = create_app(engine, fuser=fuser, max_candidates=args.max_candidates, max_text_chars=args.max_text_chars,
                      info=info, ready=False)
     sock = listening_socket(args.host, args.port)
@@ -656,7 +665,7 @@ def cmd_serve(args) -> int:
         print(f"blender-fast serve: ready after {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
 
     print(f"blender-fast serve: http://{args.host}:{port} model={path} runtime={info['runtime']} "
-          f"precision={args.precision} threads={info['threads']} device={args.device} "
+          f"precision={args.precision} threads={info['threads']} device={device} "
           f"max_batch_tokens={args.max_batch_tokens} max_wait_ms={args.max_wait_ms} "
           f"max_queued_pairs={args.max_queued_pairs} max_rows_per_request={args.max_rows_per_request} "
           f"max_candidates={args.max_candidates} max_text_chars={args.max_text_chars} "

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from blender_fast.blender import Blender
+from blender_fast.checkpoint import llm_blender_model_name
 from blender_fast.judges import PairRMJudge
 from conftest import require
 
@@ -154,7 +155,7 @@ def test_same_answers_as_trl_judge_on_llm_blender(tiny_checkpoint, one_torch_thr
     import llm_blender
 
     ref = llm_blender.Blender(llm_blender.BlenderConfig(device="cpu", use_tqdm=False))
-    ref.loadranker(str(tiny_checkpoint), device="cpu")
+    ref.loadranker(str(tiny_checkpoint), device="cpu", model_name=llm_blender_model_name(tiny_checkpoint))
     prompts, completions = pairs
     mask = np.random.default_rng(3).choice([True, False], size=len(prompts))
     for flips in (np.zeros(len(prompts), bool), mask):

@@ -314,7 +314,7 @@ def test_sigterm_drains_then_exits_0(tiny_checkpoint, shared_records):
 def test_fuse_route_selects_then_fuses_like_offline(ranker, prompts, tmp_path_factory, one_torch_thread):
     require("transformers")
     from blender_fast.fuser import Fuser
-    from blender_fast.make_checkpoint import make_fuser_checkpoint
+    from blender_fast.synthetic import make_fuser_checkpoint
 
     fuser = Fuser.from_pretrained(make_fuser_checkpoint(tmp_path_factory.mktemp("fuser") / "tiny", shape="tiny"),
                                   device="cpu", dtype="float32")
