@@ -14,7 +14,7 @@ from typing import List
 
 import numpy as np
 
-from .options import STRATEGIES
+from .options import STRATEGIES, non_negative_int, positive_int
 from .ranker import DEFAULT_MAX_BATCH, Ranker, check_prompts, check_text
 from .runtime import resolve_device
 from .selection import BUDGETED, PromptError, top_k_from_scores
@@ -72,19 +72,6 @@ def topk_from_ranks(ranks, candidates, top_k):
         idx = top_k_from_scores(-np.asarray(r, dtype=np.float64), top_k)
         out.append([cands[i] for i in idx])
     return out
-
-
-def positive_int(name: str, value) -> int:
-    """``value`` as an int >= 1, else a ValueError naming the argument (None, NaN, 1.5, 0, -1, True...)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def non_negative_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
 
 
 def check_texts(name: str, texts) -> None:

@@ -345,36 +345,3 @@ def publish_dir(final: Path, build: Callable[[Path], object], check: Callable[[P
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-# -- the demo checkpoint -----------------------------------------------------------------------------
-
-def _demo_check(directory: Path) -> Optional[str]:
-    data, problem = read_manifest(directory / "blender_fast.json")
-    if problem:
-        return problem
-    return verify_files(directory, data.get(MANIFEST_FILES_KEY))
-
-
-def demo_checkpoint(shape: str = "xsmall", seed: int = 0, *, llm_blender_loadable: bool = False,
-                    announce: Optional[Callable[[Path], object]] = None) -> Path:
-    """A generated random-weight PairRM checkpoint in the cache, made once (then reused).
-
-    By default it holds what blender-fast needs: the ranker weights, its tokenizer and the backbone's
-    config (no second copy of the backbone weights). ``llm_blender_loadable=True`` adds the fp16
-    backbone weights llm-blender's loader reads before the ranker's (benchmarks against the reference).
-    ``announce(path)`` is called before a checkpoint is generated (it takes a while).
-    """
-    from .synthetic import make_ranker_checkpoint
-
-    name = f"demo-{shape}-seed{int(seed)}" + ("-llm-blender" if llm_blender_loadable else "")
-    final = cache_root() / "checkpoints" / name
-
-    def build(tmp: Path) -> None:
-        if announce is not None:
-            announce(final)
-        make_ranker_checkpoint(tmp, shape=shape, seed=seed, backbone_weights=llm_blender_loadable,
-                               manifest=True)
-
-    path, _ = publish_dir(final, build, _demo_check)
-    return path

@@ -310,5 +310,3 @@ def llm_blender_model_name(path) -> str:
     return name
 
 
-# Fingerprints and the cache root live in cache.py; these names stay importable from here.
-from .cache import cache_root, checkpoint_fingerprint, file_sha256, weights_fingerprint  # noqa: E402,F401

@@ -13,37 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-from .options import BACKENDS, DEVICE_CHOICES, ORDERS, POLICIES, PRECISIONS, STRATEGIES
+from .demo import resolve_model
+from .options import BACKENDS, DEVICE_CHOICES, ORDERS, POLICIES, PRECISIONS, STRATEGIES, int_argument
 
 DESCRIPTION = (
     "blender-fast: rank the answers several LLMs gave to each prompt with PairRM (all pairs, or the best k "
     "with far fewer model calls), fuse the best with a GenFuser, export a checkpoint to ONNX."
 )
-
-DEMO_PREFIX = "demo:"
-DEMO_WARNING = (
-    "NOTE: ranking with a GENERATED checkpoint ({path}): random weights, so the orderings are meaningless. "
-    "They only show the engine working. Point --model at a real PairRM directory (llm-blender/PairRM "
-    "downloaded by you) for real rankings."
-)
-
-
-def demo_checkpoint(spec: str) -> Path:
-    """'demo:xsmall' → a generated checkpoint in the user cache, made once (cache.demo_checkpoint)."""
-    from . import cache
-
-    shape = spec[len(DEMO_PREFIX):] or "xsmall"
-    path = cache.demo_checkpoint(shape, seed=0, announce=lambda p: print(
-        f"generating a random-weight PairRM checkpoint ({shape}) in {p} ...", file=sys.stderr))
-    return path
-
-
-def resolve_model(spec: str) -> Path:
-    if spec.startswith(DEMO_PREFIX):
-        path = demo_checkpoint(spec)
-        print(DEMO_WARNING.format(path=path), file=sys.stderr)
-        return path
-    return Path(spec)
 
 
 def cmd_make_checkpoint(args) -> int:
@@ -397,22 +373,8 @@ def cmd_fuse(args) -> int:
 
 # -- arguments -----------------------------------------------------------------------------------------
 
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-positive_int = _int_at_least(1)
-non_negative_int = _int_at_least(0)
+positive_int = int_argument(1)
+non_negative_int = int_argument(0)
 
 
 def _add_ranker_options(p):

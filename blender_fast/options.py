@@ -2,6 +2,8 @@
 binding's error messages all take their choices from here, so a value means the same thing everywhere."""
 from __future__ import annotations
 
+import numbers
+
 # Selection strategies (``Ranker.select``, ``Blender.get_best_of_n``, ``--strategy``).
 STRATEGIES = ("bubble", "tournament", "full", "swiss", "knockout_rr", "adaptive")
 # The ones the C++ Selector runs ("full" is one step of all pairs, done in Python).
@@ -21,6 +23,37 @@ DEVICES = ("cpu", "cuda")
 DEVICE_CHOICES = DEVICES + ("auto",)
 # The runtime that executes the ranker graph.
 BACKENDS = ("onnx", "torch")
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1, else a ValueError naming the argument (None, NaN, 1.5, 0, -1, True...)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def non_negative_int(name: str, value) -> int:
+    """``value`` as an int >= 0, else a ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def int_argument(minimum: int):
+    """An argparse ``type=`` for integers >= minimum: the command line's spelling of the checks above."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def check_choice(name: str, value, choices) -> str:

@@ -128,7 +128,8 @@ class RankerActor:
 def prepare_model(model, backend: str = "onnx", precision: str = "fp32", cache_dir=None) -> tuple[str, str | None]:
     """Check the checkpoint and warm the export cache ONCE, on the driver, before any actor starts (N
     actors exporting the same model at once would each pay the export). Returns (model path, cache dir)."""
-    from .checkpoint import cache_root, load_checkpoint
+    from .cache import cache_root
+    from .checkpoint import load_checkpoint
 
     path = str(Path(model).resolve())
     ckpt = load_checkpoint(path)
@@ -408,7 +409,7 @@ def cmd_rank_ray(args) -> int:
     import sys
     import time
 
-    from .cli import resolve_model
+    from .demo import resolve_model
 
     ray = _import_ray()
     if not args.input:

@@ -567,8 +567,9 @@ def add_serve_parser(subparsers) -> None:
     """``blender-fast serve``: the CLI calls this from build_parser."""
     import argparse
 
-    from .cli import non_negative_int, positive_int
-    from .options import BACKENDS, DEVICE_CHOICES, PRECISIONS
+    from .options import BACKENDS, DEVICE_CHOICES, PRECISIONS, int_argument
+
+    positive_int, non_negative_int = int_argument(1), int_argument(0)
 
     p = subparsers.add_parser("serve", help="serve PairRM over HTTP with continuous batching (needs [serve])",
                               description="Serve PairRM over HTTP (JSON under /v1, /health, /ready, /metrics, "
@@ -630,7 +631,7 @@ def cmd_serve(args) -> int:
     _import_serving()
     import uvicorn
 
-    from .cli import resolve_model
+    from .demo import resolve_model
     from .ranker import Ranker
     from .runtime import resolve_device
 

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, require
 
-from blender_fast import cache
+from blender_fast import cache, demo
 from blender_fast.cache import CacheError, publish_dir, weights_fingerprint
 
 
@@ -276,13 +276,13 @@ def test_two_processes_export_the_same_model(tiny_checkpoint, own_cache):
 def test_demo_checkpoint_is_made_once_and_lean(own_cache, one_torch_thread):
     require("torch")
     announced = []
-    path = cache.demo_checkpoint("tiny", announce=announced.append)
+    path = demo.demo_checkpoint("tiny", announce=announced.append)
     assert path == own_cache / "checkpoints" / "demo-tiny-seed0" and len(announced) == 1
     assert (path / "backbone" / "config.json").is_file()
     assert not list((path / "backbone").glob("*.safetensors"))  # one copy of the weights, not two
-    assert cache.demo_checkpoint("tiny", announce=announced.append) == path and len(announced) == 1
+    assert demo.demo_checkpoint("tiny", announce=announced.append) == path and len(announced) == 1
     (path / "model.safetensors").write_bytes(b"broken")
-    assert cache.demo_checkpoint("tiny", announce=announced.append) == path and len(announced) == 2
+    assert demo.demo_checkpoint("tiny", announce=announced.append) == path and len(announced) == 2
     from blender_fast.checkpoint import load_checkpoint
 
     assert load_checkpoint(path).weights_path.stat().st_size > 1000

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import require
 
-from blender_fast.checkpoint import CheckpointError, DEBERTA_V3_LARGE, checkpoint_fingerprint, load_checkpoint
+from blender_fast.cache import checkpoint_fingerprint
+from blender_fast.checkpoint import CheckpointError, DEBERTA_V3_LARGE, load_checkpoint
 
 
 def _copy(src, tmp_path, name="ckpt"):

@@ -1,0 +1,62 @@
+"""The demo checkpoint: a generated random-weight PairRM (real architecture and file layout) made once in
+the cache, so ``blender-fast rank`` and the benchmarks run on a fresh machine with no download. Its
+orderings are meaningless; it shows the engine working. ``--model demo:SHAPE`` names it."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from .cache import MANIFEST_FILES_KEY, cache_root, publish_dir, read_manifest, verify_files
+
+
+def _demo_check(directory: Path) -> Optional[str]:
+    data, problem = read_manifest(directory / "blender_fast.json")
+    if problem:
+        return problem
+    return verify_files(directory, data.get(MANIFEST_FILES_KEY))
+
+
+def demo_checkpoint(shape: str = "xsmall", seed: int = 0, *, llm_blender_loadable: bool = False,
+                    announce: Optional[Callable[[Path], object]] = None) -> Path:
+    """A generated random-weight PairRM checkpoint in the cache, made once (then reused).
+
+    By default it holds what blender-fast needs: the ranker weights, its tokenizer and the backbone's
+    config (no second copy of the backbone weights). ``llm_blender_loadable=True`` adds the fp16
+    backbone weights llm-blender's loader reads before the ranker's (benchmarks against the reference).
+    ``announce(path)`` is called before a checkpoint is generated (it takes a while).
+    """
+    from .synthetic import make_ranker_checkpoint
+
+    name = f"demo-{shape}-seed{int(seed)}" + ("-llm-blender" if llm_blender_loadable else "")
+    final = cache_root() / "checkpoints" / name
+
+    def build(tmp: Path) -> None:
+        if announce is not None:
+            announce(final)
+        make_ranker_checkpoint(tmp, shape=shape, seed=seed, backbone_weights=llm_blender_loadable,
+                               manifest=True)
+
+    path, _ = publish_dir(final, build, _demo_check)
+    return path
+
+
+DEMO_PREFIX = "demo:"
+DEMO_WARNING = (
+    "NOTE: ranking with a GENERATED checkpoint ({path}): random weights, so the orderings are meaningless. "
+    "They only show the engine working. Point --model at a real PairRM directory (llm-blender/PairRM "
+    "downloaded by you) for real rankings."
+)
+
+
+def resolve_model(spec) -> Path:
+    """A --model value as a path: 'demo:SHAPE' (demo: alone = xsmall) is the generated checkpoint in the
+    cache (made once, with a note on stderr that its weights are random); anything else is a directory."""
+    spec = str(spec)
+    if not spec.startswith(DEMO_PREFIX):
+        return Path(spec)
+    shape = spec[len(DEMO_PREFIX):] or "xsmall"
+    path = demo_checkpoint(shape, seed=0, announce=lambda p: print(
+        f"generating a random-weight PairRM checkpoint ({shape}) in {p} ...", file=sys.stderr))
+    print(DEMO_WARNING.format(path=path), file=sys.stderr)
+    return path
