@@ -23,10 +23,21 @@ Module map (one concept per module), in the order a ranking call runs through th
        |
     runtime.py        OnnxPairModel (ONNX Runtime) / TorchPairModel: logits per packed row
 
-Around it: options.py (the one vocabulary of choices), checkpoint.py (reading a PairRM directory),
-export.py (torch module -> ONNX, checked against torch), jobs.py (RankOptions, rank_prompts: the result
-record shared by the CLI and the Ray job), cli.py (``blender-fast``), blender.py (the llm-blender
-facade), fuser.py (GenFuser), generation.py (n_generate).
+Around it:
+
+    options.py        the one vocabulary of choices (strategies, precisions, devices, backends) and checks
+    checkpoint.py     reading a PairRM directory (llm-blender or hf layout)
+    export.py         the PairRM torch module -> ONNX, checked against torch
+    cache.py          cache root, fingerprints, atomic publish of a directory (exports of ranker and fuser)
+    demo.py           the generated demo checkpoint (``--model demo:SHAPE``), made once
+    synthetic/        random-weight checkpoints with the real layout (tokenizer, ranker, fuser)
+    jobs.py           RankOptions, rank_prompts: the result record shared by the CLI and the Ray job
+    engine.py         BatchingEngine: continuous batching of many callers' pairs and selection steps
+    server.py         ``blender-fast serve``: HTTP over the engine; client.py: Client for it
+    ray.py            the same job on a Ray cluster (Ray Data actors, one Ranker each)
+    judges.py         PairRMJudge, TRL's pairwise judge interface
+    blender.py        the llm-blender facade; fuser.py (GenFuser); generation.py (n_generate)
+    cli.py            ``blender-fast`` rank / fuse / export / make-checkpoint / serve
 """
 from ._core import __version__
 
