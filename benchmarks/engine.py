@@ -174,8 +174,11 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threads: int | None, repeats: int,
-                       seed: int = 0, best_of_n: bool = True) -> dict:
-    """Time rank (all pairs) and best-of-n on the same prompts: ours vs llm-blender, interleaved."""
+                       seed: int = 0, best_of_n: bool = True, plan=None, tournament: bool = True) -> dict:
+    """Time rank (all pairs) and best-of-n on the same prompts: ours vs llm-blender, interleaved.
+
+    plan: (name, side, backend, precision) of our engines, default engine_plan(device); the first is
+    the one timed against llm-blender in best-of-n and compared with it."""
     from .common import candidates_for
 
     shape = ModelShape.from_checkpoint(ckpt_path)
@@ -183,7 +186,7 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
     cands = [candidates_for(prompts, i, n_candidates) for i in range(len(prompts))]
 
     engines: list[Engine] = []
-    for name, side, backend, precision in engine_plan(device):
+    for name, side, backend, precision in plan or engine_plan(device):
         log(f"engine: loading {name}")
         t0 = time.perf_counter()
         blender, batches = load_ours(ckpt_path, device, backend, precision, threads)
@@ -230,8 +233,9 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
         schedule.append(("rank", e, rank_fn(e)))
     if best_of_n:
         schedule += [("best_of_n bubble", ours_main, best_fn(ours_main, "bubble")),
-                     ("best_of_n bubble", ref, best_fn(ref, "bubble")),
-                     ("best_of_n tournament", ours_main, best_fn(ours_main, "tournament"))]
+                     ("best_of_n bubble", ref, best_fn(ref, "bubble"))]
+        if tournament:
+            schedule.append(("best_of_n tournament", ours_main, best_fn(ours_main, "tournament")))
 
     log("engine: warm-up (one small call per engine)")
     warm_in, warm_c = inputs[:1], [cands[0][:2]]
@@ -289,13 +293,14 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
 
         full_top1 = [int(i) for i in np.argmax(scores[ours_main.name], axis=1)]
         ours_bubble, ref_bubble = idx("best_of_n bubble", ours_main.name), idx("best_of_n bubble", ref.name)
-        ours_tourn = idx("best_of_n tournament", ours_main.name)
         picks = {
             "ours bubble vs llm-blender bubble (same start order), % same pick": pick_agreement(ours_bubble, ref_bubble),
             "ours bubble vs full-rank top-1, % same": pick_agreement(ours_bubble, full_top1),
-            "ours tournament vs full-rank top-1, % same": pick_agreement(ours_tourn, full_top1),
-            "ours tournament vs ours bubble, % same": pick_agreement(ours_tourn, ours_bubble),
         }
+        if tournament:
+            ours_tourn = idx("best_of_n tournament", ours_main.name)
+            picks["ours tournament vs full-rank top-1, % same"] = pick_agreement(ours_tourn, full_top1)
+            picks["ours tournament vs ours bubble, % same"] = pick_agreement(ours_tourn, ours_bubble)
 
     return as_jsonable({
         "settings": {"prompts": len(prompts), "candidates_per_prompt": n_candidates, "repeats": repeats,
@@ -306,6 +311,8 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
         "tasks": cells,
         "agreement": agreement,
         "best_of_n_picks": picks,
+        "scores": {name: s.tolist() for name, s in scores.items()},
+        "inputs": inputs, "candidates": cands,
         "runs": {f"{task} / {name}": rs for (task, name), rs in runs.items()},
         "model_shape": shape,
     })

@@ -12,11 +12,14 @@ POLICIES = ("max_logits", "max_wins")
 COMPARE_MODES = ("[A,B]", "[B,A]", "[A,B]+[B,A]")
 # Numeric precision of the model; "int8" is ONNX Runtime dynamic quantization (CPU).
 PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS += ("bf16",)  # torch bf16 GEMMs with fp32 layer norms and head (runtime.lower_precision); CPU with AVX512-BF16/AMX, or CUDA
+PRECISION_CHOICES = PRECISIONS + ("auto",)  # "auto": the fastest precision that passed the agreement gate here (autoselect.py)
 # Where the model runs; "auto" = cuda when torch or onnxruntime sees a GPU, else cpu.
 DEVICES = ("cpu", "cuda")
 DEVICE_CHOICES = DEVICES + ("auto",)
 # The runtime that executes the ranker graph.
 BACKENDS = ("onnx", "torch")
+BACKEND_CHOICES = BACKENDS + ("auto",)  # "auto": chosen with the precision (autoselect.py)
 
 
 def check_choice(name: str, value, choices) -> str:

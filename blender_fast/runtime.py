@@ -64,24 +64,74 @@ class OnnxPairModel:
         return binding.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
 
 
-class TorchPairModel:
-    """The same computation in torch eager (fp32 or fp16), for users without ONNX Runtime or on GPUs."""
+# What stays in fp32 when the rest of the model runs in bf16/fp16, by default. Decided by measurement
+# (benchmarks `precision_probe`, README "Hardware"): on the well-conditioned xsmall checkpoint plain bf16
+# had max |dlogit| 1.0 x the logit std, bf16 with fp32 layer norms + head 0.12 x; keeping the embeddings
+# in fp32 as well changed nothing. Softmax and the relative-position terms are computed by HF's attention
+# in the GEMMs' dtype; keeping them in fp32 would need a patched attention, and was not needed to pass.
+DEFAULT_FP32_ISLANDS = ("layernorm", "head")
+FP32_ISLANDS = ("layernorm", "head", "embeddings")
 
-    def __init__(self, module, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
+
+def lower_precision(module, dtype, keep_fp32=DEFAULT_FP32_ISLANDS):
+    """Cast a PairRM module to ``dtype`` (torch.bfloat16 / float16), keeping ``keep_fp32`` parts in fp32.
+
+    An fp32 island gets its input upcast and returns its output cast back, so its neighbours see the
+    lower dtype; the head returns fp32 logits, so the final subtraction (left - right) is fp32 too."""
+    import torch
+
+    unknown = set(keep_fp32) - set(FP32_ISLANDS)
+    if unknown:
+        raise ValueError(f"keep_fp32 entries must be among {FP32_ISLANDS}, got {sorted(unknown)}")
+    module = module.to(dtype)
+
+    def upcast(mod, cast_back):
+        mod.float()
+        inner = mod.forward
+
+        def forward(*args, **kwargs):
+            args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+            out = inner(*args, **kwargs)
+            return out.to(dtype) if cast_back else out
+
+        mod.forward = forward
+
+    if "layernorm" in keep_fp32:
+        for mod in module.modules():
+            if isinstance(mod, torch.nn.LayerNorm):
+                upcast(mod, cast_back=True)
+    if "head" in keep_fp32 and hasattr(module, "head_layer"):
+        upcast(module.head_layer, cast_back=False)
+    if "embeddings" in keep_fp32 and hasattr(module, "pretrained_model"):
+        upcast(module.pretrained_model.embeddings, cast_back=True)
+    return module
+
+
+class TorchPairModel:
+    """The same computation in torch eager (fp32, fp16 or bf16), for users without ONNX Runtime, on GPUs,
+    and for bf16 on CPUs with bf16 units (oneDNN)."""
+
+    def __init__(self, module, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
+                 keep_fp32=DEFAULT_FP32_ISLANDS):
         import torch
 
         _check_device(device)
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"the torch backend supports precision 'fp32' or 'fp16', got {precision!r}")
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"the torch backend supports precision 'fp32', 'fp16' or 'bf16', got {precision!r}")
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device='cuda' but torch sees no CUDA device")
         if threads:
             torch.set_num_threads(int(threads))
         self.torch = torch
         self.device = device
+        self.precision = precision
         self.module = module.to(device)
+        self.keep_fp32 = ()
         if precision == "fp16":
-            self.module = self.module.half()
+            self.module = self.module.half()  # llm-blender's fp16: everything halved
+        elif precision == "bf16":
+            self.keep_fp32 = tuple(keep_fp32)
+            self.module = lower_precision(self.module, torch.bfloat16, self.keep_fp32)
         self.module.eval()
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
