@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from .options import BACKEND_CHOICES, PRECISION_CHOICES
+
 DEMO_PREFIX = "demo:"
 DEMO_WARNING = (
     "NOTE: ranking with a GENERATED checkpoint ({path}): random weights, so the orderings are meaningless. "
@@ -68,8 +70,13 @@ def _load_ranker(args):
     from .ranker import Ranker
 
     precision = "int8" if args.int8 else args.precision
-    return Ranker.from_pretrained(resolve_model(args.model), backend=args.backend, device=args.device,
-                                  precision=precision, threads=args.threads)
+    ranker = Ranker.from_pretrained(resolve_model(args.model), backend=args.backend, device=args.device,
+                                    precision=precision, threads=args.threads)
+    if "auto" in (args.backend, precision):
+        d = ranker.describe()
+        print(f"ranker: {d['backend']} {d['precision']} on {d['device']} ({d['cpu_model']}; {', '.join(d['isa'])}): "
+              f"{d['reason']}", file=sys.stderr)
+    return ranker
 
 
 def _rank_chunk(ranker, args, prompts):
@@ -157,9 +164,10 @@ def _add_ranker_options(p):
                    help="PairRM checkpoint directory (default: a generated random-weight demo checkpoint)")
     p.add_argument("--input", help="JSON Lines prompts (default: the package's example prompts)")
     p.add_argument("--output", default="-", help="output JSON Lines ('-' = stdout)")
-    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    p.add_argument("--backend", choices=list(BACKEND_CHOICES), default="onnx", help="auto: see --precision auto")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    p.add_argument("--precision", choices=list(PRECISION_CHOICES), default="fp32",
+                   help="auto: the fastest variant that passed the agreement gate on this CPU (startup line says which)")
     p.add_argument("--int8", action="store_true", help="same as --precision int8 (ONNX Runtime dynamic quantization)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--strategy", choices=["full", "bubble", "tournament"], default="full")

@@ -144,6 +144,8 @@ def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", 
     """Write ``model.onnx`` (+ tokenizer) into out_dir and check ORT against torch on a sample batch."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16":
+        raise ValueError("precision='bf16' runs in torch (backend='torch'); ONNX Runtime has no fast bf16 CPU kernels")
     _require_torch()
     import torch
 

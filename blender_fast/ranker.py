@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _core
 from .checkpoint import SPECIAL_TOKENS, load_checkpoint
-from .options import BACKENDS, COMPARE_MODES, DEVICES, PRECISIONS  # noqa: F401  (re-exported)
+from .options import BACKEND_CHOICES, BACKENDS, COMPARE_MODES, DEVICES, PRECISION_CHOICES, PRECISIONS  # noqa: F401  (re-exported)
 from .selection import Selection, ranks_from_scores, select
 from .tokenization import EncodedPrompts, PairTokenizer, encode_prompts
 
@@ -108,6 +108,19 @@ class Ranker:
         self.progress = progress
         self.batch_cost = batch_cost
         self.last_stats = RunStats()
+        self.engine_info: dict = {}  # what from_pretrained chose and why (describe())
+
+    def describe(self) -> dict:
+        """How this ranker runs: backend, precision, device, threads, CPU model and ISA features, and why
+        (the reason is auto-selection's when precision/backend was "auto")."""
+        from .autoselect import cpu_features
+
+        cpu = cpu_features()
+        info = {"backend": None, "precision": None, "device": None, "threads": None, "reason": "constructed directly"}
+        info.update(self.engine_info)
+        info.update(cpu_model=cpu["cpu_model"], isa=cpu["isa"], logical_cores=cpu["logical_cores"],
+                    fp32_islands=list(getattr(self.model, "keep_fp32", ())))
+        return info
 
     @classmethod
     def from_pretrained(cls, path, backend: str = "onnx", device: str = "cpu", precision: str = "fp32", *,
@@ -119,34 +132,31 @@ class Ranker:
 
         backend="onnx" exports the checkpoint to ONNX on first use and caches it (keyed by a hash of the
         weights and export options); precision "int8" is ONNX Runtime dynamic quantization (CPU).
-        backend="torch" runs the same graph in torch eager, fp32 or fp16.
+        backend="torch" runs the same graph in torch eager, fp32, fp16 or bf16 (bf16 keeps layer norms and
+        the head in fp32). precision="auto" / backend="auto" pick the fastest variant that this CPU supports
+        and that passed the agreement gate for this checkpoint (autoselect.py), else exact fp32; see
+        describe() for the choice and why. The default stays exact fp32.
         """
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if backend not in BACKEND_CHOICES:
+            raise ValueError(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
+        if precision not in PRECISION_CHOICES:
+            raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {precision!r}")
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         ckpt = load_checkpoint(path)
-        if backend == "onnx":
-            from .export import cached_export
-            from .runtime import OnnxPairModel
+        from .autoselect import build_model, choose
 
-            out_dir, _ = cached_export(ckpt, precision, cache_dir)
-            model = OnnxPairModel(out_dir / "model.onnx", device=device, threads=threads)
-            tok = PairTokenizer.load(out_dir)
-        else:
-            if precision == "int8":
-                raise ValueError("precision='int8' needs backend='onnx' (ONNX Runtime dynamic quantization)")
-            from .export import build_torch_model
-            from .runtime import TorchPairModel
-            from .tokenization import build_pair_tokenizer
-
-            tok = build_pair_tokenizer(ckpt)
-            model = TorchPairModel(build_torch_model(ckpt), device=device, precision=precision, threads=threads)
-        return cls(model, tok, source_maxlength or ckpt.source_maxlength, candidate_maxlength or ckpt.candidate_maxlength,
-                   token_budget=token_budget or DEFAULT_TOKEN_BUDGET[device], max_batch_size=max_batch_size, progress=progress,
-                   batch_cost=DEFAULT_BATCH_COST[device] if batch_cost is None else batch_cost)
+        reason = "as requested"
+        if "auto" in (backend, precision):
+            decision = choose(ckpt, device, backend, precision, threads, cache_dir)
+            backend, precision, reason = decision["backend"], decision["precision"], decision["reason"]
+        model, tok = build_model(ckpt, backend, precision, device, threads, cache_dir)
+        ranker = cls(model, tok, source_maxlength or ckpt.source_maxlength, candidate_maxlength or ckpt.candidate_maxlength,
+                     token_budget=token_budget or DEFAULT_TOKEN_BUDGET[device], max_batch_size=max_batch_size, progress=progress,
+                     batch_cost=DEFAULT_BATCH_COST[device] if batch_cost is None else batch_cost)
+        ranker.engine_info = {"backend": backend, "precision": precision, "device": device, "threads": threads,
+                              "reason": reason}
+        return ranker
 
     # -- the engine ---------------------------------------------------------------------------------
 
