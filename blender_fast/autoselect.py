@@ -165,6 +165,10 @@ def build_model(ckpt, backend: str, precision: str, device: str, threads, cache_
     return model, build_pair_tokenizer(ckpt)
 
 
+def _verdicts(gate: dict) -> list[str]:
+    return sorted(f"{name}={'pass' if rec['passed'] else 'fail'}" for name, rec in gate.items())
+
+
 def choose(ckpt, device: str, backend: str = "auto", precision: str = "auto", threads: int | None = None,
            cache_dir=None) -> dict:
     """{"backend", "precision", "reason", "cpu", "calibration"}: the auto choice, cached per checkpoint+machine."""
@@ -176,8 +180,8 @@ def choose(ckpt, device: str, backend: str = "auto", precision: str = "auto", th
     gate = load_gate(ckpt, cache_dir)
     if decision_path.is_file():
         decision = json.loads(decision_path.read_text())
-        # A gate run after the decision may allow more: decide again when the gate file is newer.
-        if decision.get("gate_variants") == sorted(gate):
+        # A gate run after the decision may allow more (or less): decide again when its verdicts changed.
+        if decision.get("gate_verdicts") == _verdicts(gate):
             return {**decision, "cached": True}
     variants = [v for v in candidate_variants(device, features)
                 if (backend == "auto" or v[0] == backend) and (precision == "auto" or v[1] == precision)]
@@ -214,7 +218,7 @@ def choose(ckpt, device: str, backend: str = "auto", precision: str = "auto", th
         chosen = allowed[0][:3]
         reason = f"{chosen[2]}; passed the agreement gate"
     decision = {"backend": chosen[0], "precision": chosen[1], "reason": reason, "cpu": features,
-                "calibration_s": calibration, "skipped": skipped, "gate_variants": sorted(gate), "cached": False}
+                "calibration_s": calibration, "skipped": skipped, "gate_verdicts": _verdicts(gate), "cached": False}
     decision_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = decision_path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(decision, indent=1))
