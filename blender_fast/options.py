@@ -19,6 +19,7 @@ DEVICES = ("cpu", "cuda")
 DEVICE_CHOICES = DEVICES + ("auto",)
 # The runtime that executes the ranker graph.
 BACKENDS = ("onnx", "torch")
+BACKENDS += ("openvino",)  # OpenVINO CPU plugin on the exported graph, fp32 or bf16 (extra [openvino])
 BACKEND_CHOICES = BACKENDS + ("auto",)  # "auto": chosen with the precision (autoselect.py)
 
 

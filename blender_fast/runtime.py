@@ -107,6 +107,36 @@ def lower_precision(module, dtype, keep_fp32=DEFAULT_FP32_ISLANDS):
     return module
 
 
+class OpenVinoPairModel:
+    """OpenVINO's CPU plugin over the exported fp32 graph (its length Ifs dropped: export.static_rank_onnx).
+
+    precision "fp32" runs it exactly (max |dlogit| vs ORT ~3e-5); "bf16" sets INFERENCE_PRECISION_HINT=bf16
+    (its own choice of what stays fp32). Dynamic shapes: one compiled model serves every batch."""
+
+    def __init__(self, onnx_path: str | os.PathLike, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ImportError("backend='openvino' needs OpenVINO: pip install 'blender-fast[openvino]'") from None
+        from .export import static_rank_onnx
+
+        if _check_device(device) != "cpu":
+            raise ValueError("backend='openvino' runs on device='cpu' only here")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"the openvino backend supports precision 'fp32' or 'bf16', got {precision!r}")
+        config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(str(static_rank_onnx(onnx_path))), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.device, self.precision = device, precision
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        out = self.request.infer({"input_ids": input_ids, "attention_mask": attention_mask, "positions": positions})
+        return np.asarray(out[self.compiled.output(0)], dtype=np.float32).copy()
+
+
 class TorchPairModel:
     """The same computation in torch eager (fp32, fp16 or bf16), for users without ONNX Runtime, on GPUs,
     and for bf16 on CPUs with bf16 units (oneDNN)."""

@@ -55,10 +55,11 @@ def test_cpu_features_parses_flags():
     f = cpu_features(text)
     assert f["cpu_model"] == "Test CPU"
     assert {"avx2", "avx512_bf16", "avx512_vnni", "amx_bf16"} <= set(f["isa"])
-    names = [(b, p) for b, p, _ in candidate_variants("cpu", f)]
+    names = [(b, p) for b, p, _ in candidate_variants("cpu", f) if b != "openvino"]  # openvino: when installed
     assert names == [("torch", "bf16"), ("onnx", "int8"), ("onnx", "fp32")]
     plain = cpu_features("model name : Old\nflags : fpu sse2 avx2\n")
-    assert [(b, p) for b, p, _ in candidate_variants("cpu", plain)] == [("onnx", "fp32")]
+    assert [(b, p) for b, p, _ in candidate_variants("cpu", plain)][-1] == ("onnx", "fp32")
+    assert ("torch", "bf16") not in [(b, p) for b, p, _ in candidate_variants("cpu", plain)]
 
 
 def test_bf16_torch_agrees_with_fp32(conditioned_tiny, one_torch_thread):
@@ -156,3 +157,25 @@ def test_gpu_check_cpu_dry_run(tiny_checkpoint, tmp_path, one_torch_thread):
     rank = res["shapes"]["tiny"]["rank"]["tasks"]["rank"]
     assert {"blender-fast torch fp16", "blender-fast torch bf16", "llm-blender (batch_size=8)"} <= set(rank)
     assert "parity ours fp16 vs llm-blender fp16" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_openvino_backend_matches_onnx(tiny_checkpoint, tmp_path, one_torch_thread):
+    """The exported graph without its length Ifs runs in OpenVINO with dynamic shapes, same logits as ORT."""
+    require("openvino")
+    import onnx
+
+    from blender_fast import Ranker
+    from blender_fast.checkpoint import load_checkpoint
+    from blender_fast.export import cached_export, drop_length_ifs
+
+    out_dir, _ = cached_export(load_checkpoint(tiny_checkpoint), "fp32", tmp_path)
+    model = onnx.load(str(out_dir / "model.onnx"))
+    n_ifs = sum(n.op_type == "If" for n in model.graph.node)
+    assert n_ifs > 0 and drop_length_ifs(model) == n_ifs
+    assert not any(n.op_type == "If" for n in model.graph.node)
+    ref = Ranker.from_pretrained(tiny_checkpoint, threads=1, cache_dir=tmp_path)
+    ov = Ranker.from_pretrained(tiny_checkpoint, backend="openvino", threads=1, cache_dir=tmp_path)
+    assert ov.describe()["backend"] == "openvino"
+    a = ref.rank(INPUTS, CANDS, return_scores=True)  # batches of several shapes: dynamic shapes work
+    b = ov.rank(INPUTS, CANDS, return_scores=True)
+    np.testing.assert_allclose(a, b, atol=1e-3 * max(1.0, float(np.abs(a).max())))
