@@ -37,11 +37,25 @@ class Engine:
 def engine_plan(device: str) -> list[tuple[str, str, str, str]]:
     """(name, side, backend, precision) of the engines to compare on this device."""
     if device == "cpu":
-        return [
+        from blender_fast.autoselect import cpu_features
+
+        plan = [
             ("blender-fast onnx fp32", "ours", "onnx", "fp32"),
             ("blender-fast onnx int8", "ours", "onnx", "int8"),
             ("blender-fast torch fp32", "ours", "torch", "fp32"),
         ]
+        bf16_units = {"avx512_bf16", "amx_bf16"} & set(cpu_features()["isa"])
+        if bf16_units:
+            plan.append(("blender-fast torch bf16", "ours", "torch", "bf16"))
+        try:
+            import openvino  # noqa: F401
+
+            plan.append(("blender-fast openvino fp32", "ours", "openvino", "fp32"))
+            if bf16_units:
+                plan.append(("blender-fast openvino bf16", "ours", "openvino", "bf16"))
+        except ImportError:
+            pass
+        return plan
     import onnxruntime as ort
 
     plan = [("blender-fast torch fp16", "ours", "torch", "fp16"), ("blender-fast torch fp32", "ours", "torch", "fp32")]
