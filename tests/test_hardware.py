@@ -156,7 +156,7 @@ def test_gpu_check_cpu_dry_run(tiny_checkpoint, tmp_path, one_torch_thread):
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     rank = res["shapes"]["tiny"]["rank"]["tasks"]["rank"]
     assert {"blender-fast torch fp16", "blender-fast torch bf16", "llm-blender (batch_size=8)"} <= set(rank)
-    assert "parity ours fp16 vs llm-blender fp16" in (tmp_path / "gpu_check.md").read_text()
+    assert "parity ours vs llm-blender, same precision (fp32)" in (tmp_path / "gpu_check.md").read_text()
 
 
 def test_openvino_backend_matches_onnx(tiny_checkpoint, tmp_path, one_torch_thread):
