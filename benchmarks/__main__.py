@@ -18,8 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("engine", "strategies", "flops", "quality", "agreement", "profile")
-DEFAULT_SECTIONS = ("engine", "strategies", "flops", "quality")  # agreement and profile: on request
+SECTIONS = ("engine", "strategies", "flops", "quality", "agreement", "profile", "variants")
+DEFAULT_SECTIONS = ("engine", "strategies", "flops", "quality")  # agreement, profile, variants: on request
 ALL_NS = (4, 8, 12, 16, 24, 32)
 
 
@@ -68,8 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--gate-prompts", type=int, default=100, help="agreement: prompts (x --gate-candidates)")
     p.add_argument("--gate-candidates", type=int, default=12, help="agreement: candidates per prompt")
     p.add_argument("--gate-max-chars", type=int, default=None, help="agreement: clip texts to this many characters")
-    p.add_argument("--gate-qk-gain", type=float, default=3.0, help="agreement: query/key gain of the conditioned "
-                   "checkpoint (0: use the checkpoint as is, e.g. a real one given with --model)")
+    p.add_argument("--gate-qk-gain", type=float, default=3.0, help="agreement (and variants): query/key gain of the "
+                   "conditioned checkpoint (0: use the checkpoint as is, e.g. a real one given with --model)")
     p.add_argument("--quick", action="store_true", help="tiny-shape smoke run (well under a minute)")
     p.add_argument("--prompts", type=int, default=None, help="engine section: number of prompts")
     p.add_argument("--candidates", type=int, default=None, help="engine section: candidates per prompt")
@@ -226,6 +226,14 @@ def main(argv=None) -> int:
         results["agreement"] = run_agreement_section(ckpt, gate_prompts, args.gate_candidates, args.threads,
                                                      args.gate_max_chars, qk_gain=args.gate_qk_gain or None)
         finish_section("agreement", t0)
+
+    if "variants" in args.sections:
+        from .variants import run_variants_section
+
+        t0 = time.perf_counter()
+        results["variants"] = run_variants_section(ckpt, prompts[:sizes.prompts], sizes.candidates, args.threads,
+                                                   sizes.repeats)
+        finish_section("variants", t0)
 
     if "profile" in args.sections:
         from .profile import run_profile_section
