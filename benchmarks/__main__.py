@@ -18,9 +18,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("engine", "strategies", "flops", "quality", "frontier", "ray", "serve")
-# "ray" (Ray Data scaling, needs the [ray] extra) and "serve" (a few minutes of HTTP load, needs [serve])
-# run when asked: --sections ray,serve
+SECTIONS = ("engine", "strategies", "flops", "quality", "frontier", "agreement", "profile", "variants", "ray",
+            "serve")
+# agreement, profile, variants (hardware), ray (needs [ray]) and serve (needs [serve], minutes of HTTP load)
+# run when asked, e.g. --sections agreement,ray,serve
 DEFAULT_SECTIONS = ("engine", "strategies", "flops", "quality", "frontier")
 ALL_NS = (4, 8, 12, 16, 24, 32)
 
@@ -70,6 +71,11 @@ def parse_args(argv=None):
                    "$BLENDER_FAST_DATA or ../shared/data/alpaca_eval_candidates/candidates_dev.jsonl")
     p.add_argument("--out", default="bench_out")
     p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
+    p.add_argument("--gate-prompts", type=int, default=100, help="agreement: prompts (x --gate-candidates)")
+    p.add_argument("--gate-candidates", type=int, default=12, help="agreement: candidates per prompt")
+    p.add_argument("--gate-max-chars", type=int, default=None, help="agreement: clip texts to this many characters")
+    p.add_argument("--gate-qk-gain", type=float, default=3.0, help="agreement (and variants): query/key gain of the "
+                   "conditioned checkpoint (0: use the checkpoint as is, e.g. a real one given with --model)")
     p.add_argument("--quick", action="store_true", help="tiny-shape smoke run (well under a minute)")
     p.add_argument("--prompts", type=int, default=None, help="engine section: number of prompts")
     p.add_argument("--candidates", type=int, default=None, help="engine section: candidates per prompt")
@@ -215,6 +221,30 @@ def main(argv=None) -> int:
         results["flops"] = as_jsonable(run_flops_section(shape, results.get("engine"), results.get("strategies"),
                                                          args.device, args.threads, args.quick, start_peak))
         finish_section("flops", t0)
+
+    if "agreement" in args.sections:
+        from .agreement import run_agreement_section
+
+        t0 = time.perf_counter()
+        gate_prompts = load_prompts(data, max_chars=args.gate_max_chars)[:args.gate_prompts]
+        results["agreement"] = run_agreement_section(ckpt, gate_prompts, args.gate_candidates, args.threads,
+                                                     args.gate_max_chars, qk_gain=args.gate_qk_gain or None)
+        finish_section("agreement", t0)
+
+    if "variants" in args.sections:
+        from .variants import run_variants_section
+
+        t0 = time.perf_counter()
+        results["variants"] = run_variants_section(ckpt, prompts[:sizes.prompts], sizes.candidates, args.threads,
+                                                   sizes.repeats)
+        finish_section("variants", t0)
+
+    if "profile" in args.sections:
+        from .profile import run_profile_section
+
+        t0 = time.perf_counter()
+        results["profile"] = run_profile_section(ckpt, prompts[:sizes.prompts], sizes.candidates, args.threads)
+        finish_section("profile", t0)
 
     from . import quality
 

@@ -118,8 +118,11 @@ def machine_info(device: str) -> dict:
         "python": platform.python_version(),
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "versions": {m: _version(m) for m in ("blender-fast", "llm-blender", "numpy", "onnxruntime",
-                                              "onnxruntime-gpu", "torch", "transformers", "tokenizers")},
+                                              "onnxruntime-gpu", "torch", "transformers", "tokenizers", "openvino")},
     }
+    from blender_fast.autoselect import cpu_features
+
+    info["isa"] = cpu_features()["isa"]  # AMX / AVX512-BF16 / VNNI / AVX2 flags, read from /proc/cpuinfo
     try:
         import onnxruntime as ort
 

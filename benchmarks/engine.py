@@ -37,11 +37,25 @@ class Engine:
 def engine_plan(device: str) -> list[tuple[str, str, str, str]]:
     """(name, side, backend, precision) of the engines to compare on this device."""
     if device == "cpu":
-        return [
+        from blender_fast.autoselect import cpu_features
+
+        plan = [
             ("blender-fast onnx fp32", "ours", "onnx", "fp32"),
             ("blender-fast onnx int8", "ours", "onnx", "int8"),
             ("blender-fast torch fp32", "ours", "torch", "fp32"),
         ]
+        bf16_units = {"avx512_bf16", "amx_bf16"} & set(cpu_features()["isa"])
+        if bf16_units:
+            plan.append(("blender-fast torch bf16", "ours", "torch", "bf16"))
+        try:
+            import openvino  # noqa: F401
+
+            plan.append(("blender-fast openvino fp32", "ours", "openvino", "fp32"))
+            if bf16_units:
+                plan.append(("blender-fast openvino bf16", "ours", "openvino", "bf16"))
+        except ImportError:
+            pass
+        return plan
     import onnxruntime as ort
 
     plan = [("blender-fast torch fp16", "ours", "torch", "fp16"), ("blender-fast torch fp32", "ours", "torch", "fp32")]
@@ -177,8 +191,11 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threads: int | None, repeats: int,
-                       seed: int = 0, best_of_n: bool = True) -> dict:
-    """Time rank (all pairs) and best-of-n on the same prompts: ours vs llm-blender, interleaved."""
+                       seed: int = 0, best_of_n: bool = True, plan=None, tournament: bool = True) -> dict:
+    """Time rank (all pairs) and best-of-n on the same prompts: ours vs llm-blender, interleaved.
+
+    plan: (name, side, backend, precision) of our engines, default engine_plan(device); the first is
+    the one timed against llm-blender in best-of-n and compared with it."""
     from .common import candidates_for
 
     shape = ModelShape.from_checkpoint(ckpt_path)
@@ -186,7 +203,7 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
     cands = [candidates_for(prompts, i, n_candidates) for i in range(len(prompts))]
 
     engines: list[Engine] = []
-    for name, side, backend, precision in engine_plan(device):
+    for name, side, backend, precision in plan or engine_plan(device):
         log(f"engine: loading {name}")
         t0 = time.perf_counter()
         blender, batches = load_ours(ckpt_path, device, backend, precision, threads)
@@ -233,8 +250,9 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
         schedule.append(("rank", e, rank_fn(e)))
     if best_of_n:
         schedule += [("best_of_n bubble", ours_main, best_fn(ours_main, "bubble")),
-                     ("best_of_n bubble", ref, best_fn(ref, "bubble")),
-                     ("best_of_n tournament", ours_main, best_fn(ours_main, "tournament"))]
+                     ("best_of_n bubble", ref, best_fn(ref, "bubble"))]
+        if tournament:
+            schedule.append(("best_of_n tournament", ours_main, best_fn(ours_main, "tournament")))
 
     log("engine: warm-up (one small call per engine)")
     warm_in, warm_c = inputs[:1], [cands[0][:2]]
@@ -292,13 +310,14 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
 
         full_top1 = [int(i) for i in np.argmax(scores[ours_main.name], axis=1)]
         ours_bubble, ref_bubble = idx("best_of_n bubble", ours_main.name), idx("best_of_n bubble", ref.name)
-        ours_tourn = idx("best_of_n tournament", ours_main.name)
         picks = {
             "ours bubble vs llm-blender bubble (same start order), % same pick": pick_agreement(ours_bubble, ref_bubble),
             "ours bubble vs full-rank top-1, % same": pick_agreement(ours_bubble, full_top1),
-            "ours tournament vs full-rank top-1, % same": pick_agreement(ours_tourn, full_top1),
-            "ours tournament vs ours bubble, % same": pick_agreement(ours_tourn, ours_bubble),
         }
+        if tournament:
+            ours_tourn = idx("best_of_n tournament", ours_main.name)
+            picks["ours tournament vs full-rank top-1, % same"] = pick_agreement(ours_tourn, full_top1)
+            picks["ours tournament vs ours bubble, % same"] = pick_agreement(ours_tourn, ours_bubble)
 
     return as_jsonable({
         "settings": {"prompts": len(prompts), "candidates_per_prompt": n_candidates, "repeats": repeats,
@@ -309,6 +328,8 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
         "tasks": cells,
         "agreement": agreement,
         "best_of_n_picks": picks,
+        "scores": {name: s.tolist() for name, s in scores.items()},
+        "inputs": inputs, "candidates": cands,
         "runs": {f"{task} / {name}": rs for (task, name), rs in runs.items()},
         "model_shape": shape,
     })

@@ -400,8 +400,18 @@ def render_markdown(results: dict) -> str:
            + "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".", "",
            f"Checkpoint: `{meta['checkpoint']}` ({meta['checkpoint_kind']}); data: `{meta['data']}`; "
            f"device {meta['settings']['device']}; threads {meta['settings']['threads'] or 'default'}.", ""]
-    for key, fn in (("engine", engine_md), ("strategies", strategies_md), ("flops", flops_md), ("quality", quality_md),
-                     ("frontier", frontier_md)):
+    if m.get("isa") is not None:
+        md += [f"CPU features used to choose variants: {', '.join(m['isa']) or 'none of AMX/AVX512-BF16/VNNI/AVX2'}.", ""]
+    from .agreement import agreement_markdown
+    from .profile import profile_markdown
+    from .variants import variants_markdown
+
+    sections = (("engine", engine_md), ("strategies", strategies_md), ("flops", flops_md), ("quality", quality_md),
+                ("frontier", frontier_md),
+                ("agreement", lambda sec: ["## Agreement gate (precision × runtime vs exact fp32)", ""] + agreement_markdown(sec) + [""]),
+                ("variants", lambda sec: ["## Every backend × precision vs ONNX fp32 (interleaved)", ""] + variants_markdown(sec)),
+                ("profile", lambda sec: ["## Where the fp32 ONNX path spends its time (ORT profiler)", ""] + profile_markdown(sec)))
+    for key, fn in sections:
         if key in results:
             md += fn(results[key])
     if "ray" in results:

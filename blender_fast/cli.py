@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from .demo import resolve_model
-from .options import BACKENDS, DEVICE_CHOICES, ORDERS, POLICIES, PRECISIONS, STRATEGIES, int_argument
+from .options import (BACKEND_CHOICES, DEVICE_CHOICES, ORDERS, POLICIES, PRECISION_CHOICES, STRATEGIES,
+                      int_argument)
 
 DESCRIPTION = (
     "blender-fast: rank the answers several LLMs gave to each prompt with PairRM (all pairs, or the best k "
@@ -323,8 +324,13 @@ def _load_ranker(args):
     from .ranker import Ranker
 
     precision = "int8" if args.int8 else args.precision
-    return Ranker.from_pretrained(resolve_model(args.model), backend=args.backend, device=_device(args),
-                                  precision=precision, threads=args.threads)
+    ranker = Ranker.from_pretrained(resolve_model(args.model), backend=args.backend, device=_device(args),
+                                    precision=precision, threads=args.threads)
+    if "auto" in (args.backend, precision):  # say what "auto" chose, on which CPU, and why
+        d = ranker.describe()
+        print(f"ranker: {d['backend']} {d['precision']} on {d['device']} ({d['cpu_model']}; {', '.join(d['isa'])}): "
+              f"{d['reason']}", file=sys.stderr)
+    return ranker
 
 
 class _RankChunks:
@@ -387,10 +393,12 @@ def _add_ranker_options(p):
     p.add_argument("--resume", action="store_true",
                    help="keep the prompts already in --output (or its .partial) and run only the rest; a prompt "
                         "is identified by the SHA-256 of its input record and its occurrence number")
-    p.add_argument("--backend", choices=BACKENDS, default="onnx", help="runtime of the ranker")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="onnx",
+                   help="runtime of the ranker; auto: chosen with --precision auto")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = cuda when available, else cpu")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="model precision; int8 = ONNX Runtime dynamic quantization (CPU)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
+                   help="model precision; int8 = ONNX Runtime dynamic quantization (CPU); auto = the fastest "
+                        "variant that passed the agreement gate on this CPU (the startup line says which and why)")
     p.add_argument("--int8", action="store_true", help="same as --precision int8")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: the runtime's)")
     p.add_argument("--strategy", choices=STRATEGIES, default="full",

@@ -9,6 +9,7 @@ int8 quantization breaks when a Linear node is called twice in the graph.
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -176,6 +177,8 @@ def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", 
     them before serving the entry); ``final_dir``: where out_dir will be renamed to (the recorded path)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16":
+        raise ValueError("precision='bf16' runs in torch (backend='torch'); ONNX Runtime has no fast bf16 CPU kernels")
     _require_torch()
     import torch
 
@@ -310,3 +313,55 @@ def export_command(path: str, precision: str = "fp32", out: str | None = None) -
     if out:
         return export_onnx(ckpt, Path(out), precision)
     return cached_export(ckpt, precision)[1]
+
+
+def drop_length_ifs(model):
+    """Replace DeBERTa's ``if key_len != query_len: rebuild relative positions`` If nodes by their else branch.
+
+    The TorchScript exporter turns that Python ``if`` into an ONNX If whose branches have different
+    ranks; OpenVINO's CPU plugin refuses an If with dynamic rank unless every input shape is static. In
+    self-attention the query and key lengths are always equal, so the condition ``Not(Equal(q, k))`` is
+    always false: the If is exactly its else branch (an Identity of the relative positions built once).
+    Only Ifs of exactly that shape are replaced; returns how many were."""
+    import onnx
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def op_chain(name, ops):
+        for op in ops:
+            node = producer.get(name)
+            if node is None or node.op_type != op:
+                return False
+            name = node.input[0]
+        return True
+
+    replaced = 0
+    for i, node in enumerate(list(graph.node)):
+        if node.op_type != "If" or not op_chain(node.input[0], ("Cast", "Not", "Equal")):
+            continue
+        else_branch = next(a.g for a in node.attribute if a.name == "else_branch")
+        if len(else_branch.node) != 1 or else_branch.node[0].op_type != "Identity":
+            continue
+        identity = onnx.helper.make_node("Identity", [else_branch.node[0].input[0]], list(node.output), name=node.name + "_else")
+        idx = list(graph.node).index(node)
+        graph.node.remove(node)
+        graph.node.insert(idx, identity)
+        replaced += 1
+    return replaced
+
+
+def static_rank_onnx(onnx_path: Path) -> Path:
+    """``model.static_rank.onnx`` beside an exported fp32 graph, without the length Ifs (made once)."""
+    import onnx
+
+    onnx_path = Path(onnx_path)
+    out = onnx_path.with_name("model.static_rank.onnx")
+    if out.is_file():
+        return out
+    model = onnx.load(str(onnx_path))
+    drop_length_ifs(model)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, out)
+    return out

@@ -15,14 +15,20 @@ POLICIES = ("max_logits", "max_wins")
 # llm-blender's compare modes.
 COMPARE_MODES = ("[A,B]", "[B,A]", "[A,B]+[B,A]")
 # Numeric precision of the model; "int8" is ONNX Runtime dynamic quantization (CPU).
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+# bf16: torch bf16 GEMMs with fp32 layer norms and head (runtime.lower_precision); CPUs with AVX512-BF16
+# or AMX, and CUDA.
+# "auto": the fastest precision that passed the agreement gate on this machine (autoselect.py).
+PRECISION_CHOICES = PRECISIONS + ("auto",)
 # The fuser's (torch) precisions; the fuser's onnx backend runs fp32 only.
 FUSER_PRECISIONS = ("fp32", "fp16", "bf16")
 # Where the model runs; "auto" = cuda when torch or onnxruntime sees a GPU, else cpu.
 DEVICES = ("cpu", "cuda")
 DEVICE_CHOICES = DEVICES + ("auto",)
 # The runtime that executes the ranker graph.
-BACKENDS = ("onnx", "torch")
+# openvino: OpenVINO's CPU plugin on the exported graph, fp32 or bf16 (extra [openvino]).
+BACKENDS = ("onnx", "torch", "openvino")
+BACKEND_CHOICES = BACKENDS + ("auto",)  # "auto": chosen with the precision (autoselect.py)
 
 
 def positive_int(name: str, value) -> int:

@@ -11,7 +11,8 @@ import numpy as np
 
 from . import _core
 from .checkpoint import SPECIAL_TOKENS, load_checkpoint
-from .options import BACKENDS, COMPARE_MODES, DEVICE_CHOICES, DEVICES, PRECISIONS, check_choice  # noqa: F401
+from .options import (BACKEND_CHOICES, BACKENDS, COMPARE_MODES, DEVICE_CHOICES, DEVICES,  # noqa: F401
+                      PRECISION_CHOICES, PRECISIONS, check_choice)
 from .selection import PromptError, Selection, ranks_from_scores, select
 from .tokenization import EncodedPrompts, PairTokenizer, encode_prompts
 
@@ -141,6 +142,19 @@ class Ranker:
         self.progress = progress
         self.batch_cost = batch_cost
         self.last_stats = RunStats()
+        self.engine_info: dict = {}  # what from_pretrained chose and why (describe())
+
+    def describe(self) -> dict:
+        """How this ranker runs: backend, precision, device, threads, CPU model and ISA features, and why
+        (the reason is auto-selection's when precision/backend was "auto")."""
+        from .autoselect import cpu_features
+
+        cpu = cpu_features()
+        info = {"backend": None, "precision": None, "device": None, "threads": None, "reason": "constructed directly"}
+        info.update(self.engine_info)
+        info.update(cpu_model=cpu["cpu_model"], isa=cpu["isa"], logical_cores=cpu["logical_cores"],
+                    fp32_islands=list(getattr(self.model, "keep_fp32", ())))
+        return info
 
     @classmethod
     def from_pretrained(cls, path, backend: str = "onnx", device: str = "cpu", precision: str | None = None, *,
@@ -152,8 +166,12 @@ class Ranker:
 
         backend="onnx" exports the checkpoint to ONNX on first use and caches it (keyed by a hash of the
         weights and export options); precision "int8" is ONNX Runtime dynamic quantization (CPU).
-        backend="torch" runs the same graph in torch eager, fp32 or fp16. device="auto" is cuda when the
-        backend sees a GPU, else cpu. precision=None: fp32 for a checkpoint.
+        backend="torch" runs the same graph in torch eager, fp32, fp16 or bf16 (bf16 keeps layer norms and
+        the head in fp32); backend="openvino" runs the exported graph on OpenVINO's CPU plugin (fp32, bf16).
+        device="auto" is cuda when the backend sees a GPU, else cpu. precision=None: fp32 for a checkpoint.
+        precision="auto" / backend="auto" pick the fastest variant that this CPU supports and that passed
+        the agreement gate for this checkpoint (autoselect.py), else exact fp32; describe() says what was
+        chosen and why. The default stays exact fp32.
 
         An *exported* directory (``model.onnx`` + ``pair_tokenizer.json`` + ``tokenizer.json`` +
         ``export.json``, as ``blender-fast export --out DIR`` writes it) loads with onnxruntime and
@@ -162,49 +180,43 @@ class Ranker:
         """
         from .runtime import resolve_device
 
-        check_choice("backend", backend, BACKENDS)
+        check_choice("backend", backend, BACKEND_CHOICES)
         if precision is not None:
-            check_choice("precision", precision, PRECISIONS)
-        device = resolve_device(check_choice("device", device, DEVICE_CHOICES), backend)
+            check_choice("precision", precision, PRECISION_CHOICES)
+        device = resolve_device(check_choice("device", device, DEVICE_CHOICES), "torch" if backend == "torch" else "onnx")
         if is_exported_dir(path):
             from .runtime import OnnxPairModel
 
             path = Path(path)
             meta = read_export_meta(path)
             exported = meta.get("export", {}).get("precision", "fp32")
-            if backend != "onnx":
+            if backend not in ("onnx", "auto"):
                 raise ValueError(f"{path} is an exported ONNX model: it runs on backend='onnx', not {backend!r}")
-            if precision is not None and precision != exported:
+            if precision not in (None, "auto", exported):
                 raise ValueError(f"{path} was exported with precision {exported!r}; precision={precision!r} "
                                  "needs its own export (blender-fast export --out DIR with that precision)")
+            backend, precision, reason = "onnx", exported, "an exported ONNX directory runs as exported"
             model = OnnxPairModel(path / "model.onnx", device=device, threads=threads)
             tok = PairTokenizer.load(path)
             src_len, cand_len = meta["source_maxlength"], meta["candidate_maxlength"]
         else:
+            from .autoselect import build_model, choose
+
             precision = precision or "fp32"
             ckpt = load_checkpoint(path)
             src_len, cand_len = ckpt.source_maxlength, ckpt.candidate_maxlength
-            if backend == "onnx":
-                from .export import cached_export
-                from .runtime import OnnxPairModel
-
-                out_dir, _ = cached_export(ckpt, precision, cache_dir)
-                model = OnnxPairModel(out_dir / "model.onnx", device=device, threads=threads)
-                tok = PairTokenizer.load(out_dir)
-            else:
-                if precision == "int8":
-                    raise ValueError("precision='int8' needs backend='onnx' (ONNX Runtime dynamic quantization)")
-                from .export import build_torch_model
-                from .runtime import TorchPairModel
-                from .tokenization import build_pair_tokenizer
-
-                tok = build_pair_tokenizer(ckpt)
-                model = TorchPairModel(build_torch_model(ckpt), device=device, precision=precision, threads=threads)
+            reason = "as requested"
+            if "auto" in (backend, precision):
+                decision = choose(ckpt, device, backend, precision, threads, cache_dir)
+                backend, precision, reason = decision["backend"], decision["precision"], decision["reason"]
+            model, tok = build_model(ckpt, backend, precision, device, threads, cache_dir)
         ranker = cls(model, tok, src_len, cand_len,
                      token_budget=token_budget or DEFAULT_TOKEN_BUDGET[device], max_batch_size=max_batch_size,
                      progress=progress, batch_cost=DEFAULT_BATCH_COST[device] if batch_cost is None else batch_cost)
         # Validated like per-call lengths: a clear error here instead of a failure inside the packer.
         ranker.source_maxlength, ranker.candidate_maxlength = ranker.truncation(source_maxlength, candidate_maxlength)
+        ranker.engine_info = {"backend": backend, "precision": precision, "device": device, "threads": threads,
+                              "reason": reason}
         return ranker
 
     # -- the engine ---------------------------------------------------------------------------------

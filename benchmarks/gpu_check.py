@@ -1,0 +1,211 @@
+"""GPU check: our torch fp16 / bf16 CUDA path against llm-blender fp16 on the same GPU, one command.
+
+    bash benchmarks/gpu_check.sh                      # on a machine with a CUDA GPU (see that file)
+    python -m benchmarks.gpu_check --dry-run          # the same driver on the CPU, tiny shape, seconds
+
+For each shape (default xsmall and large, PairRM's size) it generates a random-weight checkpoint (the
+generator needs transformers<5: gpu_check.sh puts the carried wheels first on the path), then times,
+interleaved, full ranking of P prompts x N candidates and best-of-B (bubble) with: ours torch fp16, ours
+torch bf16, ours torch fp32, llm-blender fp16 at its default batch_size=8 (and batch_size=1 once, for
+parity). Parity: ours fp16 vs llm-blender fp16 (same GPU, same checkpoint): top-1 agreement, identical
+rankings, max |score difference|. It passes when that difference is under 5% of the scores' std and every
+top-1 mismatch is a near-tie (the two candidates' scores differ by less than twice it). Writes OUT/gpu_check.md and OUT/gpu_check.json.
+
+``--phase t5`` reruns ours (fp16) under the image's own transformers 5 against the saved scores of the
+main run, so both transformers majors are checked on the GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+# Parity: scores may differ by rounding (fp16 both sides, different padding) by at most this share of their std.
+MAX_REL_SCORE_DIFF = 0.05
+# (name, side, backend, precision): ours on the GPU. fp16 first: it is the one compared with llm-blender.
+GPU_PLAN = [
+    ("blender-fast torch fp16", "ours", "torch", "fp16"),
+    ("blender-fast torch bf16", "ours", "torch", "bf16"),
+    ("blender-fast torch fp32", "ours", "torch", "fp32"),
+]
+# On the CPU (dry run) llm-blender runs fp32, so ours fp32 is the one compared with it.
+CPU_PLAN = [GPU_PLAN[2], GPU_PLAN[0], GPU_PLAN[1]]
+
+
+def plan_for(device: str):
+    return GPU_PLAN if device == "cuda" else CPU_PLAN
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument("--shapes", default="xsmall,large", help="generated checkpoint shapes, comma-separated")
+    p.add_argument("--model", default=None, help="a checkpoint directory instead of generated ones")
+    p.add_argument("--prompts", type=int, default=None, help="prompts (default 8; llm-blender's default batch is 8)")
+    p.add_argument("--candidates", type=int, default=None, help="candidates per prompt for full ranking (default 6)")
+    p.add_argument("--best-of", type=int, default=None, help="candidates per prompt for best-of-n, bubble (default 12)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 2)")
+    p.add_argument("--max-chars", type=int, default=None, help="clip texts (dry runs)")
+    p.add_argument("--data", default=None)
+    p.add_argument("--out", default="gpu_out")
+    p.add_argument("--phase", choices=("main", "t5"), default="main")
+    p.add_argument("--dry-run", action="store_true",
+                   help="CPU, tiny shape, 2 prompts x 3 candidates, best-of-4, 1 repeat, short texts")
+    args = p.parse_args(argv)
+    # Dry run: the same driver on the CPU with a tiny checkpoint and short texts; explicit sizes win.
+    defaults = dict(prompts=2, candidates=3, best_of=4, repeats=1) if args.dry_run else \
+        dict(prompts=8, candidates=6, best_of=12, repeats=2)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.dry_run:
+        args.device, args.shapes, args.max_chars = "cpu", "tiny", args.max_chars or 200
+    return args
+
+
+def parity(ours: np.ndarray, ref: np.ndarray) -> dict:
+    """Top-1 / identical-ranking agreement, max |score diff|, and whether each top-1 mismatch is a near-tie."""
+    from blender_fast.selection import ranks_from_scores
+
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    diff = float(np.max(np.abs(ours - ref)))
+    top_o, top_r = ours.argmax(1), ref.argmax(1)
+    mismatches = np.flatnonzero(top_o != top_r)
+    near_tie = [bool(abs(ref[p, top_r[p]] - ref[p, top_o[p]]) <= 2 * diff) for p in mismatches]
+    spread = float(np.std(ref))
+    small = diff <= MAX_REL_SCORE_DIFF * spread if spread > 0 else diff == 0.0
+    identical = np.mean([np.array_equal(ranks_from_scores(a), ranks_from_scores(b)) for a, b in zip(ours, ref)])
+    return {"prompts": int(len(ours)), "top1_agreement_pct": 100.0 * float(np.mean(top_o == top_r)),
+            "identical_ranks_pct": 100.0 * float(identical), "max_abs_score_diff": diff,
+            "score_spread": spread, "top1_mismatches": int(len(mismatches)),
+            "mismatches_all_near_ties": all(near_tie), "pass": bool(small and all(near_tie))}
+
+
+def check_shape(ckpt: Path, shape: str, args, prompts) -> dict:
+    from .engine import run_engine_section
+    from .common import log
+
+    out = {"checkpoint": str(ckpt), "shape": shape}
+    for task, n in (("rank", args.candidates), ("best_of", args.best_of)):
+        log(f"gpu_check: {shape} {task}: {len(prompts)} prompts x {n} candidates")
+        res = run_engine_section(ckpt, prompts, n, args.device, None, args.repeats, plan=plan_for(args.device),
+                                 best_of_n=(task == "best_of"), tournament=False)
+        out[task] = res
+    return out
+
+
+def ref_scores_of(res: dict, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ours, llm-blender batch_size=1) full-ranking scores: ours in the reference's precision."""
+    ours = plan_for(device)[0][0]
+    return np.asarray(res["scores"][ours]), np.asarray(res["scores"]["llm-blender (batch_size=1)"])
+
+
+def table(results: dict) -> str:
+    lines = [f"GPU check on {results['machine']['gpu']} ({results['machine']['versions']})", "",
+             "| shape | task | engine | wall s (median) | pairs/s | × llm-blender fp16 bs=8 | × bs=1 |",
+             "|---|---|---|---|---|---|---|"]
+    for shape, sres in results["shapes"].items():
+        for task in ("rank", "best_of"):
+            res = sres[task]
+            for tname, cells in res["tasks"].items():
+                if task == "best_of" and tname == "rank":
+                    continue  # best_of runs at n = best-of; its full ranking is only there for the picks
+                bs1 = cells.get("llm-blender (batch_size=1)", {}).get("wall_s")
+                for name, c in cells.items():
+                    vs1 = f"{bs1 / c['wall_s']:.2f}" if bs1 else "—"
+                    lines.append(f"| {shape} | {tname} n={res['settings']['candidates_per_prompt']} | {name} | "
+                                 f"{c['wall_s']:.3f} | {c['pairs_per_s']:.0f} | {c.get('speedup_vs_reference', float('nan')):.2f} | {vs1} |")
+        p = sres["parity"]
+        lines.append("")
+        lines.append(f"{shape}: parity ours vs llm-blender, same precision ({sres['reference_precision']}): top-1 {p['top1_agreement_pct']:.1f}% "
+                     f"({p['top1_mismatches']} mismatches, all near-ties: {p['mismatches_all_near_ties']}), "
+                     f"identical ranks {p['identical_ranks_pct']:.1f}%, max |Δscore| {p['max_abs_score_diff']:.3g} "
+                     f"(score std {p['score_spread']:.3g}) -> {'PASS' if p['pass'] else 'FAIL'}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def machine(device: str) -> dict:
+    import torch
+
+    from .common import machine_info
+
+    info = machine_info(device)
+    info["gpu"] = torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else "none (CPU dry run)"
+    import transformers
+
+    info["versions"] = {**info.get("versions", {}), "torch": torch.__version__, "transformers": transformers.__version__,
+                        "cuda": torch.version.cuda}
+    return info
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from .__main__ import generated_checkpoint, quiet_libraries
+    from .common import as_jsonable, default_data_path, load_prompts, log
+
+    quiet_libraries()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = load_prompts(Path(args.data) if args.data else default_data_path(), max_chars=args.max_chars)[:args.prompts]
+    shapes = [s for s in args.shapes.split(",") if s]
+    started = time.perf_counter()
+
+    if args.phase == "t5":
+        # Ours under whatever transformers this interpreter has (the image's 5.x), on the main run's
+        # checkpoints and prompts, against the main run's scores.
+        from blender_fast import Ranker
+
+        saved = json.loads((out / "gpu_check.json").read_text())
+        import transformers
+
+        lines = [f"transformers {transformers.__version__}: ours torch fp16 vs the main run"]
+        for shape, sres in saved["shapes"].items():
+            ranker = Ranker.from_pretrained(sres["checkpoint"], backend="torch", device=args.device,
+                                            precision="fp16" if args.device == "cuda" else "fp32")
+            cands = [c[:args.candidates] for c in sres["rank"]["candidates"]]
+            scores = ranker.rank(sres["rank"]["inputs"], cands, return_scores=True)
+            ours_main, ref = ref_scores_of(sres["rank"], args.device)
+            p_main, p_ref = parity(scores, ours_main), parity(scores, ref)
+            lines.append(f"{shape}: vs ours (main run) max |Δ| {p_main['max_abs_score_diff']:.3g}, top-1 "
+                         f"{p_main['top1_agreement_pct']:.0f}%; vs llm-blender fp16 top-1 {p_ref['top1_agreement_pct']:.0f}% "
+                         f"-> {'PASS' if p_ref['pass'] else 'FAIL'}")
+        text = "\n".join(lines)
+        (out / "gpu_check_t5.md").write_text(text + "\n")
+        print(text)
+        return 0
+
+    results = {"command": "python -m benchmarks.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv),
+               "machine": machine(args.device), "shapes": {}}
+    for shape in shapes:
+        t0 = time.perf_counter()
+        ckpt = Path(args.model) if args.model else generated_checkpoint(shape, 0)
+        log(f"gpu_check: {shape} checkpoint ready in {time.perf_counter() - t0:.0f} s")
+        sres = check_shape(ckpt, shape, args, prompts)
+        ours, ref = ref_scores_of(sres["rank"], args.device)
+        sres["parity"] = parity(ours, ref)
+        sres["reference_precision"] = sres["rank"]["settings"]["reference_precision"]
+        results["shapes"][shape] = sres
+        results["wall_s"] = time.perf_counter() - started
+        (out / "gpu_check.json").write_text(json.dumps(as_jsonable(results), indent=1))
+        if args.model:
+            break
+    text = table(results)
+    (out / "gpu_check.md").write_text(text + "\n")
+    print(text)
+    log(f"gpu_check: done in {time.perf_counter() - started:.0f} s")
+    return 0 if all(s["parity"]["pass"] for s in results["shapes"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

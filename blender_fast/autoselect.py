@@ -1,0 +1,244 @@
+"""precision="auto" / backend="auto": the fastest variant this machine and checkpoint allow, and why.
+
+1. The CPU's features are read from /proc/cpuinfo (never assumed): AMX, AVX512-BF16, AVX512-FP16,
+   VNNI, AVX2. A CPU with bf16 units (AVX512-BF16 or AMX-BF16) may run torch bf16; one with VNNI (or
+   AMX-INT8) may run ONNX Runtime int8; every CPU runs exact ONNX fp32.
+2. Only variants that passed the agreement gate (agreement.py) for THIS checkpoint may be picked. The
+   gate (>= 100 prompts x 12 candidates) is too long to run at load; it is run once with
+   ``run_gate(path)`` or ``python -m benchmarks --sections agreement --model PATH`` and cached here.
+   Without a record, auto stays on exact fp32 and says so.
+3. A short calibration at first load times each remaining variant against fp32 on a fixed sample batch
+   (interleaved, best of 3); a variant is taken only when it is >= 15% faster. The decision is cached
+   (json, beside the exports in the cache) per checkpoint, CPU model and thread count.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from .cache import cache_root, checkpoint_fingerprint
+
+ISA_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_fp16", "avx512_bf16", "avx512_vnni", "avx_vnni",
+             "avx512f", "avx2")
+MIN_SPEEDUP = 1.15  # calibration: a variant must beat fp32 by this much to be worth any risk
+AUTO_VERSION = 1
+
+
+def cpu_features(cpuinfo: str | None = None) -> dict:
+    """CPU model and the ISA flags that matter here, read from /proc/cpuinfo (or the given text)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    model, flags = platform.processor() or platform.machine(), set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model in (platform.processor(), platform.machine()):
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return {"cpu_model": model, "isa": [f for f in ISA_FLAGS if f in flags], "logical_cores": os.cpu_count()}
+
+
+def candidate_variants(device: str, features: dict) -> list[tuple[str, str, str]]:
+    """(backend, precision, why) the hardware allows, fastest-expected first; exact fp32 last."""
+    isa = set(features["isa"])
+    if device == "cuda":
+        return [("torch", "fp16", "CUDA GPU: fp16 tensor cores (llm-blender's own GPU precision)"),
+                ("torch", "fp32", "exact")]
+    out = []
+    try:
+        import openvino  # noqa: F401
+        openvino_ok = True
+    except ImportError:
+        openvino_ok = False
+    if {"avx512_bf16", "amx_bf16"} & isa:
+        units = "AMX-BF16" if "amx_bf16" in isa else "AVX512-BF16"
+        if openvino_ok:
+            out.append(("openvino", "bf16", f"{units}: OpenVINO bf16 inference precision"))
+        out.append(("torch", "bf16", f"{units}: bf16 GEMMs through oneDNN"))
+    if openvino_ok:
+        out.append(("openvino", "fp32", "OpenVINO fp32 (same numbers as ONNX Runtime within 1e-4, measured faster here)"))
+    if {"avx512_vnni", "avx_vnni", "amx_int8"} & isa:
+        units = "AMX-INT8" if "amx_int8" in isa else "AVX512-VNNI" if "avx512_vnni" in isa else "AVX-VNNI"
+        out.append(("onnx", "int8", f"{units}: int8 dot products (ONNX Runtime dynamic quantization)"))
+    out.append(("onnx", "fp32", "exact"))
+    return out
+
+
+# -- the gate records ---------------------------------------------------------------------------------
+
+def _auto_dir(cache_dir=None) -> Path:
+    return Path(cache_dir) if cache_dir else cache_root() / "onnx"
+
+
+def gate_path(ckpt, cache_dir=None) -> Path:
+    return _auto_dir(cache_dir) / f"gate-{checkpoint_fingerprint(ckpt, purpose='agreement-gate')}.json"
+
+
+def save_gate(ckpt, records: list[dict], cache_dir=None, settings: dict | None = None) -> Path:
+    path = gate_path(ckpt, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"records": records, "settings": settings or {}}, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def load_gate(ckpt, cache_dir=None) -> dict:
+    """{"backend precision": record} for this checkpoint, {} when the gate never ran."""
+    path = gate_path(ckpt, cache_dir)
+    if not path.is_file():
+        return {}
+    return {r["variant"]: r for r in json.loads(path.read_text())["records"]}
+
+
+def run_gate(path, inputs, candidates, variants=(("torch", "bf16"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "bf16")), threads: int | None = 1,
+             cache_dir=None, source_maxlength=None, candidate_maxlength=None, save: bool = True, extra=None) -> list[dict]:
+    """Rank ``inputs`` x ``candidates`` with fp32 ONNX and each variant; the gate's verdicts (cached).
+
+    extra: {name: model} more variants to measure (e.g. other fp32 islands), recorded but never picked."""
+    from .agreement import full_rank_logits, ranking_agreement
+    from .checkpoint import load_checkpoint
+    from .ranker import Ranker
+
+    ckpt = load_checkpoint(path)
+    kw = dict(source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength)
+    base = Ranker.from_pretrained(path, backend="onnx", precision="fp32", threads=threads, cache_dir=cache_dir)
+    ref_scores, ref_logits = full_rank_logits(base, inputs, candidates, **kw)
+    records = []
+    models = {f"{b} {p}": None for b, p in variants}
+    models.update(extra or {})
+    for name, model in models.items():
+        t0 = time.perf_counter()
+        if model is None:
+            backend, precision = name.split()
+            ranker = Ranker.from_pretrained(path, backend=backend, precision=precision, threads=threads, cache_dir=cache_dir)
+        else:
+            ranker = Ranker(model, base.tokenizer, base.source_maxlength, base.candidate_maxlength)
+        scores, logits = full_rank_logits(ranker, inputs, candidates, **kw)
+        rec = ranking_agreement(name, ref_scores, scores, ref_logits, logits).as_dict()
+        rec["seconds"] = time.perf_counter() - t0
+        rec["pickable"] = model is None
+        records.append(rec)
+    if save:
+        keep = [r for r in records if r["pickable"]]
+        old = load_gate(ckpt, cache_dir)
+        old.update({r["variant"]: r for r in keep})
+        save_gate(ckpt, list(old.values()), cache_dir, {"prompts": len(inputs), "threads": threads, **kw})
+    return records
+
+
+# -- the choice ---------------------------------------------------------------------------------------
+
+def _calibrate(ckpt, variants, device, threads, cache_dir) -> dict:
+    """Seconds per call of each variant on the export's sample batch, interleaved, best of 3."""
+    from .export import sample_batch
+    from .tokenization import build_pair_tokenizer
+
+    ids, mask, pos = sample_batch(build_pair_tokenizer(ckpt), ckpt)
+    models = {f"{b} {p}": build_model(ckpt, b, p, device, threads, cache_dir)[0] for b, p, _ in variants}
+    for m in models.values():
+        m(ids, mask, pos)  # warm-up
+    best = {k: float("inf") for k in models}
+    for _ in range(3):
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            m(ids, mask, pos)
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+def build_model(ckpt, backend: str, precision: str, device: str, threads, cache_dir):
+    """The model callable and its tokenizer for one concrete (backend, precision)."""
+    from .tokenization import PairTokenizer, build_pair_tokenizer
+
+    if backend == "openvino":
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"backend='openvino' supports precision 'fp32' or 'bf16', got {precision!r}")
+        from .export import cached_export
+        from .runtime import OpenVinoPairModel
+
+        out_dir, _ = cached_export(ckpt, "fp32", cache_dir)
+        return OpenVinoPairModel(out_dir / "model.onnx", device=device, precision=precision, threads=threads), \
+            PairTokenizer.load(out_dir)
+    if backend == "onnx":
+        if precision == "bf16":
+            raise ValueError("precision='bf16' needs backend='torch' (ONNX Runtime has no fast bf16 CPU kernels)")
+        from .export import cached_export
+        from .runtime import OnnxPairModel
+
+        out_dir, _ = cached_export(ckpt, precision, cache_dir)
+        return OnnxPairModel(out_dir / "model.onnx", device=device, threads=threads), PairTokenizer.load(out_dir)
+    if precision == "int8":
+        raise ValueError("precision='int8' needs backend='onnx' (ONNX Runtime dynamic quantization)")
+    from .export import build_torch_model
+    from .runtime import TorchPairModel
+
+    model = TorchPairModel(build_torch_model(ckpt), device=device, precision=precision, threads=threads)
+    return model, build_pair_tokenizer(ckpt)
+
+
+def _verdicts(gate: dict) -> list[str]:
+    return sorted(f"{name}={'pass' if rec['passed'] else 'fail'}" for name, rec in gate.items())
+
+
+def choose(ckpt, device: str, backend: str = "auto", precision: str = "auto", threads: int | None = None,
+           cache_dir=None) -> dict:
+    """{"backend", "precision", "reason", "cpu", "calibration"}: the auto choice, cached per checkpoint+machine."""
+    features = cpu_features()
+    key = checkpoint_fingerprint(ckpt, purpose="auto", device=device, backend=backend, precision=precision,
+                                 threads=threads or 0, cpu=features["cpu_model"], isa=",".join(features["isa"]),
+                                 version=AUTO_VERSION)
+    decision_path = _auto_dir(cache_dir) / f"auto-{key}.json"
+    gate = load_gate(ckpt, cache_dir)
+    if decision_path.is_file():
+        decision = json.loads(decision_path.read_text())
+        # A gate run after the decision may allow more (or less): decide again when its verdicts changed.
+        if decision.get("gate_verdicts") == _verdicts(gate):
+            return {**decision, "cached": True}
+    variants = [v for v in candidate_variants(device, features)
+                if (backend == "auto" or v[0] == backend) and (precision == "auto" or v[1] == precision)]
+    if not variants:
+        raise ValueError(f"no variant with backend={backend!r}, precision={precision!r} on device={device!r}")
+    exact = variants[-1] if variants[-1][2] == "exact" else None
+    skipped, allowed = [], []
+    for b, p, why in variants:
+        rec = gate.get(f"{b} {p}")
+        if why == "exact":
+            continue
+        if rec is None:
+            skipped.append(f"{b} {p}: no agreement-gate record for this checkpoint")
+        elif not rec["passed"]:
+            skipped.append(f"{b} {p}: failed the gate (top-1 {rec['top1_pct']:.1f}%, tau {rec['kendall_tau_mean']:.3f})")
+        else:
+            allowed.append((b, p, why, rec))
+    calibration = {}
+    chosen = exact or variants[-1]
+    reason = "exact fp32: " + ("; ".join(skipped) if skipped else "no faster variant on this hardware")
+    if allowed and exact:
+        calibration = _calibrate(ckpt, [(b, p, w) for b, p, w, _ in allowed] + [exact], device, threads, cache_dir)
+        base = calibration[f"{exact[0]} {exact[1]}"]
+        ranked = sorted(allowed, key=lambda v: calibration[f"{v[0]} {v[1]}"])
+        b, p, why, rec = ranked[0]
+        speedup = base / calibration[f"{b} {p}"]
+        if speedup >= MIN_SPEEDUP:
+            chosen = (b, p, why)
+            reason = (f"{why}; passed the agreement gate (top-1 {rec['top1_pct']:.1f}%, tau {rec['kendall_tau_mean']:.3f} "
+                      f"on {rec['prompts']} prompts x {rec['candidates']}); {speedup:.2f}x fp32 in calibration")
+        else:
+            reason = f"exact fp32: the best gated variant ({b} {p}) was only {speedup:.2f}x fp32 in calibration"
+    elif allowed and not exact:  # an explicit lower precision that passed: nothing to calibrate against
+        chosen = allowed[0][:3]
+        reason = f"{chosen[2]}; passed the agreement gate"
+    decision = {"backend": chosen[0], "precision": chosen[1], "reason": reason, "cpu": features,
+                "calibration_s": calibration, "skipped": skipped, "gate_verdicts": _verdicts(gate), "cached": False}
+    decision_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = decision_path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(decision, indent=1))
+    os.replace(tmp, decision_path)
+    return decision
