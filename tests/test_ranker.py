@@ -350,9 +350,14 @@ def test_mistral_regex_warning_is_silenced_ours_stay(tiny_checkpoint, monkeypatc
     handler = Keep()
     log.addHandler(handler)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", noisy)
+    # Other tests (the benchmarks' quiet mode) may have turned transformers' verbosity down: this test
+    # is about our filter, so it runs at transformers' default level.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
     try:
         build_pair_tokenizer(load_checkpoint(tiny_checkpoint))
     finally:
+        hf_logging.set_verbosity(verbosity)
         log.removeHandler(handler)
     assert not any("incorrect regex pattern" in m for m in seen) and "another warning that stays" in seen
 
