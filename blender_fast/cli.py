@@ -57,7 +57,25 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-class AtomicJsonl:
+class _JsonlOut:
+    """Records out as JSON Lines, one per line; ``written`` counts them."""
+
+    def __init__(self, f):
+        self._f = f
+        self.written = 0
+
+    def write(self, record: dict) -> None:
+        self.write_line(json.dumps(record, ensure_ascii=False))
+
+    def write_line(self, line: str) -> None:
+        self._f.write(line if line.endswith("\n") else line + "\n")
+        self.written += 1
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+class AtomicJsonl(_JsonlOut):
     """A JSON Lines output written to a temp file in the target's directory and renamed over it at the end
     (``os.replace``: all or nothing). On failure or interruption the target is untouched and what was
     written is kept as ``<output>.partial`` (a later ``--resume`` picks it up)."""
@@ -68,19 +86,7 @@ class AtomicJsonl:
             raise FileNotFoundError(f"{self.path.parent}: the directory of --output does not exist")
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.written = 0
-        self._f = open(self.tmp, "w", encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.written += 1
-
-    def write_line(self, line: str) -> None:
-        self._f.write(line if line.endswith("\n") else line + "\n")
-        self.written += 1
-
-    def flush(self) -> None:
-        self._f.flush()
+        super().__init__(open(self.tmp, "w", encoding="utf-8"))
 
     def commit(self) -> None:
         self._f.flush()
@@ -100,28 +106,17 @@ class AtomicJsonl:
         return self.partial
 
 
-class StdoutJsonl:
+class StdoutJsonl(_JsonlOut):
     path = partial = Path("-")
 
     def __init__(self):
-        self.written = 0
-
-    def write(self, record: dict) -> None:
-        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.written += 1
-
-    def write_line(self, line: str) -> None:
-        sys.stdout.write(line if line.endswith("\n") else line + "\n")
-        self.written += 1
-
-    def flush(self) -> None:
-        sys.stdout.flush()
+        super().__init__(sys.stdout)
 
     def commit(self) -> None:
-        sys.stdout.flush()
+        self.flush()
 
     def keep_partial(self):
-        sys.stdout.flush()
+        self.flush()
         return None
 
 
