@@ -214,6 +214,7 @@ def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
     out = StdoutJsonl() if to_stdout else AtomicJsonl(args.output)
     carried = 0  # records kept from earlier runs (--resume); the rest of out.written is new
     t0 = time.perf_counter()
+    load_s = 0.0
     previous_handler = _install_sigterm()
     try:
         done = _carry_over(out, [out.path, out.partial], wanted, options, fused) if args.resume else set()
@@ -224,6 +225,8 @@ def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
         work = None
         if todo:
             work = process_chunk.load()
+        load_s = time.perf_counter() - t0  # model load (and, the first time, export) is reported apart
+        t0 = time.perf_counter()
         with tqdm(total=total_passes, desc=desc, unit="pair", disable=args.quiet or not todo, smoothing=0.1) as bar:
             chunk = []
             for number, prompt in enumerate(iter_prompts(src, args.limit)):
@@ -255,7 +258,8 @@ def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
         _restore_sigterm(previous_handler)
     elapsed = time.perf_counter() - t0
     written_new = out.written - carried
-    print(f"{desc}: {written_new} prompts in {elapsed:.1f}s ({written_new / max(elapsed, 1e-9):.2f} prompts/s)"
+    print(f"{desc}: {written_new} prompts in {elapsed:.1f}s ({written_new / max(elapsed, 1e-9):.2f} prompts/s; "
+          f"model loaded in {load_s:.1f}s before)"
           f"{f', {out.written - written_new} kept from earlier runs' if args.resume else ''} -> {args.output}",
           file=sys.stderr)
     return 0
