@@ -16,9 +16,11 @@ imports), imported lazily so ``blender_fast`` itself never needs Ray.
 from __future__ import annotations
 
 import glob
+import importlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from .jobs import RankOptions, rank_prompts
@@ -56,7 +58,25 @@ def _import_ray():
         import ray.data  # noqa: F401
     except ImportError as e:
         raise ImportError(f"{INSTALL_HINT} ({e})") from None
+    _settle_fsspec_http()
     return ray
+
+
+def _settle_fsspec_http() -> None:
+    """Make a failing ``fsspec.implementations.http`` import fail the same way in every thread.
+
+    Ray Data's path resolution imports it from several threads at once and treats only
+    ModuleNotFoundError as "no HTTP filesystem". Without aiohttp the import fails; a thread that waited
+    on the failing import then gets ImportError ("cannot import name 'HTTPFileSystem'") instead, and a
+    local Parquet read dies (seen on a fresh install). Marking the module absent up front turns every
+    later attempt into the ModuleNotFoundError Ray expects. Nothing changes when the import works."""
+    name = "fsspec.implementations.http"
+    if name in sys.modules:
+        return
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        sys.modules[name] = None  # "import" now raises ModuleNotFoundError at once
 
 
 def _result_type():
@@ -406,7 +426,6 @@ def _default_actors(ray, gpus_per_actor: float, threads: int) -> int:
 
 
 def cmd_rank_ray(args) -> int:
-    import sys
     import time
 
     from .demo import resolve_model
