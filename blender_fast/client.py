@@ -107,10 +107,13 @@ class Client:
         return rows
 
     def select(self, inputs, candidates, top_k: int = 1, strategy: str = "tournament", orders: str = "both",
-               seed: int = 0, instructions=None, policy: str = "max_logits", worst: bool = False) -> list[dict]:
-        """Per prompt ``{top_k: [0-based indices, best first], comparisons, forward_passes, steps}``."""
+               seed: int = 0, instructions=None, policy: str = "max_logits", worst: bool = False,
+               budget: int | None = None) -> list[dict]:
+        """Per prompt ``{top_k: [0-based indices, best first], comparisons, forward_passes, steps}``.
+        budget: forward passes per prompt for swiss / knockout_rr / adaptive (None: their default)."""
         return self._post("select", self._items(inputs, candidates, instructions, top_k=top_k, strategy=strategy,
-                                                orders=orders, seed=seed, policy=policy, worst=worst))
+                                                orders=orders, seed=seed, policy=policy, worst=worst,
+                                                budget=budget))
 
     def compare(self, inputs, candidates_a, candidates_b, instructions=None, mode: str = "[A,B]+[B,A]") -> np.ndarray:
         """As Ranker.compare: one logit per input that candidate A is better than B."""

@@ -32,7 +32,7 @@ import numpy as np
 from . import _core
 from .options import COMPARE_MODES, ORDERS, POLICIES, STRATEGIES, check_choice
 from .ranker import Ranker, _stack_if_equal, check_prompts
-from .selection import (Selection, _as_model_rows, _default_order, _scores, _select_full,
+from .selection import (Selection, _as_model_rows, _budgets, _default_order, _scores, _select_full,
                         ranks_from_scores)
 from .tokenization import EncodedPrompts
 
@@ -386,10 +386,10 @@ class BatchingEngine:
                                  candidate_maxlength, timeout)
 
     def _submit_select_kw(self, inputs, candidates, top_k=1, strategy="bubble", orders="both", seed=0,
-                          instructions=None, initial_orders=None, policy="max_logits", worst=False, *,
+                          instructions=None, initial_orders=None, policy="max_logits", worst=False, budget=None, *,
                           source_maxlength=None, candidate_maxlength=None, timeout=None):
         return self._submit_select(inputs, candidates, top_k, strategy, orders, seed, instructions, initial_orders,
-                                   policy, worst, source_maxlength, candidate_maxlength, timeout)
+                                   policy, worst, source_maxlength, candidate_maxlength, timeout, budget)
 
     def _submit_compare_kw(self, inputs, candidates_a, candidates_b, instructions=None, mode="[A,B]+[B,A]", *,
                            source_maxlength=None, candidate_maxlength=None, timeout=None):
@@ -411,7 +411,7 @@ class BatchingEngine:
                              lambda: _rank_steps(ns, policy, return_scores))
 
     def _submit_select(self, inputs, candidates, top_k, strategy, orders, seed, instructions, initial_orders,
-                       policy, worst, src_len, cand_len, timeout):
+                       policy, worst, src_len, cand_len, timeout, budget=None):
         check_choice("strategy", strategy, STRATEGIES)
         check_choice("orders", orders, ORDERS)
         check_choice("policy", policy, POLICIES)
@@ -426,7 +426,13 @@ class BatchingEngine:
             if top_k > n:
                 raise ValueError(f"top_k = {top_k} exceeds the {n} candidates of prompt {p}")
         per_row = 2 if orders == "both" else 1
-        cost = sum(_row_cost(strategy, n, top_k, per_row) for n in ns)
+        # Comparisons per prompt for swiss / knockout_rr / adaptive (None for the others), checked like
+        # Ranker.select's; they are also what such a request can cost at most.
+        budgets = _budgets(budget, strategy, ns, top_k, orders)
+        if budgets is not None:
+            cost = int(sum(min(int(b), n * (n - 1) // 2) * per_row for b, n in zip(budgets, ns)))
+        else:
+            cost = sum(_row_cost(strategy, n, top_k, per_row) for n in ns)
         if strategy == "full" or not ns:
             make = lambda: _full_steps(ns, top_k, orders, policy, worst)  # noqa: E731
         else:
@@ -438,7 +444,7 @@ class BatchingEngine:
                 if len(starts) != len(ns):
                     raise ValueError(f"initial_orders has {len(starts)} entries for {len(ns)} prompts")
                 starts = [o.astype(np.int64) if o.dtype.kind in "iu" else o for o in starts]
-            selector = _core.Selector(np.asarray(ns, dtype=np.int64), top_k, strategy, starts)
+            selector = _core.Selector(np.asarray(ns, dtype=np.int64), top_k, strategy, starts, budgets)
             make = lambda: _selector_steps(ns, selector, orders, worst)  # noqa: E731
         return self._enqueue(sources, cands, src_len, cand_len, cost, timeout, make)
 

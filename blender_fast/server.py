@@ -58,13 +58,14 @@ FIELDS = {
     "rank": {"instruction": "", "input": _REQUIRED, "candidates": _REQUIRED, "return_scores": False,
              "policy": "max_logits"},
     "select": {"instruction": "", "input": _REQUIRED, "candidates": _REQUIRED, "top_k": 1,
-               "strategy": "tournament", "orders": "both", "seed": 0, "policy": "max_logits", "worst": False},
+               "strategy": "tournament", "orders": "both", "seed": 0, "policy": "max_logits", "worst": False,
+               "budget": None},
     "compare": {"instruction": "", "input": _REQUIRED, "candidate_a": _REQUIRED, "candidate_b": _REQUIRED,
                 "mode": "[A,B]+[B,A]"},
     "judge": {"prompt": _REQUIRED, "completions": _REQUIRED, "shuffle_order": True, "return_scores": False,
               "temperature": 1.0, "seed": None},
     "fuse": {"instruction": "", "input": _REQUIRED, "candidates": _REQUIRED, "top_k": 3,
-             "strategy": "tournament", "seed": 0, "num_beams": None, "max_new_tokens": None},
+             "strategy": "tournament", "seed": 0, "budget": None, "num_beams": None, "max_new_tokens": None},
 }
 # Which field of an item each Python-API argument name stands for, in messages about a missing field.
 _API_NAME = {"input": "inputs", "candidates": "candidates", "instruction": "instructions", "prompt": "prompts",
@@ -97,6 +98,8 @@ def _schemas():
         seed: int = Field(0, description="seed of the starting arrangement (bubble / tournament)")
         policy: Literal[POLICIES] = "max_logits"  # type: ignore[valid-type]
         worst: bool = Field(False, description="select the worst k instead")
+        budget: Opt[int] = Field(None, ge=1, description="swiss / knockout_rr / adaptive: forward passes per "
+                                 "item they never exceed (default 4(n-1))")
 
     class CompareItem(BaseModel):
         instruction: str = ""
@@ -120,6 +123,7 @@ def _schemas():
         top_k: int = Field(3, ge=1, description="candidates selected and fused")
         strategy: Literal[STRATEGIES] = "tournament"  # type: ignore[valid-type]
         seed: int = 0
+        budget: Opt[int] = Field(None, ge=1, description="swiss / knockout_rr / adaptive: forward passes per item")
         num_beams: Opt[int] = None
         max_new_tokens: Opt[int] = None
 
@@ -277,6 +281,8 @@ def _select_checks(items):
         _option(items, p, "seed", (int,))
         if "worst" in items[p]:
             _option(items, p, "worst", (bool,))
+        if items[p].get("budget") is not None:
+            _option(items, p, "budget", (int,))
         cands = items[p]["candidates"]
         if isinstance(cands, list) and top_k > len(cands):
             raise HTTPError(422, f"top_k = {top_k} exceeds the {len(cands)} candidates of prompt {p}")
@@ -288,12 +294,12 @@ async def _select(engine, items, timeout):
                       [i["instruction"] for i in items])
     out = [None] * len(items)
     calls = []
-    for key, ps in _groups(items, ("top_k", "strategy", "orders", "seed", "policy", "worst")).items():
+    for key, ps in _groups(items, ("top_k", "strategy", "orders", "seed", "policy", "worst", "budget")).items():
         o = items[ps[0]]
         calls.append((ps, engine.select([items[p]["input"] for p in ps], [items[p]["candidates"] for p in ps],
                                         top_k=o["top_k"], strategy=o["strategy"], orders=o["orders"], seed=o["seed"],
                                         instructions=[items[p]["instruction"] for p in ps], policy=o["policy"],
-                                        worst=o["worst"], timeout=timeout)))
+                                        worst=o["worst"], budget=o["budget"], timeout=timeout)))
     results = await asyncio.gather(*(c for _, c in calls))
     for (ps, _), sels in zip(calls, results):
         for p, s in zip(ps, sels):

@@ -68,13 +68,16 @@ def test_rank_from_many_threads_matches_offline(ranker, prompts):
         np.testing.assert_array_equal(r, wr)
 
 
-@pytest.mark.parametrize("strategy, top_k", [("tournament", 1), ("tournament", 3), ("bubble", 2), ("full", 2)])
-def test_select_from_asyncio_tasks_matches_offline(ranker, prompts, strategy, top_k):
-    offline = [ranker.select([inp], [c], top_k=top_k, strategy=strategy, seed=3)[0] for inp, c in prompts]
+@pytest.mark.parametrize("strategy, top_k, budget", [
+    ("tournament", 1, None), ("tournament", 3, None), ("bubble", 2, None), ("full", 2, None),
+    ("adaptive", 1, 20), ("swiss", 2, None), ("knockout_rr", 1, 16)])
+def test_select_from_asyncio_tasks_matches_offline(ranker, prompts, strategy, top_k, budget):
+    offline = [ranker.select([inp], [c], top_k=top_k, strategy=strategy, seed=3, budget=budget)[0]
+               for inp, c in prompts]
 
     async def run(engine):
-        return await asyncio.gather(*(engine.select([inp], [c], top_k=top_k, strategy=strategy, seed=3)
-                                      for inp, c in prompts))
+        return await asyncio.gather(*(engine.select([inp], [c], top_k=top_k, strategy=strategy, seed=3,
+                                                    budget=budget) for inp, c in prompts))
 
     with BatchingEngine(ranker, max_rows_per_request=4) as engine:
         got = asyncio.run(asyncio.wait_for(run(engine), WAIT_S))

@@ -102,6 +102,7 @@ def test_concurrent_clients_get_the_offline_results(ranker, prompts):
     cands = [p[1] for p in prompts]
     want_scores = [ranker.rank([i], [c], return_scores=True)[0] for i, c in zip(inputs, cands)]
     want_sel = [ranker.select([i], [c], top_k=2, strategy="tournament")[0] for i, c in zip(inputs, cands)]
+    want_adaptive = [ranker.select([i], [c], strategy="adaptive", budget=16)[0] for i, c in zip(inputs, cands)]
     want_cmp = ranker.compare(inputs, [c[0] for c in cands], [c[1] for c in cands])
     with live_server(BatchingEngine(ranker, max_rows_per_request=8)) as url:
         client = Client(url)
@@ -110,13 +111,15 @@ def test_concurrent_clients_get_the_offline_results(ranker, prompts):
             return (client.rank([inputs[p]], [cands[p]], return_scores=True)[0],
                     client.rank([inputs[p]], [cands[p]])[0],
                     client.select([inputs[p]], [cands[p]], top_k=2, strategy="tournament")[0],
-                    client.compare([inputs[p]], [cands[p][0]], [cands[p][1]])[0])
+                    client.compare([inputs[p]], [cands[p][0]], [cands[p][1]])[0],
+                    client.select([inputs[p]], [cands[p]], strategy="adaptive", budget=16)[0])
 
         with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
             got = list(pool.map(one, range(len(prompts))))
         # A list of items in one request: results in item order.
         many = client.rank(inputs, cands, return_scores=True)
-    for p, (scores, ranks, sel, logit) in enumerate(got):
+    for p, (scores, ranks, sel, logit, adaptive) in enumerate(got):
+        assert adaptive["top_k"] == want_adaptive[p].top_k and adaptive["forward_passes"] <= 16
         np.testing.assert_allclose(scores, want_scores[p], atol=1e-5)
         np.testing.assert_array_equal(ranks, ranker.rank([inputs[p]], [cands[p]])[0])
         assert sel["top_k"] == want_sel[p].top_k  # 0-based indices
@@ -158,6 +161,10 @@ def test_bad_requests_get_422_and_413_with_the_message(ranker):
              "top_k = 3 exceeds the 2 candidates of prompt 0"),
             ("/v1/select", '{"input": "q", "candidates": ["a", "b"], "strategy": "knockout"}', 422,
              "strategy must be one of"),
+            ("/v1/select", '{"input": "q", "candidates": ["a", "b", "c"], "strategy": "adaptive", "budget": 1}', 422,
+             "budget = 1 forward passes is below the minimum"),
+            ("/v1/select", '{"input": "q", "candidates": ["a", "b"], "strategy": "bubble", "budget": 8}', 422,
+             "budget applies to the strategies"),
             ("/v1/compare", '{"input": "q", "candidate_a": "a", "candidate_b": "b", "mode": "AB"}', 422,
              "mode must be one of"),
             ("/v1/judge", '{"prompt": "q", "completions": ["a"]}', 422, "completions[0] must hold exactly 2"),
