@@ -32,8 +32,8 @@ import numpy as np
 from . import _core
 from .options import COMPARE_MODES, ORDERS, POLICIES, STRATEGIES, check_choice
 from .ranker import Ranker, _stack_if_equal, check_prompts
-from .selection import (Selection, _as_model_rows, _budgets, _default_order, _scores, _select_full,
-                        ranks_from_scores)
+from .selection import (Selection, _as_model_rows, _budgets, _scores, _select_full, ranks_from_scores,
+                        starting_orders)
 from .tokenization import EncodedPrompts
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
@@ -437,14 +437,8 @@ class BatchingEngine:
             make = lambda: _full_steps(ns, top_k, orders, policy, worst)  # noqa: E731
         else:
             # Built here, so that bad initial_orders fail in the caller's thread with the core's message.
-            if initial_orders is None:
-                starts = [_default_order(n, seed) for n in ns]
-            else:
-                starts = [np.asarray(o) for o in initial_orders]
-                if len(starts) != len(ns):
-                    raise ValueError(f"initial_orders has {len(starts)} entries for {len(ns)} prompts")
-                starts = [o.astype(np.int64) if o.dtype.kind in "iu" else o for o in starts]
-            selector = _core.Selector(np.asarray(ns, dtype=np.int64), top_k, strategy, starts, budgets)
+            selector = _core.Selector(np.asarray(ns, dtype=np.int64), top_k, strategy,
+                                      starting_orders(ns, seed, initial_orders), budgets)
             make = lambda: _selector_steps(ns, selector, orders, worst)  # noqa: E731
         return self._enqueue(sources, cands, src_len, cand_len, cost, timeout, make)
 

@@ -190,19 +190,8 @@ def select(n_candidates: Sequence[int], top_k: int, strategy: str, compare: _Com
     if strategy == "full":
         return _select_full(ns, top_k, compare, orders, policy)
 
-    if initial_orders is None:
-        cache: dict[int, np.ndarray] = {}
-        for n in ns:
-            if n not in cache:
-                cache[n] = _default_order(n, seed)
-        starts = [cache[n] for n in ns]
-    else:
-        starts = [np.asarray(o) for o in initial_orders]
-        if len(starts) != len(ns):
-            raise ValueError(f"initial_orders has {len(starts)} entries for {len(ns)} prompts")
-        # Any integer dtype is fine here; anything else is left for the core to reject by name.
-        starts = [o.astype(np.int64) if o.dtype.kind in "iu" else o for o in starts]
-    sel = _core.Selector(np.asarray(ns, dtype=np.int64), top_k, strategy, starts, budgets)
+    sel = _core.Selector(np.asarray(ns, dtype=np.int64), top_k, strategy, starting_orders(ns, seed, initial_orders),
+                         budgets)
     passes = np.zeros(len(ns), dtype=np.int64)
     while not sel.done():
         rows = sel.next()
@@ -249,6 +238,22 @@ def _budgets(budget, strategy: str, ns: list[int], top_k: int, orders: str) -> "
                 f"x {per_row} pass{'es' if per_row == 2 else ''} with orders={orders!r})")
         out[p] = budget // per_row
     return out
+
+
+def starting_orders(ns: list[int], seed: int, initial_orders=None) -> list[np.ndarray]:
+    """Each prompt's starting arrangement for the Selector: ``initial_orders`` as int64 arrays, or the
+    seeded default (a prompt's arrangement depends only on (seed, n), not on its batch-mates)."""
+    if initial_orders is None:
+        cache: dict[int, np.ndarray] = {}
+        for n in ns:
+            if n not in cache:
+                cache[n] = _default_order(n, seed)
+        return [cache[n] for n in ns]
+    starts = [np.asarray(o) for o in initial_orders]
+    if len(starts) != len(ns):
+        raise ValueError(f"initial_orders has {len(starts)} entries for {len(ns)} prompts")
+    # Any integer dtype is fine here; anything else is left for the core to reject by name.
+    return [o.astype(np.int64) if o.dtype.kind in "iu" else o for o in starts]
 
 
 def _select_full(ns: list[int], top_k: int, compare: _Compare, orders: str, policy: str) -> list[Selection]:
