@@ -505,13 +505,18 @@ class BatchingEngine:
 
     def _release(self, rows: int, failed: bool) -> None:
         with self._cv:
-            self._queued_pairs -= rows
-            self._admitted -= 1
-            if failed:
-                self.stats.failed += 1
-            else:
-                self.stats.completed += 1
+            self._forget(rows, failed)
             self._cv.notify_all()
+
+    def _forget(self, reserved: int, failed: bool) -> None:
+        """A request leaves (answered, failed, cancelled or past its deadline): the rows it reserved and
+        did not run go back under the queue bound, and it is counted once. Holds self._cv."""
+        self._queued_pairs -= reserved
+        self._admitted -= 1
+        if failed:
+            self.stats.failed += 1
+        else:
+            self.stats.completed += 1
 
     def _retry_after(self) -> float:
         rate = self._rows_per_s or 50.0
@@ -558,9 +563,7 @@ class BatchingEngine:
             else:
                 continue
             self._jobs.remove(job)
-            self._queued_pairs -= job.reserved
-            self._admitted -= 1
-            self.stats.failed += 1
+            self._forget(job.reserved, failed=True)
             _settle(job.future, error=error)
         self._cv.notify_all()
 
@@ -654,9 +657,7 @@ class BatchingEngine:
                 for job in {id(j): j for j, _, _ in picked}.values():
                     if job in self._jobs:
                         self._jobs.remove(job)
-                        self._queued_pairs -= job.reserved
-                        self._admitted -= 1
-                        self.stats.failed += 1
+                        self._forget(job.reserved, failed=True)
                     _settle(job.future, error=e)
                 self._cv.notify_all()
             return
@@ -687,12 +688,7 @@ class BatchingEngine:
             self._last_iteration_jobs = len({job.serial for job, _, _ in picked})
             for job in finished + failed:
                 self._jobs.remove(job)
-                self._queued_pairs -= job.reserved
-                self._admitted -= 1
-                if job in failed:
-                    self.stats.failed += 1
-                else:
-                    self.stats.completed += 1
+                self._forget(job.reserved, failed=job in failed)
             self._cv.notify_all()
 
     # -- lifecycle ------------------------------------------------------------------------------
