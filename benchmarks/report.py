@@ -58,11 +58,14 @@ def engine_md(eng: dict) -> list[str]:
             rows.append([name, f"{_f(c['wall_s'])} [{_f(c['wall_min_s'])}–{_f(c['wall_max_s'])}]", c["pairs"],
                          _f(c["pairs_per_s"]), _f(c["tokens_per_s"], 0),
                          _f(c.get("speedup_vs_reference")) + ("×" if c.get("speedup_vs_reference") else ""),
-                         _f(c.get("speedup_paired_median")), _f(c["pad_fraction"], 1, pct=True),
+                         _f(c.get("speedup_paired_median")),
+                         _f(c.get("speedup_vs_batch_size_1")) + ("×" if c.get("speedup_vs_batch_size_1") else ""),
+                         _f(c["pad_fraction"], 1, pct=True),
                          f"{_f(c['peak_rss_mb'], 0)} (+{_f(c['rss_increase_mb'], 0)})"
                          + (f"; GPU {_f(c['cuda_peak_mb'], 0)}" if c.get("cuda_peak_mb") else "")])
         md += _table(["engine", "wall s", "pairs", "pairs/s", "tokens/s", "speedup vs llm-blender",
-                      "paired speedup (median of per-repeat ratios)", "pad %", "peak RSS MB (+run)"], rows)
+                      "paired speedup (median of per-repeat ratios)", "vs llm-blender batch_size=1", "pad %",
+                      "peak RSS MB (+run)"], rows)
     md += ["### Where our time goes (median seconds per call)", ""]
     rows = []
     for task, cells in eng["tasks"].items():

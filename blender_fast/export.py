@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cache
+from .attention import UnsupportedAttention, use_export_attention
 from .cache import checkpoint_fingerprint
 from .checkpoint import CheckpointError, RankerCheckpoint, check_weight_shapes, load_checkpoint
 from .tokenization import PairTokenizer, build_pair_tokenizer
@@ -29,7 +30,7 @@ OPSET = 17
 # logit spread (max - min, at least 1). Measured on the tiny generated checkpoint: fp32 1e-5, fp16 0.017,
 # int8 0.38 (random weights quantize badly; real PairRM far less): each limit leaves room above that.
 EXPORT_TOLERANCE = {"fp32": 1e-3, "fp16": 0.1, "int8": 0.75}
-EXPORT_VERSION = 1  # bump when the exported graph changes, to invalidate caches
+EXPORT_VERSION = 2  # bump when the exported graph changes, to invalidate caches (2: attention.py's rewrite)
 EXPORT_META = "export.json"
 EXPORT_FILES = ("model.onnx", "tokenizer.json", "pair_tokenizer.json")  # what a served entry needs
 
@@ -190,6 +191,14 @@ def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", 
         reference = model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(pos)).numpy()
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32_path = out_dir / ("model.onnx" if precision != "int8" else "model.fp32.onnx")
+    # The reference above is transformers' attention; the graph gets the cheaper rewrite of the same
+    # math (attention.py), and the check below holds the two together.
+    try:
+        use_export_attention(model)
+        attention = "blender_fast.attention"
+    except UnsupportedAttention as e:
+        warnings.warn(f"{ckpt.path}: {e}; exporting transformers' attention as it is (slower graph)", stacklevel=2)
+        attention = "transformers"
     export_model = model.half() if precision == "fp16" else model
     dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "positions": {0: "batch"}, "logits": {0: "batch"}}
     with torch.no_grad(), warnings.catch_warnings():
@@ -221,7 +230,8 @@ def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", 
         advice = _DropMessage("pre-processing before quantization")
         logging.getLogger().addFilter(advice)
         try:
-            quantize_dynamic(str(fp32_path), str(final_path), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(fp32_path), str(final_path), weight_type=QuantType.QInt8,
+                             nodes_to_exclude=relative_position_matmuls(fp32_path))
         finally:
             logging.getLogger().removeFilter(advice)
         fp32_path.unlink()
@@ -233,10 +243,22 @@ def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", 
     diff = float(np.max(np.abs(got - reference)))
     check_export_diff(diff, reference, precision, Path(final_dir or out_dir) / "model.onnx")
     report = ExportReport(str(Path(final_dir or out_dir) / "model.onnx"), precision, diff, time.perf_counter() - t0, cached=False)
-    meta = {"export": asdict(report), "checkpoint": str(ckpt.path), "source_maxlength": ckpt.source_maxlength, "candidate_maxlength": ckpt.candidate_maxlength, "n_tasks": ckpt.n_tasks,
+    meta = {"export": asdict(report), "attention": attention, "checkpoint": str(ckpt.path), "source_maxlength": ckpt.source_maxlength, "candidate_maxlength": ckpt.candidate_maxlength, "n_tasks": ckpt.n_tasks,
             "files": cache.record_files(out_dir, exclude=(EXPORT_META,))}
     (out_dir / EXPORT_META).write_text(json.dumps(meta, indent=1))
     return report
+
+
+def relative_position_matmuls(onnx_path: Path) -> list[str]:
+    """MatMul nodes against the constant per-head relative-position keys/queries (rank-3 initializers).
+
+    int8 keeps them in fp32, as it did when those projections were computed in the graph: they are
+    small, and the relative-position scores carry the ordering information the gate checks."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    rank3 = {init.name for init in model.graph.initializer if len(init.dims) == 3}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in rank3]
 
 
 def check_export(out_dir: Path) -> str | None:
@@ -313,55 +335,3 @@ def export_command(path: str, precision: str = "fp32", out: str | None = None) -
     if out:
         return export_onnx(ckpt, Path(out), precision)
     return cached_export(ckpt, precision)[1]
-
-
-def drop_length_ifs(model):
-    """Replace DeBERTa's ``if key_len != query_len: rebuild relative positions`` If nodes by their else branch.
-
-    The TorchScript exporter turns that Python ``if`` into an ONNX If whose branches have different
-    ranks; OpenVINO's CPU plugin refuses an If with dynamic rank unless every input shape is static. In
-    self-attention the query and key lengths are always equal, so the condition ``Not(Equal(q, k))`` is
-    always false: the If is exactly its else branch (an Identity of the relative positions built once).
-    Only Ifs of exactly that shape are replaced; returns how many were."""
-    import onnx
-
-    graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-
-    def op_chain(name, ops):
-        for op in ops:
-            node = producer.get(name)
-            if node is None or node.op_type != op:
-                return False
-            name = node.input[0]
-        return True
-
-    replaced = 0
-    for i, node in enumerate(list(graph.node)):
-        if node.op_type != "If" or not op_chain(node.input[0], ("Cast", "Not", "Equal")):
-            continue
-        else_branch = next(a.g for a in node.attribute if a.name == "else_branch")
-        if len(else_branch.node) != 1 or else_branch.node[0].op_type != "Identity":
-            continue
-        identity = onnx.helper.make_node("Identity", [else_branch.node[0].input[0]], list(node.output), name=node.name + "_else")
-        idx = list(graph.node).index(node)
-        graph.node.remove(node)
-        graph.node.insert(idx, identity)
-        replaced += 1
-    return replaced
-
-
-def static_rank_onnx(onnx_path: Path) -> Path:
-    """``model.static_rank.onnx`` beside an exported fp32 graph, without the length Ifs (made once)."""
-    import onnx
-
-    onnx_path = Path(onnx_path)
-    out = onnx_path.with_name("model.static_rank.onnx")
-    if out.is_file():
-        return out
-    model = onnx.load(str(onnx_path))
-    drop_length_ifs(model)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, out)
-    return out

@@ -126,7 +126,7 @@ def lower_precision(module, dtype, keep_fp32=DEFAULT_FP32_ISLANDS):
 
 
 class OpenVinoPairModel:
-    """OpenVINO's CPU plugin over the exported fp32 graph (its length Ifs dropped: export.static_rank_onnx).
+    """OpenVINO's CPU plugin over the exported fp32 graph.
 
     precision "fp32" runs it exactly (max |dlogit| vs ORT ~3e-5); "bf16" sets INFERENCE_PRECISION_HINT=bf16
     (its own choice of what stays fp32). Dynamic shapes: one compiled model serves every batch."""
@@ -136,8 +136,6 @@ class OpenVinoPairModel:
             import openvino as ov
         except ImportError:
             raise ImportError("backend='openvino' needs OpenVINO: pip install 'blender-fast[openvino]'") from None
-        from .export import static_rank_onnx
-
         if _check_device(device) != "cpu":
             raise ValueError("backend='openvino' runs on device='cpu' only here")
         if precision not in ("fp32", "bf16"):
@@ -146,7 +144,13 @@ class OpenVinoPairModel:
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(static_rank_onnx(onnx_path))), "CPU", config)
+        model = core.read_model(str(onnx_path))
+        if any(op.get_type_name() == "If" for op in model.get_ops()):
+            # transformers' attention (exported only for configurations attention.py does not cover)
+            # has an If with dynamic rank, which OpenVINO's CPU plugin refuses.
+            raise ValueError(f"{onnx_path}: this graph has transformers' attention (its export warned why), which "
+                             "OpenVINO's CPU plugin cannot run; use backend='onnx'")
+        self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.device, self.precision = device, precision
 

@@ -160,18 +160,17 @@ def test_gpu_check_cpu_dry_run(tiny_checkpoint, tmp_path, one_torch_thread):
 
 
 def test_openvino_backend_matches_onnx(tiny_checkpoint, tmp_path, one_torch_thread):
-    """The exported graph without its length Ifs runs in OpenVINO with dynamic shapes, same logits as ORT."""
+    """The exported graph (no dynamic-rank If: attention.py) runs in OpenVINO with dynamic shapes, same
+    logits as ORT."""
     require("openvino")
     import onnx
 
     from blender_fast import Ranker
     from blender_fast.checkpoint import load_checkpoint
-    from blender_fast.export import cached_export, drop_length_ifs
+    from blender_fast.export import cached_export
 
     out_dir, _ = cached_export(load_checkpoint(tiny_checkpoint), "fp32", tmp_path)
     model = onnx.load(str(out_dir / "model.onnx"))
-    n_ifs = sum(n.op_type == "If" for n in model.graph.node)
-    assert n_ifs > 0 and drop_length_ifs(model) == n_ifs
     assert not any(n.op_type == "If" for n in model.graph.node)
     ref = Ranker.from_pretrained(tiny_checkpoint, threads=1, cache_dir=tmp_path)
     ov = Ranker.from_pretrained(tiny_checkpoint, backend="openvino", threads=1, cache_dir=tmp_path)
