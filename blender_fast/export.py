@@ -9,7 +9,6 @@ int8 quantization breaks when a Linear node is called twice in the graph.
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
