@@ -76,6 +76,11 @@ def parse_args(argv=None):
     p.add_argument("--gate-max-chars", type=int, default=None, help="agreement: clip texts to this many characters")
     p.add_argument("--gate-qk-gain", type=float, default=3.0, help="agreement (and variants): query/key gain of the "
                    "conditioned checkpoint (0: use the checkpoint as is, e.g. a real one given with --model)")
+    p.add_argument("--gate-variants", default=None, help="agreement: BACKEND:PRECISION,... to gate (default: every "
+                   "variant auto may pick, e.g. torch:bf16,onnx:int8,openvino:fp32,openvino:bf16)")
+    p.add_argument("--gate-islands", action="store_true", help="agreement: also probe torch bf16 with other fp32 islands")
+    p.add_argument("--engines", default=None, help="engine section: our engines as BACKEND:PRECISION,... (the first "
+                   "is the main one; default: every variant this device runs)")
     p.add_argument("--quick", action="store_true", help="tiny-shape smoke run (well under a minute)")
     p.add_argument("--prompts", type=int, default=None, help="engine section: number of prompts")
     p.add_argument("--candidates", type=int, default=None, help="engine section: candidates per prompt")
@@ -98,6 +103,22 @@ def parse_args(argv=None):
         p.error(f"unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
     args.sections = sections
     return args
+
+
+def engines_argument(text: str | None) -> list[tuple[str, str, str, str]] | None:
+    """"onnx:fp32,openvino:bf16" → the engine section's plan entries; None when not given."""
+    if not text:
+        return None
+    from blender_fast.options import BACKENDS, PRECISIONS
+
+    plan = []
+    for item in text.split(","):
+        backend, _, precision = item.strip().partition(":")
+        if backend not in BACKENDS or precision not in PRECISIONS:
+            raise SystemExit(f"--engines/--gate-variants: {item!r} is not BACKEND:PRECISION with BACKEND in "
+                             f"{BACKENDS} and PRECISION in {PRECISIONS}")
+        plan.append((f"blender-fast {backend} {precision}", "ours", backend, precision))
+    return plan
 
 
 def resolve_sizes(args) -> Sizes:
@@ -199,7 +220,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         log(f"engine: {sizes.prompts} prompts × {sizes.candidates} candidates, {sizes.repeats} repeats")
         results["engine"] = run_engine_section(ckpt, prompts[:sizes.prompts], sizes.candidates, args.device,
-                                               args.threads, sizes.repeats, seed=args.seed)
+                                               args.threads, sizes.repeats, seed=args.seed,
+                                               plan=engines_argument(args.engines))
         finish_section("engine", t0)
 
     if "strategies" in args.sections:
@@ -227,8 +249,10 @@ def main(argv=None) -> int:
 
         t0 = time.perf_counter()
         gate_prompts = load_prompts(data, max_chars=args.gate_max_chars)[:args.gate_prompts]
+        variants = [(backend, precision) for _, _, backend, precision in engines_argument(args.gate_variants) or []]
         results["agreement"] = run_agreement_section(ckpt, gate_prompts, args.gate_candidates, args.threads,
-                                                     args.gate_max_chars, qk_gain=args.gate_qk_gain or None)
+                                                     args.gate_max_chars, qk_gain=args.gate_qk_gain or None,
+                                                     islands=args.gate_islands, variants=tuple(variants) or None)
         finish_section("agreement", t0)
 
     if "variants" in args.sections:

@@ -75,7 +75,7 @@ def island_variants(ckpt_path: Path, threads):
 
 
 def run_agreement_section(ckpt_path: Path, prompts, n_candidates: int, threads, max_chars: int | None,
-                          qk_gain: float | None = QK_GAIN, islands: bool = True) -> dict:
+                          qk_gain: float | None = QK_GAIN, islands: bool = True, variants=None) -> dict:
     from blender_fast.autoselect import cpu_features, run_gate
 
     t0 = time.perf_counter()
@@ -85,7 +85,7 @@ def run_agreement_section(ckpt_path: Path, prompts, n_candidates: int, threads, 
              for i in range(len(prompts))]
     log(f"agreement: {len(prompts)} prompts x {n_candidates} candidates on {ckpt}")
     extra = island_variants(ckpt, threads) if islands else None
-    records = run_gate(ckpt, inputs, cands, threads=threads, extra=extra)
+    records = run_gate(ckpt, inputs, cands, threads=threads, extra=extra, **({"variants": variants} if variants else {}))
     for r in records:
         log(f"agreement: {r['variant']:<36} top-1 {r['top1_pct']:5.1f}%  tau {r['kendall_tau_mean']:.3f} "
             f"(min {r['kendall_tau_min']:.3f})  max|dlogit|/spread {r['max_rel_dlogit']:.3f}  "

@@ -6,7 +6,9 @@ intermediate I and relative-attention span 2k (position_buckets=256 → 2k = 512
 * Q, K, V and output projections: 4 · 2·T·H² = 8·T·H²
 * QKᵀ and attention·V: 2 · 2·T²·H = 4·T²·H
 * relative-position key and query projections of the 2k relative embeddings (share_att_key: the
-  layer's own K and Q weights): 2 · 2·(2k)·H², once per layer per *batch* (shared by its rows)
+  layer's own K and Q weights): 2 · 2·(2k)·H² per layer, but they do not depend on the input: our export
+  computes them once (blender_fast/attention.py) and llm-blender once per batch. Not counted, so the
+  achieved rate is never flattered by work that need not be done.
 * c2p and p2c scores (queries against relative keys, keys against relative queries): 2 · 2·T·(2k)·H
 * feed-forward H→I→H: 4·T·H·I
 * head, per pair: Linear(2H→H) on the [source; candidate] pair of each side: 2 · 2·(2H)·H = 8·H²,
@@ -54,7 +56,7 @@ def batch_flops(shape: ModelShape, rows: int, sum_t: float, sum_t2: float) -> fl
     """FLOPs of one batch of `rows` sequences with sum of lengths sum_t and of squared lengths sum_t2."""
     h, i, s = shape.hidden, shape.intermediate, shape.att_span
     per_token = 8 * h * h + 2 * 2 * s * h + 4 * h * i
-    per_layer = per_token * sum_t + 4 * h * sum_t2 + 2 * 2 * s * h * h
+    per_layer = per_token * sum_t + 4 * h * sum_t2
     head = rows * (8 * h * h + 4 * h * shape.n_tasks)
     return shape.layers * per_layer + head
 
@@ -67,7 +69,7 @@ def run_flops(shape: ModelShape, batches: list[BatchShape]) -> dict:
 
 
 def flops_per_pair(shape: ModelShape, tokens: int, batch_rows: int = 1) -> float:
-    """FLOPs of one pair of `tokens` real tokens, in a batch of `batch_rows` (amortizes the rel. proj.)."""
+    """FLOPs of one pair of `tokens` real tokens, in a batch of `batch_rows`."""
     return batch_flops(shape, batch_rows, batch_rows * tokens, batch_rows * tokens * tokens) / batch_rows
 
 
@@ -77,7 +79,7 @@ def flops_breakdown(shape: ModelShape, tokens: int) -> dict:
     return {
         "qkvo_projections": n * 8 * t * h * h,
         "qk_and_av": n * 4 * t * t * h,
-        "relative_position_projections": n * 2 * 2 * s * h * h,
+        "relative_position_projections (input-independent, not counted)": n * 2 * 2 * s * h * h,
         "c2p_p2c": n * 2 * 2 * t * s * h,
         "ffn": n * 4 * t * h * i,
         "head": 8 * h * h + 4 * h * shape.n_tasks,

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from .cache import cache_root, checkpoint_fingerprint
+from .export import EXPORT_VERSION
 
 ISA_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_fp16", "avx512_bf16", "avx512_vnni", "avx_vnni",
              "avx512f", "avx2")
@@ -77,7 +78,9 @@ def _auto_dir(cache_dir=None) -> Path:
 
 
 def gate_path(ckpt, cache_dir=None) -> Path:
-    return _auto_dir(cache_dir) / f"gate-{checkpoint_fingerprint(ckpt, purpose='agreement-gate')}.json"
+    # Keyed on the export's version too: a verdict on one graph says nothing about a rewritten one.
+    key = checkpoint_fingerprint(ckpt, purpose="agreement-gate", export_version=EXPORT_VERSION)
+    return _auto_dir(cache_dir) / f"gate-{key}.json"
 
 
 def save_gate(ckpt, records: list[dict], cache_dir=None, settings: dict | None = None) -> Path:
@@ -193,7 +196,7 @@ def choose(ckpt, device: str, backend: str = "auto", precision: str = "auto", th
     features = cpu_features()
     key = checkpoint_fingerprint(ckpt, purpose="auto", device=device, backend=backend, precision=precision,
                                  threads=threads or 0, cpu=features["cpu_model"], isa=",".join(features["isa"]),
-                                 version=AUTO_VERSION)
+                                 version=AUTO_VERSION, export_version=EXPORT_VERSION)
     decision_path = _auto_dir(cache_dir) / f"auto-{key}.json"
     gate = load_gate(ckpt, cache_dir)
     if decision_path.is_file():

@@ -170,11 +170,12 @@ def sample_batch(tok: PairTokenizer, ckpt: RankerCheckpoint):
 
 
 def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", tok: PairTokenizer | None = None,
-                *, final_dir: Path | None = None) -> ExportReport:
+                *, final_dir: Path | None = None, rewrite_attention: bool = True) -> ExportReport:
     """Write ``model.onnx`` (+ tokenizer) into out_dir and check ORT against torch on a sample batch.
 
     ``export.json`` records the report, and the size and sha256 of every file written (the cache checks
-    them before serving the entry); ``final_dir``: where out_dir will be renamed to (the recorded path)."""
+    them before serving the entry); ``final_dir``: where out_dir will be renamed to (the recorded path).
+    ``rewrite_attention=False`` exports transformers' attention as it is (the profile's "before")."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "bf16":
@@ -192,12 +193,13 @@ def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", 
     fp32_path = out_dir / ("model.onnx" if precision != "int8" else "model.fp32.onnx")
     # The reference above is transformers' attention; the graph gets the cheaper rewrite of the same
     # math (attention.py), and the check below holds the two together.
+    attention = "transformers"
     try:
-        use_export_attention(model)
-        attention = "blender_fast.attention"
+        if rewrite_attention:
+            use_export_attention(model)
+            attention = "blender_fast.attention"
     except UnsupportedAttention as e:
         warnings.warn(f"{ckpt.path}: {e}; exporting transformers' attention as it is (slower graph)", stacklevel=2)
-        attention = "transformers"
     export_model = model.half() if precision == "fp16" else model
     dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "positions": {0: "batch"}, "logits": {0: "batch"}}
     with torch.no_grad(), warnings.catch_warnings():

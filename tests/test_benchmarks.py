@@ -58,7 +58,9 @@ def test_engine_numbers(quick_results):
         assert 0.0 <= cell["pad_fraction"] < 1.0
         assert cell["peak_rss_mb"] > 0
     assert rank["blender-fast onnx fp32"]["repeats"] == s["repeats"]
+    assert rank["llm-blender (batch_size=1)"]["repeats"] == s["repeats"]  # interleaved, like the default
     assert rank["blender-fast onnx fp32"]["speedup_vs_reference"] > 0
+    assert rank["blender-fast onnx fp32"]["speedup_vs_batch_size_1"] > 0
     # Where the time goes adds up to the wall time.
     ours = rank["blender-fast onnx fp32"]
     assert ours["tokenize_s"] + ours["pack_s"] + ours["model_s"] <= ours["wall_s"] * 1.01 + 1e-3
@@ -127,3 +129,14 @@ def test_frontier_numbers(quick_results):
             assert any(r["strategy"] == strategy for r in rows)
     assert {t["agreement_pct"] for t in syn["targets"]} == {60, 70}
     assert res["frontier"]["checkpoint"]["rows"]
+
+
+def test_engines_argument():
+    """--engines / --gate-variants: BACKEND:PRECISION pairs from the package's vocabulary, named when wrong."""
+    from benchmarks.__main__ import engines_argument
+
+    assert engines_argument(None) is None
+    assert engines_argument("onnx:fp32, openvino:bf16") == [
+        ("blender-fast onnx fp32", "ours", "onnx", "fp32"), ("blender-fast openvino bf16", "ours", "openvino", "bf16")]
+    with pytest.raises(SystemExit, match="'onnx:fp8'"):
+        engines_argument("onnx:fp8")

@@ -192,6 +192,10 @@ def test_profile_and_variants_sections(tiny_checkpoint, one_torch_thread):
     groups = prof["levels"]["ORT_ENABLE_ALL"]["groups"]
     assert sum(g["pct"] for g in groups.values()) == pytest.approx(100.0)
     assert groups["GEMM (MatMul/Gemm/FusedMatMul)"]["s"] > 0
+    # The "before" graph: transformers' attention, profiled on the same batches (its own GatherElements).
+    before = prof["levels"]["transformers attention, ORT_ENABLE_ALL"]
+    assert sum(g["pct"] for g in before["groups"].values()) == pytest.approx(100.0)
+    assert before["ops"]["GatherElements"]["s"] > 0 and prof["rewrite_speedup"] > 0
     var = run_variants_section(tiny_checkpoint, prompts, 3, threads=1, repeats=1)
     assert var["variants"]["onnx fp32"]["x_onnx_fp32_paired"] == pytest.approx(1.0)
     assert var["variants"]["onnx fp32"]["max_abs_score_diff"] == 0.0
