@@ -21,13 +21,16 @@ Module map (one concept per module), in the order a ranking call runs through th
     packer plan/build _core.PairPacker (csrc/packer.hpp): plan batches by length under a token budget,
                       build the padded (input_ids, attention_mask, positions) arrays
        |
-    runtime.py        OnnxPairModel (ONNX Runtime) / TorchPairModel: logits per packed row
+    runtime.py        OnnxPairModel (ONNX Runtime) / OpenVinoPairModel / TorchPairModel: logits per packed row
 
 Around it:
 
     options.py        the one vocabulary of choices (strategies, precisions, devices, backends) and checks
     checkpoint.py     reading a PairRM directory (llm-blender or hf layout)
     export.py         the PairRM torch module -> ONNX, checked against torch
+    attention.py      DeBERTa's disentangled attention rewritten for the exported graph (same numbers)
+    autoselect.py     precision="auto" / backend="auto": CPU features, the agreement gate's verdicts, calibration
+    agreement.py      top-1 agreement, Kendall tau and |dlogit| of a variant against exact fp32
     cache.py          cache root, fingerprints, atomic publish of a directory (exports of ranker and fuser)
     demo.py           the generated demo checkpoint (``--model demo:SHAPE``), made once
     synthetic/        random-weight checkpoints with the real layout (tokenizer, ranker, fuser)

@@ -121,6 +121,10 @@ def _patch_attention(att, rel_embeddings) -> None:
     att.register_buffer("export_pos_query", per_head(att.query_proj(rel)) / scale, persistent=False)
     inv_scale = 1.0 / scale
 
+    # transformers' signature, so DebertaV2Attention calls it unchanged. What arrives differs: the patched
+    # encoder passes the additive key bias as attention_mask and gather_indices' pair as relative_pos;
+    # rel_embeddings is not needed (its projections are the buffers above); no attention probabilities
+    # are returned (PairRM never asks for them).
     def forward(hidden_states, attention_mask, output_attentions=False, query_states=None, relative_pos=None,
                 rel_embeddings=None):
         if query_states is not None:
