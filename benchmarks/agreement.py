@@ -76,7 +76,8 @@ def island_variants(ckpt_path: Path, threads):
 
 def run_agreement_section(ckpt_path: Path, prompts, n_candidates: int, threads, max_chars: int | None,
                           qk_gain: float | None = QK_GAIN, islands: bool = True, variants=None) -> dict:
-    from blender_fast.autoselect import cpu_features, run_gate
+    from blender_fast.agreement import run_gate
+    from blender_fast.autoselect import cpu_features
 
     t0 = time.perf_counter()
     ckpt = conditioned_checkpoint(Path(ckpt_path), qk_gain) if qk_gain else Path(ckpt_path)

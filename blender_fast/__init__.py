@@ -30,7 +30,7 @@ Around it:
     export.py         the PairRM torch module -> ONNX, checked against torch
     attention.py      DeBERTa's disentangled attention rewritten for the exported graph (same numbers)
     autoselect.py     precision="auto" / backend="auto": CPU features, the agreement gate's verdicts, calibration
-    agreement.py      top-1 agreement, Kendall tau and |dlogit| of a variant against exact fp32
+    agreement.py      the agreement gate (run_gate): top-1, Kendall tau and |dlogit| of a variant vs exact fp32
     cache.py          cache root, fingerprints, atomic publish of a directory (exports of ranker and fuser)
     demo.py           the generated demo checkpoint (``--model demo:SHAPE``), made once
     synthetic/        random-weight checkpoints with the real layout (tokenizer, ranker, fuser)

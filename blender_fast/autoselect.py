@@ -5,7 +5,7 @@
    AMX-INT8) may run ONNX Runtime int8; every CPU runs exact ONNX fp32.
 2. Only variants that passed the agreement gate (agreement.py) for THIS checkpoint may be picked. The
    gate (>= 100 prompts x 12 candidates) is too long to run at load; it is run once with
-   ``run_gate(path)`` or ``python -m benchmarks --sections agreement --model PATH`` and cached here.
+   ``agreement.run_gate(path)`` or ``python -m benchmarks --sections agreement --model PATH`` and cached here.
    Without a record, auto stays on exact fp32 and says so.
 3. A short calibration at first load times each remaining variant against fp32 on a fixed sample batch
    (interleaved, best of 3); a variant is taken only when it is >= 15% faster. The decision is cached
@@ -98,42 +98,6 @@ def load_gate(ckpt, cache_dir=None) -> dict:
     if not path.is_file():
         return {}
     return {r["variant"]: r for r in json.loads(path.read_text())["records"]}
-
-
-def run_gate(path, inputs, candidates, variants=(("torch", "bf16"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "bf16")), threads: int | None = 1,
-             cache_dir=None, source_maxlength=None, candidate_maxlength=None, save: bool = True, extra=None) -> list[dict]:
-    """Rank ``inputs`` x ``candidates`` with fp32 ONNX and each variant; the gate's verdicts (cached).
-
-    extra: {name: model} more variants to measure (e.g. other fp32 islands), recorded but never picked."""
-    from .agreement import full_rank_logits, ranking_agreement
-    from .checkpoint import load_checkpoint
-    from .ranker import Ranker
-
-    ckpt = load_checkpoint(path)
-    kw = dict(source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength)
-    base = Ranker.from_pretrained(path, backend="onnx", precision="fp32", threads=threads, cache_dir=cache_dir)
-    ref_scores, ref_logits = full_rank_logits(base, inputs, candidates, **kw)
-    records = []
-    models = {f"{b} {p}": None for b, p in variants}
-    models.update(extra or {})
-    for name, model in models.items():
-        t0 = time.perf_counter()
-        if model is None:
-            backend, precision = name.split()
-            ranker = Ranker.from_pretrained(path, backend=backend, precision=precision, threads=threads, cache_dir=cache_dir)
-        else:
-            ranker = Ranker(model, base.tokenizer, base.source_maxlength, base.candidate_maxlength)
-        scores, logits = full_rank_logits(ranker, inputs, candidates, **kw)
-        rec = ranking_agreement(name, ref_scores, scores, ref_logits, logits).as_dict()
-        rec["seconds"] = time.perf_counter() - t0
-        rec["pickable"] = model is None
-        records.append(rec)
-    if save:
-        keep = [r for r in records if r["pickable"]]
-        old = load_gate(ckpt, cache_dir)
-        old.update({r["variant"]: r for r in keep})
-        save_gate(ckpt, list(old.values()), cache_dir, {"prompts": len(inputs), "threads": threads, **kw})
-    return records
 
 
 # -- the choice ---------------------------------------------------------------------------------------

@@ -125,7 +125,8 @@ def test_auto_picks_only_gated_variants(conditioned_tiny, tmp_path, monkeypatch,
 
 
 def test_run_gate_records(conditioned_tiny, tmp_path, one_torch_thread):
-    from blender_fast.autoselect import load_gate, run_gate
+    from blender_fast.agreement import run_gate
+    from blender_fast.autoselect import load_gate
     from blender_fast.checkpoint import load_checkpoint
 
     records = run_gate(conditioned_tiny, INPUTS[:2], [c[:3] for c in CANDS[:2]], variants=(("torch", "bf16"),),

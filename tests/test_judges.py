@@ -166,4 +166,7 @@ def test_same_answers_as_trl_judge_on_llm_blender(tiny_checkpoint, one_torch_thr
             ours.rng = FixedFlips(flips)
             got = ours.judge(prompts, completions, return_scores=True, temperature=t)
             want = trl_pairrm_judge(ref, prompts, completions, flips, return_scores=True, temperature=t)
-            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+            # fp32 rounding only: the export reassociates the attention's sums (attention.py), and the
+            # tiny checkpoint's head (x3200, so that its logits have std 1) magnifies that to ~5e-5 in a
+            # logit, ~1e-5 in a probability. The picks above are compared exactly.
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
