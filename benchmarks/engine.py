@@ -246,7 +246,9 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
 
     # One sequence of (task, engine, fn), run `repeats` times: ours and theirs alternate.
     # llm-blender at batch_size=1 is its fastest setting on a CPU (no cross-prompt padding), so it is
-    # timed in every repeat too: the targets are stated against it as well as the default.
+    # timed in every repeat too: the targets are stated against it as well as the default. Its
+    # scores are also the ones ours must reproduce: llm-blender decides truncation per batch (longest
+    # source in the batch), and with batch_size=1 that is per prompt, like ours.
     schedule = [("rank", ours_main, rank_fn(ours_main)), ("rank", ref, rank_fn(ref)), ("rank", ref1, rank_fn(ref1))]
     for e in engines[1:]:
         schedule.append(("rank", e, rank_fn(e)))
@@ -271,8 +273,6 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
             runs.setdefault((task, engine.name), []).append(rec)
             outputs.setdefault((task, engine.name), out)
             log(f"engine: repeat {r + 1}/{repeats} {task:<21} {engine.name:<28} {rec['wall_s']:7.2f}s")
-    # llm-blender decides truncation per batch (longest source in the batch); with batch_size=1 it
-    # is per prompt, like ours: its scores are the ones ours must reproduce.
 
     cells = {}
     for (task, name), rs in runs.items():
