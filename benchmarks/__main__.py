@@ -143,7 +143,7 @@ def resolve_sizes(args) -> Sizes:
 def generated_checkpoint(shape: str, seed: int) -> Path:
     """A random-weight checkpoint, generated once into the blender-fast cache and reused (with the
     backbone weights llm-blender's loader reads: the reference runs on it too)."""
-    from blender_fast.demo import demo_checkpoint
+    from blender_fast.synthetic.demo import demo_checkpoint
 
     from .common import log
 

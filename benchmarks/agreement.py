@@ -28,9 +28,9 @@ def conditioned_checkpoint(base: Path, qk_gain: float = QK_GAIN) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from blender_fast.checkpoint import load_checkpoint
-    from blender_fast.export import build_torch_model, sample_batch
-    from blender_fast.tokenization import build_pair_tokenizer
+    from blender_fast.model.checkpoint import load_checkpoint
+    from blender_fast.model.export import build_torch_model, sample_batch
+    from blender_fast.model.tokenization import build_pair_tokenizer
 
     out = base.parent / f"{base.name}-qk{qk_gain:g}"
     done = out / "conditioned_complete"
@@ -62,9 +62,9 @@ def conditioned_checkpoint(base: Path, qk_gain: float = QK_GAIN) -> Path:
 
 def island_variants(ckpt_path: Path, threads):
     """torch bf16 with different fp32 islands (measured, never picked): where the error comes from."""
-    from blender_fast.checkpoint import load_checkpoint
-    from blender_fast.export import build_torch_model
-    from blender_fast.runtime import TorchPairModel
+    from blender_fast.model.checkpoint import load_checkpoint
+    from blender_fast.model.export import build_torch_model
+    from blender_fast.runtime.sessions import TorchPairModel
 
     ckpt = load_checkpoint(ckpt_path)
     out = {}
@@ -76,8 +76,8 @@ def island_variants(ckpt_path: Path, threads):
 
 def run_agreement_section(ckpt_path: Path, prompts, n_candidates: int, threads, max_chars: int | None,
                           qk_gain: float | None = QK_GAIN, islands: bool = True, variants=None) -> dict:
-    from blender_fast.agreement import run_gate
-    from blender_fast.autoselect import cpu_features
+    from blender_fast.runtime.agreement import run_gate
+    from blender_fast.runtime.autoselect import cpu_features
 
     t0 = time.perf_counter()
     ckpt = conditioned_checkpoint(Path(ckpt_path), qk_gain) if qk_gain else Path(ckpt_path)

@@ -120,7 +120,7 @@ def machine_info(device: str) -> dict:
         "versions": {m: _version(m) for m in ("blender-fast", "llm-blender", "numpy", "onnxruntime",
                                               "onnxruntime-gpu", "torch", "transformers", "tokenizers", "openvino")},
     }
-    from blender_fast.autoselect import cpu_features
+    from blender_fast.runtime.autoselect import cpu_features
 
     info["isa"] = cpu_features()["isa"]  # AMX / AVX512-BF16 / VNNI / AVX2 flags, read from /proc/cpuinfo
     try:

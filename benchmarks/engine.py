@@ -37,7 +37,7 @@ class Engine:
 def engine_plan(device: str) -> list[tuple[str, str, str, str]]:
     """(name, side, backend, precision) of the engines to compare on this device."""
     if device == "cpu":
-        from blender_fast.autoselect import cpu_features
+        from blender_fast.runtime.autoselect import cpu_features
 
         plan = [
             ("blender-fast onnx fp32", "ours", "onnx", "fp32"),
@@ -81,7 +81,7 @@ def load_reference(path, device: str) -> tuple[object, list]:
     with contextlib.redirect_stdout(sys.stderr):
         ref = llm_blender.Blender(llm_blender.BlenderConfig(device=device, use_tqdm=False))
         # llm-blender resolves model_name against the working directory, blender-fast against the checkpoint
-        from blender_fast.checkpoint import llm_blender_model_name
+        from blender_fast.model.checkpoint import llm_blender_model_name
 
         ref.loadranker(str(path), device=device, model_name=llm_blender_model_name(path))
     return ref, record_reference_batches(ref, device)
@@ -146,7 +146,7 @@ def timed_call(engine: Engine, fn, device: str, shape: ModelShape) -> tuple[obje
 
 
 def _ranks(scores):
-    from blender_fast.selection import ranks_from_scores
+    from blender_fast.selection.strategies import ranks_from_scores
 
     return np.stack([ranks_from_scores(np.asarray(s)) for s in scores])
 

@@ -38,7 +38,7 @@ class ModelShape:
 
     @classmethod
     def from_checkpoint(cls, path) -> "ModelShape":
-        from blender_fast.checkpoint import load_checkpoint
+        from blender_fast.model.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path)
         cfg = ckpt.backbone_config

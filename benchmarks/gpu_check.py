@@ -75,7 +75,7 @@ def parse_args(argv=None):
 
 def parity(ours: np.ndarray, ref: np.ndarray) -> dict:
     """Top-1 / identical-ranking agreement, max |score diff|, and whether each top-1 mismatch is a near-tie."""
-    from blender_fast.selection import ranks_from_scores
+    from blender_fast.selection.strategies import ranks_from_scores
 
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     diff = float(np.max(np.abs(ours - ref)))

@@ -59,8 +59,8 @@ def run_profile_section(ckpt_path: Path, prompts, n_candidates: int, threads, ba
     import onnxruntime as ort
 
     from blender_fast import Ranker
-    from blender_fast.checkpoint import load_checkpoint
-    from blender_fast.export import cached_export, export_onnx
+    from blender_fast.model.checkpoint import load_checkpoint
+    from blender_fast.model.export import cached_export, export_onnx
 
     ckpt = load_checkpoint(ckpt_path)
     out_dir, _ = cached_export(ckpt, "fp32")

@@ -114,7 +114,7 @@ def calibrate_beta(u: np.ndarray, noise: np.ndarray, target: float, sigma: float
 
 def evaluate(comparator, prefs: np.ndarray, seed: int, top_ks=(1, 3)) -> list[dict]:
     """Run every variant with this comparator; per (variant, k) metrics against full and the judge."""
-    from blender_fast.selection import select
+    from blender_fast.selection.strategies import select
 
     n_prompts, n = prefs.shape
     rng = np.random.default_rng(seed + 7919)  # start arrangements, independent of the noise draw
@@ -268,7 +268,7 @@ FRONTIER_TARGETS = ({"agreement_pct": 60, "passes": 44, "slack": 0.02, "steps": 
 def _frontier_rows(comparator, prefs: np.ndarray, seed: int, budgets) -> list[dict]:
     """Top-1 judge regret and agreement with full for every budgeted strategy at every budget, and the
     fixed-cost references, all from the same starting arrangements."""
-    from blender_fast.selection import min_passes, select
+    from blender_fast.selection.strategies import min_passes, select
 
     n_prompts, n = prefs.shape
     rng = np.random.default_rng(seed + 7919)

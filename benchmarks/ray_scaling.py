@@ -2,7 +2,7 @@
 
 Every variant runs the whole job on the same JSONL file: read the prompts, load the ranker, rank
 (tournament top-1 by default), write JSON Lines. Single-process is the CLI's loop (``jobs.rank_prompts``
-per chunk, one ranker with 1 thread); Ray is ``blender_fast.ray.rank_files`` (reader tasks, an actor
+per chunk, one ranker with 1 thread); Ray is ``blender_fast.cluster.ray_job.rank_files`` (reader tasks, an actor
 pool of 1-thread rankers, writer tasks) on a local Ray instance started once before the timings
 (its start-up is reported apart). Both use the same chunk = batch size, and every actor gets 1 thread,
 so "2 actors" is the scaling the pool gives on 2 cores. Variants are interleaved per repeat; medians.
@@ -54,7 +54,7 @@ class _MeteredActor:
 
 
 def metered_actor(log_path: Path):
-    from blender_fast.ray import RankerActor
+    from blender_fast.cluster.ray_job import RankerActor
 
     return type("MeteredRankerActor", (_MeteredActor, RankerActor), {"log_path": str(log_path)})
 
@@ -86,8 +86,8 @@ def process_tree_cpu() -> dict:
 
 def run_single(ckpt, inp: Path, out: Path, strategy: str, chunk: int) -> int:
     """The single-process CLI's job, in-process (no interpreter start-up in the timing)."""
-    from blender_fast.jobs import RankOptions, rank_prompts
-    from blender_fast.prompts import read_prompts
+    from blender_fast.cluster.jobs import RankOptions, rank_prompts
+    from blender_fast.cluster.records import read_prompts
     from blender_fast.ranker import Ranker
 
     prompts = read_prompts(inp)
@@ -102,7 +102,7 @@ def run_single(ckpt, inp: Path, out: Path, strategy: str, chunk: int) -> int:
 
 
 def run_ray(ckpt, inp: Path, out: Path, strategy: str, chunk: int, actors: int, meter: Path) -> int:
-    from blender_fast.ray import rank_files
+    from blender_fast.cluster.ray_job import rank_files
 
     return rank_files(str(inp), out, ckpt, strategy=strategy, num_actors=actors, threads=1, batch_size=chunk,
                       actor_cls=metered_actor(meter))
@@ -114,7 +114,7 @@ def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, 
 
     import ray
 
-    from blender_fast.ray import prepare_model
+    from blender_fast.cluster.ray_job import prepare_model
 
     if len(prompts) < n_prompts:
         raise ValueError(f"the ray section needs {n_prompts} prompts, the data has {len(prompts)}")

@@ -26,7 +26,7 @@ def random_orders(n_prompts: int, n: int, seed: int) -> list[np.ndarray]:
 
 def count_table(ns, top_ks=(1, 3), n_prompts: int = 64, seed: int = 0) -> list[dict]:
     """Forward passes / steps / comparisons per prompt for every (n, top_k, strategy)."""
-    from blender_fast.selection import select
+    from blender_fast.selection.strategies import select
 
     rows = []
     for n in ns:

@@ -14,8 +14,8 @@ from .engine import SETTLE_S, engine_plan
 
 def run_variants_section(ckpt_path, prompts, n_candidates: int, threads, repeats: int) -> dict:
     from blender_fast import Ranker
-    from blender_fast.agreement import ranking_agreement
-    from blender_fast.autoselect import cpu_features
+    from blender_fast.runtime.agreement import ranking_agreement
+    from blender_fast.runtime.autoselect import cpu_features
 
     inputs = [p.instruction for p in prompts]
     cands = [candidates_for(prompts, i, n_candidates) for i in range(len(prompts))]

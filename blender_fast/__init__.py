@@ -47,11 +47,11 @@ from ._core import __version__
 # Public names resolve on first use, so `import blender_fast` stays cheap (no onnxruntime, no torch).
 _EXPORTS = {
     "Blender": "blender",
-    "CheckpointError": "checkpoint",
-    "Client": "client",
-    "Fuser": "fuser",
+    "CheckpointError": "model.checkpoint",
+    "Client": "serve.client",
+    "Fuser": "fusion.fuser",
     "Ranker": "ranker",
-    "Selection": "selection",
+    "Selection": "selection.strategies",
 }
 
 

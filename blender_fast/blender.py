@@ -16,8 +16,8 @@ import numpy as np
 
 from .options import STRATEGIES, non_negative_int, positive_int
 from .ranker import DEFAULT_MAX_BATCH, Ranker, check_prompts, check_text
-from .runtime import resolve_device
-from .selection import BUDGETED, PromptError, top_k_from_scores
+from .runtime.sessions import resolve_device
+from .selection.strategies import BUDGETED, PromptError, top_k_from_scores
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class Blender:
             # llm-blender fills a float64 matrix with the float32 logits, then negates.
             scores.append(-logits[start:start + len(cands)].astype(np.float64))
             start += len(cands)
-        from .selection import ranks_from_scores
+        from .selection.strategies import ranks_from_scores
 
         rows = scores if return_scores else [ranks_from_scores(s) for s in scores]
         return np.stack(rows) if all(len(r) == len(rows[0]) for r in rows) else rows
@@ -311,7 +311,7 @@ class Blender:
 
     def loadfuser(self, fuser_path: str, device: str = None, **kwargs):
         """Load a local seq2seq fuser (Flan-T5 family). Keywords: GenFuserConfig fields and backend."""
-        from .fuser import Fuser
+        from .fusion.fuser import Fuser
 
         unknown = set(kwargs) - FUSER_CONFIG_FIELDS - {"backend"}
         if unknown:
@@ -376,7 +376,7 @@ class Blender:
 
     def n_generate(self, model, model_tokenizer, inputs: List[str], instructions: List[str] = None, n: int = 5,
                    sampling_mode: str = "top_p_sampling", batch_size: int = 4, **generate_kwargs):
-        from .generation import n_generate
+        from .fusion.generation import n_generate
 
         return n_generate(model, model_tokenizer, inputs, instructions=instructions, n=n,
                           sampling_mode=sampling_mode, batch_size=batch_size, **generate_kwargs)

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .demo import resolve_model
+from .synthetic.demo import resolve_model
 from .options import (BACKEND_CHOICES, DEVICE_CHOICES, ORDERS, POLICIES, PRECISION_CHOICES, STRATEGIES,
                       int_argument)
 
@@ -37,7 +37,7 @@ def cmd_make_checkpoint(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_command
+    from .model.export import export_command
 
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
     report = export_command(str(resolve_model(args.dir)), precision=precision, out=args.out)
@@ -123,7 +123,7 @@ class StdoutJsonl(_JsonlOut):
 # -- the job -------------------------------------------------------------------------------------------
 
 def _options(args):
-    from .jobs import RankOptions
+    from .cluster.jobs import RankOptions
 
     return RankOptions(strategy=args.strategy, top_k=args.top_k, orders=args.orders, policy=args.policy, seed=args.seed,
                       budget=args.budget)
@@ -132,8 +132,8 @@ def _options(args):
 def _scan_input(path, limit, options, want_keys: bool):
     """One streaming pass before any model work: validates every line (errors name file:line), counts
     prompts and model rows for the progress bar, and (for --resume) collects the prompts' identities."""
-    from .jobs import expected_forward_passes
-    from .prompts import iter_prompts, record_digest
+    from .cluster.jobs import expected_forward_passes
+    from .cluster.records import iter_prompts, record_digest
 
     n_prompts = passes = 0
     keys: set[bytes] = set()
@@ -175,7 +175,7 @@ def _is_done(record, options, fused: bool) -> bool:
 def _carry_over(out, sources, wanted: set, options, fused: bool) -> set:
     """--resume: copy the finished records of earlier runs (the old output, then its .partial) that
     belong to this input and these options; return their identities."""
-    from .prompts import record_digest
+    from .cluster.records import record_digest
 
     done: set[bytes] = set()
     for source in sources:
@@ -203,7 +203,7 @@ def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
     them atomically; Ctrl-C / SIGTERM stop cleanly, saying what was kept where."""
     from tqdm.auto import tqdm
 
-    from .prompts import example_prompts_path, iter_prompts, record_digest
+    from .cluster.records import example_prompts_path, iter_prompts, record_digest
 
     options = _options(args)
     src = Path(args.input) if args.input else example_prompts_path()
@@ -314,7 +314,7 @@ def _restore_sigterm(previous) -> None:
 
 
 def _device(args) -> str:
-    from .runtime import resolve_device
+    from .runtime.sessions import resolve_device
 
     return resolve_device(args.device, args.backend)
 
@@ -340,7 +340,7 @@ class _RankChunks:
         return _load_ranker(self.args)
 
     def __call__(self, ranker, chunk, bar):
-        from .jobs import rank_prompts
+        from .cluster.jobs import rank_prompts
 
         results = rank_prompts(ranker, chunk, _options(self.args), progress=bar)
         return [{**p.record, "blender_fast": r} for p, r in zip(chunk, results)]
@@ -348,12 +348,12 @@ class _RankChunks:
 
 class _FuseChunks(_RankChunks):
     def load(self):
-        from .fuser import Fuser
+        from .fusion.fuser import Fuser
 
         return _load_ranker(self.args), Fuser.from_pretrained(self.args.fuser, device=_device(self.args))
 
     def __call__(self, work, chunk, bar):
-        from .jobs import rank_prompts
+        from .cluster.jobs import rank_prompts
 
         ranker, fuser = work
         results = rank_prompts(ranker, chunk, _options(self.args), progress=bar)
@@ -366,7 +366,7 @@ class _FuseChunks(_RankChunks):
 
 def cmd_rank(args) -> int:
     if getattr(args, "ray", False):
-        from .ray import cmd_rank_ray
+        from .cluster.ray_job import cmd_rank_ray
 
         return cmd_rank_ray(args)
     return _run_job(args, f"Ranking ({args.strategy})", _RankChunks(args), fused=False)
@@ -446,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ranks (1-based, 1 = best; full only), scores (full only), comparisons, "
                                    "forward_passes, steps.", formatter_class=fmt)
     _add_ranker_options(p)
-    from .ray import add_ray_options
+    from .cluster.ray_job import add_ray_options
 
     add_ray_options(p)
     p.set_defaults(func=cmd_rank)
@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=positive_int, default=None, help="beam width (default: the fuser's, 4)")
     p.set_defaults(func=cmd_fuse, top_k=3)
 
-    from .server import add_serve_parser  # imports no web framework until `serve` runs
+    from .serve.app import add_serve_parser  # imports no web framework until `serve` runs
 
     add_serve_parser(sub)
     return parser

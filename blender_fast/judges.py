@@ -15,7 +15,7 @@ import numpy as np
 
 from .blender import Blender
 from .ranker import Ranker
-from .selection import ranks_from_scores
+from .selection.strategies import ranks_from_scores
 
 
 class PairRMJudge:

@@ -10,11 +10,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import _core
-from .checkpoint import SPECIAL_TOKENS, load_checkpoint
+from .model.checkpoint import SPECIAL_TOKENS, load_checkpoint
 from .options import (BACKEND_CHOICES, BACKENDS, COMPARE_MODES, DEVICE_CHOICES, DEVICES,  # noqa: F401
                       PRECISION_CHOICES, PRECISIONS, check_choice)
-from .selection import PromptError, Selection, ranks_from_scores, select
-from .tokenization import EncodedPrompts, PairTokenizer, encode_prompts
+from .selection.strategies import PromptError, Selection, ranks_from_scores, select
+from .model.tokenization import EncodedPrompts, PairTokenizer, encode_prompts
 
 # Tokens per batch (rows x longest row). On a CPU bigger batches buy nothing once a batch holds a few
 # sequences (each is already hundreds of GEMM rows) and cost cache misses in the T x T attention maps.
@@ -147,7 +147,7 @@ class Ranker:
     def describe(self) -> dict:
         """How this ranker runs: backend, precision, device, threads, CPU model and ISA features, and why
         (the reason is auto-selection's when precision/backend was "auto")."""
-        from .autoselect import cpu_features
+        from .runtime.autoselect import cpu_features
 
         cpu = cpu_features()
         info = {"backend": None, "precision": None, "device": None, "threads": None, "reason": "constructed directly"}
@@ -178,14 +178,14 @@ class Ranker:
         tokenizers only: torch and transformers are never imported (the runtime install needs neither).
         Its precision is the exported one.
         """
-        from .runtime import resolve_device
+        from .runtime.sessions import resolve_device
 
         check_choice("backend", backend, BACKEND_CHOICES)
         if precision is not None:
             check_choice("precision", precision, PRECISION_CHOICES)
         device = resolve_device(check_choice("device", device, DEVICE_CHOICES), "torch" if backend == "torch" else "onnx")
         if is_exported_dir(path):
-            from .runtime import OnnxPairModel
+            from .runtime.sessions import OnnxPairModel
 
             path = Path(path)
             meta = read_export_meta(path)
@@ -200,7 +200,7 @@ class Ranker:
             tok = PairTokenizer.load(path)
             src_len, cand_len = meta["source_maxlength"], meta["candidate_maxlength"]
         else:
-            from .autoselect import build_model, choose
+            from .runtime.autoselect import build_model, choose
 
             precision = precision or "fp32"
             ckpt = load_checkpoint(path)

@@ -78,7 +78,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from blender_fast.prompts import example_prompts_path  # noqa: E402
+from blender_fast.cluster.records import example_prompts_path  # noqa: E402
 
 EXAMPLES = [json.loads(line) for line in open(example_prompts_path(), encoding="utf-8")]
 
@@ -188,8 +188,8 @@ def test_sigterm_stops_cleanly_and_says_what_was_kept(tiny_checkpoint, tmp_path)
 
 def test_record_has_the_same_fields_for_every_strategy(tiny_checkpoint):
     from blender_fast import Ranker
-    from blender_fast.jobs import RESULT_KEYS, RankOptions, rank_prompts
-    from blender_fast.prompts import read_prompts
+    from blender_fast.cluster.jobs import RESULT_KEYS, RankOptions, rank_prompts
+    from blender_fast.cluster.records import read_prompts
 
     ranker = Ranker.from_pretrained(tiny_checkpoint)
     prompts = read_prompts(example_prompts_path())
@@ -211,9 +211,9 @@ def test_record_has_the_same_fields_for_every_strategy(tiny_checkpoint):
 def test_full_top_k_follows_the_one_rule(tiny_checkpoint):
     """The CLI's full path is select(strategy='full'): its top_k is top_k_from_scores of its scores."""
     from blender_fast import Ranker
-    from blender_fast.jobs import RankOptions, rank_prompts
-    from blender_fast.prompts import read_prompts
-    from blender_fast.selection import top_k_from_scores
+    from blender_fast.cluster.jobs import RankOptions, rank_prompts
+    from blender_fast.cluster.records import read_prompts
+    from blender_fast.selection.strategies import top_k_from_scores
 
     ranker = Ranker.from_pretrained(tiny_checkpoint)
     prompts = read_prompts(example_prompts_path())
@@ -225,7 +225,7 @@ def test_full_top_k_follows_the_one_rule(tiny_checkpoint):
 
 
 def test_rank_options_are_validated():
-    from blender_fast.jobs import RankOptions
+    from blender_fast.cluster.jobs import RankOptions
 
     for kwargs, message in [({"strategy": "quick"}, "strategy must be one of"), ({"top_k": 0}, "top_k must be >= 1"),
                             ({"orders": "two"}, "orders must be one of"), ({"policy": "x"}, "policy must be one of"),
@@ -238,8 +238,8 @@ def test_rank_options_are_validated():
 
 def test_progress_moves_per_model_batch(tiny_checkpoint):
     from blender_fast import Ranker
-    from blender_fast.jobs import RankOptions, expected_forward_passes, rank_prompts
-    from blender_fast.prompts import read_prompts
+    from blender_fast.cluster.jobs import RankOptions, expected_forward_passes, rank_prompts
+    from blender_fast.cluster.records import read_prompts
 
     class Bar:
         def __init__(self):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from blender_fast.blender import Blender
-from blender_fast.checkpoint import llm_blender_model_name
+from blender_fast.model.checkpoint import llm_blender_model_name
 from blender_fast.judges import PairRMJudge
 from conftest import require
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from blender_fast.checkpoint import llm_blender_model_name
+from blender_fast.model.checkpoint import llm_blender_model_name
 from conftest import require
 
 pytestmark = pytest.mark.reference

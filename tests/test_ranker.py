@@ -78,8 +78,8 @@ def test_int8_export_runs_and_roughly_agrees(tiny_checkpoint, onnx_ranker):
 
 
 def test_export_is_cached(tiny_checkpoint):
-    from blender_fast.checkpoint import load_checkpoint
-    from blender_fast.export import cached_export
+    from blender_fast.model.checkpoint import load_checkpoint
+    from blender_fast.model.export import cached_export
 
     ckpt = load_checkpoint(tiny_checkpoint)
     path1, report1 = cached_export(ckpt, "fp32")
@@ -160,7 +160,7 @@ def test_pairrm_hf_layout_gives_the_same_scores(tiny_checkpoint, tmp_path, onnx_
     """The DebertaV2PairRM (PairRM-hf) layout of the same weights ranks identically."""
     require("torch")
     from blender_fast import Ranker
-    from blender_fast.checkpoint import load_checkpoint
+    from blender_fast.model.checkpoint import load_checkpoint
     from blender_fast.synthetic import make_ranker_checkpoint
 
     # CI's transformers-5 run gets it made beforehand (the generator needs transformers<5).
@@ -186,7 +186,7 @@ def test_fp16_export_runs_close_to_fp32(tiny_checkpoint, onnx_ranker):
 def test_select_budgeted_end_to_end(onnx_ranker, strategy):
     """The budgeted strategies through Ranker.select: within the budget, and the same picks as
     selection.select reading the model's own logits for every ordered pair (computed once)."""
-    from blender_fast.selection import select
+    from blender_fast.selection.strategies import select
 
     inputs = INPUTS[:2]
     cands = [CANDIDATES[1] * 2 + ["3, 5, 7", "Primes: 2, 3, 5."], CANDIDATES[0] * 2 + ["Sugar from light."]]
@@ -239,7 +239,7 @@ print(json.dumps([[float(x) for x in s] for s in scores]))
 
 def test_exported_directory_options_are_checked(tiny_checkpoint, tmp_path):
     from blender_fast import Ranker
-    from blender_fast.export import export_command
+    from blender_fast.model.export import export_command
 
     export_command(str(tiny_checkpoint), out=str(tmp_path / "e"))
     with pytest.raises(ValueError, match="exported with precision 'fp32'"):
@@ -266,9 +266,9 @@ def test_compare_raises_on_nan_naming_the_prompt(onnx_ranker):
 
 @pytest.mark.parametrize("shift, message", [(np.nan, "max \\|ORT - torch\\| = nan"), (5.0, "disagrees with torch")])
 def test_export_fails_when_ort_disagrees_with_torch(tiny_checkpoint, tmp_path, monkeypatch, shift, message):
-    from blender_fast import runtime
-    from blender_fast.checkpoint import load_checkpoint
-    from blender_fast.export import ExportCheckError, export_onnx
+    from blender_fast.runtime import sessions as runtime
+    from blender_fast.model.checkpoint import load_checkpoint
+    from blender_fast.model.export import ExportCheckError, export_onnx
 
     real = runtime.OnnxPairModel
 
@@ -283,7 +283,7 @@ def test_export_fails_when_ort_disagrees_with_torch(tiny_checkpoint, tmp_path, m
 
 
 def test_export_tolerance_is_relative_to_the_logit_spread():
-    from blender_fast.export import ExportCheckError, check_export_diff
+    from blender_fast.model.export import ExportCheckError, check_export_diff
 
     ref = np.array([-10.0, 10.0], dtype=np.float32)  # spread 20: fp32 allows 0.02
     check_export_diff(0.019, ref, "fp32", "m.onnx")
@@ -296,7 +296,7 @@ def test_device_auto_resolves(tiny_checkpoint, monkeypatch):
     import onnxruntime as ort
 
     from blender_fast import Ranker
-    from blender_fast.runtime import resolve_device
+    from blender_fast.runtime.sessions import resolve_device
 
     assert resolve_device("cpu") == "cpu" and resolve_device("cuda") == "cuda"
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -328,8 +328,8 @@ def test_mistral_regex_warning_is_silenced_ours_stay(tiny_checkpoint, monkeypatc
     import transformers
     from transformers.utils import logging as hf_logging
 
-    from blender_fast.checkpoint import load_checkpoint
-    from blender_fast.tokenization import build_pair_tokenizer
+    from blender_fast.model.checkpoint import load_checkpoint
+    from blender_fast.model.tokenization import build_pair_tokenizer
 
     real = transformers.AutoTokenizer.from_pretrained
     log = hf_logging.get_logger("transformers.tokenization_utils_base")
@@ -367,8 +367,8 @@ def test_export_shows_no_third_party_warnings(tiny_checkpoint, tmp_path):
 
     import torch
 
-    from blender_fast.checkpoint import load_checkpoint
-    from blender_fast.export import export_onnx
+    from blender_fast.model.checkpoint import load_checkpoint
+    from blender_fast.model.export import export_onnx
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -380,7 +380,7 @@ def test_export_shows_no_third_party_warnings(tiny_checkpoint, tmp_path):
 
 def test_prompts_are_streamed(tmp_path):
     """iter_prompts reads line by line: the first prompt comes back before a bad later line is read."""
-    from blender_fast.prompts import iter_prompts
+    from blender_fast.cluster.records import iter_prompts
 
     path = tmp_path / "big.jsonl"
     path.write_text('{"instruction": "q", "candidates": ["a", "b"]}\n' + "not json\n")

@@ -22,7 +22,7 @@ neither torch nor transformers.
 """
 from __future__ import annotations
 
-from ..checkpoint import SPECIAL_TOKENS as PREFIX_TOKENS
+from ..model.checkpoint import SPECIAL_TOKENS as PREFIX_TOKENS
 from .common import CALIBRATION_EXAMPLES, GENERATOR
 from .fuser import FUSER_SHAPES, fuser_config, make_fuser_checkpoint
 from .ranker import (PAIRRM_EMBEDDING_ROWS, PAIRRM_LARGE_BACKBONE, RANKER_SHAPES, make_ranker_checkpoint,

@@ -9,8 +9,8 @@ import pathlib
 import tempfile
 from typing import Dict
 
-from .. import cache
-from ..checkpoint import (DEBERTA_V3_LARGE, PAIRRM_CANDIDATE_MAXLENGTH, PAIRRM_SOURCE_MAXLENGTH,
+from ..model import cache
+from ..model.checkpoint import (DEBERTA_V3_LARGE, PAIRRM_CANDIDATE_MAXLENGTH, PAIRRM_SOURCE_MAXLENGTH,
                           SPECIAL_TOKENS)
 from .common import (CALIBRATION_EXAMPLES, FORMAT_VERSION, GENERATOR, NOTE, PathLike, require,
                      round_sig, set_config_dtype, sha256, torch_threads, write_json, remove_stale_weights)
@@ -84,7 +84,7 @@ def ranker_backbone_config(shape: str, vocab_size: int):
 
 def _build_ranker_module(backbone_config, n_tasks: int = 1):
     """The engine's PairRM module, randomly initialised (HF-style init for the head too)."""
-    from ..export import pairrm_module
+    from ..model.export import pairrm_module
 
     model = pairrm_module(backbone_config, n_tasks)
     std = backbone_config.initializer_range

@@ -17,7 +17,7 @@ import threading
 from collections import Counter
 from typing import Dict, List, Optional, Tuple
 
-from .. import cache
+from ..model import cache
 from .common import require, require_transformers4, sha256
 
 # Bump when the tokenizer training changes (corpus, trainer args, post-processing): it keys the
@@ -331,7 +331,7 @@ def spm_num_pieces(data: bytes) -> int:
 
 
 def deberta_tokenizer(spm_path: pathlib.Path, with_prefix_tokens: bool):
-    from ..checkpoint import SPECIAL_TOKENS
+    from ..model.checkpoint import SPECIAL_TOKENS
 
     transformers = require_transformers4()
     tok = transformers.DebertaV2TokenizerFast(vocab_file=str(spm_path), do_lower_case=False,

@@ -29,12 +29,12 @@ from typing import Callable, Generator, Optional
 
 import numpy as np
 
-from . import _core
-from .options import COMPARE_MODES, ORDERS, POLICIES, STRATEGIES, check_choice
-from .ranker import Ranker, _stack_if_equal, check_prompts
-from .selection import (Selection, _as_model_rows, _budgets, _scores, _select_full, ranks_from_scores,
+from .. import _core
+from ..options import COMPARE_MODES, ORDERS, POLICIES, STRATEGIES, check_choice
+from ..ranker import Ranker, _stack_if_equal, check_prompts
+from ..selection.strategies import (Selection, _as_model_rows, _budgets, _scores, _select_full, ranks_from_scores,
                         starting_orders)
-from .tokenization import EncodedPrompts
+from ..model.tokenization import EncodedPrompts
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_WAIT_MS = 2.0

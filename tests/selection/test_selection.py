@@ -1,4 +1,4 @@
-"""Selection (_core.Selector and blender_fast.selection) against plain-Python twins."""
+"""Selection (_core.Selector and blender_fast.selection.strategies) against plain-Python twins."""
 import importlib.util
 import itertools
 import math
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from blender_fast import _core
-from blender_fast.selection import Selection, ranks_from_scores, scores_from_cmps, select
+from blender_fast.selection.strategies import Selection, ranks_from_scores, scores_from_cmps, select
 from conftest import STRICT
 
 
@@ -591,7 +591,7 @@ def test_budgeted_selector_errors():
 # -- issue 8: one top-k rule, one vocabulary ---------------------------------------------------------
 
 def test_top_k_from_scores_ties_go_to_the_lower_index():
-    from blender_fast.selection import top_k_from_scores
+    from blender_fast.selection.strategies import top_k_from_scores
 
     assert top_k_from_scores([0.5, 2.0, 2.0, -1.0, 2.0], 3) == [1, 2, 4]
     assert top_k_from_scores(np.array([1, 1, 1], dtype=np.float32)) == [0, 1, 2]

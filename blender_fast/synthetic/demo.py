@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from .cache import MANIFEST_FILES_KEY, cache_root, publish_dir, read_manifest, verify_files
+from ..model.cache import MANIFEST_FILES_KEY, cache_root, publish_dir, read_manifest, verify_files
 
 
 def _demo_check(directory: Path) -> Optional[str]:
@@ -26,7 +26,7 @@ def demo_checkpoint(shape: str = "xsmall", seed: int = 0, *, llm_blender_loadabl
     backbone weights llm-blender's loader reads before the ranker's (benchmarks against the reference).
     ``announce(path)`` is called before a checkpoint is generated (it takes a while).
     """
-    from .synthetic import make_ranker_checkpoint
+    from . import make_ranker_checkpoint
 
     name = f"demo-{shape}-seed{int(seed)}" + ("-llm-blender" if llm_blender_loadable else "")
     final = cache_root() / "checkpoints" / name

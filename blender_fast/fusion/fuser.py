@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import cache
-from .options import BACKENDS, DEVICE_CHOICES, FUSER_PRECISIONS, check_choice
+from ..model import cache
+from ..options import BACKENDS, DEVICE_CHOICES, FUSER_PRECISIONS, check_choice
 
 # llm-blender's GenFuserConfig defaults.
 DEFAULT_MAX_LENGTH = 1024
@@ -218,7 +218,7 @@ def fuser_fingerprint(checkpoint: Path) -> str:
     """A key for everything an ONNX export of ``checkpoint`` depends on: config.json and
     the sha256 of every weight file (memoized by ``cache.weights_fingerprint``, so the
     11 GB of gen_fuser_3b are hashed once)."""
-    from .cache import weights_fingerprint
+    from ..model.cache import weights_fingerprint
 
     digest = hashlib.sha256()
     digest.update((checkpoint / "config.json").read_bytes())

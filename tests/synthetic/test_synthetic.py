@@ -22,10 +22,10 @@ transformers = require("transformers")
 require("sentencepiece")
 require("safetensors")
 
-from blender_fast import synthetic as mc  # noqa: E402
-from blender_fast.checkpoint import llm_blender_model_name  # noqa: E402
+from blender_fast import synthetic as mc
+from blender_fast.model.checkpoint import llm_blender_model_name  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 _SAMPLE_INPUTS = [
     "What is the capital of France?",
@@ -459,8 +459,8 @@ def test_word_lists_are_package_data():
 
 
 def test_ranker_reuses_the_engine_constants_and_module():
-    from blender_fast.checkpoint import DEBERTA_V3_LARGE, PAIRRM_CANDIDATE_MAXLENGTH, PAIRRM_SOURCE_MAXLENGTH, SPECIAL_TOKENS
-    from blender_fast.export import pairrm_module
+    from blender_fast.model.checkpoint import DEBERTA_V3_LARGE, PAIRRM_CANDIDATE_MAXLENGTH, PAIRRM_SOURCE_MAXLENGTH, SPECIAL_TOKENS
+    from blender_fast.model.export import pairrm_module
     from blender_fast.synthetic import ranker
 
     assert mc.PREFIX_TOKENS is SPECIAL_TOKENS

@@ -24,10 +24,10 @@ require("fastapi")
 require("uvicorn")
 require("prometheus_client")
 
-from blender_fast import Client, Ranker  # noqa: E402
-from blender_fast.client import ServerError  # noqa: E402
-from blender_fast.engine import BatchingEngine  # noqa: E402
-from blender_fast.server import create_app, listening_socket  # noqa: E402
+from blender_fast import Client, Ranker
+from blender_fast.serve.client import ServerError  # noqa: E402
+from blender_fast.serve.engine import BatchingEngine  # noqa: E402
+from blender_fast.serve.app import create_app, listening_socket  # noqa: E402
 from test_engine import WAIT_S, gated_ranker  # noqa: E402
 
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -320,7 +320,7 @@ def test_sigterm_drains_then_exits_0(tiny_checkpoint, shared_records):
 @pytest.mark.slow
 def test_fuse_route_selects_then_fuses_like_offline(ranker, prompts, tmp_path_factory, one_torch_thread):
     require("transformers")
-    from blender_fast.fuser import Fuser
+    from blender_fast.fusion.fuser import Fuser
     from blender_fast.synthetic import make_fuser_checkpoint
 
     fuser = Fuser.from_pretrained(make_fuser_checkpoint(tmp_path_factory.mktemp("fuser") / "tiny", shape="tiny"),

@@ -19,8 +19,8 @@ import platform
 import time
 from pathlib import Path
 
-from .cache import cache_root, checkpoint_fingerprint
-from .export import EXPORT_VERSION
+from ..model.cache import cache_root, checkpoint_fingerprint
+from ..model.export import EXPORT_VERSION
 
 ISA_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_fp16", "avx512_bf16", "avx512_vnni", "avx_vnni",
              "avx512f", "avx2")
@@ -104,8 +104,8 @@ def load_gate(ckpt, cache_dir=None) -> dict:
 
 def _calibrate(ckpt, variants, device, threads, cache_dir) -> dict:
     """Seconds per call of each variant on the export's sample batch, interleaved, best of 3."""
-    from .export import sample_batch
-    from .tokenization import build_pair_tokenizer
+    from ..model.export import sample_batch
+    from ..model.tokenization import build_pair_tokenizer
 
     ids, mask, pos = sample_batch(build_pair_tokenizer(ckpt), ckpt)
     models = {f"{b} {p}": build_model(ckpt, b, p, device, threads, cache_dir)[0] for b, p, _ in variants}
@@ -122,13 +122,13 @@ def _calibrate(ckpt, variants, device, threads, cache_dir) -> dict:
 
 def build_model(ckpt, backend: str, precision: str, device: str, threads, cache_dir):
     """The model callable and its tokenizer for one concrete (backend, precision)."""
-    from .tokenization import PairTokenizer, build_pair_tokenizer
+    from ..model.tokenization import PairTokenizer, build_pair_tokenizer
 
     if backend == "openvino":
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"backend='openvino' supports precision 'fp32' or 'bf16', got {precision!r}")
-        from .export import cached_export
-        from .runtime import OpenVinoPairModel
+        from ..model.export import cached_export
+        from .sessions import OpenVinoPairModel
 
         out_dir, _ = cached_export(ckpt, "fp32", cache_dir)
         return OpenVinoPairModel(out_dir / "model.onnx", device=device, precision=precision, threads=threads), \
@@ -136,15 +136,15 @@ def build_model(ckpt, backend: str, precision: str, device: str, threads, cache_
     if backend == "onnx":
         if precision == "bf16":
             raise ValueError("precision='bf16' needs backend='torch' (ONNX Runtime has no fast bf16 CPU kernels)")
-        from .export import cached_export
-        from .runtime import OnnxPairModel
+        from ..model.export import cached_export
+        from .sessions import OnnxPairModel
 
         out_dir, _ = cached_export(ckpt, precision, cache_dir)
         return OnnxPairModel(out_dir / "model.onnx", device=device, threads=threads), PairTokenizer.load(out_dir)
     if precision == "int8":
         raise ValueError("precision='int8' needs backend='onnx' (ONNX Runtime dynamic quantization)")
-    from .export import build_torch_model
-    from .runtime import TorchPairModel
+    from ..model.export import build_torch_model
+    from .sessions import TorchPairModel
 
     model = TorchPairModel(build_torch_model(ckpt), device=device, precision=precision, threads=threads)
     return model, build_pair_tokenizer(ckpt)

@@ -79,7 +79,7 @@ def _schemas():
 
     from pydantic import BaseModel, Field
 
-    from .options import COMPARE_MODES, ORDERS, POLICIES, STRATEGIES
+    from ..options import COMPARE_MODES, ORDERS, POLICIES, STRATEGIES
 
     class RankItem(BaseModel):
         instruction: str = Field("", description="prepended to input with no separator, as llm-blender")
@@ -259,7 +259,7 @@ async def _rank(engine, items, timeout):
         scores = await engine.rank([inputs[p] for p in ps], [items[p]["candidates"] for p in ps],
                                    [items[p]["instruction"] for p in ps], return_scores=True,
                                    policy=items[ps[0]]["policy"], timeout=timeout)
-        from .selection import ranks_from_scores
+        from ..selection.strategies import ranks_from_scores
 
         for p, s in zip(ps, scores):
             res = {"ranks": ranks_from_scores(np.asarray(s)).tolist()}
@@ -270,7 +270,7 @@ async def _rank(engine, items, timeout):
 
 
 def _validate_prompts(inputs, candidates, instructions):
-    from .ranker import check_prompts
+    from ..ranker import check_prompts
 
     check_prompts(inputs, candidates, instructions)
 
@@ -445,7 +445,7 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from . import __version__
+    from .. import __version__
 
     app = FastAPI(title="blender-fast", version=__version__,
                   description="PairRM ranking as a service, with continuous batching across requests and "
@@ -573,7 +573,7 @@ def add_serve_parser(subparsers) -> None:
     """``blender-fast serve``: the CLI calls this from build_parser."""
     import argparse
 
-    from .options import BACKENDS, DEVICE_CHOICES, PRECISIONS, int_argument
+    from ..options import BACKENDS, DEVICE_CHOICES, PRECISIONS, int_argument
 
     positive_int, non_negative_int = int_argument(1), int_argument(0)
 
@@ -637,9 +637,9 @@ def cmd_serve(args) -> int:
     _import_serving()
     import uvicorn
 
-    from .demo import resolve_model
-    from .ranker import Ranker
-    from .runtime import resolve_device
+    from ..synthetic.demo import resolve_model
+    from ..ranker import Ranker
+    from ..runtime.sessions import resolve_device
 
     for name in ("max_batch_tokens", "max_queued_pairs", "max_candidates", "max_text_chars", "max_rows_per_request"):
         if getattr(args, name) < 1:
@@ -651,7 +651,7 @@ def cmd_serve(args) -> int:
                                     threads=args.threads)
     fuser = None
     if args.fuser:
-        from .fuser import Fuser
+        from ..fusion.fuser import Fuser
 
         fuser = Fuser.from_pretrained(args.fuser, device=device)
     engine = BatchingEngine(ranker, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,

@@ -10,7 +10,7 @@ one ``Ranker`` loaded once per actor, ``num_gpus`` per actor when given.
   and the output lines are the single-process CLI's, byte for byte.
 * :func:`rank_files` is ``blender-fast rank --ray``: JSONL or Parquet shards in, the same format out.
 
-This module is ``blender_fast.ray``; ``import ray`` inside it is the top-level Ray package (absolute
+This module is ``blender_fast.cluster.ray_job``; ``import ray`` inside it is the top-level Ray package (absolute
 imports), imported lazily so ``blender_fast`` itself never needs Ray.
 """
 from __future__ import annotations
@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 
 from .jobs import RankOptions, rank_prompts
-from .options import BACKENDS, DEVICE_CHOICES, PRECISIONS, check_choice
-from .prompts import parse_prompt
+from ..options import BACKENDS, DEVICE_CHOICES, PRECISIONS, check_choice
+from .records import parse_prompt
 
-INSTALL_HINT = "blender_fast.ray needs Ray Data and pyarrow: pip install 'blender-fast[ray]'"
+INSTALL_HINT = "blender_fast.cluster.ray_job needs Ray Data and pyarrow: pip install 'blender-fast[ray]'"
 # Column names of the raw-line layout (read_prompt_lines): private, so they never clash with a user's.
 LINE = "_bf_line"      # one JSON record (input) / one output line of the CLI (output)
 SOURCE = "_bf_source"  # "FILE:LINE" of the record, for error messages
@@ -98,7 +98,7 @@ class RankerActor:
     """
 
     def __init__(self, model: str, options: RankOptions, ranker_kwargs: dict):
-        from .ranker import Ranker
+        from ..ranker import Ranker
 
         self.options = options
         self.ranker = Ranker.from_pretrained(model, **ranker_kwargs)
@@ -148,14 +148,14 @@ class RankerActor:
 def prepare_model(model, backend: str = "onnx", precision: str = "fp32", cache_dir=None) -> tuple[str, str | None]:
     """Check the checkpoint and warm the export cache ONCE, on the driver, before any actor starts (N
     actors exporting the same model at once would each pay the export). Returns (model path, cache dir)."""
-    from .cache import cache_root
-    from .checkpoint import load_checkpoint
+    from ..model.cache import cache_root
+    from ..model.checkpoint import load_checkpoint
 
     path = str(Path(model).resolve())
     ckpt = load_checkpoint(path)
     if backend != "onnx":
         return path, None
-    from .export import cached_export
+    from ..model.export import cached_export
 
     cache = Path(cache_dir) if cache_dir else cache_root() / "onnx"
     cached_export(ckpt, precision, cache)
@@ -428,7 +428,7 @@ def _default_actors(ray, gpus_per_actor: float, threads: int) -> int:
 def cmd_rank_ray(args) -> int:
     import time
 
-    from .demo import resolve_model
+    from ..synthetic.demo import resolve_model
 
     ray = _import_ray()
     if not args.input:

@@ -14,8 +14,9 @@ import pytest
 
 from conftest import REPO, require
 
-from blender_fast import cache, demo
-from blender_fast.cache import CacheError, publish_dir, weights_fingerprint
+from blender_fast.model import cache
+from blender_fast.synthetic import demo
+from blender_fast.model.cache import CacheError, publish_dir, weights_fingerprint
 
 
 @pytest.fixture
@@ -158,8 +159,8 @@ def test_fingerprint_notices_a_file_replaced_in_place(tmp_path, own_cache):
 @pytest.fixture(scope="module")
 def export_once(tiny_checkpoint, tmp_path_factory, one_torch_thread):
     require("torch")
-    from blender_fast.checkpoint import load_checkpoint
-    from blender_fast.export import cached_export
+    from blender_fast.model.checkpoint import load_checkpoint
+    from blender_fast.model.export import cached_export
 
     ckpt = load_checkpoint(tiny_checkpoint)
     out_dir, _ = cached_export(ckpt, "fp32", cache_dir=tmp_path_factory.mktemp("onnx"))
@@ -169,7 +170,7 @@ def export_once(tiny_checkpoint, tmp_path_factory, one_torch_thread):
 @pytest.fixture
 def exported(export_once, own_cache):
     """A fresh copy of the tiny checkpoint's export in this test's own cache (exported once per module)."""
-    from blender_fast.export import cached_export
+    from blender_fast.model.export import cached_export
 
     ckpt, src = export_once
     shutil.copytree(src, own_cache / "onnx" / src.name)
@@ -179,7 +180,7 @@ def exported(export_once, own_cache):
 
 
 def test_export_json_records_the_final_path(export_once):
-    from blender_fast.export import cached_export
+    from blender_fast.model.export import cached_export
 
     ckpt, out_dir = export_once
     meta = json.loads((out_dir / "export.json").read_text())
@@ -191,7 +192,7 @@ def test_export_json_records_the_final_path(export_once):
 @pytest.mark.parametrize("damage", ["truncate model.onnx", "corrupt pair_tokenizer.json", "corrupt export.json",
                                     "delete tokenizer.json"])
 def test_damaged_export_is_detected_and_redone(exported, damage):
-    from blender_fast.export import cached_export, check_export
+    from blender_fast.model.export import cached_export, check_export
     from blender_fast.ranker import Ranker
 
     ckpt, out_dir, _ = exported
@@ -212,7 +213,7 @@ def test_damaged_export_is_detected_and_redone(exported, damage):
 
 
 def test_damaged_export_without_torch_names_what_to_delete(exported, monkeypatch):
-    from blender_fast import export
+    from blender_fast.model import export
 
     ckpt, out_dir, _ = exported
     (out_dir / "model.onnx").write_bytes(b"")
@@ -266,7 +267,7 @@ def test_two_processes_export_the_same_model(tiny_checkpoint, own_cache):
     assert len(paths) == 1
     entries = list((own_cache / "onnx").iterdir())
     assert [e.name for e in entries] == [Path(paths.pop()).parent.name]
-    from blender_fast.export import check_export
+    from blender_fast.model.export import check_export
 
     assert check_export(entries[0]) is None
 
@@ -283,7 +284,7 @@ def test_demo_checkpoint_is_made_once_and_lean(own_cache, one_torch_thread):
     assert demo.demo_checkpoint("tiny", announce=announced.append) == path and len(announced) == 1
     (path / "model.safetensors").write_bytes(b"broken")
     assert demo.demo_checkpoint("tiny", announce=announced.append) == path and len(announced) == 2
-    from blender_fast.checkpoint import load_checkpoint
+    from blender_fast.model.checkpoint import load_checkpoint
 
     assert load_checkpoint(path).weights_path.stat().st_size > 1000
     assert _temps(path.parent) == []

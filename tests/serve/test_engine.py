@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from blender_fast import Ranker
-from blender_fast.engine import BatchingEngine, DeadlineExceeded, EngineClosed, Overloaded
+from blender_fast.serve.engine import BatchingEngine, DeadlineExceeded, EngineClosed, Overloaded
 
 WAIT_S = 30  # bound on every wait below
 

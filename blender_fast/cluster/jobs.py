@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .options import ORDERS, POLICIES, STRATEGIES, check_choice
-from .prompts import Prompt
-from .selection import BUDGETED, PromptError, ranks_from_scores, top_k_from_scores
+from ..options import ORDERS, POLICIES, STRATEGIES, check_choice
+from .records import Prompt
+from ..selection.strategies import BUDGETED, PromptError, ranks_from_scores, top_k_from_scores
 
 RESULT_KEYS = ("strategy", "top_k", "best", "ranks", "scores", "comparisons", "forward_passes", "steps")
 
@@ -76,7 +76,7 @@ def _where(prompt: Prompt, index: int) -> str:
 
 def check_job(prompts: list[Prompt], options: RankOptions) -> None:
     """Per-prompt checks before any model call, each error naming where the prompt came from."""
-    from .ranker import check_prompts
+    from ..ranker import check_prompts
 
     for p, prompt in enumerate(prompts):
         if options.top_k > len(prompt.candidates):

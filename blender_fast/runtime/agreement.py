@@ -67,9 +67,9 @@ def ranking_agreement(variant: str, ref_scores, got_scores, ref_logits=None, got
 
 def full_rank_logits(ranker, inputs, candidates, **kwargs) -> tuple[list[np.ndarray], np.ndarray]:
     """Full-ranking scores per prompt and every ordered pair's logit, in one pass of the ranker."""
-    from .selection import select
+    from ..selection.strategies import select
 
-    from .ranker import check_prompts, RunStats
+    from ..ranker import check_prompts, RunStats
 
     sources, cands = check_prompts(inputs, candidates)
     enc = ranker.encode(sources, cands, kwargs.get("source_maxlength"), kwargs.get("candidate_maxlength"))
@@ -94,8 +94,8 @@ def run_gate(path, inputs, candidates, variants=(("torch", "bf16"), ("onnx", "in
 
     extra: {name: model} more variants to measure (e.g. other fp32 islands), recorded but never picked."""
     from .autoselect import load_gate, save_gate
-    from .checkpoint import load_checkpoint
-    from .ranker import Ranker
+    from ..model.checkpoint import load_checkpoint
+    from ..ranker import Ranker
 
     ckpt = load_checkpoint(path)
     kw = dict(source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength)

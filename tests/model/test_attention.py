@@ -13,9 +13,9 @@ from conftest import require
 @pytest.fixture(scope="module")
 def hf_and_export_modules(tiny_checkpoint):
     require("torch")
-    from blender_fast.attention import use_export_attention
-    from blender_fast.checkpoint import load_checkpoint
-    from blender_fast.export import build_torch_model
+    from blender_fast.model.attention import use_export_attention
+    from blender_fast.model.checkpoint import load_checkpoint
+    from blender_fast.model.export import build_torch_model
 
     hf = build_torch_model(load_checkpoint(tiny_checkpoint))
     fast = copy.deepcopy(hf)
@@ -27,8 +27,8 @@ def padded_batch(tiny_checkpoint, lengths, seed=0):
     """Rows of random token ids with the prefix layout the packer makes, right-padded to the longest."""
     import torch
 
-    from blender_fast.checkpoint import load_checkpoint
-    from blender_fast.tokenization import build_pair_tokenizer
+    from blender_fast.model.checkpoint import load_checkpoint
+    from blender_fast.model.tokenization import build_pair_tokenizer
 
     tok = build_pair_tokenizer(load_checkpoint(tiny_checkpoint))
     rng = np.random.default_rng(seed)
@@ -65,7 +65,7 @@ def test_gather_indices_reproduce_transformers_gathers():
     import torch
     from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
 
-    from blender_fast.attention import gather_indices
+    from blender_fast.model.attention import gather_indices
 
     batch, heads, length, span = 2, 3, 300, 256
     x = torch.zeros(1, length, 8)
@@ -92,8 +92,8 @@ def test_unsupported_configuration_is_named(change, named):
     require("torch")
     from transformers import DebertaV2Config
 
-    from blender_fast.attention import UnsupportedAttention, use_export_attention
-    from blender_fast.export import pairrm_module
+    from blender_fast.model.attention import UnsupportedAttention, use_export_attention
+    from blender_fast.model.export import pairrm_module
 
     config = DebertaV2Config(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                              intermediate_size=64, relative_attention=True, position_buckets=16,
@@ -114,8 +114,8 @@ def test_exported_graph_gathers_once_per_term_and_expands_once(tiny_checkpoint, 
     require("onnx")
     import onnx
 
-    from blender_fast.checkpoint import load_checkpoint
-    from blender_fast.export import cached_export
+    from blender_fast.model.checkpoint import load_checkpoint
+    from blender_fast.model.export import cached_export
 
     ckpt = load_checkpoint(tiny_checkpoint)
     out_dir, report = cached_export(ckpt, "fp32", tmp_path)
@@ -126,5 +126,5 @@ def test_exported_graph_gathers_once_per_term_and_expands_once(tiny_checkpoint, 
     assert "If" not in ops
     assert in_layers.count("GatherElements") == 2 * layers
     assert "Where" not in in_layers and "Expand" not in in_layers and ops.count("Expand") == 2
-    assert json.loads((out_dir / "export.json").read_text())["attention"] == "blender_fast.attention"
+    assert json.loads((out_dir / "export.json").read_text())["attention"] == "blender_fast.model.attention"
     assert report.max_abs_diff < 1e-4

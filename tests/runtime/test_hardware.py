@@ -30,7 +30,7 @@ def conditioned_tiny(tiny_checkpoint, tmp_path_factory):
 
 
 def test_kendall_tau():
-    from blender_fast.agreement import kendall_tau
+    from blender_fast.runtime.agreement import kendall_tau
 
     assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -39,7 +39,7 @@ def test_kendall_tau():
 
 
 def test_ranking_agreement_gate_thresholds():
-    from blender_fast.agreement import ranking_agreement
+    from blender_fast.runtime.agreement import ranking_agreement
 
     ref = [np.array([3.0, 2.0, 1.0, 0.0])] * 100
     same = ranking_agreement("x", ref, ref, np.arange(10.0), np.arange(10.0) + 0.01)
@@ -49,7 +49,7 @@ def test_ranking_agreement_gate_thresholds():
 
 
 def test_cpu_features_parses_flags():
-    from blender_fast.autoselect import candidate_variants, cpu_features
+    from blender_fast.runtime.autoselect import candidate_variants, cpu_features
 
     text = "model name\t: Test CPU\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni amx_tile amx_bf16\n"
     f = cpu_features(text)
@@ -65,7 +65,7 @@ def test_cpu_features_parses_flags():
 def test_bf16_torch_agrees_with_fp32(conditioned_tiny, one_torch_thread):
     require("torch")
     from blender_fast import Ranker
-    from blender_fast.agreement import full_rank_logits, ranking_agreement
+    from blender_fast.runtime.agreement import full_rank_logits, ranking_agreement
 
     fp32 = Ranker.from_pretrained(conditioned_tiny, backend="torch", precision="fp32", threads=1)
     bf16 = Ranker.from_pretrained(conditioned_tiny, backend="torch", precision="bf16", threads=1)
@@ -104,8 +104,9 @@ def test_auto_without_gate_stays_exact(tiny_checkpoint, tmp_path, one_torch_thre
 def test_auto_picks_only_gated_variants(conditioned_tiny, tmp_path, monkeypatch, one_torch_thread):
     """With a bf16-capable CPU (pretended) and a passing gate record, auto calibrates and may pick bf16;
     a failing record is never picked."""
-    from blender_fast import Ranker, autoselect
-    from blender_fast.checkpoint import load_checkpoint
+    from blender_fast import Ranker
+    from blender_fast.runtime import autoselect
+    from blender_fast.model.checkpoint import load_checkpoint
 
     monkeypatch.setattr(autoselect, "cpu_features",
                         lambda cpuinfo=None: {"cpu_model": "Test", "isa": ["avx512_bf16", "avx2"], "logical_cores": 2})
@@ -125,9 +126,9 @@ def test_auto_picks_only_gated_variants(conditioned_tiny, tmp_path, monkeypatch,
 
 
 def test_run_gate_records(conditioned_tiny, tmp_path, one_torch_thread):
-    from blender_fast.agreement import run_gate
-    from blender_fast.autoselect import load_gate
-    from blender_fast.checkpoint import load_checkpoint
+    from blender_fast.runtime.agreement import run_gate
+    from blender_fast.runtime.autoselect import load_gate
+    from blender_fast.model.checkpoint import load_checkpoint
 
     records = run_gate(conditioned_tiny, INPUTS[:2], [c[:3] for c in CANDS[:2]], variants=(("torch", "bf16"),),
                        threads=1, cache_dir=tmp_path)
@@ -167,8 +168,8 @@ def test_openvino_backend_matches_onnx(tiny_checkpoint, tmp_path, one_torch_thre
     import onnx
 
     from blender_fast import Ranker
-    from blender_fast.checkpoint import load_checkpoint
-    from blender_fast.export import cached_export
+    from blender_fast.model.checkpoint import load_checkpoint
+    from blender_fast.model.export import cached_export
 
     out_dir, _ = cached_export(load_checkpoint(tiny_checkpoint), "fp32", tmp_path)
     model = onnx.load(str(out_dir / "model.onnx"))

@@ -1,4 +1,4 @@
-"""blender_fast.ray on a local Ray instance started by this module: the Ray job writes exactly what the
+"""blender_fast.cluster.ray_job on a local Ray instance started by this module: the Ray job writes exactly what the
 single-process job does (jobs.rank_prompts), survives a killed actor without losing or duplicating a row,
 and names FILE:LINE for a malformed input line."""
 from __future__ import annotations
@@ -19,10 +19,10 @@ pa = require("pyarrow")
 pq = require("pyarrow.parquet")
 
 from blender_fast.cli import main  # noqa: E402
-from blender_fast.jobs import RankOptions, rank_prompts  # noqa: E402
-from blender_fast.prompts import parse_prompt  # noqa: E402
+from blender_fast.cluster.jobs import RankOptions, rank_prompts  # noqa: E402
+from blender_fast.cluster.records import parse_prompt  # noqa: E402
 from blender_fast.ranker import Ranker  # noqa: E402
-from blender_fast.ray import RankerActor, rank_dataset, rank_files, read_prompt_lines, write_prompt_lines  # noqa: E402
+from blender_fast.cluster.ray_job import RankerActor, rank_dataset, rank_files, read_prompt_lines, write_prompt_lines  # noqa: E402
 
 N_PROMPTS = 24
 

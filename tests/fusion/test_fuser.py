@@ -56,7 +56,7 @@ def prompts():
 
 @pytest.fixture(scope="module")
 def fuser(fuser_dir):
-    from blender_fast.fuser import Fuser
+    from blender_fast.fusion.fuser import Fuser
 
     return Fuser.from_pretrained(fuser_dir, device="cpu", dtype="float32")
 
@@ -113,7 +113,7 @@ def reference_fuser_inputs(tokenizer, inputs, candidates, instructions=None, can
 @pytest.mark.reference
 @pytest.mark.parametrize("candidate_maxlength", [128, 16])
 def test_fuser_inputs_match_llm_blender(tokenizer, prompts, candidate_maxlength):
-    from blender_fast.fuser import build_fuser_inputs
+    from blender_fast.fusion.fuser import build_fuser_inputs
 
     inputs, candidates = prompts
     candidates_before = copy.deepcopy(candidates)
@@ -133,7 +133,7 @@ def test_fuser_inputs_match_llm_blender(tokenizer, prompts, candidate_maxlength)
 
 @pytest.mark.reference
 def test_fuser_inputs_with_instructions_match_llm_blender(tokenizer, prompts):
-    from blender_fast.fuser import build_fuser_inputs
+    from blender_fast.fusion.fuser import build_fuser_inputs
 
     inputs, candidates = prompts
     instructions = [f"Answer question {i} carefully." for i in range(len(inputs))]
@@ -142,7 +142,7 @@ def test_fuser_inputs_with_instructions_match_llm_blender(tokenizer, prompts):
 
 
 def test_fuser_input_template(tokenizer):
-    from blender_fast.fuser import build_fuser_inputs
+    from blender_fast.fusion.fuser import build_fuser_inputs
 
     (text,) = build_fuser_inputs(tokenizer, ["Say hi."], [["hi", "hello"]], instructions=["Be brief."])
     assert text == (
@@ -268,7 +268,7 @@ def test_empty_input_with_instruction_is_fine(fuser):
 def test_missing_checkpoint_files(fuser_dir, tmp_path):
     import shutil
 
-    from blender_fast.fuser import Fuser
+    from blender_fast.fusion.fuser import Fuser
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Fuser.from_pretrained(tmp_path / "nope")
@@ -297,7 +297,7 @@ def test_fuser_options_are_spelled_like_the_ranker(fuser_dir):
 
     import torch
 
-    from blender_fast.fuser import Fuser
+    from blender_fast.fusion.fuser import Fuser
     from blender_fast.ranker import Ranker
 
     shared = {"backend", "device", "precision", "threads", "cache_dir"}
@@ -326,8 +326,8 @@ def test_fuser_options_are_spelled_like_the_ranker(fuser_dir):
 def test_fuser_export_manifest_notices_damage(tmp_path):
     import json
 
-    from blender_fast import cache
-    from blender_fast.fuser import FUSER_EXPORT_MANIFEST, check_fuser_export
+    from blender_fast.model import cache
+    from blender_fast.fusion.fuser import FUSER_EXPORT_MANIFEST, check_fuser_export
 
     entry = tmp_path / "entry"
     entry.mkdir()
@@ -347,7 +347,7 @@ def test_fuser_export_manifest_notices_damage(tmp_path):
 @pytest.mark.slow
 def test_onnx_backend_matches_torch(fuser_dir, fuser, prompts, tmp_path):
     require("optimum.onnxruntime")
-    from blender_fast.fuser import Fuser
+    from blender_fast.fusion.fuser import Fuser
 
     inputs, candidates = prompts
     inputs, candidates = inputs[:N_FUSE_PROMPTS], candidates[:N_FUSE_PROMPTS]
@@ -360,7 +360,7 @@ def test_onnx_backend_matches_torch(fuser_dir, fuser, prompts, tmp_path):
     again = Fuser.from_pretrained(fuser_dir, backend="onnx", onnx_cache_dir=tmp_path)
     assert again.onnx_dir == onnx_fuser.onnx_dir
     assert len(list((tmp_path / "onnx-fuser").iterdir())) == 1
-    from blender_fast.fuser import check_fuser_export
+    from blender_fast.fusion.fuser import check_fuser_export
 
     assert check_fuser_export(onnx_fuser.onnx_dir) is None  # published with its manifest
 
@@ -371,7 +371,7 @@ def test_onnx_merged_decoder_guard(fuser_dir, tmp_path):
     import json
     import shutil
 
-    from blender_fast.fuser import export_fuser_to_onnx
+    from blender_fast.fusion.fuser import export_fuser_to_onnx
 
     odd = tmp_path / "odd-heads"
     shutil.copytree(fuser_dir, odd)
@@ -417,7 +417,7 @@ def test_n_generate_matches_llm_blender(tiny_causal_lm, fuser, tokenizer, prompt
     import llm_blender
     import torch
 
-    from blender_fast.generation import n_generate
+    from blender_fast.fusion.generation import n_generate
 
     model = tiny_causal_lm if model_kind == "causal" else fuser.model
     kwargs = dict(N_GENERATE_CASES[case])
@@ -439,7 +439,7 @@ def test_n_generate_matches_llm_blender(tiny_causal_lm, fuser, tokenizer, prompt
 
 
 def test_n_generate_arguments(tiny_causal_lm, tokenizer):
-    from blender_fast.generation import n_generate, sampling_generate_kwargs
+    from blender_fast.fusion.generation import n_generate, sampling_generate_kwargs
 
     generate_kwargs = {"max_new_tokens": 4, "top_k": 3, "output_scores": True}
     params = sampling_generate_kwargs(generate_kwargs, 2, "top_k_sampling", tokenizer.model_max_length)

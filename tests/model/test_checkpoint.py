@@ -8,8 +8,8 @@ import pytest
 
 from conftest import require
 
-from blender_fast.cache import checkpoint_fingerprint
-from blender_fast.checkpoint import CheckpointError, DEBERTA_V3_LARGE, load_checkpoint
+from blender_fast.model.cache import checkpoint_fingerprint
+from blender_fast.model.checkpoint import CheckpointError, DEBERTA_V3_LARGE, load_checkpoint
 
 
 def _copy(src, tmp_path, name="ckpt"):
@@ -80,7 +80,7 @@ def test_missing_directory():
 
 def test_corrupt_weights_are_named(tiny_checkpoint, tmp_path):
     require("torch")
-    from blender_fast.export import load_state_dict
+    from blender_fast.model.export import load_state_dict
 
     dst = _copy(tiny_checkpoint, tmp_path)
     weights = load_checkpoint(dst).weights_path
@@ -138,7 +138,7 @@ def test_corrupt_tokenizer_files_are_named(tiny_checkpoint, tmp_path, name):
 
 def test_tokenizer_that_cannot_load_is_named(tiny_checkpoint, tmp_path):
     require("transformers")
-    from blender_fast.tokenization import build_pair_tokenizer
+    from blender_fast.model.tokenization import build_pair_tokenizer
 
     dst = _copy(tiny_checkpoint, tmp_path)
     tok_dir = load_checkpoint(dst).tokenizer_dir

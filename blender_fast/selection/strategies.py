@@ -12,8 +12,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from . import _core
-from .options import ORDERS, POLICIES, STRATEGIES  # noqa: F401  (re-exported: selection.STRATEGIES)
+from .. import _core
+from ..options import ORDERS, POLICIES, STRATEGIES  # noqa: F401  (re-exported: selection.STRATEGIES)
 
 # Strategies that take a budget (forward passes per prompt) and never exceed it.
 BUDGETED = ("swiss", "knockout_rr", "adaptive")

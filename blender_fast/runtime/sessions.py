@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .options import DEVICE_CHOICES, DEVICES, check_choice  # noqa: F401  (re-exported)
+from ..options import DEVICE_CHOICES, DEVICES, check_choice  # noqa: F401  (re-exported)
 
 
 def _check_device(device: str) -> str:

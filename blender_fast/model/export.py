@@ -22,7 +22,7 @@ from .cache import checkpoint_fingerprint
 from .checkpoint import CheckpointError, RankerCheckpoint, check_weight_shapes, load_checkpoint
 from .tokenization import PairTokenizer, build_pair_tokenizer
 
-from .options import PRECISIONS  # noqa: F401  (re-exported)
+from ..options import PRECISIONS  # noqa: F401  (re-exported)
 ONNX_INPUTS = ("input_ids", "attention_mask", "positions")
 OPSET = 17
 # How far the exported graph may be from torch fp32 on the sample batch, as a fraction of the sample's
@@ -148,7 +148,7 @@ class ExportReport:
 
 def sample_batch(tok: PairTokenizer, ckpt: RankerCheckpoint):
     """A small packed batch of real-looking pairs, used to trace the export and to check it."""
-    from . import _core
+    from .. import _core
     from .tokenization import encode_prompts
 
     sources = ["Explain why the sky is blue to a child.", "Write a haiku about autumn leaves falling."]
@@ -197,7 +197,7 @@ def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", 
     try:
         if rewrite_attention:
             use_export_attention(model)
-            attention = "blender_fast.attention"
+            attention = "blender_fast.model.attention"
     except UnsupportedAttention as e:
         warnings.warn(f"{ckpt.path}: {e}; exporting transformers' attention as it is (slower graph)", stacklevel=2)
     export_model = model.half() if precision == "fp16" else model
@@ -237,7 +237,7 @@ def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", 
             logging.getLogger().removeFilter(advice)
         fp32_path.unlink()
     tok.save(out_dir)
-    from .runtime import OnnxPairModel
+    from ..runtime.sessions import OnnxPairModel
 
     session = OnnxPairModel(final_path, device="cpu")
     got = session(ids, mask, pos)

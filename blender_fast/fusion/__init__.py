@@ -1,0 +1,1 @@
+"""GenFuser (seq2seq fusion of the top k) and candidate generation."""

@@ -1,0 +1,1 @@
+"""Model files: checkpoint layouts, tokenization, the ONNX export and its attention rewrite, the cache."""

@@ -1,0 +1,1 @@
+"""Which pairs to compare, step by step: strategies, budgets and llm-blender's aggregation."""

@@ -1,0 +1,1 @@
+"""Serving: the continuous-batching engine, the HTTP app and its client."""
