@@ -8,14 +8,13 @@ Unlike TRL, the checkpoint is a local directory (nothing is downloaded) and the 
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
 from .blender import Blender
+from .options import check_optional_seed
 from .ranker import Ranker
-from .selection.strategies import ranks_from_scores
 
 
 class PairRMJudge:
@@ -47,48 +46,14 @@ class PairRMJudge:
             self.blender.loadranker(str(model), **ranker_kwargs)
         else:
             raise TypeError(f"model must be a PairRM checkpoint directory, a Ranker or a Blender, got {type(model).__name__}")
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(check_optional_seed(seed))
 
     def judge(self, prompts: list[str], completions: list[list[str]], shuffle_order: bool = True,
               return_scores: bool = False, temperature: float = 1.0) -> list[int] | list[float]:
         """Per prompt: 0 if its first completion is preferred, else 1; with ``return_scores``, the
         probability (softmax of the two PairRM scores / temperature) that the first one is better.
-        Ties (equal scores) go to the first completion, as in TRL."""
-        pairs = _check_pairs(prompts, completions)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-                math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        if not pairs:
-            return []
-        flip = self.rng.choice([True, False], size=len(pairs)) if shuffle_order else np.zeros(len(pairs), bool)
-        shown = [[b, a] if f else [a, b] for (a, b), f in zip(pairs, flip)]
-        scores = np.asarray(self.blender.rank(list(prompts), shown, return_scores=True, disable_tqdm=True),
-                            dtype=np.float64).reshape(len(pairs), 2)
-        scores[flip] = scores[flip][:, ::-1]  # back to the caller's order
-        if return_scores:
-            logits = scores / temperature
-            logits -= logits.max(axis=1, keepdims=True)
-            probs = np.exp(logits)
-            return (probs[:, 0] / probs.sum(axis=1)).tolist()
-        return [int(r) for r in (ranks_from_scores(scores)[:, 0] - 1)]
-
-
-def _check_pairs(prompts, completions) -> list[tuple[str, str]]:
-    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
-        raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}")
-    if isinstance(completions, str) or not isinstance(completions, (list, tuple)):
-        raise TypeError(f"completions must be a list of pairs of strings, got {type(completions).__name__}")
-    if len(prompts) != len(completions):
-        raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completion pairs")
-    pairs = []
-    for i, (prompt, pair) in enumerate(zip(prompts, completions)):
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompts[{i}] must be a string, got {type(prompt).__name__}")
-        if isinstance(pair, str) or not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise ValueError(f"completions[{i}] must be a pair (exactly 2 completions), got "
-                             f"{len(pair) if isinstance(pair, (list, tuple)) else type(pair).__name__}")
-        for k, c in enumerate(pair):
-            if not isinstance(c, str):
-                raise TypeError(f"completions[{i}][{k}] must be a string, got {type(c).__name__}")
-        pairs.append((pair[0], pair[1]))
-    return pairs
+        Ties (equal scores) go to the first completion, as in TRL. The flips are ``coin_flips`` on this
+        judge's generator: a judge made with seed=S flips, on its first call, the pairs that the server
+        flips for a request with seed S."""
+        return self.blender.ranker.judge(prompts, completions, shuffle_order, return_scores, temperature,
+                                         seed=self.rng, progress=False)

@@ -2,6 +2,7 @@
 binding's error messages all take their choices from here, so a value means the same thing everywhere."""
 from __future__ import annotations
 
+import math
 import numbers
 
 # Selection strategies (``Ranker.select``, ``Blender.get_best_of_n``, ``--strategy``).
@@ -31,22 +32,96 @@ BACKENDS = ("onnx", "torch", "openvino")
 BACKEND_CHOICES = BACKENDS + ("auto",)  # "auto": chosen with the precision (autoselect.py)
 
 
+# -- numbers: one rule for every count, budget and seed ---------------------------------------------
+#
+# A count is an integer: a Python int or a numpy integer. bool is refused (True is not a count) and so
+# is every float, 2.0 included (a float that happens to be whole is still a float: refusing it keeps
+# "1.5", NaN and 1e30 from sneaking through a round-trip, and JSON / the CLI say what they mean). It is
+# finite by construction and must lie within [minimum, maximum]; the maxima are far beyond any real
+# call and keep every value inside int64 (the C++ core, numpy, Arrow). Wrong type: OptionTypeError (a
+# TypeError); wrong value: ValueError. Messages name the parameter.
+
+MAX_COUNT = 10**9       # a generic count (threads, batch sizes, limits, lengths, ...)
+MAX_TOP_K = 10**6       # candidates to select per prompt
+MAX_BUDGET = 10**9      # forward passes per prompt (swiss / knockout_rr / adaptive)
+MAX_SEED = 2**63 - 1    # seeds of numpy's default_rng, and int64 wherever they are stored
+
+
+class OptionTypeError(TypeError, ValueError):
+    """A parameter of the wrong type (e.g. top_k=1.5, seed=True). A TypeError; also a ValueError, so
+    that code written when these were ValueErrors keeps catching them."""
+
+
+def check_count(name: str, value, maximum: int = MAX_COUNT, minimum: int = 1) -> int:
+    """``value`` as an int in [minimum, maximum], else OptionTypeError (not an integer: floats, bools,
+    None, strings) or ValueError (out of range), naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise OptionTypeError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_optional_count(name: str, value, maximum: int = MAX_COUNT, minimum: int = 1):
+    """None, or ``check_count``."""
+    return None if value is None else check_count(name, value, maximum, minimum)
+
+
+def check_top_k(value, name: str = "top_k") -> int:
+    return check_count(name, value, MAX_TOP_K)
+
+
+def check_seed(value, name: str = "seed") -> int:
+    return check_count(name, value, MAX_SEED, minimum=0)
+
+
+def check_optional_seed(value, name: str = "seed"):
+    """None (fresh entropy) or a seed."""
+    return None if value is None else check_seed(value, name)
+
+
+def check_budget(value, name: str = "budget"):
+    """None (the strategy's default) or forward passes per prompt, 1..MAX_BUDGET. (A budget below a
+    strategy's minimum is refused later, by selection.budgets, with that minimum in the message.)"""
+    return None if value is None else check_count(name, value, MAX_BUDGET)
+
+
+def check_positive_number(name: str, value) -> float:
+    """A finite real number > 0 (int or float; bool refused), as float: e.g. the judge's temperature."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise OptionTypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def check_temperature(value) -> float:
+    return check_positive_number("temperature", value)
+
+
+def check_precision(value, choices=PRECISION_CHOICES, name: str = "precision") -> str:
+    """One of the model precisions (``choices``: PRECISION_CHOICES, with "auto", unless a caller runs
+    only a fixed precision, e.g. an export)."""
+    return check_choice(name, value, choices)
+
+
 def positive_int(name: str, value) -> int:
-    """``value`` as an int >= 1, else a ValueError naming the argument (None, NaN, 1.5, 0, -1, True...)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    """``value`` as an int >= 1 (check_count)."""
+    return check_count(name, value)
 
 
 def non_negative_int(name: str, value) -> int:
-    """``value`` as an int >= 0, else a ValueError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
+    """``value`` as an int >= 0 (check_count)."""
+    return check_count(name, value, minimum=0)
 
 
-def int_argument(minimum: int):
-    """An argparse ``type=`` for integers >= minimum: the command line's spelling of the checks above."""
+def int_argument(minimum: int, maximum: int = MAX_COUNT):
+    """An argparse ``type=`` for integers in [minimum, maximum]: the command line's spelling of
+    check_count (argparse reports a failure as one line naming the flag, exit status 2)."""
     import argparse
 
     def parse(text: str) -> int:
@@ -56,6 +131,8 @@ def int_argument(minimum: int):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
 
     parse.__name__ = f"integer >= {minimum}"

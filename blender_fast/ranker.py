@@ -12,8 +12,11 @@ import numpy as np
 from . import _core
 from .model.checkpoint import SPECIAL_TOKENS, load_checkpoint
 from .options import (BACKEND_CHOICES, BACKENDS, COMPARE_MODES, DEVICE_CHOICES, DEVICES,  # noqa: F401
-                      PRECISION_CHOICES, PRECISIONS, check_choice)
-from .selection.strategies import PromptError, Selection, ranks_from_scores, select
+                      PRECISION_CHOICES, PRECISIONS, check_choice, check_count, check_optional_seed,
+                      check_precision)
+from .selection.aggregate import stack_if_equal
+from .selection.steps import DEFAULT_MODEL, PromptError, Selection, Step, Steps, run_steps, select_steps  # noqa: F401
+from .selection.verbs import coin_flips, compare_steps, judge_steps, rank_steps
 from .model.tokenization import EncodedPrompts, PairTokenizer, encode_prompts
 
 # Tokens per batch (rows x longest row). On a CPU bigger batches buy nothing once a batch holds a few
@@ -99,6 +102,29 @@ def check_prompts(inputs, candidates, instructions=None) -> tuple[list[str], lis
     return sources, cand_lists
 
 
+def check_pairs(prompts, completions) -> tuple[list[str], list[list[str]]]:
+    """The judge's input: one [completion_0, completion_1] pair per prompt, named by index when wrong;
+    returns (prompts, pairs) as check_prompts does."""
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+    if isinstance(completions, str) or not isinstance(completions, Sequence):
+        raise TypeError(f"completions must be a list of [completion_0, completion_1] pairs, got "
+                        f"{type(completions).__name__}")
+    if len(prompts) != len(completions):
+        raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completion pairs")
+    for i, (prompt, pair) in enumerate(zip(prompts, completions)):
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompts[{i}] must be a string, got {type(prompt).__name__}")
+        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
+            got = len(pair) if isinstance(pair, Sequence) and not isinstance(pair, str) else type(pair).__name__
+            raise ValueError(f"completions[{i}] must hold exactly 2 completions (the PairRM judge compares "
+                             f"two), got {got}")
+        for k, c in enumerate(pair):
+            if not isinstance(c, str):
+                raise TypeError(f"completions[{i}][{k}] must be a string, got {type(c).__name__}")
+    return check_prompts(prompts, completions)
+
+
 def is_exported_dir(path) -> bool:
     """A directory written by ``export_onnx``: the model, its tokenizer and export.json, no checkpoint needed."""
     p = Path(path)
@@ -116,13 +142,6 @@ def read_export_meta(path: Path) -> dict:
     return meta
 
 
-def _stack_if_equal(rows: list[np.ndarray]):
-    """llm-blender returns one array when every prompt has n candidates; ragged input gets a list."""
-    if rows and all(len(r) == len(rows[0]) for r in rows):
-        return np.stack(rows)
-    return rows
-
-
 class Ranker:
     """PairRM over ONNX Runtime (default) or torch, fed by the C++ pair packer."""
 
@@ -133,7 +152,8 @@ class Ranker:
             raise ValueError("token_budget and max_batch_size must be positive")
         if batch_cost < 0:
             raise ValueError(f"batch_cost must be >= 0, got {batch_cost}")
-        self.model = model
+        self.model = model  # the "default" model; Step.model names it
+        self.extra_models: dict[str, Callable] = {}  # other models by name (e.g. "exact", for a cascade)
         self.tokenizer = tokenizer
         self.source_maxlength = source_maxlength
         self.candidate_maxlength = candidate_maxlength
@@ -244,8 +264,20 @@ class Ranker:
         src_len, cand_len = self.truncation(source_maxlength, candidate_maxlength)
         return encode_prompts(self.tokenizer, sources, candidates, src_len, cand_len)
 
-    def _pair_scorer(self, enc: EncodedPrompts, stats: RunStats, group_size: int, desc: str, progress=None):
-        """A compare(rows) function for selection.select: rows are (prompt, left, right) candidate triples."""
+    def model_for(self, name: str) -> Callable:
+        """The model that scores a Step with ``model=name``: "default" is ``self.model``; other names are
+        the ones in ``extra_models``. Any other name is an error naming what this ranker holds."""
+        if name == DEFAULT_MODEL:
+            return self.model
+        try:
+            return self.extra_models[name]
+        except (KeyError, TypeError):
+            held = (DEFAULT_MODEL, *sorted(self.extra_models))
+            raise ValueError(f"this ranker has no model named {name!r}; it holds {held}") from None
+
+    def _pair_scorer(self, enc: EncodedPrompts, stats: RunStats, desc: str, progress=None):
+        """A score(step) function for run_steps: the step's rows are (prompt, left, right) candidate
+        triples of ``enc``, packed and run on the model the step names."""
         packer = _core.PairPacker(enc.tokens, enc.offsets, enc.limits, cand1_id=self.tokenizer.cand1_id,
                                   cand2_id=self.tokenizer.cand2_id, pad_id=self.tokenizer.pad_id,
                                   prefix_offset=self.tokenizer.prefix_offset)
@@ -260,12 +292,14 @@ class Ranker:
 
             bar, own_bar = tqdm(desc=desc, unit="pair"), True
 
-        def compare(rows: np.ndarray) -> np.ndarray:
+        def score(step: Step) -> np.ndarray:
+            model = self.model_for(step.model)
+            rows = step.rows
             t0 = time.perf_counter()
             prompts = rows[:, 0]
             text_pairs = np.stack([enc.source_index[prompts], enc.candidate_start[prompts] + rows[:, 1],
                                    enc.candidate_start[prompts] + rows[:, 2]], axis=1)
-            gs = group_size if len(rows) % group_size == 0 else 1
+            gs = step.group if len(rows) % step.group == 0 else 1
             order, bounds = packer.plan(text_pairs, self.token_budget, self.max_batch_size, gs, self.batch_cost)
             stats.pack_s += time.perf_counter() - t0
             logits = np.empty(len(rows), dtype=np.float32)
@@ -274,7 +308,7 @@ class Ranker:
                 batch_rows = order[bounds[b]:bounds[b + 1]]
                 ids, mask, pos, pad = packer.build(text_pairs, batch_rows)
                 t1 = time.perf_counter()
-                logits[batch_rows] = self.model(ids, mask, pos)
+                logits[batch_rows] = model(ids, mask, pos)
                 stats.model_s += time.perf_counter() - t1
                 stats.pack_s += t1 - t0
                 stats.batches += 1
@@ -286,26 +320,24 @@ class Ranker:
             stats.steps += 1
             return logits
 
-        compare.close = bar.close if own_bar else (lambda: None)
-        return compare
+        score.close = bar.close if own_bar else (lambda: None)
+        return score
 
-    def _run(self, inputs, candidates, instructions, *, strategy, top_k, orders="both", seed=0,
-             initial_orders=None, policy="max_logits", worst=False, desc="Ranking", source_maxlength=None,
-             candidate_maxlength=None, progress=None, budget=None) -> list[Selection]:
+    def run(self, sources: list[str], candidates: list[list[str]], steps: Steps, *, desc: str = "Ranking",
+            source_maxlength=None, candidate_maxlength=None, progress=None):
+        """Drive a step generator (selection.steps / selection.verbs) over these checked prompts
+        (check_prompts) with this ranker's models; returns the generator's result. last_stats says where
+        the time went."""
         stats = RunStats()
         t0 = time.perf_counter()
-        sources, cands = check_prompts(inputs, candidates, instructions)
-        enc = self.encode(sources, cands, source_maxlength, candidate_maxlength)
+        enc = self.encode(sources, candidates, source_maxlength, candidate_maxlength)
         stats.tokenize_s = time.perf_counter() - t0
-        compare = self._pair_scorer(enc, stats, 2 if orders == "both" else 1, desc, progress)
-        scorer = (lambda rows: -compare(rows)) if worst else compare
+        score = self._pair_scorer(enc, stats, desc, progress)
         try:
-            result = select([len(c) for c in cands], top_k, strategy, scorer, orders=orders, seed=seed,
-                            initial_orders=initial_orders, policy=policy, budget=budget)
+            return run_steps(steps, score)
         finally:
-            compare.close()
+            score.close()
             self.last_stats = stats
-        return result
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -318,13 +350,10 @@ class Ranker:
         better): one array [n_prompts, n] when every prompt has n candidates, else a list of arrays.
         source_maxlength / candidate_maxlength / progress apply to this call only (None: the ranker's).
         """
-        sels = self._run(inputs, candidates, instructions, strategy="full", top_k=1, policy=policy,
-                         source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength,
-                         progress=progress)
-        scores = [s.scores for s in sels]
-        if return_scores:
-            return _stack_if_equal(scores)
-        return _stack_if_equal([ranks_from_scores(s) for s in scores])
+        sources, cands = check_prompts(inputs, candidates, instructions)
+        steps = rank_steps([len(c) for c in cands], policy, return_scores)
+        return self.run(sources, cands, steps, desc="Ranking", source_maxlength=source_maxlength,
+                        candidate_maxlength=candidate_maxlength, progress=progress)
 
     def compare(self, inputs, candidates_a, candidates_b, instructions=None, mode: str = "[A,B]+[B,A]", *,
                 source_maxlength: int | None = None, candidate_maxlength: int | None = None,
@@ -334,40 +363,11 @@ class Ranker:
         "[A,B]": f(A,B); "[B,A]": f(B,A) (B read first; as in llm-blender, not negated);
         "[A,B]+[B,A]": f(A,B) - f(B,A), the position-debiased comparison.
         """
-        if mode not in COMPARE_MODES:
-            raise ValueError(f"mode must be one of {COMPARE_MODES}, got {mode!r}")
-        if isinstance(candidates_a, str) or isinstance(candidates_b, str):
-            raise TypeError("candidates_a and candidates_b must be lists of strings, one per input")
-        if len(candidates_a) != len(candidates_b):
-            raise ValueError(f"got {len(candidates_a)} candidates_a but {len(candidates_b)} candidates_b")
-        pairs = [[a, b] for a, b in zip(candidates_a, candidates_b)]
-        stats = RunStats()
-        t0 = time.perf_counter()
-        sources, cands = check_prompts(inputs, pairs, instructions)
-        enc = self.encode(sources, cands, source_maxlength, candidate_maxlength)
-        stats.tokenize_s = time.perf_counter() - t0
-        n = len(sources)
-        prompts = np.arange(n, dtype=np.int64)
-        ab = np.stack([prompts, np.zeros(n, np.int64), np.ones(n, np.int64)], axis=1)
-        ba = ab[:, [0, 2, 1]]
-        compare = self._pair_scorer(enc, stats, 2 if mode == "[A,B]+[B,A]" else 1, "Comparing", progress)
-        try:
-            if mode == "[A,B]":
-                out = compare(ab)
-            elif mode == "[B,A]":
-                out = compare(ba)
-            else:
-                rows = np.empty((2 * n, 3), dtype=np.int64)
-                rows[0::2], rows[1::2] = ab, ba
-                both = compare(rows)
-                out = both[0::2] - both[1::2]
-            bad = np.flatnonzero(np.isnan(out))
-            if bad.size:  # as rank/select do: a NaN logit is an error, never a silent "A loses"
-                raise PromptError(f"compare returned NaN for prompt {int(bad[0])}", int(bad[0]))
-        finally:
-            compare.close()
-            self.last_stats = stats
-        return out
+        check_choice("mode", mode, COMPARE_MODES)
+        sources, cands = check_pairs_ab(inputs, candidates_a, candidates_b, instructions)
+        return self.run(sources, cands, compare_steps(len(sources), mode), desc="Comparing",
+                        source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength,
+                        progress=progress)
 
     def select(self, inputs, candidates, top_k: int = 1, strategy: str = "bubble", orders: str = "both",
                seed: int = 0, instructions=None, initial_orders=None, policy: str = "max_logits",
@@ -384,7 +384,49 @@ class Ranker:
         comparisons, forward passes and sequential steps). worst=True selects the worst k instead.
         source_maxlength / candidate_maxlength / progress apply to this call only (None: the ranker's).
         """
-        return self._run(inputs, candidates, instructions, strategy=strategy, top_k=top_k, orders=orders,
-                         seed=seed, initial_orders=initial_orders, policy=policy, worst=worst, desc="Selecting",
-                         source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength,
-                         progress=progress, budget=budget)
+        sources, cands = check_prompts(inputs, candidates, instructions)
+        steps = select_steps([len(c) for c in cands], top_k, strategy, orders=orders, seed=seed,
+                             initial_orders=initial_orders, policy=policy, budget=budget, worst=worst)
+        return self.run(sources, cands, steps, desc="Selecting", source_maxlength=source_maxlength,
+                        candidate_maxlength=candidate_maxlength, progress=progress)
+
+    def judge(self, prompts, completions, shuffle_order: bool = True, return_scores: bool = False,
+              temperature: float = 1.0, *, seed=None, progress: bool | None = None) -> list:
+        """TRL's PairRMJudge.judge: per (prompt, [c0, c1]) the preferred index (0 or 1), or with
+        return_scores the probability that c0 is better, softmax(scores / temperature)[0].
+        shuffle_order ranks each pair in a random order (coin_flips) and flips the result back; seed:
+        None (fresh entropy), an integer, or a numpy Generator (PairRMJudge passes its own)."""
+        steps, sources, shown = judge_plan(prompts, completions, shuffle_order, return_scores, temperature, seed)
+        return self.run(sources, shown, steps, desc="Judging", progress=progress)
+
+
+def check_pairs_ab(inputs, candidates_a, candidates_b, instructions=None) -> tuple[list[str], list[list[str]]]:
+    """compare()'s input: one candidate A and one B per input; returns check_prompts' (sources, [[a, b]])."""
+    if isinstance(candidates_a, str) or isinstance(candidates_b, str):
+        raise TypeError("candidates_a and candidates_b must be lists of strings, one per input")
+    if len(candidates_a) != len(candidates_b):
+        raise ValueError(f"got {len(candidates_a)} candidates_a but {len(candidates_b)} candidates_b")
+    return check_prompts(inputs, [[a, b] for a, b in zip(candidates_a, candidates_b)], instructions)
+
+
+def judge_rng(seed):
+    """The judge's coin-flip generator: a numpy Generator as given, else default_rng(seed) (seed None
+    or an integer, checked)."""
+    if hasattr(seed, "random"):
+        return seed
+    return np.random.default_rng(check_optional_seed(seed))
+
+
+def judge_plan(prompts, completions, shuffle_order, return_scores, temperature, seed):
+    """Everything a judge call decides before the model runs, the same for every driver: checks, coin
+    flips (coin_flips on judge_rng(seed)), the pairs as shown (flipped ones as [c1, c0], as TRL) and the
+    step generator. Returns (steps, sources, shown)."""
+    sources, pairs = check_pairs(prompts, completions)
+    steps_flips = np.zeros(len(pairs), dtype=bool)
+    if shuffle_order and pairs:
+        steps_flips = coin_flips(judge_rng(seed), len(pairs))
+    elif seed is not None:
+        judge_rng(seed)  # checked even when unused
+    steps = judge_steps(len(pairs), steps_flips, return_scores, temperature)
+    shown = [p[::-1] if f else p for p, f in zip(pairs, steps_flips)]
+    return steps, sources, shown

@@ -52,18 +52,16 @@ def test_shuffle_flips_pairs_reproducibly_per_seed(tiny_checkpoint, judge, pairs
     prompts, completions = pairs
     seen = []
 
-    def spy(blender):
-        real = blender.rank
+    ranker = judge.blender.ranker
+    real = ranker.run
 
-        def rank(inputs, candidates, *args, **kwargs):
-            seen.append([list(c) for c in candidates])
-            return real(inputs, candidates, *args, **kwargs)
-        monkeypatch.setattr(blender, "rank", rank)
+    def run(sources, candidates, *args, **kwargs):  # the pairs as shown to the model
+        seen.append([list(c) for c in candidates])
+        return real(sources, candidates, *args, **kwargs)
+    monkeypatch.setattr(ranker, "run", run)
 
-    a = PairRMJudge(judge.blender.ranker, seed=7)
-    b = PairRMJudge(judge.blender.ranker, seed=7)
-    spy(a.blender)
-    spy(b.blender)
+    a = PairRMJudge(ranker, seed=7)
+    b = PairRMJudge(ranker, seed=7)
     assert a.judge(prompts, completions) == b.judge(prompts, completions)
     assert seen[0] == seen[1], "same seed, same flips"
     flipped = [shown != list(c) for shown, c in zip(seen[0], completions)]
@@ -100,7 +98,7 @@ def test_temperature_scales_the_logits(judge, pairs, blender_scores):
 
 
 def test_bad_input_is_named(judge):
-    with pytest.raises(ValueError, match=r"completions\[1\] must be a pair"):
+    with pytest.raises(ValueError, match=r"completions\[1\] must hold exactly 2 completions"):
         judge.judge(["a", "b"], [["x", "y"], ["x", "y", "z"]])
     with pytest.raises(ValueError, match="2 prompts but 1 completion pairs"):
         judge.judge(["a", "b"], [["x", "y"]])
@@ -144,9 +142,9 @@ class FixedFlips:
     def __init__(self, mask):
         self.mask = np.asarray(mask, dtype=bool)
 
-    def choice(self, options, size):
-        assert list(options) == [True, False] and size == len(self.mask)
-        return self.mask.copy()
+    def random(self, size):  # coin_flips draws rng.random(n) < 0.5
+        assert size == len(self.mask)
+        return np.where(self.mask, 0.0, 1.0)
 
 
 @pytest.mark.reference

@@ -25,16 +25,17 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Generator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from .. import _core
-from ..options import COMPARE_MODES, ORDERS, POLICIES, STRATEGIES, check_choice
-from ..ranker import Ranker, _stack_if_equal, check_prompts
-from ..selection.strategies import (Selection, _as_model_rows, _budgets, _scores, _select_full, ranks_from_scores,
-                        starting_orders)
 from ..model.tokenization import EncodedPrompts
+from ..options import STRATEGIES, check_choice, check_count, check_top_k
+from ..ranker import Ranker, check_pairs_ab, check_prompts, judge_plan
+from ..selection.budgets import comparison_budgets, passes_per_comparison
+from ..selection.steps import DEFAULT_MODEL, Selection, Step, Steps, select_steps
+from ..selection.verbs import compare_steps, rank_steps
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_WAIT_MS = 2.0
@@ -79,90 +80,6 @@ class EngineStats:
         return self.pad_tokens / total if total else 0.0
 
 
-# A step generator yields (model rows int64[m, 3] of (prompt, left, right), group size) and receives
-# the float32 logits of those rows; its return value is the request's result.
-_Steps = Generator[tuple, np.ndarray, object]
-
-
-class _Captured(Exception):
-    def __init__(self, rows):
-        self.rows = rows
-
-
-def _full_steps(ns: list[int], top_k: int, orders: str, policy: str, worst: bool) -> _Steps:
-    """Generator twin of selection.select(strategy="full"): one step with every pair."""
-    if not ns:
-        return []
-
-    def capture(rows):
-        raise _Captured(np.array(rows, copy=True))
-
-    # _select_full decides the rows and their order; ask it for them (it calls compare once, first
-    # thing), so that the aggregation below reads them back in exactly the order it expects.
-    try:
-        return _select_full(ns, top_k, capture, orders, policy)  # no pairs at all (n = 1 everywhere)
-    except _Captured as c:
-        rows = c.rows
-    out = yield rows, (2 if orders == "both" else 1)
-    out = -out if worst else out
-    return _select_full(ns, top_k, lambda r: out, orders, policy)
-
-
-def _selector_steps(ns: list[int], selector, orders: str, worst: bool) -> _Steps:
-    """Generator twin of selection.select's bubble / tournament loop over a `_core.Selector`."""
-    passes = np.zeros(len(ns), dtype=np.int64)
-    while not selector.done():
-        rows = selector.next()
-        if not len(rows):
-            raise RuntimeError("selection stalled with unfinished prompts")
-        model_rows = _as_model_rows(rows, orders)
-        out = yield model_rows, (2 if orders == "both" else 1)
-        out = (-out if worst else out).astype(np.float64)
-        if np.isnan(out).any():
-            p = int(model_rows[np.flatnonzero(np.isnan(out))[0], 0])
-            raise ValueError(f"the model returned NaN for prompt {p}")
-        passes += np.bincount(model_rows[:, 0], minlength=len(ns))
-        selector.feed(_scores(out, orders))
-    return [Selection(top_k=list(selector.top_k(p)), comparisons=selector.comparisons(p),
-                      forward_passes=int(passes[p]), steps=selector.steps(p), scores=None, log=selector.log(p))
-            for p in range(len(ns))]
-
-
-def _rank_steps(ns, policy, return_scores) -> _Steps:
-    sels = yield from _full_steps(ns, 1, "both", policy, False)
-    scores = [s.scores for s in sels]
-    if return_scores:
-        return _stack_if_equal(scores)
-    return _stack_if_equal([ranks_from_scores(s) for s in scores])
-
-
-def _compare_steps(n: int, mode: str) -> _Steps:
-    prompts = np.arange(n, dtype=np.int64)
-    ab = np.stack([prompts, np.zeros(n, np.int64), np.ones(n, np.int64)], axis=1)
-    if mode == "[A,B]":
-        return (yield ab, 1)
-    if mode == "[B,A]":
-        return (yield ab[:, [0, 2, 1]], 1)
-    rows = np.empty((2 * n, 3), dtype=np.int64)
-    rows[0::2], rows[1::2] = ab, ab[:, [0, 2, 1]]
-    both = yield rows, 2
-    return both[0::2] - both[1::2]
-
-
-def _judge_steps(ns, flips: np.ndarray, return_scores: bool, temperature: float) -> _Steps:
-    """TRL's PairRMJudge on top of a full ranking of each (prompt, 2 completions)."""
-    sels = yield from _full_steps(ns, 1, "both", "max_logits", False)
-    scores = np.stack([s.scores for s in sels]).astype(np.float64) if sels else np.zeros((0, 2))
-    if not return_scores:
-        ranks = np.stack([ranks_from_scores(s) for s in scores]) - 1 if len(scores) else np.zeros((0, 2), int)
-        ranks[flips] = ranks[flips][:, ::-1]
-        return [int(r) for r in ranks[:, 0]]
-    logits = scores / temperature
-    logits[flips] = logits[flips][:, ::-1]
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return [float(p) for p in (shifted / shifted.sum(axis=-1, keepdims=True))[:, 0]]
-
-
 def _row_cost(strategy: str, n: int, top_k: int, per_row: int) -> int:
     """Model rows a selection will run (an upper estimate for tournaments beyond top-1)."""
     if n < 2:
@@ -182,7 +99,7 @@ _SERIAL = itertools.count()
 class _Job:
     """One request in flight: its encoded texts, its step generator and the rows of its current step."""
 
-    def __init__(self, enc: EncodedPrompts, steps: _Steps, reserved: int, deadline: Optional[float]):
+    def __init__(self, enc: EncodedPrompts, steps: Steps, reserved: int, deadline: Optional[float]):
         self.serial = next(_SERIAL)  # names the job in the packer cache (ids of freed objects get reused)
         self.enc = enc
         self.steps = steps
@@ -196,6 +113,7 @@ class _Job:
         self._eff_len = np.minimum(np.diff(enc.offsets), enc.limits)
         self.rows = self.text_pairs = self.row_len = self.logits = None
         self.group = 1
+        self.model = DEFAULT_MODEL  # the model the current step's rows run on (Step.model)
         self.cursor = 0
 
     def cancel(self) -> None:
@@ -204,11 +122,12 @@ class _Job:
     def remaining(self) -> int:
         return 0 if self.rows is None else len(self.rows) - self.cursor
 
-    def _set_step(self, step) -> None:
-        rows, group = step
+    def _set_step(self, step: Step) -> None:
+        rows, group = step.rows, step.group
         enc = self.enc
         prompts = rows[:, 0]
         self.rows = rows
+        self.model = step.model
         self.group = group if len(rows) % group == 0 else 1
         self.text_pairs = np.stack([enc.source_index[prompts], enc.candidate_start[prompts] + rows[:, 1],
                                     enc.candidate_start[prompts] + rows[:, 2]], axis=1)
@@ -220,7 +139,7 @@ class _Job:
         """Start the next step (feeding the last one's logits); True when the request has finished."""
         try:
             step = next(self.steps) if value is None else self.steps.send(value)
-            while not len(step[0]):  # a step with no rows (no prompts at all): answer it at once
+            while not len(step.rows):  # a step with no rows (no prompts at all): answer it at once
                 step = self.steps.send(np.empty(0, dtype=np.float32))
         except StopIteration as stop:
             self.rows = None
@@ -268,8 +187,7 @@ class BatchingEngine:
                  tokenize_threads: int = 2, on_batch: Optional[Callable] = None):
         for name, value in (("max_batch_tokens", max_batch_tokens), ("max_queued_pairs", max_queued_pairs),
                             ("max_rows_per_request", max_rows_per_request)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_count(name, value)
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
         self.ranker = ranker
@@ -328,11 +246,12 @@ class BatchingEngine:
 
     def select_sync(self, inputs, candidates, top_k: int = 1, strategy: str = "bubble", orders: str = "both",
                     seed: int = 0, instructions=None, initial_orders=None, policy: str = "max_logits",
-                    worst: bool = False, *, source_maxlength=None, candidate_maxlength=None,
-                    timeout: float | None = None) -> list[Selection]:
+                    worst: bool = False, budget: int | None = None, *, source_maxlength=None,
+                    candidate_maxlength=None, timeout: float | None = None) -> list[Selection]:
         """``Ranker.select`` through the engine; blocks the calling thread."""
         return self._submit_select(inputs, candidates, top_k, strategy, orders, seed, instructions, initial_orders,
-                                   policy, worst, source_maxlength, candidate_maxlength, timeout).future.result()
+                                   policy, worst, source_maxlength, candidate_maxlength, timeout,
+                                   budget).future.result()
 
     def compare_sync(self, inputs, candidates_a, candidates_b, instructions=None, mode: str = "[A,B]+[B,A]", *,
                      source_maxlength=None, candidate_maxlength=None, timeout: float | None = None) -> np.ndarray:
@@ -403,77 +322,44 @@ class BatchingEngine:
     # -- submission (caller's thread): validate, reserve, tokenize, enqueue ----------------------
 
     def _submit_rank(self, inputs, candidates, instructions, return_scores, policy, src_len, cand_len, timeout):
-        check_choice("policy", policy, POLICIES)
         sources, cands = check_prompts(inputs, candidates, instructions)
         ns = [len(c) for c in cands]
+        steps = rank_steps(ns, policy, return_scores)  # checks policy
         cost = sum(_row_cost("full", n, 1, 2) for n in ns)
-        return self._enqueue(sources, cands, src_len, cand_len, cost, timeout,
-                             lambda: _rank_steps(ns, policy, return_scores))
+        return self._enqueue(sources, cands, src_len, cand_len, cost, timeout, steps)
 
     def _submit_select(self, inputs, candidates, top_k, strategy, orders, seed, instructions, initial_orders,
                        policy, worst, src_len, cand_len, timeout, budget=None):
         check_choice("strategy", strategy, STRATEGIES)
-        check_choice("orders", orders, ORDERS)
-        check_choice("policy", policy, POLICIES)
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
-            raise ValueError(f"top_k must be an integer, got {top_k!r}")
-        top_k = int(top_k)
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        top_k = check_top_k(top_k)
         sources, cands = check_prompts(inputs, candidates, instructions)
         ns = [len(c) for c in cands]
-        for p, n in enumerate(ns):
-            if top_k > n:
-                raise ValueError(f"top_k = {top_k} exceeds the {n} candidates of prompt {p}")
-        per_row = 2 if orders == "both" else 1
-        # Comparisons per prompt for swiss / knockout_rr / adaptive (None for the others), checked like
-        # Ranker.select's; they are also what such a request can cost at most.
-        budgets = _budgets(budget, strategy, ns, top_k, orders)
+        # Built here (every argument checked, bad initial_orders included), so that errors come from the
+        # caller's thread.
+        steps = select_steps(ns, top_k, strategy, orders=orders, seed=seed, initial_orders=initial_orders,
+                             policy=policy, budget=budget, worst=worst)
+        per_row = passes_per_comparison(orders)
+        # Comparisons per prompt for swiss / knockout_rr / adaptive (None for the others): also what such
+        # a request can cost at most.
+        budgets = comparison_budgets(budget, strategy, ns, top_k, orders)
         if budgets is not None:
             cost = int(sum(min(int(b), n * (n - 1) // 2) * per_row for b, n in zip(budgets, ns)))
         else:
             cost = sum(_row_cost(strategy, n, top_k, per_row) for n in ns)
-        if strategy == "full" or not ns:
-            make = lambda: _full_steps(ns, top_k, orders, policy, worst)  # noqa: E731
-        else:
-            # Built here, so that bad initial_orders fail in the caller's thread with the core's message.
-            selector = _core.Selector(np.asarray(ns, dtype=np.int64), top_k, strategy,
-                                      starting_orders(ns, seed, initial_orders), budgets)
-            make = lambda: _selector_steps(ns, selector, orders, worst)  # noqa: E731
-        return self._enqueue(sources, cands, src_len, cand_len, cost, timeout, make)
+        return self._enqueue(sources, cands, src_len, cand_len, cost, timeout, steps)
 
     def _submit_compare(self, inputs, candidates_a, candidates_b, instructions, mode, src_len, cand_len, timeout):
-        check_choice("mode", mode, COMPARE_MODES)
-        if isinstance(candidates_a, str) or isinstance(candidates_b, str):
-            raise TypeError("candidates_a and candidates_b must be lists of strings, one per input")
-        if len(candidates_a) != len(candidates_b):
-            raise ValueError(f"got {len(candidates_a)} candidates_a but {len(candidates_b)} candidates_b")
-        sources, cands = check_prompts(inputs, [[a, b] for a, b in zip(candidates_a, candidates_b)], instructions)
-        n = len(sources)
-        cost = n * (2 if mode == "[A,B]+[B,A]" else 1)
-        return self._enqueue(sources, cands, src_len, cand_len, cost, timeout, lambda: _compare_steps(n, mode))
+        sources, cands = check_pairs_ab(inputs, candidates_a, candidates_b, instructions)
+        steps = compare_steps(len(sources), mode)  # checks mode
+        cost = len(sources) * (2 if mode == "[A,B]+[B,A]" else 1)
+        return self._enqueue(sources, cands, src_len, cand_len, cost, timeout, steps)
 
     def _submit_judge(self, prompts, completions, shuffle_order, return_scores, temperature, seed, timeout):
-        if isinstance(completions, str) or not hasattr(completions, "__len__"):
-            raise TypeError(f"completions must be a list of [completion_0, completion_1] pairs, got "
-                            f"{type(completions).__name__}")
-        for p, pair in enumerate(completions):
-            if isinstance(pair, str) or not hasattr(pair, "__len__") or len(pair) != 2:
-                raise ValueError(f"completions[{p}] must hold exactly 2 completions (the PairRM judge compares "
-                                 "two), got " + (f"{len(pair)}" if hasattr(pair, "__len__") and not
-                                                 isinstance(pair, str) else type(pair).__name__))
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-        sources, cands = check_prompts(prompts, completions)
-        flips = (np.random.default_rng(seed).random(len(sources)) < 0.5 if shuffle_order
-                 else np.zeros(len(sources), dtype=bool))
-        # As TRL: flipped pairs are ranked as [c1, c0] and their results flipped back.
-        cands = [c[::-1] if f else c for c, f in zip(cands, flips)]
-        ns = [2] * len(sources)
-        return self._enqueue(sources, cands, None, None, 2 * len(sources), timeout,
-                             lambda: _judge_steps(ns, flips, return_scores, float(temperature)))
+        # The same plan as Ranker.judge: same checks, same coin flips for the same seed.
+        steps, sources, shown = judge_plan(prompts, completions, shuffle_order, return_scores, temperature, seed)
+        return self._enqueue(sources, shown, None, None, 2 * len(sources), timeout, steps)
 
-    def _enqueue(self, sources, cands, src_len, cand_len, cost: int, timeout, make_steps) -> _Job:
+    def _enqueue(self, sources, cands, src_len, cand_len, cost: int, timeout, steps: Steps) -> _Job:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -490,7 +376,7 @@ class BatchingEngine:
             self.stats.requests += 1
         try:
             enc = self.ranker.encode(sources, cands, src_len, cand_len)
-            job = _Job(enc, make_steps(), cost, deadline)
+            job = _Job(enc, steps, cost, deadline)
             finished = job.advance()
         except BaseException:
             self._release(cost, failed=True)
@@ -572,10 +458,14 @@ class BatchingEngine:
         picked, tokens = [], 0
         # The per-request cap is there to share iterations; a request running alone takes what the
         # token budget allows.
-        ready = sum(1 for job in self._jobs if job.remaining())
+        # One model per iteration: the first ready request's step names it (Step.model); requests whose
+        # step runs on another model wait for a following iteration (they come first there, in turn).
+        first = next((job for job in self._jobs if job.remaining()), None)
+        model = first.model if first is not None else DEFAULT_MODEL
+        ready = sum(1 for job in self._jobs if job.remaining() and job.model == model)
         cap = self.max_rows_per_request if ready > 1 else None
         for job in self._jobs:
-            if job.remaining() == 0:
+            if job.remaining() == 0 or job.model != model:
                 continue
             if not self.cross_request:
                 return [(job, job.cursor, len(job.rows))]
@@ -633,13 +523,14 @@ class BatchingEngine:
             group = 2 if all(job.group == 2 and (stop - start) % 2 == 0 for job, start, stop in picked) else 1
             order, bounds = packer.plan(text_pairs, ranker.token_budget, max(ranker.max_batch_size, group), group,
                                         ranker.batch_cost)
+            model = ranker.model_for(picked[0][0].model)  # _pick takes rows of one model per iteration
             logits = np.empty(len(text_pairs), dtype=np.float32)
             t_iter = time.perf_counter()
             for b in range(len(bounds) - 1):
                 batch_rows = order[bounds[b]:bounds[b + 1]]
                 ids, mask, pos, pad = packer.build(text_pairs, batch_rows)
                 t0 = time.perf_counter()
-                logits[batch_rows] = ranker.model(ids, mask, pos)
+                logits[batch_rows] = model(ids, mask, pos)
                 seconds = time.perf_counter() - t0
                 real = int(ids.size - pad)
                 with self._cv:

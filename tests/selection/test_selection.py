@@ -388,7 +388,7 @@ def test_budgeted_match_twins(prob, strategy, orders, data):
     ns, k, tables, inits = prob
     per_row = 2 if orders == "both" else 1
     need = max(budget_twins.min_budget(strategy, n, k) for n in ns)
-    passes = data.draw(st.integers(need * per_row, (max(all_pairs(n) for n in ns) + 2) * per_row + 1))
+    passes = data.draw(st.integers(max(1, need * per_row), (max(all_pairs(n) for n in ns) + 2) * per_row + 1))
     calls = []
     sels = select(ns, k, strategy, table_compare(tables, calls), orders=orders, initial_orders=inits, budget=passes)
     assert len(calls) == max(s.steps for s in sels)
@@ -562,9 +562,9 @@ def test_budget_defaults_and_counts():
     ({"strategy": "adaptive", "budget": 10, "orders": "one"}, r"minimum of 11 .*orders='one'"),
     ({"strategy": "knockout_rr", "budget": 22, "top_k": 3},
      r"minimum of 24 that strategy='knockout_rr' needs for top_k = 3"),
-    ({"strategy": "swiss", "budget": 30.5}, r"budget must be an integer number of forward passes"),
+    ({"strategy": "swiss", "budget": 30.5}, r"budget must be an integer, got 30.5"),
     ({"strategy": "swiss", "budget": "44"}, r"budget must be an integer"),
-    ({"strategy": "adaptive", "budget": -4}, r"budget must be >= 0 forward passes, got -4"),
+    ({"strategy": "adaptive", "budget": -4}, r"budget must be >= 1, got -4"),
     ({"strategy": "tournament", "budget": 44}, r"budget applies to the strategies .* not to strategy='tournament'"),
     ({"strategy": "full", "budget": 44}, r"budget applies to"),
 ])
@@ -621,9 +621,13 @@ def test_selector_strategy_error_lists_the_vocabulary():
 
 def test_select_rejects_bad_seed_and_top_k():
     cmp = lambda rows: np.ones(len(rows))  # noqa: E731
-    for seed in (-1, 1.5, None):
-        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        select([3], 1, "bubble", cmp, seed=-1)
+    for seed in (1.5, None, True):
+        with pytest.raises(TypeError, match="seed must be an integer"):
             select([3], 1, "bubble", cmp, seed=seed)
-    for top_k in (float("nan"), 1.5, None, "1"):
-        with pytest.raises(ValueError, match="top_k must be an integer"):
+    for top_k in (float("nan"), 1.5, 2.0, None, "1", True):
+        with pytest.raises(TypeError, match="top_k must be an integer"):
             select([3], top_k, "bubble", cmp)
+    with pytest.raises(ValueError, match="top_k must be <= 1000000, got 10{30}"):
+        select([3], 10**30, "bubble", cmp)
