@@ -14,10 +14,12 @@ from typing import List
 
 import numpy as np
 
-from .options import STRATEGIES, non_negative_int, positive_int
+from .options import STRATEGIES, check_budget, check_seed, check_top_k, positive_int
 from .ranker import DEFAULT_MAX_BATCH, Ranker, check_prompts, check_text
 from .runtime.sessions import resolve_device
-from .selection.strategies import BUDGETED, PromptError, top_k_from_scores
+from .selection.aggregate import top_k_from_scores
+from .selection.budgets import BUDGETED
+from .selection.steps import PromptError
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +256,7 @@ class Blender:
             # llm-blender fills a float64 matrix with the float32 logits, then negates.
             scores.append(-logits[start:start + len(cands)].astype(np.float64))
             start += len(cands)
-        from .selection.strategies import ranks_from_scores
+        from .selection.aggregate import ranks_from_scores
 
         rows = scores if return_scores else [ranks_from_scores(s) for s in scores]
         return np.stack(rows) if all(len(r) == len(rows[0]) for r in rows) else rows
@@ -266,9 +268,10 @@ class Blender:
         # Before the one-candidate shortcut: a str where a list belongs would otherwise "win" as its
         # first character. One candidate per prompt is legal (trivially the best, as in llm-blender).
         check_prompts(inputs, candidates, instructions)
-        non_negative_int("seed", seed)
+        check_seed(seed)
         if budget is not None and pairrm_cmp_type not in BUDGETED:
             raise ValueError(f"budget applies to pairrm_cmp_type in {BUDGETED}, not to {pairrm_cmp_type!r}")
+        check_budget(budget)
         if all(len(c) == 1 for c in candidates):
             return [list(c) for c in candidates] if return_all else [c[0] for c in candidates]
         ranker = self._need_ranker()
@@ -344,10 +347,11 @@ class Blender:
         without the full n^2 ranking; ranks are then 1..top_k for the selected and top_k+1 for the rest."""
         if strategy not in CMP_TYPES:
             raise ValueError(f"strategy must be one of {CMP_TYPES}, got {strategy!r}")
-        top_k = positive_int("top_k", top_k)
+        top_k = check_top_k(top_k)
         check_prompts(inputs, candidates, instructions)
         if budget is not None and strategy not in BUDGETED:
             raise ValueError(f"budget applies to strategy in {BUDGETED}, not to {strategy!r}")
+        check_budget(budget)
         for p, c in enumerate(candidates):
             if len(c) < top_k:
                 raise ValueError(f"candidates[{p}] has {len(c)} candidates, fewer than top_k={top_k}")

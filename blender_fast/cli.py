@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from .synthetic.demo import resolve_model
-from .options import (BACKEND_CHOICES, DEVICE_CHOICES, ORDERS, POLICIES, PRECISION_CHOICES, STRATEGIES,
-                      int_argument)
+from .options import (BACKEND_CHOICES, DEVICE_CHOICES, MAX_BUDGET, MAX_SEED, MAX_TOP_K, ORDERS, POLICIES,
+                      PRECISION_CHOICES, STRATEGIES, int_argument)
 
 DESCRIPTION = (
     "blender-fast: rank the answers several LLMs gave to each prompt with PairRM (all pairs, or the best k "
@@ -378,8 +378,12 @@ def cmd_fuse(args) -> int:
 
 # -- arguments -----------------------------------------------------------------------------------------
 
+# The one number rule (options.check_count) on the command line: integers within the same bounds.
 positive_int = int_argument(1)
 non_negative_int = int_argument(0)
+top_k_int = int_argument(1, MAX_TOP_K)
+budget_int = int_argument(1, MAX_BUDGET)
+seed_int = int_argument(0, MAX_SEED)
 
 
 def _add_ranker_options(p):
@@ -402,14 +406,14 @@ def _add_ranker_options(p):
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: the runtime's)")
     p.add_argument("--strategy", choices=STRATEGIES, default="full",
                    help="full: all n(n-1) pairs, scores and ranks; bubble/tournament: the top k in ~2(n-1) passes")
-    p.add_argument("--top-k", type=positive_int, default=1, help="how many of the best candidates to report (0-based indices)")
-    p.add_argument("--budget", type=positive_int, default=None,
+    p.add_argument("--top-k", type=top_k_int, default=1, help="how many of the best candidates to report (0-based indices)")
+    p.add_argument("--budget", type=budget_int, default=None,
                    help="swiss / knockout_rr / adaptive: forward passes per prompt they never exceed "
                         "(default: 4(n-1))")
     p.add_argument("--orders", choices=ORDERS, default="both",
                    help="both: compare (a,b) and (b,a) like llm-blender; one: (a,b) only, half the cost")
     p.add_argument("--policy", choices=POLICIES, default="max_logits", help="how full ranking aggregates comparisons")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the starting order for bubble/tournament")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the starting order for bubble/tournament")
     p.add_argument("--limit", type=non_negative_int, default=None, help="only the first N prompts (0: none)")
     p.add_argument("--chunk", type=positive_int, default=64,
                    help="prompts run together (in lockstep) and written per step")

@@ -21,6 +21,8 @@ PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 # or AMX, and CUDA.
 # "auto": the fastest precision that passed the agreement gate on this machine (autoselect.py).
 PRECISION_CHOICES = PRECISIONS + ("auto",)
+# What each runtime runs (every other precision is refused by check_backend_precision, naming the backend).
+BACKEND_PRECISIONS = {"onnx": ("fp32", "fp16", "int8"), "torch": ("fp32", "fp16", "bf16"), "openvino": ("fp32", "bf16")}
 # The fuser's (torch) precisions; the fuser's onnx backend runs fp32 only.
 FUSER_PRECISIONS = ("fp32", "fp16", "bf16")
 # Where the model runs; "auto" = cuda when torch or onnxruntime sees a GPU, else cpu.
@@ -107,6 +109,20 @@ def check_precision(value, choices=PRECISION_CHOICES, name: str = "precision") -
     """One of the model precisions (``choices``: PRECISION_CHOICES, with "auto", unless a caller runs
     only a fixed precision, e.g. an export)."""
     return check_choice(name, value, choices)
+
+
+def check_backend_precision(backend: str, precision: str) -> str:
+    """``precision`` if the ``backend`` runs it (BACKEND_PRECISIONS), else one ValueError naming both:
+    the one list every runtime, the export and autoselect check against."""
+    check_choice("backend", backend, BACKENDS)
+    check_precision(precision, PRECISIONS)
+    allowed = BACKEND_PRECISIONS[backend]
+    if precision not in allowed:
+        why = (" (ONNX Runtime has no fast bf16 CPU kernels; precision='bf16' needs backend='torch')"
+               if (backend, precision) == ("onnx", "bf16") else "")
+        raise ValueError(f"the {backend} backend supports precision {', '.join(map(repr, allowed))}, got "
+                         f"{precision!r}{why}")
+    return precision
 
 
 def positive_int(name: str, value) -> int:

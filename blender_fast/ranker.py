@@ -148,10 +148,9 @@ class Ranker:
     def __init__(self, model: Callable, tokenizer: PairTokenizer, source_maxlength: int, candidate_maxlength: int,
                  token_budget: int = DEFAULT_TOKEN_BUDGET["cpu"], max_batch_size: int = DEFAULT_MAX_BATCH, progress: bool = False,
                  batch_cost: int = DEFAULT_BATCH_COST["cpu"]):
-        if token_budget < 1 or max_batch_size < 1:
-            raise ValueError("token_budget and max_batch_size must be positive")
-        if batch_cost < 0:
-            raise ValueError(f"batch_cost must be >= 0, got {batch_cost}")
+        check_count("token_budget", token_budget)
+        check_count("max_batch_size", max_batch_size)
+        check_count("batch_cost", batch_cost, minimum=0)
         self.model = model  # the "default" model; Step.model names it
         self.extra_models: dict[str, Callable] = {}  # other models by name (e.g. "exact", for a cascade)
         self.tokenizer = tokenizer
@@ -252,11 +251,7 @@ class Ranker:
             if value is None:
                 out.append(default)
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"{name} must be a positive integer, got {value!r}")
-            if value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
-            out.append(int(value))
+            out.append(check_count(name, value))
         return out[0], out[1]
 
     def encode(self, sources: list[str], candidates: list[list[str]], source_maxlength=None,

@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..options import ORDERS, POLICIES, STRATEGIES, check_choice
+from ..options import ORDERS, POLICIES, STRATEGIES, check_budget, check_choice, check_seed, check_top_k
 from .records import Prompt
-from ..selection.strategies import BUDGETED, PromptError, ranks_from_scores, top_k_from_scores
+from ..selection.aggregate import ranks_from_scores, top_k_from_scores
+from ..selection.budgets import BUDGETED
+from ..selection.steps import PromptError
 
 RESULT_KEYS = ("strategy", "top_k", "best", "ranks", "scores", "comparisons", "forward_passes", "steps")
 
@@ -38,19 +40,12 @@ class RankOptions:
         check_choice("strategy", self.strategy, STRATEGIES)
         check_choice("orders", self.orders, ORDERS)
         check_choice("policy", self.policy, POLICIES)
-        for name in ("top_k", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an integer, got {value!r}")
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.budget is not None:
-            if self.strategy not in BUDGETED:
-                raise ValueError(f"budget applies to the strategies {BUDGETED}, not to strategy={self.strategy!r}")
-            if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
-                raise ValueError(f"budget must be a positive integer number of forward passes, got {self.budget!r}")
+        # The one number rule (options.py): the CLI, the Ray job and the Python API agree.
+        check_top_k(self.top_k)
+        check_seed(self.seed)
+        if self.budget is not None and self.strategy not in BUDGETED:
+            raise ValueError(f"budget applies to the strategies {BUDGETED}, not to strategy={self.strategy!r}")
+        check_budget(self.budget)
 
 
 def expected_forward_passes(n: int, options: RankOptions) -> int:

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from .jobs import RankOptions, rank_prompts
-from ..options import BACKENDS, DEVICE_CHOICES, PRECISIONS, check_choice
+from ..options import BACKEND_CHOICES, DEVICE_CHOICES, check_choice, check_count, check_precision, int_argument
 from .records import parse_prompt
 
 INSTALL_HINT = "blender_fast.cluster.ray_job needs Ray Data and pyarrow: pip install 'blender-fast[ray]'"
@@ -158,7 +158,8 @@ def prepare_model(model, backend: str = "onnx", precision: str = "fp32", cache_d
     from ..model.export import cached_export
 
     cache = Path(cache_dir) if cache_dir else cache_root() / "onnx"
-    cached_export(ckpt, precision, cache)
+    if precision != "auto":  # "auto" is decided on each actor's node (its CPU); it exports what it picks
+        cached_export(ckpt, precision, cache)
     return path, str(cache.resolve())
 
 
@@ -210,11 +211,11 @@ def _check_job(strategy="full", top_k=1, orders="both", policy="max_logits", see
         device = "cuda"
     # "auto" without GPUs is resolved by each actor's Ranker, on the node it runs on.
     device = device or "cpu"
-    check_choice("backend", backend, BACKENDS)
-    check_choice("precision", precision, PRECISIONS)
+    # The same choices as the single-process CLI: "auto" is resolved by each actor's Ranker.
+    check_choice("backend", backend, BACKEND_CHOICES)
+    check_precision(precision)
     for name, value in (("num_actors", num_actors), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_count(name, value)
     if not gpus_per_actor >= 0:
         raise ValueError(f"gpus_per_actor must be >= 0, got {gpus_per_actor}")
     return options, device
@@ -412,7 +413,7 @@ def add_ray_options(parser) -> None:
     g.add_argument("--address", default=None,
                    help="Ray cluster to join ('auto', 'ray://HOST:10001', HOST:6379); default: the one in "
                         "RAY_ADDRESS, else a local instance started for this run")
-    g.add_argument("--num-actors", type=int, default=None,
+    g.add_argument("--num-actors", type=int_argument(1), default=None,
                    help="rankers in the pool (default: the cluster's GPUs / --gpus-per-actor, or CPUs / --threads)")
     g.add_argument("--gpus-per-actor", type=float, default=0,
                    help="GPUs per actor (fractions share a GPU); > 0 runs the actors on --device cuda")

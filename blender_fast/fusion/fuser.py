@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..model import cache
-from ..options import BACKENDS, DEVICE_CHOICES, FUSER_PRECISIONS, check_choice
+from ..options import BACKENDS, DEVICE_CHOICES, FUSER_PRECISIONS, check_choice, check_optional_count
 
 # llm-blender's GenFuserConfig defaults.
 DEFAULT_MAX_LENGTH = 1024
@@ -409,8 +409,7 @@ class Fuser:
             if threads is not None and threads != onnx_threads:
                 raise ValueError("threads and onnx_threads disagree; pass threads only")
             threads = onnx_threads
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        check_optional_count("threads", threads)
         checkpoint = check_fuser_checkpoint(path)
         try:
             import torch  # noqa: F401  (both backends hand torch tensors to generate())

@@ -22,7 +22,7 @@ from .cache import checkpoint_fingerprint
 from .checkpoint import CheckpointError, RankerCheckpoint, check_weight_shapes, load_checkpoint
 from .tokenization import PairTokenizer, build_pair_tokenizer
 
-from ..options import PRECISIONS  # noqa: F401  (re-exported)
+from ..options import PRECISIONS, check_backend_precision  # noqa: F401  (PRECISIONS re-exported)
 ONNX_INPUTS = ("input_ids", "attention_mask", "positions")
 OPSET = 17
 # How far the exported graph may be from torch fp32 on the sample batch, as a fraction of the sample's
@@ -176,10 +176,7 @@ def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", 
     ``export.json`` records the report, and the size and sha256 of every file written (the cache checks
     them before serving the entry); ``final_dir``: where out_dir will be renamed to (the recorded path).
     ``rewrite_attention=False`` exports transformers' attention as it is (the profile's "before")."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "bf16":
-        raise ValueError("precision='bf16' runs in torch (backend='torch'); ONNX Runtime has no fast bf16 CPU kernels")
+    check_backend_precision("onnx", precision)
     _require_torch()
     import torch
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..model.cache import cache_root, checkpoint_fingerprint
 from ..model.export import EXPORT_VERSION
+from ..options import check_backend_precision
 
 ISA_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_fp16", "avx512_bf16", "avx512_vnni", "avx_vnni",
              "avx512f", "avx2")
@@ -125,8 +126,7 @@ def build_model(ckpt, backend: str, precision: str, device: str, threads, cache_
     from ..model.tokenization import PairTokenizer, build_pair_tokenizer
 
     if backend == "openvino":
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"backend='openvino' supports precision 'fp32' or 'bf16', got {precision!r}")
+        check_backend_precision("openvino", precision)
         from ..model.export import cached_export
         from .sessions import OpenVinoPairModel
 
@@ -134,8 +134,7 @@ def build_model(ckpt, backend: str, precision: str, device: str, threads, cache_
         return OpenVinoPairModel(out_dir / "model.onnx", device=device, precision=precision, threads=threads), \
             PairTokenizer.load(out_dir)
     if backend == "onnx":
-        if precision == "bf16":
-            raise ValueError("precision='bf16' needs backend='torch' (ONNX Runtime has no fast bf16 CPU kernels)")
+        check_backend_precision("onnx", precision)
         from ..model.export import cached_export
         from .sessions import OnnxPairModel
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..options import DEVICE_CHOICES, DEVICES, check_choice  # noqa: F401  (re-exported)
+from ..options import DEVICE_CHOICES, DEVICES, check_backend_precision, check_choice  # noqa: F401  (re-exported)
 
 
 def _check_device(device: str) -> str:
@@ -138,8 +138,7 @@ class OpenVinoPairModel:
             raise ImportError("backend='openvino' needs OpenVINO: pip install 'blender-fast[openvino]'") from None
         if _check_device(device) != "cpu":
             raise ValueError("backend='openvino' runs on device='cpu' only here")
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"the openvino backend supports precision 'fp32' or 'bf16', got {precision!r}")
+        check_backend_precision("openvino", precision)
         config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -168,8 +167,7 @@ class TorchPairModel:
         import torch
 
         _check_device(device)
-        if precision not in ("fp32", "fp16", "bf16"):
-            raise ValueError(f"the torch backend supports precision 'fp32', 'fp16' or 'bf16', got {precision!r}")
+        check_backend_precision("torch", precision)
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device='cuda' but torch sees no CUDA device")
         if threads:

@@ -21,6 +21,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..options import (check_budget, check_optional_count, check_optional_seed, check_seed, check_temperature,
+                       check_top_k)
 from .engine import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QUEUED_PAIRS, DEFAULT_MAX_ROWS_PER_REQUEST,
                      DEFAULT_MAX_WAIT_MS, BatchingEngine, DeadlineExceeded, EngineClosed, Overloaded)
 
@@ -238,6 +240,14 @@ def _option(items: list[dict], p: int, name: str, kinds: tuple, check=None):
     return value
 
 
+def _checked(items: list[dict], p: int, name: str, check):
+    """items[p][name] through one of options.py's checks (the Python API's): 422 with its message."""
+    try:
+        return check(items[p][name])
+    except (TypeError, ValueError) as e:
+        raise HTTPError(422, f"item {p}: {e}") from None
+
+
 def _groups(items: list[dict], keys: tuple) -> dict:
     """Item indices grouped by their option values: each group is one engine call (one request)."""
     groups: dict = {}
@@ -277,12 +287,11 @@ def _validate_prompts(inputs, candidates, instructions):
 
 def _select_checks(items):
     for p in range(len(items)):
-        top_k = _option(items, p, "top_k", (int,))
-        _option(items, p, "seed", (int,))
+        top_k = _checked(items, p, "top_k", check_top_k)
+        _checked(items, p, "seed", check_seed)
         if "worst" in items[p]:
             _option(items, p, "worst", (bool,))
-        if items[p].get("budget") is not None:
-            _option(items, p, "budget", (int,))
+        _checked(items, p, "budget", check_budget)
         cands = items[p]["candidates"]
         if isinstance(cands, list) and top_k > len(cands):
             raise HTTPError(422, f"top_k = {top_k} exceeds the {len(cands)} candidates of prompt {p}")
@@ -329,8 +338,8 @@ async def _judge(engine, items, timeout):
     for p in range(len(items)):
         _option(items, p, "shuffle_order", (bool,))
         _option(items, p, "return_scores", (bool,))
-        _option(items, p, "temperature", (int, float), lambda t: t > 0)
-        _option(items, p, "seed", (int, type(None)))
+        _checked(items, p, "temperature", check_temperature)
+        _checked(items, p, "seed", check_optional_seed)
     out = [None] * len(items)
     groups = list(_groups(items, ("shuffle_order", "return_scores", "temperature", "seed")).values())
     # Check every item first (completions shape and texts) so that messages carry the item's index.
@@ -356,8 +365,8 @@ async def _judge(engine, items, timeout):
 async def _fuse(engine, items, timeout, fuser, fuse_lock):
     _select_checks(items)
     for p in range(len(items)):
-        _option(items, p, "num_beams", (int, type(None)), lambda n: n >= 1)
-        _option(items, p, "max_new_tokens", (int, type(None)), lambda n: n >= 1)
+        _checked(items, p, "num_beams", lambda v: check_optional_count("num_beams", v))
+        _checked(items, p, "max_new_tokens", lambda v: check_optional_count("max_new_tokens", v))
     for item in items:
         item.setdefault("orders", "both")
         item.setdefault("policy", "max_logits")
@@ -573,7 +582,7 @@ def add_serve_parser(subparsers) -> None:
     """``blender-fast serve``: the CLI calls this from build_parser."""
     import argparse
 
-    from ..options import BACKENDS, DEVICE_CHOICES, PRECISIONS, int_argument
+    from ..options import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES, int_argument
 
     positive_int, non_negative_int = int_argument(1), int_argument(0)
 
@@ -586,9 +595,12 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
     p.add_argument("--port", type=non_negative_int, default=8000,
                    help="0 = any free port (the startup line says which)")
-    p.add_argument("--backend", choices=BACKENDS, default="onnx", help="runtime of the ranker graph")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="onnx",
+                   help="runtime of the ranker graph; auto: chosen with --precision auto")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = cuda when available, else cpu")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="numeric precision of the model")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
+                   help="numeric precision of the model; auto = the fastest variant that passed the agreement gate "
+                        "on this CPU (as rank --precision auto)")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads of the runtime")
     p.add_argument("--fuser", default=None, help="GenFuser checkpoint directory: enables POST /v1/fuse")
     p.add_argument("--max-batch-tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS,
@@ -646,7 +658,7 @@ def cmd_serve(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     t0 = time.perf_counter()
     path = resolve_model(args.model)
-    device = resolve_device(args.device, args.backend)
+    device = resolve_device(args.device, "torch" if args.backend == "torch" else "onnx")
     ranker = Ranker.from_pretrained(path, backend=args.backend, device=device, precision=args.precision,
                                     threads=args.threads)
     fuser = None
@@ -657,7 +669,9 @@ def cmd_serve(args) -> int:
     engine = BatchingEngine(ranker, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
                             max_queued_pairs=args.max_queued_pairs, max_rows_per_request=args.max_rows_per_request,
                             cross_request=not args.no_cross_request_batching)
-    info = {"model": str(path), "runtime": _runtime_name(ranker.model), "precision": args.precision,
+    # The precision that runs (the one "auto" chose; the requested one otherwise).
+    info = {"model": str(path), "runtime": _runtime_name(ranker.model),
+            "precision": ranker.engine_info.get("precision") or args.precision,
             "threads": args.threads or "runtime default", "device": device}
     app = create_app(engine, fuser=fuser, max_candidates=args.max_candidates, max_text_chars=args.max_text_chars,
                      info=info, ready=False)
@@ -672,7 +686,7 @@ def cmd_serve(args) -> int:
         print(f"blender-fast serve: ready after {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
 
     print(f"blender-fast serve: http://{args.host}:{port} model={path} runtime={info['runtime']} "
-          f"precision={args.precision} threads={info['threads']} device={device} "
+          f"precision={info['precision']} threads={info['threads']} device={device} "
           f"max_batch_tokens={args.max_batch_tokens} max_wait_ms={args.max_wait_ms} "
           f"max_queued_pairs={args.max_queued_pairs} max_rows_per_request={args.max_rows_per_request} "
           f"max_candidates={args.max_candidates} max_text_chars={args.max_text_chars} "

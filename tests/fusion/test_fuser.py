@@ -316,7 +316,7 @@ def test_fuser_options_are_spelled_like_the_ranker(fuser_dir):
         (dict(precision="fp32", dtype="bfloat16"), "disagree"),
         (dict(dtype="float64"), "dtype must be one of"),
         (dict(backend="onnx", precision="fp16"), "onnx backend runs fp32 only"),
-        (dict(threads=0), "threads must be a positive integer"),
+        (dict(threads=0), "threads must be >= 1"),
         (dict(cache_dir="/a", onnx_cache_dir="/b"), "disagree"),
     ]:
         with pytest.raises(ValueError, match=message):
