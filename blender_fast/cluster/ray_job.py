@@ -182,7 +182,7 @@ def rank_dataset(ds, model, *, strategy: str = "full", top_k: int = 1, orders: s
     actor_cls: a RankerActor subclass (hooks for tests and customisation).
     """
     _import_ray()
-    options, device = _check_job(strategy, top_k, orders, policy, seed, backend, precision, device, num_actors,
+    options, device = check_ray_job(strategy, top_k, orders, policy, seed, backend, precision, device, num_actors,
                                  batch_size, gpus_per_actor, budget)
     model, cache = prepare_model(model, backend, precision, cache_dir)
     ranker_kwargs = {"backend": backend, "device": device, "precision": precision, "threads": threads,
@@ -202,7 +202,7 @@ def rank_dataset(ds, model, *, strategy: str = "full", top_k: int = 1, orders: s
         batch_size=batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=num_actors), **remote_args)
 
 
-def _check_job(strategy="full", top_k=1, orders="both", policy="max_logits", seed=0, backend="onnx",
+def check_ray_job(strategy="full", top_k=1, orders="both", policy="max_logits", seed=0, backend="onnx",
                precision="fp32", device=None, num_actors=1, batch_size=64, gpus_per_actor=0, budget=None):
     """Every option checked on the driver, before Ray reads a byte: (RankOptions, device)."""
     options = RankOptions(strategy=strategy, top_k=top_k, orders=orders, policy=policy, seed=seed, budget=budget)
@@ -338,7 +338,7 @@ def rank_files(input_spec: str, output_dir, model, *, limit: int | None = None, 
     ray = _import_ray()
     import inspect
 
-    _check_job(**{k: v for k, v in rank_args.items() if k in inspect.signature(_check_job).parameters})
+    check_ray_job(**{k: v for k, v in rank_args.items() if k in inspect.signature(check_ray_job).parameters})
     files, fmt = input_files(input_spec)
     out = Path(output_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -19,6 +19,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..options import check_budget, check_optional_seed, check_seed, check_temperature, check_top_k
+
 
 class ServerError(RuntimeError):
     """The server answered with an error status; ``status`` and the server's ``detail`` message."""
@@ -111,6 +113,7 @@ class Client:
                budget: int | None = None) -> list[dict]:
         """Per prompt ``{top_k: [0-based indices, best first], comparisons, forward_passes, steps}``.
         budget: forward passes per prompt for swiss / knockout_rr / adaptive (None: their default)."""
+        check_top_k(top_k), check_seed(seed), check_budget(budget)  # as the server (and the Ranker) would
         return self._post("select", self._items(inputs, candidates, instructions, top_k=top_k, strategy=strategy,
                                                 orders=orders, seed=seed, policy=policy, worst=worst,
                                                 budget=budget))
@@ -128,6 +131,7 @@ class Client:
               temperature: float = 1.0, seed: Optional[int] = None) -> list:
         """TRL's PairRMJudge.judge: per prompt the preferred completion index (0 or 1), or with
         return_scores the probability that completion 0 is better."""
+        check_temperature(temperature), check_optional_seed(seed)  # as the server (and the Ranker) would
         items = [{"prompt": p, "completions": list(c), "shuffle_order": shuffle_order,
                   "return_scores": return_scores, "temperature": temperature, "seed": seed}
                  for p, c in zip(prompts, completions)]
@@ -135,10 +139,11 @@ class Client:
         return [r["probability"] if return_scores else r["preferred"] for r in out]
 
     def fuse(self, inputs, candidates, instructions=None, top_k: int = 3, strategy: str = "tournament",
-             **generate) -> list[str]:
+             seed: int = 0, budget: int | None = None, **generate) -> list[str]:
         """Select the top k of each prompt and fuse them (the server needs --fuser)."""
+        check_top_k(top_k), check_seed(seed), check_budget(budget)
         out = self._post("fuse", self._items(inputs, candidates, instructions, top_k=top_k, strategy=strategy,
-                                             **generate))
+                                             seed=seed, budget=budget, **generate))
         return [r["text"] for r in out]
 
     def health(self) -> bool:
