@@ -1,0 +1,318 @@
+"""One surface: every entry point of a verb takes the same parameters and refuses the same bad values
+with the same exception type (or HTTP status / exit status) and a message naming the parameter.
+
+Entry points: Ranker, Blender / PairRMJudge, BatchingEngine (sync and async), the HTTP app on loopback,
+Client, the CLI's parser and the Ray job's option check. The checks themselves live in options.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import inspect
+import json
+import math
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from conftest import require
+
+from blender_fast import Ranker
+from blender_fast.blender import Blender
+from blender_fast.cli import build_parser
+from blender_fast.cluster.ray_job import check_ray_job
+from blender_fast.judges import PairRMJudge
+from blender_fast.options import OptionTypeError, check_count
+from blender_fast.selection.steps import PromptError
+from blender_fast.serve.client import Client
+from blender_fast.serve.engine import BatchingEngine
+
+INPUTS = ["What is 2 + 2?", "Name a colour."]
+CANDS = [["4", "four", "22"], ["red", "blue", "the sky"]]
+PAIRS = [["4", "five"], ["red", "happy"]]
+
+# The canonical parameters of each verb, in order (the texts first, then the options).
+CANON = {
+    "rank": ["inputs", "candidates", "instructions", "return_scores", "policy"],
+    "select": ["inputs", "candidates", "top_k", "strategy", "orders", "seed", "instructions", "initial_orders",
+               "policy", "worst", "budget"],
+    "compare": ["inputs", "candidates_a", "candidates_b", "instructions", "mode"],
+    "judge": ["prompts", "completions", "shuffle_order", "return_scores", "temperature", "seed"],
+}
+# What an entry point adds (per-call lengths, progress bars, deadlines) or cannot take over HTTP.
+EXTRA = {"Ranker": {"source_maxlength", "candidate_maxlength", "progress"},
+         "BatchingEngine": {"source_maxlength", "candidate_maxlength", "timeout"},
+         "Client": set()}
+MISSING = {("Client", "select"): {"initial_orders"}}  # a Python array of arrangements has no JSON field
+# Defaults that differ on purpose: the server's select and fuse default to the tournament (log2 n steps
+# per request suits continuous batching); the library keeps llm-blender's bubble.
+DEFAULT_DIFFERS = {("Client", "select", "strategy")}
+
+
+def _params(fn) -> list[inspect.Parameter]:
+    return [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+
+
+@pytest.mark.parametrize("verb", sorted(CANON))
+def test_verbs_take_the_same_parameters_everywhere(verb):
+    methods = {"Ranker": getattr(Ranker, verb),
+               "BatchingEngine": getattr(BatchingEngine, f"{verb}_sync"),
+               "Client": getattr(Client, verb)}
+    reference = {p.name: p.default for p in _params(Ranker.__dict__[verb])}
+    for where, fn in methods.items():
+        names = [p.name for p in _params(fn) if p.name not in EXTRA[where]]
+        want = [n for n in CANON[verb] if n not in MISSING.get((where, verb), set())]
+        assert names == want, (where, verb)
+        for p in _params(fn):
+            if p.name in reference and (where, verb, p.name) not in DEFAULT_DIFFERS:
+                assert p.default == reference[p.name], (where, verb, p.name)
+    # The async verbs take the sync verbs' arguments (keyword adapters), checked by running them below.
+    assert inspect.iscoroutinefunction(getattr(BatchingEngine, verb))
+
+
+def test_http_fields_are_the_python_parameters():
+    from blender_fast.serve.app import FIELDS
+
+    singular = {"inputs": "input", "candidates": "candidates", "instructions": "instruction"}
+    for verb in ("rank", "select"):
+        want = {singular.get(n, n) for n in CANON[verb]} - {"initial_orders"}
+        assert set(FIELDS[verb]) == want, verb
+    assert set(FIELDS["judge"]) == {"prompt", "completions", "shuffle_order", "return_scores", "temperature", "seed"}
+    assert {"top_k", "strategy", "seed", "budget"} <= set(FIELDS["fuse"])
+
+
+# -- bad values ----------------------------------------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+# (parameter, value, the exception every Python entry point raises). TypeError: not an integer at all
+# (bool and every float refused, 2.0 included); ValueError: an integer out of its range.
+SELECT_BAD = [
+    ("top_k", 0, ValueError), ("top_k", 1.5, TypeError), ("top_k", 2.0, TypeError), ("top_k", True, TypeError),
+    ("top_k", 10**30, ValueError), ("top_k", NAN, TypeError),
+    ("seed", -1, ValueError), ("seed", True, TypeError), ("seed", 10**30, ValueError),
+    ("budget", NAN, TypeError), ("budget", INF, TypeError), ("budget", 10**20, ValueError),
+    ("budget", 0, ValueError), ("budget", True, TypeError),
+]
+JUDGE_BAD = [("temperature", 0, ValueError), ("temperature", NAN, ValueError), ("temperature", INF, ValueError),
+             ("temperature", -1.0, ValueError), ("temperature", True, TypeError), ("temperature", "1", TypeError),
+             ("seed", -1, ValueError), ("seed", True, TypeError)]
+
+
+def _raises(call, name, error):
+    with pytest.raises(error) as info:
+        call()
+    assert name in str(info.value), (name, str(info.value))
+    if error is ValueError:  # a bad value, not a bad type
+        assert not isinstance(info.value, TypeError), str(info.value)
+    return info.value
+
+
+@pytest.fixture(scope="module")
+def ranker(tiny_checkpoint):
+    return Ranker.from_pretrained(tiny_checkpoint, threads=1)
+
+
+@pytest.fixture(scope="module")
+def engine(ranker):
+    with BatchingEngine(ranker) as e:
+        yield e
+
+
+@pytest.mark.parametrize("name, value, error", SELECT_BAD)
+def test_select_refuses_the_same_values_in_python(ranker, engine, name, value, error):
+    kw = {"strategy": "swiss", name: value}
+    blender = Blender()
+    blender.ranker = ranker
+    calls = [lambda: ranker.select(INPUTS, CANDS, **kw),
+             lambda: engine.select_sync(INPUTS, CANDS, **kw),
+             lambda: asyncio.run(engine.select(INPUTS, CANDS, **kw)),
+             lambda: Client("http://127.0.0.1:9").select(INPUTS, CANDS, **kw),  # checked before any request
+             lambda: check_ray_job(**kw)]
+    if name == "top_k":
+        calls.append(lambda: blender.rank_and_fuse(INPUTS, CANDS, top_k=value))
+    else:
+        calls.append(lambda: blender.get_best_of_n(INPUTS, CANDS, pairrm_cmp_type="swiss", **{name: value}))
+    for call in calls:
+        _raises(call, name, error)
+
+
+@pytest.mark.parametrize("name, value, error", JUDGE_BAD)
+def test_judge_refuses_the_same_values_in_python(ranker, engine, name, value, error):
+    kw = {name: value}
+    calls = [lambda: ranker.judge(INPUTS, PAIRS, **kw),
+             lambda: engine.judge_sync(INPUTS, PAIRS, **kw),
+             lambda: asyncio.run(engine.judge(INPUTS, PAIRS, **kw)),
+             lambda: Client("http://127.0.0.1:9").judge(INPUTS, PAIRS, **kw)]
+    if name == "seed":
+        calls.append(lambda: PairRMJudge(ranker, seed=value))
+    else:
+        calls.append(lambda: PairRMJudge(ranker, seed=0).judge(INPUTS, PAIRS, **kw))
+    for call in calls:
+        _raises(call, name, error)
+
+
+def test_one_number_rule():
+    assert check_count("n", np.int64(3)) == 3 and type(check_count("n", np.int64(3))) is int
+    for bad in (2.0, True, None, "2", NAN):
+        with pytest.raises(OptionTypeError, match="n must be an integer"):
+            check_count("n", bad)
+    assert issubclass(OptionTypeError, TypeError) and issubclass(OptionTypeError, ValueError)
+    with pytest.raises(ValueError, match=r"n must be <= 5, got 6"):
+        check_count("n", 6, maximum=5)
+
+
+# -- the HTTP app on loopback ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _live_app(engine):
+    require("fastapi")
+    require("uvicorn")
+    require("prometheus_client")
+    import uvicorn
+
+    from blender_fast.serve.app import create_app, listening_socket
+
+    sock = listening_socket("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning", access_log=False,
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    end = time.monotonic() + 30
+    while not server.started and time.monotonic() < end:
+        time.sleep(0.01)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _post(url, route, item) -> tuple[int, str]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(f"{url}/v1/{route}", data=json.dumps(item).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with opener.open(req, timeout=30) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())["detail"]
+
+
+def test_http_refuses_the_same_values_with_422(engine):
+    with _live_app(engine) as url:
+        for name, value, _ in SELECT_BAD:
+            item = {"input": INPUTS[0], "candidates": CANDS[0], "strategy": "swiss", name: value}
+            status, detail = _post(url, "select", item)
+            assert status == 422 and name in detail, (name, value, status, detail)
+        for name, value, _ in JUDGE_BAD:
+            status, detail = _post(url, "judge", {"prompt": INPUTS[0], "completions": PAIRS[0], name: value})
+            assert status == 422 and name in detail, (name, value, status, detail)
+        # Good values still answer.
+        assert _post(url, "select", {"input": INPUTS[0], "candidates": CANDS[0], "strategy": "swiss",
+                                     "budget": 10**9})[0] == 200
+
+
+# -- the command line ------------------------------------------------------------------------------------
+
+CLI_BAD = [("--top-k", "0"), ("--top-k", "1.5"), ("--top-k", "True"), ("--top-k", str(10**30)), ("--top-k", "nan"),
+           ("--seed", "-1"), ("--seed", "True"), ("--budget", "nan"), ("--budget", "inf"),
+           ("--budget", str(10**20)), ("--budget", "99999999999999999999"), ("--budget", "0")]
+
+
+@pytest.mark.parametrize("flag, text", CLI_BAD)
+def test_cli_refuses_the_same_values_with_usage_errors(flag, text, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["rank", "--strategy", "swiss", flag, text])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"argument {flag}:" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_precision_auto_is_accepted_by_cli_serve_and_ray():
+    parser = build_parser()
+    assert parser.parse_args(["rank", "--precision", "auto"]).precision == "auto"
+    assert parser.parse_args(["serve", "--model", "m", "--precision", "auto"]).precision == "auto"
+    assert check_ray_job(precision="auto")[1] == "cpu"
+    for argv in (["rank", "--precision", "fp8"], ["serve", "--model", "m", "--precision", "fp8"]):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(argv)
+        assert e.value.code == 2
+    with pytest.raises(ValueError, match="precision must be one of"):
+        check_ray_job(precision="fp8")
+
+
+# -- the drifts that are not about numbers ----------------------------------------------------------------
+
+def _nan_ranker(ranker):
+    bad = copy.copy(ranker)
+    bad.model = lambda ids, mask, pos: np.full(len(ids), np.nan, dtype=np.float32)
+    return bad
+
+
+def test_nan_from_the_model_is_the_same_prompt_error_everywhere(ranker):
+    bad = _nan_ranker(ranker)
+    message = r"compare returned NaN for prompt 0 \(row 0, "
+    with BatchingEngine(bad) as eng:
+        for call in (lambda: bad.select(INPUTS, CANDS, strategy="tournament"),
+                     lambda: bad.select(INPUTS, CANDS, strategy="full"),
+                     lambda: bad.rank(INPUTS, CANDS),
+                     lambda: bad.compare(INPUTS, ["a", "b"], ["c", "d"]),
+                     lambda: eng.select_sync(INPUTS, CANDS, strategy="tournament"),
+                     lambda: eng.select_sync(INPUTS, CANDS, strategy="full"),
+                     lambda: eng.rank_sync(INPUTS, CANDS),
+                     lambda: eng.compare_sync(INPUTS, ["a", "b"], ["c", "d"]),
+                     lambda: eng.judge_sync(INPUTS, PAIRS)):
+            with pytest.raises(PromptError, match=message) as info:
+                call()
+            assert info.value.prompt == 0
+
+
+def test_unknown_model_name_is_a_clear_error(ranker):
+    from blender_fast.selection.steps import Step
+
+    with pytest.raises(ValueError, match=r"no model named 'exact'; it holds \('default',\)"):
+        ranker.model_for("exact")
+
+    def wants_exact():
+        yield Step(np.array([[0, 0, 1]], dtype=np.int64), model="exact")
+
+    with pytest.raises(ValueError, match="no model named 'exact'"):
+        ranker.run(INPUTS[:1], [PAIRS[0]], wants_exact())
+
+
+def test_select_sync_takes_a_budget_like_the_ranker(ranker, engine):
+    want = ranker.select(INPUTS, CANDS, strategy="swiss", budget=4)
+    got = engine.select_sync(INPUTS, CANDS, strategy="swiss", budget=4)
+    assert [s.top_k for s in got] == [s.top_k for s in want]
+    assert [s.forward_passes for s in got] == [s.forward_passes for s in want] and all(
+        s.forward_passes <= 4 for s in got)
+
+
+def test_judge_flips_the_same_pairs_in_process_and_in_the_engine(ranker, engine, monkeypatch):
+    import blender_fast.serve.engine as engine_module
+    from blender_fast.ranker import judge_plan
+
+    prompts = [f"q{i}" for i in range(16)]
+    pairs = [[f"a{i}", f"b{i}"] for i in range(16)]
+    shown = []
+
+    def spy(*args):
+        steps, sources, cands = judge_plan(*args)
+        shown.append(cands)
+        return steps, sources, cands
+
+    monkeypatch.setattr(engine_module, "judge_plan", spy)
+    engine.judge_sync(prompts, pairs, seed=11)
+    real_run = ranker.run
+    monkeypatch.setattr(ranker, "run", lambda sources, cands, *a, **k: (shown.append(cands), real_run(
+        sources, cands, *a, **k))[1])
+    PairRMJudge(ranker, seed=11).judge(prompts, pairs)
+    assert shown[0] == shown[1]
+    assert 0 < sum(s != p for s, p in zip(shown[0], pairs)) < len(pairs)  # some flipped, some not
+    assert math.isfinite(sum(PairRMJudge(ranker, seed=11).judge(prompts, pairs, return_scores=True)))
