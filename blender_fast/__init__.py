@@ -7,39 +7,20 @@
 
 ``Blender`` is a drop-in for ``llm_blender.Blender``; ``Fuser`` runs a GenFuser checkpoint.
 
-Module map (one concept per module), in the order a ranking call runs through them:
+Layout (subpackages in pipeline order; nothing imports upward):
 
-    prompts.py        records in (JSON Lines, streamed), Prompt
-       |
-    encode            tokenization.py: PairTokenizer, encode_prompts (token pieces, per-prompt truncation)
-       |
-    select  <->  compare
-    selection.py      select(): which pairs, step by step (bubble / tournament via _core.Selector, full);
-                      scores/ranks aggregation; top_k_from_scores (the one top-k rule)
-    ranker.py         Ranker: validates input, encodes, and its compare(rows) runs each step's pairs
-       |
-    packer plan/build _core.PairPacker (csrc/packer.hpp): plan batches by length under a token budget,
-                      build the padded (input_ids, attention_mask, positions) arrays
-       |
-    runtime.py        OnnxPairModel (ONNX Runtime) / OpenVinoPairModel / TorchPairModel: logits per packed row
-
-Around it:
-
-    options.py        the one vocabulary of choices (strategies, precisions, devices, backends) and checks
-    checkpoint.py     reading a PairRM directory (llm-blender or hf layout)
-    export.py         the PairRM torch module -> ONNX, checked against torch
-    attention.py      DeBERTa's disentangled attention rewritten for the exported graph (same numbers)
-    autoselect.py     precision="auto" / backend="auto": CPU features, the agreement gate's verdicts, calibration
-    agreement.py      the agreement gate (run_gate): top-1, Kendall tau and |dlogit| of a variant vs exact fp32
-    cache.py          cache root, fingerprints, atomic publish of a directory (exports of ranker and fuser)
-    demo.py           the generated demo checkpoint (``--model demo:SHAPE``), made once
-    synthetic/        random-weight checkpoints with the real layout (tokenizer, ranker, fuser)
-    jobs.py           RankOptions, rank_prompts: the result record shared by the CLI and the Ray job
-    engine.py         BatchingEngine: continuous batching of many callers' pairs and selection steps
-    server.py         ``blender-fast serve``: HTTP over the engine; client.py: Client for it
-    ray.py            the same job on a Ray cluster (Ray Data actors, one Ranker each)
-    judges.py         PairRMJudge, TRL's pairwise judge interface
-    blender.py        the llm-blender facade; fuser.py (GenFuser); generation.py (n_generate)
+    options.py        the one vocabulary of choices and the one number rule (check_count, check_top_k, ...)
+    model/            checkpoint.py (layouts), tokenization.py, export.py (-> ONNX), attention.py, cache.py
+    runtime/          sessions.py (ONNX Runtime / OpenVINO / torch), autoselect.py ("auto"), agreement.py
+    selection/        steps.py (the step protocol: Step, run_steps, every strategy as a step generator),
+                      verbs.py (rank / compare / judge as steps), aggregate.py (llm-blender's scores and
+                      ranks), budgets.py, strategies.py (select(): the synchronous entry)
+    ranker.py         Ranker: checks input, encodes, drives the step generators with the packed model
+    blender.py        the llm-blender facade; judges.py: PairRMJudge
+    fusion/           fuser.py (GenFuser), generation.py
+    serve/            engine.py (BatchingEngine: drives many step generators at once), app.py, client.py
+    cluster/          records.py, jobs.py (RankOptions), ray_job.py
+    synthetic/        random-weight checkpoints with the real layout; demo.py (``demo:SHAPE``)
     cli.py            ``blender-fast`` rank / fuse / export / make-checkpoint / serve
 """
 from ._core import __version__
@@ -48,10 +29,13 @@ from ._core import __version__
 _EXPORTS = {
     "Blender": "blender",
     "CheckpointError": "model.checkpoint",
+    "BatchingEngine": "serve.engine",
     "Client": "serve.client",
     "Fuser": "fusion.fuser",
+    "PairRMJudge": "judges",
+    "PromptError": "selection.steps",
     "Ranker": "ranker",
-    "Selection": "selection.strategies",
+    "Selection": "selection.steps",
 }
 
 
@@ -63,4 +47,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'blender_fast' has no attribute {name!r}")
 
 
-__all__ = ["Blender", "CheckpointError", "Client", "Fuser", "Ranker", "Selection", "__version__"]
+__all__ = ["BatchingEngine", "Blender", "CheckpointError", "Client", "Fuser", "PairRMJudge", "PromptError", "Ranker",
+           "Selection", "__version__"]
