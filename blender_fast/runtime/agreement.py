@@ -67,21 +67,15 @@ def ranking_agreement(variant: str, ref_scores, got_scores, ref_logits=None, got
 
 def full_rank_logits(ranker, inputs, candidates, **kwargs) -> tuple[list[np.ndarray], np.ndarray]:
     """Full-ranking scores per prompt and every ordered pair's logit, in one pass of the ranker."""
-    from ..selection.strategies import select
+    from ..selection.steps import recorded, select_steps
 
-    from ..ranker import check_prompts, RunStats
-
-    sources, cands = check_prompts(inputs, candidates)
-    enc = ranker.encode(sources, cands, kwargs.get("source_maxlength"), kwargs.get("candidate_maxlength"))
-    compare = ranker._pair_scorer(enc, RunStats(), 2, "Gate", False)
-    logged = []
-
-    def scorer(rows):
-        out = compare(rows)
-        logged.append((rows.copy(), out.copy()))
-        return out
-
-    sels = select([len(c) for c in cands], 1, "full", scorer, orders="both")
+    # The gate's own prompts (package data), as plain lists: the ranker's run() takes them as they are.
+    sources, cands = list(inputs), [list(c) for c in candidates]
+    logged: list = []
+    steps = recorded(select_steps([len(c) for c in cands], 1, "full", orders="both"), logged)
+    sels = ranker.run(sources, cands, steps, desc="Gate", progress=False,
+                      source_maxlength=kwargs.get("source_maxlength"),
+                      candidate_maxlength=kwargs.get("candidate_maxlength"))
     rows = np.concatenate([r for r, _ in logged])
     logits = np.concatenate([o for _, o in logged])
     order = np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))  # a fixed order, comparable across variants

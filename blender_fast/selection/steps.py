@@ -52,6 +52,19 @@ def run_steps(steps: Steps, score: Callable[[Step], np.ndarray]):
         return stop.value
 
 
+def recorded(steps: Steps, log: list) -> Steps:
+    """``steps`` unchanged, appending (rows, logits) of every step it runs to ``log`` (copies): e.g.
+    every logit of a full ranking, for the agreement gate."""
+    try:
+        step = next(steps)
+        while True:
+            out = yield step
+            log.append((step.rows.copy(), np.array(out, copy=True)))
+            step = steps.send(out)
+    except StopIteration as stop:
+        return stop.value
+
+
 @dataclass
 class Selection:
     top_k: list[int]            # candidate indices, best first
