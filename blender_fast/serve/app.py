@@ -81,7 +81,7 @@ def _schemas():
 
     from pydantic import BaseModel, Field
 
-    from ..options import COMPARE_MODES, ORDERS, POLICIES, STRATEGIES
+    from ..options import COMPARE_MODES, MAX_BUDGET, MAX_SEED, MAX_TOP_K, ORDERS, POLICIES, STRATEGIES
 
     class RankItem(BaseModel):
         instruction: str = Field("", description="prepended to input with no separator, as llm-blender")
@@ -94,13 +94,13 @@ def _schemas():
         instruction: str = ""
         input: str
         candidates: List[str]
-        top_k: int = Field(1, ge=1, description="how many to select")
+        top_k: int = Field(1, ge=1, le=MAX_TOP_K, description="how many to select")
         strategy: Literal[STRATEGIES] = "tournament"  # type: ignore[valid-type]
         orders: Literal[ORDERS] = "both"  # type: ignore[valid-type]
-        seed: int = Field(0, description="seed of the starting arrangement (bubble / tournament)")
+        seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the starting arrangement (bubble / tournament)")
         policy: Literal[POLICIES] = "max_logits"  # type: ignore[valid-type]
         worst: bool = Field(False, description="select the worst k instead")
-        budget: Opt[int] = Field(None, ge=1, description="swiss / knockout_rr / adaptive: forward passes per "
+        budget: Opt[int] = Field(None, ge=1, le=MAX_BUDGET, description="swiss / knockout_rr / adaptive: forward passes per "
                                  "item they never exceed (default 4(n-1))")
 
     class CompareItem(BaseModel):
@@ -116,16 +116,16 @@ def _schemas():
         shuffle_order: bool = Field(True, description="rank each pair in a random order (TRL's default)")
         return_scores: bool = Field(False, description="return the probability that completion 0 is better")
         temperature: float = Field(1.0, gt=0)
-        seed: Opt[int] = Field(None, description="seed of shuffle_order's coin flips")
+        seed: Opt[int] = Field(None, ge=0, le=MAX_SEED, description="seed of shuffle_order's coin flips")
 
     class FuseItem(BaseModel):
         instruction: str = ""
         input: str
         candidates: List[str]
-        top_k: int = Field(3, ge=1, description="candidates selected and fused")
+        top_k: int = Field(3, ge=1, le=MAX_TOP_K, description="candidates selected and fused")
         strategy: Literal[STRATEGIES] = "tournament"  # type: ignore[valid-type]
-        seed: int = 0
-        budget: Opt[int] = Field(None, ge=1, description="swiss / knockout_rr / adaptive: forward passes per item")
+        seed: int = Field(0, ge=0, le=MAX_SEED)
+        budget: Opt[int] = Field(None, ge=1, le=MAX_BUDGET, description="swiss / knockout_rr / adaptive: forward passes per item")
         num_beams: Opt[int] = None
         max_new_tokens: Opt[int] = None
 
