@@ -316,3 +316,43 @@ def test_judge_flips_the_same_pairs_in_process_and_in_the_engine(ranker, engine,
     assert shown[0] == shown[1]
     assert 0 < sum(s != p for s, p in zip(shown[0], pairs)) < len(pairs)  # some flipped, some not
     assert math.isfinite(sum(PairRMJudge(ranker, seed=11).judge(prompts, pairs, return_scores=True)))
+
+
+def test_engine_runs_each_step_on_the_model_it_names(ranker):
+    """A wrapper generator (as a cascade would) asks for some rows on a second model; the engine (with
+    several such requests in flight) and the Ranker both run each step on the model it names."""
+    import concurrent.futures
+
+    from blender_fast.ranker import check_prompts
+    from blender_fast.selection.steps import Step
+
+    calls = []
+
+    def shifted(ids, mask, pos):  # the "exact" model: the default one + 100, recognisably
+        calls.append(("exact", len(ids)))
+        return ranker.model(ids, mask, pos) + 100.0
+
+    def default(ids, mask, pos):
+        calls.append(("default", len(ids)))
+        return ranker.model(ids, mask, pos)
+
+    two = copy.copy(ranker)
+    two.model, two.extra_models = default, {"exact": shifted}
+    sources, cands = check_prompts(INPUTS, CANDS)
+    rows = np.array([[0, 0, 1], [0, 1, 0], [1, 2, 0], [1, 0, 2]], dtype=np.int64)
+
+    def both_models():
+        fast = yield Step(rows, group=2)
+        exact = yield Step(rows[1:3], model="exact")
+        return fast, exact
+
+    offline = two.run(sources, cands, both_models())
+    with BatchingEngine(two) as eng:
+        calls.clear()
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            jobs = [pool.submit(eng.run_sync, sources, cands, both_models()) for _ in range(3)]
+            served = [j.result(timeout=60) for j in jobs]
+    for fast, exact in [offline] + served:
+        np.testing.assert_allclose(exact, fast[1:3] + 100.0, atol=1e-3)
+        np.testing.assert_allclose(fast, offline[0], atol=1e-4)
+    assert {name for name, _ in calls} == {"default", "exact"}

@@ -266,6 +266,21 @@ class BatchingEngine:
         return self._submit_judge(prompts, completions, shuffle_order, return_scores, temperature, seed,
                                   timeout).future.result()
 
+    def run_sync(self, sources, candidates, steps: Steps, *, cost: int | None = None, source_maxlength=None,
+                 candidate_maxlength=None, timeout: float | None = None):
+        """Any step generator (selection.steps / verbs, or a wrapper of them) through the engine, as
+        ``Ranker.run``: ``sources`` / ``candidates`` already checked (check_prompts). Its steps share
+        iterations with every other request whose step names the same model. cost: the model rows to
+        hold against max_queued_pairs (None: every ordered pair of every prompt)."""
+        return self._submit_steps(sources, candidates, steps, cost, source_maxlength, candidate_maxlength,
+                                  timeout).future.result()
+
+    def _submit_steps(self, sources, candidates, steps, cost, src_len, cand_len, timeout):
+        if cost is None:
+            cost = sum(len(c) * (len(c) - 1) for c in candidates)
+        cost = check_count("cost", cost, minimum=0)
+        return self._enqueue(list(sources), [list(c) for c in candidates], src_len, cand_len, cost, timeout, steps)
+
     # -- asyncio API ----------------------------------------------------------------------------
 
     async def rank(self, *args, **kwargs):
@@ -280,6 +295,12 @@ class BatchingEngine:
 
     async def judge(self, *args, **kwargs) -> list:
         return await self._await(self._submit_judge_kw, args, kwargs)
+
+    async def run(self, sources, candidates, steps: Steps, *, cost: int | None = None, source_maxlength=None,
+                  candidate_maxlength=None, timeout: float | None = None):
+        """``await engine.run(...)``: as run_sync."""
+        return await self._await(self._submit_steps, (sources, candidates, steps, cost, source_maxlength,
+                                                      candidate_maxlength, timeout), {})
 
     async def _await(self, submit, args, kwargs):
         # Validation and tokenization run in the pool, off the event loop and off the model thread.
