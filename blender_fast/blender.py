@@ -341,10 +341,11 @@ class Blender:
 
     def rank_and_fuse(self, inputs: List[str], candidates: List[List[str]], instructions: List[str] = None,
                       return_scores: bool = False, batch_size: int = 4, top_k: int = 3, strategy: str = "full",
-                      budget: int = None, **generate_kwargs):
+                      budget: int = None, seed: int = 0, **generate_kwargs):
         """Rank, then fuse the top_k candidates. strategy="bubble"/"tournament" (or a budgeted one,
         "swiss"/"knockout_rr"/"adaptive" within ``budget`` forward passes per prompt) selects the top_k
-        without the full n^2 ranking; ranks are then 1..top_k for the selected and top_k+1 for the rest."""
+        without the full n^2 ranking; ranks are then 1..top_k for the selected and top_k+1 for the rest.
+        seed: the starting arrangement of those strategies (as ``fuse`` on the CLI and the server)."""
         if strategy not in CMP_TYPES:
             raise ValueError(f"strategy must be one of {CMP_TYPES}, got {strategy!r}")
         top_k = check_top_k(top_k)
@@ -352,6 +353,7 @@ class Blender:
         if budget is not None and strategy not in BUDGETED:
             raise ValueError(f"budget applies to strategy in {BUDGETED}, not to {strategy!r}")
         check_budget(budget)
+        check_seed(seed)
         for p, c in enumerate(candidates):
             if len(c) < top_k:
                 raise ValueError(f"candidates[{p}] has {len(c)} candidates, fewer than top_k={top_k}")
@@ -365,7 +367,8 @@ class Blender:
             if return_scores:
                 raise ValueError(f"strategy={strategy!r} computes no scores; use return_scores=False or strategy='full'")
             sels = self._need_ranker().select(inputs, candidates, top_k=top_k, strategy=strategy,
-                                              instructions=instructions, progress=self._progress(), budget=budget)
+                                              instructions=instructions, progress=self._progress(), budget=budget,
+                                              seed=seed)
             rows = []
             for s, cands in zip(sels, candidates):
                 r = np.full(len(cands), top_k + 1, dtype=np.int32)

@@ -169,7 +169,7 @@ def test_one_number_rule():
 # -- the HTTP app on loopback ------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _live_app(engine):
+def _live_app(engine, **app_kwargs):
     require("fastapi")
     require("uvicorn")
     require("prometheus_client")
@@ -178,7 +178,7 @@ def _live_app(engine):
     from blender_fast.serve.app import create_app, listening_socket
 
     sock = listening_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning", access_log=False,
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, **app_kwargs), log_level="warning", access_log=False,
                                            lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -218,6 +218,28 @@ def test_http_refuses_the_same_values_with_422(engine):
                                      "budget": 10**9})[0] == 200
 
 
+@pytest.mark.parametrize("name, value, error", SELECT_BAD)
+def test_fuse_refuses_the_same_values(ranker, engine, name, value, error):
+    kw = {"strategy": "swiss", name: value}
+    blender = Blender()
+    blender.ranker = ranker  # no fuser loaded: the numbers are refused before that matters
+    for call in (lambda: blender.rank_and_fuse(INPUTS, CANDS, **kw),
+                 lambda: Client("http://127.0.0.1:9").fuse(INPUTS, CANDS, **kw)):
+        _raises(call, name, error)
+
+
+def test_http_fuse_refuses_the_same_values_with_422(engine):
+    class NoFuser:  # the checks come first; a request that passed them would reach this
+        def fuse(self, *args, **kwargs):
+            raise AssertionError("a bad request reached the fuser")
+
+    with _live_app(engine, fuser=NoFuser()) as url:
+        for name, value, _ in SELECT_BAD:
+            item = {"input": INPUTS[0], "candidates": CANDS[0], "strategy": "swiss", "top_k": 1, name: value}
+            status, detail = _post(url, "fuse", item)
+            assert status == 422 and name in detail, (name, value, status, detail)
+
+
 # -- the command line ------------------------------------------------------------------------------------
 
 CLI_BAD = [("--top-k", "0"), ("--top-k", "1.5"), ("--top-k", "True"), ("--top-k", str(10**30)), ("--top-k", "nan"),
@@ -227,11 +249,12 @@ CLI_BAD = [("--top-k", "0"), ("--top-k", "1.5"), ("--top-k", "True"), ("--top-k"
 
 @pytest.mark.parametrize("flag, text", CLI_BAD)
 def test_cli_refuses_the_same_values_with_usage_errors(flag, text, capsys):
-    with pytest.raises(SystemExit) as e:
-        build_parser().parse_args(["rank", "--strategy", "swiss", flag, text])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert f"argument {flag}:" in err[-1] and "Traceback" not in "\n".join(err)
+    for verb in (["rank"], ["fuse", "--fuser", "f"]):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args([*verb, "--strategy", "swiss", flag, text])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert f"argument {flag}:" in err[-1] and "Traceback" not in "\n".join(err)
 
 
 def test_precision_auto_is_accepted_by_cli_serve_and_ray():
