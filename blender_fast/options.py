@@ -101,6 +101,33 @@ def check_positive_number(name: str, value) -> float:
     return value
 
 
+def check_non_negative_number(name: str, value) -> float:
+    """A finite real number >= 0 (int or float; bool refused), as float: e.g. a wait in milliseconds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise OptionTypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def number_argument(minimum: float = 0.0):
+    """An argparse ``type=`` for finite numbers >= minimum (nan and inf refused, one line, exit status 2)."""
+    import argparse
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {minimum:g}, got {text}")
+        return value
+
+    parse.__name__ = f"number >= {minimum:g}"
+    return parse
+
+
 def check_temperature(value) -> float:
     return check_positive_number("temperature", value)
 

@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 
 from .jobs import RankOptions, rank_prompts
-from ..options import BACKEND_CHOICES, DEVICE_CHOICES, check_choice, check_count, check_precision, int_argument
+from ..options import (BACKEND_CHOICES, DEVICE_CHOICES, check_choice, check_count, check_non_negative_number,
+                       check_precision, int_argument, number_argument)
 from .records import parse_prompt
 
 INSTALL_HINT = "blender_fast.cluster.ray_job needs Ray Data and pyarrow: pip install 'blender-fast[ray]'"
@@ -216,8 +217,7 @@ def check_ray_job(strategy="full", top_k=1, orders="both", policy="max_logits", 
     check_precision(precision)
     for name, value in (("num_actors", num_actors), ("batch_size", batch_size)):
         check_count(name, value)
-    if not gpus_per_actor >= 0:
-        raise ValueError(f"gpus_per_actor must be >= 0, got {gpus_per_actor}")
+    check_non_negative_number("gpus_per_actor", gpus_per_actor)
     return options, device
 
 
@@ -415,7 +415,7 @@ def add_ray_options(parser) -> None:
                         "RAY_ADDRESS, else a local instance started for this run")
     g.add_argument("--num-actors", type=int_argument(1), default=None,
                    help="rankers in the pool (default: the cluster's GPUs / --gpus-per-actor, or CPUs / --threads)")
-    g.add_argument("--gpus-per-actor", type=float, default=0,
+    g.add_argument("--gpus-per-actor", type=number_argument(0), default=0,
                    help="GPUs per actor (fractions share a GPU); > 0 runs the actors on --device cuda")
 
 

@@ -582,9 +582,9 @@ def add_serve_parser(subparsers) -> None:
     """``blender-fast serve``: the CLI calls this from build_parser."""
     import argparse
 
-    from ..options import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES, int_argument
+    from ..options import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES, int_argument, number_argument
 
-    positive_int, non_negative_int = int_argument(1), int_argument(0)
+    positive_int = int_argument(1)
 
     p = subparsers.add_parser("serve", help="serve PairRM over HTTP with continuous batching (needs [serve])",
                               description="Serve PairRM over HTTP (JSON under /v1, /health, /ready, /metrics, "
@@ -593,7 +593,7 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--model", "--ranker", dest="model", required=True,
                    help="PairRM checkpoint directory (or demo:tiny / demo:xsmall, random weights)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
-    p.add_argument("--port", type=non_negative_int, default=8000,
+    p.add_argument("--port", type=int_argument(0, 65535), default=8000,
                    help="0 = any free port (the startup line says which)")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="onnx",
                    help="runtime of the ranker graph; auto: chosen with --precision auto")
@@ -605,7 +605,7 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--fuser", default=None, help="GenFuser checkpoint directory: enables POST /v1/fuse")
     p.add_argument("--max-batch-tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS,
                    help="real tokens one scheduler iteration runs (all its model calls together)")
-    p.add_argument("--max-wait-ms", type=float, default=DEFAULT_MAX_WAIT_MS,
+    p.add_argument("--max-wait-ms", type=number_argument(0), default=DEFAULT_MAX_WAIT_MS,
                    help="when idle, how long a new request waits for others to share its batch")
     p.add_argument("--max-queued-pairs", type=positive_int, default=DEFAULT_MAX_QUEUED_PAIRS,
                    help="model rows admitted but not yet run; beyond it requests get 429")

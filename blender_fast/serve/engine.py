@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import _core
 from ..model.tokenization import EncodedPrompts
-from ..options import STRATEGIES, check_choice, check_count, check_top_k
+from ..options import STRATEGIES, check_choice, check_count, check_non_negative_number, check_top_k
 from ..ranker import Ranker, check_pairs_ab, check_prompts, judge_plan
 from ..selection.budgets import comparison_budgets, passes_per_comparison
 from ..selection.steps import DEFAULT_MODEL, Selection, Step, Steps, select_steps
@@ -188,8 +188,7 @@ class BatchingEngine:
         for name, value in (("max_batch_tokens", max_batch_tokens), ("max_queued_pairs", max_queued_pairs),
                             ("max_rows_per_request", max_rows_per_request)):
             check_count(name, value)
-        if max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        max_wait_ms = check_non_negative_number("max_wait_ms", max_wait_ms)
         self.ranker = ranker
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000.0
