@@ -379,3 +379,25 @@ def test_engine_runs_each_step_on_the_model_it_names(ranker):
         np.testing.assert_allclose(exact, fast[1:3] + 100.0, atol=1e-3)
         np.testing.assert_allclose(fast, offline[0], atol=1e-4)
     assert {name for name, _ in calls} == {"default", "exact"}
+
+
+@pytest.mark.parametrize("argv", [["serve", "--model", "m", "--max-wait-ms", "nan"],
+                                  ["serve", "--model", "m", "--max-wait-ms", "-1"],
+                                  ["serve", "--model", "m", "--port", "65536"],
+                                  ["rank", "--ray", "--gpus-per-actor", "inf"],
+                                  ["rank", "--ray", "--num-actors", "0"]])
+def test_other_numbers_on_the_command_line(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2 and f"argument {argv[-2]}:" in capsys.readouterr().err
+
+
+def test_other_numbers_in_python(ranker):
+    with pytest.raises(ValueError, match="max_wait_ms must be a finite number >= 0, got nan"):
+        BatchingEngine(ranker, max_wait_ms=NAN)
+    with pytest.raises(TypeError, match="max_batch_tokens must be an integer"):
+        BatchingEngine(ranker, max_batch_tokens=1.5)
+    with pytest.raises(ValueError, match="gpus_per_actor must be a finite number >= 0"):
+        check_ray_job(gpus_per_actor=INF)
+    with pytest.raises(ValueError, match="num_actors must be >= 1"):
+        check_ray_job(num_actors=0)
