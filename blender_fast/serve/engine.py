@@ -4,16 +4,18 @@
     ranks = await engine.rank(inputs, candidates)              # asyncio callers
     best = engine.select_sync(inputs, candidates, strategy="tournament")   # threads
 
-One model worker thread owns the runtime session. Every request in flight holds its own state: the
-rows of a full ranking, or a step-wise ``_core.Selector``. Each iteration the worker takes the ready
-rows of *all* requests in flight (up to ``max_batch_tokens``), packs them together with the C++
-packer, runs them, feeds every request its logits and answers those that finished. A new request
+One model worker thread owns the runtime session. Every request in flight holds its own state: its
+step generator (selection/steps.py and verbs.py, the very generators the Ranker drives) and the rows
+of its current step. Each iteration the worker takes the ready rows of *all* requests in flight whose
+step names the same model (up to ``max_batch_tokens``), packs them together with the C++ packer, runs
+them, sends every request its logits and answers those that finished. A new request
 joins at the next iteration, so a tournament's log2(n) steps interleave with other requests' steps
 instead of waiting behind them (continuous batching, as LLM servers do for decode steps).
 
 Tokenizing happens in the caller's thread (or, for ``await``, in a small thread pool), so it
 overlaps model work. Results are those of ``Ranker.rank`` / ``select`` / ``compare`` with the same
 settings: only the batch composition differs, which changes float rounding, not the rows computed.
+``run_sync`` / ``run`` take any step generator (e.g. a wrapper that re-scores rows on another model).
 """
 from __future__ import annotations
 
