@@ -12,9 +12,7 @@ import numpy as np
 from . import _core
 from .model.checkpoint import SPECIAL_TOKENS, load_checkpoint
 from .options import (BACKEND_CHOICES, BACKENDS, COMPARE_MODES, DEVICE_CHOICES, DEVICES,  # noqa: F401
-                      PRECISION_CHOICES, PRECISIONS, check_choice, check_count, check_optional_seed,
-                      check_precision)
-from .selection.aggregate import stack_if_equal
+                      PRECISION_CHOICES, PRECISIONS, check_choice, check_count, check_optional_seed)
 from .selection.steps import DEFAULT_MODEL, PromptError, Selection, Step, Steps, run_steps, select_steps  # noqa: F401
 from .selection.verbs import coin_flips, compare_steps, judge_steps, rank_steps
 from .model.tokenization import EncodedPrompts, PairTokenizer, encode_prompts
