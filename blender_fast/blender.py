@@ -1,6 +1,6 @@
 """``Blender``: a drop-in for ``llm_blender.Blender`` (0.0.2) backed by blender-fast's engine.
 
-Same method names, arguments, defaults and return types. Deliberate differences (see README, "Differences
+Same method names, arguments, defaults and return types. Deliberate differences (see docs/differences-from-llm-blender.md, "Differences
 from llm-blender"): prompts may have different numbers of candidates (results are then lists);
 truncation is decided per prompt, never by batch-mates; ``batch_size`` is accepted for compatibility but
 batching follows a token budget; bubble selection starts from a seeded permutation (``seed``) instead of
