@@ -19,6 +19,7 @@ def _read(path):
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.slow
 def test_rank_full_on_shared_file_as_is(tiny_checkpoint, tmp_path, shared_records):
     src = tmp_path / "in.jsonl"
     with open(src, "w") as f:

@@ -147,6 +147,7 @@ def test_gpu_check_parity():
     assert not bad["pass"]
 
 
+@pytest.mark.slow
 def test_gpu_check_cpu_dry_run(tiny_checkpoint, tmp_path, one_torch_thread):
     """The GPU check's driver end to end on the CPU: ours (fp16/bf16/fp32) vs llm-blender, table, parity."""
     require("llm_blender")
