@@ -8,7 +8,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -140,38 +139,14 @@ def resolve_sizes(args) -> Sizes:
     )
 
 
-def generated_checkpoint(shape: str, seed: int) -> Path:
-    """A random-weight checkpoint, generated once into the blender-fast cache and reused (with the
-    backbone weights llm-blender's loader reads: the reference runs on it too)."""
-    from blender_fast.synthetic.demo import demo_checkpoint
-
-    from .common import log
-
-    return demo_checkpoint(shape, seed, llm_blender_loadable=True,
-                           announce=lambda p: log(f"generating a random-weight {shape} checkpoint in {p}"))
-
-
-def quiet_libraries() -> None:
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-    except ImportError:
-        pass
-    import logging
-
-    logging.getLogger().setLevel(logging.ERROR)  # llm-blender logs through the root logger
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     sizes = resolve_sizes(args)
-    quiet_libraries()
     from . import report
-    from .common import as_jsonable, default_data_path, load_average, load_prompts, log, machine_info
+    from .common import (as_jsonable, default_data_path, generated_checkpoint, load_average, load_prompts, log,
+                         machine_info, quiet_libraries)
+
+    quiet_libraries()
 
     started = time.perf_counter()
     out = Path(args.out)

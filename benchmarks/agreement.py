@@ -9,7 +9,7 @@ multiplies every layer's query and key projections by ``qk_gain`` (3: attention 
 is selective, as in trained models) and rescales the head so that the pair logits again have std 1;
 the head's amplification falls ~12x (xsmall 140 -> ~12), and the content signal dominates rounding.
 Scaling all encoder weights instead (gain 2-3) makes the random network chaotic and bf16 much worse;
-this is recorded in the README.
+this is recorded in docs/performance.md.
 """
 from __future__ import annotations
 

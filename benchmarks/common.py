@@ -7,6 +7,7 @@ import platform
 import sys
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -277,3 +278,27 @@ def as_jsonable(obj):
     if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
         return None
     return obj
+
+
+def generated_checkpoint(shape: str, seed: int) -> Path:
+    """A random-weight checkpoint, generated once into the blender-fast cache and reused (with the
+    backbone weights llm-blender's loader reads: the reference runs on it too)."""
+    from blender_fast.synthetic.demo import demo_checkpoint
+
+    return demo_checkpoint(shape, seed, llm_blender_loadable=True,
+                           announce=lambda p: log(f"generating a random-weight {shape} checkpoint in {p}"))
+
+
+def quiet_libraries() -> None:
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except ImportError:
+        pass
+    import logging
+
+    logging.getLogger().setLevel(logging.ERROR)  # llm-blender logs through the root logger

@@ -151,8 +151,7 @@ def machine(device: str) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .__main__ import generated_checkpoint, quiet_libraries
-    from .common import as_jsonable, default_data_path, load_prompts, log
+    from .common import as_jsonable, default_data_path, generated_checkpoint, load_prompts, log, quiet_libraries
 
     quiet_libraries()
     out = Path(args.out)

@@ -200,23 +200,23 @@ def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, 
 
 
 def ray_md(res: dict) -> list[str]:
-    from .report import _doc_body, _f, _table
+    from .tables import doc_body, fmt_num, md_table
 
     s = res["settings"]
-    rows = [[v, f"{_f(c['wall_s'])} [{', '.join(_f(w) for w in c['walls_s'])}]", _f(c["prompts_per_s"]),
-             _f(c["cpu_ms_per_prompt"], 1), _f(c["cores_obtained"])] for v, c in res["variants"].items()]
+    rows = [[v, f"{fmt_num(c['wall_s'])} [{', '.join(fmt_num(w) for w in c['walls_s'])}]", fmt_num(c["prompts_per_s"]),
+             fmt_num(c["cpu_ms_per_prompt"], 1), fmt_num(c["cores_obtained"])] for v, c in res["variants"].items()]
     t = res["targets"]
     return ["## Ray: one machine, 1 and 2 actors", "",
             f"{s['prompts']} prompts × {s['candidates_per_prompt']} candidates, {s['strategy']} top-{s['top_k']}, "
             f"chunk/batch {s['chunk']}, 1 thread per ranker, {s['repeats']} interleaved repeats (median "
-            f"[each]); {s['cpus']} CPUs. `ray.init` took {_f(res['ray_init_s'])} s (not in the timings). "
-            f"Outputs identical across variants: {res['outputs_identical']}.", ""] + _table(
+            f"[each]); {s['cpus']} CPUs. `ray.init` took {fmt_num(res['ray_init_s'])} s (not in the timings). "
+            f"Outputs identical across variants: {res['outputs_identical']}.", ""] + md_table(
         ["variant", "wall s", "prompts/s", "CPU ms/prompt", "cores obtained"], rows) + [
-        f"Ray 1 actor / single-process: **{_f(res['ray1_over_single'])}×** (target ≤ {t['ray1_over_single_max']}); "
-        f"Ray's overhead {_f(res['ray_overhead_ms_per_prompt'], 1)} ms per prompt. "
-        f"2 actors vs 1: **{_f(res['ray2_speedup_over_ray1'])}×** (target ≥ {t['ray2_speedup_min']}). "
+        f"Ray 1 actor / single-process: **{fmt_num(res['ray1_over_single'])}×** (target ≤ {t['ray1_over_single_max']}); "
+        f"Ray's overhead {fmt_num(res['ray_overhead_ms_per_prompt'], 1)} ms per prompt. "
+        f"2 actors vs 1: **{fmt_num(res['ray2_speedup_over_ray1'])}×** (target ≥ {t['ray2_speedup_min']}). "
         f"Whole-job CPU seconds (driver, Ray's daemons, actors' start-up and ranking): single-process "
-        f"{_f(res['single_job_cpu_s'], 1)}, Ray 1 actor {_f(res['ray1_job_cpu_s'], 1)}, Ray 2 actors "
-        f"{_f(res['ray2_job_cpu_s'], 1)}. "
+        f"{fmt_num(res['single_job_cpu_s'], 1)}, Ray 1 actor {fmt_num(res['ray1_job_cpu_s'], 1)}, Ray 2 actors "
+        f"{fmt_num(res['ray2_job_cpu_s'], 1)}. "
         f"1-minute load averages before each run: {[la[0] if la else None for la in res['load_averages']]}.", "",
-        _doc_body(__doc__), ""]
+        doc_body(__doc__), ""]

@@ -7,32 +7,7 @@ from pathlib import Path
 from .common import as_jsonable, log
 from .flops import __doc__ as FLOPS_DOC
 from .quality import __doc__ as QUALITY_DOC
-
-
-def _f(x, digits=2, pct=False):
-    if x is None:
-        return "—"
-    if isinstance(x, str):
-        return x
-    if x != x:  # NaN
-        return "—"
-    return f"{100 * x:.{digits}f}" if pct else f"{x:.{digits}f}"
-
-
-def _g(x):
-    """Large counts in engineering notation (GFLOP etc.)."""
-    return "—" if x is None else f"{x:.3g}"
-
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return out + [""]
-
-
-def _doc_body(doc: str) -> str:
-    """A module docstring without its first paragraph (the summary), for the report's method notes."""
-    return doc.strip().split("\n\n", 1)[-1].strip()
+from .tables import doc_body, fmt_count, fmt_num, md_table
 
 
 # -- sections --------------------------------------------------------------------------------------
@@ -55,15 +30,15 @@ def engine_md(eng: dict) -> list[str]:
         md.append("")
         rows = []
         for name, c in cells.items():
-            rows.append([name, f"{_f(c['wall_s'])} [{_f(c['wall_min_s'])}–{_f(c['wall_max_s'])}]", c["pairs"],
-                         _f(c["pairs_per_s"]), _f(c["tokens_per_s"], 0),
-                         _f(c.get("speedup_vs_reference")) + ("×" if c.get("speedup_vs_reference") else ""),
-                         _f(c.get("speedup_paired_median")),
-                         _f(c.get("speedup_vs_batch_size_1")) + ("×" if c.get("speedup_vs_batch_size_1") else ""),
-                         _f(c["pad_fraction"], 1, pct=True),
-                         f"{_f(c['peak_rss_mb'], 0)} (+{_f(c['rss_increase_mb'], 0)})"
-                         + (f"; GPU {_f(c['cuda_peak_mb'], 0)}" if c.get("cuda_peak_mb") else "")])
-        md += _table(["engine", "wall s", "pairs", "pairs/s", "tokens/s", "speedup vs llm-blender",
+            rows.append([name, f"{fmt_num(c['wall_s'])} [{fmt_num(c['wall_min_s'])}–{fmt_num(c['wall_max_s'])}]", c["pairs"],
+                         fmt_num(c["pairs_per_s"]), fmt_num(c["tokens_per_s"], 0),
+                         fmt_num(c.get("speedup_vs_reference")) + ("×" if c.get("speedup_vs_reference") else ""),
+                         fmt_num(c.get("speedup_paired_median")),
+                         fmt_num(c.get("speedup_vs_batch_size_1")) + ("×" if c.get("speedup_vs_batch_size_1") else ""),
+                         fmt_num(c["pad_fraction"], 1, pct=True),
+                         f"{fmt_num(c['peak_rss_mb'], 0)} (+{fmt_num(c['rss_increase_mb'], 0)})"
+                         + (f"; GPU {fmt_num(c['cuda_peak_mb'], 0)}" if c.get("cuda_peak_mb") else "")])
+        md += md_table(["engine", "wall s", "pairs", "pairs/s", "tokens/s", "speedup vs llm-blender",
                       "paired speedup (median of per-repeat ratios)", "vs llm-blender batch_size=1", "pad %",
                       "peak RSS MB (+run)"], rows)
     md += ["### Where our time goes (median seconds per call)", ""]
@@ -72,21 +47,21 @@ def engine_md(eng: dict) -> list[str]:
         for name, c in cells.items():
             if "tokenize_s" in c:
                 wall = c["wall_s"]
-                rows.append([task, name, _f(wall), _f(c["tokenize_s"], 3), _f(c["pack_s"], 3), _f(c["model_s"]),
-                             _f(c["other_s"], 3), _f(c["model_s"] / wall if wall else None, 1, pct=True),
+                rows.append([task, name, fmt_num(wall), fmt_num(c["tokenize_s"], 3), fmt_num(c["pack_s"], 3), fmt_num(c["model_s"]),
+                             fmt_num(c["other_s"], 3), fmt_num(c["model_s"] / wall if wall else None, 1, pct=True),
                              c["batches"], c.get("steps")])
-    md += _table(["task", "engine", "wall", "tokenize", "pack", "model", "other", "model % of wall", "batches",
+    md += md_table(["task", "engine", "wall", "tokenize", "pack", "model", "other", "model % of wall", "batches",
                   "steps"], rows)
     md += ["### Agreement", ""]
-    rows = [[k, _f(v["identical_ranks_pct"], 1), _f(v["top1_agreement_pct"], 1), f"{v['max_abs_score_diff']:.2e}"]
+    rows = [[k, fmt_num(v["identical_ranks_pct"], 1), fmt_num(v["top1_agreement_pct"], 1), f"{v['max_abs_score_diff']:.2e}"]
             for k, v in eng["agreement"].items()]
-    md += _table(["pair of engines", "identical ranks %", "same top-1 %", "max |score diff|"], rows)
+    md += md_table(["pair of engines", "identical ranks %", "same top-1 %", "max |score diff|"], rows)
     md += ["llm-blender truncates candidates by the longest source *in its batch*; blender-fast per prompt. "
            "With batch_size=1 the two rules coincide, so that run is the parity reference; any difference "
            "between llm-blender's batch_size=8 and batch_size=1 runs is that truncation rule at work "
            "(none when no candidate reaches its limit).", ""]
     if eng.get("best_of_n_picks"):
-        md += _table(["best-of-n check", "%"], [[k, _f(v, 1)] for k, v in eng["best_of_n_picks"].items()])
+        md += md_table(["best-of-n check", "%"], [[k, fmt_num(v, 1)] for k, v in eng["best_of_n_picks"].items()])
     return md
 
 
@@ -98,8 +73,8 @@ def strategies_md(st: dict) -> list[str]:
     c12 = [r for r in st["counts"] if r["n"] == 12 and r["top_k"] == 1]
     if c12:
         md += ["### Best of 12", ""]
-        md += _table(["strategy", "forward passes", "sequential steps", "comparisons"],
-                     [[r["strategy"], _f(r["forward_passes"], 0), _f(r["steps"], 0), _f(r["comparisons"], 0)]
+        md += md_table(["strategy", "forward passes", "sequential steps", "comparisons"],
+                     [[r["strategy"], fmt_num(r["forward_passes"], 0), fmt_num(r["steps"], 0), fmt_num(r["comparisons"], 0)]
                       for r in c12])
     md += ["### Forward passes / sequential steps per prompt", ""]
     ns = s["ns"]
@@ -109,10 +84,10 @@ def strategies_md(st: dict) -> list[str]:
             cells = []
             for n in ns:
                 r = next((r for r in st["counts"] if r["n"] == n and r["top_k"] == k and r["strategy"] == strategy), None)
-                cells.append("—" if r is None else f"{_f(r['forward_passes'], 0 if k == 1 else 1)} / "
-                                                   f"{_f(r['steps'], 0 if k == 1 else 1)}")
+                cells.append("—" if r is None else f"{fmt_num(r['forward_passes'], 0 if k == 1 else 1)} / "
+                                                   f"{fmt_num(r['steps'], 0 if k == 1 else 1)}")
             rows.append([f"{strategy} (top-{k})"] + cells)
-        md += _table(["strategy"] + [f"n={n}" for n in ns], rows)
+        md += md_table(["strategy"] + [f"n={n}" for n in ns], rows)
     if st["timed"]:
         md += ["### Wall time", "",
                f"Top-1, our engine ({st['timed'][0]['engine']}). Throughput: {s['throughput_prompts']} prompts in "
@@ -127,16 +102,16 @@ def strategies_md(st: dict) -> list[str]:
                 continue
             per_prompt = c.get("median_prompt_wall_s")
             rows.append([c["n"], c["mode"], c["strategy"], c["prompts"], c["forward_passes"], c["steps"],
-                         _f(c["wall_s"]), _f(per_prompt if per_prompt is not None else c["wall_s"] / c["prompts"]),
-                         f"pad {_f(c['pad_fraction'], 1, pct=True)}%"])
-        md += _table(["n", "mode", "strategy", "prompts", "forward passes", "steps (max)", "wall s",
+                         fmt_num(c["wall_s"]), fmt_num(per_prompt if per_prompt is not None else c["wall_s"] / c["prompts"]),
+                         f"pad {fmt_num(c['pad_fraction'], 1, pct=True)}%"])
+        md += md_table(["n", "mode", "strategy", "prompts", "forward passes", "steps (max)", "wall s",
                       "s per prompt (latency: median)", "note"], rows)
     return md
 
 
 def flops_md(fl: dict) -> list[str]:
     peak = fl["peak"]
-    md = ["## 3. How close to the machine's limit", "", _doc_body(FLOPS_DOC), "",
+    md = ["## 3. How close to the machine's limit", "", doc_body(FLOPS_DOC), "",
           f"Model: {fl['model_shape']['layers']} layers, H={fl['model_shape']['hidden']}, "
           f"I={fl['model_shape']['intermediate']}, 2k={fl['model_shape']['att_span']}.", ""]
     if fl.get("per_pair"):
@@ -155,12 +130,12 @@ def flops_md(fl: dict) -> list[str]:
            f"{when}; peak used = the highest, {peak['peak_source']} = {peak['peak_flops'] / 1e9:.1f} GFLOP/s.", ""]
     rows = []
     for r in fl["runs"]:
-        rows.append([r["run"], _g(r["real_flops"] / 1e9), _g(r["padded_flops"] / 1e9), _f(r["wall_s"]),
-                     _f(r["real_flops_per_s"] / 1e9, 1), _f(r["fraction_of_peak"], 1, pct=True),
-                     _f(r["padded_flops_per_s_in_model"] / 1e9, 1), _f(r["padded_model_fraction_of_peak"], 1, pct=True)])
+        rows.append([r["run"], fmt_count(r["real_flops"] / 1e9), fmt_count(r["padded_flops"] / 1e9), fmt_num(r["wall_s"]),
+                     fmt_num(r["real_flops_per_s"] / 1e9, 1), fmt_num(r["fraction_of_peak"], 1, pct=True),
+                     fmt_num(r["padded_flops_per_s_in_model"] / 1e9, 1), fmt_num(r["padded_model_fraction_of_peak"], 1, pct=True)])
     if not rows:
         return md + ["No timed runs in this invocation: run the engine or strategies section too.", ""]
-    md += _table(["run", "real GFLOP", "padded GFLOP", "wall s", "real GFLOP/s (wall)", "% of peak",
+    md += md_table(["run", "real GFLOP", "padded GFLOP", "wall s", "real GFLOP/s (wall)", "% of peak",
                   "padded GFLOP/s in model", "% of peak"], rows)
     md += ["Real FLOPs include the relative-position projections once per batch, so an engine that runs "
            "more, smaller batches (llm-blender: one per pair position and batch of prompts) does more real "
@@ -176,7 +151,7 @@ def quality_md(q: dict) -> list[str]:
     md = ["## 4. Selection quality", ""]
     syn = q.get("synthetic")
     if syn and "levels" in syn:
-        md += [_doc_body(QUALITY_DOC), "",
+        md += [doc_body(QUALITY_DOC), "",
                f"{syn['prompts']} prompts × {syn['candidates']} candidates, {syn['seeds']} noise seeds (means), "
                f"b = {syn['bias']}, σ = {syn['sigma']}. {syn['distinct_pairs_pct']:.1f}% of candidate pairs have "
                "different clipped utilities. Regret = best judge_pref − judge_pref of the pick, mean over prompts "
@@ -193,18 +168,18 @@ def quality_md(q: dict) -> list[str]:
                 cells = []
                 for lvl in levels:
                     r = next(x for x in lvl["rows"] if x["variant"] == r0["variant"] and x["top_k"] == k)
-                    cells.append(f"{_f(r[key], 1)} / {_f(r['regret'], 4)}")
-                rows.append([r0["variant"], _f(r0["forward_passes"], 1), _f(r0["steps"], 1)] + cells)
-            md += _table(["strategy", "forward passes", "steps"] + head, rows)
+                    cells.append(f"{fmt_num(r[key], 1)} / {fmt_num(r['regret'], 4)}")
+                rows.append([r0["variant"], fmt_num(r0["forward_passes"], 1), fmt_num(r0["steps"], 1)] + cells)
+            md += md_table(["strategy", "forward passes", "steps"] + head, rows)
     model = q.get("checkpoint")
     if model and "rows" in model:
         md += [f"### With the checkpoint's own logits ({model['prompts']} prompts)", "",
                f"Pairwise agreement with the judge: {model['achieved_agreement_pct']:.1f}%. A generated "
                "(random-weight) checkpoint scores about 50%: only a real PairRM makes this table meaningful.", ""]
-        rows = [[r["variant"], r["top_k"], _f(r["forward_passes"], 1), _f(r["steps"], 1),
-                 _f(r["top1_agreement_with_full_pct"], 1), _f(r.get("overlap_with_full_pct"), 1),
-                 _f(r["regret"], 4), _f(r["judge_best_in_set_pct"], 1)] for r in model["rows"]]
-        md += _table(["strategy", "k", "forward passes", "steps", "same top-1 as full %", "top-3 overlap %",
+        rows = [[r["variant"], r["top_k"], fmt_num(r["forward_passes"], 1), fmt_num(r["steps"], 1),
+                 fmt_num(r["top1_agreement_with_full_pct"], 1), fmt_num(r.get("overlap_with_full_pct"), 1),
+                 fmt_num(r["regret"], 4), fmt_num(r["judge_best_in_set_pct"], 1)] for r in model["rows"]]
+        md += md_table(["strategy", "k", "forward passes", "steps", "same top-1 as full %", "top-3 overlap %",
                       "regret", "judge's best in set %"], rows)
     return md
 
@@ -213,9 +188,9 @@ def _frontier_table(rows: list[dict]) -> list[str]:
     table = []
     for r in rows:
         label = r["strategy"] if r["budget"] is None else f"{r['strategy']} @ {r['budget']}"
-        table.append([label, _f(r["forward_passes"], 1), r["forward_passes_max"], _f(r["steps"], 1), r["steps_max"],
-                      _f(r["regret"], 4), _f(r["regret_std_over_seeds"], 4), _f(r["top1_agreement_with_full_pct"], 1)])
-    return _table(["strategy @ budget", "forward passes (mean)", "(max)", "steps (mean)", "(max)", "regret",
+        table.append([label, fmt_num(r["forward_passes"], 1), r["forward_passes_max"], fmt_num(r["steps"], 1), r["steps_max"],
+                      fmt_num(r["regret"], 4), fmt_num(r["regret_std_over_seeds"], 4), fmt_num(r["top1_agreement_with_full_pct"], 1)])
+    return md_table(["strategy @ budget", "forward passes (mean)", "(max)", "steps (mean)", "(max)", "regret",
                    "± over seeds", "same top-1 as full %"], table)
 
 
@@ -231,11 +206,11 @@ def frontier_md(fr: dict) -> list[str]:
                f"regret {syn['random_pick_regret']:.4f}.", ""]
         if syn.get("targets"):
             md += ["### Targets (issue 12)", ""]
-            md += _table(["agreement", "target", "full's regret", "best within it", "its regret", "steps (max)", "met"],
+            md += md_table(["agreement", "target", "full's regret", "best within it", "its regret", "steps (max)", "met"],
                          [[f"{t['agreement_pct']}%", f"regret ≤ full + {t['slack']} at ≤ {t['passes']} passes"
-                           + (f", ≤ {t['steps']} steps" if t["steps"] else ""), _f(t["full_regret"], 4),
+                           + (f", ≤ {t['steps']} steps" if t["steps"] else ""), fmt_num(t["full_regret"], 4),
                            f"{t['best_strategy']} @ {t['best_budget']}" if t["best_strategy"] else "—",
-                           _f(t["best_regret"], 4), t["best_steps_max"], "yes" if t["met"] else "no"]
+                           fmt_num(t["best_regret"], 4), t["best_steps_max"], "yes" if t["met"] else "no"]
                           for t in syn["targets"]])
         for lvl in syn["levels"]:
             md += [f"### {lvl['target_agreement_pct']}% pairwise agreement (β = {lvl['beta_mean']:.3f})", ""]

@@ -23,7 +23,15 @@ Layout (subpackages in pipeline order; nothing imports upward):
     synthetic/        random-weight checkpoints with the real layout; demo.py (``demo:SHAPE``)
     cli.py            ``blender-fast`` rank / fuse / export / make-checkpoint / serve
 """
-from ._core import __version__
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _dist_version
+
+# One version source, [project] version in pyproject.toml: the installed distribution's metadata, or, for
+# a source tree on sys.path that was never installed, the same string compiled into _core by CMake.
+try:
+    __version__ = _dist_version("blender-fast")
+except _PackageNotFoundError:
+    from ._core import __version__
 
 # Public names resolve on first use, so `import blender_fast` stays cheap (no onnxruntime, no torch).
 _EXPORTS = {

@@ -1,8 +1,8 @@
 """``Blender``: a drop-in for ``llm_blender.Blender`` (0.0.2) backed by blender-fast's engine.
 
-Same method names, arguments, defaults and return types. Deliberate differences (see README, "Differences
-from llm-blender"): prompts may have different numbers of candidates (results are then lists);
-truncation is decided per prompt, never by batch-mates; ``batch_size`` is accepted for compatibility but
+Same method names, arguments, defaults and return types. Deliberate differences
+(docs/differences-from-llm-blender.md): prompts may have different numbers of candidates (results are
+then lists); truncation is decided per prompt, never by batch-mates; ``batch_size`` is accepted for compatibility but
 batching follows a token budget; bubble selection starts from a seeded permutation (``seed``) instead of
 an unseeded ``torch.randperm``; bad input raises ``ValueError``/``TypeError`` instead of ``assert``.
 """

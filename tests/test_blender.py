@@ -125,7 +125,7 @@ def test_fuse_cli(tiny_checkpoint, tiny_fuser, tmp_path):
     argv = ["fuse", "--ranker", str(tiny_checkpoint), "--fuser", str(tiny_fuser), "--output", str(out),
             "--strategy", "tournament", "--top-k", "2", "--num-beams", "1", "--limit", "3", "--quiet"]
     assert main(argv) == 0
-    rows = [json.loads(line) for line in open(out)]
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 3
     for row in rows:
         assert isinstance(row["fused"], str) and len(row["blender_fast"]["top_k"]) == 2
@@ -138,7 +138,7 @@ def test_rank_and_fuse_at_a_budget(blender):
     assert all(sorted(r)[:2] == [1, 2] for r in ranks)
     with pytest.raises(ValueError, match="budget applies to strategy"):
         blender.rank_and_fuse(INPUTS, CANDIDATES, top_k=2, strategy="full", budget=40)
-# -- issue 8: the facade validates like the Ranker; NaN; threads -------------------------------------
+# -- the facade validates like the Ranker; NaN; threads ---------------------------------------------
 
 @pytest.mark.parametrize("call, error, message", [
     (lambda b: b.get_best_of_n(["q"], ["only"]), TypeError, r"candidates\[0\] must be a list"),

@@ -2,16 +2,24 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from blender_fast.cli import main
+from blender_fast.cluster.records import example_prompts_path
 
 
 def _read(path):
-    return [json.loads(line) for line in open(path, encoding="utf-8")]
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.slow
 def test_rank_full_on_shared_file_as_is(tiny_checkpoint, tmp_path, shared_records):
     src = tmp_path / "in.jsonl"
     with open(src, "w") as f:
@@ -70,17 +78,10 @@ def test_rank_with_a_budget(tiny_checkpoint, tmp_path):
     rows = _read(out)
     assert len(rows) == 6 and all(r["blender_fast"]["forward_passes"] <= 10 for r in rows)
     assert max(r["blender_fast"]["forward_passes"] for r in rows) == 10  # n = 5: 5 comparisons
-# -- issue 8: outputs that never lie, options, records ------------------------------------------------
 
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+# -- outputs that never lie, options, records -------------------------------------------------------
 
-from blender_fast.cluster.records import example_prompts_path  # noqa: E402
-
-EXAMPLES = [json.loads(line) for line in open(example_prompts_path(), encoding="utf-8")]
+EXAMPLES = _read(example_prompts_path())
 
 
 def _write_jsonl(path, records):

@@ -147,6 +147,7 @@ class FixedFlips:
         return np.where(self.mask, 0.0, 1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.reference
 def test_same_answers_as_trl_judge_on_llm_blender(tiny_checkpoint, one_torch_thread, judge, pairs):
     require("llm_blender")

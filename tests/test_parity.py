@@ -48,6 +48,7 @@ def prompts(shared_records):
     return inputs, candidates
 
 
+@pytest.mark.slow
 def test_rank_scores_and_ranks_match(reference, ours, prompts):
     inputs, candidates = prompts
     ref_scores = reference.rank(inputs, candidates, return_scores=True, batch_size=1, disable_tqdm=True)
@@ -101,6 +102,7 @@ def test_truncation_rule(reference, ours, prompts):
     assert np.abs(ref_batched - ref_single).max() > 1e-3, "expected llm-blender's batch-dependent truncation to show"
 
 
+@pytest.mark.slow
 def test_best_of_n_bubble_matches_with_the_same_start_order(reference, ours, prompts, monkeypatch):
     """llm-blender's bubble pass starts from an unseeded torch.randperm; record it and give us the same."""
     import torch
@@ -127,6 +129,7 @@ def test_best_of_n_bubble_matches_with_the_same_start_order(reference, ours, pro
     assert got_best == [r[0] for r in ref_all]
 
 
+@pytest.mark.slow
 def test_best_and_worst_of_n_full_match(reference, ours, prompts):
     inputs, candidates = prompts
     inputs, candidates = inputs[:5], [c[:6] for c in candidates[:5]]
@@ -136,6 +139,7 @@ def test_best_and_worst_of_n_full_match(reference, ours, prompts):
         assert got == list(ref), method
 
 
+@pytest.mark.slow
 def test_rank_with_ref_matches(reference, ours, prompts):
     inputs, candidates = prompts
     inputs, candidates = inputs[:4], [c[:4] for c in candidates[:4]]

@@ -206,7 +206,8 @@ def test_select_budgeted_end_to_end(onnx_ranker, strategy):
     assert [s.top_k for s in sels] == [s.top_k for s in twin]
     with pytest.raises(ValueError, match="budget = 8 forward passes is below the minimum"):
         onnx_ranker.select(inputs, cands, strategy=strategy, budget=8)
-# -- issue 8 ---------------------------------------------------------------------------------------
+
+# -- exported directories, export checks, bad input named ------------------------------------------
 
 def test_exported_directory_runs_without_torch(tiny_checkpoint, tmp_path, onnx_ranker):
     """The runtime path (pip install blender-fast + an exported model) never imports torch/transformers."""

@@ -210,7 +210,7 @@ def encode_prompts(
     Truncation follows PairRM: the source to ``source_maxlength`` tokens, each candidate to
     ``candidate_maxlength + (source_maxlength - len(source)) // 2``, where len(source) is this
     prompt's own (truncated) source length. llm-blender's collator uses the longest source in the
-    batch instead, so its results for a prompt can depend on its batch-mates; see the README.
+    batch instead, so its results for a prompt can depend on its batch-mates; see docs/differences-from-llm-blender.md.
     """
     texts: list[str] = []
     source_index = np.empty(len(sources), dtype=np.int64)

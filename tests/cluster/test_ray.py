@@ -13,6 +13,9 @@ import pytest
 
 from conftest import require, shared_data_file
 
+# Every test here starts Ray actors (the module's Ray instance alone takes 15-20 s to come up).
+pytestmark = pytest.mark.slow
+
 ray = require("ray")
 require("ray.data")
 pa = require("pyarrow")

@@ -588,7 +588,7 @@ def test_budgeted_selector_errors():
     sel.next()
     with pytest.raises(ValueError, match="infinite for prompt 0"):
         sel.feed(np.array([np.inf, 1.0]))
-# -- issue 8: one top-k rule, one vocabulary ---------------------------------------------------------
+# -- one top-k rule, one vocabulary ----------------------------------------------------------------
 
 def test_top_k_from_scores_ties_go_to_the_lower_index():
     from blender_fast.selection.strategies import top_k_from_scores

@@ -342,6 +342,7 @@ def test_tokens_per_word_on_shared_data(ranker_st):
     assert mismatches <= 1, mismatches
 
 
+@pytest.mark.slow
 def test_tokenizer_training_is_reproducible(tmp_path):
     """A cold (uncached) training run in a fresh process gives the same bytes."""
     code = ("import hashlib, blender_fast.synthetic as m; "
