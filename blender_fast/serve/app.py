@@ -12,6 +12,7 @@ Needs the ``serve`` extra: ``pip install 'blender-fast[serve]'``.
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import sys
@@ -21,6 +22,8 @@ from typing import Optional
 
 import numpy as np
 
+from . import rerank
+from .rerank import RerankError, RerankSettings
 from .engine import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QUEUED_PAIRS, DEFAULT_MAX_ROWS_PER_REQUEST,
                      DEFAULT_MAX_WAIT_MS, BatchingEngine, DeadlineExceeded, EngineClosed, Overloaded)
 
@@ -143,13 +146,45 @@ RESPONSES = {
 }
 
 
+MAX_JSON_DEPTH = 64  # the deepest request shape is 4 levels; anything far deeper is garbage or an attack
+MAX_BODY_BYTES = 64 * 2**20
+# A JSON string (escapes included) or one bracket: strings are skipped so brackets inside texts don't count.
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the body's arrays/objects nest deeper than limit, found by a scan before decoding:
+    json.loads recurses once per level and a 100k-deep ``[[[...]]]`` ends in RecursionError."""
+    depth = 0
+    for m in _JSON_TOKENS.finditer(body):
+        c = m.group()[:1]
+        if c in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif c in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
+def decode_json(body: bytes, max_bytes: int = MAX_BODY_BYTES):
+    """The decoded body; HTTPError 413 past max_bytes, 422 when nested too deeply or not JSON."""
+    if len(body) > max_bytes:
+        raise HTTPError(413, f"the request body has {len(body)} bytes; this server accepts at most {max_bytes}")
+    if json_depth_exceeds(body):
+        raise HTTPError(422, f"the request body nests arrays/objects more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HTTPError(422, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:  # the depth scan should have caught it; never a 500 for a malformed body
+        raise HTTPError(422, "the request body nests arrays/objects too deeply") from None
+
+
 def _parse_items(route: str, body: bytes, max_items: int) -> tuple[list[dict], str]:
     """The body as a list of items with defaults filled in, and its shape: "one" (a single item),
     "list" (a list of items) or "trl" (TRL's batch judge call)."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise HTTPError(422, f"the request body is not valid JSON: {e}") from None
+    data = decode_json(body)
     if route == "judge" and isinstance(data, dict) and "prompts" in data:
         return _trl_judge_items(data), "trl"
     single = isinstance(data, dict)
@@ -172,7 +207,7 @@ def _parse_items(route: str, body: bytes, max_items: int) -> tuple[list[dict], s
             if name in item:
                 full[name] = item[name]
             elif default is _REQUIRED:
-                raise HTTPError(422, f"{_API_NAME[name]}[{p}] is missing: item {p} needs the field {name!r}")
+                raise HTTPError(422, f"item {p}: missing field {name!r}")
             else:
                 full[name] = default
         out.append(full)
@@ -435,11 +470,35 @@ class _ClientGone(Exception):
     pass
 
 
+def error_status(e: BaseException, timeout_ms=None) -> tuple[int, str, dict]:
+    """(status, message, headers) of an exception raised while answering a request."""
+    if isinstance(e, HTTPError):
+        return e.status, str(e), e.headers
+    if isinstance(e, RerankError):
+        return e.status, str(e), {}
+    if isinstance(e, (ValueError, TypeError)):
+        return 422, str(e), {}
+    if isinstance(e, Overloaded):
+        return 429, str(e), {"Retry-After": str(int(e.retry_after))}
+    if isinstance(e, DeadlineExceeded):
+        return 504, f"deadline exceeded ({timeout_ms} ms): {e}", {}
+    if isinstance(e, EngineClosed):
+        return 503, str(e), {}
+    if isinstance(e, _ClientGone):
+        return CLIENT_CLOSED, "client closed the request", {}
+    return 500, f"{type(e).__name__}: {e}", {}
+
+
 def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFAULT_MAX_CANDIDATES,
                max_text_chars: int = DEFAULT_MAX_TEXT_CHARS, max_items: int = DEFAULT_MAX_ITEMS,
-               info: Optional[dict] = None, ready: bool = True):
+               info: Optional[dict] = None, ready: bool = True, served_model_names=None,
+               rerank_strategy: str = rerank.DEFAULT_RERANK_STRATEGY, rerank_budget: Optional[int] = None):
     """The FastAPI app over an engine (which the caller owns and closes). ready=False: /ready says 503
-    and POSTs are refused until ``app.state.ready = True`` (after a warm-up)."""
+    and POSTs are refused until ``app.state.ready = True`` (after a warm-up).
+
+    served_model_names: the names the rerank routes' ``model`` may take (default: "blender-fast" and the
+    checkpoint's path and directory name from info); rerank_strategy / rerank_budget: the top-k selection
+    of a rerank request with top_n < documents, unless the request's ``blender_fast`` field says otherwise."""
     _import_serving()
     from fastapi import FastAPI, Query, Request
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -460,57 +519,77 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
     app.state.info = info or {}
     fuse_lock = threading.Lock()
     schemas = _schemas()
+    rerank_settings = RerankSettings(model_names=model_names(served_model_names, info),
+                                     strategy=rerank_strategy, budget=rerank_budget,
+                                     max_documents=max_candidates, max_text_chars=max_text_chars)
+    app.state.rerank = rerank_settings
 
     def body_schema(route):
         item = schemas[route].model_json_schema()
         return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
             "oneOf": [item, {"type": "array", "items": item}]}}}}}
 
+    def check_accepting(timeout_ms):
+        if app.state.draining or not engine.accepting:
+            raise HTTPError(503, "the server is draining (shutting down) and accepts no new requests")
+        if not app.state.ready:
+            raise HTTPError(503, "the server is warming up; see GET /ready", {"Retry-After": "1"})
+        if timeout_ms is not None and not timeout_ms > 0:
+            raise HTTPError(422, f"timeout_ms must be a positive number, got {timeout_ms}")
+
+    async def until_done_or_gone(request, coro):
+        """The coroutine's result; _ClientGone (its engine rows dropped) when the client disconnects first."""
+        task = asyncio.ensure_future(coro)
+        watcher = asyncio.ensure_future(_until_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if task not in done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise _ClientGone()
+        return task.result()
+
+    async def handle_rerank(api: str, request: Request, timeout_ms: Optional[float]) -> Response:
+        """A rerank route (api: cohere-v1, cohere-v2, tei): errors in that API's own shape."""
+        route = {"cohere-v1": "rerank_v1", "cohere-v2": "rerank_v2", "tei": "rerank_tei"}[api]
+        t0 = time.perf_counter()
+        status, headers = 200, {}
+        try:
+            check_accepting(timeout_ms)
+            data = decode_json(await request.body())
+            req = (rerank.parse_tei(data, rerank_settings) if api == "tei"
+                   else rerank.parse_cohere(data, int(api[-1]), rerank_settings))
+            timeout = None if timeout_ms is None else timeout_ms / 1000.0
+            ranked = await until_done_or_gone(request, rerank.run_rerank(engine, req, timeout))
+            payload = (rerank.tei_response(req, ranked) if api == "tei"
+                       else rerank.cohere_response(req, ranked, int(api[-1])))
+        except Exception as e:  # noqa: BLE001  (one response per request, whatever happened)
+            status, message, headers = error_status(e, timeout_ms)
+            payload = rerank.error_body(api, status, message)
+        metrics.requests.labels(route, str(status)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - t0)
+        return JSONResponse(payload, status_code=status, headers=headers)
+
     async def handle(route: str, request: Request, timeout_ms: Optional[float], fn) -> Response:
         t0 = time.perf_counter()
         status, headers = 200, {}
         try:
-            if app.state.draining or not engine.accepting:
-                raise HTTPError(503, "the server is draining (shutting down) and accepts no new requests")
-            if not app.state.ready:
-                raise HTTPError(503, "the server is warming up; see GET /ready", {"Retry-After": "1"})
-            if timeout_ms is not None and not timeout_ms > 0:
-                raise HTTPError(422, f"timeout_ms must be a positive number, got {timeout_ms}")
+            check_accepting(timeout_ms)
             items, shape = _parse_items(route, await request.body(), max_items)
             if len(items) > max_items:
                 raise HTTPError(413, f"{len(items)} items in one request; this server accepts at most {max_items}")
             _check_sizes(items, *SIZED_FIELDS[route], max_candidates, max_text_chars)
             timeout = None if timeout_ms is None else timeout_ms / 1000.0
-            task = asyncio.ensure_future(fn(items, timeout))
-            watcher = asyncio.ensure_future(_until_disconnected(request))
-            try:
-                done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                watcher.cancel()
-            if task not in done:  # the client went away: cancelling drops the engine's remaining rows
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                raise _ClientGone()
-            results = task.result()
+            results = await until_done_or_gone(request, fn(items, timeout))
             if shape == "trl":  # TRL's PairRMJudge.judge return value: a plain list
                 payload = [r["probability"] if "probability" in r else r["preferred"] for r in results]
             else:
                 payload = results[0] if shape == "one" else results
-        except HTTPError as e:
-            status, headers, payload = e.status, e.headers, {"detail": str(e)}
-        except (ValueError, TypeError) as e:
-            status, payload = 422, {"detail": str(e)}
-        except Overloaded as e:
-            status, payload = 429, {"detail": str(e)}
-            headers = {"Retry-After": str(int(e.retry_after))}
-        except DeadlineExceeded as e:
-            status, payload = 504, {"detail": f"deadline exceeded ({timeout_ms} ms): {e}"}
-        except EngineClosed as e:
-            status, payload = 503, {"detail": str(e)}
-        except _ClientGone:
-            status, payload = CLIENT_CLOSED, {"detail": "client closed the request"}
         except Exception as e:  # noqa: BLE001  (one response per request, whatever happened)
-            status, payload = 500, {"detail": f"{type(e).__name__}: {e}"}
+            status, message, headers = error_status(e, timeout_ms)
+            payload = {"detail": message}
         metrics.requests.labels(route, str(status)).inc()
         metrics.latency.labels(route).observe(time.perf_counter() - t0)
         return JSONResponse(payload, status_code=status, headers=headers)
@@ -548,6 +627,32 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
             return await handle("fuse", request, timeout_ms,
                                 lambda items, t: _fuse(engine, items, t, fuser, fuse_lock))
 
+    rerank_doc = (" The query is the PairRM input and the documents its candidates; top_n < documents runs a "
+                  "top-k selection (the extension field `blender_fast: {strategy, budget, source_maxlength, "
+                  "candidate_maxlength}` overrides the server's), else a full ranking. See docs/rerank.md.")
+
+    @app.post("/v1/rerank", summary="Cohere v1 rerank", tags=["rerank"],
+              description="Cohere's v1 rerank: `{model?, query, documents (strings or {text}), top_n?, "
+                          "return_documents?}` -> `{id, results: [{index, relevance_score, document?}], meta}`, "
+                          "best first; errors `{message}`." + rerank_doc)
+    async def rerank_v1(request: Request, timeout_ms: Optional[float] = timeout_q):
+        return await handle_rerank("cohere-v1", request, timeout_ms)
+
+    @app.post("/v2/rerank", summary="Cohere v2 rerank", tags=["rerank"],
+              description="Cohere's v2 rerank: `{model, query, documents (strings), top_n?, max_tokens_per_doc?}` "
+                          "-> `{id, results: [{index, relevance_score}], meta}`, best first; errors `{message}`."
+                          + rerank_doc)
+    async def rerank_v2(request: Request, timeout_ms: Optional[float] = timeout_q):
+        return await handle_rerank("cohere-v2", request, timeout_ms)
+
+    @app.post("/rerank", summary="TEI rerank", tags=["rerank"],
+              description="text-embeddings-inference's rerank: `{query, texts, raw_scores?, return_text?, "
+                          "truncate?, truncation_direction?}` -> `[{index, score, text?}]`, best first (a full "
+                          "ranking); errors `{error, error_type}`. score: relevance in [0, 1], or with raw_scores "
+                          "the PairRM aggregate." + rerank_doc)
+    async def rerank_tei(request: Request, timeout_ms: Optional[float] = timeout_q):
+        return await handle_rerank("tei", request, timeout_ms)
+
     @app.get("/health", summary="Alive")
     async def health():
         return {"status": "ok"}
@@ -567,13 +672,27 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
     return app
 
 
+def model_names(served_model_names, info: Optional[dict]) -> tuple:
+    """The names a rerank request's ``model`` may take."""
+    if served_model_names:
+        return tuple(served_model_names)
+    names = ["blender-fast"]
+    model = (info or {}).get("model")
+    if model:
+        import os
+
+        names += [str(model), os.path.basename(str(model).rstrip("/"))]
+    return tuple(dict.fromkeys(names))
+
+
 # -- the command -----------------------------------------------------------------------------------
 
 def add_serve_parser(subparsers) -> None:
     """``blender-fast serve``: the CLI calls this from build_parser."""
     import argparse
 
-    from ..options import BACKENDS, DEVICE_CHOICES, PRECISIONS, int_argument
+    from ..options import BACKENDS, DEVICE_CHOICES, PRECISIONS, STRATEGIES, int_argument
+    from .rerank import DEFAULT_RERANK_STRATEGY
 
     positive_int, non_negative_int = int_argument(1), int_argument(0)
 
@@ -603,6 +722,13 @@ def add_serve_parser(subparsers) -> None:
                    help="candidates per item; beyond it 413")
     p.add_argument("--max-text-chars", type=positive_int, default=DEFAULT_MAX_TEXT_CHARS,
                    help="characters per text; beyond it 413")
+    p.add_argument("--served-model-name", action="append", default=None, metavar="NAME",
+                   help="a name the rerank routes' `model` field may take (repeatable; default: blender-fast and "
+                        "the checkpoint's path and directory name)")
+    p.add_argument("--rerank-strategy", choices=STRATEGIES, default=DEFAULT_RERANK_STRATEGY,
+                   help="rerank with top_n < documents: the top-k selection strategy")
+    p.add_argument("--rerank-budget", type=positive_int, default=None,
+                   help="rerank: forward passes per request for swiss / knockout_rr / adaptive")
     p.add_argument("--no-cross-request-batching", action="store_true",
                    help="run one request per model call (for comparison only)")
     p.set_defaults(func=cmd_serve)
@@ -660,7 +786,8 @@ def cmd_serve(args) -> int:
     info = {"model": str(path), "runtime": _runtime_name(ranker.model), "precision": args.precision,
             "threads": args.threads or "runtime default", "device": device}
     app = create_app(engine, fuser=fuser, max_candidates=args.max_candidates, max_text_chars=args.max_text_chars,
-                     info=info, ready=False)
+                     info=info, ready=False, served_model_names=args.served_model_name,
+                     rerank_strategy=args.rerank_strategy, rerank_budget=args.rerank_budget)
     sock = listening_socket(args.host, args.port)
     port = sock.getsockname()[1]
     server = _DrainingServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",

@@ -151,10 +151,11 @@ def test_bad_requests_get_422_and_413_with_the_message(ranker):
     with live_server(BatchingEngine(ranker), max_candidates=5, max_text_chars=50) as url:
         cases = [
             ("/v1/rank", "{not json", 422, "not valid JSON"),
+            ("/v1/rank", "[" * 100_000 + "]" * 100_000, 422, "more than 64 levels deep"),
             ("/v1/rank", "[]", 422, "non-empty list of items"),
             ("/v1/rank", '[{"input": "q", "candidates": ["a", "b"]}, {"input": "q", "candidates": ["a", 7]}]',
              422, "candidates[1][1] must be a string, got int"),
-            ("/v1/rank", '{"candidates": ["a"]}', 422, "inputs[0] is missing"),
+            ("/v1/rank", '{"candidates": ["a"]}', 422, "item 0: missing field 'input'"),
             ("/v1/rank", '{"input": "q", "candidates": []}', 422, "candidates[0] is empty"),
             ("/v1/rank", '{"input": "q", "candidates": ["a"], "topk": 1}', 422, "unknown field 'topk'"),
             ("/v1/select", '{"input": "q", "candidates": ["a", "b"], "top_k": 3}', 422,
