@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from . import rerank
+from .fuse_batcher import DEFAULT_FUSE_MAX_BATCH, DEFAULT_FUSE_MAX_QUEUED, DEFAULT_FUSE_MAX_WAIT_MS, FuseBatcher
 from .rerank import RerankError, RerankSettings
 from .engine import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QUEUED_PAIRS, DEFAULT_MAX_ROWS_PER_REQUEST,
                      DEFAULT_MAX_WAIT_MS, BatchingEngine, DeadlineExceeded, EngineClosed, Overloaded)
@@ -39,6 +40,7 @@ ROUTES = ("rank", "select", "compare", "judge", "fuse")
 def _import_serving():
     try:
         import fastapi  # noqa: F401
+        import fastapi_offline  # noqa: F401
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as e:
@@ -70,6 +72,10 @@ FIELDS = {
     "fuse": {"instruction": "", "input": _REQUIRED, "candidates": _REQUIRED, "top_k": 3,
              "strategy": "tournament", "seed": 0, "budget": None, "num_beams": None, "max_new_tokens": None},
 }
+# The ranker's truncation (tokens of the source / of each candidate) per item: None = the ranker's own.
+TRUNCATION = ("source_maxlength", "candidate_maxlength")
+for _route in ("rank", "select", "compare", "fuse"):
+    FIELDS[_route].update(dict.fromkeys(TRUNCATION))
 # Which field of an item each Python-API argument name stands for, in messages about a missing field.
 _API_NAME = {"input": "inputs", "candidates": "candidates", "instruction": "instructions", "prompt": "prompts",
              "completions": "completions", "candidate_a": "candidates_a", "candidate_b": "candidates_b"}
@@ -130,6 +136,13 @@ def _schemas():
         num_beams: Opt[int] = None
         max_new_tokens: Opt[int] = None
 
+    class Truncation(BaseModel):
+        source_maxlength: Opt[int] = Field(None, ge=1, description="tokens kept of instruction+input (None: the "
+                                           "ranker's)")
+        candidate_maxlength: Opt[int] = Field(None, ge=1, description="tokens kept of each candidate")
+
+    RankItem, SelectItem, CompareItem, FuseItem = (type(m.__name__, (m, Truncation), {})
+                                                   for m in (RankItem, SelectItem, CompareItem, FuseItem))
     return {"rank": RankItem, "select": SelectItem, "compare": CompareItem, "judge": JudgeItem, "fuse": FuseItem}
 
 
@@ -290,10 +303,10 @@ async def _rank(engine, items, timeout):
     # Check every item first so that messages carry the item's index, then one engine call per policy.
     _validate_prompts(inputs, [i["candidates"] for i in items], [i["instruction"] for i in items])
     out = [None] * len(items)
-    for key, ps in _groups(items, ("policy",)).items():
+    for key, ps in _groups(items, ("policy",) + TRUNCATION).items():
         scores = await engine.rank([inputs[p] for p in ps], [items[p]["candidates"] for p in ps],
                                    [items[p]["instruction"] for p in ps], return_scores=True,
-                                   policy=items[ps[0]]["policy"], timeout=timeout)
+                                   policy=items[ps[0]]["policy"], timeout=timeout, **truncation(items[ps[0]]))
         from ..selection.strategies import ranks_from_scores
 
         for p, s in zip(ps, scores):
@@ -302,6 +315,11 @@ async def _rank(engine, items, timeout):
                 res["scores"] = [float(x) for x in s]
             out[p] = res
     return out
+
+
+def truncation(item: dict) -> dict:
+    """The item's source_maxlength / candidate_maxlength, as engine keyword arguments."""
+    return {k: item.get(k) for k in TRUNCATION}
 
 
 def _validate_prompts(inputs, candidates, instructions):
@@ -329,12 +347,13 @@ async def _select(engine, items, timeout):
                       [i["instruction"] for i in items])
     out = [None] * len(items)
     calls = []
-    for key, ps in _groups(items, ("top_k", "strategy", "orders", "seed", "policy", "worst", "budget")).items():
+    for key, ps in _groups(items, ("top_k", "strategy", "orders", "seed", "policy", "worst", "budget")
+                           + TRUNCATION).items():
         o = items[ps[0]]
         calls.append((ps, engine.select([items[p]["input"] for p in ps], [items[p]["candidates"] for p in ps],
                                         top_k=o["top_k"], strategy=o["strategy"], orders=o["orders"], seed=o["seed"],
                                         instructions=[items[p]["instruction"] for p in ps], policy=o["policy"],
-                                        worst=o["worst"], budget=o["budget"], timeout=timeout)))
+                                        worst=o["worst"], budget=o["budget"], timeout=timeout, **truncation(o))))
     results = await asyncio.gather(*(c for _, c in calls))
     for (ps, _), sels in zip(calls, results):
         for p, s in zip(ps, sels):
@@ -350,10 +369,11 @@ async def _compare(engine, items, timeout):
     _validate_prompts([i["input"] for i in items], [[i["candidate_a"], i["candidate_b"]] for i in items],
                       [i["instruction"] for i in items])
     out = [None] * len(items)
-    groups = list(_groups(items, ("mode",)).values())
+    groups = list(_groups(items, ("mode",) + TRUNCATION).values())
     results = await asyncio.gather(*(engine.compare(
         [items[p]["input"] for p in ps], [items[p]["candidate_a"] for p in ps], [items[p]["candidate_b"] for p in ps],
-        [items[p]["instruction"] for p in ps], mode=items[ps[0]]["mode"], timeout=timeout) for ps in groups))
+        [items[p]["instruction"] for p in ps], mode=items[ps[0]]["mode"], timeout=timeout,
+        **truncation(items[ps[0]])) for ps in groups))
     for ps, logits in zip(groups, results):
         for p, x in zip(ps, logits):
             out[p] = {"logit": float(x)}
@@ -388,7 +408,7 @@ async def _judge(engine, items, timeout):
     return out
 
 
-async def _fuse(engine, items, timeout, fuser, fuse_lock):
+async def _fuse(engine, items, timeout, batcher):
     _select_checks(items)
     for p in range(len(items)):
         _option(items, p, "num_beams", (int, type(None)), lambda n: n >= 1)
@@ -398,18 +418,19 @@ async def _fuse(engine, items, timeout, fuser, fuse_lock):
         item.setdefault("policy", "max_logits")
         item.setdefault("worst", False)
     selected = await _select(engine, items, timeout)
-    out = []
-    loop = asyncio.get_running_loop()
-    for item, sel in zip(items, selected):
-        kwargs = {k: item[k] for k in ("num_beams", "max_new_tokens") if item[k] is not None}
-        top = [item["candidates"][i] for i in sel["top_k"]]
+    # One submission per generate setting; the batcher joins them with other requests' prompts.
+    out = [None] * len(items)
+    groups = list(_groups(items, ("num_beams", "max_new_tokens")).values())
 
-        def run(item=item, top=top, kwargs=kwargs):
-            with fuse_lock:  # one generation at a time: the fuser is not shared across threads
-                return fuser.fuse([item["input"]], [top], [item["instruction"]], progress=False, **kwargs)[0]
+    def generate(item):
+        return {k: item[k] for k in ("num_beams", "max_new_tokens") if item[k] is not None}
 
-        text = await loop.run_in_executor(None, run)
-        out.append({"text": text, "top_k": sel["top_k"]})
+    texts = await asyncio.gather(*(batcher.fuse(
+        [items[p]["input"] for p in ps], [[items[p]["candidates"][i] for i in selected[p]["top_k"]] for p in ps],
+        [items[p]["instruction"] for p in ps], **generate(items[ps[0]])) for ps in groups))
+    for ps, group_texts in zip(groups, texts):
+        for p, text in zip(ps, group_texts):
+            out[p] = {"text": text, "top_k": selected[p]["top_k"]}
     return out
 
 
@@ -445,6 +466,17 @@ class Metrics:
         self.batches = Counter("blender_fast_batches", "Model calls", registry=r)
         self.tokens = Counter("blender_fast_tokens", "Real tokens run through the model", registry=r)
         self.pad_tokens = Counter("blender_fast_pad_tokens", "Pad tokens run through the model", registry=r)
+        self.fuse_batch_prompts = Histogram("blender_fast_fuse_batch_prompts", "Prompts per fusion generate batch",
+                                            registry=r, buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.fuse_batch_requests = Histogram("blender_fast_fuse_batch_requests",
+                                             "Requests sharing one fusion generate batch", registry=r,
+                                             buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.fuse_seconds = Counter("blender_fast_fuse_seconds", "Seconds spent in fusion generate", registry=r)
+
+    def observe_fuse_batch(self, prompts: int, requests: int, seconds: float) -> None:
+        self.fuse_batch_prompts.observe(prompts)
+        self.fuse_batch_requests.observe(requests)
+        self.fuse_seconds.inc(seconds)
 
     def observe_batch(self, rows: int, tokens: int, pad: int, seconds: float) -> None:
         self.batch_rows.observe(rows)
@@ -492,21 +524,27 @@ def error_status(e: BaseException, timeout_ms=None) -> tuple[int, str, dict]:
 def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFAULT_MAX_CANDIDATES,
                max_text_chars: int = DEFAULT_MAX_TEXT_CHARS, max_items: int = DEFAULT_MAX_ITEMS,
                info: Optional[dict] = None, ready: bool = True, served_model_names=None,
-               rerank_strategy: str = rerank.DEFAULT_RERANK_STRATEGY, rerank_budget: Optional[int] = None):
+               rerank_strategy: str = rerank.DEFAULT_RERANK_STRATEGY, rerank_budget: Optional[int] = None,
+               fuse_max_batch: int = DEFAULT_FUSE_MAX_BATCH, fuse_max_wait_ms: float = DEFAULT_FUSE_MAX_WAIT_MS,
+               fuse_max_queued: int = DEFAULT_FUSE_MAX_QUEUED):
     """The FastAPI app over an engine (which the caller owns and closes). ready=False: /ready says 503
     and POSTs are refused until ``app.state.ready = True`` (after a warm-up).
 
     served_model_names: the names the rerank routes' ``model`` may take (default: "blender-fast" and the
     checkpoint's path and directory name from info); rerank_strategy / rerank_budget: the top-k selection
-    of a rerank request with top_n < documents, unless the request's ``blender_fast`` field says otherwise."""
+    of a rerank request with top_n < documents, unless the request's ``blender_fast`` field says otherwise.
+    fuse_*: /v1/fuse's batching across requests (prompts per generate, wait for company, prompts queued
+    before 429); the app's FuseBatcher is ``app.state.fuse_batcher`` (the caller closes it)."""
     _import_serving()
-    from fastapi import FastAPI, Query, Request
+    from fastapi import Query, Request
+    from fastapi_offline import FastAPIOffline
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from .. import __version__
 
-    app = FastAPI(title="blender-fast", version=__version__,
+    # FastAPIOffline: /docs and /redoc load swagger-ui/redoc from the app (/static-offline-docs), not a CDN.
+    app = FastAPIOffline(title="blender-fast", version=__version__,
                   description="PairRM ranking as a service, with continuous batching across requests and "
                               "selection steps. Each POST takes one item or a list of items.")
     metrics = Metrics(engine)
@@ -517,7 +555,11 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
     app.state.ready = ready
     app.state.draining = False
     app.state.info = info or {}
-    fuse_lock = threading.Lock()
+    fuse_batcher = None
+    if fuser is not None:
+        fuse_batcher = FuseBatcher(fuser, max_batch=fuse_max_batch, max_wait_ms=fuse_max_wait_ms,
+                                   max_queued=fuse_max_queued, on_batch=metrics.observe_fuse_batch)
+    app.state.fuse_batcher = fuse_batcher
     schemas = _schemas()
     rerank_settings = RerankSettings(model_names=model_names(served_model_names, info),
                                      strategy=rerank_strategy, budget=rerank_budget,
@@ -625,7 +667,7 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
                               + RESPONSES["fuse"])
         async def fuse(request: Request, timeout_ms: Optional[float] = timeout_q):
             return await handle("fuse", request, timeout_ms,
-                                lambda items, t: _fuse(engine, items, t, fuser, fuse_lock))
+                                lambda items, t: _fuse(engine, items, t, fuse_batcher))
 
     rerank_doc = (" The query is the PairRM input and the documents its candidates; top_n < documents runs a "
                   "top-k selection (the extension field `blender_fast: {strategy, budget, source_maxlength, "
@@ -722,6 +764,12 @@ def add_serve_parser(subparsers) -> None:
                    help="candidates per item; beyond it 413")
     p.add_argument("--max-text-chars", type=positive_int, default=DEFAULT_MAX_TEXT_CHARS,
                    help="characters per text; beyond it 413")
+    p.add_argument("--fuse-max-batch", type=positive_int, default=DEFAULT_FUSE_MAX_BATCH,
+                   help="/v1/fuse: prompts of concurrent requests run in one generate batch")
+    p.add_argument("--fuse-max-wait-ms", type=float, default=DEFAULT_FUSE_MAX_WAIT_MS,
+                   help="/v1/fuse: how long a fusion batch waits for other requests to join")
+    p.add_argument("--fuse-max-queued", type=positive_int, default=DEFAULT_FUSE_MAX_QUEUED,
+                   help="/v1/fuse: prompts waiting for generate; beyond it requests get 429")
     p.add_argument("--served-model-name", action="append", default=None, metavar="NAME",
                    help="a name the rerank routes' `model` field may take (repeatable; default: blender-fast and "
                         "the checkpoint's path and directory name)")
@@ -787,7 +835,9 @@ def cmd_serve(args) -> int:
             "threads": args.threads or "runtime default", "device": device}
     app = create_app(engine, fuser=fuser, max_candidates=args.max_candidates, max_text_chars=args.max_text_chars,
                      info=info, ready=False, served_model_names=args.served_model_name,
-                     rerank_strategy=args.rerank_strategy, rerank_budget=args.rerank_budget)
+                     rerank_strategy=args.rerank_strategy, rerank_budget=args.rerank_budget,
+                     fuse_max_batch=args.fuse_max_batch, fuse_max_wait_ms=args.fuse_max_wait_ms,
+                     fuse_max_queued=args.fuse_max_queued)
     sock = listening_socket(args.host, args.port)
     port = sock.getsockname()[1]
     server = _DrainingServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
@@ -810,6 +860,8 @@ def cmd_serve(args) -> int:
         server.run(sockets=[sock])
     finally:
         engine.close(timeout=5)
+        if app.state.fuse_batcher is not None:
+            app.state.fuse_batcher.close()
     print("blender-fast serve: stopped", file=sys.stderr, flush=True)
     return 0
 

@@ -123,3 +123,23 @@ def test_tei_rerank_shape_scores_and_errors(ranker, docs):
         ]:
             got_status, got, _ = post(url, path, body)
             assert got_status == status and message in got["message"], (body[:80], got)
+
+
+def test_docs_page_loads_only_assets_the_app_serves(ranker):
+    """/docs and /redoc must render with no network: every script/style/icon URL is the app's own."""
+    import re
+    import urllib.request
+
+    from test_server import NO_PROXY
+
+    with live_server(BatchingEngine(ranker)) as url:
+        for page in ("/docs", "/redoc"):
+            with NO_PROXY.open(url + page, timeout=30) as resp:
+                html = resp.read().decode()
+            assets = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)['"]""", html)
+            assets += re.findall(r"""url:\s*['"]([^'"]+)['"]""", html)  # swagger-ui's openapi.json
+            assert assets, html
+            for asset in assets:
+                assert asset.startswith("/") and not asset.startswith("//"), (page, asset)
+                with NO_PROXY.open(urllib.request.Request(url + asset), timeout=30) as resp:
+                    assert resp.status == 200 and resp.read(), asset
