@@ -818,6 +818,11 @@ def cmd_serve(args) -> int:
     for name in ("max_batch_tokens", "max_queued_pairs", "max_candidates", "max_text_chars", "max_rows_per_request"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    from ..selection.strategies import BUDGETED
+
+    if args.rerank_budget is not None and args.rerank_strategy not in BUDGETED:
+        raise ValueError(f"--rerank-budget applies to the strategies {', '.join(BUDGETED)}, not "
+                         f"--rerank-strategy {args.rerank_strategy}")
     t0 = time.perf_counter()
     path = resolve_model(args.model)
     device = resolve_device(args.device, args.backend)
