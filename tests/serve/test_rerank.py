@@ -143,3 +143,19 @@ def test_docs_page_loads_only_assets_the_app_serves(ranker):
                 assert asset.startswith("/") and not asset.startswith("//"), (page, asset)
                 with NO_PROXY.open(urllib.request.Request(url + asset), timeout=30) as resp:
                     assert resp.status == 200 and resp.read(), asset
+
+
+def test_llamaindex_tei_reranker_gets_the_offline_order(ranker, docs):
+    """LlamaIndex's TEI reranker (TextEmbeddingInference postprocessor) re-sorts the nodes by our score."""
+    require("llama_index.postprocessor.tei_rerank")
+    from llama_index.core.schema import NodeWithScore, TextNode
+    from llama_index.postprocessor.tei_rerank import TextEmbeddingInference
+
+    query, documents = docs
+    want = offline_order(ranker, query, documents)
+    nodes = [NodeWithScore(node=TextNode(text=d, id_=str(i)), score=0.0) for i, d in enumerate(documents)]
+    with live_server(BatchingEngine(ranker)) as url:
+        reranker = TextEmbeddingInference(base_url=url, top_n=len(documents))
+        out = reranker.postprocess_nodes(nodes, query_str=query)
+    assert [int(n.node.id_) for n in out] == want
+    assert all(0 <= n.score <= 1 for n in out)
