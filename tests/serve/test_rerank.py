@@ -159,3 +159,29 @@ def test_llamaindex_tei_reranker_gets_the_offline_order(ranker, docs):
         out = reranker.postprocess_nodes(nodes, query_str=query)
     assert [int(n.node.id_) for n in out] == want
     assert all(0 <= n.score <= 1 for n in out)
+
+
+def test_rerank_shares_the_engines_admission_429_in_each_apis_shape(ranker, docs):
+    import concurrent.futures
+
+    from test_engine import WAIT_S, gated_ranker
+    from test_server import get, metric
+
+    query, documents = docs  # 6 documents: a full ranking is 30 rows
+    gr, gated = gated_ranker(ranker)
+    with live_server(BatchingEngine(gr, max_queued_pairs=40, max_wait_ms=0)) as url:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(post, url, "/v1/rank", json.dumps({"input": query, "candidates": documents}))
+            assert gated.entered.wait(WAIT_S)
+            v2 = post(url, "/v2/rerank", json.dumps({"model": "blender-fast", "query": query, "documents": documents}))
+            tei = post(url, "/rerank", json.dumps({"query": query, "texts": documents}))
+            # A top-1 tournament costs 2(n-1) = 10 rows: it fits beside the 30 in flight.
+            top1 = pool.submit(post, url, "/v1/rerank", json.dumps({"query": query, "documents": documents,
+                                                                    "top_n": 1}))
+            gated.gate.set()
+            assert first.result(WAIT_S)[0] == 200 and top1.result(WAIT_S)[0] == 200
+        assert v2[0] == 429 and "queue full" in v2[1]["message"] and int(v2[2]["Retry-After"]) >= 1
+        assert tei[0] == 429 and tei[1]["error_type"] == "overloaded"
+        _, text = get(url, "/metrics")
+        assert metric(text, "blender_fast_requests_total", route="rerank_v2", status="429") == 1
+        assert metric(text, "blender_fast_requests_total", route="rerank_v1", status="200") == 1
