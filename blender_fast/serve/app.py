@@ -669,25 +669,26 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
             return await handle("fuse", request, timeout_ms,
                                 lambda items, t: _fuse(engine, items, t, fuse_batcher))
 
+    rerank_bodies = rerank.openapi_bodies()
     rerank_doc = (" The query is the PairRM input and the documents its candidates; top_n < documents runs a "
                   "top-k selection (the extension field `blender_fast: {strategy, budget, source_maxlength, "
                   "candidate_maxlength}` overrides the server's), else a full ranking. See docs/rerank.md.")
 
-    @app.post("/v1/rerank", summary="Cohere v1 rerank", tags=["rerank"],
+    @app.post("/v1/rerank", openapi_extra=rerank_bodies["cohere-v1"], summary="Cohere v1 rerank", tags=["rerank"],
               description="Cohere's v1 rerank: `{model?, query, documents (strings or {text}), top_n?, "
                           "return_documents?}` -> `{id, results: [{index, relevance_score, document?}], meta}`, "
                           "best first; errors `{message}`." + rerank_doc)
     async def rerank_v1(request: Request, timeout_ms: Optional[float] = timeout_q):
         return await handle_rerank("cohere-v1", request, timeout_ms)
 
-    @app.post("/v2/rerank", summary="Cohere v2 rerank", tags=["rerank"],
+    @app.post("/v2/rerank", openapi_extra=rerank_bodies["cohere-v2"], summary="Cohere v2 rerank", tags=["rerank"],
               description="Cohere's v2 rerank: `{model, query, documents (strings), top_n?, max_tokens_per_doc?}` "
                           "-> `{id, results: [{index, relevance_score}], meta}`, best first; errors `{message}`."
                           + rerank_doc)
     async def rerank_v2(request: Request, timeout_ms: Optional[float] = timeout_q):
         return await handle_rerank("cohere-v2", request, timeout_ms)
 
-    @app.post("/rerank", summary="TEI rerank", tags=["rerank"],
+    @app.post("/rerank", openapi_extra=rerank_bodies["tei"], summary="TEI rerank", tags=["rerank"],
               description="text-embeddings-inference's rerank: `{query, texts, raw_scores?, return_text?, "
                           "truncate?, truncation_direction?}` -> `[{index, score, text?}]`, best first (a full "
                           "ranking); errors `{error, error_type}`. score: relevance in [0, 1], or with raw_scores "

@@ -280,3 +280,67 @@ def error_body(api: str, status: int, message: str):
     if api == "tei":
         return {"error": message, "error_type": TEI_ERROR_TYPES.get(status, "validation")}
     return {"message": message}
+
+
+def openapi_bodies() -> dict:
+    """OpenAPI request bodies of the three routes, for the docs page only (requests are checked by the
+    parse functions above, so that errors carry this module's messages and each API's shape)."""
+    from typing import List, Literal, Optional as Opt, Union
+
+    from pydantic import BaseModel, Field
+
+    class Extension(BaseModel):
+        strategy: Opt[Literal[STRATEGIES]] = Field(None, description="top-k selection when top_n < documents")  # type: ignore[valid-type]
+        budget: Opt[int] = Field(None, ge=1, description="forward passes (swiss / knockout_rr / adaptive)")
+        source_maxlength: Opt[int] = Field(None, ge=1, description="tokens kept of the query")
+        candidate_maxlength: Opt[int] = Field(None, ge=1, description="tokens kept of each document")
+
+    class Document(BaseModel):
+        text: str
+
+    class CohereV1(BaseModel):
+        model: Opt[str] = Field(None, description="a served model name (--served-model-name)")
+        query: str
+        documents: List[Union[str, Document]]
+        top_n: Opt[int] = Field(None, ge=1, description="< documents: a top-k selection; else a full ranking")
+        return_documents: Opt[bool] = False
+        blender_fast: Opt[Extension] = None
+
+    class CohereV2(BaseModel):
+        model: str = Field(..., description="a served model name (--served-model-name)")
+        query: str
+        documents: List[str]
+        top_n: Opt[int] = Field(None, ge=1, description="< documents: a top-k selection; else a full ranking")
+        max_tokens_per_doc: Opt[int] = Field(None, ge=1, description="caps each document's tokens")
+        blender_fast: Opt[Extension] = None
+
+    class Tei(BaseModel):
+        query: str
+        texts: List[str]
+        raw_scores: bool = Field(False, description="the PairRM aggregate instead of the [0, 1] relevance")
+        return_text: bool = False
+        truncate: Opt[bool] = Field(None, description="accepted; PairRM always truncates")
+        truncation_direction: Literal["Right", "right"] = "Right"
+        blender_fast: Opt[Extension] = None
+
+    return {name: {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": _inline_refs(model.model_json_schema())}}}}
+        for name, model in (("cohere-v1", CohereV1), ("cohere-v2", CohereV2), ("tei", Tei))}
+
+
+def _inline_refs(schema: dict) -> dict:
+    """The schema with its ``$defs`` references replaced by the definitions: a route's openapi_extra is
+    inlined into the spec, where a ``#/$defs/...`` reference would point at nothing."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref[len("#/$defs/"):]])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)

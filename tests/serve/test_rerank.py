@@ -143,6 +143,12 @@ def test_docs_page_loads_only_assets_the_app_serves(ranker):
                 assert asset.startswith("/") and not asset.startswith("//"), (page, asset)
                 with NO_PROXY.open(urllib.request.Request(url + asset), timeout=30) as resp:
                     assert resp.status == 200 and resp.read(), asset
+        # The rerank routes document their bodies, with no reference left dangling.
+        with NO_PROXY.open(url + "/openapi.json", timeout=30) as resp:
+            spec = json.loads(resp.read())
+        for path, field in (("/v1/rerank", "documents"), ("/v2/rerank", "max_tokens_per_doc"), ("/rerank", "texts")):
+            body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            assert field in body["properties"] and "$defs" not in json.dumps(body), path
 
 
 def test_llamaindex_tei_reranker_gets_the_offline_order(ranker, docs):
