@@ -180,6 +180,22 @@ def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
+async def read_body(request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused with 413 as soon as it (or its declared Content-Length) passes max_bytes,
+    so that an oversized body is never held whole in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise HTTPError(413, f"the request body has {declared} bytes; this server accepts at most {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise HTTPError(413, f"the request body has more than {max_bytes} bytes; this server accepts at most "
+                                 f"{max_bytes}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def decode_json(body: bytes, max_bytes: int = MAX_BODY_BYTES):
     """The decoded body; HTTPError 413 past max_bytes, 422 when nested too deeply or not JSON."""
     if len(body) > max_bytes:
@@ -194,10 +210,11 @@ def decode_json(body: bytes, max_bytes: int = MAX_BODY_BYTES):
         raise HTTPError(422, "the request body nests arrays/objects too deeply") from None
 
 
-def _parse_items(route: str, body: bytes, max_items: int) -> tuple[list[dict], str]:
+def _parse_items(route: str, body: bytes, max_items: int, max_body_bytes: int = MAX_BODY_BYTES
+                 ) -> tuple[list[dict], str]:
     """The body as a list of items with defaults filled in, and its shape: "one" (a single item),
     "list" (a list of items) or "trl" (TRL's batch judge call)."""
-    data = decode_json(body)
+    data = decode_json(body, max_body_bytes)
     if route == "judge" and isinstance(data, dict) and "prompts" in data:
         return _trl_judge_items(data), "trl"
     single = isinstance(data, dict)
@@ -526,7 +543,7 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
                info: Optional[dict] = None, ready: bool = True, served_model_names=None,
                rerank_strategy: str = rerank.DEFAULT_RERANK_STRATEGY, rerank_budget: Optional[int] = None,
                fuse_max_batch: int = DEFAULT_FUSE_MAX_BATCH, fuse_max_wait_ms: float = DEFAULT_FUSE_MAX_WAIT_MS,
-               fuse_max_queued: int = DEFAULT_FUSE_MAX_QUEUED):
+               fuse_max_queued: int = DEFAULT_FUSE_MAX_QUEUED, max_body_bytes: int = MAX_BODY_BYTES):
     """The FastAPI app over an engine (which the caller owns and closes). ready=False: /ready says 503
     and POSTs are refused until ``app.state.ready = True`` (after a warm-up).
 
@@ -534,7 +551,8 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
     checkpoint's path and directory name from info); rerank_strategy / rerank_budget: the top-k selection
     of a rerank request with top_n < documents, unless the request's ``blender_fast`` field says otherwise.
     fuse_*: /v1/fuse's batching across requests (prompts per generate, wait for company, prompts queued
-    before 429); the app's FuseBatcher is ``app.state.fuse_batcher`` (the caller closes it)."""
+    before 429); the app's FuseBatcher is ``app.state.fuse_batcher`` (the caller closes it).
+    max_body_bytes: larger request bodies are refused (413) before they are read whole or decoded."""
     _import_serving()
     from fastapi import Query, Request
     from fastapi_offline import FastAPIOffline
@@ -600,7 +618,7 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
         status, headers = 200, {}
         try:
             check_accepting(timeout_ms)
-            data = decode_json(await request.body())
+            data = decode_json(await read_body(request, max_body_bytes), max_body_bytes)
             req = (rerank.parse_tei(data, rerank_settings) if api == "tei"
                    else rerank.parse_cohere(data, int(api[-1]), rerank_settings))
             timeout = None if timeout_ms is None else timeout_ms / 1000.0
@@ -619,7 +637,7 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
         status, headers = 200, {}
         try:
             check_accepting(timeout_ms)
-            items, shape = _parse_items(route, await request.body(), max_items)
+            items, shape = _parse_items(route, await read_body(request, max_body_bytes), max_items, max_body_bytes)
             if len(items) > max_items:
                 raise HTTPError(413, f"{len(items)} items in one request; this server accepts at most {max_items}")
             _check_sizes(items, *SIZED_FIELDS[route], max_candidates, max_text_chars)

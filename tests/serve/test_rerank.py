@@ -191,3 +191,12 @@ def test_rerank_shares_the_engines_admission_429_in_each_apis_shape(ranker, docs
         _, text = get(url, "/metrics")
         assert metric(text, "blender_fast_requests_total", route="rerank_v2", status="429") == 1
         assert metric(text, "blender_fast_requests_total", route="rerank_v1", status="200") == 1
+
+
+def test_oversized_body_is_413_before_decoding(ranker):
+    with live_server(BatchingEngine(ranker), max_body_bytes=1000) as url:
+        big = json.dumps({"query": "q", "documents": ["x" * 2000]})
+        status, body, _ = post(url, "/v1/rerank", big)
+        assert status == 413 and "at most 1000" in body["message"]
+        status, body, _ = post(url, "/v1/rank", json.dumps({"input": "q", "candidates": ["x" * 2000]}))
+        assert status == 413 and "at most 1000" in body["detail"]
