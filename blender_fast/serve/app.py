@@ -4,7 +4,12 @@ Every POST takes one item or a list of items and answers with one result or a li
 order. Status codes: 422 invalid request (the message names the field and item index, in the Python
 API's words), 413 oversized, 429 queue full (with Retry-After), 503 draining or warming up, 504
 deadline (``?timeout_ms=``). Every accepted request gets exactly one response; a client that
-disconnects has its remaining rows dropped.
+disconnects has its remaining rows dropped. Bodies past 64 MiB or nested past 64 levels are refused
+before decoding.
+
+Also served: the Cohere (``/v1/rerank``, ``/v2/rerank``) and TEI (``/rerank``) rerank APIs on the same
+engine (rerank.py, docs/rerank.md), and ``/v1/fuse`` batched across requests (fuse_batcher.py, with
+``--fuser``). /docs and /redoc load their assets from the app itself (no CDN).
 
 Needs the ``serve`` extra: ``pip install 'blender-fast[serve]'``.
 """
