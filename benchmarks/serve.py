@@ -88,7 +88,9 @@ class ServerProcess:
     """A server subprocess; its first stderr line with http:// gives the URL."""
 
     def __init__(self, argv: list[str], name: str, ready_timeout: float = 180.0):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+        # The repository first; the caller's PYTHONPATH (if any) after it rather than dropped.
+        path = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
         self.name = name
         self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
                                      cwd=str(REPO))

@@ -4,7 +4,12 @@ Every POST takes one item or a list of items and answers with one result or a li
 order. Status codes: 422 invalid request (the message names the field and item index, in the Python
 API's words), 413 oversized, 429 queue full (with Retry-After), 503 draining or warming up, 504
 deadline (``?timeout_ms=``). Every accepted request gets exactly one response; a client that
-disconnects has its remaining rows dropped.
+disconnects has its remaining rows dropped. Bodies past 64 MiB or nested past 64 levels are refused
+before decoding.
+
+Also served: the Cohere (``/v1/rerank``, ``/v2/rerank``) and TEI (``/rerank``) rerank APIs on the same
+engine (rerank.py, docs/rerank.md), and ``/v1/fuse`` batched across requests (fuse_batcher.py, with
+``--fuser``). /docs and /redoc load their assets from the app itself (no CDN).
 
 Needs the ``serve`` extra: ``pip install 'blender-fast[serve]'``.
 """
@@ -12,6 +17,7 @@ Needs the ``serve`` extra: ``pip install 'blender-fast[serve]'``.
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import sys
@@ -23,6 +29,9 @@ import numpy as np
 
 from ..options import (check_budget, check_optional_count, check_optional_seed, check_seed, check_temperature,
                        check_top_k)
+from . import rerank
+from .fuse_batcher import DEFAULT_FUSE_MAX_BATCH, DEFAULT_FUSE_MAX_QUEUED, DEFAULT_FUSE_MAX_WAIT_MS, FuseBatcher
+from .rerank import RerankError, RerankSettings
 from .engine import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QUEUED_PAIRS, DEFAULT_MAX_ROWS_PER_REQUEST,
                      DEFAULT_MAX_WAIT_MS, BatchingEngine, DeadlineExceeded, EngineClosed, Overloaded)
 
@@ -38,6 +47,7 @@ ROUTES = ("rank", "select", "compare", "judge", "fuse")
 def _import_serving():
     try:
         import fastapi  # noqa: F401
+        import fastapi_offline  # noqa: F401
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as e:
@@ -69,6 +79,10 @@ FIELDS = {
     "fuse": {"instruction": "", "input": _REQUIRED, "candidates": _REQUIRED, "top_k": 3,
              "strategy": "tournament", "seed": 0, "budget": None, "num_beams": None, "max_new_tokens": None},
 }
+# The ranker's truncation (tokens of the source / of each candidate) per item: None = the ranker's own.
+TRUNCATION = ("source_maxlength", "candidate_maxlength")
+for _route in ("rank", "select", "compare", "fuse"):
+    FIELDS[_route].update(dict.fromkeys(TRUNCATION))
 # Which field of an item each Python-API argument name stands for, in messages about a missing field.
 _API_NAME = {"input": "inputs", "candidates": "candidates", "instruction": "instructions", "prompt": "prompts",
              "completions": "completions", "candidate_a": "candidates_a", "candidate_b": "candidates_b"}
@@ -129,6 +143,13 @@ def _schemas():
         num_beams: Opt[int] = None
         max_new_tokens: Opt[int] = None
 
+    class Truncation(BaseModel):
+        source_maxlength: Opt[int] = Field(None, ge=1, description="tokens kept of instruction+input (None: the "
+                                           "ranker's)")
+        candidate_maxlength: Opt[int] = Field(None, ge=1, description="tokens kept of each candidate")
+
+    RankItem, SelectItem, CompareItem, FuseItem = (type(m.__name__, (m, Truncation), {})
+                                                   for m in (RankItem, SelectItem, CompareItem, FuseItem))
     return {"rank": RankItem, "select": SelectItem, "compare": CompareItem, "judge": JudgeItem, "fuse": FuseItem}
 
 
@@ -145,13 +166,62 @@ RESPONSES = {
 }
 
 
-def _parse_items(route: str, body: bytes, max_items: int) -> tuple[list[dict], str]:
-    """The body as a list of items with defaults filled in, and its shape: "one" (a single item),
-    "list" (a list of items) or "trl" (TRL's batch judge call)."""
+MAX_JSON_DEPTH = 64  # the deepest request shape is 4 levels; anything far deeper is garbage or an attack
+MAX_BODY_BYTES = 64 * 2**20
+# A JSON string (escapes included) or one bracket: strings are skipped so brackets inside texts don't count.
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the body's arrays/objects nest deeper than limit, found by a scan before decoding:
+    json.loads recurses once per level and a 100k-deep ``[[[...]]]`` ends in RecursionError."""
+    depth = 0
+    for m in _JSON_TOKENS.finditer(body):
+        c = m.group()[:1]
+        if c in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif c in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
+async def read_body(request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused with 413 as soon as it (or its declared Content-Length) passes max_bytes,
+    so that an oversized body is never held whole in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise HTTPError(413, f"the request body has {declared} bytes; this server accepts at most {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise HTTPError(413, f"the request body has more than {max_bytes} bytes; this server accepts at most "
+                                 f"{max_bytes}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_json(body: bytes, max_bytes: int = MAX_BODY_BYTES):
+    """The decoded body; HTTPError 413 past max_bytes, 422 when nested too deeply or not JSON."""
+    if len(body) > max_bytes:
+        raise HTTPError(413, f"the request body has {len(body)} bytes; this server accepts at most {max_bytes}")
+    if json_depth_exceeds(body):
+        raise HTTPError(422, f"the request body nests arrays/objects more than {MAX_JSON_DEPTH} levels deep")
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise HTTPError(422, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:  # the depth scan should have caught it; never a 500 for a malformed body
+        raise HTTPError(422, "the request body nests arrays/objects too deeply") from None
+
+
+def _parse_items(route: str, body: bytes, max_items: int, max_body_bytes: int = MAX_BODY_BYTES
+                 ) -> tuple[list[dict], str]:
+    """The body as a list of items with defaults filled in, and its shape: "one" (a single item),
+    "list" (a list of items) or "trl" (TRL's batch judge call)."""
+    data = decode_json(body, max_body_bytes)
     if route == "judge" and isinstance(data, dict) and "prompts" in data:
         return _trl_judge_items(data), "trl"
     single = isinstance(data, dict)
@@ -174,7 +244,7 @@ def _parse_items(route: str, body: bytes, max_items: int) -> tuple[list[dict], s
             if name in item:
                 full[name] = item[name]
             elif default is _REQUIRED:
-                raise HTTPError(422, f"{_API_NAME[name]}[{p}] is missing: item {p} needs the field {name!r}")
+                raise HTTPError(422, f"item {p}: missing field {name!r}")
             else:
                 full[name] = default
         out.append(full)
@@ -265,10 +335,10 @@ async def _rank(engine, items, timeout):
     # Check every item first so that messages carry the item's index, then one engine call per policy.
     _validate_prompts(inputs, [i["candidates"] for i in items], [i["instruction"] for i in items])
     out = [None] * len(items)
-    for key, ps in _groups(items, ("policy",)).items():
+    for key, ps in _groups(items, ("policy",) + TRUNCATION).items():
         scores = await engine.rank([inputs[p] for p in ps], [items[p]["candidates"] for p in ps],
                                    [items[p]["instruction"] for p in ps], return_scores=True,
-                                   policy=items[ps[0]]["policy"], timeout=timeout)
+                                   policy=items[ps[0]]["policy"], timeout=timeout, **truncation(items[ps[0]]))
         from ..selection.strategies import ranks_from_scores
 
         for p, s in zip(ps, scores):
@@ -277,6 +347,11 @@ async def _rank(engine, items, timeout):
                 res["scores"] = [float(x) for x in s]
             out[p] = res
     return out
+
+
+def truncation(item: dict) -> dict:
+    """The item's source_maxlength / candidate_maxlength, as engine keyword arguments."""
+    return {k: item.get(k) for k in TRUNCATION}
 
 
 def _validate_prompts(inputs, candidates, instructions):
@@ -303,12 +378,13 @@ async def _select(engine, items, timeout):
                       [i["instruction"] for i in items])
     out = [None] * len(items)
     calls = []
-    for key, ps in _groups(items, ("top_k", "strategy", "orders", "seed", "policy", "worst", "budget")).items():
+    for key, ps in _groups(items, ("top_k", "strategy", "orders", "seed", "policy", "worst", "budget")
+                           + TRUNCATION).items():
         o = items[ps[0]]
         calls.append((ps, engine.select([items[p]["input"] for p in ps], [items[p]["candidates"] for p in ps],
                                         top_k=o["top_k"], strategy=o["strategy"], orders=o["orders"], seed=o["seed"],
                                         instructions=[items[p]["instruction"] for p in ps], policy=o["policy"],
-                                        worst=o["worst"], budget=o["budget"], timeout=timeout)))
+                                        worst=o["worst"], budget=o["budget"], timeout=timeout, **truncation(o))))
     results = await asyncio.gather(*(c for _, c in calls))
     for (ps, _), sels in zip(calls, results):
         for p, s in zip(ps, sels):
@@ -324,10 +400,11 @@ async def _compare(engine, items, timeout):
     _validate_prompts([i["input"] for i in items], [[i["candidate_a"], i["candidate_b"]] for i in items],
                       [i["instruction"] for i in items])
     out = [None] * len(items)
-    groups = list(_groups(items, ("mode",)).values())
+    groups = list(_groups(items, ("mode",) + TRUNCATION).values())
     results = await asyncio.gather(*(engine.compare(
         [items[p]["input"] for p in ps], [items[p]["candidate_a"] for p in ps], [items[p]["candidate_b"] for p in ps],
-        [items[p]["instruction"] for p in ps], mode=items[ps[0]]["mode"], timeout=timeout) for ps in groups))
+        [items[p]["instruction"] for p in ps], mode=items[ps[0]]["mode"], timeout=timeout,
+        **truncation(items[ps[0]])) for ps in groups))
     for ps, logits in zip(groups, results):
         for p, x in zip(ps, logits):
             out[p] = {"logit": float(x)}
@@ -362,7 +439,7 @@ async def _judge(engine, items, timeout):
     return out
 
 
-async def _fuse(engine, items, timeout, fuser, fuse_lock):
+async def _fuse(engine, items, timeout, batcher):
     _select_checks(items)
     for p in range(len(items)):
         _checked(items, p, "num_beams", lambda v: check_optional_count("num_beams", v))
@@ -372,18 +449,19 @@ async def _fuse(engine, items, timeout, fuser, fuse_lock):
         item.setdefault("policy", "max_logits")
         item.setdefault("worst", False)
     selected = await _select(engine, items, timeout)
-    out = []
-    loop = asyncio.get_running_loop()
-    for item, sel in zip(items, selected):
-        kwargs = {k: item[k] for k in ("num_beams", "max_new_tokens") if item[k] is not None}
-        top = [item["candidates"][i] for i in sel["top_k"]]
+    # One submission per generate setting; the batcher joins them with other requests' prompts.
+    out = [None] * len(items)
+    groups = list(_groups(items, ("num_beams", "max_new_tokens")).values())
 
-        def run(item=item, top=top, kwargs=kwargs):
-            with fuse_lock:  # one generation at a time: the fuser is not shared across threads
-                return fuser.fuse([item["input"]], [top], [item["instruction"]], progress=False, **kwargs)[0]
+    def generate(item):
+        return {k: item[k] for k in ("num_beams", "max_new_tokens") if item[k] is not None}
 
-        text = await loop.run_in_executor(None, run)
-        out.append({"text": text, "top_k": sel["top_k"]})
+    texts = await asyncio.gather(*(batcher.fuse(
+        [items[p]["input"] for p in ps], [[items[p]["candidates"][i] for i in selected[p]["top_k"]] for p in ps],
+        [items[p]["instruction"] for p in ps], **generate(items[ps[0]])) for ps in groups))
+    for ps, group_texts in zip(groups, texts):
+        for p, text in zip(ps, group_texts):
+            out[p] = {"text": text, "top_k": selected[p]["top_k"]}
     return out
 
 
@@ -419,6 +497,17 @@ class Metrics:
         self.batches = Counter("blender_fast_batches", "Model calls", registry=r)
         self.tokens = Counter("blender_fast_tokens", "Real tokens run through the model", registry=r)
         self.pad_tokens = Counter("blender_fast_pad_tokens", "Pad tokens run through the model", registry=r)
+        self.fuse_batch_prompts = Histogram("blender_fast_fuse_batch_prompts", "Prompts per fusion generate batch",
+                                            registry=r, buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.fuse_batch_requests = Histogram("blender_fast_fuse_batch_requests",
+                                             "Requests sharing one fusion generate batch", registry=r,
+                                             buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.fuse_seconds = Counter("blender_fast_fuse_seconds", "Seconds spent in fusion generate", registry=r)
+
+    def observe_fuse_batch(self, prompts: int, requests: int, seconds: float) -> None:
+        self.fuse_batch_prompts.observe(prompts)
+        self.fuse_batch_requests.observe(requests)
+        self.fuse_seconds.inc(seconds)
 
     def observe_batch(self, rows: int, tokens: int, pad: int, seconds: float) -> None:
         self.batch_rows.observe(rows)
@@ -444,19 +533,50 @@ class _ClientGone(Exception):
     pass
 
 
+def error_status(e: BaseException, timeout_ms=None) -> tuple[int, str, dict]:
+    """(status, message, headers) of an exception raised while answering a request."""
+    if isinstance(e, HTTPError):
+        return e.status, str(e), e.headers
+    if isinstance(e, RerankError):
+        return e.status, str(e), {}
+    if isinstance(e, (ValueError, TypeError)):
+        return 422, str(e), {}
+    if isinstance(e, Overloaded):
+        return 429, str(e), {"Retry-After": str(int(e.retry_after))}
+    if isinstance(e, DeadlineExceeded):
+        return 504, f"deadline exceeded ({timeout_ms} ms): {e}", {}
+    if isinstance(e, EngineClosed):
+        return 503, str(e), {}
+    if isinstance(e, _ClientGone):
+        return CLIENT_CLOSED, "client closed the request", {}
+    return 500, f"{type(e).__name__}: {e}", {}
+
+
 def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFAULT_MAX_CANDIDATES,
                max_text_chars: int = DEFAULT_MAX_TEXT_CHARS, max_items: int = DEFAULT_MAX_ITEMS,
-               info: Optional[dict] = None, ready: bool = True):
+               info: Optional[dict] = None, ready: bool = True, served_model_names=None,
+               rerank_strategy: str = rerank.DEFAULT_RERANK_STRATEGY, rerank_budget: Optional[int] = None,
+               fuse_max_batch: int = DEFAULT_FUSE_MAX_BATCH, fuse_max_wait_ms: float = DEFAULT_FUSE_MAX_WAIT_MS,
+               fuse_max_queued: int = DEFAULT_FUSE_MAX_QUEUED, max_body_bytes: int = MAX_BODY_BYTES):
     """The FastAPI app over an engine (which the caller owns and closes). ready=False: /ready says 503
-    and POSTs are refused until ``app.state.ready = True`` (after a warm-up)."""
+    and POSTs are refused until ``app.state.ready = True`` (after a warm-up).
+
+    served_model_names: the names the rerank routes' ``model`` may take (default: "blender-fast" and the
+    checkpoint's path and directory name from info); rerank_strategy / rerank_budget: the top-k selection
+    of a rerank request with top_n < documents, unless the request's ``blender_fast`` field says otherwise.
+    fuse_*: /v1/fuse's batching across requests (prompts per generate, wait for company, prompts queued
+    before 429); the app's FuseBatcher is ``app.state.fuse_batcher`` (the caller closes it).
+    max_body_bytes: larger request bodies are refused (413) before they are read whole or decoded."""
     _import_serving()
-    from fastapi import FastAPI, Query, Request
+    from fastapi import Query, Request
+    from fastapi_offline import FastAPIOffline
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from .. import __version__
 
-    app = FastAPI(title="blender-fast", version=__version__,
+    # FastAPIOffline: /docs and /redoc load swagger-ui/redoc from the app (/static-offline-docs), not a CDN.
+    app = FastAPIOffline(title="blender-fast", version=__version__,
                   description="PairRM ranking as a service, with continuous batching across requests and "
                               "selection steps. Each POST takes one item or a list of items.")
     metrics = Metrics(engine)
@@ -467,59 +587,83 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
     app.state.ready = ready
     app.state.draining = False
     app.state.info = info or {}
-    fuse_lock = threading.Lock()
+    fuse_batcher = None
+    if fuser is not None:
+        fuse_batcher = FuseBatcher(fuser, max_batch=fuse_max_batch, max_wait_ms=fuse_max_wait_ms,
+                                   max_queued=fuse_max_queued, on_batch=metrics.observe_fuse_batch)
+    app.state.fuse_batcher = fuse_batcher
     schemas = _schemas()
+    rerank_settings = RerankSettings(model_names=model_names(served_model_names, info),
+                                     strategy=rerank_strategy, budget=rerank_budget,
+                                     max_documents=max_candidates, max_text_chars=max_text_chars)
+    app.state.rerank = rerank_settings
 
     def body_schema(route):
         item = schemas[route].model_json_schema()
         return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
             "oneOf": [item, {"type": "array", "items": item}]}}}}}
 
+    def check_accepting(timeout_ms):
+        if app.state.draining or not engine.accepting:
+            raise HTTPError(503, "the server is draining (shutting down) and accepts no new requests")
+        if not app.state.ready:
+            raise HTTPError(503, "the server is warming up; see GET /ready", {"Retry-After": "1"})
+        if timeout_ms is not None and not timeout_ms > 0:
+            raise HTTPError(422, f"timeout_ms must be a positive number, got {timeout_ms}")
+
+    async def until_done_or_gone(request, coro):
+        """The coroutine's result; _ClientGone (its engine rows dropped) when the client disconnects first."""
+        task = asyncio.ensure_future(coro)
+        watcher = asyncio.ensure_future(_until_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if task not in done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise _ClientGone()
+        return task.result()
+
+    async def handle_rerank(api: str, request: Request, timeout_ms: Optional[float]) -> Response:
+        """A rerank route (api: cohere-v1, cohere-v2, tei): errors in that API's own shape."""
+        route = {"cohere-v1": "rerank_v1", "cohere-v2": "rerank_v2", "tei": "rerank_tei"}[api]
+        t0 = time.perf_counter()
+        status, headers = 200, {}
+        try:
+            check_accepting(timeout_ms)
+            data = decode_json(await read_body(request, max_body_bytes), max_body_bytes)
+            req = (rerank.parse_tei(data, rerank_settings) if api == "tei"
+                   else rerank.parse_cohere(data, int(api[-1]), rerank_settings))
+            timeout = None if timeout_ms is None else timeout_ms / 1000.0
+            ranked = await until_done_or_gone(request, rerank.run_rerank(engine, req, timeout))
+            payload = (rerank.tei_response(req, ranked) if api == "tei"
+                       else rerank.cohere_response(req, ranked, int(api[-1])))
+        except Exception as e:  # noqa: BLE001  (one response per request, whatever happened)
+            status, message, headers = error_status(e, timeout_ms)
+            payload = rerank.error_body(api, status, message)
+        metrics.requests.labels(route, str(status)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - t0)
+        return JSONResponse(payload, status_code=status, headers=headers)
+
     async def handle(route: str, request: Request, timeout_ms: Optional[float], fn) -> Response:
         t0 = time.perf_counter()
         status, headers = 200, {}
         try:
-            if app.state.draining or not engine.accepting:
-                raise HTTPError(503, "the server is draining (shutting down) and accepts no new requests")
-            if not app.state.ready:
-                raise HTTPError(503, "the server is warming up; see GET /ready", {"Retry-After": "1"})
-            if timeout_ms is not None and not timeout_ms > 0:
-                raise HTTPError(422, f"timeout_ms must be a positive number, got {timeout_ms}")
-            items, shape = _parse_items(route, await request.body(), max_items)
+            check_accepting(timeout_ms)
+            items, shape = _parse_items(route, await read_body(request, max_body_bytes), max_items, max_body_bytes)
             if len(items) > max_items:
                 raise HTTPError(413, f"{len(items)} items in one request; this server accepts at most {max_items}")
             _check_sizes(items, *SIZED_FIELDS[route], max_candidates, max_text_chars)
             timeout = None if timeout_ms is None else timeout_ms / 1000.0
-            task = asyncio.ensure_future(fn(items, timeout))
-            watcher = asyncio.ensure_future(_until_disconnected(request))
-            try:
-                done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                watcher.cancel()
-            if task not in done:  # the client went away: cancelling drops the engine's remaining rows
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                raise _ClientGone()
-            results = task.result()
+            results = await until_done_or_gone(request, fn(items, timeout))
             if shape == "trl":  # TRL's PairRMJudge.judge return value: a plain list
                 payload = [r["probability"] if "probability" in r else r["preferred"] for r in results]
             else:
                 payload = results[0] if shape == "one" else results
-        except HTTPError as e:
-            status, headers, payload = e.status, e.headers, {"detail": str(e)}
-        except (ValueError, TypeError) as e:
-            status, payload = 422, {"detail": str(e)}
-        except Overloaded as e:
-            status, payload = 429, {"detail": str(e)}
-            headers = {"Retry-After": str(int(e.retry_after))}
-        except DeadlineExceeded as e:
-            status, payload = 504, {"detail": f"deadline exceeded ({timeout_ms} ms): {e}"}
-        except EngineClosed as e:
-            status, payload = 503, {"detail": str(e)}
-        except _ClientGone:
-            status, payload = CLIENT_CLOSED, {"detail": "client closed the request"}
         except Exception as e:  # noqa: BLE001  (one response per request, whatever happened)
-            status, payload = 500, {"detail": f"{type(e).__name__}: {e}"}
+            status, message, headers = error_status(e, timeout_ms)
+            payload = {"detail": message}
         metrics.requests.labels(route, str(status)).inc()
         metrics.latency.labels(route).observe(time.perf_counter() - t0)
         return JSONResponse(payload, status_code=status, headers=headers)
@@ -555,7 +699,34 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
                               + RESPONSES["fuse"])
         async def fuse(request: Request, timeout_ms: Optional[float] = timeout_q):
             return await handle("fuse", request, timeout_ms,
-                                lambda items, t: _fuse(engine, items, t, fuser, fuse_lock))
+                                lambda items, t: _fuse(engine, items, t, fuse_batcher))
+
+    rerank_bodies = rerank.openapi_bodies()
+    rerank_doc = (" The query is the PairRM input and the documents its candidates; top_n < documents runs a "
+                  "top-k selection (the extension field `blender_fast: {strategy, budget, source_maxlength, "
+                  "candidate_maxlength}` overrides the server's), else a full ranking. See docs/rerank.md.")
+
+    @app.post("/v1/rerank", openapi_extra=rerank_bodies["cohere-v1"], summary="Cohere v1 rerank", tags=["rerank"],
+              description="Cohere's v1 rerank: `{model?, query, documents (strings or {text}), top_n?, "
+                          "return_documents?}` -> `{id, results: [{index, relevance_score, document?}], meta}`, "
+                          "best first; errors `{message}`." + rerank_doc)
+    async def rerank_v1(request: Request, timeout_ms: Optional[float] = timeout_q):
+        return await handle_rerank("cohere-v1", request, timeout_ms)
+
+    @app.post("/v2/rerank", openapi_extra=rerank_bodies["cohere-v2"], summary="Cohere v2 rerank", tags=["rerank"],
+              description="Cohere's v2 rerank: `{model, query, documents (strings), top_n?, max_tokens_per_doc?}` "
+                          "-> `{id, results: [{index, relevance_score}], meta}`, best first; errors `{message}`."
+                          + rerank_doc)
+    async def rerank_v2(request: Request, timeout_ms: Optional[float] = timeout_q):
+        return await handle_rerank("cohere-v2", request, timeout_ms)
+
+    @app.post("/rerank", openapi_extra=rerank_bodies["tei"], summary="TEI rerank", tags=["rerank"],
+              description="text-embeddings-inference's rerank: `{query, texts, raw_scores?, return_text?, "
+                          "truncate?, truncation_direction?}` -> `[{index, score, text?}]`, best first (a full "
+                          "ranking); errors `{error, error_type}`. score: relevance in [0, 1], or with raw_scores "
+                          "the PairRM aggregate." + rerank_doc)
+    async def rerank_tei(request: Request, timeout_ms: Optional[float] = timeout_q):
+        return await handle_rerank("tei", request, timeout_ms)
 
     @app.get("/health", summary="Alive")
     async def health():
@@ -576,13 +747,28 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
     return app
 
 
+def model_names(served_model_names, info: Optional[dict]) -> tuple:
+    """The names a rerank request's ``model`` may take."""
+    if served_model_names:
+        return tuple(served_model_names)
+    names = ["blender-fast"]
+    model = (info or {}).get("model")
+    if model:
+        import os
+
+        names += [str(model), os.path.basename(str(model).rstrip("/"))]
+    return tuple(dict.fromkeys(names))
+
+
 # -- the command -----------------------------------------------------------------------------------
 
 def add_serve_parser(subparsers) -> None:
     """``blender-fast serve``: the CLI calls this from build_parser."""
     import argparse
 
-    from ..options import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES, int_argument, number_argument
+    from ..options import (BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES, STRATEGIES,
+                           int_argument, number_argument)
+    from .rerank import DEFAULT_RERANK_STRATEGY
 
     positive_int = int_argument(1)
 
@@ -615,6 +801,19 @@ def add_serve_parser(subparsers) -> None:
                    help="candidates per item; beyond it 413")
     p.add_argument("--max-text-chars", type=positive_int, default=DEFAULT_MAX_TEXT_CHARS,
                    help="characters per text; beyond it 413")
+    p.add_argument("--fuse-max-batch", type=positive_int, default=DEFAULT_FUSE_MAX_BATCH,
+                   help="/v1/fuse: prompts of concurrent requests run in one generate batch")
+    p.add_argument("--fuse-max-wait-ms", type=float, default=DEFAULT_FUSE_MAX_WAIT_MS,
+                   help="/v1/fuse: how long a fusion batch waits for other requests to join")
+    p.add_argument("--fuse-max-queued", type=positive_int, default=DEFAULT_FUSE_MAX_QUEUED,
+                   help="/v1/fuse: prompts waiting for generate; beyond it requests get 429")
+    p.add_argument("--served-model-name", action="append", default=None, metavar="NAME",
+                   help="a name the rerank routes' `model` field may take (repeatable; default: blender-fast and "
+                        "the checkpoint's path and directory name)")
+    p.add_argument("--rerank-strategy", choices=STRATEGIES, default=DEFAULT_RERANK_STRATEGY,
+                   help="rerank with top_n < documents: the top-k selection strategy")
+    p.add_argument("--rerank-budget", type=positive_int, default=None,
+                   help="rerank: forward passes per request for swiss / knockout_rr / adaptive")
     p.add_argument("--no-cross-request-batching", action="store_true",
                    help="run one request per model call (for comparison only)")
     p.set_defaults(func=cmd_serve)
@@ -656,6 +855,11 @@ def cmd_serve(args) -> int:
     for name in ("max_batch_tokens", "max_queued_pairs", "max_candidates", "max_text_chars", "max_rows_per_request"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    from ..selection.strategies import BUDGETED
+
+    if args.rerank_budget is not None and args.rerank_strategy not in BUDGETED:
+        raise ValueError(f"--rerank-budget applies to the strategies {', '.join(BUDGETED)}, not "
+                         f"--rerank-strategy {args.rerank_strategy}")
     t0 = time.perf_counter()
     path = resolve_model(args.model)
     device = resolve_device(args.device, "torch" if args.backend == "torch" else "onnx")
@@ -674,7 +878,10 @@ def cmd_serve(args) -> int:
             "precision": ranker.engine_info.get("precision") or args.precision,
             "threads": args.threads or "runtime default", "device": device}
     app = create_app(engine, fuser=fuser, max_candidates=args.max_candidates, max_text_chars=args.max_text_chars,
-                     info=info, ready=False)
+                     info=info, ready=False, served_model_names=args.served_model_name,
+                     rerank_strategy=args.rerank_strategy, rerank_budget=args.rerank_budget,
+                     fuse_max_batch=args.fuse_max_batch, fuse_max_wait_ms=args.fuse_max_wait_ms,
+                     fuse_max_queued=args.fuse_max_queued)
     sock = listening_socket(args.host, args.port)
     port = sock.getsockname()[1]
     server = _DrainingServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
@@ -697,6 +904,8 @@ def cmd_serve(args) -> int:
         server.run(sockets=[sock])
     finally:
         engine.close(timeout=5)
+        if app.state.fuse_batcher is not None:
+            app.state.fuse_batcher.close()
     print("blender-fast serve: stopped", file=sys.stderr, flush=True)
     return 0
 

@@ -32,6 +32,12 @@ class ServerError(RuntimeError):
         self.retry_after = retry_after
 
 
+def _truncation(source_maxlength, candidate_maxlength) -> dict:
+    """The truncation fields to send: only those given (None keeps the server's ranker defaults)."""
+    return {k: v for k, v in (("source_maxlength", source_maxlength), ("candidate_maxlength", candidate_maxlength))
+            if v is not None}
+
+
 class Client:
     """HTTP client of one blender-fast server.
 
@@ -98,10 +104,12 @@ class Client:
     # -- the verbs --------------------------------------------------------------------------------
 
     def rank(self, inputs, candidates, instructions=None, return_scores: bool = False,
-             policy: str = "max_logits"):
-        """As Ranker.rank: ranks (1 = best) or scores per prompt; one array when all have n candidates."""
+             policy: str = "max_logits", *, source_maxlength: Optional[int] = None,
+             candidate_maxlength: Optional[int] = None):
+        """As Ranker.rank: ranks (1 = best) or scores per prompt; one array when all have n candidates.
+        source_maxlength / candidate_maxlength (every verb): this call's truncation (None: the server's)."""
         out = self._post("rank", self._items(inputs, candidates, instructions, return_scores=return_scores,
-                                             policy=policy))
+                                             policy=policy, **_truncation(source_maxlength, candidate_maxlength)))
         rows = [np.asarray(r["scores"], dtype=np.float32) if return_scores else np.asarray(r["ranks"], np.int32)
                 for r in out]
         if rows and all(len(r) == len(rows[0]) for r in rows):
@@ -110,19 +118,23 @@ class Client:
 
     def select(self, inputs, candidates, top_k: int = 1, strategy: str = "tournament", orders: str = "both",
                seed: int = 0, instructions=None, policy: str = "max_logits", worst: bool = False,
-               budget: int | None = None) -> list[dict]:
+               budget: int | None = None, *, source_maxlength: Optional[int] = None,
+               candidate_maxlength: Optional[int] = None) -> list[dict]:
         """Per prompt ``{top_k: [0-based indices, best first], comparisons, forward_passes, steps}``.
         budget: forward passes per prompt for swiss / knockout_rr / adaptive (None: their default)."""
         check_top_k(top_k), check_seed(seed), check_budget(budget)  # as the server (and the Ranker) would
         return self._post("select", self._items(inputs, candidates, instructions, top_k=top_k, strategy=strategy,
                                                 orders=orders, seed=seed, policy=policy, worst=worst,
-                                                budget=budget))
+                                                budget=budget,
+                                                **_truncation(source_maxlength, candidate_maxlength)))
 
-    def compare(self, inputs, candidates_a, candidates_b, instructions=None, mode: str = "[A,B]+[B,A]") -> np.ndarray:
+    def compare(self, inputs, candidates_a, candidates_b, instructions=None, mode: str = "[A,B]+[B,A]", *,
+                source_maxlength: Optional[int] = None, candidate_maxlength: Optional[int] = None) -> np.ndarray:
         """As Ranker.compare: one logit per input that candidate A is better than B."""
         if len(candidates_a) != len(candidates_b) or len(inputs) != len(candidates_a):
             raise ValueError("inputs, candidates_a and candidates_b must have the same length")
         items = [{"input": i, "candidate_a": a, "candidate_b": b, "mode": mode,
+                  **_truncation(source_maxlength, candidate_maxlength),
                   **({"instruction": instructions[p]} if instructions else {})}
                  for p, (i, a, b) in enumerate(zip(inputs, candidates_a, candidates_b))]
         return np.asarray([r["logit"] for r in self._post("compare", items)], dtype=np.float32)
@@ -139,11 +151,13 @@ class Client:
         return [r["probability"] if return_scores else r["preferred"] for r in out]
 
     def fuse(self, inputs, candidates, instructions=None, top_k: int = 3, strategy: str = "tournament",
-             seed: int = 0, budget: int | None = None, **generate) -> list[str]:
+             seed: int = 0, budget: int | None = None, *, source_maxlength: Optional[int] = None,
+             candidate_maxlength: Optional[int] = None, **generate) -> list[str]:
         """Select the top k of each prompt and fuse them (the server needs --fuser)."""
         check_top_k(top_k), check_seed(seed), check_budget(budget)
         out = self._post("fuse", self._items(inputs, candidates, instructions, top_k=top_k, strategy=strategy,
-                                             seed=seed, budget=budget, **generate))
+                                             seed=seed, budget=budget,
+                                             **_truncation(source_maxlength, candidate_maxlength), **generate))
         return [r["text"] for r in out]
 
     def health(self) -> bool:

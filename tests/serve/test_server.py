@@ -151,10 +151,11 @@ def test_bad_requests_get_422_and_413_with_the_message(ranker):
     with live_server(BatchingEngine(ranker), max_candidates=5, max_text_chars=50) as url:
         cases = [
             ("/v1/rank", "{not json", 422, "not valid JSON"),
+            ("/v1/rank", "[" * 100_000 + "]" * 100_000, 422, "more than 64 levels deep"),
             ("/v1/rank", "[]", 422, "non-empty list of items"),
             ("/v1/rank", '[{"input": "q", "candidates": ["a", "b"]}, {"input": "q", "candidates": ["a", 7]}]',
              422, "candidates[1][1] must be a string, got int"),
-            ("/v1/rank", '{"candidates": ["a"]}', 422, "inputs[0] is missing"),
+            ("/v1/rank", '{"candidates": ["a"]}', 422, "item 0: missing field 'input'"),
             ("/v1/rank", '{"input": "q", "candidates": []}', 422, "candidates[0] is empty"),
             ("/v1/rank", '{"input": "q", "candidates": ["a"], "topk": 1}', 422, "unknown field 'topk'"),
             ("/v1/select", '{"input": "q", "candidates": ["a", "b"], "top_k": 3}', 422,
@@ -333,6 +334,80 @@ def test_fuse_route_selects_then_fuses_like_offline(ranker, prompts, tmp_path_fa
                                                             "num_beams": 1, "max_new_tokens": 8}))
         assert status == 200 and body["top_k"] == top and body["text"] == want[0]
         assert Client(url).fuse([inp], [cands], top_k=2, num_beams=1, max_new_tokens=8) == want
+
+
+@pytest.mark.slow
+def test_concurrent_fuse_requests_share_generate_batches(ranker, prompts, tmp_path_factory, one_torch_thread):
+    """Fusion is batched across requests: 6 concurrent requests take fewer generate batches than requests,
+    each answer equals the offline Fuser's, and /metrics counts the batches."""
+    require("transformers")
+    from blender_fast.fusion.fuser import Fuser
+    from blender_fast.synthetic import make_fuser_checkpoint
+
+    fuser = Fuser.from_pretrained(make_fuser_checkpoint(tmp_path_factory.mktemp("fuser") / "tiny", shape="tiny"),
+                                  device="cpu", dtype="float32")
+    tops = [ranker.select([inp], [cands], top_k=2, strategy="tournament")[0].top_k for inp, cands in prompts]
+    want = [fuser.fuse([inp], [[cands[i] for i in top]], progress=False, num_beams=1, max_new_tokens=8)[0]
+            for (inp, cands), top in zip(prompts, tops)]
+    with live_server(BatchingEngine(ranker), fuser=fuser, fuse_max_batch=8, fuse_max_wait_ms=200) as url:
+        bodies = [json.dumps({"input": inp, "candidates": cands, "top_k": 2, "num_beams": 1, "max_new_tokens": 8})
+                  for inp, cands in prompts]
+        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(lambda b: post(url, "/v1/fuse", b), bodies))
+        assert [a[0] for a in answers] == [200] * len(bodies)
+        assert [a[1]["text"] for a in answers] == want
+        text = get(url, "/metrics")[1]
+        batches = metric(text, "blender_fast_fuse_batch_prompts_count")
+        assert 1 <= batches < len(bodies), text
+        assert metric(text, "blender_fast_fuse_batch_prompts_sum") == len(bodies)
+
+
+def test_fuse_queue_full_is_429():
+    """Admission of the fusion batcher: past max_queued prompts a request is refused (Overloaded -> 429)."""
+    import threading as _threading
+
+    from blender_fast.serve.engine import Overloaded
+    from blender_fast.serve.fuse_batcher import FuseBatcher
+
+    gate = _threading.Event()
+
+    class SlowFuser:
+        def fuse(self, inputs, candidates, instructions, **kw):
+            gate.wait(WAIT_S)
+            return [f"{i}+{len(c)}" for i, c in zip(inputs, candidates)]
+
+    batcher = FuseBatcher(SlowFuser(), max_batch=2, max_wait_ms=0, max_queued=3)
+    try:
+        first = batcher.submit(["a"], [["x"]], [""])
+        time.sleep(0.1)  # the first batch is running (blocked on the gate); the queue is empty again
+        queued = [batcher.submit(["b", "c"], [["x"], ["y", "z"]], ["", ""])]
+        with pytest.raises(Overloaded):
+            batcher.submit(["d", "e"], [["x"], ["y"]], ["", ""])
+        gate.set()
+        assert first.result(WAIT_S) == ["a+1"] and queued[0].result(WAIT_S) == ["b+1", "c+2"]
+    finally:
+        gate.set()
+        batcher.close()
+
+
+def test_truncation_settings_over_http_match_the_ranker(ranker, prompts):
+    inp, cands = prompts[1]
+    want = ranker.rank([inp], [cands], return_scores=True, source_maxlength=8, candidate_maxlength=6)[0]
+    default = ranker.rank([inp], [cands], return_scores=True)[0]
+    assert not np.allclose(want, default)  # the setting changes the answer, so the check below means something
+    with live_server(BatchingEngine(ranker)) as url:
+        client = Client(url)
+        got = client.rank([inp], [cands], return_scores=True, source_maxlength=8, candidate_maxlength=6)[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        sel = client.select([inp], [cands], top_k=1, source_maxlength=8, candidate_maxlength=6)[0]
+        assert sel["top_k"] == ranker.select([inp], [cands], top_k=1, strategy="tournament", source_maxlength=8,
+                                             candidate_maxlength=6)[0].top_k
+        logit = client.compare([inp], [cands[0]], [cands[1]], source_maxlength=8, candidate_maxlength=6)
+        np.testing.assert_allclose(logit, ranker.compare([inp], [cands[0]], [cands[1]], source_maxlength=8,
+                                                         candidate_maxlength=6), rtol=1e-5, atol=1e-5)
+        status, body, _ = post(url, "/v1/rank", json.dumps({"input": inp, "candidates": cands,
+                                                            "source_maxlength": 0}))
+        assert status == 422 and "source_maxlength must be a positive integer" in body["detail"]
 
 
 def test_serve_benchmark_summary_and_report(tmp_path):
