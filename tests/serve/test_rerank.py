@@ -49,8 +49,12 @@ def test_cohere_sdk_v1_and_v2_get_the_offline_order(ranker, docs):
     query, documents = docs
     want = offline_order(ranker, query, documents)
     want_top = ranker.select([query], [documents], top_k=2, strategy="tournament", seed=0)[0].top_k
-    with live_server(BatchingEngine(ranker), served_model_names=["pairrm-test"]) as url:
-        v1 = cohere.Client(api_key="unused", base_url=url)
+    import httpx
+
+    # The SDK's own httpx clients are never closed; ours are, so no socket is left for the GC to find.
+    with live_server(BatchingEngine(ranker), served_model_names=["pairrm-test"]) as url, \
+            httpx.Client(timeout=60) as http_v1, httpx.Client(timeout=60) as http_v2:
+        v1 = cohere.Client(api_key="unused", base_url=url, httpx_client=http_v1)
         res = v1.rerank(model="pairrm-test", query=query, documents=documents, return_documents=True)
         assert [r.index for r in res.results] == want
         assert all(0 <= r.relevance_score <= 1 for r in res.results)
@@ -62,7 +66,7 @@ def test_cohere_sdk_v1_and_v2_get_the_offline_order(ranker, docs):
         assert [r.index for r in res.results] == list(want_top)
         assert res.results[0].relevance_score == 1.0
 
-        v2 = cohere.ClientV2(api_key="unused", base_url=url)
+        v2 = cohere.ClientV2(api_key="unused", base_url=url, httpx_client=http_v2)
         res = v2.rerank(model="pairrm-test", query=query, documents=documents)
         assert [r.index for r in res.results] == want
         res = v2.rerank(model="pairrm-test", query=query, documents=documents, top_n=2)
