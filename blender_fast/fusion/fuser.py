@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -269,15 +270,23 @@ def export_fuser_to_onnx(checkpoint, cache_dir=None, merged_decoder: bool = Fals
     out_dir = root / "onnx-fuser" / f"{fingerprint}-{flavour}-optimum-onnx{exporter}"
 
     def build(scratch: Path) -> None:
-        main_export(
-            model_name_or_path=str(checkpoint),
-            output=scratch,
-            task=ONNX_EXPORT_TASK,
-            do_validation=False,
-            no_post_process=not merged_decoder,
-            local_files_only=True,
-            library_name="transformers",
-        )
+        from torch.jit import TracerWarning
+
+        # optimum exports through torch's TorchScript ONNX exporter, which torch >= 2.9 flags as legacy,
+        # and the tracer warns about Python control flow in transformers' T5 that optimum's export plan
+        # already accounts for: warnings the user cannot act on (the ranker's export silences the same).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", TracerWarning)
+            main_export(
+                model_name_or_path=str(checkpoint),
+                output=scratch,
+                task=ONNX_EXPORT_TASK,
+                do_validation=False,
+                no_post_process=not merged_decoder,
+                local_files_only=True,
+                library_name="transformers",
+            )
         if merged_decoder:
             # the exporter leaves the two unmerged decoders beside the merged one:
             # for gen_fuser_3b that is ~10 GB of disk nobody reads
