@@ -37,17 +37,17 @@ CANDS = [["4", "four", "22"], ["red", "blue", "the sky"]]
 PAIRS = [["4", "five"], ["red", "happy"]]
 
 # The canonical parameters of each verb, in order (the texts first, then the options).
+# The ranker's per-call truncation lengths come last, keyword-only, everywhere (HTTP fields included).
+TRUNCATION = ["source_maxlength", "candidate_maxlength"]
 CANON = {
-    "rank": ["inputs", "candidates", "instructions", "return_scores", "policy"],
+    "rank": ["inputs", "candidates", "instructions", "return_scores", "policy"] + TRUNCATION,
     "select": ["inputs", "candidates", "top_k", "strategy", "orders", "seed", "instructions", "initial_orders",
-               "policy", "worst", "budget"],
-    "compare": ["inputs", "candidates_a", "candidates_b", "instructions", "mode"],
+               "policy", "worst", "budget"] + TRUNCATION,
+    "compare": ["inputs", "candidates_a", "candidates_b", "instructions", "mode"] + TRUNCATION,
     "judge": ["prompts", "completions", "shuffle_order", "return_scores", "temperature", "seed"],
 }
-# What an entry point adds (per-call lengths, progress bars, deadlines) or cannot take over HTTP.
-EXTRA = {"Ranker": {"source_maxlength", "candidate_maxlength", "progress"},
-         "BatchingEngine": {"source_maxlength", "candidate_maxlength", "timeout"},
-         "Client": set()}
+# What an entry point adds (progress bars, deadlines) or cannot take over HTTP.
+EXTRA = {"Ranker": {"progress"}, "BatchingEngine": {"timeout"}, "Client": set()}
 MISSING = {("Client", "select"): {"initial_orders"}}  # a Python array of arrangements has no JSON field
 # Defaults that differ on purpose: the server's select and fuse default to the tournament (log2 n steps
 # per request suits continuous batching); the library keeps llm-blender's bubble.
