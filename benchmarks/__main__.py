@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from blender_fast.options import HelpFormatter
+
 # Never touch a hub: every checkpoint here is local (generated, or given with --model).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -61,7 +63,7 @@ DEFAULTS = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--shape", choices=("tiny", "xsmall", "base", "large"), default=None,
                    help="generated checkpoint size (large = PairRM's real size); default xsmall, tiny with --quick")
     p.add_argument("--model", default=None, help="use this checkpoint directory instead of generating one; the "

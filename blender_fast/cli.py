@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .synthetic.demo import resolve_model
-from .options import (BACKEND_CHOICES, DEVICE_CHOICES, ORDERS, POLICIES, PRECISION_CHOICES, STRATEGIES,
+from .options import (BACKEND_CHOICES, DEVICE_CHOICES, ORDERS, POLICIES, PRECISION_CHOICES, STRATEGIES, HelpFormatter,
                       int_argument)
 
 DESCRIPTION = (
@@ -417,7 +417,7 @@ def _add_ranker_options(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     parser = argparse.ArgumentParser(prog="blender-fast", description=DESCRIPTION, formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

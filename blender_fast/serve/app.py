@@ -573,14 +573,14 @@ def add_serve_parser(subparsers) -> None:
     """``blender-fast serve``: the CLI calls this from build_parser."""
     import argparse
 
-    from ..options import BACKENDS, DEVICE_CHOICES, PRECISIONS, int_argument
+    from ..options import BACKENDS, DEVICE_CHOICES, PRECISIONS, HelpFormatter, int_argument
 
     positive_int, non_negative_int = int_argument(1), int_argument(0)
 
     p = subparsers.add_parser("serve", help="serve PairRM over HTTP with continuous batching (needs [serve])",
                               description="Serve PairRM over HTTP (JSON under /v1, /health, /ready, /metrics, "
                                           "/docs) with continuous batching across requests and selection steps.",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=HelpFormatter)
     p.add_argument("--model", "--ranker", dest="model", required=True,
                    help="PairRM checkpoint directory (or demo:tiny / demo:xsmall, random weights)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
