@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cluster.outputs import OutputError, output_file
 from .synthetic.demo import resolve_model
 from .options import (BACKEND_CHOICES, DEVICE_CHOICES, ORDERS, POLICIES, PRECISION_CHOICES, STRATEGIES, HelpFormatter,
                       int_argument)
@@ -76,17 +77,20 @@ class _JsonlOut:
 
 
 class AtomicJsonl(_JsonlOut):
-    """A JSON Lines output written to a temp file in the target's directory and renamed over it at the end
-    (``os.replace``: all or nothing). On failure or interruption the target is untouched and what was
-    written is kept as ``<output>.partial`` (a later ``--resume`` picks it up)."""
+    """A JSON Lines output written to a temp file in the real target's directory (symlinks followed: the link
+    is kept) and renamed over it at the end (``os.replace``: all or nothing). On failure or interruption the
+    target is untouched and what was written is kept as ``<output>.partial`` (a later ``--resume`` picks it
+    up). The target was checked before any work (cluster/outputs.py)."""
 
-    def __init__(self, path):
-        self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise FileNotFoundError(f"{self.path.parent}: the directory of --output does not exist")
+    def __init__(self, target):
+        self.path = target.path
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        super().__init__(open(self.tmp, "w", encoding="utf-8"))
+        try:
+            f = open(self.tmp, "w", encoding="utf-8")
+        except OSError as e:
+            raise OutputError(f"{target.given}: cannot write there: {e.strerror}") from None
+        super().__init__(f)
 
     def commit(self) -> None:
         self._f.flush()
@@ -106,17 +110,22 @@ class AtomicJsonl(_JsonlOut):
         return self.partial
 
 
-class StdoutJsonl(_JsonlOut):
-    path = partial = Path("-")
+class StreamJsonl(_JsonlOut):
+    """stdout, or a path that is not a regular file (a FIFO, /dev/null, /dev/stdout): written directly,
+    line by line, never replaced; there is no .partial."""
 
-    def __init__(self):
-        super().__init__(sys.stdout)
+    def __init__(self, target):
+        self.path = self.partial = Path(target.given)
+        self._own = target.given != "-"
+        super().__init__(open(target.path, "w", encoding="utf-8") if self._own else sys.stdout)
 
     def commit(self) -> None:
         self.flush()
+        if self._own:
+            self._f.close()
 
     def keep_partial(self):
-        self.flush()
+        self.commit()
         return None
 
 
@@ -206,12 +215,13 @@ def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
     from .cluster.records import example_prompts_path, iter_prompts, record_digest
 
     options = _options(args)
+    target = output_file(args.output)  # before any work: a directory or an unwritable place is refused now
     src = Path(args.input) if args.input else example_prompts_path()
-    to_stdout = args.output == "-"
+    to_stdout = target.streaming
     if args.resume and to_stdout:
-        raise ValueError("--resume needs an --output file")
+        raise ValueError("--resume needs an --output file (a regular file, not '-' or a device)")
     n_prompts, total_passes, (wanted, repeats) = _scan_input(src, args.limit, options, args.resume)
-    out = StdoutJsonl() if to_stdout else AtomicJsonl(args.output)
+    out = StreamJsonl(target) if to_stdout else AtomicJsonl(target)
     carried = 0  # records kept from earlier runs (--resume); the rest of out.written is new
     t0 = time.perf_counter()
     load_s = 0.0
@@ -267,7 +277,7 @@ def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
 
 def _kept_message(out, kept, written_new, to_stdout) -> str:
     if to_stdout:
-        return f"{out.written} prompts were written to stdout"
+        return f"{out.written} prompts were written to {'stdout' if str(out.path) == '-' else out.path}"
     if kept is None:
         return f"no prompts were written; {out.path} left unchanged"
     return (f"{out.written} prompts ({written_new} new) written to {kept}; {out.path} left unchanged. "

@@ -25,3 +25,68 @@ def test_help_still_shows_plain_defaults():
     text = _subcommand_help("rank")
     assert "(default: 64)" in text  # --chunk: a default its help does not state
     assert "intra-op threads (default: the runtime's)" in text
+
+
+# -- 1. output targets ----------------------------------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import stat  # noqa: E402
+import threading  # noqa: E402
+
+from blender_fast.cli import main  # noqa: E402
+from blender_fast.cluster.records import example_prompts_path  # noqa: E402
+
+N_EXAMPLES = sum(1 for line in open(example_prompts_path(), encoding="utf-8") if line.strip())
+
+
+def _rank(model, *extra):
+    return main(["rank", "--model", str(model), "--quiet", "--strategy", "bubble", *map(str, extra)])
+
+
+def test_output_symlink_updates_its_target_and_keeps_the_link(tiny_checkpoint, tmp_path):
+    target = tmp_path / "real.jsonl"
+    target.write_text("OLD\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    assert _rank(tiny_checkpoint, "--output", link) == 0
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    rows = [json.loads(line) for line in target.read_text().splitlines()]
+    assert len(rows) == N_EXAMPLES and all("blender_fast" in r for r in rows)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith((".tmp", ".partial"))]
+
+
+def test_output_fifo_is_streamed_not_replaced(tiny_checkpoint, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, encoding="utf-8").read()), daemon=True)
+    reader.start()
+    assert _rank(tiny_checkpoint, "--output", fifo) == 0
+    reader.join(timeout=60)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # still a FIFO
+    assert len(got[0].splitlines()) == N_EXAMPLES
+
+
+def test_output_dev_null_stays_a_device(tiny_checkpoint):
+    assert _rank(tiny_checkpoint, "--output", "/dev/null") == 0
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_output_directory_is_refused_before_any_model_work(tmp_path, capsys):
+    # a model path that does not exist: had any model work started, the error would name it instead
+    assert _rank(tmp_path / "no-model", "--output", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path}: --output is a directory" in err
+
+
+def test_output_in_missing_or_unwritable_directory_names_the_users_path(tmp_path, capsys):
+    missing = tmp_path / "nope" / "out.jsonl"
+    assert _rank(tmp_path / "no-model", "--output", missing) == 2
+    assert f"{missing}: the directory of --output does not exist" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        assert _rank(tmp_path / "no-model", "--output", ro / "out.jsonl") == 2
+        err = capsys.readouterr().err
+        assert f"{ro / 'out.jsonl'}: cannot write in the directory of --output" in err and ".tmp" not in err

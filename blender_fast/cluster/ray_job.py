@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from .jobs import RankOptions, rank_prompts
+from .outputs import output_dir as check_output_dir
 from ..options import BACKENDS, DEVICE_CHOICES, PRECISIONS, check_choice
 from .records import parse_prompt
 
@@ -339,9 +340,7 @@ def rank_files(input_spec: str, output_dir, model, *, limit: int | None = None, 
 
     _check_job(**{k: v for k, v in rank_args.items() if k in inspect.signature(_check_job).parameters})
     files, fmt = input_files(input_spec)
-    out = Path(output_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out}: the output directory exists and is not empty")
+    out = check_output_dir(output_dir)  # links followed; refused before any work (outputs.py)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     if fmt == "jsonl":
@@ -439,7 +438,8 @@ def cmd_rank_ray(args) -> int:
         raise ValueError("--resume is not supported with --ray: give a new --output directory")
     if args.num_actors is not None and args.num_actors < 1:
         raise ValueError(f"--num-actors must be >= 1, got {args.num_actors}")
-    input_files(args.input)  # fail on a bad --input before starting Ray
+    input_files(args.input)  # fail on a bad --input or --output before starting Ray
+    check_output_dir(args.output)
     model = resolve_model(args.model)
     threads = args.threads or 1
     device = "cuda" if args.gpus_per_actor and args.device == "cpu" else args.device
