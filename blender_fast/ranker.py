@@ -13,7 +13,7 @@ from . import _core
 from .model.checkpoint import SPECIAL_TOKENS, load_checkpoint
 from .options import (BACKEND_CHOICES, BACKENDS, COMPARE_MODES, DEVICE_CHOICES, DEVICES,  # noqa: F401
                       PRECISION_CHOICES, PRECISIONS, check_choice)
-from .selection.strategies import PromptError, Selection, ranks_from_scores, select
+from .selection.strategies import ModelOutputError, PromptError, Selection, ranks_from_scores, select
 from .model.tokenization import EncodedPrompts, PairTokenizer, encode_prompts
 
 # Tokens per batch (rows x longest row). On a CPU bigger batches buy nothing once a batch holds a few
@@ -116,6 +116,21 @@ def read_export_meta(path: Path) -> dict:
     return meta
 
 
+def verify_exported_dir(path: Path, meta: dict) -> None:
+    """An exported directory matches the sizes and sha256 its export.json recorded (once per process while
+    the files are unchanged): a damaged or foreign model.onnx is one clear error naming it, never scores."""
+    from .model.cache import MANIFEST_FILES_KEY, verify_files_once
+
+    files = meta.get(MANIFEST_FILES_KEY)
+    missing = [n for n in EXPORTED_FILES if n != "export.json" and n not in (files or {})]
+    if not isinstance(files, dict) or missing:
+        raise ValueError(f"{Path(path) / 'export.json'} records no size and sha256 for {', '.join(missing) or 'its files'} "
+                         "(an older or hand-made export); re-export the model (blender-fast export CHECKPOINT --out DIR)")
+    problem = verify_files_once(path, files, extra=("export.json",))
+    if problem:
+        raise ValueError(f"damaged exported model: {problem}; re-export it (blender-fast export CHECKPOINT --out DIR)")
+
+
 def _stack_if_equal(rows: list[np.ndarray]):
     """llm-blender returns one array when every prompt has n candidates; ragged input gets a list."""
     if rows and all(len(r) == len(rows[0]) for r in rows):
@@ -189,6 +204,7 @@ class Ranker:
 
             path = Path(path)
             meta = read_export_meta(path)
+            verify_exported_dir(path, meta)  # before the first use: never scores from a damaged file
             exported = meta.get("export", {}).get("precision", "fp32")
             if backend not in ("onnx", "auto"):
                 raise ValueError(f"{path} is an exported ONNX model: it runs on backend='onnx', not {backend!r}")
@@ -363,7 +379,7 @@ class Ranker:
                 out = both[0::2] - both[1::2]
             bad = np.flatnonzero(np.isnan(out))
             if bad.size:  # as rank/select do: a NaN logit is an error, never a silent "A loses"
-                raise PromptError(f"compare returned NaN for prompt {int(bad[0])}", int(bad[0]))
+                raise ModelOutputError(f"the model returned NaN for prompt {int(bad[0])}", int(bad[0]))
         finally:
             compare.close()
             self.last_stats = stats

@@ -90,3 +90,78 @@ def test_output_in_missing_or_unwritable_directory_names_the_users_path(tmp_path
         assert _rank(tmp_path / "no-model", "--output", ro / "out.jsonl") == 2
         err = capsys.readouterr().err
         assert f"{ro / 'out.jsonl'}: cannot write in the directory of --output" in err and ".tmp" not in err
+
+
+# -- 2. model integrity ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported_dir(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exported") / "model"
+    assert main(["export", str(tiny_checkpoint), "--out", str(out)]) == 0
+    return out
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_damaged_model_onnx_is_one_error_naming_the_file(exported_dir, tmp_path, capsys):
+    bad = _copy(exported_dir, tmp_path / "bad")
+    with open(bad / "model.onnx", "r+b") as f:  # 16 bytes overwritten, size unchanged
+        f.seek(os.path.getsize(bad / "model.onnx") // 2)
+        f.write(b"\xff" * 16)
+    assert _rank(bad, "--output", tmp_path / "out.jsonl") == 2
+    err = capsys.readouterr().err
+    assert f"{bad / 'model.onnx'} is corrupt" in err and "Traceback" not in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_foreign_model_onnx_is_refused(exported_dir, tmp_path):
+    from blender_fast import Ranker
+
+    bad = _copy(exported_dir, tmp_path / "foreign")
+    (bad / "model.onnx").write_bytes(b"not an onnx model at all")
+    with pytest.raises(ValueError, match="model.onnx"):
+        Ranker.from_pretrained(bad)
+
+
+def test_verification_is_remembered_until_a_file_changes(exported_dir, tmp_path, monkeypatch):
+    from blender_fast import Ranker
+    from blender_fast.model import cache
+
+    d = _copy(exported_dir, tmp_path / "memo")
+    calls = []
+    real = cache.verify_files
+    monkeypatch.setattr(cache, "verify_files", lambda *a, **k: calls.append(1) or real(*a, **k))
+    Ranker.from_pretrained(d)
+    Ranker.from_pretrained(d)
+    assert len(calls) == 1  # the second load did not re-hash
+    data = (d / "model.onnx").read_bytes()
+    (d / "model.onnx").unlink()
+    (d / "model.onnx").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # replaced: new inode and content
+    with pytest.raises(ValueError, match="model.onnx"):
+        Ranker.from_pretrained(d)
+    assert len(calls) == 2
+
+
+def test_nan_from_the_model_blames_the_model_not_the_input(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import blender_fast.cli as cli
+
+    real_load = cli._load_ranker
+
+    def load_broken(args):  # a model that loads fine and then answers NaN (e.g. damaged weights)
+        ranker = real_load(args)
+        model = ranker.model
+        ranker.model = lambda *a: model(*a) * float("nan")
+        return ranker
+
+    monkeypatch.setattr(cli, "_load_ranker", load_broken)
+    src = tmp_path / "ok.jsonl"
+    src.write_text(open(example_prompts_path(), encoding="utf-8").readline())
+    assert _rank(tiny_checkpoint, "--input", src, "--output", tmp_path / "out.jsonl") == 2
+    err = capsys.readouterr().err
+    assert "the model returned NaN on the prompt at" in err and f"{src}:1" in err
+    assert "the model is at fault, not the input" in err

@@ -96,6 +96,11 @@ class PromptError(ValueError):
         self.prompt = prompt
 
 
+class ModelOutputError(PromptError):
+    """The MODEL gave an unusable output (NaN) on one prompt: the model's fault (damaged weights or export),
+    not the input's, so callers blame the model and only name the prompt it happened on."""
+
+
 # -- selection -------------------------------------------------------------------------------------
 
 _Compare = Callable[[np.ndarray], np.ndarray]
@@ -113,7 +118,7 @@ def _run_compare(compare: _Compare, rows: np.ndarray) -> np.ndarray:
     bad = np.flatnonzero(np.isnan(out))
     if bad.size:
         p, a, b = (int(x) for x in rows[bad[0]])
-        raise PromptError(f"compare returned NaN for prompt {p} (row {p}, {a}, {b})", p)
+        raise ModelOutputError(f"the model returned NaN for prompt {p} (comparing candidates {a} and {b})", p)
     return out
 
 
