@@ -152,7 +152,12 @@ def prepare_model(model, backend: str = "onnx", precision: str = "fp32", cache_d
     from ..model.cache import cache_root
     from ..model.checkpoint import load_checkpoint
 
+    from ..ranker import is_exported_dir, read_export_meta, verify_exported_dir
+
     path = str(Path(model).resolve())
+    if is_exported_dir(path):  # runs as exported (like the CLI): checked here once, before any actor starts
+        verify_exported_dir(Path(path), read_export_meta(Path(path)))
+        return path, None
     ckpt = load_checkpoint(path)
     if backend != "onnx":
         return path, None
@@ -185,6 +190,10 @@ def rank_dataset(ds, model, *, strategy: str = "full", top_k: int = 1, orders: s
     options, device = _check_job(strategy, top_k, orders, policy, seed, backend, precision, device, num_actors,
                                  batch_size, gpus_per_actor, budget)
     model, cache = prepare_model(model, backend, precision, cache_dir)
+    from ..ranker import is_exported_dir
+
+    if is_exported_dir(model) and precision == "fp32":  # the CLI's default: an exported model runs as exported
+        precision = None
     ranker_kwargs = {"backend": backend, "device": device, "precision": precision, "threads": threads,
                      "token_budget": token_budget, "cache_dir": cache}
     cpus = cpus_per_actor if cpus_per_actor is not None else (threads or 1)

@@ -201,3 +201,19 @@ def test_benchmark_section_runs_and_agrees(ray_instance, tiny_checkpoint):
         # 3 small batches: a second actor may still be starting when the first has taken them all
         assert meter["batches"] == 3 and 1 <= meter["actors"] <= int(v.split()[1])
     assert "2 actors vs 1" in "\n".join(ray_md(res))
+
+
+def test_cli_ray_takes_what_the_cli_takes(ray_instance, tiny_checkpoint, tmp_path, capsys):
+    """Issue 21: an exported model directory and a demo: spec work with --ray as without it."""
+    from blender_fast.cluster.records import example_prompts_path
+
+    exported = tmp_path / "exported"
+    assert main(["export", str(tiny_checkpoint), "--out", str(exported)]) == 0
+    for n, model in enumerate([str(exported), "demo:tiny"]):
+        out = tmp_path / f"out{n}"
+        rc = main(["rank", "--ray", "--quiet", "--input", str(example_prompts_path()), "--output", str(out),
+                   "--model", model, "--strategy", "bubble", "--num-actors", "1", "--threads", "1", "--limit", "2"])
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        assert len(read_jsonl_dir(out)) == 2
+    assert "random weights" in err  # the demo's notice, as in the CLI
