@@ -40,7 +40,11 @@ def cmd_make_checkpoint(args) -> int:
 def cmd_export(args) -> int:
     from .model.export import export_command
 
+    from .cluster.outputs import output_dir
+
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    if args.out:  # before the checkpoint loads: a file there, or an unwritable place, is refused now
+        output_dir(args.out, "export --out", may_hold_files=True)
     report = export_command(str(resolve_model(args.dir)), precision=precision, out=args.out)
     state = "cached, not re-exported" if report.cached else f"exported in {report.seconds:.1f}s"
     print(f"{report.path} ({precision}, {state}); max |ORT - torch fp32| on a sample batch = {report.max_abs_diff:.3g}")
@@ -360,6 +364,9 @@ class _FuseChunks(_RankChunks):
     def load(self):
         from .fusion.fuser import Fuser
 
+        from .synthetic.demo import announce_random_weights
+
+        announce_random_weights(self.args.fuser, "fuser")  # a random fuser writes gibberish: say so
         return _load_ranker(self.args), Fuser.from_pretrained(self.args.fuser, device=_device(self.args))
 
     def __call__(self, work, chunk, bar):

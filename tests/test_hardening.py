@@ -165,3 +165,89 @@ def test_nan_from_the_model_blames_the_model_not_the_input(tiny_checkpoint, tmp_
     err = capsys.readouterr().err
     assert "the model returned NaN on the prompt at" in err and f"{src}:1" in err
     assert "the model is at fault, not the input" in err
+
+
+# -- 4. environment errors ------------------------------------------------------------------------------
+
+def test_serve_on_a_port_in_use_is_one_line_before_loading(tmp_path, capsys):
+    import socket
+
+    pytest.importorskip("fastapi")  # serve's own dependency check comes first
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:  # a model path that does not exist: the port is refused before any model work
+        rc = main(["serve", "--model", str(tmp_path / "no-model"), "--port", str(port)])
+    finally:
+        holder.close()
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "another process holds the port" in err
+
+
+def test_export_out_on_an_existing_file_is_refused_before_loading(tmp_path, capsys):
+    target = tmp_path / "model.onnx"
+    target.write_text("keep me")
+    assert main(["export", str(tmp_path / "no-model"), "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{target}: export --out exists and is not a directory" in err
+    assert target.read_text() == "keep me"
+
+
+def test_client_on_a_dead_server_raises_a_typed_error_with_the_url():
+    import socket
+
+    from blender_fast.serve.client import Client, ClientConnectionError
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    client = Client(f"http://127.0.0.1:{port}", timeout=5)
+    with pytest.raises(ClientConnectionError) as info:
+        client.rank(["q"], [["a", "b"]])
+    assert info.value.url.startswith(f"http://127.0.0.1:{port}/v1/")
+    assert f"127.0.0.1:{port}" in str(info.value) and "cannot reach" in str(info.value)
+    assert isinstance(info.value, ConnectionError)
+    assert client.health() is False  # health() still answers False, as before
+
+
+# -- 7. the random-weights notice -----------------------------------------------------------------------
+
+NOTE = "random weights, so the orderings are meaningless"
+
+
+def test_notice_for_a_generated_checkpoint_given_by_path(tiny_checkpoint, tmp_path, capsys):
+    assert _rank(tiny_checkpoint, "--output", tmp_path / "o.jsonl") == 0
+    assert NOTE in capsys.readouterr().err
+
+
+def test_notice_for_an_export_of_a_generated_checkpoint(exported_dir, tmp_path, capsys):
+    assert _rank(exported_dir, "--output", tmp_path / "o.jsonl") == 0
+    assert NOTE in capsys.readouterr().err
+
+
+def test_no_notice_for_a_real_looking_checkpoint(tiny_checkpoint, tmp_path):
+    import json as _json
+    import shutil
+
+    from blender_fast.synthetic.demo import random_weights_notice
+
+    real = tmp_path / "real"
+    shutil.copytree(tiny_checkpoint, real)
+    meta = _json.loads((real / "blender_fast.json").read_text())
+    meta.pop("generator")
+    (real / "blender_fast.json").write_text(_json.dumps(meta))
+    assert random_weights_notice(real) is None
+    assert random_weights_notice(tiny_checkpoint) is not None
+
+
+def test_notice_for_a_generated_fuser_by_path(tmp_path, capsys):
+    from blender_fast.synthetic.demo import announce_random_weights
+
+    fuser = tmp_path / "fuser"
+    fuser.mkdir()
+    (fuser / "blender_fast.json").write_text('{"generator": "blender_fast.synthetic", "kind": "fuser"}')
+    announce_random_weights(fuser, "fuser")
+    assert "fusing with a GENERATED fuser" in capsys.readouterr().err

@@ -51,16 +51,20 @@ def output_file(given, what: str = "--output") -> OutputTarget:
     return OutputTarget(given, real, False)
 
 
-def output_dir(given, what: str = "--output") -> Path:
-    """Check an output DIRECTORY that will be created (written beside it, renamed into place): it must be
-    absent or an empty directory, in a directory we can write in. Returns the real path (links followed)."""
+def output_dir(given, what: str = "--output", may_hold_files: bool = False) -> Path:
+    """Check an output DIRECTORY before any work: absent (it will be created) or a directory (empty unless
+    ``may_hold_files``: an export rewrites its own files), in a directory we can write in. Returns the
+    real path (links followed)."""
     given = str(given)
     real = Path(os.path.realpath(given))
     if real.exists():
         if not real.is_dir():
             raise OutputError(f"{given}: {what} exists and is not a directory")
-        if any(real.iterdir()):
+        if not may_hold_files and any(real.iterdir()):
             raise OutputError(f"{given}: the output directory exists and is not empty")
+        if may_hold_files:
+            _check_writable_dir(real, given, what)
+            return real
     _check_writable_dir(real.parent, given, what)
     return real
 

@@ -366,9 +366,11 @@ def rank_files(input_spec: str, output_dir, model, *, limit: int | None = None, 
         else:
             ranked = ranked.drop_columns(["path"])
             ranked.write_parquet(str(tmp), **_io_cpus(ranked.write_parquet, {}))
-    except Exception as e:
+    except BaseException as e:  # an error or Ctrl-C: no half-written directory is left behind
         shutil.rmtree(tmp, ignore_errors=True)
-        raise user_error(e) from None
+        if isinstance(e, Exception):
+            raise user_error(e) from None
+        raise
     if out.exists():
         out.rmdir()
     os.replace(tmp, out)
@@ -460,6 +462,7 @@ def cmd_rank_ray(args) -> int:
             os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address=args.address, include_dashboard=False, log_to_driver=not args.quiet,
                  logging_level="WARNING" if args.quiet else "INFO")
+    t0 = time.perf_counter()
     try:
         ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
         num_actors = args.num_actors or _default_actors(ray, args.gpus_per_actor, threads)
@@ -470,6 +473,10 @@ def cmd_rank_ray(args) -> int:
                        threads=threads, num_actors=num_actors, gpus_per_actor=args.gpus_per_actor,
                        batch_size=args.chunk, budget=args.budget)
         elapsed = time.perf_counter() - t0
+    except KeyboardInterrupt:  # as the CLI: one line, rc 130, nothing half-written left (rank_files cleans)
+        print(f"\nblender-fast: interrupted (SIGINT) after {time.perf_counter() - t0:.1f}s: no output written; "
+              f"{args.output} left as it was. Rerun the command to start again", file=sys.stderr)
+        return 130
     finally:
         if started:
             ray.shutdown()

@@ -11,6 +11,7 @@ Needs the ``serve`` extra: ``pip install 'blender-fast[serve]'``.
 # No `from __future__ import annotations` here: FastAPI reads the route signatures (Request, Query).
 
 import asyncio
+import errno
 import json
 import signal
 import socket
@@ -618,8 +619,17 @@ def listening_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as e:  # port in use, address not on this machine, a privileged port ...
+        sock.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {e.strerror or e}"
+                          + (" (another process holds the port; pick another --port)" if e.errno == errno.EADDRINUSE else "")) from None
     return sock
+
+
+class ListenError(RuntimeError):
+    """The server cannot bind its address (one line for the CLI, naming host:port)."""
 
 
 def _runtime_name(model) -> str:
@@ -644,6 +654,7 @@ def cmd_serve(args) -> int:
     for name in ("max_batch_tokens", "max_queued_pairs", "max_candidates", "max_text_chars", "max_rows_per_request"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    sock = listening_socket(args.host, args.port)  # first: a port in use is refused before the model loads
     t0 = time.perf_counter()
     path = resolve_model(args.model)
     device = resolve_device(args.device, args.backend)
@@ -653,6 +664,9 @@ def cmd_serve(args) -> int:
     if args.fuser:
         from ..fusion.fuser import Fuser
 
+        from ..synthetic.demo import announce_random_weights
+
+        announce_random_weights(args.fuser, "fuser")
         fuser = Fuser.from_pretrained(args.fuser, device=device)
     engine = BatchingEngine(ranker, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
                             max_queued_pairs=args.max_queued_pairs, max_rows_per_request=args.max_rows_per_request,
@@ -661,7 +675,6 @@ def cmd_serve(args) -> int:
             "threads": args.threads or "runtime default", "device": device}
     app = create_app(engine, fuser=fuser, max_candidates=args.max_candidates, max_text_chars=args.max_text_chars,
                      info=info, ready=False)
-    sock = listening_socket(args.host, args.port)
     port = sock.getsockname()[1]
     server = _DrainingServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                             timeout_graceful_shutdown=DRAIN_TIMEOUT_S), engine, app)

@@ -217,3 +217,21 @@ def test_cli_ray_takes_what_the_cli_takes(ray_instance, tiny_checkpoint, tmp_pat
         assert rc == 0, err
         assert len(read_jsonl_dir(out)) == 2
     assert "random weights" in err  # the demo's notice, as in the CLI
+
+
+def test_ray_interrupted_leaves_no_partial_and_exits_130(ray_instance, tiny_checkpoint, tmp_path, capsys,
+                                                         monkeypatch):
+    """Issue 21: Ctrl-C during a Ray job: rc 130, one line, no '.partial-*' directory left behind."""
+    from blender_fast.cluster import ray_job
+    from blender_fast.cluster.records import example_prompts_path
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray_job, "write_prompt_lines", interrupted)
+    out = tmp_path / "out"
+    rc = main(["rank", "--ray", "--quiet", "--input", str(example_prompts_path()), "--output", str(out),
+               "--model", str(tiny_checkpoint), "--num-actors", "1", "--threads", "1", "--limit", "2"])
+    err = capsys.readouterr().err
+    assert rc == 130 and "interrupted (SIGINT)" in err and "Traceback" not in err
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if ".partial" in p]
