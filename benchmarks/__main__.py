@@ -176,8 +176,10 @@ def main(argv=None) -> int:
     from .common import as_jsonable, default_data_path, load_average, load_prompts, log, machine_info
 
     started = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from blender_fast.cluster.outputs import output_dir
+
+    out = output_dir(args.out, "--out", may_hold_files=True)  # a file there, or no way to write: refused now
+    out.mkdir(exist_ok=True)
     data = Path(args.data) if args.data else default_data_path()
     prompts = load_prompts(data, max_chars=sizes.max_chars)
     need = max(sizes.prompts, sizes.throughput_prompts, sizes.latency_prompts)

@@ -251,3 +251,20 @@ def test_notice_for_a_generated_fuser_by_path(tmp_path, capsys):
     (fuser / "blender_fast.json").write_text('{"generator": "blender_fast.synthetic", "kind": "fuser"}')
     announce_random_weights(fuser, "fuser")
     assert "fusing with a GENERATED fuser" in capsys.readouterr().err
+
+
+def test_report_writer_follows_the_same_rule(tmp_path):
+    from blender_fast.cluster.outputs import OutputError, output_dir, write_text
+
+    target = tmp_path / "real.md"
+    link = tmp_path / "report.md"
+    link.symlink_to(target)
+    write_text(link, "hello\n")
+    assert link.is_symlink() and target.read_text() == "hello\n"
+    write_text("/dev/null", "x")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    with pytest.raises(OutputError, match="is a directory"):
+        write_text(tmp_path, "x")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(OutputError, match="afile: --out exists and is not a directory"):
+        output_dir(tmp_path / "afile", "--out", may_hold_files=True)
