@@ -435,6 +435,29 @@ def _default_actors(ray, gpus_per_actor: float, threads: int) -> int:
     return max(1, int(resources.get("CPU", 1) // threads))
 
 
+class _ReportedErrors:
+    """While the CLI runs a Ray job, Ray Data's own ERROR lines about a failed task ("An exception was raised
+    from a task ...", "Exception occurred in user code ...") are dropped: the exception reaches the CLI,
+    which prints it as its one line (the user's error, found by user_error), so they would only stand in
+    front of it. Progress and warnings still show."""
+
+    LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
+
+    def __init__(self):
+        import logging
+
+        self._filter = logging.Filter()
+        self._filter.filter = lambda record: record.levelno < logging.ERROR
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self._filter)
+
+    def remove(self) -> None:
+        import logging
+
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self._filter)
+
+
 def cmd_rank_ray(args) -> int:
     import time
 
@@ -463,6 +486,7 @@ def cmd_rank_ray(args) -> int:
         ray.init(address=args.address, include_dashboard=False, log_to_driver=not args.quiet,
                  logging_level="WARNING" if args.quiet else "INFO")
     t0 = time.perf_counter()
+    quiet_errors = _ReportedErrors()
     try:
         ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
         num_actors = args.num_actors or _default_actors(ray, args.gpus_per_actor, threads)
@@ -478,6 +502,7 @@ def cmd_rank_ray(args) -> int:
               f"{args.output} left as it was. Rerun the command to start again", file=sys.stderr)
         return 130
     finally:
+        quiet_errors.remove()
         if started:
             ray.shutdown()
     print(f"ranked {n} prompts on {num_actors} Ray actor(s) in {elapsed:.1f}s ({n / elapsed:.2f} prompts/s) "
