@@ -209,5 +209,17 @@ def main(argv=None) -> int:
     return 0 if all(s["parity"]["pass"] for s in results["shapes"].values()) else 1
 
 
+def run(argv=None) -> int:
+    """main(), with the user's errors (an output path that cannot be written, a missing data file) as one
+    line and rc 2, as the blender-fast CLI does."""
+    from blender_fast.cluster.outputs import OutputError
+
+    try:
+        return main(argv)
+    except (OutputError, FileNotFoundError) as e:
+        print(f"benchmarks: error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

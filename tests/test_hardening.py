@@ -268,3 +268,20 @@ def test_report_writer_follows_the_same_rule(tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(OutputError, match="afile: --out exists and is not a directory"):
         output_dir(tmp_path / "afile", "--out", may_hold_files=True)
+
+
+def test_benchmark_out_on_a_file_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    target = tmp_path / "results"
+    target.write_text("keep")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(target), "--data",
+                           str(tmp_path / "none.jsonl")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{target}: --out exists and is not a directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert target.read_text() == "keep"
