@@ -13,7 +13,7 @@ from . import _core
 from .model.checkpoint import SPECIAL_TOKENS, load_checkpoint
 from .options import (BACKEND_CHOICES, BACKENDS, COMPARE_MODES, DEVICE_CHOICES, DEVICES,  # noqa: F401
                       PRECISION_CHOICES, PRECISIONS, check_choice)
-from .selection.strategies import ModelOutputError, PromptError, Selection, ranks_from_scores, select
+from .selection.strategies import ModelOutputError, Selection, ranks_from_scores, select
 from .model.tokenization import EncodedPrompts, PairTokenizer, encode_prompts
 
 # Tokens per batch (rows x longest row). On a CPU bigger batches buy nothing once a batch holds a few

@@ -572,8 +572,6 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
 
 def add_serve_parser(subparsers) -> None:
     """``blender-fast serve``: the CLI calls this from build_parser."""
-    import argparse
-
     from ..options import BACKENDS, DEVICE_CHOICES, PRECISIONS, HelpFormatter, int_argument
 
     positive_int, non_negative_int = int_argument(1), int_argument(0)
