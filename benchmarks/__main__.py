@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from blender_fast.options import HelpFormatter
+
 # Never touch a hub: every checkpoint here is local (generated, or given with --model).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -60,7 +62,7 @@ DEFAULTS = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--shape", choices=("tiny", "xsmall", "base", "large"), default=None,
                    help="generated checkpoint size (large = PairRM's real size); default xsmall, tiny with --quick")
     p.add_argument("--model", default=None, help="use this checkpoint directory instead of generating one; the "
@@ -149,8 +151,10 @@ def main(argv=None) -> int:
     quiet_libraries()
 
     started = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from blender_fast.cluster.outputs import output_dir
+
+    out = output_dir(args.out, "--out", may_hold_files=True)  # a file there, or no way to write: refused now
+    out.mkdir(exist_ok=True)
     data = Path(args.data) if args.data else default_data_path()
     prompts = load_prompts(data, max_chars=sizes.max_chars)
     need = max(sizes.prompts, sizes.throughput_prompts, sizes.latency_prompts)
@@ -288,5 +292,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def run(argv=None) -> int:
+    """main(), with the user's errors (an output path that cannot be written, a missing data file) as one
+    line and rc 2, as the blender-fast CLI does."""
+    from blender_fast.cluster.outputs import OutputError
+
+    try:
+        return main(argv)
+    except (OutputError, FileNotFoundError) as e:
+        print(f"benchmarks: error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

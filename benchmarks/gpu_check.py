@@ -154,8 +154,10 @@ def main(argv=None) -> int:
     from .common import as_jsonable, default_data_path, generated_checkpoint, load_prompts, log, quiet_libraries
 
     quiet_libraries()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from blender_fast.cluster.outputs import output_dir, write_text
+
+    out = output_dir(args.out, "--out", may_hold_files=True)  # a file there, or no way to write: refused now
+    out.mkdir(exist_ok=True)
     prompts = load_prompts(Path(args.data) if args.data else default_data_path(), max_chars=args.max_chars)[:args.prompts]
     shapes = [s for s in args.shapes.split(",") if s]
     started = time.perf_counter()
@@ -180,7 +182,7 @@ def main(argv=None) -> int:
                          f"{p_main['top1_agreement_pct']:.0f}%; vs llm-blender fp16 top-1 {p_ref['top1_agreement_pct']:.0f}% "
                          f"-> {'PASS' if p_ref['pass'] else 'FAIL'}")
         text = "\n".join(lines)
-        (out / "gpu_check_t5.md").write_text(text + "\n")
+        write_text(out / "gpu_check_t5.md", text + "\n")
         print(text)
         return 0
 
@@ -196,15 +198,27 @@ def main(argv=None) -> int:
         sres["reference_precision"] = sres["rank"]["settings"]["reference_precision"]
         results["shapes"][shape] = sres
         results["wall_s"] = time.perf_counter() - started
-        (out / "gpu_check.json").write_text(json.dumps(as_jsonable(results), indent=1))
+        write_text(out / "gpu_check.json", json.dumps(as_jsonable(results), indent=1))
         if args.model:
             break
     text = table(results)
-    (out / "gpu_check.md").write_text(text + "\n")
+    write_text(out / "gpu_check.md", text + "\n")
     print(text)
     log(f"gpu_check: done in {time.perf_counter() - started:.0f} s")
     return 0 if all(s["parity"]["pass"] for s in results["shapes"].values()) else 1
 
 
+def run(argv=None) -> int:
+    """main(), with the user's errors (an output path that cannot be written, a missing data file) as one
+    line and rc 2, as the blender-fast CLI does."""
+    from blender_fast.cluster.outputs import OutputError
+
+    try:
+        return main(argv)
+    except (OutputError, FileNotFoundError) as e:
+        print(f"benchmarks: error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

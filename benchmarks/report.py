@@ -361,8 +361,10 @@ def write_outputs(results: dict, out: Path) -> None:
         results["plots"] = []
         results["plots_skipped"] = f"{PLOTS_SKIPPED} ({e})"
         log(f"WARNING: {results['plots_skipped']}")
-    (out / "results.json").write_text(json.dumps(as_jsonable(results), indent=1))
-    (out / "results.md").write_text(render_markdown(results))
+    from blender_fast.cluster.outputs import write_text  # the CLI's rule: links followed, devices streamed
+
+    write_text(out / "results.json", json.dumps(as_jsonable(results), indent=1))
+    write_text(out / "results.md", render_markdown(results))
 
 
 def render_markdown(results: dict) -> str:

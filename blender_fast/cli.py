@@ -13,9 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from .cluster.outputs import OutputError, output_file
 from .synthetic.demo import resolve_model
 from .options import (BACKEND_CHOICES, DEVICE_CHOICES, MAX_BUDGET, MAX_SEED, MAX_TOP_K, ORDERS, POLICIES,
-                      PRECISION_CHOICES, STRATEGIES, int_argument)
+                      PRECISION_CHOICES, STRATEGIES, HelpFormatter, int_argument)
 
 DESCRIPTION = (
     "blender-fast: rank the answers several LLMs gave to each prompt with PairRM (all pairs, or the best k "
@@ -39,7 +40,11 @@ def cmd_make_checkpoint(args) -> int:
 def cmd_export(args) -> int:
     from .model.export import export_command
 
+    from .cluster.outputs import output_dir
+
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    if args.out:  # before the checkpoint loads: a file there, or an unwritable place, is refused now
+        output_dir(args.out, "export --out", may_hold_files=True)
     report = export_command(str(resolve_model(args.dir)), precision=precision, out=args.out)
     state = "cached, not re-exported" if report.cached else f"exported in {report.seconds:.1f}s"
     print(f"{report.path} ({precision}, {state}); max |ORT - torch fp32| on a sample batch = {report.max_abs_diff:.3g}")
@@ -76,17 +81,20 @@ class _JsonlOut:
 
 
 class AtomicJsonl(_JsonlOut):
-    """A JSON Lines output written to a temp file in the target's directory and renamed over it at the end
-    (``os.replace``: all or nothing). On failure or interruption the target is untouched and what was
-    written is kept as ``<output>.partial`` (a later ``--resume`` picks it up)."""
+    """A JSON Lines output written to a temp file in the real target's directory (symlinks followed: the link
+    is kept) and renamed over it at the end (``os.replace``: all or nothing). On failure or interruption the
+    target is untouched and what was written is kept as ``<output>.partial`` (a later ``--resume`` picks it
+    up). The target was checked before any work (cluster/outputs.py)."""
 
-    def __init__(self, path):
-        self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise FileNotFoundError(f"{self.path.parent}: the directory of --output does not exist")
+    def __init__(self, target):
+        self.path = target.path
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        super().__init__(open(self.tmp, "w", encoding="utf-8"))
+        try:
+            f = open(self.tmp, "w", encoding="utf-8")
+        except OSError as e:
+            raise OutputError(f"{target.given}: cannot write there: {e.strerror}") from None
+        super().__init__(f)
 
     def commit(self) -> None:
         self._f.flush()
@@ -106,17 +114,22 @@ class AtomicJsonl(_JsonlOut):
         return self.partial
 
 
-class StdoutJsonl(_JsonlOut):
-    path = partial = Path("-")
+class StreamJsonl(_JsonlOut):
+    """stdout, or a path that is not a regular file (a FIFO, /dev/null, /dev/stdout): written directly,
+    line by line, never replaced; there is no .partial."""
 
-    def __init__(self):
-        super().__init__(sys.stdout)
+    def __init__(self, target):
+        self.path = self.partial = Path(target.given)
+        self._own = target.given != "-"
+        super().__init__(open(target.path, "w", encoding="utf-8") if self._own else sys.stdout)
 
     def commit(self) -> None:
         self.flush()
+        if self._own:
+            self._f.close()
 
     def keep_partial(self):
-        self.flush()
+        self.commit()
         return None
 
 
@@ -206,12 +219,13 @@ def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
     from .cluster.records import example_prompts_path, iter_prompts, record_digest
 
     options = _options(args)
+    target = output_file(args.output)  # before any work: a directory or an unwritable place is refused now
     src = Path(args.input) if args.input else example_prompts_path()
-    to_stdout = args.output == "-"
+    to_stdout = target.streaming
     if args.resume and to_stdout:
-        raise ValueError("--resume needs an --output file")
+        raise ValueError("--resume needs an --output file (a regular file, not '-' or a device)")
     n_prompts, total_passes, (wanted, repeats) = _scan_input(src, args.limit, options, args.resume)
-    out = StdoutJsonl() if to_stdout else AtomicJsonl(args.output)
+    out = StreamJsonl(target) if to_stdout else AtomicJsonl(target)
     carried = 0  # records kept from earlier runs (--resume); the rest of out.written is new
     t0 = time.perf_counter()
     load_s = 0.0
@@ -267,7 +281,7 @@ def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
 
 def _kept_message(out, kept, written_new, to_stdout) -> str:
     if to_stdout:
-        return f"{out.written} prompts were written to stdout"
+        return f"{out.written} prompts were written to {'stdout' if str(out.path) == '-' else out.path}"
     if kept is None:
         return f"no prompts were written; {out.path} left unchanged"
     return (f"{out.written} prompts ({written_new} new) written to {kept}; {out.path} left unchanged. "
@@ -350,6 +364,9 @@ class _FuseChunks(_RankChunks):
     def load(self):
         from .fusion.fuser import Fuser
 
+        from .synthetic.demo import announce_random_weights
+
+        announce_random_weights(self.args.fuser, "fuser")  # a random fuser writes gibberish: say so
         return _load_ranker(self.args), Fuser.from_pretrained(self.args.fuser, device=_device(self.args))
 
     def __call__(self, work, chunk, bar):
@@ -421,7 +438,7 @@ def _add_ranker_options(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     parser = argparse.ArgumentParser(prog="blender-fast", description=DESCRIPTION, formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -2,6 +2,7 @@
 binding's error messages all take their choices from here, so a value means the same thing everywhere."""
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 
@@ -187,3 +188,14 @@ def check_choice(name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return value
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help names each default once: argparse's "(default: X)" is added only where the help text does not
+    already say its default, and never for None or a flag's False (they say nothing)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)

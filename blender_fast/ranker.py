@@ -140,6 +140,21 @@ def read_export_meta(path: Path) -> dict:
     return meta
 
 
+def verify_exported_dir(path: Path, meta: dict) -> None:
+    """An exported directory matches the sizes and sha256 its export.json recorded (once per process while
+    the files are unchanged): a damaged or foreign model.onnx is one clear error naming it, never scores."""
+    from .model.cache import MANIFEST_FILES_KEY, verify_files_once
+
+    files = meta.get(MANIFEST_FILES_KEY)
+    missing = [n for n in EXPORTED_FILES if n != "export.json" and n not in (files or {})]
+    if not isinstance(files, dict) or missing:
+        raise ValueError(f"{Path(path) / 'export.json'} records no size and sha256 for {', '.join(missing) or 'its files'} "
+                         "(an older or hand-made export); re-export the model (blender-fast export CHECKPOINT --out DIR)")
+    problem = verify_files_once(path, files, extra=("export.json",))
+    if problem:
+        raise ValueError(f"damaged exported model: {problem}; re-export it (blender-fast export CHECKPOINT --out DIR)")
+
+
 class Ranker:
     """PairRM over ONNX Runtime (default) or torch, fed by the C++ pair packer."""
 
@@ -206,6 +221,7 @@ class Ranker:
 
             path = Path(path)
             meta = read_export_meta(path)
+            verify_exported_dir(path, meta)  # before the first use: never scores from a damaged file
             exported = meta.get("export", {}).get("precision", "fp32")
             if backend not in ("onnx", "auto"):
                 raise ValueError(f"{path} is an exported ONNX model: it runs on backend='onnx', not {backend!r}")

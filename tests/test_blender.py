@@ -118,7 +118,7 @@ def test_bad_input_errors(blender, tiny_checkpoint):
         fresh.loadfuser("/nonexistent/fuser")
 
 
-def test_fuse_cli(tiny_checkpoint, tiny_fuser, tmp_path):
+def test_fuse_cli(tiny_checkpoint, tiny_fuser, tmp_path, capsys):
     from blender_fast.cli import main
 
     out = tmp_path / "fused.jsonl"
@@ -129,6 +129,8 @@ def test_fuse_cli(tiny_checkpoint, tiny_fuser, tmp_path):
     assert len(rows) == 3
     for row in rows:
         assert isinstance(row["fused"], str) and len(row["blender_fast"]["top_k"]) == 2
+    err = capsys.readouterr().err  # issue 21: both generated models, given by path, are announced
+    assert "fusing with a GENERATED fuser" in err and "ranking with a GENERATED checkpoint" in err
 
 
 def test_rank_and_fuse_at_a_budget(blender):

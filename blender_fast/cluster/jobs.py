@@ -20,7 +20,7 @@ from ..options import ORDERS, POLICIES, STRATEGIES, check_budget, check_choice, 
 from .records import Prompt
 from ..selection.aggregate import ranks_from_scores, top_k_from_scores
 from ..selection.budgets import BUDGETED
-from ..selection.steps import PromptError
+from ..selection.steps import ModelOutputError, PromptError
 
 RESULT_KEYS = ("strategy", "top_k", "best", "ranks", "scores", "comparisons", "forward_passes", "steps")
 
@@ -105,6 +105,10 @@ def rank_prompts(ranker, prompts: list[Prompt], options: RankOptions, progress=N
                              orders=options.orders, seed=options.seed, instructions=instructions,
                              policy=options.policy, budget=options.budget,
                              progress=progress if progress is not None else False)
+    except ModelOutputError as e:  # the model's fault: the input is fine, say which prompt it happened on
+        raise RuntimeError(f"the model returned NaN on the prompt at {_where(prompts[e.prompt], e.prompt)}: the model is at fault, "
+                           "not the input; its weights or ONNX export are damaged (re-export or re-download "
+                           "it)") from None
     except PromptError as e:
         raise ValueError(f"{_where(prompts[e.prompt], e.prompt)}: {e}") from None
     out = []

@@ -26,6 +26,7 @@ from pathlib import Path
 from .jobs import RankOptions, rank_prompts
 from ..options import (BACKEND_CHOICES, DEVICE_CHOICES, check_choice, check_count, check_non_negative_number,
                        check_precision, int_argument, number_argument)
+from .outputs import output_dir as check_output_dir
 from .records import parse_prompt
 
 INSTALL_HINT = "blender_fast.cluster.ray_job needs Ray Data and pyarrow: pip install 'blender-fast[ray]'"
@@ -152,7 +153,12 @@ def prepare_model(model, backend: str = "onnx", precision: str = "fp32", cache_d
     from ..model.cache import cache_root
     from ..model.checkpoint import load_checkpoint
 
+    from ..ranker import is_exported_dir, read_export_meta, verify_exported_dir
+
     path = str(Path(model).resolve())
+    if is_exported_dir(path):  # runs as exported (like the CLI): checked here once, before any actor starts
+        verify_exported_dir(Path(path), read_export_meta(Path(path)))
+        return path, None
     ckpt = load_checkpoint(path)
     if backend != "onnx":
         return path, None
@@ -186,6 +192,10 @@ def rank_dataset(ds, model, *, strategy: str = "full", top_k: int = 1, orders: s
     options, device = check_ray_job(strategy, top_k, orders, policy, seed, backend, precision, device, num_actors,
                                  batch_size, gpus_per_actor, budget)
     model, cache = prepare_model(model, backend, precision, cache_dir)
+    from ..ranker import is_exported_dir
+
+    if is_exported_dir(model) and precision == "fp32":  # the CLI's default: an exported model runs as exported
+        precision = None
     ranker_kwargs = {"backend": backend, "device": device, "precision": precision, "threads": threads,
                      "token_budget": token_budget, "cache_dir": cache}
     cpus = cpus_per_actor if cpus_per_actor is not None else (threads or 1)
@@ -340,9 +350,7 @@ def rank_files(input_spec: str, output_dir, model, *, limit: int | None = None, 
 
     check_ray_job(**{k: v for k, v in rank_args.items() if k in inspect.signature(check_ray_job).parameters})
     files, fmt = input_files(input_spec)
-    out = Path(output_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out}: the output directory exists and is not empty")
+    out = check_output_dir(output_dir)  # links followed; refused before any work (outputs.py)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     if fmt == "jsonl":
@@ -359,9 +367,11 @@ def rank_files(input_spec: str, output_dir, model, *, limit: int | None = None, 
         else:
             ranked = ranked.drop_columns(["path"])
             ranked.write_parquet(str(tmp), **_io_cpus(ranked.write_parquet, {}))
-    except Exception as e:
+    except BaseException as e:  # an error or Ctrl-C: no half-written directory is left behind
         shutil.rmtree(tmp, ignore_errors=True)
-        raise user_error(e) from None
+        if isinstance(e, Exception):
+            raise user_error(e) from None
+        raise
     if out.exists():
         out.rmdir()
     os.replace(tmp, out)
@@ -426,6 +436,29 @@ def _default_actors(ray, gpus_per_actor: float, threads: int) -> int:
     return max(1, int(resources.get("CPU", 1) // threads))
 
 
+class _ReportedErrors:
+    """While the CLI runs a Ray job, Ray Data's own ERROR lines about a failed task ("An exception was raised
+    from a task ...", "Exception occurred in user code ...") are dropped: the exception reaches the CLI,
+    which prints it as its one line (the user's error, found by user_error), so they would only stand in
+    front of it. Progress and warnings still show."""
+
+    LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
+
+    def __init__(self):
+        import logging
+
+        self._filter = logging.Filter()
+        self._filter.filter = lambda record: record.levelno < logging.ERROR
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self._filter)
+
+    def remove(self) -> None:
+        import logging
+
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self._filter)
+
+
 def cmd_rank_ray(args) -> int:
     import time
 
@@ -440,7 +473,8 @@ def cmd_rank_ray(args) -> int:
         raise ValueError("--resume is not supported with --ray: give a new --output directory")
     if args.num_actors is not None and args.num_actors < 1:
         raise ValueError(f"--num-actors must be >= 1, got {args.num_actors}")
-    input_files(args.input)  # fail on a bad --input before starting Ray
+    input_files(args.input)  # fail on a bad --input or --output before starting Ray
+    check_output_dir(args.output)
     model = resolve_model(args.model)
     threads = args.threads or 1
     device = "cuda" if args.gpus_per_actor and args.device == "cpu" else args.device
@@ -452,6 +486,8 @@ def cmd_rank_ray(args) -> int:
             os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address=args.address, include_dashboard=False, log_to_driver=not args.quiet,
                  logging_level="WARNING" if args.quiet else "INFO")
+    t0 = time.perf_counter()
+    quiet_errors = _ReportedErrors()
     try:
         ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
         num_actors = args.num_actors or _default_actors(ray, args.gpus_per_actor, threads)
@@ -462,7 +498,12 @@ def cmd_rank_ray(args) -> int:
                        threads=threads, num_actors=num_actors, gpus_per_actor=args.gpus_per_actor,
                        batch_size=args.chunk, budget=args.budget)
         elapsed = time.perf_counter() - t0
+    except KeyboardInterrupt:  # as the CLI: one line, rc 130, nothing half-written left (rank_files cleans)
+        print(f"\nblender-fast: interrupted (SIGINT) after {time.perf_counter() - t0:.1f}s: no output written; "
+              f"{args.output} left as it was. Rerun the command to start again", file=sys.stderr)
+        return 130
     finally:
+        quiet_errors.remove()
         if started:
             ray.shutdown()
     print(f"ranked {n} prompts on {num_actors} Ray actor(s) in {elapsed:.1f}s ({n / elapsed:.2f} prompts/s) "

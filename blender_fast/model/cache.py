@@ -200,6 +200,33 @@ def verify_files(directory: Path, files, full: bool = False) -> Optional[str]:
     return None
 
 
+# Directories verified in this process, keyed by every listed file's (inode, size, mtime): a repeated load
+# (a server reloading, a job per chunk, many Rankers) does not re-hash, and a file replaced or edited since
+# (new inode, size or mtime) is verified again.
+_VERIFIED: set = set()
+
+
+def _stamp(directory: Path, names) -> Optional[tuple]:
+    try:
+        return tuple((n, st.st_ino, st.st_size, st.st_mtime_ns)
+                     for n in sorted(names) for st in [os.stat(Path(directory) / n)])
+    except OSError:
+        return None
+
+
+def verify_files_once(directory: Path, files, extra=()) -> Optional[str]:
+    """:func:`verify_files`, remembered for this process while the files (and ``extra`` names, e.g. the
+    manifest itself) keep their inode, size and mtime."""
+    stamp = _stamp(directory, [*files, *extra]) if isinstance(files, dict) else None
+    key = (os.path.realpath(directory), stamp)
+    if stamp is not None and key in _VERIFIED:
+        return None
+    problem = verify_files(directory, files)
+    if problem is None and stamp is not None:
+        _VERIFIED.add(key)
+    return problem
+
+
 def read_manifest(path: Path) -> tuple[Optional[dict], Optional[str]]:
     """(the JSON object, None) or (None, what is wrong with the file)."""
     try:

@@ -19,7 +19,7 @@ import numpy as np
 from . import cache
 from .attention import UnsupportedAttention, use_export_attention
 from .cache import checkpoint_fingerprint
-from .checkpoint import CheckpointError, RankerCheckpoint, check_weight_shapes, load_checkpoint
+from .checkpoint import CheckpointError, RankerCheckpoint, check_weight_shapes, has_random_weights, load_checkpoint
 from .tokenization import PairTokenizer, build_pair_tokenizer
 
 from ..options import PRECISIONS, check_backend_precision  # noqa: F401  (PRECISIONS re-exported)
@@ -242,6 +242,7 @@ def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", 
     check_export_diff(diff, reference, precision, Path(final_dir or out_dir) / "model.onnx")
     report = ExportReport(str(Path(final_dir or out_dir) / "model.onnx"), precision, diff, time.perf_counter() - t0, cached=False)
     meta = {"export": asdict(report), "attention": attention, "checkpoint": str(ckpt.path), "source_maxlength": ckpt.source_maxlength, "candidate_maxlength": ckpt.candidate_maxlength, "n_tasks": ckpt.n_tasks,
+            "random_weights": has_random_weights(ckpt.path),  # the notice follows the model into its export
             "files": cache.record_files(out_dir, exclude=(EXPORT_META,))}
     (out_dir / EXPORT_META).write_text(json.dumps(meta, indent=1))
     return report

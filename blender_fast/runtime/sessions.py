@@ -63,7 +63,14 @@ class OnnxPairModel:
         if threads:
             options.intra_op_num_threads = int(threads)
         self.providers = providers or choose_providers(device, ort.get_available_providers())
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
+        except Exception as e:  # ORT raises InvalidProtobuf, InvalidGraph, Fail ...: one line naming the file
+            if "provider" in str(e).lower() and "protobuf" not in str(e).lower():
+                raise
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{path}: not a usable ONNX model, damaged or foreign ({type(e).__name__}: "
+                             f"{reason[:300]})") from None
         self.device = device
         self.use_io_binding = self.session.get_providers()[0] != "CPUExecutionProvider"
 

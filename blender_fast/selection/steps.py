@@ -84,6 +84,11 @@ class PromptError(ValueError):
         self.prompt = prompt
 
 
+class ModelOutputError(PromptError):
+    """The MODEL gave an unusable output (NaN) on one prompt: the model's fault (damaged weights or export),
+    not the input's, so callers blame the model and only name the prompt it happened on."""
+
+
 def checked_logits(rows: np.ndarray, out) -> np.ndarray:
     """The logits a driver sent for ``rows``: the right shape, no NaN (a NaN is an error naming the
     prompt, never a silent "left loses"). Every step generator reads its logits through this."""
@@ -93,7 +98,7 @@ def checked_logits(rows: np.ndarray, out) -> np.ndarray:
     bad = np.flatnonzero(np.isnan(out))
     if bad.size:
         p, a, b = (int(x) for x in rows[bad[0]])
-        raise PromptError(f"compare returned NaN for prompt {p} (row {p}, {a}, {b})", p)
+        raise ModelOutputError(f"compare returned NaN for prompt {p} (row {p}, {a}, {b})", p)
     return out
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from ..options import ORDERS, POLICIES, STRATEGIES  # noqa: F401  (re-exported: selection.STRATEGIES)
 from .aggregate import ranks_from_scores, scores_from_cmps, stack_if_equal, top_k_from_scores  # noqa: F401
 from .budgets import BUDGETED, comparison_budgets, min_passes  # noqa: F401
-from .steps import PromptError, Selection, Step, run_steps, select_steps, starting_orders  # noqa: F401
+from .steps import ModelOutputError, PromptError, Selection, Step, run_steps, select_steps, starting_orders  # noqa: F401
 
 Compare = Callable[[np.ndarray], np.ndarray]
 

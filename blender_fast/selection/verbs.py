@@ -6,7 +6,7 @@ import numpy as np
 
 from ..options import COMPARE_MODES, POLICIES, check_choice, check_temperature
 from .aggregate import ranks_from_scores, stack_if_equal
-from .steps import PromptError, Step, Steps, checked_logits, full_steps
+from .steps import ModelOutputError, Step, Steps, checked_logits, full_steps
 
 
 def rank_steps(ns: list[int], policy: str = "max_logits", return_scores: bool = False) -> Steps:
@@ -44,7 +44,7 @@ def _compare(n: int, mode: str) -> Steps:
         out = checked_logits(rows, (yield Step(rows, group=1)))
     bad = np.flatnonzero(np.isnan(out))
     if bad.size:  # inf - inf: as rank/select do, a NaN logit is an error, never a silent "A loses"
-        raise PromptError(f"compare returned NaN for prompt {int(bad[0])}", int(bad[0]))
+        raise ModelOutputError(f"compare returned NaN for prompt {int(bad[0])}", int(bad[0]))
     return out
 
 

@@ -16,6 +16,7 @@ Needs the ``serve`` extra: ``pip install 'blender-fast[serve]'``.
 # No `from __future__ import annotations` here: FastAPI reads the route signatures (Request, Query).
 
 import asyncio
+import errno
 import json
 import re
 import signal
@@ -764,9 +765,7 @@ def model_names(served_model_names, info: Optional[dict]) -> tuple:
 
 def add_serve_parser(subparsers) -> None:
     """``blender-fast serve``: the CLI calls this from build_parser."""
-    import argparse
-
-    from ..options import (BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES, STRATEGIES,
+    from ..options import (BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES, STRATEGIES, HelpFormatter,
                            int_argument, number_argument)
     from .rerank import DEFAULT_RERANK_STRATEGY
 
@@ -775,7 +774,7 @@ def add_serve_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve PairRM over HTTP with continuous batching (needs [serve])",
                               description="Serve PairRM over HTTP (JSON under /v1, /health, /ready, /metrics, "
                                           "/docs) with continuous batching across requests and selection steps.",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=HelpFormatter)
     p.add_argument("--model", "--ranker", dest="model", required=True,
                    help="PairRM checkpoint directory (or demo:tiny / demo:xsmall, random weights)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
@@ -829,8 +828,17 @@ def listening_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as e:  # port in use, address not on this machine, a privileged port ...
+        sock.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {e.strerror or e}"
+                          + (" (another process holds the port; pick another --port)" if e.errno == errno.EADDRINUSE else "")) from None
     return sock
+
+
+class ListenError(RuntimeError):
+    """The server cannot bind its address (one line for the CLI, naming host:port)."""
 
 
 def _runtime_name(model) -> str:
@@ -855,11 +863,12 @@ def cmd_serve(args) -> int:
     for name in ("max_batch_tokens", "max_queued_pairs", "max_candidates", "max_text_chars", "max_rows_per_request"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    from ..selection.strategies import BUDGETED
+    from ..selection.budgets import BUDGETED
 
     if args.rerank_budget is not None and args.rerank_strategy not in BUDGETED:
         raise ValueError(f"--rerank-budget applies to the strategies {', '.join(BUDGETED)}, not "
                          f"--rerank-strategy {args.rerank_strategy}")
+    sock = listening_socket(args.host, args.port)  # first: a port in use is refused before the model loads
     t0 = time.perf_counter()
     path = resolve_model(args.model)
     device = resolve_device(args.device, "torch" if args.backend == "torch" else "onnx")
@@ -869,6 +878,9 @@ def cmd_serve(args) -> int:
     if args.fuser:
         from ..fusion.fuser import Fuser
 
+        from ..synthetic.demo import announce_random_weights
+
+        announce_random_weights(args.fuser, "fuser")
         fuser = Fuser.from_pretrained(args.fuser, device=device)
     engine = BatchingEngine(ranker, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
                             max_queued_pairs=args.max_queued_pairs, max_rows_per_request=args.max_rows_per_request,
@@ -882,7 +894,6 @@ def cmd_serve(args) -> int:
                      rerank_strategy=args.rerank_strategy, rerank_budget=args.rerank_budget,
                      fuse_max_batch=args.fuse_max_batch, fuse_max_wait_ms=args.fuse_max_wait_ms,
                      fuse_max_queued=args.fuse_max_queued)
-    sock = listening_socket(args.host, args.port)
     port = sock.getsockname()[1]
     server = _DrainingServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                             timeout_graceful_shutdown=DRAIN_TIMEOUT_S), engine, app)

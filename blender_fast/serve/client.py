@@ -30,6 +30,17 @@ class ServerError(RuntimeError):
         self.status = status
         self.detail = detail
         self.retry_after = retry_after
+        self.url: Optional[str] = None  # the URL called, set by Client
+
+
+class ClientConnectionError(ConnectionError):
+    """The server could not be reached (refused, unknown host, timed out, reset); ``url`` is what was called.
+    A ConnectionError (an OSError): code catching OSError keeps working."""
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(f"{url}: cannot reach the blender-fast server ({reason})")
+        self.url = url
+        self.reason = reason
 
 
 def _truncation(source_maxlength, candidate_maxlength) -> dict:
@@ -84,7 +95,14 @@ class Client:
                     self.retries += 1
                     time.sleep(min(self.max_retry_wait, retry_after if retry_after is not None else 1.0))
                     continue
-                raise ServerError(e.code, detail, retry_after) from None
+                err = ServerError(e.code, detail, retry_after)
+                err.url = url
+                raise err from None
+            except urllib.error.URLError as e:  # refused, unknown host ...: one line with the URL
+                reason = getattr(e.reason, "strerror", None) or str(e.reason)
+                raise ClientConnectionError(url, reason) from None
+            except (TimeoutError, ConnectionError) as e:
+                raise ClientConnectionError(url, str(e) or type(e).__name__) from None
         raise AssertionError("unreachable")
 
     def _post(self, route: str, items: list[dict]) -> list[dict]:

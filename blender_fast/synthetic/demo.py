@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..model.checkpoint import has_random_weights
 from ..model.cache import MANIFEST_FILES_KEY, cache_root, publish_dir, read_manifest, verify_files
 
 
@@ -47,6 +48,25 @@ DEMO_WARNING = (
     "They only show the engine working. Point --model at a real PairRM directory (llm-blender/PairRM "
     "downloaded by you) for real rankings."
 )
+FUSER_WARNING = (
+    "NOTE: fusing with a GENERATED fuser ({path}): random weights, so the fused text is gibberish. It only "
+    "shows the engine working. Point --fuser at a real GenFuser directory (llm-blender/gen_fuser_3b "
+    "downloaded by you) for real fusions."
+)
+
+
+def random_weights_notice(path, role: str = "ranker") -> Optional[str]:
+    """The one decision, from the directory itself (spec or path alike, checkpoint or its export): the
+    notice to print when it holds generated random weights, else None."""
+    if not has_random_weights(path):
+        return None
+    return (FUSER_WARNING if role == "fuser" else DEMO_WARNING).format(path=path)
+
+
+def announce_random_weights(path, role: str = "ranker") -> None:
+    note = random_weights_notice(path, role)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def resolve_model(spec) -> Path:
@@ -54,9 +74,10 @@ def resolve_model(spec) -> Path:
     cache (made once, with a note on stderr that its weights are random); anything else is a directory."""
     spec = str(spec)
     if not spec.startswith(DEMO_PREFIX):
-        return Path(spec)
-    shape = spec[len(DEMO_PREFIX):] or "xsmall"
-    path = demo_checkpoint(shape, seed=0, announce=lambda p: print(
-        f"generating a random-weight PairRM checkpoint ({shape}) in {p} ...", file=sys.stderr))
-    print(DEMO_WARNING.format(path=path), file=sys.stderr)
+        path = Path(spec)
+    else:
+        shape = spec[len(DEMO_PREFIX):] or "xsmall"
+        path = demo_checkpoint(shape, seed=0, announce=lambda p: print(
+            f"generating a random-weight PairRM checkpoint ({shape}) in {p} ...", file=sys.stderr))
+    announce_random_weights(path, "ranker")  # by spec or by path alike
     return path

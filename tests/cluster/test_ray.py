@@ -204,3 +204,64 @@ def test_benchmark_section_runs_and_agrees(ray_instance, tiny_checkpoint):
         # 3 small batches: a second actor may still be starting when the first has taken them all
         assert meter["batches"] == 3 and 1 <= meter["actors"] <= int(v.split()[1])
     assert "2 actors vs 1" in "\n".join(ray_md(res))
+
+
+def test_cli_ray_takes_what_the_cli_takes(ray_instance, tiny_checkpoint, tmp_path, capsys):
+    """Issue 21: an exported model directory and a demo: spec work with --ray as without it."""
+    from blender_fast.cluster.records import example_prompts_path
+
+    exported = tmp_path / "exported"
+    assert main(["export", str(tiny_checkpoint), "--out", str(exported)]) == 0
+    for n, model in enumerate([str(exported), "demo:tiny"]):
+        out = tmp_path / f"out{n}"
+        rc = main(["rank", "--ray", "--quiet", "--input", str(example_prompts_path()), "--output", str(out),
+                   "--model", model, "--strategy", "bubble", "--num-actors", "1", "--threads", "1", "--limit", "2"])
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        assert len(read_jsonl_dir(out)) == 2
+    assert "random weights" in err  # the demo's notice, as in the CLI
+
+
+def test_ray_interrupted_leaves_no_partial_and_exits_130(ray_instance, tiny_checkpoint, tmp_path, capsys,
+                                                         monkeypatch):
+    """Issue 21: Ctrl-C during a Ray job: rc 130, one line, no '.partial-*' directory left behind."""
+    from blender_fast.cluster import ray_job
+    from blender_fast.cluster.records import example_prompts_path
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray_job, "write_prompt_lines", interrupted)
+    out = tmp_path / "out"
+    rc = main(["rank", "--ray", "--quiet", "--input", str(example_prompts_path()), "--output", str(out),
+               "--model", str(tiny_checkpoint), "--num-actors", "1", "--threads", "1", "--limit", "2"])
+    err = capsys.readouterr().err
+    assert rc == 130 and "interrupted (SIGINT)" in err and "Traceback" not in err
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if ".partial" in p]
+
+
+def test_ray_user_error_is_one_line_without_ray_error_logs(ray_instance, tiny_checkpoint, tmp_path, capsys, caplog):
+    """Issue 21: a bad prompt found by an actor is the CLI's one line; Ray Data's own ERROR lines about the
+    failed task (which would stand in front of it) are dropped."""
+    import logging
+
+    from blender_fast.cluster.records import example_prompts_path
+
+    first = open(example_prompts_path(), encoding="utf-8").readline()
+    bad = tmp_path / "in.jsonl"
+    bad.write_text(first + json.dumps({**json.loads(first), "candidates": ["a", "b"]}) + "\n", encoding="utf-8")
+    loggers = [logging.getLogger(n) for n in ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")]
+    saved = [lg.propagate for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.propagate = True  # let caplog see whatever they emit
+        with caplog.at_level(logging.INFO):
+            rc = main(["rank", "--ray", "--quiet", "--input", str(bad), "--output", str(tmp_path / "out"),
+                       "--model", str(tiny_checkpoint), "--strategy", "bubble", "--top-k", "3", "--num-actors", "1",
+                       "--threads", "1"])
+    finally:
+        for lg, value in zip(loggers, saved):
+            lg.propagate = value
+    assert rc == 2
+    assert f"blender-fast: error: {bad}:2: 2 candidates, fewer than top_k 3" in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("ray.data")]

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import require
+from conftest import require, shared_data_file
 
 INPUTS = ["Explain why the sky is blue.", "Write a haiku about autumn.", "Name three prime numbers.",
           "How do I boil an egg?"]
@@ -148,13 +148,15 @@ def test_gpu_check_parity():
 
 
 @pytest.mark.slow
-def test_gpu_check_cpu_dry_run(tiny_checkpoint, tmp_path, one_torch_thread):
+def test_gpu_check_cpu_dry_run(request, tmp_path, one_torch_thread):
     """The GPU check's driver end to end on the CPU: ours (fp16/bf16/fp32) vs llm-blender, table, parity."""
+    data = shared_data_file()  # first: skips on a plain clone (no ../shared) before any work; fails in CI
     require("llm_blender")
     from benchmarks.gpu_check import main
 
+    tiny_checkpoint = request.getfixturevalue("tiny_checkpoint")
     rc = main(["--dry-run", "--model", str(tiny_checkpoint), "--prompts", "1", "--candidates", "2",
-               "--best-of", "3", "--out", str(tmp_path)])
+               "--best-of", "3", "--out", str(tmp_path), "--data", str(data)])
     assert rc == 0
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     rank = res["shapes"]["tiny"]["rank"]["tasks"]["rank"]

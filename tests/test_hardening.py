@@ -1,0 +1,287 @@
+"""Issue 21 hardening: bad input and bad environments get one clear line (docs/bad-input.md lists them)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from blender_fast.cli import build_parser
+
+
+def _subcommand_help(name: str) -> str:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")  # argparse keeps subparsers only here
+    return re.sub(r"\s+", " ", sub.choices[name].format_help())
+
+
+@pytest.mark.parametrize("command", ["rank", "fuse", "serve", "export", "make-checkpoint"])
+def test_help_shows_each_default_once(command):
+    text = _subcommand_help(command)
+    assert not re.search(r"\(default: [^)]*\) ?\(default:", text), text
+    assert "(default: None)" not in text
+
+
+def test_help_still_shows_plain_defaults():
+    text = _subcommand_help("rank")
+    assert "(default: 64)" in text  # --chunk: a default its help does not state
+    assert "intra-op threads (default: the runtime's)" in text
+
+
+# -- 1. output targets ----------------------------------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import stat  # noqa: E402
+import threading  # noqa: E402
+
+from blender_fast.cli import main  # noqa: E402
+from blender_fast.cluster.records import example_prompts_path  # noqa: E402
+
+N_EXAMPLES = sum(1 for line in open(example_prompts_path(), encoding="utf-8") if line.strip())
+
+
+def _rank(model, *extra):
+    return main(["rank", "--model", str(model), "--quiet", "--strategy", "bubble", *map(str, extra)])
+
+
+def test_output_symlink_updates_its_target_and_keeps_the_link(tiny_checkpoint, tmp_path):
+    target = tmp_path / "real.jsonl"
+    target.write_text("OLD\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    assert _rank(tiny_checkpoint, "--output", link) == 0
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    rows = [json.loads(line) for line in target.read_text().splitlines()]
+    assert len(rows) == N_EXAMPLES and all("blender_fast" in r for r in rows)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith((".tmp", ".partial"))]
+
+
+def test_output_fifo_is_streamed_not_replaced(tiny_checkpoint, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, encoding="utf-8").read()), daemon=True)
+    reader.start()
+    assert _rank(tiny_checkpoint, "--output", fifo) == 0
+    reader.join(timeout=60)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # still a FIFO
+    assert len(got[0].splitlines()) == N_EXAMPLES
+
+
+def test_output_dev_null_stays_a_device(tiny_checkpoint):
+    assert _rank(tiny_checkpoint, "--output", "/dev/null") == 0
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_output_directory_is_refused_before_any_model_work(tmp_path, capsys):
+    # a model path that does not exist: had any model work started, the error would name it instead
+    assert _rank(tmp_path / "no-model", "--output", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path}: --output is a directory" in err
+
+
+def test_output_in_missing_or_unwritable_directory_names_the_users_path(tmp_path, capsys):
+    missing = tmp_path / "nope" / "out.jsonl"
+    assert _rank(tmp_path / "no-model", "--output", missing) == 2
+    assert f"{missing}: the directory of --output does not exist" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        assert _rank(tmp_path / "no-model", "--output", ro / "out.jsonl") == 2
+        err = capsys.readouterr().err
+        assert f"{ro / 'out.jsonl'}: cannot write in the directory of --output" in err and ".tmp" not in err
+
+
+# -- 2. model integrity ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported_dir(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exported") / "model"
+    assert main(["export", str(tiny_checkpoint), "--out", str(out)]) == 0
+    return out
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_damaged_model_onnx_is_one_error_naming_the_file(exported_dir, tmp_path, capsys):
+    bad = _copy(exported_dir, tmp_path / "bad")
+    with open(bad / "model.onnx", "r+b") as f:  # 16 bytes overwritten, size unchanged
+        f.seek(os.path.getsize(bad / "model.onnx") // 2)
+        f.write(b"\xff" * 16)
+    assert _rank(bad, "--output", tmp_path / "out.jsonl") == 2
+    err = capsys.readouterr().err
+    assert f"{bad / 'model.onnx'} is corrupt" in err and "Traceback" not in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_foreign_model_onnx_is_refused(exported_dir, tmp_path):
+    from blender_fast import Ranker
+
+    bad = _copy(exported_dir, tmp_path / "foreign")
+    (bad / "model.onnx").write_bytes(b"not an onnx model at all")
+    with pytest.raises(ValueError, match="model.onnx"):
+        Ranker.from_pretrained(bad)
+
+
+def test_verification_is_remembered_until_a_file_changes(exported_dir, tmp_path, monkeypatch):
+    from blender_fast import Ranker
+    from blender_fast.model import cache
+
+    d = _copy(exported_dir, tmp_path / "memo")
+    calls = []
+    real = cache.verify_files
+    monkeypatch.setattr(cache, "verify_files", lambda *a, **k: calls.append(1) or real(*a, **k))
+    Ranker.from_pretrained(d)
+    Ranker.from_pretrained(d)
+    assert len(calls) == 1  # the second load did not re-hash
+    data = (d / "model.onnx").read_bytes()
+    (d / "model.onnx").unlink()
+    (d / "model.onnx").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # replaced: new inode and content
+    with pytest.raises(ValueError, match="model.onnx"):
+        Ranker.from_pretrained(d)
+    assert len(calls) == 2
+
+
+def test_nan_from_the_model_blames_the_model_not_the_input(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import blender_fast.cli as cli
+
+    real_load = cli._load_ranker
+
+    def load_broken(args):  # a model that loads fine and then answers NaN (e.g. damaged weights)
+        ranker = real_load(args)
+        model = ranker.model
+        ranker.model = lambda *a: model(*a) * float("nan")
+        return ranker
+
+    monkeypatch.setattr(cli, "_load_ranker", load_broken)
+    src = tmp_path / "ok.jsonl"
+    src.write_text(open(example_prompts_path(), encoding="utf-8").readline())
+    assert _rank(tiny_checkpoint, "--input", src, "--output", tmp_path / "out.jsonl") == 2
+    err = capsys.readouterr().err
+    assert "the model returned NaN on the prompt at" in err and f"{src}:1" in err
+    assert "the model is at fault, not the input" in err
+
+
+# -- 4. environment errors ------------------------------------------------------------------------------
+
+def test_serve_on_a_port_in_use_is_one_line_before_loading(tmp_path, capsys):
+    import socket
+
+    pytest.importorskip("fastapi")  # serve's own dependency check comes first
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:  # a model path that does not exist: the port is refused before any model work
+        rc = main(["serve", "--model", str(tmp_path / "no-model"), "--port", str(port)])
+    finally:
+        holder.close()
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "another process holds the port" in err
+
+
+def test_export_out_on_an_existing_file_is_refused_before_loading(tmp_path, capsys):
+    target = tmp_path / "model.onnx"
+    target.write_text("keep me")
+    assert main(["export", str(tmp_path / "no-model"), "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{target}: export --out exists and is not a directory" in err
+    assert target.read_text() == "keep me"
+
+
+def test_client_on_a_dead_server_raises_a_typed_error_with_the_url():
+    import socket
+
+    from blender_fast.serve.client import Client, ClientConnectionError
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    client = Client(f"http://127.0.0.1:{port}", timeout=5)
+    with pytest.raises(ClientConnectionError) as info:
+        client.rank(["q"], [["a", "b"]])
+    assert info.value.url.startswith(f"http://127.0.0.1:{port}/v1/")
+    assert f"127.0.0.1:{port}" in str(info.value) and "cannot reach" in str(info.value)
+    assert isinstance(info.value, ConnectionError)
+    assert client.health() is False  # health() still answers False, as before
+
+
+# -- 7. the random-weights notice -----------------------------------------------------------------------
+
+NOTE = "random weights, so the orderings are meaningless"
+
+
+def test_notice_for_a_generated_checkpoint_given_by_path(tiny_checkpoint, tmp_path, capsys):
+    assert _rank(tiny_checkpoint, "--output", tmp_path / "o.jsonl") == 0
+    assert NOTE in capsys.readouterr().err
+
+
+def test_notice_for_an_export_of_a_generated_checkpoint(exported_dir, tmp_path, capsys):
+    assert _rank(exported_dir, "--output", tmp_path / "o.jsonl") == 0
+    assert NOTE in capsys.readouterr().err
+
+
+def test_no_notice_for_a_real_looking_checkpoint(tiny_checkpoint, tmp_path):
+    import json as _json
+    import shutil
+
+    from blender_fast.synthetic.demo import random_weights_notice
+
+    real = tmp_path / "real"
+    shutil.copytree(tiny_checkpoint, real)
+    meta = _json.loads((real / "blender_fast.json").read_text())
+    meta.pop("generator")
+    (real / "blender_fast.json").write_text(_json.dumps(meta))
+    assert random_weights_notice(real) is None
+    assert random_weights_notice(tiny_checkpoint) is not None
+
+
+def test_notice_for_a_generated_fuser_by_path(tmp_path, capsys):
+    from blender_fast.synthetic.demo import announce_random_weights
+
+    fuser = tmp_path / "fuser"
+    fuser.mkdir()
+    (fuser / "blender_fast.json").write_text('{"generator": "blender_fast.synthetic", "kind": "fuser"}')
+    announce_random_weights(fuser, "fuser")
+    assert "fusing with a GENERATED fuser" in capsys.readouterr().err
+
+
+def test_report_writer_follows_the_same_rule(tmp_path):
+    from blender_fast.cluster.outputs import OutputError, output_dir, write_text
+
+    target = tmp_path / "real.md"
+    link = tmp_path / "report.md"
+    link.symlink_to(target)
+    write_text(link, "hello\n")
+    assert link.is_symlink() and target.read_text() == "hello\n"
+    write_text("/dev/null", "x")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    with pytest.raises(OutputError, match="is a directory"):
+        write_text(tmp_path, "x")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(OutputError, match="afile: --out exists and is not a directory"):
+        output_dir(tmp_path / "afile", "--out", may_hold_files=True)
+
+
+def test_benchmark_out_on_a_file_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    target = tmp_path / "results"
+    target.write_text("keep")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(target), "--data",
+                           str(tmp_path / "none.jsonl")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{target}: --out exists and is not a directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert target.read_text() == "keep"
