@@ -37,7 +37,7 @@ import threading  # noqa: E402
 from blender_fast.cli import main  # noqa: E402
 from blender_fast.cluster.records import example_prompts_path  # noqa: E402
 
-N_EXAMPLES = sum(1 for line in open(example_prompts_path(), encoding="utf-8") if line.strip())
+N_EXAMPLES = sum(1 for line in example_prompts_path().read_text(encoding="utf-8").splitlines() if line.strip())
 
 
 def _rank(model, *extra):
@@ -60,7 +60,11 @@ def test_output_fifo_is_streamed_not_replaced(tiny_checkpoint, tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     got = []
-    reader = threading.Thread(target=lambda: got.append(open(fifo, encoding="utf-8").read()), daemon=True)
+    def read_fifo():
+        with open(fifo, encoding="utf-8") as f:
+            got.append(f.read())
+
+    reader = threading.Thread(target=read_fifo, daemon=True)
     reader.start()
     assert _rank(tiny_checkpoint, "--output", fifo) == 0
     reader.join(timeout=60)
@@ -160,7 +164,7 @@ def test_nan_from_the_model_blames_the_model_not_the_input(tiny_checkpoint, tmp_
 
     monkeypatch.setattr(cli, "_load_ranker", load_broken)
     src = tmp_path / "ok.jsonl"
-    src.write_text(open(example_prompts_path(), encoding="utf-8").readline())
+    src.write_text(example_prompts_path().read_text(encoding="utf-8").splitlines(keepends=True)[0])
     assert _rank(tiny_checkpoint, "--input", src, "--output", tmp_path / "out.jsonl") == 2
     err = capsys.readouterr().err
     assert "the model returned NaN on the prompt at" in err and f"{src}:1" in err
