@@ -44,19 +44,25 @@ def demo_checkpoint(shape: str = "xsmall", seed: int = 0, *, llm_blender_loadabl
 DEMO_PREFIX = "demo:"
 DEMO_WARNING = (
     "NOTE: ranking with a GENERATED checkpoint ({path}): random weights, so the orderings are meaningless. "
-    "They only show the engine working. Point --model at a real PairRM directory (llm-blender/PairRM "
-    "downloaded by you) for real rankings."
+    "They only show the engine working. Pass --model llm-blender/PairRM "
+    "(downloaded once from the Hugging Face Hub) or a PairRM directory for real rankings."
 )
 
 
-def resolve_model(spec) -> Path:
-    """A --model value as a path: 'demo:SHAPE' (demo: alone = xsmall) is the generated checkpoint in the
-    cache (made once, with a note on stderr that its weights are random); anything else is a directory."""
+def demo_path(spec) -> Path:
+    """'demo:SHAPE' (demo: alone = xsmall): the generated checkpoint in the cache, made once, with a note on
+    stderr that its weights are random."""
     spec = str(spec)
-    if not spec.startswith(DEMO_PREFIX):
-        return Path(spec)
     shape = spec[len(DEMO_PREFIX):] or "xsmall"
     path = demo_checkpoint(shape, seed=0, announce=lambda p: print(
         f"generating a random-weight PairRM checkpoint ({shape}) in {p} ...", file=sys.stderr))
     print(DEMO_WARNING.format(path=path), file=sys.stderr)
     return path
+
+
+def resolve_model(spec, **hub_options) -> Path:
+    """A --model value as a local directory: 'demo:SHAPE', a directory, or a Hugging Face Hub id
+    (model/hub.py's resolve_model_source, the one resolver every entry point uses)."""
+    from ..model.hub import resolve_model_source
+
+    return resolve_model_source(spec, **hub_options)
