@@ -139,16 +139,17 @@ def _resolve_backbone(ckpt_dir: Path, model_name: str, config_path: Path) -> tup
             if tok_dir is None and has_tokenizer_files(ckpt_dir):
                 tok_dir = ckpt_dir
             return backbone, tok_dir
-    from .hub import OfflineNotCached, is_hub_id, resolve_model_source
+    from .hub import HubError, OfflineNotCached, is_hub_id, resolve_model_source
 
     if is_hub_id(model_name):
         # A hub backbone: only its config and tokenizer files (its weights are in the ranker's own file).
         # Offline and never fetched: a backbone whose config we carry still loads.
         try:
             directory = resolve_model_source(model_name, kind="backbone")
-        except OfflineNotCached:
-            if model_name not in KNOWN_BACKBONES:
-                raise
+        except HubError as e:
+            if not (isinstance(e, OfflineNotCached) and model_name in KNOWN_BACKBONES):
+                raise type(e)(f"{config_path}: model_name {model_name!r} (the backbone, not a local directory "
+                              f"with a config.json): {e}") from None
         else:
             backbone = _read_json(directory / "config.json")
             tok_dir = directory if has_tokenizer_files(directory) else None
