@@ -130,6 +130,13 @@ def resolve_model_source(source, *, kind: str = "ranker", revision: Optional[str
             return plain
     if local_files_only is None:
         local_files_only = offline_default()
+    if kind == "backbone" and not local_files_only:
+        # A backbone supplies only its config and tokenizer: a cached copy (ours, or the one llm-blender's
+        # transformers download left) is used without asking the hub again.
+        try:
+            return _snapshot(repo_id, revision, kind, cache, token, True)
+        except HubError:
+            pass
     return _snapshot(repo_id, revision, kind, cache, token, bool(local_files_only))
 
 

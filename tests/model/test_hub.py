@@ -207,3 +207,35 @@ print("ok")
 """
     r = run(code, hub_env(hub, tmp_path / "hf"))
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+REFERENCE_RANK = f"""
+import json, logging
+import torch
+torch.set_num_threads(1)
+import llm_blender
+ref = llm_blender.Blender(llm_blender.BlenderConfig(device="cpu", use_tqdm=False))
+ref.loadranker({PAIRRM!r}, device="cpu")
+print(json.dumps(ref.rank({SOURCES!r}, {CANDIDATES!r}, return_scores=True, batch_size=1, disable_tqdm=True).tolist()))
+"""
+
+
+@pytest.mark.reference
+def test_parity_with_llm_blender_loading_the_same_id(hub, tmp_path):
+    from conftest import require
+
+    require("llm_blender")
+    ref_home, our_home = tmp_path / "ref", tmp_path / "ours"
+    r = run(REFERENCE_RANK, hub_env(hub, ref_home))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref = scores_of(r)
+    assert (ref_home / "hub" / PAIRRM / "config.json").is_file()  # llm-blender's own plain folder
+    r = run(RANK.format(model=PAIRRM), hub_env(hub, our_home))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert scores_of(r) == pytest.approx(ref, abs=1e-4)
+    # and ours, pointed at llm-blender's download: reused, no request
+    hub.reset()
+    r = run(RANK.format(model=PAIRRM), hub_env(hub, ref_home))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert hub.requests == []
+    assert scores_of(r) == pytest.approx(ref, abs=1e-4)
