@@ -218,18 +218,14 @@ def _snapshot(repo_id: str, revision, kind: str, cache: Path, token, local_files
     return path
 
 
+# Transport failures by class name: huggingface_hub 0.x raises requests', 1.x httpx's, 2.x httpx2's.
+_CONNECTION_ERRORS = {"ConnectionError", "ConnectError", "Timeout", "TimeoutException", "TransportError",
+                      "NetworkError", "ProxyError", "OfflineModeIsEnabled", "LocalEntryNotFoundError"}
+
+
 def _is_connection_problem(e: BaseException, hf_errors) -> bool:
-    import requests  # huggingface_hub 0.x; 1.x uses httpx
-
-    kinds = [hf_errors.OfflineModeIsEnabled, hf_errors.LocalEntryNotFoundError, requests.ConnectionError,
-             requests.Timeout, ConnectionError, TimeoutError]
-    try:
-        import httpx
-
-        kinds += [httpx.TransportError]
-    except ImportError:
-        pass
-    return isinstance(e, tuple(kinds))
+    return isinstance(e, (ConnectionError, TimeoutError)) or any(
+        c.__name__ in _CONNECTION_ERRORS for c in type(e).__mro__)
 
 
 def _check_complete(path: Path, label: str, kind: str, files: Optional[list[str]]) -> None:

@@ -236,6 +236,8 @@ print(json.dumps(ref.rank({SOURCES!r}, {CANDIDATES!r}, return_scores=True, batch
 def test_parity_with_llm_blender_loading_the_same_id(hub, tmp_path):
     from conftest import require
 
+    if os.environ.get("BLENDER_FAST_EXPECT_TRANSFORMERS") == "5":
+        pytest.skip("llm-blender 0.0.2 needs transformers 4 (CI's first run covers this)")
     require("llm_blender")
     ref_home, our_home = tmp_path / "ref", tmp_path / "ours"
     r = run(REFERENCE_RANK, hub_env(hub, ref_home))
