@@ -177,8 +177,11 @@ def _snapshot(repo_id: str, revision, kind: str, cache: Path, token, local_files
         try:
             info = HfApi().model_info(repo_id, revision=revision, token=token, timeout=HUB_TIMEOUT)
             files = [s.rfilename for s in (info.siblings or [])]
+            _check_listing(repo_id if not revision else f"{repo_id}@{revision}", kind, files)
             folder = snapshot_download(repo_id, revision=revision, cache_dir=str(cache), token=token,
                                        allow_patterns=_patterns(kind, files), etag_timeout=HUB_TIMEOUT)
+        except HubError:
+            raise
         except hf_errors.GatedRepoError:
             raise GatedModel(
                 f"{label}: the repo is gated or private on the Hugging Face Hub; accept its terms on "
@@ -226,6 +229,16 @@ _CONNECTION_ERRORS = {"ConnectionError", "ConnectError", "Timeout", "TimeoutExce
 def _is_connection_problem(e: BaseException, hf_errors) -> bool:
     return isinstance(e, (ConnectionError, TimeoutError)) or any(
         c.__name__ in _CONNECTION_ERRORS for c in type(e).__mro__)
+
+
+def _check_listing(label: str, kind: str, files: list) -> None:
+    """Before downloading anything: the repo holds a config and (for a model) its weights."""
+    if "config.json" not in files:
+        raise IncompleteModel(f"{label}: the repo has no config.json on the Hugging Face Hub; nothing to load")
+    if kind != "backbone" and not _weight_patterns(files):
+        raise IncompleteModel(
+            f"{label}: the repo has no weights file (model.safetensors or pytorch_model.bin, or a sharded "
+            "index) on the Hugging Face Hub; nothing to load")
 
 
 def _check_complete(path: Path, label: str, kind: str, files: Optional[list[str]]) -> None:
