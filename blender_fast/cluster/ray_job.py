@@ -151,7 +151,10 @@ def prepare_model(model, backend: str = "onnx", precision: str = "fp32", cache_d
     from ..model.cache import cache_root
     from ..model.checkpoint import load_checkpoint
 
-    path = str(Path(model).resolve())
+    from ..model.hub import resolve_model_source
+
+    # a hub id is downloaded here, once; the actors get the local directory (they may have no network)
+    path = str(Path(resolve_model_source(model)).resolve())
     ckpt = load_checkpoint(path)
     if backend != "onnx":
         return path, None

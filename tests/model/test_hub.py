@@ -254,3 +254,19 @@ def test_parity_with_llm_blender_loading_the_same_id(hub, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert hub.requests == []
     assert scores_of(r) == pytest.approx(ref, abs=1e-4)
+
+
+def test_judge_and_ray_driver_take_hub_ids(hub, tmp_path):
+    code = f"""
+from blender_fast.judges import PairRMJudge
+from blender_fast.cluster.ray_job import prepare_model
+judge = PairRMJudge({PAIRRM!r}, seed=0, device="cpu")
+print(judge.judge(["What is 2+2?"], [["4", "five"]]))
+path, cache = prepare_model({PAIRRM!r})
+print(path)
+"""
+    r = run(code, hub_env(hub, tmp_path / "hf"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout.strip().splitlines()
+    assert out[0] in ("[0]", "[1]")
+    assert "models--llm-blender--PairRM/snapshots/" in out[1]
