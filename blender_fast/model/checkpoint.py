@@ -220,6 +220,12 @@ def load_checkpoint(path: str | os.PathLike) -> RankerCheckpoint:
         return ckpt
 
     architectures = config.get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures if isinstance(a, str)):
+        raise CheckpointError(
+            f"{config_path}: a pointwise reward model ({', '.join(map(str, architectures))}, e.g. "
+            "OpenAssistant/reward-model-deberta-v3-large-v2) is not supported by blender-fast yet; it runs "
+            "PairRM-style pair rankers (llm-blender/PairRM, llm-blender/PairRM-hf)"
+        )
     if "DebertaV2PairRM" in architectures or config.get("model_type") == "deberta-v2":
         _check_backbone(config, config_path)
         if not has_tokenizer_files(ckpt_dir):

@@ -185,6 +185,7 @@ CLI_RANK = ("import sys; from blender_fast.cli import main; "
     (PAIRRM, {"HF_ENDPOINT": "http://127.0.0.1:9"}, "not in the cache"),
     ("berkeley-nest/Starling-RM-7B-alpha", {}, "not supported by blender-fast"),
     ("openbmb/UltraRM-13b", {}, "llm-blender/PairRM"),
+    ("OpenAssistant/reward-model-deberta-v3-large-v2", {}, "not supported by blender-fast"),
 ])
 def test_cli_errors_are_one_line(hub, tmp_path, model, env_extra, expect):
     env = hub_env(hub, tmp_path / "hf", **env_extra)
