@@ -16,7 +16,6 @@ imported only when a hub id is resolved; it never imports torch.
 """
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 from pathlib import Path
@@ -286,7 +285,3 @@ def blob_sha256(path: Path) -> Optional[str]:
             and snapshot_commit(path.parent) is not None:
         return target.name
     return None
-
-
-def matches_any(name: str, patterns) -> bool:
-    return any(fnmatch.fnmatch(name, p) for p in patterns)
