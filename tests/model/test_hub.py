@@ -271,3 +271,48 @@ print(path)
     out = r.stdout.strip().splitlines()
     assert out[0] in ("[0]", "[1]")
     assert "models--llm-blender--PairRM/snapshots/" in out[1]
+
+
+def test_serve_with_hub_id(hub, tmp_path):
+    import urllib.request
+
+    from conftest import require
+
+    require("fastapi")
+    require("uvicorn")
+    boot = (f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
+            "sys.meta_path[:] = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]\n"
+            "from blender_fast.cli import main\n"
+            f"sys.exit(main(['serve', '--model', {PAIRRM!r}, '--port', '0', '--threads', '1']))")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
+           **hub_env(hub, tmp_path / "hf")}
+    proc = subprocess.Popen([sys.executable, "-c", boot], stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=str(REPO_ROOT))
+    try:
+        line, end = "", time.monotonic() + 180
+        for _ in range(10_000):  # bounded: the startup line, or the deadline, or the process gone
+            line = proc.stderr.readline()
+            if "http://" in line or time.monotonic() > end or (not line and proc.poll() is not None):
+                break
+        assert "http://" in line, line
+        url = line.split("http://", 1)[1].split()[0]
+        body = json.dumps({"input": SOURCES[0], "candidates": CANDIDATES[0]}).encode()
+        for _ in range(600):
+            try:
+                req = urllib.request.Request(f"http://{url}/v1/rank", data=body,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    result = json.loads(resp.read())
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert sorted(result["ranks"]) == [1, 2, 3]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        proc.stderr.close()
+    assert hub.count(r"^/microsoft/deberta-v3-large/resolve/.*model\.safetensors$") == 0
