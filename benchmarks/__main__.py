@@ -14,7 +14,8 @@ from pathlib import Path
 
 from blender_fast.options import HelpFormatter
 
-# Never touch a hub: every checkpoint here is local (generated, or given with --model).
+# Never touch a hub unless told (HF_HUB_OFFLINE=0): checkpoints are generated, or given with --model (a
+# directory or a hub id already in the HF cache).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -162,7 +163,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"{data}: {len(prompts)} prompts, the settings need {need}")
 
     if args.model:
-        ckpt, kind = Path(args.model), "given with --model"
+        from blender_fast.model.hub import resolve_model_source
+
+        # a directory, or a hub id already in the HF cache (HF_HUB_OFFLINE=0 to let it download)
+        ckpt, kind = resolve_model_source(args.model), "given with --model"
     else:
         ckpt, kind = generated_checkpoint(sizes.shape, args.seed), f"generated, shape {sizes.shape}, random weights"
     from .flops import ModelShape

@@ -35,6 +35,8 @@ FUSER_CONFIG_FIELDS = {
     "load_in_8bit", "device",
 }
 ENGINE_OPTIONS = {"backend", "precision", "threads", "token_budget", "max_batch_size", "batch_cost", "onnx_cache_dir"}
+# Hugging Face Hub options (model/hub.py); cache_dir (a RankerConfig field) is the hub cache, as in llm-blender.
+HUB_OPTIONS = {"revision", "token", "local_files_only"}
 CMP_TYPES = STRATEGIES  # llm-blender's three, and the budgeted swiss / knockout_rr / adaptive
 REF_MODES = ("longest", "shortest", "median_length", "first", "last")
 CONVERSATION_INSTRUCTION = (
@@ -151,10 +153,12 @@ class Blender:
     # -- ranker -------------------------------------------------------------------------------------
 
     def loadranker(self, ranker_path: str, device: str = None, **kwargs):
-        """Load a local PairRM checkpoint. Extra keywords: llm-blender RankerConfig fields
+        """Load a PairRM checkpoint: a Hugging Face Hub id (``llm-blender/PairRM``, ``org/name@rev``), a local
+        directory, or ``demo:SHAPE``. Hub options: cache_dir (the hub cache, as llm-blender's), revision,
+        token, local_files_only. Extra keywords: llm-blender RankerConfig fields
         (source_maxlength, candidate_maxlength, fp16, ...) and engine options (backend="onnx"|"torch",
         precision="fp32"|"fp16"|"int8", threads, token_budget, max_batch_size, batch_cost, onnx_cache_dir)."""
-        unknown = set(kwargs) - RANKER_CONFIG_FIELDS - ENGINE_OPTIONS
+        unknown = set(kwargs) - RANKER_CONFIG_FIELDS - ENGINE_OPTIONS - HUB_OPTIONS
         if unknown:
             raise TypeError(f"loadranker() got unknown options {sorted(unknown)}")
         device = resolve_device(self._device(device or kwargs.get("device")), kwargs.get("backend", "onnx"))
@@ -167,6 +171,8 @@ class Blender:
             token_budget=kwargs.get("token_budget"),
             max_batch_size=kwargs.get("max_batch_size") or DEFAULT_MAX_BATCH, batch_cost=kwargs.get("batch_cost"),
             source_maxlength=kwargs.get("source_maxlength"), candidate_maxlength=kwargs.get("candidate_maxlength"),
+            revision=kwargs.get("revision"), token=kwargs.get("token"), hub_cache_dir=kwargs.get("cache_dir"),
+            local_files_only=kwargs.get("local_files_only"),
         )
         self.ranker_config = {**(self.ranker_config or {}), **kwargs, "load_checkpoint": str(ranker_path), "device": device}
         logger.info("loaded ranker from %s", ranker_path)
@@ -313,16 +319,18 @@ class Blender:
     # -- fuser --------------------------------------------------------------------------------------
 
     def loadfuser(self, fuser_path: str, device: str = None, **kwargs):
-        """Load a local seq2seq fuser (Flan-T5 family). Keywords: GenFuserConfig fields and backend."""
+        """Load a seq2seq fuser (Flan-T5 family): a local directory or a hub id (llm-blender/gen_fuser_3b). Keywords: GenFuserConfig fields and backend."""
         from .fusion.fuser import Fuser
 
-        unknown = set(kwargs) - FUSER_CONFIG_FIELDS - {"backend"}
+        unknown = set(kwargs) - FUSER_CONFIG_FIELDS - {"backend"} - HUB_OPTIONS
         if unknown:
             raise TypeError(f"loadfuser() got unknown options {sorted(unknown)}")
         device = self._device(device or kwargs.get("device"))
         self.fuser = Fuser.from_pretrained(
             fuser_path, backend=kwargs.get("backend", "torch"), device=device, dtype=kwargs.get("torch_dtype"),
             max_length=kwargs.get("max_length", 1024), candidate_maxlength=kwargs.get("candidate_maxlength", 128),
+            revision=kwargs.get("revision"), token=kwargs.get("token"), hub_cache_dir=kwargs.get("cache_dir"),
+            local_files_only=kwargs.get("local_files_only"),
         )
         self.fuser_config = {**kwargs, "model_name": str(fuser_path), "device": device}
 

@@ -405,8 +405,9 @@ seed_int = int_argument(0, MAX_SEED)
 
 def _add_ranker_options(p):
     p.add_argument("--model", "--ranker", dest="model", default="demo:xsmall",
-                   help="PairRM checkpoint directory, an exported ONNX directory, or demo:SHAPE for a generated "
-                        "random-weight demo checkpoint")
+                   help="a Hugging Face Hub id (llm-blender/PairRM, org/name@revision; HF cache, HF_HUB_OFFLINE=1 "
+                        "for no network), a PairRM checkpoint directory, an exported ONNX directory, or demo:SHAPE "
+                        "for a generated random-weight demo checkpoint")
     p.add_argument("--input", help="JSON Lines prompts, read line by line (default: the package's example prompts)")
     p.add_argument("--output", default="-",
                    help="output JSON Lines, written atomically ('-' = stdout); may be the same file as --input")

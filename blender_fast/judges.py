@@ -20,7 +20,8 @@ from .ranker import Ranker
 class PairRMJudge:
     """Pairwise preference judge on PairRM.
 
-    model: a PairRM checkpoint directory, a loaded ``Ranker`` or a ``blender_fast.Blender`` with a ranker.
+    model: a hub id (``llm-blender/PairRM``), a PairRM checkpoint directory, a loaded ``Ranker`` or a
+    ``blender_fast.Blender`` with a ranker.
     seed: seeds the order flips of ``shuffle_order`` (None: fresh entropy every judge, like TRL's).
     ranker_kwargs: passed to ``Blender.loadranker`` when model is a path (device, backend, precision,
     threads, source_maxlength, candidate_maxlength, ...).

@@ -193,7 +193,8 @@ class Ranker:
                         threads: int | None = None, cache_dir=None, token_budget: int | None = None,
                         max_batch_size: int = DEFAULT_MAX_BATCH, source_maxlength: int | None = None,
                         candidate_maxlength: int | None = None, progress: bool = False,
-                        batch_cost: int | None = None) -> "Ranker":
+                        batch_cost: int | None = None, revision: str | None = None, token=None,
+                        hub_cache_dir=None, local_files_only: bool | None = None) -> "Ranker":
         """Load a PairRM checkpoint directory (llm-blender or PairRM-hf layout), or an exported one.
 
         backend="onnx" exports the checkpoint to ONNX on first use and caches it (keyed by a hash of the
@@ -209,13 +210,21 @@ class Ranker:
         ``export.json``, as ``blender-fast export --out DIR`` writes it) loads with onnxruntime and
         tokenizers only: torch and transformers are never imported (the runtime install needs neither).
         Its precision is the exported one.
+
+        path may also be a Hugging Face Hub id (``llm-blender/PairRM``, ``org/name@revision``) or
+        ``demo:SHAPE``: model/hub.py resolves it into the HF cache (``hub_cache_dir``, default HF_HUB_CACHE;
+        ``revision`` pinning; ``token`` / HF_TOKEN; ``local_files_only`` / HF_HUB_OFFLINE=1) and reuses
+        llm-blender's own download. ``cache_dir`` stays the ONNX export cache.
         """
+        from .model.hub import resolve_model_source
         from .runtime.sessions import resolve_device
 
         check_choice("backend", backend, BACKEND_CHOICES)
         if precision is not None:
             check_choice("precision", precision, PRECISION_CHOICES)
         device = resolve_device(check_choice("device", device, DEVICE_CHOICES), "torch" if backend == "torch" else "onnx")
+        path = resolve_model_source(path, kind="ranker", revision=revision, cache_dir=hub_cache_dir, token=token,
+                                    local_files_only=local_files_only)
         if is_exported_dir(path):
             from .runtime.sessions import OnnxPairModel
 

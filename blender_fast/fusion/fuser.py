@@ -191,7 +191,7 @@ def check_fuser_checkpoint(path) -> Path:
     if not path.exists():
         raise FileNotFoundError(
             f"fuser checkpoint directory {str(path)!r} does not exist "
-            "(blender-fast loads local checkpoints only; download llm-blender/gen_fuser_3b yourself)"
+            "(a local directory, or a Hugging Face Hub id such as llm-blender/gen_fuser_3b)"
         )
     if not path.is_dir():
         raise NotADirectoryError(f"fuser checkpoint {str(path)!r} is not a directory")
@@ -382,6 +382,10 @@ class Fuser:
         dtype=None,
         onnx_cache_dir=None,
         onnx_threads: Optional[int] = None,
+        revision: Optional[str] = None,
+        token=None,
+        hub_cache_dir=None,
+        local_files_only: Optional[bool] = None,
     ) -> "Fuser":
         """Load a local seq2seq checkpoint directory (e.g. a copy of llm-blender/gen_fuser_3b).
 
@@ -405,7 +409,9 @@ class Fuser:
         dtype, onnx_cache_dir, onnx_threads: older spellings of precision (llm-blender's
             ``torch_dtype`` values: "float32", "float16", "bfloat16" or a torch.dtype),
             cache_dir and threads; kept so existing callers keep working.
-        Nothing is ever downloaded: a missing directory or file is an error.
+        path may also be a Hugging Face Hub id (``llm-blender/gen_fuser_3b``, ``org/name@revision``),
+        resolved by model/hub.py into the HF cache (``hub_cache_dir``, ``revision``, ``token``,
+        ``local_files_only`` as there).
         """
         check_choice("backend", backend, BACKENDS)
         device = _resolve_device(device)
@@ -419,6 +425,10 @@ class Fuser:
                 raise ValueError("threads and onnx_threads disagree; pass threads only")
             threads = onnx_threads
         check_optional_count("threads", threads)
+        from ..model.hub import resolve_model_source
+
+        path = resolve_model_source(path, kind="fuser", revision=revision, cache_dir=hub_cache_dir, token=token,
+                                    local_files_only=local_files_only)
         checkpoint = check_fuser_checkpoint(path)
         try:
             import torch  # noqa: F401  (both backends hand torch tensors to generate())

@@ -125,6 +125,11 @@ def weights_fingerprint(path: Path) -> str:
     ctime (which no user call can set back) and, almost always, a new sample, so it never inherits the
     old file's hash, nor its cached ONNX export."""
     path = Path(path)
+    from .hub import blob_sha256
+
+    named = blob_sha256(path)
+    if named is not None:  # a Hugging Face cache blob is named by its sha256: no need to read 1.7 GB
+        return named
     stat = path.stat()
     key = "|".join(str(x) for x in (path.resolve(), stat.st_size, stat.st_mtime_ns, stat.st_ino,
                                       stat.st_ctime_ns, sample_sha256(path, stat.st_size)))

@@ -6,8 +6,9 @@ Two layouts are accepted, mirroring what exists in the wild:
   ``RankerConfig`` (``ranker_type``, ``model_type``, ``model_name``, ``source_maxlength`` ...), the
   weights (``pytorch_model.bin`` or ``model.safetensors``) have keys ``pretrained_model.*`` and
   ``head_layer.*``, and ``model_name`` names the backbone: a local directory (absolute, relative to the
-  working directory as llm-blender resolves it, or relative to the checkpoint) or a known hub name such as
-  ``microsoft/deberta-v3-large`` whose config this module carries, so no network is ever needed.
+  working directory as llm-blender resolves it, or relative to the checkpoint) or a hub id such as
+  ``microsoft/deberta-v3-large``: its config and tokenizer files (never its weights) come from the HF
+  cache (model/hub.py); offline and never fetched, a backbone whose config this module carries still loads.
 * ``hf``: the ``DebertaV2PairRM`` layout of ``llm-blender/PairRM-hf``: one HF ``config.json`` for the
   backbone plus the head fields, same weight keys.
 
@@ -156,12 +157,29 @@ def _resolve_backbone(ckpt_dir: Path, model_name: str, config_path: Path) -> tup
             if tok_dir is None and has_tokenizer_files(ckpt_dir):
                 tok_dir = ckpt_dir
             return backbone, tok_dir
+    from .hub import HubError, OfflineNotCached, is_hub_id, resolve_model_source
+
+    if is_hub_id(model_name):
+        # A hub backbone: only its config and tokenizer files (its weights are in the ranker's own file).
+        # Offline and never fetched: a backbone whose config we carry still loads.
+        try:
+            directory = resolve_model_source(model_name, kind="backbone")
+        except HubError as e:
+            if not (isinstance(e, OfflineNotCached) and model_name in KNOWN_BACKBONES):
+                raise type(e)(f"{config_path}: model_name {model_name!r} (the backbone, not a local directory "
+                              f"with a config.json): {e}") from None
+        else:
+            backbone = _read_json(directory / "config.json")
+            tok_dir = directory if has_tokenizer_files(directory) else None
+            if tok_dir is None and has_tokenizer_files(ckpt_dir):
+                tok_dir = ckpt_dir
+            return backbone, tok_dir
     if model_name in KNOWN_BACKBONES:
         return dict(KNOWN_BACKBONES[model_name]), (ckpt_dir if has_tokenizer_files(ckpt_dir) else None)
     raise CheckpointError(
         f"{config_path}: model_name {model_name!r} is neither a local directory with a config.json "
-        f"(looked in {', '.join(str(c) for c in candidates)}) nor a known backbone "
-        f"({', '.join(KNOWN_BACKBONES)}); blender-fast never downloads from a hub"
+        f"(looked in {', '.join(str(c) for c in candidates)}), nor a Hugging Face Hub id, nor a known "
+        f"backbone ({', '.join(KNOWN_BACKBONES)})"
     )
 
 
@@ -220,6 +238,12 @@ def load_checkpoint(path: str | os.PathLike) -> RankerCheckpoint:
         return ckpt
 
     architectures = config.get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures if isinstance(a, str)):
+        raise CheckpointError(
+            f"{config_path}: a pointwise reward model ({', '.join(map(str, architectures))}, e.g. "
+            "OpenAssistant/reward-model-deberta-v3-large-v2) is not supported by blender-fast yet; it runs "
+            "PairRM-style pair rankers (llm-blender/PairRM, llm-blender/PairRM-hf)"
+        )
     if "DebertaV2PairRM" in architectures or config.get("model_type") == "deberta-v2":
         _check_backbone(config, config_path)
         if not has_tokenizer_files(ckpt_dir):

@@ -776,7 +776,8 @@ def add_serve_parser(subparsers) -> None:
                                           "/docs) with continuous batching across requests and selection steps.",
                               formatter_class=HelpFormatter)
     p.add_argument("--model", "--ranker", dest="model", required=True,
-                   help="PairRM checkpoint directory (or demo:tiny / demo:xsmall, random weights)")
+                   help="Hugging Face Hub id (llm-blender/PairRM), PairRM checkpoint directory, or demo:tiny / "
+                        "demo:xsmall (random weights)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
     p.add_argument("--port", type=int_argument(0, 65535), default=8000,
                    help="0 = any free port (the startup line says which)")

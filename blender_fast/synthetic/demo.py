@@ -45,8 +45,8 @@ def demo_checkpoint(shape: str = "xsmall", seed: int = 0, *, llm_blender_loadabl
 DEMO_PREFIX = "demo:"
 DEMO_WARNING = (
     "NOTE: ranking with a GENERATED checkpoint ({path}): random weights, so the orderings are meaningless. "
-    "They only show the engine working. Point --model at a real PairRM directory (llm-blender/PairRM "
-    "downloaded by you) for real rankings."
+    "They only show the engine working. Pass --model llm-blender/PairRM "
+    "(downloaded once from the Hugging Face Hub) or a PairRM directory for real rankings."
 )
 FUSER_WARNING = (
     "NOTE: fusing with a GENERATED fuser ({path}): random weights, so the fused text is gibberish. It only "
@@ -69,15 +69,19 @@ def announce_random_weights(path, role: str = "ranker") -> None:
         print(note, file=sys.stderr)
 
 
-def resolve_model(spec) -> Path:
-    """A --model value as a path: 'demo:SHAPE' (demo: alone = xsmall) is the generated checkpoint in the
-    cache (made once, with a note on stderr that its weights are random); anything else is a directory."""
+def demo_path(spec) -> Path:
+    """'demo:SHAPE' (demo: alone = xsmall): the generated checkpoint in the cache, made once."""
     spec = str(spec)
-    if not spec.startswith(DEMO_PREFIX):
-        path = Path(spec)
-    else:
-        shape = spec[len(DEMO_PREFIX):] or "xsmall"
-        path = demo_checkpoint(shape, seed=0, announce=lambda p: print(
-            f"generating a random-weight PairRM checkpoint ({shape}) in {p} ...", file=sys.stderr))
+    shape = spec[len(DEMO_PREFIX):] or "xsmall"
+    return demo_checkpoint(shape, seed=0, announce=lambda p: print(
+        f"generating a random-weight PairRM checkpoint ({shape}) in {p} ...", file=sys.stderr))
+
+
+def resolve_model(spec, **hub_options) -> Path:
+    """A --model value as a local directory: 'demo:SHAPE', a directory, or a Hugging Face Hub id
+    (model/hub.py's resolve_model_source, the one resolver every entry point uses)."""
+    from ..model.hub import resolve_model_source
+
+    path = resolve_model_source(spec, **hub_options)
     announce_random_weights(path, "ranker")  # by spec or by path alike
     return path

@@ -190,3 +190,19 @@ def test_truncated_safetensors_fails_at_load(tiny_checkpoint, tmp_path):
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match=r"model.safetensors: cannot read weights \(truncated"):
         load_checkpoint(dst)
+
+
+def test_pointwise_reward_model_is_refused_by_name(tiny_checkpoint, tmp_path):
+    """A DebertaV2ForSequenceClassification config (OpenAssistant's reward model) must not load as PairRM-hf."""
+    import json
+    import shutil
+
+    from blender_fast.model.checkpoint import CheckpointError, load_checkpoint
+
+    dst = tmp_path / "rm"
+    shutil.copytree(tiny_checkpoint / "backbone", dst)
+    config = json.loads((dst / "config.json").read_text())
+    config["architectures"] = ["DebertaV2ForSequenceClassification"]
+    (dst / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="pointwise reward model"):
+        load_checkpoint(dst)
