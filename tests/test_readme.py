@@ -1,4 +1,5 @@
-"""The README's Python API snippet runs as written, with only its checkpoint paths pointed at test ones."""
+"""The README's Python API snippet runs as written, with only its model names pointed at test checkpoints
+(the hub id itself is exercised through the loopback hub stand-in in tests/model/test_hub.py)."""
 from __future__ import annotations
 
 import re
@@ -17,9 +18,11 @@ def test_readme_python_api_snippet_runs(tiny_checkpoint, tmp_path, capsys):
     from blender_fast.synthetic import make_fuser_checkpoint
 
     ranker_block, fuser_block = _api_blocks()
-    assert 'PAIRRM = "/path/to/PairRM"' in ranker_block and "/path/to/gen_fuser" in fuser_block
+    # The first thing a user types: llm-blender's own first line, with the hub id.
+    assert 'blender.loadranker("llm-blender/PairRM")' in ranker_block and "/path/to/gen_fuser" in fuser_block
     namespace: dict = {}
-    exec(compile(ranker_block.replace("/path/to/PairRM", str(tiny_checkpoint)), "README.md", "exec"), namespace)
+    exec(compile(ranker_block.replace('"llm-blender/PairRM"', repr(str(tiny_checkpoint))), "README.md", "exec"),
+         namespace)
     assert namespace["ranks"].shape == (2, 3) and len(namespace["picks"]) == 2
     fuser = make_fuser_checkpoint(tmp_path / "fuser", shape="tiny", seed=0)
     fuser_block = fuser_block.replace("/path/to/gen_fuser", str(fuser)).replace(
