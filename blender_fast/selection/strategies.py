@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .. import _core
+from .steps import Step, run_steps
 from ..options import ORDERS, POLICIES, STRATEGIES  # noqa: F401  (re-exported: selection.STRATEGIES)
 
 # Strategies that take a budget (forward passes per prompt) and never exceed it.
@@ -27,6 +28,8 @@ class Selection:
     steps: int                  # sequential model rounds this prompt took part in
     scores: "np.ndarray | None" = None  # strategy="full" only: per-candidate aggregate scores, float32
     log: list[tuple[int, int, int]] = field(default_factory=list)  # (a, b, winner), resolution order
+    rescored: int = 0           # model rows re-scored by the exact model (the certified cascade), extra
+                                # to forward_passes
 
 
 # -- llm-blender aggregation -----------------------------------------------------------------------
@@ -164,6 +167,12 @@ def select(n_candidates: Sequence[int], top_k: int, strategy: str, compare: _Com
       ``np.random.default_rng(seed).permutation(n)``, a fresh generator per prompt, so a prompt's
       arrangement depends only on (seed, n) and not on how prompts are batched.
     """
+    ns, top_k, budgets = _check_args(n_candidates, top_k, strategy, orders, seed, policy, budget)
+    return run_steps(_steps(ns, top_k, strategy, orders, seed, initial_orders, policy, budgets),
+                     lambda step: _run_compare(compare, step.rows))
+
+
+def _check_args(n_candidates, top_k, strategy, orders, seed, policy, budget):
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if orders not in ORDERS:
@@ -184,11 +193,24 @@ def select(n_candidates: Sequence[int], top_k: int, strategy: str, compare: _Com
             raise ValueError(f"prompt {p} has {n} candidates; need at least 1")
         if top_k > n:
             raise ValueError(f"top_k = {top_k} exceeds the {n} candidates of prompt {p}")
-    budgets = _budgets(budget, strategy, ns, top_k, orders)
+    return ns, top_k, _budgets(budget, strategy, ns, top_k, orders)
+
+
+def select_steps(n_candidates: Sequence[int], top_k: int, strategy: str, *, orders: str = "both", seed: int = 0,
+                 initial_orders: Optional[Sequence] = None, policy: str = "max_logits",
+                 budget: Optional[int] = None):
+    """``select`` as a step generator (selection/steps.py): same arguments, less ``compare``; it yields
+    Step objects and returns the list of Selection. Arguments are checked here, before the first step."""
+    ns, top_k, budgets = _check_args(n_candidates, top_k, strategy, orders, seed, policy, budget)
+    return _steps(ns, top_k, strategy, orders, seed, initial_orders, policy, budgets)
+
+
+def _steps(ns, top_k, strategy, orders, seed, initial_orders, policy, budgets):
+    group = 2 if orders == "both" else 1
     if not ns:
         return []
     if strategy == "full":
-        return _select_full(ns, top_k, compare, orders, policy)
+        return (yield from _select_full(ns, top_k, orders, policy))
 
     sel = _core.Selector(np.asarray(ns, dtype=np.int64), top_k, strategy, starting_orders(ns, seed, initial_orders),
                          budgets)
@@ -198,11 +220,21 @@ def select(n_candidates: Sequence[int], top_k: int, strategy: str, compare: _Com
         if not len(rows):  # cannot happen: an unfinished prompt always has a comparison ready
             raise RuntimeError("selection stalled with unfinished prompts")
         model_rows = _as_model_rows(rows, orders)
-        out = _run_compare(compare, model_rows)
+        out = _checked(model_rows, (yield Step(model_rows, group=group)))
         passes += np.bincount(model_rows[:, 0], minlength=len(ns))
         sel.feed(_scores(out, orders))
     return [Selection(top_k=list(sel.top_k(p)), comparisons=sel.comparisons(p), forward_passes=int(passes[p]),
                       steps=sel.steps(p), scores=None, log=sel.log(p)) for p in range(len(ns))]
+
+
+def _checked(rows: np.ndarray, out) -> np.ndarray:
+    """The logits a driver sent for ``rows``, as float64; NaN is an error naming the prompt."""
+    out = np.asarray(out).astype(np.float64, copy=False)
+    bad = np.flatnonzero(np.isnan(out))
+    if bad.size:
+        p, a, b = (int(x) for x in rows[bad[0]])
+        raise PromptError(f"compare returned NaN for prompt {p} (row {p}, {a}, {b})", p)
+    return out
 
 
 def min_passes(strategy: str, n: int, top_k: int, orders: str = "both") -> int:
@@ -256,7 +288,7 @@ def starting_orders(ns: list[int], seed: int, initial_orders=None) -> list[np.nd
     return [o.astype(np.int64) if o.dtype.kind in "iu" else o for o in starts]
 
 
-def _select_full(ns: list[int], top_k: int, compare: _Compare, orders: str, policy: str) -> list[Selection]:
+def _select_full(ns: list[int], top_k: int, orders: str, policy: str):
     per_row = 2 if orders == "both" else 1
     tri = {n: np.triu_indices(n, 1) for n in set(ns)}
     counts = np.array([len(tri[n][0]) * per_row for n in ns], dtype=np.int64)
@@ -267,7 +299,7 @@ def _select_full(ns: list[int], top_k: int, compare: _Compare, orders: str, poli
         rows = np.stack([np.full(len(a), p, dtype=np.int64), a.astype(np.int64), b.astype(np.int64)], axis=1)
         blocks.append(_as_model_rows(rows, orders))
     model_rows = np.concatenate(blocks)
-    out = _run_compare(compare, model_rows) if len(model_rows) else np.empty(0)
+    out = _checked(model_rows, (yield Step(model_rows, group=per_row))) if len(model_rows) else np.empty(0)
 
     result: list = [None] * len(ns)
     # Prompts with the same n share one [b, n, n] aggregation (bit-identical to one matrix at a time).
