@@ -13,7 +13,9 @@ from . import _core
 from .model.checkpoint import SPECIAL_TOKENS, load_checkpoint
 from .options import (BACKEND_CHOICES, BACKENDS, COMPARE_MODES, DEVICE_CHOICES, DEVICES,  # noqa: F401
                       PRECISION_CHOICES, PRECISIONS, check_choice)
-from .selection.strategies import PromptError, Selection, ranks_from_scores, select
+from .selection.cascade import cascade_mode, certified, check_eps
+from .selection.steps import Step, run_steps
+from .selection.strategies import PromptError, Selection, ranks_from_scores, select_steps
 from .model.tokenization import EncodedPrompts, PairTokenizer, encode_prompts
 
 # Tokens per batch (rows x longest row). On a CPU bigger batches buy nothing once a batch holds a few
@@ -133,7 +135,10 @@ class Ranker:
             raise ValueError("token_budget and max_batch_size must be positive")
         if batch_cost < 0:
             raise ValueError(f"batch_cost must be >= 0, got {batch_cost}")
-        self.model = model
+        # Models by name (selection/steps.py: a Step names the model that scores its rows): "default", and
+        # "exact" (fp32) when the certified cascade is on.
+        self.models: dict[str, Callable] = {"default": model}
+        self.cascade_eps: float | None = None  # the per-row bound |default - exact| the cascade trusts
         self.tokenizer = tokenizer
         self.source_maxlength = source_maxlength
         self.candidate_maxlength = candidate_maxlength
@@ -143,6 +148,23 @@ class Ranker:
         self.batch_cost = batch_cost
         self.last_stats = RunStats()
         self.engine_info: dict = {}  # what from_pretrained chose and why (describe())
+
+    @property
+    def model(self) -> Callable:
+        """The default model (the fast pass when the cascade is on)."""
+        return self.models["default"]
+
+    @model.setter
+    def model(self, value: Callable) -> None:
+        self.models["default"] = value
+
+    def enable_cascade(self, exact_model: Callable, eps: float) -> None:
+        """Run the certified cascade (selection/cascade.py): every pair on the default (fast) model, and
+        the pairs whose outcome the bound ``eps`` cannot certify again on ``exact_model`` (fp32); answers
+        then equal the all-fp32 ones whenever every fast logit is within ``eps`` of the exact one.
+        ``compare()`` (logit values, nothing to certify) runs on the exact model."""
+        self.cascade_eps = check_eps(eps)
+        self.models["exact"] = exact_model
 
     def describe(self) -> dict:
         """How this ranker runs: backend, precision, device, threads, CPU model and ISA features, and why
@@ -184,6 +206,7 @@ class Ranker:
         if precision is not None:
             check_choice("precision", precision, PRECISION_CHOICES)
         device = resolve_device(check_choice("device", device, DEVICE_CHOICES), "torch" if backend == "torch" else "onnx")
+        exact_model = cascade = None
         if is_exported_dir(path):
             from .runtime.sessions import OnnxPairModel
 
@@ -205,11 +228,16 @@ class Ranker:
             precision = precision or "fp32"
             ckpt = load_checkpoint(path)
             src_len, cand_len = ckpt.source_maxlength, ckpt.candidate_maxlength
-            reason = "as requested"
+            reason, decision = "as requested", None
             if "auto" in (backend, precision):
                 decision = choose(ckpt, device, backend, precision, threads, cache_dir)
                 backend, precision, reason = decision["backend"], decision["precision"], decision["reason"]
             model, tok = build_model(ckpt, backend, precision, device, threads, cache_dir)
+            cascade = decision.get("cascade") if "auto" in (backend, precision) and decision else None
+            exact_model = None
+            if cascade:  # the fast variant scores every pair; the fp32 model above re-scores the uncertain ones
+                exact_model = model
+                model, _ = build_model(ckpt, cascade["backend"], cascade["precision"], device, threads, cache_dir)
         ranker = cls(model, tok, src_len, cand_len,
                      token_budget=token_budget or DEFAULT_TOKEN_BUDGET[device], max_batch_size=max_batch_size,
                      progress=progress, batch_cost=DEFAULT_BATCH_COST[device] if batch_cost is None else batch_cost)
@@ -217,6 +245,10 @@ class Ranker:
         ranker.source_maxlength, ranker.candidate_maxlength = ranker.truncation(source_maxlength, candidate_maxlength)
         ranker.engine_info = {"backend": backend, "precision": precision, "device": device, "threads": threads,
                               "reason": reason}
+        if exact_model is not None:
+            ranker.enable_cascade(exact_model, cascade["eps"])
+            ranker.engine_info.update(cascade={"fast": f"{cascade['backend']} {cascade['precision']}",
+                                               "eps": cascade["eps"]})
         return ranker
 
     # -- the engine ---------------------------------------------------------------------------------
@@ -244,8 +276,13 @@ class Ranker:
         src_len, cand_len = self.truncation(source_maxlength, candidate_maxlength)
         return encode_prompts(self.tokenizer, sources, candidates, src_len, cand_len)
 
-    def _pair_scorer(self, enc: EncodedPrompts, stats: RunStats, group_size: int, desc: str, progress=None):
-        """A compare(rows) function for selection.select: rows are (prompt, left, right) candidate triples."""
+    def _pair_scorer(self, enc: EncodedPrompts, stats: RunStats, group_size: int, desc: str, progress=None,
+                     model: str = "default"):
+        """A compare(rows) function for selection.select: rows are (prompt, left, right) candidate triples,
+        scored by the named model."""
+        if model not in self.models:
+            raise ValueError(f"this ranker has no model named {model!r} (it has {sorted(self.models)})")
+        run_model = self.models[model]
         packer = _core.PairPacker(enc.tokens, enc.offsets, enc.limits, cand1_id=self.tokenizer.cand1_id,
                                   cand2_id=self.tokenizer.cand2_id, pad_id=self.tokenizer.pad_id,
                                   prefix_offset=self.tokenizer.prefix_offset)
@@ -274,7 +311,7 @@ class Ranker:
                 batch_rows = order[bounds[b]:bounds[b + 1]]
                 ids, mask, pos, pad = packer.build(text_pairs, batch_rows)
                 t1 = time.perf_counter()
-                logits[batch_rows] = self.model(ids, mask, pos)
+                logits[batch_rows] = run_model(ids, mask, pos)
                 stats.model_s += time.perf_counter() - t1
                 stats.pack_s += t1 - t0
                 stats.batches += 1
@@ -297,13 +334,24 @@ class Ranker:
         sources, cands = check_prompts(inputs, candidates, instructions)
         enc = self.encode(sources, cands, source_maxlength, candidate_maxlength)
         stats.tokenize_s = time.perf_counter() - t0
-        compare = self._pair_scorer(enc, stats, 2 if orders == "both" else 1, desc, progress)
-        scorer = (lambda rows: -compare(rows)) if worst else compare
+        group = 2 if orders == "both" else 1
+        steps = select_steps([len(c) for c in cands], top_k, strategy, orders=orders, seed=seed,
+                             initial_orders=initial_orders, policy=policy, budget=budget)
+        if self.cascade_eps is not None:
+            steps = certified(steps, self.cascade_eps, cascade_mode(strategy, policy))
+        scorers: dict = {}
+
+        def score(step: Step) -> np.ndarray:
+            if step.model not in scorers:  # one packer and progress bar per model, made on first use
+                scorers[step.model] = self._pair_scorer(enc, stats, group, desc, progress, model=step.model)
+            out = scorers[step.model](step.rows)
+            return -out if worst else out  # worst-of-n: every model's logits negated alike
+
         try:
-            result = select([len(c) for c in cands], top_k, strategy, scorer, orders=orders, seed=seed,
-                            initial_orders=initial_orders, policy=policy, budget=budget)
+            result = run_steps(steps, score)
         finally:
-            compare.close()
+            for compare in scorers.values():
+                compare.close()
             self.last_stats = stats
         return result
 
@@ -350,7 +398,8 @@ class Ranker:
         prompts = np.arange(n, dtype=np.int64)
         ab = np.stack([prompts, np.zeros(n, np.int64), np.ones(n, np.int64)], axis=1)
         ba = ab[:, [0, 2, 1]]
-        compare = self._pair_scorer(enc, stats, 2 if mode == "[A,B]+[B,A]" else 1, "Comparing", progress)
+        compare = self._pair_scorer(enc, stats, 2 if mode == "[A,B]+[B,A]" else 1, "Comparing", progress,
+                                    model="exact" if self.cascade_eps is not None else "default")
         try:
             if mode == "[A,B]":
                 out = compare(ab)
