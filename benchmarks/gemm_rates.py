@@ -1,6 +1,6 @@
 """fp32 vs bf16 GEMM rates and split-bf16 (bf16x3) accuracy on this CPU, 2 threads (issue 18, item 1).
 
-python benchmarks/gemm_rates.py   (about a minute; prints a table and the CPU model + ISA flags)
+python -m benchmarks.gemm_rates   (about a minute; prints a table and the CPU model + ISA flags)
 """
 import json
 import platform

@@ -84,28 +84,23 @@ class EngineStats:
 _Steps = Generator[tuple, np.ndarray, object]
 
 
-class _Captured(Exception):
-    def __init__(self, rows):
-        self.rows = rows
-
-
 def _full_steps(ns: list[int], top_k: int, orders: str, policy: str, worst: bool) -> _Steps:
     """Generator twin of selection.select(strategy="full"): one step with every pair."""
     if not ns:
         return []
 
-    def capture(rows):
-        raise _Captured(np.array(rows, copy=True))
-
-    # _select_full decides the rows and their order; ask it for them (it calls compare once, first
-    # thing), so that the aggregation below reads them back in exactly the order it expects.
+    # _select_full is itself a step generator (selection/steps.py) now: forward its one step.
+    inner = _select_full(ns, top_k, orders, policy)
     try:
-        return _select_full(ns, top_k, capture, orders, policy)  # no pairs at all (n = 1 everywhere)
-    except _Captured as c:
-        rows = c.rows
-    out = yield rows, (2 if orders == "both" else 1)
-    out = -out if worst else out
-    return _select_full(ns, top_k, lambda r: out, orders, policy)
+        step = next(inner)
+    except StopIteration as stop:  # no pairs at all (n = 1 everywhere)
+        return stop.value
+    out = yield step.rows, step.group
+    try:
+        inner.send(-out if worst else out)
+    except StopIteration as stop:
+        return stop.value
+    raise RuntimeError("full selection asked for a second step")
 
 
 def _selector_steps(ns: list[int], selector, orders: str, worst: bool) -> _Steps:
@@ -626,6 +621,9 @@ class BatchingEngine:
 
     def _run_iteration(self, picked) -> None:
         ranker = self.ranker
+        # This engine does not drive the certified cascade yet (Step.model): a cascade ranker serves its
+        # exact fp32 model, never its fast one alone (which would give uncertified answers).
+        run_model = ranker.models["exact"] if getattr(ranker, "cascade_eps", None) is not None else ranker.model
         try:
             packer, bases = self._packer_for([job for job, _, _ in picked])
             pairs = [job.text_pairs[start:stop] + bases[job.serial] for job, start, stop in picked]
@@ -639,7 +637,7 @@ class BatchingEngine:
                 batch_rows = order[bounds[b]:bounds[b + 1]]
                 ids, mask, pos, pad = packer.build(text_pairs, batch_rows)
                 t0 = time.perf_counter()
-                logits[batch_rows] = ranker.model(ids, mask, pos)
+                logits[batch_rows] = run_model(ids, mask, pos)
                 seconds = time.perf_counter() - t0
                 real = int(ids.size - pad)
                 with self._cv:
