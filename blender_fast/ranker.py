@@ -233,8 +233,7 @@ class Ranker:
                 decision = choose(ckpt, device, backend, precision, threads, cache_dir)
                 backend, precision, reason = decision["backend"], decision["precision"], decision["reason"]
             model, tok = build_model(ckpt, backend, precision, device, threads, cache_dir)
-            cascade = decision.get("cascade") if "auto" in (backend, precision) and decision else None
-            exact_model = None
+            cascade = decision.get("cascade") if decision else None
             if cascade:  # the fast variant scores every pair; the fp32 model above re-scores the uncertain ones
                 exact_model = model
                 model, _ = build_model(ckpt, cascade["backend"], cascade["precision"], device, threads, cache_dir)

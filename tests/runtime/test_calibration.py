@@ -21,6 +21,7 @@ def pair(tiny_checkpoint):
     return fp32, fast
 
 
+@pytest.mark.slow
 def test_measured_bound_holds_and_is_cached(tiny_checkpoint, pair, tmp_path, one_torch_thread):
     from blender_fast.model.checkpoint import load_checkpoint
     from blender_fast.runtime.calibration import FLOOR, SAFETY, bound_path, cached_bound
@@ -51,6 +52,7 @@ def all_pair_error(fast, fp32) -> float:
     return float(np.abs(fast.compare(src, a, b, mode="[A,B]") - fp32.compare(src, a, b, mode="[A,B]")).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [1.0, 10.0])
 def test_cascade_ranker_equals_fp32(pair, scale, one_torch_thread):
     """With a bound that holds on every row (the observed max error, or ten times it), the cascade returns
@@ -119,3 +121,31 @@ def test_no_bf16_units_means_no_calibration(tiny_checkpoint, tmp_path, monkeypat
                                              feats, tmp_path)
     assert cascade is None and "no bf16 units" in why
     assert not list(tmp_path.glob("bound-*.json"))
+
+
+@pytest.mark.slow
+def test_auto_takes_the_cascade_when_it_pays(tiny_checkpoint, tmp_path, monkeypatch, one_torch_thread):
+    """The wiring: a variant whose (pretended) bound and speed pay is taken as the fast model, fp32 as the
+    exact one; describe() and the reason say so; a variant that does not pay is never taken."""
+    from blender_fast import Ranker
+    from blender_fast.runtime import autoselect, calibration
+
+    monkeypatch.setattr(autoselect, "cpu_features",
+                        lambda cpuinfo=None: {"cpu_model": "Test", "isa": ["avx512_bf16", "avx2"], "logical_cores": 2})
+    seen = []
+
+    def fake_bound(ckpt, variant, fast, exact, tok, device, threads, features, cache_dir=None):
+        seen.append(variant)
+        good = variant == "torch bf16"
+        return {"eps": 0.01 if good else 2.0, "speed_vs_fp32": 3.0 if good else 1.2,
+                "rescore_fraction_estimate": 0.05 if good else 1.0,
+                "expected_time_vs_fp32": 1 / 3.0 + 0.05 if good else 1 / 1.2 + 1.0, "cached": False}
+    monkeypatch.setattr(calibration, "cached_bound", fake_bound)
+    r = Ranker.from_pretrained(tiny_checkpoint, precision="auto", backend="auto", threads=1, cache_dir=tmp_path)
+    d = r.describe()
+    assert "torch bf16" in seen and "onnx int8" not in seen
+    assert d["cascade"] == {"fast": "torch bf16", "eps": 0.01}
+    assert d["reason"].startswith("certified cascade") and (d["backend"], d["precision"]) == ("onnx", "fp32")
+    assert set(r.models) == {"default", "exact"} and r.cascade_eps == 0.01
+    sels = r.select(PROMPTS, CANDS, top_k=1, strategy="bubble")
+    assert all(0 <= s.rescored <= s.forward_passes for s in sels)
