@@ -91,15 +91,17 @@ def _count(rescored: dict, rows: np.ndarray) -> None:
 
 
 def _uncertain_rows(step: Step, out: np.ndarray, eps: float, mode: str) -> np.ndarray:
-    """Row indices whose sign decision the bound cannot certify (NaN included: the exact model decides)."""
+    """Row indices whose sign decision the bound cannot certify (NaN and inf included: the exact model
+    decides)."""
     f = out.astype(np.float64)
     if mode == "rowsign" or step.group == 1:
         # A margin of a single row: |fast| > eps gives the exact logit the same strict sign.
-        return np.flatnonzero(~(np.abs(f) > max(eps, _TINY32)))
+        return np.flatnonzero(~(np.abs(f) > max(eps, _TINY32)) | ~np.isfinite(f))
     if len(f) % 2:
         raise ValueError(f"a group=2 step has an odd number of rows ({len(f)})")
     d = f[0::2] - f[1::2]  # each row is off by <= eps, so the margin by <= 2*eps
-    pairs = np.flatnonzero(~(np.abs(d) > max(2 * eps, _TINY32)))
+    # A non-finite fast logit bounds nothing (inf - exact is no error within eps): re-score its pair.
+    pairs = np.flatnonzero(~(np.abs(d) > max(2 * eps, _TINY32)) | ~np.isfinite(f[0::2]) | ~np.isfinite(f[1::2]))
     return np.stack([2 * pairs, 2 * pairs + 1], axis=1).reshape(-1)
 
 
@@ -133,6 +135,10 @@ def _certify_margins(step: Step, out: np.ndarray, eps: float, rescored: dict, ex
 def _uncertain_pairs(a, b, d, fab, fba, exact, eps, idx) -> np.ndarray:
     """Indices (into the step's pairs) of the not-yet-exact pairs of every candidate of one prompt whose
     score interval touches another candidate's interval."""
+    if not (np.isfinite(fab).all() and np.isfinite(fba).all()):
+        # A NaN/inf fast logit bounds nothing: the whole prompt goes to the exact model, whose answer (or
+        # error) is then the twin's.
+        return idx[~exact]
     n = int(max(a.max(), b.max())) + 1
     t = np.zeros(n)                                       # real-valued score from the merged logits (x n)
     np.add.at(t, a, d)

@@ -140,3 +140,20 @@ def test_empty_and_single_candidate_prompts():
     got = drive(certified(select_steps([1, 1], 1, "full"), 0.1, "margins"), exact, fast)
     assert [g.top_k for g in got] == [[0], [0]] and [g.rescored for g in got] == [0, 0]
     assert drive(certified(select_steps([], 1, "full"), 0.1, "margins"), exact, fast) == []
+
+
+@pytest.mark.parametrize("strategy", ["full", "bubble", "tournament"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_fast_logits_go_to_the_exact_model(strategy, bad):
+    exact, fast0 = make_scorers([5, 4], 0.1, 7, 0.25)
+
+    def fast(rows):
+        out = fast0(rows)
+        out[::3] = bad
+        return out
+    twin = select([5, 4], 1, strategy, exact)
+    got = drive(certified(select_steps([5, 4], 1, strategy), 0.1, cascade_mode(strategy)), exact, fast)
+    assert [g.top_k for g in got] == [t.top_k for t in twin]
+    if strategy == "full":
+        for g, t in zip(got, twin):
+            np.testing.assert_array_equal(ranks_from_scores(g.scores), ranks_from_scores(t.scores))
