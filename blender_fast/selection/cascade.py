@@ -33,6 +33,9 @@ SIGN_STRATEGIES = ("bubble", "tournament")
 _U32 = 2.0 ** -24
 # Below the smallest normal float32 a float64 logit may round to 0 when the aggregation casts it.
 _TINY32 = float(np.finfo(np.float32).tiny)
+# Relative slack on sign tests: a few float32 ulps (found by hypothesis: fast = exact + eps in float64
+# can exceed the bound by one ulp, and a margin on the bound then looked certified).
+_REL = 2.0 ** -21
 
 
 def cascade_mode(strategy: str, policy: str = "max_logits") -> str:
@@ -95,13 +98,16 @@ def _uncertain_rows(step: Step, out: np.ndarray, eps: float, mode: str) -> np.nd
     decides)."""
     f = out.astype(np.float64)
     if mode == "rowsign" or step.group == 1:
-        # A margin of a single row: |fast| > eps gives the exact logit the same strict sign.
-        return np.flatnonzero(~(np.abs(f) > max(eps, _TINY32)) | ~np.isfinite(f))
+        # A margin of a single row: |fast| > eps gives the exact logit the same strict sign. The slack
+        # _REL*|f| covers rounding in how the fast logit and eps were computed (float32 ulps): without it
+        # a fast logit that sits exactly on the bound, rounded up by one ulp, would count as certified.
+        return np.flatnonzero(~(np.abs(f) > eps + _REL * np.abs(f) + _TINY32) | ~np.isfinite(f))
     if len(f) % 2:
         raise ValueError(f"a group=2 step has an odd number of rows ({len(f)})")
     d = f[0::2] - f[1::2]  # each row is off by <= eps, so the margin by <= 2*eps
     # A non-finite fast logit bounds nothing (inf - exact is no error within eps): re-score its pair.
-    pairs = np.flatnonzero(~(np.abs(d) > max(2 * eps, _TINY32)) | ~np.isfinite(f[0::2]) | ~np.isfinite(f[1::2]))
+    slack = _REL * (np.abs(f[0::2]) + np.abs(f[1::2])) + _TINY32  # rounding of the margin and of its terms
+    pairs = np.flatnonzero(~(np.abs(d) > 2 * eps + slack) | ~np.isfinite(f[0::2]) | ~np.isfinite(f[1::2]))
     return np.stack([2 * pairs, 2 * pairs + 1], axis=1).reshape(-1)
 
 
