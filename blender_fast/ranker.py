@@ -156,7 +156,9 @@ class Ranker:
 
     @model.setter
     def model(self, value: Callable) -> None:
-        self.models["default"] = value
+        # A new dict, never an update in place: a shallow copy of this ranker (copy.copy) shares the old
+        # dict, and setting the copy's model must not change the original's.
+        self.models = {**self.models, "default": value}
 
     def enable_cascade(self, exact_model: Callable, eps: float) -> None:
         """Run the certified cascade (selection/cascade.py): every pair on the default (fast) model, and
@@ -164,7 +166,7 @@ class Ranker:
         then equal the all-fp32 ones whenever every fast logit is within ``eps`` of the exact one.
         ``compare()`` (logit values, nothing to certify) runs on the exact model."""
         self.cascade_eps = check_eps(eps)
-        self.models["exact"] = exact_model
+        self.models = {**self.models, "exact": exact_model}  # a new dict: see the model setter
 
     def describe(self) -> dict:
         """How this ranker runs: backend, precision, device, threads, CPU model and ISA features, and why

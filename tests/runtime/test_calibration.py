@@ -149,3 +149,14 @@ def test_auto_takes_the_cascade_when_it_pays(tiny_checkpoint, tmp_path, monkeypa
     assert set(r.models) == {"default", "exact"} and r.cascade_eps == 0.01
     sels = r.select(PROMPTS, CANDS, top_k=1, strategy="bubble")
     assert all(0 <= s.rescored <= s.forward_passes for s in sels)
+
+
+def test_shallow_copy_keeps_its_own_models(pair):
+    """copy.copy(ranker) then setting the copy's model (or cascade) leaves the original alone."""
+    import copy
+
+    fp32, fast = pair
+    c = copy.copy(fp32)
+    c.model = fast.model
+    c.enable_cascade(fp32.model, 0.1)
+    assert fp32.model is not fast.model and "exact" not in fp32.models and fp32.cascade_eps is None
