@@ -3,10 +3,8 @@
 python -m benchmarks.gemm_rates   (about a minute; prints a table and the CPU model + ISA flags)
 """
 import json
-import platform
 import time
 
-import numpy as np
 import torch
 
 
