@@ -15,6 +15,7 @@ from .options import (BACKEND_CHOICES, BACKENDS, COMPARE_MODES, DEVICE_CHOICES, 
                       PRECISION_CHOICES, PRECISIONS, check_choice, check_count, check_optional_seed)
 from .selection.steps import DEFAULT_MODEL, PromptError, Selection, Step, Steps, run_steps, select_steps  # noqa: F401
 from .selection.verbs import coin_flips, compare_steps, judge_steps, rank_steps
+from .selection.cascade import certified, check_eps, verb_mode
 from .model.tokenization import EncodedPrompts, PairTokenizer, encode_prompts
 
 # Tokens per batch (rows x longest row). On a CPU bigger batches buy nothing once a batch holds a few
@@ -166,6 +167,7 @@ class Ranker:
         check_count("batch_cost", batch_cost, minimum=0)
         self.model = model  # the "default" model; Step.model names it
         self.extra_models: dict[str, Callable] = {}  # other models by name (e.g. "exact", for a cascade)
+        self.cascade_eps: float | None = None  # enable_cascade: the per-row bound |default - exact| it trusts
         self.tokenizer = tokenizer
         self.source_maxlength = source_maxlength
         self.candidate_maxlength = candidate_maxlength
@@ -175,6 +177,23 @@ class Ranker:
         self.batch_cost = batch_cost
         self.last_stats = RunStats()
         self.engine_info: dict = {}  # what from_pretrained chose and why (describe())
+
+    def enable_cascade(self, exact_model: Callable, eps: float) -> None:
+        """Run the certified cascade (selection/cascade.py): every pair on the default (fast) model, and
+        the pairs whose outcome the bound ``eps`` cannot certify again on ``exact_model`` (fp32, held as
+        "exact"); picks and ranks then equal the all-fp32 ones whenever every fast logit is within ``eps``
+        of the exact one. Values handed back (scores, logits, probabilities) come from the exact model."""
+        self.cascade_eps = check_eps(eps)
+        # A new dict, never an update in place: a shallow copy of this ranker keeps its own models.
+        self.extra_models = {**self.extra_models, "exact": exact_model}
+
+    def cascaded(self, steps: Steps, mode: str) -> Steps:
+        """``steps`` under the certified cascade when it is on (mode: selection.cascade.cascade_mode's, or
+        "exact" for answers that are values), else ``steps`` itself. Every driver (run, the engine) takes
+        its generators through here."""
+        if self.cascade_eps is None:
+            return steps
+        return certified(steps, self.cascade_eps, mode)
 
     def describe(self) -> dict:
         """How this ranker runs: backend, precision, device, threads, CPU model and ISA features, and why
@@ -225,6 +244,7 @@ class Ranker:
         device = resolve_device(check_choice("device", device, DEVICE_CHOICES), "torch" if backend == "torch" else "onnx")
         path = resolve_model_source(path, kind="ranker", revision=revision, cache_dir=hub_cache_dir, token=token,
                                     local_files_only=local_files_only)
+        exact_model = cascade = None
         if is_exported_dir(path):
             from .runtime.sessions import OnnxPairModel
 
@@ -247,11 +267,15 @@ class Ranker:
             precision = precision or "fp32"
             ckpt = load_checkpoint(path)
             src_len, cand_len = ckpt.source_maxlength, ckpt.candidate_maxlength
-            reason = "as requested"
+            reason, decision = "as requested", None
             if "auto" in (backend, precision):
                 decision = choose(ckpt, device, backend, precision, threads, cache_dir)
                 backend, precision, reason = decision["backend"], decision["precision"], decision["reason"]
             model, tok = build_model(ckpt, backend, precision, device, threads, cache_dir)
+            cascade = decision.get("cascade") if decision else None
+            if cascade:  # the fast variant scores every pair; the fp32 model above re-scores the uncertain ones
+                exact_model = model
+                model, _ = build_model(ckpt, cascade["backend"], cascade["precision"], device, threads, cache_dir)
         ranker = cls(model, tok, src_len, cand_len,
                      token_budget=token_budget or DEFAULT_TOKEN_BUDGET[device], max_batch_size=max_batch_size,
                      progress=progress, batch_cost=DEFAULT_BATCH_COST[device] if batch_cost is None else batch_cost)
@@ -259,6 +283,10 @@ class Ranker:
         ranker.source_maxlength, ranker.candidate_maxlength = ranker.truncation(source_maxlength, candidate_maxlength)
         ranker.engine_info = {"backend": backend, "precision": precision, "device": device, "threads": threads,
                               "reason": reason}
+        if exact_model is not None:
+            ranker.enable_cascade(exact_model, cascade["eps"])
+            ranker.engine_info.update(cascade={"fast": f"{cascade['backend']} {cascade['precision']}",
+                                               "eps": cascade["eps"]})
         return ranker
 
     # -- the engine ---------------------------------------------------------------------------------
@@ -369,7 +397,8 @@ class Ranker:
         source_maxlength / candidate_maxlength / progress apply to this call only (None: the ranker's).
         """
         sources, cands = check_prompts(inputs, candidates, instructions)
-        steps = rank_steps([len(c) for c in cands], policy, return_scores)
+        steps = self.cascaded(rank_steps([len(c) for c in cands], policy, return_scores),
+                              verb_mode("rank", policy=policy, values=return_scores))
         return self.run(sources, cands, steps, desc="Ranking", source_maxlength=source_maxlength,
                         candidate_maxlength=candidate_maxlength, progress=progress)
 
@@ -383,7 +412,8 @@ class Ranker:
         """
         check_choice("mode", mode, COMPARE_MODES)
         sources, cands = check_pairs_ab(inputs, candidates_a, candidates_b, instructions)
-        return self.run(sources, cands, compare_steps(len(sources), mode), desc="Comparing",
+        return self.run(sources, cands, self.cascaded(compare_steps(len(sources), mode), verb_mode("compare")),
+                        desc="Comparing",
                         source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength,
                         progress=progress)
 
@@ -405,6 +435,7 @@ class Ranker:
         sources, cands = check_prompts(inputs, candidates, instructions)
         steps = select_steps([len(c) for c in cands], top_k, strategy, orders=orders, seed=seed,
                              initial_orders=initial_orders, policy=policy, budget=budget, worst=worst)
+        steps = self.cascaded(steps, verb_mode("select", strategy, policy))
         return self.run(sources, cands, steps, desc="Selecting", source_maxlength=source_maxlength,
                         candidate_maxlength=candidate_maxlength, progress=progress)
 
@@ -415,6 +446,7 @@ class Ranker:
         shuffle_order ranks each pair in a random order (coin_flips) and flips the result back; seed:
         None (fresh entropy), an integer, or a numpy Generator (PairRMJudge passes its own)."""
         steps, sources, shown = judge_plan(prompts, completions, shuffle_order, return_scores, temperature, seed)
+        steps = self.cascaded(steps, verb_mode("judge", values=return_scores))
         return self.run(sources, shown, steps, desc="Judging", progress=progress)
 
 

@@ -74,14 +74,15 @@ def candidate_variants(device: str, features: dict) -> list[tuple[str, str, str]
 
 # -- the gate records ---------------------------------------------------------------------------------
 
-def _auto_dir(cache_dir=None) -> Path:
+def auto_dir(cache_dir=None) -> Path:
+    """The folder of the auto decisions, gate records and cascade bounds (beside the exports)."""
     return Path(cache_dir) if cache_dir else cache_root() / "onnx"
 
 
 def gate_path(ckpt, cache_dir=None) -> Path:
     # Keyed on the export's version too: a verdict on one graph says nothing about a rewritten one.
     key = checkpoint_fingerprint(ckpt, purpose="agreement-gate", export_version=EXPORT_VERSION)
-    return _auto_dir(cache_dir) / f"gate-{key}.json"
+    return auto_dir(cache_dir) / f"gate-{key}.json"
 
 
 def save_gate(ckpt, records: list[dict], cache_dir=None, settings: dict | None = None) -> Path:
@@ -149,6 +150,38 @@ def build_model(ckpt, backend: str, precision: str, device: str, threads, cache_
     return model, build_pair_tokenizer(ckpt)
 
 
+def choose_cascade(ckpt, variants, exact, device, threads, features, cache_dir) -> tuple:
+    """(cascade dict or None, why not): the fast variant whose measured bound makes the certified cascade
+    expected to beat plain fp32 by MIN_GAIN. Only on CPUs with bf16 units (a flag check first, so
+    elsewhere nothing is measured); int8 is left out (it needs its own export, and its error was measured
+    at 0.42 median / 1.70 max logit, far too loose to pay)."""
+    from .calibration import MIN_GAIN, cached_bound
+
+    if device != "cpu" or not ({"avx512_bf16", "amx_bf16"} & set(features["isa"])):
+        return None, "no cascade: this CPU has no bf16 units"
+    fast_variants = [v for v in variants if v[2] != "exact" and v[1] != "int8"]
+    if not fast_variants:
+        return None, "no cascade: no fast variant available"
+    exact_model, tok = build_model(ckpt, exact[0], exact[1], device, threads, cache_dir)
+    best, notes = None, []
+    for b, p, why in fast_variants:
+        try:
+            fast_model, _ = build_model(ckpt, b, p, device, threads, cache_dir)
+            rec = cached_bound(ckpt, f"{b} {p}", fast_model, exact_model, tok, device, threads, features, cache_dir)
+        except Exception as e:  # noqa: BLE001 - a variant that cannot run is skipped, and the reason kept
+            notes.append(f"{b} {p}: {type(e).__name__}: {e}")
+            continue
+        notes.append(f"{b} {p}: eps {rec['eps']:.3g}, {rec['speed_vs_fp32']:.2f}x fp32, "
+                     f"~{100 * rec['rescore_fraction_estimate']:.0f}% re-scored")
+        if rec["expected_time_vs_fp32"] * MIN_GAIN <= 1.0 and (best is None or rec["expected_time_vs_fp32"] < best[
+                "expected_time_vs_fp32"]):
+            best = {**rec, "backend": b, "precision": p}
+    if best is None:
+        return None, "no cascade pays (" + "; ".join(notes) + ")"
+    best["why"] = "; ".join(notes)
+    return best, ""
+
+
 def _verdicts(gate: dict) -> list[str]:
     return sorted(f"{name}={'pass' if rec['passed'] else 'fail'}" for name, rec in gate.items())
 
@@ -160,7 +193,7 @@ def choose(ckpt, device: str, backend: str = "auto", precision: str = "auto", th
     key = checkpoint_fingerprint(ckpt, purpose="auto", device=device, backend=backend, precision=precision,
                                  threads=threads or 0, cpu=features["cpu_model"], isa=",".join(features["isa"]),
                                  version=AUTO_VERSION, export_version=EXPORT_VERSION)
-    decision_path = _auto_dir(cache_dir) / f"auto-{key}.json"
+    decision_path = auto_dir(cache_dir) / f"auto-{key}.json"
     gate = load_gate(ckpt, cache_dir)
     if decision_path.is_file():
         decision = json.loads(decision_path.read_text())
@@ -201,8 +234,14 @@ def choose(ckpt, device: str, backend: str = "auto", precision: str = "auto", th
     elif allowed and not exact:  # an explicit lower precision that passed: nothing to calibrate against
         chosen = allowed[0][:3]
         reason = f"{chosen[2]}; passed the agreement gate"
+    cascade = None
+    if precision == "auto" and exact and chosen == exact:
+        cascade, why_not = choose_cascade(ckpt, variants, exact, device, threads, features, cache_dir)
+        reason = (f"certified cascade: {cascade['backend']} {cascade['precision']} for every pair, fp32 for the "
+                  f"pairs within eps={cascade['eps']:.3g} ({cascade['why']})") if cascade else f"{reason}; {why_not}"
     decision = {"backend": chosen[0], "precision": chosen[1], "reason": reason, "cpu": features,
-                "calibration_s": calibration, "skipped": skipped, "gate_verdicts": _verdicts(gate), "cached": False}
+                "calibration_s": calibration, "skipped": skipped, "gate_verdicts": _verdicts(gate), "cached": False,
+                "cascade": cascade}
     decision_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = decision_path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(decision, indent=1))

@@ -73,6 +73,7 @@ class Selection:
     steps: int                  # sequential model rounds this prompt took part in
     scores: "np.ndarray | None" = None  # strategy="full" only: per-candidate aggregate scores, float32
     log: list[tuple[int, int, int]] = field(default_factory=list)  # (a, b, winner), resolution order
+    rescored: int = 0           # rows the certified cascade re-ran on the exact model, beyond forward_passes
 
 
 class PromptError(ValueError):

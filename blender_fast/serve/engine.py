@@ -37,6 +37,7 @@ from ..options import STRATEGIES, check_choice, check_count, check_non_negative_
 from ..ranker import Ranker, check_pairs_ab, check_prompts, judge_plan
 from ..selection.budgets import comparison_budgets, passes_per_comparison
 from ..selection.steps import DEFAULT_MODEL, Selection, Step, Steps, select_steps
+from ..selection.cascade import verb_mode
 from ..selection.verbs import compare_steps, rank_steps
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
@@ -346,7 +347,8 @@ class BatchingEngine:
     def _submit_rank(self, inputs, candidates, instructions, return_scores, policy, src_len, cand_len, timeout):
         sources, cands = check_prompts(inputs, candidates, instructions)
         ns = [len(c) for c in cands]
-        steps = rank_steps(ns, policy, return_scores)  # checks policy
+        steps = self.ranker.cascaded(rank_steps(ns, policy, return_scores),  # checks policy
+                                     verb_mode("rank", policy=policy, values=return_scores))
         cost = sum(_row_cost("full", n, 1, 2) for n in ns)
         return self._enqueue(sources, cands, src_len, cand_len, cost, timeout, steps)
 
@@ -360,6 +362,7 @@ class BatchingEngine:
         # caller's thread.
         steps = select_steps(ns, top_k, strategy, orders=orders, seed=seed, initial_orders=initial_orders,
                              policy=policy, budget=budget, worst=worst)
+        steps = self.ranker.cascaded(steps, verb_mode("select", strategy, policy))
         per_row = passes_per_comparison(orders)
         # Comparisons per prompt for swiss / knockout_rr / adaptive (None for the others): also what such
         # a request can cost at most.
@@ -372,13 +375,14 @@ class BatchingEngine:
 
     def _submit_compare(self, inputs, candidates_a, candidates_b, instructions, mode, src_len, cand_len, timeout):
         sources, cands = check_pairs_ab(inputs, candidates_a, candidates_b, instructions)
-        steps = compare_steps(len(sources), mode)  # checks mode
+        steps = self.ranker.cascaded(compare_steps(len(sources), mode), verb_mode("compare"))  # checks mode
         cost = len(sources) * (2 if mode == "[A,B]+[B,A]" else 1)
         return self._enqueue(sources, cands, src_len, cand_len, cost, timeout, steps)
 
     def _submit_judge(self, prompts, completions, shuffle_order, return_scores, temperature, seed, timeout):
         # The same plan as Ranker.judge: same checks, same coin flips for the same seed.
         steps, sources, shown = judge_plan(prompts, completions, shuffle_order, return_scores, temperature, seed)
+        steps = self.ranker.cascaded(steps, verb_mode("judge", values=return_scores))
         return self._enqueue(sources, shown, None, None, 2 * len(sources), timeout, steps)
 
     def _enqueue(self, sources, cands, src_len, cand_len, cost: int, timeout, steps: Steps) -> _Job:
