@@ -163,10 +163,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"{data}: {len(prompts)} prompts, the settings need {need}")
 
     if args.model:
-        from blender_fast.model.hub import resolve_model_source
+        from blender_fast.synthetic.demo import local_model
 
-        # a directory, or a hub id already in the HF cache (HF_HUB_OFFLINE=0 to let it download)
-        ckpt, kind = resolve_model_source(args.model), "given with --model"
+        # a directory, demo:SHAPE, or a hub id already in the HF cache (HF_HUB_OFFLINE=0 to let it download)
+        ckpt, kind = local_model(args.model), "given with --model"
     else:
         ckpt, kind = generated_checkpoint(sizes.shape, args.seed), f"generated, shape {sizes.shape}, random weights"
     from .flops import ModelShape

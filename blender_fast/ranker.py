@@ -235,14 +235,14 @@ class Ranker:
         ``revision`` pinning; ``token`` / HF_TOKEN; ``local_files_only`` / HF_HUB_OFFLINE=1) and reuses
         llm-blender's own download. ``cache_dir`` stays the ONNX export cache.
         """
-        from .model.hub import resolve_model_source
+        from .synthetic.demo import local_model
         from .runtime.sessions import resolve_device
 
         check_choice("backend", backend, BACKEND_CHOICES)
         if precision is not None:
             check_choice("precision", precision, PRECISION_CHOICES)
         device = resolve_device(check_choice("device", device, DEVICE_CHOICES), "torch" if backend == "torch" else "onnx")
-        path = resolve_model_source(path, kind="ranker", revision=revision, cache_dir=hub_cache_dir, token=token,
+        path = local_model(path, kind="ranker", revision=revision, cache_dir=hub_cache_dir, token=token,
                                     local_files_only=local_files_only)
         exact_model = cascade = None
         if is_exported_dir(path):

@@ -153,11 +153,11 @@ def prepare_model(model, backend: str = "onnx", precision: str = "fp32", cache_d
     from ..model.cache import cache_root
     from ..model.checkpoint import load_checkpoint
 
-    from ..model.hub import resolve_model_source
     from ..ranker import is_exported_dir, read_export_meta, verify_exported_dir
+    from ..synthetic.demo import local_model
 
     # a hub id is downloaded here, once; the actors get the local directory (they may have no network)
-    path = str(Path(resolve_model_source(model)).resolve())
+    path = str(Path(local_model(model)).resolve())
     if is_exported_dir(path):  # runs as exported (like the CLI): checked here once, before any actor starts
         verify_exported_dir(Path(path), read_export_meta(Path(path)))
         return path, None

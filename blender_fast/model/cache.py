@@ -53,6 +53,11 @@ def cache_root() -> Path:
     return Path(base) / "blender_fast"
 
 
+def auto_dir(cache_dir=None) -> Path:
+    """The folder of the auto decisions, gate records and cascade bounds (beside the ranker exports)."""
+    return Path(cache_dir) if cache_dir else cache_root() / "onnx"
+
+
 def unusable(path: Path, err: BaseException) -> CacheError:
     """The one error for a cache directory that cannot be created or written."""
     reason = getattr(err, "strerror", None) or str(err)

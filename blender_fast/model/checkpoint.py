@@ -22,6 +22,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import CheckpointError  # noqa: F401  (re-exported: blender_fast.model.checkpoint.CheckpointError)
+
 # What synthetic/ records in a generated checkpoint's blender_fast.json ("generator"), and what an export
 # of one records in its export.json ("random_weights"): lives here so model/ can tell without importing
 # synthetic/.
@@ -78,10 +80,6 @@ SPECIAL_TOKENS = ("<|source|>", "<|candidate1|>", "<|candidate2|>", "<|candidate
 MIN_MAXLENGTH = 3
 # JSON files of a tokenizer directory, checked at load so a damaged one is named (not a library trace).
 TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory is missing a file or holds one that cannot be used."""
 
 
 @dataclass(frozen=True)

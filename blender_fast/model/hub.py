@@ -3,7 +3,8 @@ serve, the Ray job, the judge, benchmarks).
 
 A source is
 * an existing local directory (used as is);
-* ``demo:SHAPE``: the generated random-weight checkpoint (``synthetic.demo``);
+(``demo:SHAPE``, the generated random-weight checkpoint, is resolved one floor up, by
+``synthetic.demo.local_model``, which hands everything else to this module);
 * a Hugging Face Hub id ``org/name`` or ``org/name@revision``, resolved with huggingface_hub into the
   standard HF cache (``HF_HOME`` / ``HF_HUB_CACHE`` / ``cache_dir=``), downloading only what blender-fast
   reads: configs, weights (``model.safetensors`` preferred, ``pytorch_model.bin`` only when there is no
@@ -21,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from .checkpoint import CheckpointError
+from .errors import CheckpointError
 
 # kind -> which repo files are fetched (weights are chosen separately, see _weight_patterns)
 CONFIG_PATTERNS = ("config.json", "ranker_config.json", "generation_config.json")
@@ -115,10 +116,6 @@ def resolve_model_source(source, *, kind: str = "ranker", revision: Optional[str
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     s = str(source)
-    if s.startswith("demo:"):
-        from ..synthetic.demo import demo_path
-
-        return demo_path(s)
     check_supported(s)
     if not is_hub_id(s):
         return Path(s).expanduser()

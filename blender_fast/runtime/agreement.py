@@ -8,7 +8,6 @@ Records are cached per checkpoint (see autoselect.py), so the gate runs once per
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -80,39 +79,3 @@ def full_rank_logits(ranker, inputs, candidates, **kwargs) -> tuple[list[np.ndar
     logits = np.concatenate([o for _, o in logged])
     order = np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))  # a fixed order, comparable across variants
     return [s.scores for s in sels], logits[order]
-
-
-def run_gate(path, inputs, candidates, variants=(("torch", "bf16"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "bf16")), threads: int | None = 1,
-             cache_dir=None, source_maxlength=None, candidate_maxlength=None, save: bool = True, extra=None) -> list[dict]:
-    """Rank ``inputs`` x ``candidates`` with fp32 ONNX and each variant; the gate's verdicts (cached).
-
-    extra: {name: model} more variants to measure (e.g. other fp32 islands), recorded but never picked."""
-    from .autoselect import load_gate, save_gate
-    from ..model.checkpoint import load_checkpoint
-    from ..ranker import Ranker
-
-    ckpt = load_checkpoint(path)
-    kw = dict(source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength)
-    base = Ranker.from_pretrained(path, backend="onnx", precision="fp32", threads=threads, cache_dir=cache_dir)
-    ref_scores, ref_logits = full_rank_logits(base, inputs, candidates, **kw)
-    records = []
-    models = {f"{b} {p}": None for b, p in variants}
-    models.update(extra or {})
-    for name, model in models.items():
-        t0 = time.perf_counter()
-        if model is None:
-            backend, precision = name.split()
-            ranker = Ranker.from_pretrained(path, backend=backend, precision=precision, threads=threads, cache_dir=cache_dir)
-        else:
-            ranker = Ranker(model, base.tokenizer, base.source_maxlength, base.candidate_maxlength)
-        scores, logits = full_rank_logits(ranker, inputs, candidates, **kw)
-        rec = ranking_agreement(name, ref_scores, scores, ref_logits, logits).as_dict()
-        rec["seconds"] = time.perf_counter() - t0
-        rec["pickable"] = model is None
-        records.append(rec)
-    if save:
-        keep = [r for r in records if r["pickable"]]
-        old = load_gate(ckpt, cache_dir)
-        old.update({r["variant"]: r for r in keep})
-        save_gate(ckpt, list(old.values()), cache_dir, {"prompts": len(inputs), "threads": threads, **kw})
-    return records

@@ -5,7 +5,7 @@
    AMX-INT8) may run ONNX Runtime int8; every CPU runs exact ONNX fp32.
 2. Only variants that passed the agreement gate (agreement.py) for THIS checkpoint may be picked. The
    gate (>= 100 prompts x 12 candidates) is too long to run at load; it is run once with
-   ``agreement.run_gate(path)`` or ``python -m benchmarks --sections agreement --model PATH`` and cached here.
+   ``python -m benchmarks --sections agreement --model PATH`` (benchmarks/agreement.py run_gate) and cached here.
    Without a record, auto stays on exact fp32 and says so.
 3. A short calibration at first load times each remaining variant against fp32 on a fixed sample batch
    (interleaved, best of 3); a variant is taken only when it is >= 15% faster. The decision is cached
@@ -19,7 +19,7 @@ import platform
 import time
 from pathlib import Path
 
-from ..model.cache import cache_root, checkpoint_fingerprint
+from ..model.cache import auto_dir, cache_root, checkpoint_fingerprint
 from ..model.export import EXPORT_VERSION
 from ..options import check_backend_precision
 
@@ -73,11 +73,6 @@ def candidate_variants(device: str, features: dict) -> list[tuple[str, str, str]
 
 
 # -- the gate records ---------------------------------------------------------------------------------
-
-def auto_dir(cache_dir=None) -> Path:
-    """The folder of the auto decisions, gate records and cascade bounds (beside the exports)."""
-    return Path(cache_dir) if cache_dir else cache_root() / "onnx"
-
 
 def gate_path(ckpt, cache_dir=None) -> Path:
     # Keyed on the export's version too: a verdict on one graph says nothing about a rewritten one.

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model.cache import checkpoint_fingerprint
-from .autoselect import auto_dir
+from ..model.cache import auto_dir, checkpoint_fingerprint
 
 SAFETY = 2.0
 FLOOR = 1e-3

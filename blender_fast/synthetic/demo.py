@@ -77,11 +77,19 @@ def demo_path(spec) -> Path:
         f"generating a random-weight PairRM checkpoint ({shape}) in {p} ...", file=sys.stderr))
 
 
-def resolve_model(spec, **hub_options) -> Path:
-    """A --model value as a local directory: 'demo:SHAPE', a directory, or a Hugging Face Hub id
-    (model/hub.py's resolve_model_source, the one resolver every entry point uses)."""
+def local_model(spec, **hub_options) -> Path:
+    """A model source as a local directory: 'demo:SHAPE' (generated here, once), else a directory or a
+    Hugging Face Hub id (model/hub.py's resolve_model_source, the one resolver every entry point uses)."""
+    if str(spec).startswith(DEMO_PREFIX):
+        return demo_path(spec)
     from ..model.hub import resolve_model_source
 
-    path = resolve_model_source(spec, **hub_options)
-    announce_random_weights(path, "ranker")  # by spec or by path alike
+    return resolve_model_source(spec, **hub_options)
+
+
+def resolve_model(spec, **hub_options) -> Path:
+    """A --model value as a local directory (local_model), with the random-weights notice on stderr when
+    it holds a generated checkpoint, whether given by spec or by path."""
+    path = local_model(spec, **hub_options)
+    announce_random_weights(path, "ranker")
     return path
