@@ -129,7 +129,7 @@ def test_fuse_cli(tiny_checkpoint, tiny_fuser, tmp_path, capsys):
     assert len(rows) == 3
     for row in rows:
         assert isinstance(row["fused"], str) and len(row["blender_fast"]["top_k"]) == 2
-    err = capsys.readouterr().err  # issue 21: both generated models, given by path, are announced
+    err = capsys.readouterr().err  # both generated models, given by path, are announced
     assert "fusing with a GENERATED fuser" in err and "ranking with a GENERATED checkpoint" in err
 
 

@@ -1,4 +1,4 @@
-"""Issue 21 hardening: bad input and bad environments get one clear line (docs/bad-input.md lists them)."""
+"""Hardening: bad input and bad environments get one clear line (docs/bad-input.md lists them)."""
 from __future__ import annotations
 
 import re

@@ -207,7 +207,7 @@ def test_benchmark_section_runs_and_agrees(ray_instance, tiny_checkpoint):
 
 
 def test_cli_ray_takes_what_the_cli_takes(ray_instance, tiny_checkpoint, tmp_path, capsys):
-    """Issue 21: an exported model directory and a demo: spec work with --ray as without it."""
+    """An exported model directory and a demo: spec work with --ray as without it."""
     from blender_fast.cluster.records import example_prompts_path
 
     exported = tmp_path / "exported"
@@ -224,7 +224,7 @@ def test_cli_ray_takes_what_the_cli_takes(ray_instance, tiny_checkpoint, tmp_pat
 
 def test_ray_interrupted_leaves_no_partial_and_exits_130(ray_instance, tiny_checkpoint, tmp_path, capsys,
                                                          monkeypatch):
-    """Issue 21: Ctrl-C during a Ray job: rc 130, one line, no '.partial-*' directory left behind."""
+    """Ctrl-C during a Ray job: rc 130, one line, no '.partial-*' directory left behind."""
     from blender_fast.cluster import ray_job
     from blender_fast.cluster.records import example_prompts_path
 
@@ -241,13 +241,13 @@ def test_ray_interrupted_leaves_no_partial_and_exits_130(ray_instance, tiny_chec
 
 
 def test_ray_user_error_is_one_line_without_ray_error_logs(ray_instance, tiny_checkpoint, tmp_path, capsys, caplog):
-    """Issue 21: a bad prompt found by an actor is the CLI's one line; Ray Data's own ERROR lines about the
+    """A bad prompt found by an actor is the CLI's one line; Ray Data's own ERROR lines about the
     failed task (which would stand in front of it) are dropped."""
     import logging
 
     from blender_fast.cluster.records import example_prompts_path
 
-    first = open(example_prompts_path(), encoding="utf-8").readline()
+    first = example_prompts_path().read_text(encoding="utf-8").splitlines(keepends=True)[0]
     bad = tmp_path / "in.jsonl"
     bad.write_text(first + json.dumps({**json.loads(first), "candidates": ["a", "b"]}) + "\n", encoding="utf-8")
     loggers = [logging.getLogger(n) for n in ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")]

@@ -126,7 +126,7 @@ def test_auto_picks_only_gated_variants(conditioned_tiny, tmp_path, monkeypatch,
 
 
 def test_run_gate_records(conditioned_tiny, tmp_path, one_torch_thread):
-    from blender_fast.runtime.agreement import run_gate
+    from benchmarks.agreement import run_gate
     from blender_fast.runtime.autoselect import load_gate
     from blender_fast.model.checkpoint import load_checkpoint
 
