@@ -37,7 +37,7 @@ HUB_TIMEOUT = float(os.environ.get("BLENDER_FAST_HUB_TIMEOUT", "10"))
 UNSUPPORTED = {
     "berkeley-nest/Starling-RM-7B-alpha": "a 7B Llama-2 reward model",
     "openbmb/UltraRM-13b": "a 13B Llama reward model",
-    # llm-blender's "deberta-rm": pointwise, one pass per candidate; not on this engine yet (issue 17 item 4)
+    # llm-blender's "deberta-rm": pointwise, one pass per candidate; not on this engine yet
     "OpenAssistant/reward-model-deberta-v3-large-v2": "a pointwise DeBERTa-v3 reward model, not yet",
 }
 ALTERNATIVE = "llm-blender/PairRM (or llm-blender/PairRM-hf)"

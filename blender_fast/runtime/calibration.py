@@ -1,5 +1,5 @@
 """The certified cascade's error bound: measured once per checkpoint, fast variant, runtime versions and CPU,
-and cached as JSON beside the exports (issue 18).
+and cached as JSON beside the exports.
 
 ``measure_bound`` scores calibration pairs (the export's sample prompts plus the synthetic calibration
 examples: every ordered pair of their candidates) with the fast variant and with exact fp32, and keeps:
