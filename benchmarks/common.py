@@ -302,3 +302,15 @@ def quiet_libraries() -> None:
     import logging
 
     logging.getLogger().setLevel(logging.ERROR)  # llm-blender logs through the root logger
+
+
+def run_main(main, argv=None) -> int:
+    """``main(argv)``, with the user's errors (an output path that cannot be written, a missing data file)
+    as one line and rc 2, as the blender-fast CLI does. Every benchmark entry point runs through it."""
+    from blender_fast.cluster.outputs import OutputError
+
+    try:
+        return main(argv)
+    except (OutputError, FileNotFoundError) as e:
+        print(f"benchmarks: error: {e}", file=sys.stderr)
+        return 2

@@ -209,15 +209,10 @@ def main(argv=None) -> int:
 
 
 def run(argv=None) -> int:
-    """main(), with the user's errors (an output path that cannot be written, a missing data file) as one
-    line and rc 2, as the blender-fast CLI does."""
-    from blender_fast.cluster.outputs import OutputError
+    """main(), with the user's errors as one line and rc 2 (common.run_main)."""
+    from .common import run_main
 
-    try:
-        return main(argv)
-    except (OutputError, FileNotFoundError) as e:
-        print(f"benchmarks: error: {e}", file=sys.stderr)
-        return 2
+    return run_main(main, argv)
 
 
 if __name__ == "__main__":
