@@ -803,7 +803,7 @@ def add_serve_parser(subparsers) -> None:
                    help="characters per text; beyond it 413")
     p.add_argument("--fuse-max-batch", type=positive_int, default=DEFAULT_FUSE_MAX_BATCH,
                    help="/v1/fuse: prompts of concurrent requests run in one generate batch")
-    p.add_argument("--fuse-max-wait-ms", type=float, default=DEFAULT_FUSE_MAX_WAIT_MS,
+    p.add_argument("--fuse-max-wait-ms", type=number_argument(0), default=DEFAULT_FUSE_MAX_WAIT_MS,
                    help="/v1/fuse: how long a fusion batch waits for other requests to join")
     p.add_argument("--fuse-max-queued", type=positive_int, default=DEFAULT_FUSE_MAX_QUEUED,
                    help="/v1/fuse: prompts waiting for generate; beyond it requests get 429")
