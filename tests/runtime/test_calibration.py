@@ -157,3 +157,20 @@ def test_shallow_copy_keeps_its_own_models(pair):
     c.model = fast.model
     c.enable_cascade(fp32.model, 0.1)
     assert fp32.model is not fast.model and "exact" not in fp32.extra_models and fp32.cascade_eps is None
+
+
+def test_the_engine_serves_the_cascade(pair):
+    """The server's BatchingEngine takes its generators through Ranker.cascaded too: with a bound so loose
+    that nothing is certified, every comparison is re-run on the exact model, and the answers are fp32's."""
+    from blender_fast import BatchingEngine, Ranker
+
+    fp32, fast = pair
+    casc = Ranker(fast.model, fast.tokenizer, fast.source_maxlength, fast.candidate_maxlength)
+    casc.enable_cascade(fp32.model, 1e3)
+    with BatchingEngine(casc) as engine:
+        got = engine.select_sync(PROMPTS, CANDS, top_k=2, strategy="bubble")
+        ranks = engine.rank_sync(PROMPTS, CANDS)
+    ref = fp32.select(PROMPTS, CANDS, top_k=2, strategy="bubble")
+    assert [g.top_k for g in got] == [r.top_k for r in ref]
+    assert all(g.rescored == g.forward_passes > 0 for g in got)
+    np.testing.assert_array_equal(ranks, fp32.rank(PROMPTS, CANDS))
