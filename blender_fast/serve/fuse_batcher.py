@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from ..options import check_count, check_non_negative_number
 from .engine import EngineClosed, Overloaded
 
 DEFAULT_FUSE_MAX_BATCH = 8
@@ -40,11 +41,9 @@ class FuseBatcher:
     def __init__(self, fuser, *, max_batch: int = DEFAULT_FUSE_MAX_BATCH,
                  max_wait_ms: float = DEFAULT_FUSE_MAX_WAIT_MS, max_queued: int = DEFAULT_FUSE_MAX_QUEUED,
                  on_batch: Optional[Callable] = None):
-        for name, value in (("max_batch", max_batch), ("max_queued", max_queued)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not max_wait_ms >= 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms!r}")
+        check_count("max_batch", max_batch)
+        check_count("max_queued", max_queued)
+        check_non_negative_number("max_wait_ms", max_wait_ms)
         self.fuser = fuser
         self.max_batch, self.max_wait_s, self.max_queued = max_batch, max_wait_ms / 1000.0, max_queued
         self.on_batch = on_batch

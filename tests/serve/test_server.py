@@ -390,6 +390,16 @@ def test_fuse_queue_full_is_429():
         batcher.close()
 
 
+def test_fuse_batcher_checks_its_numbers_by_the_one_rule():
+    from blender_fast.serve.fuse_batcher import FuseBatcher
+
+    for kwargs, error in (({"max_batch": 0}, ValueError), ({"max_batch": 2.0}, TypeError),
+                          ({"max_queued": True}, TypeError), ({"max_wait_ms": float("nan")}, ValueError),
+                          ({"max_wait_ms": -1}, ValueError)):
+        with pytest.raises(error, match=next(iter(kwargs))):
+            FuseBatcher(object(), **kwargs)
+
+
 def test_truncation_settings_over_http_match_the_ranker(ranker, prompts):
     inp, cands = prompts[1]
     want = ranker.rank([inp], [cands], return_scores=True, source_maxlength=8, candidate_maxlength=6)[0]
