@@ -332,9 +332,11 @@ def test_judge_flips_the_same_pairs_in_process_and_in_the_engine(ranker, engine,
 
     monkeypatch.setattr(engine_module, "judge_plan", spy)
     engine.judge_sync(prompts, pairs, seed=11)
-    real_run = ranker.run
-    monkeypatch.setattr(ranker, "run", lambda sources, cands, *a, **k: (shown.append(cands), real_run(
-        sources, cands, *a, **k))[1])
+    # Spy on the class, not the instance: undoing an instance patch leaves a bound method of this ranker
+    # in its __dict__, which a later copy.copy(ranker) would carry (and run on the original).
+    real_run = Ranker.run
+    monkeypatch.setattr(Ranker, "run", lambda self, sources, cands, *a, **k: (shown.append(cands), real_run(
+        self, sources, cands, *a, **k))[1])
     PairRMJudge(ranker, seed=11).judge(prompts, pairs)
     assert shown[0] == shown[1]
     assert 0 < sum(s != p for s, p in zip(shown[0], pairs)) < len(pairs)  # some flipped, some not
