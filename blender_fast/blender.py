@@ -14,7 +14,7 @@ from typing import List
 
 import numpy as np
 
-from .options import STRATEGIES, check_budget, check_seed, check_top_k, positive_int
+from .options import DEFAULT_BACKEND, DEFAULT_PRECISION, STRATEGIES, check_budget, check_seed, check_top_k, positive_int
 from .ranker import DEFAULT_MAX_BATCH, Ranker, check_prompts, check_text
 from .runtime.sessions import resolve_device
 from .selection.aggregate import top_k_from_scores
@@ -156,17 +156,19 @@ class Blender:
         """Load a PairRM checkpoint: a Hugging Face Hub id (``llm-blender/PairRM``, ``org/name@rev``), a local
         directory, or ``demo:SHAPE``. Hub options: cache_dir (the hub cache, as llm-blender's), revision,
         token, local_files_only. Extra keywords: llm-blender RankerConfig fields
-        (source_maxlength, candidate_maxlength, fp16, ...) and engine options (backend="onnx"|"torch",
-        precision="fp32"|"fp16"|"int8", threads, token_budget, max_batch_size, batch_cost, onnx_cache_dir)."""
+        (source_maxlength, candidate_maxlength, fp16, ...) and engine options (backend="auto"|"onnx"|"torch"|
+        "openvino", precision="auto"|"fp32"|"fp16"|"int8"|"bf16" (default auto), threads, token_budget, max_batch_size, batch_cost, onnx_cache_dir)."""
         unknown = set(kwargs) - RANKER_CONFIG_FIELDS - ENGINE_OPTIONS - HUB_OPTIONS
         if unknown:
             raise TypeError(f"loadranker() got unknown options {sorted(unknown)}")
-        device = resolve_device(self._device(device or kwargs.get("device")), kwargs.get("backend", "onnx"))
+        backend = kwargs.get("backend", DEFAULT_BACKEND)
+        device = resolve_device(self._device(device or kwargs.get("device")), "torch" if backend == "torch" else "onnx")
         fp16 = kwargs.get("fp16", True)
-        # llm-blender halves the model on GPUs when the config says fp16, keeps fp32 on CPU.
-        precision = kwargs.get("precision") or ("fp16" if device == "cuda" and fp16 else "fp32")
+        # llm-blender halves the model on GPUs when the config says fp16; on a CPU it runs fp32, which
+        # "auto" gives exactly (plain fp32, or the certified cascade whose answers are fp32's).
+        precision = kwargs.get("precision") or ("fp16" if device == "cuda" and fp16 else DEFAULT_PRECISION)
         self.ranker = Ranker.from_pretrained(
-            ranker_path, backend=kwargs.get("backend", "onnx"), device=device, precision=precision,
+            ranker_path, backend=backend, device=device, precision=precision,
             threads=kwargs.get("threads"), cache_dir=kwargs.get("onnx_cache_dir"),
             token_budget=kwargs.get("token_budget"),
             max_batch_size=kwargs.get("max_batch_size") or DEFAULT_MAX_BATCH, batch_cost=kwargs.get("batch_cost"),

@@ -20,8 +20,11 @@ COMPARE_MODES = ("[A,B]", "[B,A]", "[A,B]+[B,A]")
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 # bf16: torch bf16 GEMMs with fp32 layer norms and head (runtime.lower_precision); CPUs with AVX512-BF16
 # or AMX, and CUDA.
-# "auto": the fastest precision that passed the agreement gate on this machine (autoselect.py).
+# "auto" (the default everywhere): exact fp32, or the certified cascade (a fast pass, fp32 for the pairs
+# it cannot certify) where a measured bound says it pays, or a variant that passed the agreement gate on
+# this machine (runtime/autoselect.py, docs/exact-at-speed.md).
 PRECISION_CHOICES = PRECISIONS + ("auto",)
+DEFAULT_PRECISION = "auto"
 # What each runtime runs (every other precision is refused by check_backend_precision, naming the backend).
 BACKEND_PRECISIONS = {"onnx": ("fp32", "fp16", "int8"), "torch": ("fp32", "fp16", "bf16"), "openvino": ("fp32", "bf16")}
 # The fuser's (torch) precisions; the fuser's onnx backend runs fp32 only.
@@ -33,6 +36,7 @@ DEVICE_CHOICES = DEVICES + ("auto",)
 # openvino: OpenVINO's CPU plugin on the exported graph, fp32 or bf16 (extra [openvino]).
 BACKENDS = ("onnx", "torch", "openvino")
 BACKEND_CHOICES = BACKENDS + ("auto",)  # "auto": chosen with the precision (autoselect.py)
+DEFAULT_BACKEND = "auto"
 
 
 # -- numbers: one rule for every count, budget and seed ---------------------------------------------
@@ -137,6 +141,15 @@ def check_precision(value, choices=PRECISION_CHOICES, name: str = "precision") -
     """One of the model precisions (``choices``: PRECISION_CHOICES, with "auto", unless a caller runs
     only a fixed precision, e.g. an export)."""
     return check_choice(name, value, choices)
+
+
+def backend_for(backend: str, precision: str) -> str:
+    """The backend that runs an explicit ``precision`` when ``backend`` is "auto": ONNX Runtime where it runs
+    it (fp32, fp16, int8), else torch (bf16). backend="auto" with precision="auto" stays "auto" (chosen
+    together, runtime/autoselect.py); an explicit backend stays itself."""
+    if backend != "auto" or precision == "auto":
+        return backend
+    return "onnx" if precision in BACKEND_PRECISIONS["onnx"] else "torch"
 
 
 def check_backend_precision(backend: str, precision: str) -> str:

@@ -11,8 +11,9 @@ import numpy as np
 
 from . import _core
 from .model.checkpoint import SPECIAL_TOKENS, load_checkpoint
-from .options import (BACKEND_CHOICES, BACKENDS, COMPARE_MODES, DEVICE_CHOICES, DEVICES,  # noqa: F401
-                      PRECISION_CHOICES, PRECISIONS, check_choice, check_count, check_optional_seed)
+from .options import (BACKEND_CHOICES, BACKENDS, COMPARE_MODES, DEFAULT_BACKEND, DEFAULT_PRECISION,  # noqa: F401
+                      DEVICE_CHOICES, DEVICES, PRECISION_CHOICES, PRECISIONS, backend_for, check_choice, check_count,
+                      check_optional_seed)
 from .selection.steps import DEFAULT_MODEL, PromptError, Selection, Step, Steps, run_steps, select_steps  # noqa: F401
 from .selection.verbs import coin_flips, compare_steps, judge_steps, rank_steps
 from .selection.cascade import certified, check_eps, verb_mode
@@ -208,7 +209,7 @@ class Ranker:
         return info
 
     @classmethod
-    def from_pretrained(cls, path, backend: str = "onnx", device: str = "cpu", precision: str | None = None, *,
+    def from_pretrained(cls, path, backend: str = DEFAULT_BACKEND, device: str = "cpu", precision: str | None = None, *,
                         threads: int | None = None, cache_dir=None, token_budget: int | None = None,
                         max_batch_size: int = DEFAULT_MAX_BATCH, source_maxlength: int | None = None,
                         candidate_maxlength: int | None = None, progress: bool = False,
@@ -220,10 +221,11 @@ class Ranker:
         weights and export options); precision "int8" is ONNX Runtime dynamic quantization (CPU).
         backend="torch" runs the same graph in torch eager, fp32, fp16 or bf16 (bf16 keeps layer norms and
         the head in fp32); backend="openvino" runs the exported graph on OpenVINO's CPU plugin (fp32, bf16).
-        device="auto" is cuda when the backend sees a GPU, else cpu. precision=None: fp32 for a checkpoint.
-        precision="auto" / backend="auto" pick the fastest variant that this CPU supports and that passed
-        the agreement gate for this checkpoint (autoselect.py), else exact fp32; describe() says what was
-        chosen and why. The default stays exact fp32.
+        device="auto" is cuda when the backend sees a GPU, else cpu. precision=None is "auto", the default
+        (with backend="auto"): exact fp32 (ONNX Runtime on a CPU), or the certified cascade (a fast pass for
+        every pair, fp32 for the pairs its measured bound cannot certify: fp32's answers) where that bound
+        says it pays on this CPU, or a variant that passed the agreement gate (runtime/autoselect.py,
+        docs/exact-at-speed.md); describe() says what was chosen and why. precision="fp32" is plain fp32.
 
         An *exported* directory (``model.onnx`` + ``pair_tokenizer.json`` + ``tokenizer.json`` +
         ``export.json``, as ``blender-fast export --out DIR`` writes it) loads with onnxruntime and
@@ -264,7 +266,8 @@ class Ranker:
         else:
             from .runtime.autoselect import build_model, choose
 
-            precision = precision or "fp32"
+            precision = precision or DEFAULT_PRECISION
+            backend = backend_for(backend, precision)
             ckpt = load_checkpoint(path)
             src_len, cand_len = ckpt.source_maxlength, ckpt.candidate_maxlength
             reason, decision = "as requested", None

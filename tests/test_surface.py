@@ -403,3 +403,23 @@ def test_other_numbers_in_python(ranker):
         check_ray_job(gpus_per_actor=INF)
     with pytest.raises(ValueError, match="num_actors must be >= 1"):
         check_ray_job(num_actors=0)
+
+
+def test_auto_is_the_default_everywhere(tiny_checkpoint, tmp_path):
+    """precision="auto" / backend="auto" are the defaults of every entry point (docs/exact-at-speed.md §4);
+    an explicit precision with the default backend runs as requested on the backend that has it."""
+    from blender_fast.cluster.ray_job import prepare_model, rank_dataset
+
+    for argv in (["rank", "--model", "m"], ["serve", "--model", "m"]):
+        args = build_parser().parse_args(argv)
+        assert (args.backend, args.precision) == ("auto", "auto"), argv
+    for fn in (Ranker.from_pretrained, check_ray_job, prepare_model, rank_dataset):
+        params = inspect.signature(fn).parameters
+        assert params["backend"].default == "auto", fn
+        assert params["precision"].default in ("auto", None), fn  # None: from_pretrained's "auto"
+    auto = Ranker.from_pretrained(tiny_checkpoint, precision="auto", backend="auto", threads=1, cache_dir=tmp_path)
+    blender = Blender()
+    blender.loadranker(str(tiny_checkpoint), device="cpu", threads=1, onnx_cache_dir=str(tmp_path))
+    assert blender.ranker.describe()["reason"] == auto.describe()["reason"] != "as requested"
+    fp16 = Ranker.from_pretrained(tiny_checkpoint, precision="fp16", threads=1, cache_dir=tmp_path).describe()
+    assert (fp16["backend"], fp16["precision"], fp16["reason"]) == ("onnx", "fp16", "as requested")

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from .jobs import RankOptions, rank_prompts
-from ..options import (BACKEND_CHOICES, DEVICE_CHOICES, check_choice, check_count, check_non_negative_number,
+from ..options import (BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_PRECISION, DEVICE_CHOICES, check_choice, check_count, check_non_negative_number,
                        check_precision, int_argument, number_argument)
 from .outputs import output_dir as check_output_dir
 from .records import parse_prompt
@@ -147,7 +147,8 @@ class RankerActor:
 
 # -- the job -----------------------------------------------------------------------------------------
 
-def prepare_model(model, backend: str = "onnx", precision: str = "fp32", cache_dir=None) -> tuple[str, str | None]:
+def prepare_model(model, backend: str = DEFAULT_BACKEND, precision: str = DEFAULT_PRECISION,
+                  cache_dir=None) -> tuple[str, str | None]:
     """Check the checkpoint and warm the export cache ONCE, on the driver, before any actor starts (N
     actors exporting the same model at once would each pay the export). Returns (model path, cache dir)."""
     from ..model.cache import cache_root
@@ -162,18 +163,20 @@ def prepare_model(model, backend: str = "onnx", precision: str = "fp32", cache_d
         verify_exported_dir(Path(path), read_export_meta(Path(path)))
         return path, None
     ckpt = load_checkpoint(path)
-    if backend != "onnx":
+    if backend not in ("onnx", "auto"):
         return path, None
     from ..model.export import cached_export
 
     cache = Path(cache_dir) if cache_dir else cache_root() / "onnx"
-    if precision != "auto":  # "auto" is decided on each actor's node (its CPU); it exports what it picks
-        cached_export(ckpt, precision, cache)
+    # "auto" is decided on each actor's node (its CPU), but its exact model is always ONNX fp32 on a CPU:
+    # export that once here; any fast variant an actor picks is built there.
+    cached_export(ckpt, "fp32" if precision == "auto" else precision, cache)
     return path, str(cache.resolve())
 
 
 def rank_dataset(ds, model, *, strategy: str = "full", top_k: int = 1, orders: str = "both",
-                 policy: str = "max_logits", seed: int = 0, precision: str = "fp32", backend: str = "onnx",
+                 policy: str = "max_logits", seed: int = 0, precision: str = DEFAULT_PRECISION,
+                 backend: str = DEFAULT_BACKEND,
                  device: str | None = None, threads: int | None = 1, token_budget: int | None = None,
                  num_actors: int = 1, gpus_per_actor: float = 0, cpus_per_actor: float | None = None,
                  batch_size: int = 64, cache_dir=None, actor_cls=None, budget: int | None = None):
@@ -196,7 +199,7 @@ def rank_dataset(ds, model, *, strategy: str = "full", top_k: int = 1, orders: s
     model, cache = prepare_model(model, backend, precision, cache_dir)
     from ..ranker import is_exported_dir
 
-    if is_exported_dir(model) and precision == "fp32":  # the CLI's default: an exported model runs as exported
+    if is_exported_dir(model) and precision == "fp32":  # an exported model runs as exported
         precision = None
     ranker_kwargs = {"backend": backend, "device": device, "precision": precision, "threads": threads,
                      "token_budget": token_budget, "cache_dir": cache}
@@ -215,8 +218,8 @@ def rank_dataset(ds, model, *, strategy: str = "full", top_k: int = 1, orders: s
         batch_size=batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=num_actors), **remote_args)
 
 
-def check_ray_job(strategy="full", top_k=1, orders="both", policy="max_logits", seed=0, backend="onnx",
-               precision="fp32", device=None, num_actors=1, batch_size=64, gpus_per_actor=0, budget=None):
+def check_ray_job(strategy="full", top_k=1, orders="both", policy="max_logits", seed=0, backend=DEFAULT_BACKEND,
+               precision=DEFAULT_PRECISION, device=None, num_actors=1, batch_size=64, gpus_per_actor=0, budget=None):
     """Every option checked on the driver, before Ray reads a byte: (RankOptions, device)."""
     options = RankOptions(strategy=strategy, top_k=top_k, orders=orders, policy=policy, seed=seed, budget=budget)
     check_choice("device", device or "cpu", DEVICE_CHOICES)

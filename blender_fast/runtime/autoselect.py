@@ -26,7 +26,7 @@ from ..options import check_backend_precision
 ISA_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_fp16", "avx512_bf16", "avx512_vnni", "avx_vnni",
              "avx512f", "avx2")
 MIN_SPEEDUP = 1.15  # calibration: a variant must beat fp32 by this much to be worth any risk
-AUTO_VERSION = 1
+AUTO_VERSION = 2  # 2: exact fp32 per backend; the cascade measured only where bf16 can pay (AMX)
 
 
 def cpu_features(cpuinfo: str | None = None) -> dict:
@@ -50,8 +50,13 @@ def candidate_variants(device: str, features: dict) -> list[tuple[str, str, str]
     """(backend, precision, why) the hardware allows, fastest-expected first; exact fp32 last."""
     isa = set(features["isa"])
     if device == "cuda":
+        # Exact on a GPU: ONNX Runtime's CUDA/TensorRT providers when this onnxruntime has them (the
+        # default before auto), else torch.
+        import onnxruntime as ort
+
+        ort_gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers())
         return [("torch", "fp16", "CUDA GPU: fp16 tensor cores (llm-blender's own GPU precision)"),
-                ("torch", "fp32", "exact")]
+                ("onnx" if ort_gpu else "torch", "fp32", "exact")]
     out = []
     try:
         import openvino  # noqa: F401
@@ -152,8 +157,17 @@ def choose_cascade(ckpt, variants, exact, device, threads, features, cache_dir) 
     at 0.42 median / 1.70 max logit, far too loose to pay)."""
     from .calibration import MIN_GAIN, cached_bound
 
-    if device != "cpu" or not ({"avx512_bf16", "amx_bf16"} & set(features["isa"])):
+    isa = set(features["isa"])
+    if device != "cpu":
+        return None, "no cascade on a GPU (benchmarks/gpu_check.py measures one)"
+    if not {"avx512_bf16", "amx_bf16"} & isa:
         return None, "no cascade: this CPU has no bf16 units"
+    if "amx_bf16" not in isa:
+        # Measured (docs/exact-at-speed.md sections 1 and 5): without AMX a bf16 product is at most 2x an
+        # fp32 one, and bf16's logit error (0.6-0.7 max on the generated checkpoints) puts every comparison
+        # inside the bound, so the cascade re-scores ~100% and loses. Nothing is built or measured.
+        return None, ("no cascade: bf16 without AMX (AVX512-BF16) is at most 2x fp32 and too coarse to "
+                      "certify, measured: the cascade would re-score ~100% of the pairs")
     fast_variants = [v for v in variants if v[2] != "exact" and v[1] != "int8"]
     if not fast_variants:
         return None, "no cascade: no fast variant available"
@@ -166,8 +180,8 @@ def choose_cascade(ckpt, variants, exact, device, threads, features, cache_dir) 
         except Exception as e:  # noqa: BLE001 - a variant that cannot run is skipped, and the reason kept
             notes.append(f"{b} {p}: {type(e).__name__}: {e}")
             continue
-        notes.append(f"{b} {p}: eps {rec['eps']:.3g}, {rec['speed_vs_fp32']:.2f}x fp32, "
-                     f"~{100 * rec['rescore_fraction_estimate']:.0f}% re-scored")
+        speed = "speed not timed" if rec["speed_vs_fp32"] is None else f"{rec['speed_vs_fp32']:.2f}x fp32"
+        notes.append(f"{b} {p}: eps {rec['eps']:.3g}, {speed}, ~{100 * rec['rescore_fraction_estimate']:.0f}% re-scored")
         if rec["expected_time_vs_fp32"] * MIN_GAIN <= 1.0 and (best is None or rec["expected_time_vs_fp32"] < best[
                 "expected_time_vs_fp32"]):
             best = {**rec, "backend": b, "precision": p}
@@ -175,6 +189,9 @@ def choose_cascade(ckpt, variants, exact, device, threads, features, cache_dir) 
         return None, "no cascade pays (" + "; ".join(notes) + ")"
     best["why"] = "; ".join(notes)
     return best, ""
+
+
+NO_GATE = "no agreement-gate record for this checkpoint"
 
 
 def _verdicts(gate: dict) -> list[str]:
@@ -195,8 +212,10 @@ def choose(ckpt, device: str, backend: str = "auto", precision: str = "auto", th
         # A gate run after the decision may allow more (or less): decide again when its verdicts changed.
         if decision.get("gate_verdicts") == _verdicts(gate):
             return {**decision, "cached": True}
-    variants = [v for v in candidate_variants(device, features)
-                if (backend == "auto" or v[0] == backend) and (precision == "auto" or v[1] == precision)]
+    variants = candidate_variants(device, features)
+    if backend != "auto":  # this backend's own lower precisions, and its own fp32 as the exact one
+        variants = [v for v in variants if v[0] == backend and v[1] != "fp32"] + [(backend, "fp32", "exact")]
+    variants = [v for v in variants if precision == "auto" or v[1] == precision]
     if not variants:
         raise ValueError(f"no variant with backend={backend!r}, precision={precision!r} on device={device!r}")
     exact = variants[-1] if variants[-1][2] == "exact" else None
@@ -206,14 +225,17 @@ def choose(ckpt, device: str, backend: str = "auto", precision: str = "auto", th
         if why == "exact":
             continue
         if rec is None:
-            skipped.append(f"{b} {p}: no agreement-gate record for this checkpoint")
+            skipped.append(f"{b} {p}: {NO_GATE}")
         elif not rec["passed"]:
             skipped.append(f"{b} {p}: failed the gate (top-1 {rec['top1_pct']:.1f}%, tau {rec['kendall_tau_mean']:.3f})")
         else:
             allowed.append((b, p, why, rec))
     calibration = {}
     chosen = exact or variants[-1]
-    reason = "exact fp32: " + ("; ".join(skipped) if skipped else "no faster variant on this hardware")
+    ungated = [s.split(":")[0] for s in skipped if s.endswith(NO_GATE)]
+    why = [s for s in skipped if not s.endswith(NO_GATE)] + ([f"no agreement-gate record for {', '.join(ungated)}"]
+                                                             if ungated else [])
+    reason = "exact fp32: " + ("; ".join(why) if why else "no faster variant on this hardware")
     if allowed and exact:
         calibration = _calibrate(ckpt, [(b, p, w) for b, p, w, _ in allowed] + [exact], device, threads, cache_dir)
         base = calibration[f"{exact[0]} {exact[1]}"]

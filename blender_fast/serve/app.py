@@ -765,8 +765,8 @@ def model_names(served_model_names, info: Optional[dict]) -> tuple:
 
 def add_serve_parser(subparsers) -> None:
     """``blender-fast serve``: the CLI calls this from build_parser."""
-    from ..options import (BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES, STRATEGIES, HelpFormatter,
-                           int_argument, number_argument)
+    from ..options import (BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_PRECISION, DEVICE_CHOICES, PRECISION_CHOICES,
+                           STRATEGIES, HelpFormatter, int_argument, number_argument)
     from .rerank import DEFAULT_RERANK_STRATEGY
 
     positive_int = int_argument(1)
@@ -781,12 +781,12 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
     p.add_argument("--port", type=int_argument(0, 65535), default=8000,
                    help="0 = any free port (the startup line says which)")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="onnx",
-                   help="runtime of the ranker graph; auto: chosen with --precision auto")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=DEFAULT_BACKEND,
+                   help="runtime of the ranker graph (default auto: chosen with the precision)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = cuda when available, else cpu")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
-                   help="numeric precision of the model; auto = the fastest variant that passed the agreement gate "
-                        "on this CPU (as rank --precision auto)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default=DEFAULT_PRECISION,
+                   help="numeric precision of the model; auto (default) = exact fp32, or the certified cascade "
+                        "where it pays on this CPU (as rank --precision auto)")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads of the runtime")
     p.add_argument("--fuser", default=None, help="GenFuser checkpoint directory: enables POST /v1/fuse")
     p.add_argument("--max-batch-tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS,
@@ -889,7 +889,8 @@ def cmd_serve(args) -> int:
     # The precision that runs (the one "auto" chose; the requested one otherwise).
     info = {"model": str(path), "runtime": _runtime_name(ranker.model),
             "precision": ranker.engine_info.get("precision") or args.precision,
-            "threads": args.threads or "runtime default", "device": device}
+            "threads": args.threads or "runtime default", "device": device,
+            "why": ranker.engine_info.get("reason", "")}  # what "auto" chose and why (describe())
     app = create_app(engine, fuser=fuser, max_candidates=args.max_candidates, max_text_chars=args.max_text_chars,
                      info=info, ready=False, served_model_names=args.served_model_name,
                      rerank_strategy=args.rerank_strategy, rerank_budget=args.rerank_budget,
@@ -910,6 +911,8 @@ def cmd_serve(args) -> int:
           f"max_queued_pairs={args.max_queued_pairs} max_rows_per_request={args.max_rows_per_request} "
           f"max_candidates={args.max_candidates} max_text_chars={args.max_text_chars} "
           f"cross_request_batching={'off' if args.no_cross_request_batching else 'on'} fuser={args.fuser or 'none'}",
+          file=sys.stderr, flush=True)
+    print(f"blender-fast serve: ranker {ranker.engine_info.get('backend')} {info['precision']}: {info['why']}",
           file=sys.stderr, flush=True)
     threading.Thread(target=warm_up, name="blender-fast-warmup", daemon=True).start()
     try:

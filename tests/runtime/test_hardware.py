@@ -97,7 +97,10 @@ def test_auto_without_gate_stays_exact(tiny_checkpoint, tmp_path, one_torch_thre
     assert d["reason"].startswith("exact fp32")
     assert d["cpu_model"] and isinstance(d["isa"], list)
     assert list(tmp_path.glob("auto-*.json"))  # the decision is cached
-    plain = Ranker.from_pretrained(tiny_checkpoint, threads=1, cache_dir=tmp_path).describe()
+    default = Ranker.from_pretrained(tiny_checkpoint, threads=1, cache_dir=tmp_path).describe()
+    assert default["reason"] == d["reason"]  # auto is the default
+    plain = Ranker.from_pretrained(tiny_checkpoint, precision="fp32", backend="onnx", threads=1,
+                                   cache_dir=tmp_path).describe()
     assert (plain["backend"], plain["precision"], plain["reason"]) == ("onnx", "fp32", "as requested")
 
 

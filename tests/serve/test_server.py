@@ -292,6 +292,8 @@ def test_sigterm_drains_then_exits_0(tiny_checkpoint, shared_records):
             line = proc.stderr.readline()
         for word in ("model=", "runtime=onnxruntime", "precision=fp32", "threads=1", "max_queued_pairs="):
             assert word in line, line
+        why = proc.stderr.readline()  # the default is auto: the next line says what it chose and why
+        assert why.startswith("blender-fast serve: ranker onnx fp32: exact fp32"), why
         url = line.split()[2]
         assert Client(url).wait_ready(60)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
