@@ -15,8 +15,8 @@ from pathlib import Path
 
 from .cluster.outputs import OutputError, output_file
 from .synthetic.demo import resolve_model
-from .options import (BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_PRECISION, DEVICE_CHOICES, MAX_BUDGET, MAX_SEED, MAX_TOP_K, ORDERS, POLICIES,
-                      PRECISION_CHOICES, STRATEGIES, HelpFormatter, int_argument)
+from .options import (MAX_BUDGET, MAX_SEED, MAX_TOP_K, ORDERS, POLICIES, STRATEGIES, HelpFormatter,
+                      add_engine_options, int_argument)
 
 DESCRIPTION = (
     "blender-fast: rank the answers several LLMs gave to each prompt with PairRM (all pairs, or the best k "
@@ -414,14 +414,8 @@ def _add_ranker_options(p):
     p.add_argument("--resume", action="store_true",
                    help="keep the prompts already in --output (or its .partial) and run only the rest; a prompt "
                         "is identified by the SHA-256 of its input record and its occurrence number")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default=DEFAULT_BACKEND,
-                   help="runtime of the ranker (default auto: chosen with the precision)")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = cuda when available, else cpu")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, default=DEFAULT_PRECISION,
-                   help="model precision; int8 = ONNX Runtime dynamic quantization (CPU); auto (default) = exact "
-                        "fp32, or the certified cascade where it pays on this CPU (the startup line says which and why)")
+    add_engine_options(p)
     p.add_argument("--int8", action="store_true", help="same as --precision int8")
-    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: the runtime's)")
     p.add_argument("--strategy", choices=STRATEGIES, default="full",
                    help="full: all n(n-1) pairs, scores and ranks; bubble/tournament: the top k in ~2(n-1) passes")
     p.add_argument("--top-k", type=top_k_int, default=1, help="how many of the best candidates to report (0-based indices)")

@@ -212,3 +212,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """--backend, --device, --precision and --threads: how the ranker runs, one set of flags for every command
+    that loads one (rank, serve)."""
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=DEFAULT_BACKEND,
+                   help="runtime of the ranker graph (default auto: chosen with the precision)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = cuda when available, else cpu")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default=DEFAULT_PRECISION,
+                   help="model precision; int8 = ONNX Runtime dynamic quantization (CPU); auto (default) = exact "
+                        "fp32, or the certified cascade where it pays on this CPU (the startup line says which and why)")
+    p.add_argument("--threads", type=int_argument(1), default=None, help="intra-op threads (default: the runtime's)")

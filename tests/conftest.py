@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import json
 import os
@@ -89,3 +90,35 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def live_server(engine, close_engine: bool = True, wait_s: float = 30.0, **app_kwargs):
+    """The HTTP app (serve/app.py create_app) for ``engine`` on 127.0.0.1, a port the OS picks, served by
+    uvicorn in a thread; yields its URL. Closes ``engine`` afterwards unless it belongs to a fixture."""
+    require("fastapi")
+    require("uvicorn")
+    require("prometheus_client")
+    import threading
+    import time
+
+    import uvicorn
+
+    from blender_fast.serve.app import create_app, listening_socket
+
+    sock = listening_socket("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, **app_kwargs), log_level="warning",
+                                           access_log=False, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    end = time.monotonic() + wait_s
+    while not server.started and time.monotonic() < end:
+        time.sleep(0.01)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(wait_s)
+        if close_engine:
+            engine.close(timeout=wait_s)

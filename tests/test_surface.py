@@ -7,20 +7,17 @@ Client, the CLI's parser and the Ray job's option check. The checks themselves l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import inspect
 import json
 import math
-import threading
-import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
 
-from conftest import require
+from conftest import live_server
 
 from blender_fast import Ranker
 from blender_fast.blender import Blender
@@ -168,31 +165,6 @@ def test_one_number_rule():
 
 # -- the HTTP app on loopback ------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _live_app(engine, **app_kwargs):
-    require("fastapi")
-    require("uvicorn")
-    require("prometheus_client")
-    import uvicorn
-
-    from blender_fast.serve.app import create_app, listening_socket
-
-    sock = listening_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, **app_kwargs), log_level="warning", access_log=False,
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    end = time.monotonic() + 30
-    while not server.started and time.monotonic() < end:
-        time.sleep(0.01)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
 def _post(url, route, item) -> tuple[int, str]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     req = urllib.request.Request(f"{url}/v1/{route}", data=json.dumps(item).encode(), method="POST",
@@ -205,7 +177,7 @@ def _post(url, route, item) -> tuple[int, str]:
 
 
 def test_http_refuses_the_same_values_with_422(engine):
-    with _live_app(engine) as url:
+    with live_server(engine, close_engine=False) as url:
         for name, value, _ in SELECT_BAD:
             item = {"input": INPUTS[0], "candidates": CANDS[0], "strategy": "swiss", name: value}
             status, detail = _post(url, "select", item)
@@ -233,7 +205,7 @@ def test_http_fuse_refuses_the_same_values_with_422(engine):
         def fuse(self, *args, **kwargs):
             raise AssertionError("a bad request reached the fuser")
 
-    with _live_app(engine, fuser=NoFuser()) as url:
+    with live_server(engine, close_engine=False, fuser=NoFuser()) as url:
         for name, value, _ in SELECT_BAD:
             item = {"input": INPUTS[0], "candidates": CANDS[0], "strategy": "swiss", "top_k": 1, name: value}
             status, detail = _post(url, "fuse", item)

@@ -765,8 +765,7 @@ def model_names(served_model_names, info: Optional[dict]) -> tuple:
 
 def add_serve_parser(subparsers) -> None:
     """``blender-fast serve``: the CLI calls this from build_parser."""
-    from ..options import (BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_PRECISION, DEVICE_CHOICES, PRECISION_CHOICES,
-                           STRATEGIES, HelpFormatter, int_argument, number_argument)
+    from ..options import STRATEGIES, HelpFormatter, add_engine_options, int_argument, number_argument
     from .rerank import DEFAULT_RERANK_STRATEGY
 
     positive_int = int_argument(1)
@@ -781,13 +780,7 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
     p.add_argument("--port", type=int_argument(0, 65535), default=8000,
                    help="0 = any free port (the startup line says which)")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default=DEFAULT_BACKEND,
-                   help="runtime of the ranker graph (default auto: chosen with the precision)")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = cuda when available, else cpu")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, default=DEFAULT_PRECISION,
-                   help="numeric precision of the model; auto (default) = exact fp32, or the certified cascade "
-                        "where it pays on this CPU (as rank --precision auto)")
-    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads of the runtime")
+    add_engine_options(p)
     p.add_argument("--fuser", default=None, help="GenFuser checkpoint directory: enables POST /v1/fuse")
     p.add_argument("--max-batch-tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS,
                    help="real tokens one scheduler iteration runs (all its model calls together)")

@@ -3,7 +3,6 @@ disconnects, /metrics, and SIGTERM draining a real `blender-fast serve` process.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import require
+from conftest import live_server, require
 
 require("fastapi")
 require("uvicorn")
@@ -27,7 +26,6 @@ require("prometheus_client")
 from blender_fast import Client, Ranker
 from blender_fast.serve.client import ServerError  # noqa: E402
 from blender_fast.serve.engine import BatchingEngine  # noqa: E402
-from blender_fast.serve.app import create_app, listening_socket  # noqa: E402
 from test_engine import WAIT_S, gated_ranker  # noqa: E402
 
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -42,28 +40,6 @@ def ranker(tiny_checkpoint):
 def prompts(shared_records):
     return [(rec["instruction"][:300], [c["text"][:300] for c in rec["candidates"][:4 + i]])
             for i, rec in enumerate(shared_records[:6])]
-
-
-@contextlib.contextmanager
-def live_server(engine, **app_kwargs):
-    """The app on 127.0.0.1 with a port the OS picks, served by uvicorn in a thread."""
-    import uvicorn
-
-    app = create_app(engine, **app_kwargs)
-    sock = listening_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    end = time.monotonic() + WAIT_S
-    while not server.started and time.monotonic() < end:
-        time.sleep(0.01)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(WAIT_S)
-        engine.close(timeout=WAIT_S)
 
 
 def post(url, path, body: bytes | str, timeout=WAIT_S):
