@@ -7,7 +7,8 @@ For each shape (default xsmall and large, PairRM's size) it generates a random-w
 generator needs transformers<5: gpu_check.sh puts the carried wheels first on the path), then times,
 interleaved, full ranking of P prompts x N candidates and best-of-B (bubble) with: ours torch fp16, ours
 torch bf16, ours torch fp32, llm-blender fp16 at its default batch_size=8 (and batch_size=1 once, for
-parity). Parity: ours fp16 vs llm-blender fp16 (same GPU, same checkpoint): top-1 agreement, identical
+parity), then the certified cascade (torch fp16 for every pair, fp32 again, on ONNX Runtime's TensorRT/CUDA
+providers where present, for the pairs its measured bound cannot certify) against fp32 alone. Parity: ours fp16 vs llm-blender fp16 (same GPU, same checkpoint): top-1 agreement, identical
 rankings, max |score difference|. It passes when that difference is under 5% of the scores' std and every
 top-1 mismatch is a near-tie (the two candidates' scores differ by less than twice it). Writes OUT/gpu_check.md and OUT/gpu_check.json.
 
@@ -104,6 +105,81 @@ def check_shape(ckpt: Path, shape: str, args, prompts) -> dict:
     return out
 
 
+def exact_backend(device: str) -> str:
+    """The exact (fp32) model of the cascade: ONNX Runtime when it has a GPU provider (TensorRT first, as
+    runtime/sessions.choose_providers orders them), else torch."""
+    import onnxruntime as ort
+
+    gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers())
+    return "onnx" if device == "cpu" or gpu else "torch"
+
+
+def cascade_check(ckpt: Path, prompts, n: int, device: str, repeats: int) -> dict:
+    """The certified cascade on this device: a fast pass (torch fp16 on a GPU; torch bf16 in a CPU dry run)
+    for every pair, fp32 again for the pairs its measured bound cannot certify. Measures the bound on the
+    calibration rows (runtime/calibration.py), then times, interleaved, full ranking (ranks, which the
+    cascade certifies; scores come from fp32 anyway) and best-of-n bubble on: fp32 alone, the fast pass
+    alone, and the cascade; checks the cascade's ranks and picks equal fp32's and counts re-scored rows."""
+    import copy
+
+    from blender_fast import Ranker
+    from blender_fast.model.checkpoint import load_checkpoint
+    from blender_fast.runtime.calibration import measure_bound
+
+    from .common import candidates_for, log
+
+    fast_precision = "fp16" if device == "cuda" else "bf16"
+    exact = Ranker.from_pretrained(ckpt, backend=exact_backend(device), precision="fp32", device=device)
+    fast = Ranker.from_pretrained(ckpt, backend="torch", precision=fast_precision, device=device)
+    bound = measure_bound(fast.model, exact.model, exact.tokenizer, load_checkpoint(ckpt))
+    cascade = copy.copy(fast)
+    cascade.enable_cascade(exact.model, bound["eps"])
+    inputs = [p.instruction for p in prompts]
+    cands = [candidates_for(prompts, i, n) for i in range(len(prompts))]
+    rankers = {f"{exact.engine_info['backend']} fp32": exact, f"torch {fast_precision}": fast, "cascade": cascade}
+    tasks = {"rank": lambda r: r.rank(inputs, cands),
+             "best_of bubble": lambda r: r.select(inputs, cands, top_k=1, strategy="bubble")}
+    out = {"fast": f"torch {fast_precision}", "exact": f"{exact.engine_info['backend']} fp32",
+           "providers": getattr(exact.model, "providers", None), "bound": bound, "tasks": {}}
+    for task, fn in tasks.items():
+        walls = {name: [] for name in rankers}
+        results = {}
+        for _ in range(max(1, repeats)):
+            for name, r in rankers.items():
+                t0 = time.perf_counter()
+                results[name] = fn(r)
+                walls[name].append(time.perf_counter() - t0)
+        base = float(np.median(walls[out["exact"]]))
+        cell = {name: {"wall_s": float(np.median(w)), "speedup_vs_fp32": base / float(np.median(w))}
+                for name, w in walls.items()}
+        if task == "rank":
+            same = [np.array_equal(a, b) for a, b in zip(results["cascade"], results[out["exact"]])]
+            sels = cascade.select(inputs, cands, top_k=1, strategy="full")
+        else:
+            same = [a.top_k == b.top_k for a, b in zip(results["cascade"], results[out["exact"]])]
+            sels = results["cascade"]
+        rows = sum(s.forward_passes for s in sels)
+        cell["cascade"].update(equal_to_fp32_pct=100.0 * float(np.mean(same)),
+                               rescored_pct=100.0 * sum(s.rescored for s in sels) / max(rows, 1))
+        out["tasks"][task] = cell
+        log(f"gpu_check: cascade {task}: {cell}")
+    return out
+
+
+def cascade_table(shape: str, c: dict) -> list[str]:
+    b = c["bound"]
+    lines = [f"{shape}: certified cascade, fast {c['fast']}, exact {c['exact']} (providers {c['providers']}); "
+             f"fast-pass error vs fp32 on the calibration rows: median {b['median_err']:.2g}, p99 {b['p99_err']:.2g}, "
+             f"max {b['max_err']:.2g}; bound eps {b['eps']:.3g}", "",
+             "| shape | task | engine | wall s (median) | × fp32 | ranks/picks = fp32 | re-scored |", "|---|---|---|---|---|---|---|"]
+    for task, cells in c["tasks"].items():
+        for name, cell in cells.items():
+            eq = f"{cell['equal_to_fp32_pct']:.0f}%" if "equal_to_fp32_pct" in cell else "—"
+            rs = f"{cell['rescored_pct']:.1f}%" if "rescored_pct" in cell else "—"
+            lines.append(f"| {shape} | {task} | {name} | {cell['wall_s']:.3f} | {cell['speedup_vs_fp32']:.2f} | {eq} | {rs} |")
+    return lines + [""]
+
+
 def ref_scores_of(res: dict, device: str) -> tuple[np.ndarray, np.ndarray]:
     """(ours, llm-blender batch_size=1) full-ranking scores: ours in the reference's precision."""
     ours = plan_for(device)[0][0]
@@ -132,6 +208,8 @@ def table(results: dict) -> str:
                      f"identical ranks {p['identical_ranks_pct']:.1f}%, max |Δscore| {p['max_abs_score_diff']:.3g} "
                      f"(score std {p['score_spread']:.3g}) -> {'PASS' if p['pass'] else 'FAIL'}")
         lines.append("")
+        if "cascade" in sres:
+            lines += cascade_table(shape, sres["cascade"])
     return "\n".join(lines)
 
 
@@ -196,6 +274,8 @@ def main(argv=None) -> int:
         ours, ref = ref_scores_of(sres["rank"], args.device)
         sres["parity"] = parity(ours, ref)
         sres["reference_precision"] = sres["rank"]["settings"]["reference_precision"]
+        log(f"gpu_check: {shape} certified cascade")
+        sres["cascade"] = cascade_check(ckpt, prompts, args.candidates, args.device, args.repeats)
         results["shapes"][shape] = sres
         results["wall_s"] = time.perf_counter() - started
         write_text(out / "gpu_check.json", json.dumps(as_jsonable(results), indent=1))
@@ -205,7 +285,9 @@ def main(argv=None) -> int:
     write_text(out / "gpu_check.md", text + "\n")
     print(text)
     log(f"gpu_check: done in {time.perf_counter() - started:.0f} s")
-    return 0 if all(s["parity"]["pass"] for s in results["shapes"].values()) else 1
+    exact_cascade = all(c["equal_to_fp32_pct"] == 100.0 for s in results["shapes"].values()
+                        for c in (s["cascade"]["tasks"][t]["cascade"] for t in s["cascade"]["tasks"]))
+    return 0 if exact_cascade and all(s["parity"]["pass"] for s in results["shapes"].values()) else 1
 
 
 def run(argv=None) -> int:

@@ -165,6 +165,12 @@ def test_gpu_check_cpu_dry_run(request, tmp_path, one_torch_thread):
     rank = res["shapes"]["tiny"]["rank"]["tasks"]["rank"]
     assert {"blender-fast torch fp16", "blender-fast torch bf16", "llm-blender (batch_size=8)"} <= set(rank)
     assert "parity ours vs llm-blender, same precision (fp32)" in (tmp_path / "gpu_check.md").read_text()
+    cascade = res["shapes"]["tiny"]["cascade"]  # the certified cascade section (bf16 fast pass on the CPU)
+    assert (cascade["fast"], cascade["exact"]) == ("torch bf16", "onnx fp32")
+    for task in ("rank", "best_of bubble"):
+        cell = cascade["tasks"][task]["cascade"]
+        assert cell["equal_to_fp32_pct"] == 100.0 and 0.0 <= cell["rescored_pct"] <= 100.0
+    assert "certified cascade, fast torch bf16" in (tmp_path / "gpu_check.md").read_text()
 
 
 def test_openvino_backend_matches_onnx(tiny_checkpoint, tmp_path, one_torch_thread):
