@@ -281,7 +281,8 @@ class Blender:
         if all(len(c) == 1 for c in candidates):
             return [list(c) for c in candidates] if return_all else [c[0] for c in candidates]
         ranker = self._need_ranker()
-        if pairrm_cmp_type == "full":
+        # A pointwise reward model: llm-blender ranks it fully whatever pairrm_cmp_type says (n passes).
+        if pairrm_cmp_type == "full" or getattr(ranker, "pointwise", False):
             ranks = ranker.rank(inputs, candidates, instructions, progress=self._progress())
             ranks = [-np.asarray(r) for r in ranks] if worst else ranks
             ordered = topk_from_ranks(ranks, candidates, None if return_all else 1)
