@@ -27,7 +27,7 @@ from .model.pointwise import (MIN_POINTWISE_MAXLENGTH, PointwiseTokenizer, cache
                               load_pointwise_checkpoint, pad_batch)
 from .options import (BACKEND_CHOICES, COMPARE_MODES, DEVICE_CHOICES, POLICIES, PRECISION_CHOICES, check_choice,
                       check_count)
-from .ranker import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET, RunStats, check_pairs_ab, check_prompts
+from .ranker import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET, RunStats, check_pairs_ab, check_prompts, judge_plan
 from .selection.aggregate import ranks_from_scores, stack_if_equal, top_k_from_scores
 from .selection.steps import ModelOutputError, Selection, Step, run_steps, select_steps
 
@@ -294,6 +294,25 @@ class PointwiseRanker:
         for sel, n in zip(sels, ns):
             sel.forward_passes = n
         return sels
+
+    def judge(self, prompts, completions, shuffle_order: bool = True, return_scores: bool = False,
+              temperature: float = 1.0, *, seed=None, progress: bool | None = None) -> list:
+        """TRL's PairRMJudge.judge over this model, as TRL computes it from llm-blender's ``rank(...,
+        return_scores=True)``: per prompt the preferred index (ties: 0), or softmax(scores / temperature)[0].
+        A candidate's score does not depend on the order it is shown in, so shuffle_order changes nothing
+        (its coin flips are still drawn, as the Ranker draws them)."""
+        steps, sources, _ = judge_plan(prompts, completions, shuffle_order, return_scores, temperature, seed)
+        steps.close()
+        temperature = float(temperature)
+        if not sources:
+            return []
+        scores = np.stack(self.scores(sources, [list(c) for c in completions], progress=progress)).astype(np.float64)
+        if return_scores:
+            logits = scores / temperature
+            logits -= logits.max(axis=1, keepdims=True)
+            probs = np.exp(logits)
+            return [float(p) for p in probs[:, 0] / probs.sum(axis=1)]
+        return [int(r) for r in ranks_from_scores(scores)[:, 0] - 1]
 
 
 def is_pointwise(ranker) -> bool:

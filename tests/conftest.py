@@ -89,3 +89,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tmp_path_factory) -> Path:
+    """A random-weight pointwise reward model (tiny shape, OpenAssistant's layout), under a path that ends
+    with the repo id, as llm-blender needs to recognise it (its only rule)."""
+    require("torch")
+    from blender_fast.synthetic.reward_model import make_reward_model_checkpoint
+
+    root = tmp_path_factory.mktemp("rm")
+    return make_reward_model_checkpoint(root / "OpenAssistant" / "reward-model-deberta-v3-large-v2", shape="tiny", seed=0)

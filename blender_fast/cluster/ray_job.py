@@ -161,12 +161,18 @@ def prepare_model(model, backend: str = "onnx", precision: str = "fp32", cache_d
     if is_exported_dir(path):  # runs as exported (like the CLI): checked here once, before any actor starts
         verify_exported_dir(Path(path), read_export_meta(Path(path)))
         return path, None
-    ckpt = load_checkpoint(path)
+    from ..model.pointwise import cached_pointwise_export, is_pointwise_dir, load_pointwise_checkpoint
+
+    pointwise = is_pointwise_dir(path)  # a reward model: each actor's Ranker.from_pretrained loads it as such
+    ckpt = load_pointwise_checkpoint(path) if pointwise else load_checkpoint(path)
     if backend != "onnx":
         return path, None
     from ..model.export import cached_export
 
     cache = Path(cache_dir) if cache_dir else cache_root() / "onnx"
+    if pointwise:
+        cached_pointwise_export(ckpt, "fp32" if precision == "auto" else precision, cache)
+        return path, str(cache.resolve())
     if precision != "auto":  # "auto" is decided on each actor's node (its CPU); it exports what it picks
         cached_export(ckpt, precision, cache)
     return path, str(cache.resolve())

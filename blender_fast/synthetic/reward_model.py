@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import pathlib
 import tempfile
+import warnings
 
 from ..model import cache
 from ..model.pointwise import POINTWISE_REPO
@@ -39,7 +40,7 @@ def make_reward_model_checkpoint(out_dir: PathLike, shape: str = "tiny", seed: i
     if weights_format not in ("safetensors", "bin"):
         raise ValueError("weights_format must be 'safetensors' or 'bin'")
     torch = require("torch")
-    transformers = require("transformers")
+    require("transformers")
 
     out = pathlib.Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -57,9 +58,13 @@ def make_reward_model_checkpoint(out_dir: PathLike, shape: str = "tiny", seed: i
     cfg.architectures = [ARCHITECTURE]
     cfg.num_labels = 1  # id2label {0: "LABEL_0"}, as the real config.json
     cfg.pad_token_id = tok.pad_token_id
+    with warnings.catch_warnings():
+        # transformers' DeBERTa decorates helpers with torch.jit.script, deprecated at import by torch 2.x
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+        from transformers import DebertaV2ForSequenceClassification
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = transformers.DebertaV2ForSequenceClassification(cfg).eval()
+        model = DebertaV2ForSequenceClassification(cfg).eval()
     calib = _condition(model, tok)
     set_config_dtype(model.config, "float32")
 
