@@ -296,3 +296,17 @@ def test_ray_driver_prepares_it(tiny_reward_model, tmp_path):
     path, cache = prepare_model(str(tiny_reward_model), cache_dir=tmp_path)
     assert path == str(tiny_reward_model) and cache == str(tmp_path.resolve())
     assert any((d / "model.onnx").is_file() for d in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("verb", ["rank", "compare", "select", "judge", "from_pretrained"])
+def test_verbs_take_the_rankers_parameters(verb):
+    """Wherever a Ranker is taken (Blender, the CLI, the Ray job, the judge), a PointwiseRanker fits."""
+    import inspect
+
+    from blender_fast import Ranker
+    from blender_fast.pointwise import PointwiseRanker
+
+    def sig(fn):
+        return [(p.name, p.default, p.kind) for p in inspect.signature(fn).parameters.values()]
+
+    assert sig(getattr(PointwiseRanker, verb)) == sig(getattr(Ranker, verb))
