@@ -290,12 +290,21 @@ def test_server_engine_refuses_it_in_one_line(ours):
     assert "\n" not in str(e.value)
 
 
-def test_ray_driver_prepares_it(tiny_reward_model, tmp_path):
-    from blender_fast.cluster.ray_job import prepare_model
+def test_ray_driver_prepares_it_and_its_actor_ranks_it(tiny_reward_model, tmp_path, ours):
+    """prepare_model warms the reward model's export; the actor class (called in-process here, no Ray
+    cluster) loads it from that cache and writes the CLI's result columns."""
+    pa = require("pyarrow")
+    from blender_fast.cluster.jobs import RankOptions
+    from blender_fast.cluster.ray_job import RankerActor, prepare_model
 
     path, cache = prepare_model(str(tiny_reward_model), cache_dir=tmp_path)
     assert path == str(tiny_reward_model) and cache == str(tmp_path.resolve())
     assert any((d / "model.onnx").is_file() for d in tmp_path.iterdir())
+    actor = RankerActor(path, RankOptions(strategy="full"), {"device": "cpu", "cache_dir": cache})
+    table = pa.table({"input": INPUTS, "candidates": CANDIDATES})
+    got = actor(table).column("blender_fast").to_pylist()
+    want = ours.rank(INPUTS, CANDIDATES, return_scores=True)
+    np.testing.assert_allclose([r["scores"] for r in got], want, atol=1e-5)
 
 
 @pytest.mark.parametrize("verb", ["rank", "compare", "select", "judge", "from_pretrained"])
@@ -310,3 +319,13 @@ def test_verbs_take_the_rankers_parameters(verb):
         return [(p.name, p.default, p.kind) for p in inspect.signature(fn).parameters.values()]
 
     assert sig(getattr(PointwiseRanker, verb)) == sig(getattr(Ranker, verb))
+
+
+def test_cli_serve_refuses_it_in_one_line(tiny_reward_model, capsys):
+    require("fastapi")
+    require("uvicorn")
+    from blender_fast.cli import main
+
+    assert main(["serve", "--model", str(tiny_reward_model), "--port", "0", "--device", "cpu"]) != 0
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("blender-fast: error:")]
+    assert len(errors) == 1 and "not a pointwise reward model" in errors[0]
