@@ -329,3 +329,17 @@ def test_cli_serve_refuses_it_in_one_line(tiny_reward_model, capsys):
     assert main(["serve", "--model", str(tiny_reward_model), "--port", "0", "--device", "cpu"]) != 0
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("blender-fast: error:")]
     assert len(errors) == 1 and "not a pointwise reward model" in errors[0]
+
+
+def test_cli_make_checkpoint_writes_a_reward_model(tmp_path, capsys):
+    from blender_fast.cli import main
+    from blender_fast.model.pointwise import is_pointwise_dir, load_pointwise_checkpoint
+
+    out = tmp_path / "OpenAssistant" / "reward-model-deberta-v3-large-v2"
+    assert main(["make-checkpoint", str(out), "--kind", "reward-model", "--weights-format", "bin"]) == 0
+    assert "wrote reward-model checkpoint" in capsys.readouterr().out
+    assert is_pointwise_dir(out) and load_pointwise_checkpoint(out).weights_path.name == "pytorch_model.bin"
+    from blender_fast import Ranker
+
+    scores = Ranker.from_pretrained(str(out), backend="torch").rank(INPUTS[:2], CANDIDATES[:2], return_scores=True)
+    assert scores.shape == (2, 5) and np.isfinite(scores).all() and scores.std() > 0.1
