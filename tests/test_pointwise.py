@@ -233,6 +233,15 @@ def test_unsupported_engine_options_are_refused(tiny_reward_model):
     assert auto.describe()["precision"] == "fp32" and "PairRM checkpoints only" in auto.describe()["reason"]
 
 
+def test_fp16_export_stays_close(tiny_reward_model, ours):
+    from blender_fast import Ranker
+
+    half = Ranker.from_pretrained(str(tiny_reward_model), precision="fp16")
+    assert half.describe()["precision"] == "fp16"
+    full = ours.rank(INPUTS, CANDIDATES, return_scores=True)
+    assert np.abs(half.rank(INPUTS, CANDIDATES, return_scores=True) - full).max() < 0.05
+
+
 def test_recognised_by_config_not_only_by_name(tiny_reward_model, tmp_path, tiny_checkpoint):
     from blender_fast.model.checkpoint import CheckpointError, load_checkpoint
     from blender_fast.model.pointwise import is_pointwise_dir, load_pointwise_checkpoint
