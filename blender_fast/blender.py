@@ -154,7 +154,9 @@ class Blender:
 
     def loadranker(self, ranker_path: str, device: str = None, **kwargs):
         """Load a PairRM checkpoint: a Hugging Face Hub id (``llm-blender/PairRM``, ``org/name@rev``), a local
-        directory, or ``demo:SHAPE``. Hub options: cache_dir (the hub cache, as llm-blender's), revision,
+        directory, or ``demo:SHAPE``; or the pointwise reward model
+        ``OpenAssistant/reward-model-deberta-v3-large-v2`` (llm-blender's "deberta-rm": one score per
+        candidate, blender_fast.pointwise). Hub options: cache_dir (the hub cache, as llm-blender's), revision,
         token, local_files_only. Extra keywords: llm-blender RankerConfig fields
         (source_maxlength, candidate_maxlength, fp16, ...) and engine options (backend="onnx"|"torch",
         precision="fp32"|"fp16"|"int8", threads, token_budget, max_batch_size, batch_cost, onnx_cache_dir)."""
