@@ -25,11 +25,14 @@ DESCRIPTION = (
 
 
 def cmd_make_checkpoint(args) -> int:
-    from .synthetic import make_fuser_checkpoint, make_ranker_checkpoint
+    from .synthetic import make_fuser_checkpoint, make_ranker_checkpoint, make_reward_model_checkpoint
 
     t0 = time.perf_counter()
     if args.kind == "fuser":
         path = make_fuser_checkpoint(args.dir, shape=args.shape or "tiny", seed=args.seed)
+    elif args.kind == "reward-model":
+        path = make_reward_model_checkpoint(args.dir, shape=args.shape or "tiny", seed=args.seed,
+                                            weights_format=args.weights_format)
     else:
         path = make_ranker_checkpoint(args.dir, shape=args.shape or "tiny", seed=args.seed,
                                       layout=args.layout, weights_format=args.weights_format)
@@ -440,7 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-checkpoint", help="write a random-weight checkpoint with the real layout",
                        description="Write a random-weight checkpoint with the real file layout.", formatter_class=fmt)
     p.add_argument("dir", help="directory to write")
-    p.add_argument("--kind", choices=["ranker", "fuser"], default="ranker", help="PairRM ranker or GenFuser (T5)")
+    p.add_argument("--kind", choices=["ranker", "fuser", "reward-model"], default="ranker",
+                   help="PairRM ranker, GenFuser (T5), or a pointwise reward model in the layout of "
+                        "OpenAssistant/reward-model-deberta-v3-large-v2 (llm-blender recognises it only under a "
+                        "directory ending with that id)")
     p.add_argument("--shape", default=None, help="ranker: tiny|xsmall|base|large; fuser: tiny|small (default: tiny)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random weights")
     p.add_argument("--layout", choices=["llm-blender", "hf"], default="llm-blender", help="ranker file layout")

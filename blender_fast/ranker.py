@@ -60,8 +60,9 @@ def check_text(name: str, text: str) -> None:
                              "which is not valid Unicode text") from None
 
 
-def check_prompts(inputs, candidates, instructions=None) -> tuple[list[str], list[list[str]]]:
-    """Validate the user's lists once, naming the offending prompt; return sources and candidates."""
+def check_prompts(inputs, candidates, instructions=None, *, reserved=SPECIAL_TOKENS) -> tuple[list[str], list[list[str]]]:
+    """Validate the user's lists once, naming the offending prompt; return sources and candidates.
+    ``reserved``: markers no text may hold (PairRM's prefix tokens; none for a pointwise reward model)."""
     if isinstance(inputs, str) or not isinstance(inputs, Sequence):
         raise TypeError(f"inputs must be a list of strings, got {type(inputs).__name__}")
     if isinstance(candidates, str) or not isinstance(candidates, Sequence):
@@ -91,7 +92,7 @@ def check_prompts(inputs, candidates, instructions=None) -> tuple[list[str], lis
         source = inst + inp
         for name, text in [(f"inputs[{p}]", source)] + [(f"candidates[{p}][{c}]", t) for c, t in enumerate(cands)]:
             check_text(name, text)
-            for special in SPECIAL_TOKENS:
+            for special in reserved:
                 if special in text:
                     raise ValueError(
                         f"{name} contains the reserved marker {special!r}, which PairRM uses to find the "
@@ -232,6 +233,10 @@ class Ranker:
         tokenizers only: torch and transformers are never imported (the runtime install needs neither).
         Its precision is the exported one.
 
+        A pointwise reward model (``OpenAssistant/reward-model-deberta-v3-large-v2``: a
+        DebertaV2ForSequenceClassification with one label) loads as a ``pointwise.PointwiseRanker``, with the
+        same verbs and llm-blender's "deberta-rm" semantics.
+
         path may also be a Hugging Face Hub id (``llm-blender/PairRM``, ``org/name@revision``) or
         ``demo:SHAPE``: model/hub.py resolves it into the HF cache (``hub_cache_dir``, default HF_HUB_CACHE;
         ``revision`` pinning; ``token`` / HF_TOKEN; ``local_files_only`` / HF_HUB_OFFLINE=1) and reuses
@@ -246,6 +251,15 @@ class Ranker:
         device = resolve_device(check_choice("device", device, DEVICE_CHOICES), "torch" if backend == "torch" else "onnx")
         path = local_model(path, kind="ranker", revision=revision, cache_dir=hub_cache_dir, token=token,
                                     local_files_only=local_files_only)
+        from .model.pointwise import is_pointwise_dir
+
+        if is_pointwise_dir(path):  # a pointwise reward model (OpenAssistant's): its own small engine
+            from .pointwise import PointwiseRanker
+
+            return PointwiseRanker.from_pretrained(
+                path, backend=backend, device=device, precision=precision, threads=threads, cache_dir=cache_dir,
+                token_budget=token_budget, max_batch_size=max_batch_size, source_maxlength=source_maxlength,
+                candidate_maxlength=candidate_maxlength, progress=progress)
         exact_model = cascade = None
         if is_exported_dir(path):
             from .runtime.sessions import OnnxPairModel
@@ -453,13 +467,15 @@ class Ranker:
         return self.run(sources, shown, steps, desc="Judging", progress=progress)
 
 
-def check_pairs_ab(inputs, candidates_a, candidates_b, instructions=None) -> tuple[list[str], list[list[str]]]:
+def check_pairs_ab(inputs, candidates_a, candidates_b, instructions=None, *,
+                   reserved=SPECIAL_TOKENS) -> tuple[list[str], list[list[str]]]:
     """compare()'s input: one candidate A and one B per input; returns check_prompts' (sources, [[a, b]])."""
     if isinstance(candidates_a, str) or isinstance(candidates_b, str):
         raise TypeError("candidates_a and candidates_b must be lists of strings, one per input")
     if len(candidates_a) != len(candidates_b):
         raise ValueError(f"got {len(candidates_a)} candidates_a but {len(candidates_b)} candidates_b")
-    return check_prompts(inputs, [[a, b] for a, b in zip(candidates_a, candidates_b)], instructions)
+    return check_prompts(inputs, [[a, b] for a, b in zip(candidates_a, candidates_b)], instructions,
+                         reserved=reserved)
 
 
 def judge_rng(seed):

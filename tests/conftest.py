@@ -122,3 +122,14 @@ def live_server(engine, close_engine: bool = True, wait_s: float = 30.0, **app_k
         thread.join(wait_s)
         if close_engine:
             engine.close(timeout=wait_s)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tmp_path_factory) -> Path:
+    """A random-weight pointwise reward model (tiny shape, OpenAssistant's layout), under a path that ends
+    with the repo id, as llm-blender needs to recognise it (its only rule)."""
+    require("torch")
+    from blender_fast.synthetic.reward_model import make_reward_model_checkpoint
+
+    root = tmp_path_factory.mktemp("rm")
+    return make_reward_model_checkpoint(root / "OpenAssistant" / "reward-model-deberta-v3-large-v2", shape="tiny", seed=0)

@@ -162,7 +162,10 @@ def prepare_model(model, backend: str = DEFAULT_BACKEND, precision: str = DEFAUL
     if is_exported_dir(path):  # runs as exported (like the CLI): checked here once, before any actor starts
         verify_exported_dir(Path(path), read_export_meta(Path(path)))
         return path, None
-    ckpt = load_checkpoint(path)
+    from ..model.pointwise import cached_pointwise_export, is_pointwise_dir, load_pointwise_checkpoint
+
+    pointwise = is_pointwise_dir(path)  # a reward model: each actor's Ranker.from_pretrained loads it as such
+    ckpt = load_pointwise_checkpoint(path) if pointwise else load_checkpoint(path)
     if backend not in ("onnx", "auto"):
         return path, None
     from ..model.export import cached_export
@@ -170,7 +173,8 @@ def prepare_model(model, backend: str = DEFAULT_BACKEND, precision: str = DEFAUL
     cache = Path(cache_dir) if cache_dir else cache_root() / "onnx"
     # "auto" is decided on each actor's node (its CPU), but its exact model is always ONNX fp32 on a CPU:
     # export that once here; any fast variant an actor picks is built there.
-    cached_export(ckpt, "fp32" if precision == "auto" else precision, cache)
+    export = cached_pointwise_export if pointwise else cached_export
+    export(ckpt, "fp32" if precision == "auto" else precision, cache)
     return path, str(cache.resolve())
 
 

@@ -239,8 +239,9 @@ def load_checkpoint(path: str | os.PathLike) -> RankerCheckpoint:
     if any(a.endswith("ForSequenceClassification") for a in architectures if isinstance(a, str)):
         raise CheckpointError(
             f"{config_path}: a pointwise reward model ({', '.join(map(str, architectures))}, e.g. "
-            "OpenAssistant/reward-model-deberta-v3-large-v2) is not supported by blender-fast yet; it runs "
-            "PairRM-style pair rankers (llm-blender/PairRM, llm-blender/PairRM-hf)"
+            "OpenAssistant/reward-model-deberta-v3-large-v2), not a PairRM checkpoint: load it with "
+            "Ranker.from_pretrained / Blender.loadranker / blender-fast rank --model, which run it "
+            "(blender_fast.pointwise)"
         )
     if "DebertaV2PairRM" in architectures or config.get("model_type") == "deberta-v2":
         _check_backbone(config, config_path)
@@ -350,3 +351,9 @@ def llm_blender_model_name(path) -> str:
     return name
 
 
+
+
+# Public names of the readers above, for the pointwise reward model's loader (model/pointwise.py).
+read_json = _read_json
+weights_file = _weights_file
+check_backbone = _check_backbone

@@ -33,14 +33,14 @@ KINDS = ("ranker", "fuser", "backbone")
 # Seconds to wait for the hub's first answer: an unreachable hub fails (or falls back to the cache) fast.
 HUB_TIMEOUT = float(os.environ.get("BLENDER_FAST_HUB_TIMEOUT", "10"))
 
-# llm-blender's loadranker accepts these; blender-fast's engine runs DeBERTa-v3 rankers only.
+# llm-blender's loadranker accepts these too; blender-fast's engine runs DeBERTa-v3 models only (PairRM, and
+# the pointwise OpenAssistant/reward-model-deberta-v3-large-v2, llm-blender's "deberta-rm": model/pointwise.py).
 UNSUPPORTED = {
     "berkeley-nest/Starling-RM-7B-alpha": "a 7B Llama-2 reward model",
     "openbmb/UltraRM-13b": "a 13B Llama reward model",
-    # llm-blender's "deberta-rm": pointwise, one pass per candidate; not on this engine yet
-    "OpenAssistant/reward-model-deberta-v3-large-v2": "a pointwise DeBERTa-v3 reward model, not yet",
 }
-ALTERNATIVE = "llm-blender/PairRM (or llm-blender/PairRM-hf)"
+ALTERNATIVE = ("llm-blender/PairRM (or llm-blender/PairRM-hf), or the pointwise reward model "
+               "OpenAssistant/reward-model-deberta-v3-large-v2")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?$")
 
@@ -105,7 +105,8 @@ def check_supported(repo_id: str) -> None:
     for name, what in UNSUPPORTED.items():
         if repo_id.lower() == name.lower() or str(repo_id).rstrip("/").endswith(name):
             raise UnsupportedModel(
-                f"{name} is not supported by blender-fast ({what}; blender-fast runs DeBERTa-v3 pair rankers). "
+                f"{name} is not supported by blender-fast ({what}; blender-fast runs DeBERTa-v3 rankers and "
+                "reward models). "
                 f"Use {ALTERNATIVE}, or llm-blender itself for this model"
             )
 

@@ -864,21 +864,25 @@ def cmd_serve(args) -> int:
                          f"--rerank-strategy {args.rerank_strategy}")
     sock = listening_socket(args.host, args.port)  # first: a port in use is refused before the model loads
     t0 = time.perf_counter()
-    path = resolve_model(args.model)
-    device = resolve_device(args.device, "torch" if args.backend == "torch" else "onnx")
-    ranker = Ranker.from_pretrained(path, backend=args.backend, device=device, precision=args.precision,
-                                    threads=args.threads)
-    fuser = None
-    if args.fuser:
-        from ..fusion.fuser import Fuser
+    try:  # a model that fails to load (or that the engine refuses) leaves no socket open behind it
+        path = resolve_model(args.model)
+        device = resolve_device(args.device, "torch" if args.backend == "torch" else "onnx")
+        ranker = Ranker.from_pretrained(path, backend=args.backend, device=device, precision=args.precision,
+                                        threads=args.threads)
+        fuser = None
+        if args.fuser:
+            from ..fusion.fuser import Fuser
 
-        from ..synthetic.demo import announce_random_weights
+            from ..synthetic.demo import announce_random_weights
 
-        announce_random_weights(args.fuser, "fuser")
-        fuser = Fuser.from_pretrained(args.fuser, device=device)
-    engine = BatchingEngine(ranker, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
-                            max_queued_pairs=args.max_queued_pairs, max_rows_per_request=args.max_rows_per_request,
-                            cross_request=not args.no_cross_request_batching)
+            announce_random_weights(args.fuser, "fuser")
+            fuser = Fuser.from_pretrained(args.fuser, device=device)
+        engine = BatchingEngine(ranker, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
+                                max_queued_pairs=args.max_queued_pairs, max_rows_per_request=args.max_rows_per_request,
+                                cross_request=not args.no_cross_request_batching)
+    except BaseException:
+        sock.close()
+        raise
     # The precision that runs (the one "auto" chose; the requested one otherwise).
     info = {"model": str(path), "runtime": _runtime_name(ranker.model),
             "precision": ranker.engine_info.get("precision") or args.precision,

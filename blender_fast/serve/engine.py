@@ -192,6 +192,9 @@ class BatchingEngine:
                             ("max_rows_per_request", max_rows_per_request)):
             check_count(name, value)
         max_wait_ms = check_non_negative_number("max_wait_ms", max_wait_ms)
+        from ..pointwise import refuse_pointwise
+
+        refuse_pointwise(ranker, "the server's batching engine (blender-fast serve)")
         self.ranker = ranker
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000.0

@@ -7,7 +7,8 @@ meaningless; only shapes, file formats, tokenization and numerics are realistic.
 * ``tokenizer.py``: SentencePiece tokenizers trained locally on CPython's own documentation plus the
   word lists of ``words.txt`` (cached in ``cache.cache_root() / "spm"``);
 * ``ranker.py``: PairRM checkpoints, built from the engine's own ``export.pairrm_module``;
-* ``fuser.py``: Flan-T5-style fuser checkpoints.
+* ``fuser.py``: Flan-T5-style fuser checkpoints;
+* ``reward_model.py``: pointwise reward models in OpenAssistant/reward-model-deberta-v3-large-v2's layout.
 
 Public API::
 
@@ -15,6 +16,7 @@ Public API::
                            layout="llm-blender", source_maxlength=1224, candidate_maxlength=412,
                            backbone_weights=True) -> pathlib.Path
     make_fuser_checkpoint(out_dir, shape="tiny", seed=0) -> pathlib.Path
+    make_reward_model_checkpoint(out_dir, shape="tiny", seed=0, *, weights_format="safetensors") -> pathlib.Path
     ranker_backbone_config(shape, vocab_size) -> transformers.DebertaV2Config
 
 ``cache.demo_checkpoint(shape)`` makes one once in the user cache. Importing this package imports
@@ -27,11 +29,13 @@ from .common import CALIBRATION_EXAMPLES, GENERATOR
 from .fuser import FUSER_SHAPES, fuser_config, make_fuser_checkpoint
 from .ranker import (PAIRRM_EMBEDDING_ROWS, PAIRRM_LARGE_BACKBONE, RANKER_SHAPES, make_ranker_checkpoint,
                      ranker_backbone_config)
+from .reward_model import make_reward_model_checkpoint
 from .tokenizer import DEBERTA_V3_SPM_PIECES, english_spm_model
 
 __all__ = [
     "make_ranker_checkpoint",
     "make_fuser_checkpoint",
+    "make_reward_model_checkpoint",
     "ranker_backbone_config",
     "fuser_config",
     "PAIRRM_LARGE_BACKBONE",

@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PAIRRM = "llm-blender/PairRM"
 BACKBONE = "microsoft/deberta-v3-large"
 FUSER = "llm-blender/gen_fuser_3b"
+REWARD_MODEL = "OpenAssistant/reward-model-deberta-v3-large-v2"
 SOURCES = ["What is the capital of France?", "Name a prime number."]
 CANDIDATES = [["Paris.", "London is the capital.", "It is Paris, a city in France."],
               ["Seven.", "Nine is prime.", "Two is the smallest prime."]]
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def hub_repos(tiny_checkpoint, tmp_path_factory):
+def hub_repos(tiny_checkpoint, tiny_reward_model, tmp_path_factory):
     """PairRM look-alike naming its backbone by hub id; the backbone as its own repo (config, tokenizer
     and weights that must never be fetched); the fuser; a gated repo; a repo without weights."""
     work = tmp_path_factory.mktemp("hubrepos")
@@ -40,7 +41,10 @@ def hub_repos(tiny_checkpoint, tmp_path_factory):
                                   "training_args.bin": work / "training_args.bin"})
     repos = {PAIRRM: pairrm, BACKBONE: repo_from_dir(tiny_checkpoint / "backbone"),
              "org/gated": repo_from_dir(tiny_checkpoint, gated=True),
-             "org/no-weights": repo_from_dir(tiny_checkpoint, exclude=("model.safetensors",))}
+             "org/no-weights": repo_from_dir(tiny_checkpoint, exclude=("model.safetensors",)),
+             # OpenAssistant's pointwise reward model, with a pickle beside it that must never be fetched
+             REWARD_MODEL: repo_from_dir(tiny_reward_model, exclude=("blender_fast.json",),
+                                         extra={"training_args.bin": work / "training_args.bin"})}
     try:  # the generator needs transformers 4; under 5 (CI's second run) the fuser case is skipped
         from blender_fast.synthetic import make_fuser_checkpoint
 
@@ -185,7 +189,7 @@ CLI_RANK = ("import sys; from blender_fast.cli import main; "
     (PAIRRM, {"HF_ENDPOINT": "http://127.0.0.1:9"}, "not in the cache"),
     ("berkeley-nest/Starling-RM-7B-alpha", {}, "not supported by blender-fast"),
     ("openbmb/UltraRM-13b", {}, "llm-blender/PairRM"),
-    ("OpenAssistant/reward-model-deberta-v3-large-v2", {}, "not supported by blender-fast"),
+    ("openbmb/UltraRM-13b", {}, REWARD_MODEL),  # the alternatives named: PairRM and the pointwise model
 ])
 def test_cli_errors_are_one_line(hub, tmp_path, model, env_extra, expect):
     env = hub_env(hub, tmp_path / "hf", **env_extra)
@@ -316,3 +320,58 @@ def test_serve_with_hub_id(hub, tmp_path):
             proc.wait(10)
         proc.stderr.close()
     assert hub.count(r"^/microsoft/deberta-v3-large/resolve/.*model\.safetensors$") == 0
+
+
+def test_reward_model_id_loads_its_files_only_then_offline(hub, tmp_path, tiny_reward_model):
+    """OpenAssistant's pointwise reward model by hub id: config, weights and tokenizer files, never the
+    pickle; the same scores as the local directory; then offline, no request and no torch."""
+    env = hub_env(hub, tmp_path / "hf")
+    r = run(RANK.format(model=REWARD_MODEL), env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    scores = scores_of(r)
+    assert scores == pytest.approx(local_scores(tiny_reward_model), abs=1e-4)
+    assert hub.count(r"training_args\.bin") == 0
+    assert hub.count(r"^/OpenAssistant/reward-model-deberta-v3-large-v2/resolve/.*/model\.safetensors$") >= 1
+    snap = list((tmp_path / "hf" / "hub").glob("models--OpenAssistant--reward-model-deberta-v3-large-v2/snapshots/*"))
+    assert len(snap) == 1
+    assert {"config.json", "model.safetensors", "spm.model", "tokenizer.json", "added_tokens.json"} <= \
+        {p.name for p in snap[0].iterdir()}
+    assert not (snap[0] / "training_args.bin").exists()
+    hub.reset()
+    r = run(RANK.format(model=REWARD_MODEL) + "import sys; print('torch' in sys.modules, file=sys.stderr)",
+            {**env, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert hub.requests == []
+    assert scores_of(r) == scores
+    assert r.stderr.strip().splitlines()[-1] == "False", "a warm ONNX start must not import torch"
+
+
+REFERENCE_REWARD_RANK = f"""
+import json
+import torch
+torch.set_num_threads(1)
+import llm_blender
+ref = llm_blender.Blender(llm_blender.BlenderConfig(device="cpu", use_tqdm=False))
+ref.loadranker({REWARD_MODEL!r}, device="cpu")
+assert ref.ranker_config.ranker_type == "deberta-rm", ref.ranker_config
+print(json.dumps(ref.rank({SOURCES!r}, {CANDIDATES!r}, return_scores=True, disable_tqdm=True).tolist()))
+"""
+
+
+@pytest.mark.reference
+def test_reward_model_parity_with_llm_blender_loading_the_same_id(hub, tmp_path):
+    from conftest import require
+
+    if os.environ.get("BLENDER_FAST_EXPECT_TRANSFORMERS") == "5":
+        pytest.skip("llm-blender 0.0.2 needs transformers 4 (CI's first run covers this)")
+    require("llm_blender")
+    ref_home = tmp_path / "ref"
+    r = run(REFERENCE_REWARD_RANK, hub_env(hub, ref_home))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref = scores_of(r)
+    assert (ref_home / "hub" / REWARD_MODEL / "config.json").is_file()  # llm-blender's own plain folder
+    hub.reset()  # ours, pointed at llm-blender's download: reused, no request, same scores
+    r = run(RANK.format(model=REWARD_MODEL), hub_env(hub, ref_home))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert hub.requests == []
+    assert scores_of(r) == pytest.approx(ref, abs=1e-4)
