@@ -14,8 +14,9 @@ from typing import List
 
 import numpy as np
 
-from .options import DEFAULT_BACKEND, DEFAULT_PRECISION, STRATEGIES, check_budget, check_seed, check_top_k, positive_int
-from .ranker import DEFAULT_MAX_BATCH, Ranker, check_prompts, check_text
+from .options import DEFAULT_BACKEND, DEFAULT_MAX_BATCH, DEFAULT_PRECISION, STRATEGIES, check_budget, check_seed, check_top_k, positive_int
+from .inputs import check_prompts, check_text
+from .ranker import Ranker
 from .runtime.sessions import resolve_device
 from .selection.aggregate import top_k_from_scores
 from .selection.budgets import BUDGETED

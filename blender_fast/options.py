@@ -38,6 +38,15 @@ BACKENDS = ("onnx", "torch", "openvino")
 BACKEND_CHOICES = BACKENDS + ("auto",)  # "auto": chosen with the precision (autoselect.py)
 DEFAULT_BACKEND = "auto"
 
+# -- batching: how the ranker cuts its rows into model calls -------------------------------------------
+# Tokens per batch (rows x longest row). On a CPU bigger batches buy nothing once a batch holds a few
+# sequences (each is already hundreds of GEMM rows) and cost cache misses in the T x T attention maps.
+DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 32768}
+DEFAULT_MAX_BATCH = 64
+# The fixed cost of one model call, in tokens, for the batch planner: on a CPU a padded token costs as
+# much as a real one and a call ~1 ms (about one token of xsmall); on a GPU calls dominate.
+DEFAULT_BATCH_COST = {"cpu": 16, "cuda": 4096}
+
 
 # -- numbers: one rule for every count, budget and seed ---------------------------------------------
 #

@@ -17,7 +17,6 @@ export is cached like PairRM's) and torch, its plain twin.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -25,63 +24,16 @@ import numpy as np
 
 from .model.pointwise import (MIN_POINTWISE_MAXLENGTH, PointwiseTokenizer, cached_pointwise_export,
                               load_pointwise_checkpoint, pad_batch)
-from .options import (BACKEND_CHOICES, COMPARE_MODES, DEFAULT_BACKEND, DEFAULT_PRECISION, DEVICE_CHOICES, POLICIES,
-                      PRECISION_CHOICES, backend_for, check_choice, check_count)
-from .ranker import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET, RunStats, check_pairs_ab, check_prompts, judge_plan
+from .options import (BACKEND_CHOICES, COMPARE_MODES, DEFAULT_BACKEND, DEFAULT_MAX_BATCH, DEFAULT_PRECISION,
+                      DEFAULT_TOKEN_BUDGET, DEVICE_CHOICES, POLICIES, PRECISION_CHOICES, backend_for, check_choice,
+                      check_count)
+from .inputs import check_pairs_ab, check_prompts, judge_plan
 from .selection.aggregate import ranks_from_scores, stack_if_equal, top_k_from_scores
-from .selection.steps import ModelOutputError, Selection, Step, run_steps, select_steps
+from .runtime.sessions import OnnxScoreModel, TorchScoreModel
+from .selection.steps import ModelOutputError, RunStats, Selection, Step, run_steps, select_steps
 
 # The precisions each backend runs a reward model in.
 POINTWISE_PRECISIONS = {"onnx": ("fp32", "fp16"), "torch": ("fp32", "fp16", "bf16")}
-
-
-class OnnxScoreModel:
-    """An ONNX Runtime session over an exported reward model: (ids, mask, token types) -> float32 scores."""
-
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None):
-        import onnxruntime as ort
-
-        from .runtime.sessions import choose_providers
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        self.providers = choose_providers(device, ort.get_available_providers())
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
-        except Exception as e:  # ORT's many failure types: one line naming the file
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"{path}: not a usable ONNX model, damaged or foreign ({type(e).__name__}: "
-                             f"{reason[:300]})") from None
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        self.device = device
-
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        return self.session.run(["scores"], {k: feeds[k] for k in self.inputs})[0].astype(np.float32, copy=False)
-
-
-class TorchScoreModel:
-    """The same scores in torch eager (fp32; fp16 halves everything, as llm-blender on a GPU; bf16)."""
-
-    def __init__(self, module, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
-        import torch
-
-        if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' but torch sees no CUDA device")
-        if threads:
-            torch.set_num_threads(int(threads))
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        self.torch, self.device = torch, device
-        self.module = module.to(device=device, dtype=dtype).eval()
-
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        with torch.inference_mode():
-            out = self.module(*(torch.from_numpy(a).to(self.device) for a in (input_ids, attention_mask, token_type_ids)))
-        return out.float().cpu().numpy()
 
 
 class PointwiseRanker:

@@ -291,7 +291,7 @@ def test_select_sync_takes_a_budget_like_the_ranker(ranker, engine):
 
 def test_judge_flips_the_same_pairs_in_process_and_in_the_engine(ranker, engine, monkeypatch):
     import blender_fast.serve.engine as engine_module
-    from blender_fast.ranker import judge_plan
+    from blender_fast.inputs import judge_plan
 
     prompts = [f"q{i}" for i in range(16)]
     pairs = [[f"a{i}", f"b{i}"] for i in range(16)]
@@ -320,7 +320,7 @@ def test_engine_runs_each_step_on_the_model_it_names(ranker):
     several such requests in flight) and the Ranker both run each step on the model it names."""
     import concurrent.futures
 
-    from blender_fast.ranker import check_prompts
+    from blender_fast.inputs import check_prompts
     from blender_fast.selection.steps import Step
 
     calls = []

@@ -71,7 +71,7 @@ def _where(prompt: Prompt, index: int) -> str:
 
 def check_job(prompts: list[Prompt], options: RankOptions) -> None:
     """Per-prompt checks before any model call, each error naming where the prompt came from."""
-    from ..ranker import check_prompts
+    from ..inputs import check_prompts
 
     for p, prompt in enumerate(prompts):
         if options.top_k > len(prompt.candidates):

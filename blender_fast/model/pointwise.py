@@ -372,7 +372,7 @@ def export_pointwise_onnx(ckpt: PointwiseCheckpoint, out_dir: Path, precision: s
         torch.onnx.export(export_model, tuple(inputs), str(out_dir / "model.onnx"), input_names=names,
                           output_names=["scores"], dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
     tok.save(out_dir)
-    from ..pointwise import OnnxScoreModel
+    from ..runtime.sessions import OnnxScoreModel
 
     got = OnnxScoreModel(out_dir / "model.onnx", device="cpu")(ids, mask, types)
     diff = float(np.max(np.abs(got - reference)))

@@ -200,3 +200,52 @@ class TorchPairModel:
                 torch.from_numpy(positions).to(self.device, non_blocking=True),
             )
         return out.float().cpu().numpy()
+
+
+# -- pointwise reward models (pointwise.py): one score per (source, candidate) sequence -------------------
+
+class OnnxScoreModel:
+    """An ONNX Runtime session over an exported reward model: (ids, mask, token types) -> float32 scores."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        self.providers = choose_providers(device, ort.get_available_providers())
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
+        except Exception as e:  # ORT's many failure types: one line naming the file
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{path}: not a usable ONNX model, damaged or foreign ({type(e).__name__}: "
+                             f"{reason[:300]})") from None
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.device = device
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return self.session.run(["scores"], {k: feeds[k] for k in self.inputs})[0].astype(np.float32, copy=False)
+
+
+class TorchScoreModel:
+    """The same scores in torch eager (fp32; fp16 halves everything, as llm-blender on a GPU; bf16)."""
+
+    def __init__(self, module, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
+        import torch
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' but torch sees no CUDA device")
+        if threads:
+            torch.set_num_threads(int(threads))
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self.torch, self.device = torch, device
+        self.module = module.to(device=device, dtype=dtype).eval()
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.module(*(torch.from_numpy(a).to(self.device) for a in (input_ids, attention_mask, token_type_ids)))
+        return out.float().cpu().numpy()

@@ -223,3 +223,22 @@ def select_steps(n_candidates: Sequence[int], top_k: int, strategy: str, *, orde
     selector = _core.Selector(np.asarray(ns, dtype=np.int64), top_k, strategy,
                               starting_orders(ns, seed, initial_orders), budgets)
     return selector_steps(ns, selector, orders, worst)
+
+
+@dataclass
+class RunStats:
+    """Where the time of the last call went, and how much of its batches was padding."""
+
+    pairs: int = 0
+    batches: int = 0
+    tokens: int = 0  # real tokens run through the model
+    pad_tokens: int = 0
+    tokenize_s: float = 0.0
+    pack_s: float = 0.0
+    model_s: float = 0.0
+    steps: int = 0
+
+    @property
+    def pad_fraction(self) -> float:
+        total = self.tokens + self.pad_tokens
+        return self.pad_tokens / total if total else 0.0

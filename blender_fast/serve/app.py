@@ -356,7 +356,7 @@ def truncation(item: dict) -> dict:
 
 
 def _validate_prompts(inputs, candidates, instructions):
-    from ..ranker import check_prompts
+    from ..inputs import check_prompts
 
     check_prompts(inputs, candidates, instructions)
 

@@ -34,7 +34,8 @@ import numpy as np
 from .. import _core
 from ..model.tokenization import EncodedPrompts
 from ..options import STRATEGIES, check_choice, check_count, check_non_negative_number, check_top_k
-from ..ranker import Ranker, check_pairs_ab, check_prompts, judge_plan
+from ..inputs import check_pairs_ab, check_prompts, judge_plan
+from ..ranker import Ranker
 from ..selection.budgets import comparison_budgets, passes_per_comparison
 from ..selection.steps import DEFAULT_MODEL, Selection, Step, Steps, select_steps
 from ..selection.cascade import verb_mode
