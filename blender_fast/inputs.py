@@ -65,7 +65,7 @@ def check_prompts(inputs, candidates, instructions=None, *, reserved=SPECIAL_TOK
     return sources, cand_lists
 
 
-def check_pairs(prompts, completions) -> tuple[list[str], list[list[str]]]:
+def check_pairs(prompts, completions, *, reserved=SPECIAL_TOKENS) -> tuple[list[str], list[list[str]]]:
     """The judge's input: one [completion_0, completion_1] pair per prompt, named by index when wrong;
     returns (prompts, pairs) as check_prompts does."""
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
@@ -85,7 +85,7 @@ def check_pairs(prompts, completions) -> tuple[list[str], list[list[str]]]:
         for k, c in enumerate(pair):
             if not isinstance(c, str):
                 raise TypeError(f"completions[{i}][{k}] must be a string, got {type(c).__name__}")
-    return check_prompts(prompts, completions)
+    return check_prompts(prompts, completions, reserved=reserved)
 
 
 def check_pairs_ab(inputs, candidates_a, candidates_b, instructions=None, *,
@@ -107,11 +107,11 @@ def judge_rng(seed):
     return np.random.default_rng(check_optional_seed(seed))
 
 
-def judge_plan(prompts, completions, shuffle_order, return_scores, temperature, seed):
+def judge_plan(prompts, completions, shuffle_order, return_scores, temperature, seed, *, reserved=SPECIAL_TOKENS):
     """Everything a judge call decides before the model runs, the same for every driver: checks, coin
     flips (coin_flips on judge_rng(seed)), the pairs as shown (flipped ones as [c1, c0], as TRL) and the
     step generator. Returns (steps, sources, shown)."""
-    sources, pairs = check_pairs(prompts, completions)
+    sources, pairs = check_pairs(prompts, completions, reserved=reserved)
     steps_flips = np.zeros(len(pairs), dtype=bool)
     if shuffle_order and pairs:
         steps_flips = coin_flips(judge_rng(seed), len(pairs))

@@ -254,7 +254,8 @@ class PointwiseRanker:
         return_scores=True)``: per prompt the preferred index (ties: 0), or softmax(scores / temperature)[0].
         A candidate's score does not depend on the order it is shown in, so shuffle_order changes nothing
         (its coin flips are still drawn, as the Ranker draws them)."""
-        steps, sources, _ = judge_plan(prompts, completions, shuffle_order, return_scores, temperature, seed)
+        steps, sources, _ = judge_plan(prompts, completions, shuffle_order, return_scores, temperature, seed,
+                                       reserved=())  # PairRM's markers mean nothing to this model
         steps.close()
         temperature = float(temperature)
         if not sources:

@@ -195,6 +195,8 @@ def test_judge_prefers_the_higher_score(ours):
     assert judge.judge(INPUTS, pairs) == [0 if s[0] >= s[1] else 1 for s in scores]
     probs = judge.judge(INPUTS, pairs, return_scores=True)
     np.testing.assert_allclose(probs, 1 / (1 + np.exp(scores[:, 1] - scores[:, 0])), atol=1e-6)
+    # PairRM's markers mean nothing to this model: the judge takes them, as rank and compare do
+    assert judge.judge(["<|source|> x"], [["<|candidate1|>", "b"]]) in ([0], [1])
 
 
 def test_ragged_prompts_give_lists(ours):
