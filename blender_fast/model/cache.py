@@ -130,6 +130,13 @@ def weights_fingerprint(path: Path) -> str:
     ctime (which no user call can set back) and, almost always, a new sample, so it never inherits the
     old file's hash, nor its cached ONNX export."""
     path = Path(path)
+    if path.name.endswith(".index.json"):  # sharded: the index and every shard it names, in order
+        from .checkpoint import shard_files
+
+        h = hashlib.sha256(file_sha256(path).encode())
+        for shard in shard_files(path):
+            h.update(f"{shard.name}:{weights_fingerprint(shard)}".encode())
+        return h.hexdigest()
     from .hub import blob_sha256
 
     named = blob_sha256(path)

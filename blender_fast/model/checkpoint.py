@@ -73,6 +73,9 @@ PAIRRM_SOURCE_MAXLENGTH = 1224
 PAIRRM_CANDIDATE_MAXLENGTH = 412
 
 WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")  # llm-blender's order of preference
+# Sharded weights (transformers' save_pretrained above max_shard_size): an index naming the shards.
+# llm-blender reads single files only; a PairRM-hf checkpoint saved in shards loads here as one.
+SHARD_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "spm.model")
 SPECIAL_TOKENS = ("<|source|>", "<|candidate1|>", "<|candidate2|>", "<|candidate|>")
 # Every source and candidate piece is [CLS] <prefix> ... [SEP]: a truncation length below this cannot
@@ -96,7 +99,7 @@ class RankerCheckpoint:
     ranker_config: dict = field(default_factory=dict)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -129,13 +132,50 @@ def has_tokenizer_files(directory: Path) -> bool:
     return any((directory / name).is_file() for name in TOKENIZER_FILES)
 
 
-def _weights_file(directory: Path) -> Path:
+def weights_file(directory: Path) -> Path:
+    """The weights: a single file (llm-blender's order), else a sharded index whose shards are all here."""
     for name in WEIGHT_FILES:
         if (directory / name).is_file():
             return directory / name
+    for name in SHARD_INDEX_FILES:
+        if (directory / name).is_file():
+            shard_files(directory / name)  # every shard it names is here, or a clear error now
+            return directory / name
     raise CheckpointError(
-        f"{directory}: no weights file: expected one of {', '.join(WEIGHT_FILES)}"
+        f"{directory}: no weights file: expected one of {', '.join(WEIGHT_FILES + SHARD_INDEX_FILES)}"
     )
+
+
+def shard_files(path: Path) -> list[Path]:
+    """The files that hold the weights: ``[path]`` for a single file; for a sharded index the shards it
+    names, in order, each checked to be present beside it."""
+    path = Path(path)
+    if not path.name.endswith(".index.json"):
+        return [path]
+    index = read_json(path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{path}: not a shard index (no 'weight_map' of tensor name -> shard file)")
+    names = list(dict.fromkeys(weight_map.values()))
+    bad = [n for n in names if Path(n).name != n]
+    if bad:
+        raise CheckpointError(f"{path}: shard names must be plain file names beside the index, got {bad[:3]}")
+    missing = [n for n in names if not (path.parent / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: shard(s) {missing[:5]} named by the index are missing in {path.parent}")
+    return [path.parent / n for n in names]
+
+
+def weights_shapes(path: Path) -> dict | None:
+    """{tensor name: shape} from safetensors headers (one file or every shard), without torch; None for
+    pickled (.bin) weights, whose shapes need torch to read."""
+    files = shard_files(path)
+    if any(f.suffix != ".safetensors" for f in files):
+        return None
+    shapes = {}
+    for f in files:
+        shapes.update(safetensors_shapes(f))
+    return shapes
 
 
 def _resolve_backbone(ckpt_dir: Path, model_name: str, config_path: Path) -> tuple[dict, Path | None]:
@@ -150,7 +190,7 @@ def _resolve_backbone(ckpt_dir: Path, model_name: str, config_path: Path) -> tup
     candidates = list(dict.fromkeys(candidates))
     for directory in candidates:
         if (directory / "config.json").is_file():
-            backbone = _read_json(directory / "config.json")
+            backbone = read_json(directory / "config.json")
             tok_dir = directory if has_tokenizer_files(directory) else None
             if tok_dir is None and has_tokenizer_files(ckpt_dir):
                 tok_dir = ckpt_dir
@@ -167,7 +207,7 @@ def _resolve_backbone(ckpt_dir: Path, model_name: str, config_path: Path) -> tup
                 raise type(e)(f"{config_path}: model_name {model_name!r} (the backbone, not a local directory "
                               f"with a config.json): {e}") from None
         else:
-            backbone = _read_json(directory / "config.json")
+            backbone = read_json(directory / "config.json")
             tok_dir = directory if has_tokenizer_files(directory) else None
             if tok_dir is None and has_tokenizer_files(ckpt_dir):
                 tok_dir = ckpt_dir
@@ -181,7 +221,7 @@ def _resolve_backbone(ckpt_dir: Path, model_name: str, config_path: Path) -> tup
     )
 
 
-def _check_backbone(backbone: dict, source: Path) -> None:
+def check_backbone(backbone: dict, source: Path) -> None:
     model_type = str(backbone.get("model_type", ""))
     if model_type not in ("deberta-v2", "deberta"):
         raise CheckpointError(
@@ -200,8 +240,8 @@ def load_checkpoint(path: str | os.PathLike) -> RankerCheckpoint:
         raise CheckpointError(f"{ckpt_dir}: expected a checkpoint directory, got a file")
     ckpt_dir = ckpt_dir.resolve()
     config_path = ckpt_dir / "config.json"
-    config = _read_json(config_path)
-    weights = _weights_file(ckpt_dir)
+    config = read_json(config_path)
+    weights = weights_file(ckpt_dir)
 
     if "ranker_type" in config:
         ranker_type = config.get("ranker_type")
@@ -219,7 +259,7 @@ def load_checkpoint(path: str | os.PathLike) -> RankerCheckpoint:
         if not isinstance(model_name, str) or not model_name:
             raise CheckpointError(f"{config_path}: 'model_name' (the backbone) is missing")
         backbone, tok_dir = _resolve_backbone(ckpt_dir, model_name, config_path)
-        _check_backbone(backbone, config_path)
+        check_backbone(backbone, config_path)
         ckpt = RankerCheckpoint(
             path=ckpt_dir,
             layout="llm-blender",
@@ -244,7 +284,7 @@ def load_checkpoint(path: str | os.PathLike) -> RankerCheckpoint:
             "(blender_fast.pointwise)"
         )
     if "DebertaV2PairRM" in architectures or config.get("model_type") == "deberta-v2":
-        _check_backbone(config, config_path)
+        check_backbone(config, config_path)
         if not has_tokenizer_files(ckpt_dir):
             raise CheckpointError(
                 f"{ckpt_dir}: no tokenizer files: expected one of {', '.join(TOKENIZER_FILES)}"
@@ -275,10 +315,11 @@ def _check_loaded(ckpt: RankerCheckpoint) -> None:
     """What can be checked without torch: tokenizer files parse, the weights' shapes fit the config."""
     if ckpt.tokenizer_dir is not None:
         check_tokenizer_files(ckpt.tokenizer_dir)
-    if ckpt.weights_path.suffix == ".safetensors":
+    shapes = weights_shapes(ckpt.weights_path)
+    if shapes is not None:
         # n_tasks only: the hidden size is checked when the weights are read (export.load_state_dict), so
         # metadata-only uses (fingerprints, a known backbone's config) never need the tensors to match
-        check_weight_shapes(ckpt, safetensors_shapes(ckpt.weights_path), hidden_size=False)
+        check_weight_shapes(ckpt, shapes, hidden_size=False)
 
 
 def check_tokenizer_files(directory: Path) -> None:
@@ -286,7 +327,7 @@ def check_tokenizer_files(directory: Path) -> None:
     for name in TOKENIZER_JSON_FILES:
         p = directory / name
         if p.is_file():
-            _read_json(p)
+            read_json(p)
     for p in directory.glob("*.model"):
         if p.is_file() and p.stat().st_size == 0:
             raise CheckpointError(f"{p}: empty SentencePiece model file")
@@ -345,15 +386,7 @@ def llm_blender_model_name(path) -> str:
     names its backbone relative to itself (generated checkpoints write ``backbone``): llm-blender
     resolves model_name against the working directory, blender-fast against the checkpoint."""
     ckpt_dir = Path(path).expanduser().resolve()
-    name = _read_json(ckpt_dir / "config.json").get("model_name")
+    name = read_json(ckpt_dir / "config.json").get("model_name")
     if isinstance(name, str) and name and not Path(name).is_absolute() and (ckpt_dir / name).is_dir():
         return str(ckpt_dir / name)
     return name
-
-
-
-
-# Public names of the readers above, for the pointwise reward model's loader (model/pointwise.py).
-read_json = _read_json
-weights_file = _weights_file
-check_backbone = _check_backbone

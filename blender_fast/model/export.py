@@ -19,7 +19,8 @@ import numpy as np
 from . import cache
 from .attention import UnsupportedAttention, use_export_attention
 from .cache import checkpoint_fingerprint
-from .checkpoint import CheckpointError, RankerCheckpoint, check_weight_shapes, has_random_weights, load_checkpoint
+from .checkpoint import (CheckpointError, RankerCheckpoint, check_weight_shapes, has_random_weights, load_checkpoint,
+                         shard_files)
 from .tokenization import PairTokenizer, build_pair_tokenizer
 
 from ..options import PRECISIONS, check_backend_precision  # noqa: F401  (PRECISIONS re-exported)
@@ -51,17 +52,20 @@ def load_state_dict(ckpt: RankerCheckpoint) -> dict:
     import torch
 
     path = ckpt.weights_path
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    state = {}
+    for f in shard_files(path):  # one file, or every shard of a sharded index
+        try:
+            if f.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or truncated files surface as many exception types
-        raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+                part = load_file(str(f))
+            else:
+                part = torch.load(str(f), map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt or truncated files surface as many exception types
+            raise CheckpointError(f"{f}: cannot read weights ({type(e).__name__}: {e})") from None
+        if not isinstance(part, dict):
+            raise CheckpointError(f"{f}: expected a state dict, got {type(part).__name__}")
+        state.update(part)
     for required in ("pretrained_model.embeddings.word_embeddings.weight", "head_layer.1.weight", "head_layer.4.weight"):
         if required not in state:
             raise CheckpointError(f"{path}: missing tensor {required!r}; is this a PairRM checkpoint?")

@@ -25,7 +25,7 @@ neither torch nor transformers.
 from __future__ import annotations
 
 from ..model.checkpoint import SPECIAL_TOKENS as PREFIX_TOKENS
-from .common import CALIBRATION_EXAMPLES, GENERATOR
+from .common import CALIBRATION_EXAMPLES, GENERATOR, shard_weights
 from .fuser import FUSER_SHAPES, fuser_config, make_fuser_checkpoint
 from .ranker import (PAIRRM_EMBEDDING_ROWS, PAIRRM_LARGE_BACKBONE, RANKER_SHAPES, make_ranker_checkpoint,
                      ranker_backbone_config)
@@ -36,6 +36,7 @@ __all__ = [
     "make_ranker_checkpoint",
     "make_fuser_checkpoint",
     "make_reward_model_checkpoint",
+    "shard_weights",
     "ranker_backbone_config",
     "fuser_config",
     "PAIRRM_LARGE_BACKBONE",

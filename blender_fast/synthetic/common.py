@@ -142,3 +142,23 @@ def remove_stale_weights(directory: pathlib.Path) -> None:
     for stale in ("model.safetensors", "pytorch_model.bin"):
         if (directory / stale).exists():
             (directory / stale).unlink()
+
+
+def shard_weights(directory: pathlib.Path, n_shards: int = 2) -> dict:
+    """Rewrite ``directory/model.safetensors`` as ``n_shards`` shards plus ``model.safetensors.index.json``,
+    the layout transformers' ``save_pretrained(max_shard_size=...)`` writes; returns the index. Real
+    checkpoints of PairRM's size come as one file: this makes the sharded look-alike the loaders must read."""
+    from safetensors.numpy import load_file, save_file
+
+    state = load_file(str(directory / "model.safetensors"))
+    names = sorted(state)
+    weight_map = {}
+    for k in range(n_shards):
+        shard = f"model-{k + 1:05d}-of-{n_shards:05d}.safetensors"
+        part = {n: state[n] for n in names[k::n_shards]}
+        save_file(part, str(directory / shard), metadata={"format": "pt"})
+        weight_map.update({n: shard for n in part})
+    index = {"metadata": {"total_size": int(sum(v.nbytes for v in state.values()))}, "weight_map": weight_map}
+    write_json(directory / "model.safetensors.index.json", index)
+    (directory / "model.safetensors").unlink()
+    return index

@@ -206,3 +206,39 @@ def test_pointwise_reward_model_is_refused_by_name(tiny_checkpoint, tmp_path):
     (dst / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="pointwise reward model"):
         load_checkpoint(dst)
+
+
+def test_sharded_weights_load_as_one(tiny_checkpoint, tmp_path):
+    """A checkpoint saved in shards (an index + shards) gives the single file's scores; its fingerprint
+    covers every shard; a missing shard or a bad index is one error naming it."""
+    require("safetensors")
+    import numpy as np
+
+    from blender_fast import Ranker
+
+    from blender_fast.synthetic import shard_weights
+
+    dst = _copy(tiny_checkpoint, tmp_path)
+    index = shard_weights(dst)
+    ckpt = load_checkpoint(dst)
+    assert ckpt.weights_path.name == "model.safetensors.index.json"
+    inputs, cands = ["What is 2+2?", "Name a fruit."], [["4", "Four.", "22"], ["Apple.", "A car.", "Pear"]]
+    one = Ranker.from_pretrained(tiny_checkpoint, precision="fp32", backend="onnx", threads=1, cache_dir=tmp_path / "c")
+    sharded = Ranker.from_pretrained(dst, precision="fp32", backend="onnx", threads=1, cache_dir=tmp_path / "c")
+    np.testing.assert_allclose(sharded.rank(inputs, cands, return_scores=True),
+                               one.rank(inputs, cands, return_scores=True), atol=1e-5)
+    before = checkpoint_fingerprint(ckpt)
+    from safetensors.numpy import load_file, save_file
+
+    shard = dst / sorted(set(index["weight_map"].values()))[1]
+    state = load_file(str(shard))
+    name = sorted(state)[0]
+    state[name] = state[name] + 1.0
+    save_file(state, str(shard), metadata={"format": "pt"})
+    assert checkpoint_fingerprint(load_checkpoint(dst)) != before  # a changed shard is another model
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=f"shard.*{shard.name}.*missing"):
+        load_checkpoint(dst)
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../elsewhere.safetensors"}}))
+    with pytest.raises(CheckpointError, match="plain file names"):
+        load_checkpoint(dst)

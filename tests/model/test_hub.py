@@ -20,6 +20,7 @@ PAIRRM = "llm-blender/PairRM"
 BACKBONE = "microsoft/deberta-v3-large"
 FUSER = "llm-blender/gen_fuser_3b"
 REWARD_MODEL = "OpenAssistant/reward-model-deberta-v3-large-v2"
+SHARDED = "org/pairrm-sharded"
 SOURCES = ["What is the capital of France?", "Name a prime number."]
 CANDIDATES = [["Paris.", "London is the capital.", "It is Paris, a city in France."],
               ["Seven.", "Nine is prime.", "Two is the smallest prime."]]
@@ -32,6 +33,11 @@ def hub_repos(tiny_checkpoint, tiny_reward_model, tmp_path_factory):
     """PairRM look-alike naming its backbone by hub id; the backbone as its own repo (config, tokenizer
     and weights that must never be fetched); the fuser; a gated repo; a repo without weights."""
     work = tmp_path_factory.mktemp("hubrepos")
+    from blender_fast.synthetic import shard_weights
+
+    sharded = work / "sharded"  # a PairRM look-alike saved in shards (an index + 2 safetensors files)
+    shutil.copytree(tiny_checkpoint, sharded)
+    shard_weights(sharded)
     config = json.loads((tiny_checkpoint / "config.json").read_text())
     config["model_name"] = BACKBONE
     (work / "config.json").write_text(json.dumps(config, indent=2))
@@ -42,6 +48,7 @@ def hub_repos(tiny_checkpoint, tiny_reward_model, tmp_path_factory):
     repos = {PAIRRM: pairrm, BACKBONE: repo_from_dir(tiny_checkpoint / "backbone"),
              "org/gated": repo_from_dir(tiny_checkpoint, gated=True),
              "org/no-weights": repo_from_dir(tiny_checkpoint, exclude=("model.safetensors",)),
+             SHARDED: repo_from_dir(sharded, exclude=("blender_fast.json",), extra={"config.json": work / "config.json"}),
              # OpenAssistant's pointwise reward model, with a pickle beside it that must never be fetched
              REWARD_MODEL: repo_from_dir(tiny_reward_model, exclude=("blender_fast.json",),
                                          extra={"training_args.bin": work / "training_args.bin"})}
@@ -141,6 +148,18 @@ def test_pairrm_id_downloads_only_what_it_needs_then_loads_offline(hub, tmp_path
     r = run(RANK.format(model=PAIRRM), {**env, "HF_ENDPOINT": "http://127.0.0.1:9"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert scores_of(r) == scores
+
+
+def test_sharded_checkpoint_id(hub, tmp_path, tiny_checkpoint):
+    """A repo whose weights come as an index + shards: both shards are fetched, and it scores as the
+    single-file checkpoint."""
+    r = run(RANK.format(model=SHARDED), hub_env(hub, tmp_path / "hf"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert scores_of(r) == pytest.approx(local_scores(tiny_checkpoint), abs=1e-4)
+    assert hub.count(r"^/org/pairrm-sharded/resolve/.*/model\.safetensors\.index\.json$") >= 1
+    for k in (1, 2):
+        assert hub.count(rf"^/org/pairrm-sharded/resolve/.*/model-0000{k}-of-00002\.safetensors$") >= 1
+    assert hub.count(r"^/org/pairrm-sharded/resolve/.*/model\.safetensors$") == 0  # there is none
 
 
 def test_llm_blender_download_folder_is_reused(hub, tmp_path, tiny_checkpoint):
