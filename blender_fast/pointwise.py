@@ -18,7 +18,8 @@ export is cached like PairRM's) and torch, its plain twin.
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -126,15 +127,30 @@ class PointwiseRanker:
         return out[0], out[1]
 
     # -- the engine ---------------------------------------------------------------------------------
+    # A verb is planned (checks, then what to do with the scores), encoded, run, answered. The offline
+    # verbs do all four in one call; the server's batching engine (serve/engine.py) encodes in the
+    # caller's thread, runs the rows of many requests together and answers each from its own plan, so
+    # that both give the same answers from the same code.
 
     def scores(self, sources: list[str], candidates: list[list[str]], source_maxlength=None,
                candidate_maxlength=None, progress=None) -> list[np.ndarray]:
         """float32 scores per prompt of checked prompts (check_prompts): each distinct (source, candidate)
         is truncated, encoded and run once; rows are batched by length under the token budget, right-padded
         (the classifier reads [CLS], the first token: padding changes nothing but float noise)."""
-        src_len, cand_len = self.truncation(source_maxlength, candidate_maxlength)
         stats = RunStats()
         t0 = time.perf_counter()
+        enc = self.encode(sources, candidates, source_maxlength, candidate_maxlength)
+        stats.tokenize_s = time.perf_counter() - t0
+        values = self.run_encoded(enc.rows, stats, progress)
+        out = enc.per_prompt_scores(values)
+        self.last_stats = stats
+        return out
+
+    def encode(self, sources: list[str], candidates: list[list[str]], source_maxlength=None,
+               candidate_maxlength=None) -> "PointwiseEncoding":
+        """The distinct (truncated source, truncated candidate) rows of checked prompts, encoded, and
+        where each prompt's candidates find their row."""
+        src_len, cand_len = self.truncation(source_maxlength, candidate_maxlength)
         tok = self.tokenizer
         unique_sources = list(dict.fromkeys(sources))
         unique_cands = list(dict.fromkeys(c for cs in candidates for c in cs))
@@ -145,17 +161,13 @@ class PointwiseRanker:
         for src, cands in zip(sources, candidates):
             per_prompt.append(np.array([index.setdefault((src_text[src], cand_text[c]), len(index)) for c in cands],
                                        dtype=np.int64))
-        encoded = tok.encode_pairs(list(index))
-        stats.tokenize_s = time.perf_counter() - t0
-        values = self._run(encoded, stats, progress)
-        bad = np.flatnonzero(np.isnan(values))
-        if bad.size:
-            p = next(p for p, idx in enumerate(per_prompt) if np.isin(idx, bad).any())
-            raise ModelOutputError(f"the reward model returned NaN for prompt {p}", p)
-        self.last_stats = stats
-        return [values[idx] for idx in per_prompt]
+        return PointwiseEncoding(tok.encode_pairs(list(index)) if index else [], per_prompt)
 
-    def _run(self, encoded, stats: RunStats, progress) -> np.ndarray:
+    def run_encoded(self, encoded: list, stats: RunStats | None = None, progress=False, on_batch=None) -> np.ndarray:
+        """float32 scores of encoded rows (PointwiseEncoding.rows, possibly of several calls back to back),
+        longest first in batches under the token budget. on_batch(rows, tokens, pad_tokens, seconds):
+        called after each model call (the server's metrics)."""
+        stats = RunStats() if stats is None else stats
         progress = self.progress if progress is None else progress
         bar, own_bar = (progress, False) if hasattr(progress, "update") else (None, False)
         if bar is None and progress:
@@ -175,7 +187,8 @@ class PointwiseRanker:
                 ids, mask, types = pad_batch([encoded[i] for i in batch], self.tokenizer.pad_id)
                 t1 = time.perf_counter()
                 values[batch] = self.model(ids, mask, types)
-                stats.model_s += time.perf_counter() - t1
+                seconds = time.perf_counter() - t1
+                stats.model_s += seconds
                 stats.pack_s += t1 - t0
                 stats.batches += 1
                 real = int(lengths[batch].sum())
@@ -183,6 +196,8 @@ class PointwiseRanker:
                 stats.pad_tokens += int(ids.size) - real
                 stats.pairs += len(batch)
                 stats.steps = 1
+                if on_batch is not None:
+                    on_batch(len(batch), real, int(ids.size) - real, seconds)
                 if bar is not None:
                     bar.update(len(batch))
                 start += rows
@@ -190,6 +205,90 @@ class PointwiseRanker:
             if own_bar:
                 bar.close()
         return values
+
+    def plan(self, verb: str, *args, **kwargs) -> "PointwisePlan":
+        """Everything ``verb`` (rank, compare, select, judge; its arguments, progress excepted) decides
+        before the model runs: the checks, the prompts to score and how to answer from their scores."""
+        return getattr(self, f"_plan_{verb}")(*args, **kwargs)
+
+    def answer(self, plan: "PointwisePlan", progress=None):
+        """Run a plan offline: score its prompts, answer from the scores."""
+        return plan.finish(self.scores(plan.sources, plan.candidates, plan.source_maxlength, plan.candidate_maxlength,
+                                       progress))
+
+    def _plan_rank(self, inputs, candidates, instructions=None, return_scores=False, policy="max_logits", *,
+                   source_maxlength=None, candidate_maxlength=None) -> "PointwisePlan":
+        check_choice("policy", policy, POLICIES)
+        sources, cands = check_prompts(inputs, candidates, instructions, reserved=())
+
+        def finish(scores):
+            return stack_if_equal(scores if return_scores else [ranks_from_scores(s) for s in scores])
+
+        return PointwisePlan(sources, cands, source_maxlength, candidate_maxlength, finish, sum(map(len, cands)))
+
+    def _plan_compare(self, inputs, candidates_a, candidates_b, instructions=None, mode="[A,B]+[B,A]", *,
+                      source_maxlength=None, candidate_maxlength=None) -> "PointwisePlan":
+        check_choice("mode", mode, COMPARE_MODES)
+        sources, cands = check_pairs_ab(inputs, candidates_a, candidates_b, instructions, reserved=())
+
+        def finish(scores):
+            return np.array([s[0] - s[1] for s in scores], dtype=np.float32).reshape(len(scores))
+
+        return PointwisePlan(sources, cands, source_maxlength, candidate_maxlength, finish, 2 * len(sources))
+
+    def _plan_select(self, inputs, candidates, top_k=1, strategy="bubble", orders="both", seed=0, instructions=None,
+                     initial_orders=None, policy="max_logits", worst=False, budget=None, *, source_maxlength=None,
+                     candidate_maxlength=None) -> "PointwisePlan":
+        sources, cands = check_prompts(inputs, candidates, instructions, reserved=())
+        ns = [len(c) for c in cands]
+        steps = select_steps(ns, top_k, strategy, orders=orders, seed=seed, initial_orders=initial_orders,
+                             policy=policy, budget=budget, worst=worst)  # checks every argument first
+        if strategy == "full":
+            steps.close()
+
+        def finish(scores):
+            if strategy == "full":
+                sels = []
+                for s in scores:
+                    shown = -s if worst else s
+                    sels.append(Selection(top_k=top_k_from_scores(shown, top_k), comparisons=0,
+                                          forward_passes=len(s), steps=1, scores=shown.astype(np.float32)))
+                return sels
+            flat = np.concatenate(scores) if scores else np.empty(0, dtype=np.float32)
+            starts = np.concatenate([[0], np.cumsum(ns)]).astype(np.int64)
+
+            def answer(step: Step) -> np.ndarray:
+                rows = step.rows
+                base = starts[rows[:, 0]]
+                return (flat[base + rows[:, 1]] - flat[base + rows[:, 2]]).astype(np.float32)
+
+            sels = run_steps(steps, answer)
+            for sel, n in zip(sels, ns):
+                sel.forward_passes = n
+            return sels
+
+        return PointwisePlan(sources, cands, source_maxlength, candidate_maxlength, finish, sum(ns))
+
+    def _plan_judge(self, prompts, completions, shuffle_order=True, return_scores=False, temperature=1.0, *,
+                    seed=None) -> "PointwisePlan":
+        steps, sources, _ = judge_plan(prompts, completions, shuffle_order, return_scores, temperature, seed,
+                                       reserved=())  # PairRM's markers mean nothing to this model
+        steps.close()
+        temperature = float(temperature)
+        cands = [list(c) for c in completions] if sources else []
+
+        def finish(per_prompt):
+            if not per_prompt:
+                return []
+            scores = np.stack(per_prompt).astype(np.float64)
+            if return_scores:
+                logits = scores / temperature
+                logits -= logits.max(axis=1, keepdims=True)
+                probs = np.exp(logits)
+                return [float(p) for p in probs[:, 0] / probs.sum(axis=1)]
+            return [int(r) for r in ranks_from_scores(scores)[:, 0] - 1]
+
+        return PointwisePlan(sources, cands, None, None, finish, 2 * len(sources))
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -199,20 +298,18 @@ class PointwiseRanker:
         """Ranks (int32, 1 = best, ties share the better rank) or the reward scores (float32): one array
         [n_prompts, n] when every prompt has n candidates, else a list. ``policy`` (how PairRM aggregates
         comparisons) is checked and has no effect: there is nothing to aggregate."""
-        check_choice("policy", policy, POLICIES)
-        sources, cands = check_prompts(inputs, candidates, instructions, reserved=())
-        scores = self.scores(sources, cands, source_maxlength, candidate_maxlength, progress)
-        return stack_if_equal(scores if return_scores else [ranks_from_scores(s) for s in scores])
+        return self.answer(self.plan("rank", inputs, candidates, instructions, return_scores, policy,
+                                     source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength),
+                           progress)
 
     def compare(self, inputs, candidates_a, candidates_b, instructions=None, mode: str = "[A,B]+[B,A]", *,
                 source_maxlength: int | None = None, candidate_maxlength: int | None = None,
                 progress: bool | None = None) -> np.ndarray:
         """float32 ``score(A) - score(B)`` per input; ``mode`` is checked and, as in llm-blender for a
         pointwise model, changes nothing."""
-        check_choice("mode", mode, COMPARE_MODES)
-        sources, cands = check_pairs_ab(inputs, candidates_a, candidates_b, instructions, reserved=())
-        scores = self.scores(sources, cands, source_maxlength, candidate_maxlength, progress)
-        return np.array([s[0] - s[1] for s in scores], dtype=np.float32).reshape(len(scores))
+        return self.answer(self.plan("compare", inputs, candidates_a, candidates_b, instructions, mode,
+                                     source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength),
+                           progress)
 
     def select(self, inputs, candidates, top_k: int = 1, strategy: str = "bubble", orders: str = "both",
                seed: int = 0, instructions=None, initial_orders=None, policy: str = "max_logits",
@@ -222,31 +319,9 @@ class PointwiseRanker:
         reward scores, negated for worst=True as the PairRM path negates its aggregates); other strategies
         run as for PairRM on score differences. forward_passes is n per prompt (the model runs once per
         candidate); comparisons and steps are the strategy's."""
-        sources, cands = check_prompts(inputs, candidates, instructions, reserved=())
-        ns = [len(c) for c in cands]
-        steps = select_steps(ns, top_k, strategy, orders=orders, seed=seed, initial_orders=initial_orders,
-                             policy=policy, budget=budget, worst=worst)  # checks every argument first
-        scores = self.scores(sources, cands, source_maxlength, candidate_maxlength, progress)
-        if strategy == "full":
-            steps.close()
-            sels = []
-            for s in scores:
-                shown = -s if worst else s
-                sels.append(Selection(top_k=top_k_from_scores(shown, top_k), comparisons=0, forward_passes=len(s),
-                                      steps=1, scores=shown.astype(np.float32)))
-            return sels
-        flat = np.concatenate(scores) if scores else np.empty(0, dtype=np.float32)
-        starts = np.concatenate([[0], np.cumsum(ns)]).astype(np.int64)
-
-        def answer(step: Step) -> np.ndarray:
-            rows = step.rows
-            base = starts[rows[:, 0]]
-            return (flat[base + rows[:, 1]] - flat[base + rows[:, 2]]).astype(np.float32)
-
-        sels = run_steps(steps, answer)
-        for sel, n in zip(sels, ns):
-            sel.forward_passes = n
-        return sels
+        return self.answer(self.plan("select", inputs, candidates, top_k, strategy, orders, seed, instructions,
+                                     initial_orders, policy, worst, budget, source_maxlength=source_maxlength,
+                                     candidate_maxlength=candidate_maxlength), progress)
 
     def judge(self, prompts, completions, shuffle_order: bool = True, return_scores: bool = False,
               temperature: float = 1.0, *, seed=None, progress: bool | None = None) -> list:
@@ -254,30 +329,42 @@ class PointwiseRanker:
         return_scores=True)``: per prompt the preferred index (ties: 0), or softmax(scores / temperature)[0].
         A candidate's score does not depend on the order it is shown in, so shuffle_order changes nothing
         (its coin flips are still drawn, as the Ranker draws them)."""
-        steps, sources, _ = judge_plan(prompts, completions, shuffle_order, return_scores, temperature, seed,
-                                       reserved=())  # PairRM's markers mean nothing to this model
-        steps.close()
-        temperature = float(temperature)
-        if not sources:
-            return []
-        scores = np.stack(self.scores(sources, [list(c) for c in completions], progress=progress)).astype(np.float64)
-        if return_scores:
-            logits = scores / temperature
-            logits -= logits.max(axis=1, keepdims=True)
-            probs = np.exp(logits)
-            return [float(p) for p in probs[:, 0] / probs.sum(axis=1)]
-        return [int(r) for r in ranks_from_scores(scores)[:, 0] - 1]
+        plan = self.plan("judge", prompts, completions, shuffle_order, return_scores, temperature, seed=seed)
+        return plan.finish([]) if not plan.sources else self.answer(plan, progress)
+
+
+@dataclass
+class PointwiseEncoding:
+    """The encoded rows of a call (each distinct (source, candidate) once) and, per prompt, the row of
+    each of its candidates."""
+
+    rows: list  # (token ids, token type ids) per row
+    per_prompt: list  # int64 row indices per prompt
+
+    def per_prompt_scores(self, values: np.ndarray) -> list[np.ndarray]:
+        """The rows' scores per prompt; a NaN fails the call naming its prompt (ModelOutputError)."""
+        bad = np.flatnonzero(np.isnan(values))
+        if bad.size:
+            p = next(p for p, idx in enumerate(self.per_prompt) if np.isin(idx, bad).any())
+            raise ModelOutputError(f"the reward model returned NaN for prompt {p}", p)
+        return [values[idx] for idx in self.per_prompt]
+
+
+@dataclass
+class PointwisePlan:
+    """A checked verb call: the prompts whose candidates to score, the truncation, and ``finish`` (the
+    per-prompt scores -> the verb's answer). ``rows``: an upper bound on the model rows it runs (the
+    server's queue bound counts it)."""
+
+    sources: list
+    candidates: list
+    source_maxlength: int | None
+    candidate_maxlength: int | None
+    finish: Callable[[list], object]
+    rows: int
 
 
 def is_pointwise(ranker) -> bool:
     """True for a PointwiseRanker (or anything that says it is pointwise)."""
     return bool(getattr(ranker, "pointwise", False))
 
-
-def refuse_pointwise(ranker, what: str) -> None:
-    """One clear error where a component runs pair rankers only (the server's batching engine, ...)."""
-    if is_pointwise(ranker):
-        where = ranker.engine_info.get("checkpoint") if hasattr(ranker, "engine_info") else None
-        raise ValueError(f"{what} runs PairRM pair rankers only, not a pointwise reward model"
-                         f"{f' ({Path(where).name})' if where else ''}; use Ranker.from_pretrained / Blender / "
-                         "`blender-fast rank` for it")

@@ -293,14 +293,6 @@ def test_cli_rank_runs_it(tiny_reward_model, tmp_path, ours):
     assert all(r["forward_passes"] == 5 for r in rows)
 
 
-def test_server_engine_refuses_it_in_one_line(ours):
-    from blender_fast.serve.engine import BatchingEngine
-
-    with pytest.raises(ValueError, match="runs PairRM pair rankers only, not a pointwise reward model") as e:
-        BatchingEngine(ours.ranker)
-    assert "\n" not in str(e.value)
-
-
 def test_ray_driver_prepares_it_and_its_actor_ranks_it(tiny_reward_model, tmp_path, ours):
     """prepare_model warms the reward model's export; the actor class (called in-process here, no Ray
     cluster) loads it from that cache and writes the CLI's result columns."""
@@ -330,16 +322,6 @@ def test_verbs_take_the_rankers_parameters(verb):
         return [(p.name, p.default, p.kind) for p in inspect.signature(fn).parameters.values()]
 
     assert sig(getattr(PointwiseRanker, verb)) == sig(getattr(Ranker, verb))
-
-
-def test_cli_serve_refuses_it_in_one_line(tiny_reward_model, capsys):
-    require("fastapi")
-    require("uvicorn")
-    from blender_fast.cli import main
-
-    assert main(["serve", "--model", str(tiny_reward_model), "--port", "0", "--device", "cpu"]) != 0
-    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("blender-fast: error:")]
-    assert len(errors) == 1 and "not a pointwise reward model" in errors[0]
 
 
 def test_cli_make_checkpoint_writes_a_reward_model(tmp_path, capsys):

@@ -334,7 +334,7 @@ async def _rank(engine, items, timeout):
         _option(items, p, "return_scores", (bool,))
     inputs = [i["input"] for i in items]
     # Check every item first so that messages carry the item's index, then one engine call per policy.
-    _validate_prompts(inputs, [i["candidates"] for i in items], [i["instruction"] for i in items])
+    _validate_prompts(engine, inputs, [i["candidates"] for i in items], [i["instruction"] for i in items])
     out = [None] * len(items)
     for key, ps in _groups(items, ("policy",) + TRUNCATION).items():
         scores = await engine.rank([inputs[p] for p in ps], [items[p]["candidates"] for p in ps],
@@ -355,10 +355,13 @@ def truncation(item: dict) -> dict:
     return {k: item.get(k) for k in TRUNCATION}
 
 
-def _validate_prompts(inputs, candidates, instructions):
+def _validate_prompts(engine, inputs, candidates, instructions):
     from ..inputs import check_prompts
+    from ..model.checkpoint import SPECIAL_TOKENS
 
-    check_prompts(inputs, candidates, instructions)
+    # PairRM's markers are refused in texts; they mean nothing to a pointwise reward model (as offline).
+    reserved = () if getattr(engine, "pointwise", False) else SPECIAL_TOKENS
+    check_prompts(inputs, candidates, instructions, reserved=reserved)
 
 
 def _select_checks(items):
@@ -375,7 +378,7 @@ def _select_checks(items):
 
 async def _select(engine, items, timeout):
     _select_checks(items)
-    _validate_prompts([i["input"] for i in items], [i["candidates"] for i in items],
+    _validate_prompts(engine, [i["input"] for i in items], [i["candidates"] for i in items],
                       [i["instruction"] for i in items])
     out = [None] * len(items)
     calls = []
@@ -398,7 +401,7 @@ async def _select(engine, items, timeout):
 
 
 async def _compare(engine, items, timeout):
-    _validate_prompts([i["input"] for i in items], [[i["candidate_a"], i["candidate_b"]] for i in items],
+    _validate_prompts(engine, [i["input"] for i in items], [[i["candidate_a"], i["candidate_b"]] for i in items],
                       [i["instruction"] for i in items])
     out = [None] * len(items)
     groups = list(_groups(items, ("mode",) + TRUNCATION).values())
@@ -426,7 +429,7 @@ async def _judge(engine, items, timeout):
         if not isinstance(c, list) or len(c) != 2:
             raise HTTPError(422, f"completions[{p}] must hold exactly 2 completions (the PairRM judge compares "
                                  f"two), got " + (str(len(c)) if isinstance(c, list) else type(c).__name__))
-    _validate_prompts([i["prompt"] for i in items], [i["completions"] for i in items], None)
+    _validate_prompts(engine, [i["prompt"] for i in items], [i["completions"] for i in items], None)
     results = await asyncio.gather(*(engine.judge(
         [items[p]["prompt"] for p in ps], [items[p]["completions"] for p in ps],
         shuffle_order=items[ps[0]]["shuffle_order"], return_scores=items[ps[0]]["return_scores"],

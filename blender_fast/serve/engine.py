@@ -16,6 +16,11 @@ Tokenizing happens in the caller's thread (or, for ``await``, in a small thread 
 overlaps model work. Results are those of ``Ranker.rank`` / ``select`` / ``compare`` with the same
 settings: only the batch composition differs, which changes float rounding, not the rows computed.
 ``run_sync`` / ``run`` take any step generator (e.g. a wrapper that re-scores rows on another model).
+
+A pointwise reward model (PointwiseRanker) is served by the same queue, worker and iterations: its
+request is one step whose rows are the distinct (source, candidate) pairs it scores (one forward pass
+each), batched across requests like PairRM's pair rows; when they have run, PointwiseRanker's own plan
+for the verb answers from the scores, so answers are those of its offline verbs (_PointwiseJob).
 """
 from __future__ import annotations
 
@@ -104,17 +109,21 @@ class _Job:
     """One request in flight: its encoded texts, its step generator and the rows of its current step."""
 
     def __init__(self, enc: EncodedPrompts, steps: Steps, reserved: int, deadline: Optional[float]):
-        self.serial = next(_SERIAL)  # names the job in the packer cache (ids of freed objects get reused)
+        self._admit(reserved, deadline)
         self.enc = enc
         self.steps = steps
+        self.n_tokens = int(enc.tokens.size)
+        self._eff_len = np.minimum(np.diff(enc.offsets), enc.limits)
+
+    def _admit(self, reserved: int, deadline: Optional[float]) -> None:
+        """What the scheduler reads of every request, whatever its ranker."""
+        self.serial = next(_SERIAL)  # names the job in the packer cache (ids of freed objects get reused)
         self.reserved = reserved  # rows still counted against the queue bound
         self.deadline = deadline
         self.future: concurrent.futures.Future = concurrent.futures.Future()
         self.cancelled = False
         self.started = False  # has run at least one row (the batching delay is for new arrivals only)
         self.arrival = time.monotonic()
-        self.n_tokens = int(enc.tokens.size)
-        self._eff_len = np.minimum(np.diff(enc.offsets), enc.limits)
         self.rows = self.text_pairs = self.row_len = self.logits = None
         self.group = 1
         self.model = DEFAULT_MODEL  # the model the current step's rows run on (Step.model)
@@ -151,6 +160,30 @@ class _Job:
             return True
         self._set_step(step)
         return False
+
+
+class _PointwiseJob(_Job):
+    """A request to a pointwise reward model: one step whose rows are the distinct (source, candidate)
+    pairs PointwiseRanker.encode made of it (independent rows: group 1, any split across iterations);
+    when all have run, ``finish`` (its PointwisePlan's, the offline verb's own code) answers from them."""
+
+    def __init__(self, enc, finish: Callable, reserved: int, deadline: Optional[float]):
+        self._admit(reserved, deadline)
+        self.enc = enc  # PointwiseEncoding
+        self.finish = finish
+        self.row_len = np.array([len(ids) for ids, _ in enc.rows], dtype=np.int64)
+        self.n_tokens = int(self.row_len.sum())
+
+    def advance(self, value=None) -> bool:
+        if value is None and len(self.row_len):  # admitted: its one step is every row
+            self.rows = np.arange(len(self.row_len))
+            self.logits = np.empty(len(self.rows), dtype=np.float32)
+            self.cursor = 0
+            return False
+        self.rows = None
+        values = np.empty(0, dtype=np.float32) if value is None else value
+        _settle(self.future, result=self.finish(self.enc.per_prompt_scores(values)))
+        return True
 
 
 def _settle(future: concurrent.futures.Future, result=None, error: BaseException | None = None) -> None:
@@ -193,10 +226,10 @@ class BatchingEngine:
                             ("max_rows_per_request", max_rows_per_request)):
             check_count(name, value)
         max_wait_ms = check_non_negative_number("max_wait_ms", max_wait_ms)
-        from ..pointwise import refuse_pointwise
+        from ..pointwise import is_pointwise
 
-        refuse_pointwise(ranker, "the server's batching engine (blender-fast serve)")
         self.ranker = ranker
+        self.pointwise = is_pointwise(ranker)  # a reward model: requests are _PointwiseJobs
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queued_pairs = max_queued_pairs
@@ -282,6 +315,9 @@ class BatchingEngine:
                                   timeout).future.result()
 
     def _submit_steps(self, sources, candidates, steps, cost, src_len, cand_len, timeout):
+        if self.pointwise:  # its rows are (prompt, candidate) scores, not the generator's pair rows
+            raise TypeError("run / run_sync drive PairRM step generators; a pointwise reward model serves "
+                            "rank, select, compare and judge")
         if cost is None:
             cost = sum(len(c) * (len(c) - 1) for c in candidates)
         cost = check_count("cost", cost, minimum=0)
@@ -348,7 +384,18 @@ class BatchingEngine:
 
     # -- submission (caller's thread): validate, reserve, tokenize, enqueue ----------------------
 
+    def _submit_plan(self, verb: str, args: tuple, timeout, **kwargs) -> _Job:
+        """A pointwise reward model's request: PointwiseRanker.plan checks it and says how to answer from
+        the scores (as its offline verb does); the engine queues and runs its rows. Its cost against
+        max_queued_pairs is the forward passes it can take (one per candidate)."""
+        plan = self.ranker.plan(verb, *args, **kwargs)
+        return self._enqueue(plan.sources, plan.candidates, plan.source_maxlength, plan.candidate_maxlength,
+                             plan.rows, timeout, plan.finish, job_class=_PointwiseJob)
+
     def _submit_rank(self, inputs, candidates, instructions, return_scores, policy, src_len, cand_len, timeout):
+        if self.pointwise:
+            return self._submit_plan("rank", (inputs, candidates, instructions, return_scores, policy), timeout,
+                                     source_maxlength=src_len, candidate_maxlength=cand_len)
         sources, cands = check_prompts(inputs, candidates, instructions)
         ns = [len(c) for c in cands]
         steps = self.ranker.cascaded(rank_steps(ns, policy, return_scores),  # checks policy
@@ -358,6 +405,10 @@ class BatchingEngine:
 
     def _submit_select(self, inputs, candidates, top_k, strategy, orders, seed, instructions, initial_orders,
                        policy, worst, src_len, cand_len, timeout, budget=None):
+        if self.pointwise:
+            return self._submit_plan("select", (inputs, candidates, top_k, strategy, orders, seed, instructions,
+                                                initial_orders, policy, worst, budget), timeout,
+                                     source_maxlength=src_len, candidate_maxlength=cand_len)
         check_choice("strategy", strategy, STRATEGIES)
         top_k = check_top_k(top_k)
         sources, cands = check_prompts(inputs, candidates, instructions)
@@ -378,18 +429,24 @@ class BatchingEngine:
         return self._enqueue(sources, cands, src_len, cand_len, cost, timeout, steps)
 
     def _submit_compare(self, inputs, candidates_a, candidates_b, instructions, mode, src_len, cand_len, timeout):
+        if self.pointwise:
+            return self._submit_plan("compare", (inputs, candidates_a, candidates_b, instructions, mode), timeout,
+                                     source_maxlength=src_len, candidate_maxlength=cand_len)
         sources, cands = check_pairs_ab(inputs, candidates_a, candidates_b, instructions)
         steps = self.ranker.cascaded(compare_steps(len(sources), mode), verb_mode("compare"))  # checks mode
         cost = len(sources) * (2 if mode == "[A,B]+[B,A]" else 1)
         return self._enqueue(sources, cands, src_len, cand_len, cost, timeout, steps)
 
     def _submit_judge(self, prompts, completions, shuffle_order, return_scores, temperature, seed, timeout):
+        if self.pointwise:
+            return self._submit_plan("judge", (prompts, completions, shuffle_order, return_scores, temperature),
+                                     timeout, seed=seed)
         # The same plan as Ranker.judge: same checks, same coin flips for the same seed.
         steps, sources, shown = judge_plan(prompts, completions, shuffle_order, return_scores, temperature, seed)
         steps = self.ranker.cascaded(steps, verb_mode("judge", values=return_scores))
         return self._enqueue(sources, shown, None, None, 2 * len(sources), timeout, steps)
 
-    def _enqueue(self, sources, cands, src_len, cand_len, cost: int, timeout, steps: Steps) -> _Job:
+    def _enqueue(self, sources, cands, src_len, cand_len, cost: int, timeout, steps, job_class=_Job) -> _Job:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -406,7 +463,7 @@ class BatchingEngine:
             self.stats.requests += 1
         try:
             enc = self.ranker.encode(sources, cands, src_len, cand_len)
-            job = _Job(enc, steps, cost, deadline)
+            job = job_class(enc, steps, cost, deadline)
             finished = job.advance()
         except BaseException:
             self._release(cost, failed=True)
@@ -544,34 +601,48 @@ class BatchingEngine:
             self._packer_key, self._packer_bases = key, bases
         return self._packer, self._packer_bases
 
-    def _run_iteration(self, picked) -> None:
+    def _count_batch(self, rows: int, real: int, pad: int, seconds: float) -> None:
+        """After each model call: the engine's counters and the on_batch hook (metrics)."""
+        with self._cv:
+            st = self.stats
+            st.batches += 1
+            st.rows += rows
+            st.tokens += real
+            st.pad_tokens += pad
+            st.model_s += seconds
+        if self.on_batch is not None:
+            self.on_batch(rows, real, pad, seconds)
+
+    def _forward_pairs(self, picked) -> np.ndarray:
+        """PairRM: the picked pair rows packed together with the C++ packer; their logits."""
         ranker = self.ranker
+        packer, bases = self._packer_for([job for job, _, _ in picked])
+        pairs = [job.text_pairs[start:stop] + bases[job.serial] for job, start, stop in picked]
+        text_pairs = np.concatenate(pairs)
+        group = 2 if all(job.group == 2 and (stop - start) % 2 == 0 for job, start, stop in picked) else 1
+        order, bounds = packer.plan(text_pairs, ranker.token_budget, max(ranker.max_batch_size, group), group,
+                                    ranker.batch_cost)
+        model = ranker.model_for(picked[0][0].model)  # _pick takes rows of one model per iteration
+        logits = np.empty(len(text_pairs), dtype=np.float32)
+        for b in range(len(bounds) - 1):
+            batch_rows = order[bounds[b]:bounds[b + 1]]
+            ids, mask, pos, pad = packer.build(text_pairs, batch_rows)
+            t0 = time.perf_counter()
+            logits[batch_rows] = model(ids, mask, pos)
+            self._count_batch(len(batch_rows), int(ids.size - pad), int(pad), time.perf_counter() - t0)
+        return logits
+
+    def _forward_pointwise(self, picked) -> np.ndarray:
+        """A reward model: the picked (source, candidate) rows of every request, batched by length by
+        PointwiseRanker.run_encoded (the offline path's batching: a request that runs alone, in one
+        iteration, meets the very batches its offline call runs); their scores."""
+        rows = [row for job, start, stop in picked for row in job.enc.rows[start:stop]]
+        return self.ranker.run_encoded(rows, on_batch=self._count_batch)
+
+    def _run_iteration(self, picked) -> None:
         try:
-            packer, bases = self._packer_for([job for job, _, _ in picked])
-            pairs = [job.text_pairs[start:stop] + bases[job.serial] for job, start, stop in picked]
-            text_pairs = np.concatenate(pairs)
-            group = 2 if all(job.group == 2 and (stop - start) % 2 == 0 for job, start, stop in picked) else 1
-            order, bounds = packer.plan(text_pairs, ranker.token_budget, max(ranker.max_batch_size, group), group,
-                                        ranker.batch_cost)
-            model = ranker.model_for(picked[0][0].model)  # _pick takes rows of one model per iteration
-            logits = np.empty(len(text_pairs), dtype=np.float32)
             t_iter = time.perf_counter()
-            for b in range(len(bounds) - 1):
-                batch_rows = order[bounds[b]:bounds[b + 1]]
-                ids, mask, pos, pad = packer.build(text_pairs, batch_rows)
-                t0 = time.perf_counter()
-                logits[batch_rows] = model(ids, mask, pos)
-                seconds = time.perf_counter() - t0
-                real = int(ids.size - pad)
-                with self._cv:
-                    st = self.stats
-                    st.batches += 1
-                    st.rows += len(batch_rows)
-                    st.tokens += real
-                    st.pad_tokens += int(pad)
-                    st.model_s += seconds
-                if self.on_batch is not None:
-                    self.on_batch(len(batch_rows), real, int(pad), seconds)
+            logits = (self._forward_pointwise if self.pointwise else self._forward_pairs)(picked)
             elapsed = time.perf_counter() - t_iter
         except Exception as e:  # the model failed: fail the requests of this iteration, keep serving
             with self._cv:
@@ -583,7 +654,7 @@ class BatchingEngine:
                 self._cv.notify_all()
             return
         if elapsed > 0:
-            rate = len(text_pairs) / elapsed
+            rate = len(logits) / elapsed
             self._rows_per_s = rate if not self._rows_per_s else 0.8 * self._rows_per_s + 0.2 * rate
         # Feed every request its logits; advance those whose step is complete.
         at = 0

@@ -13,7 +13,8 @@ Scores (docs/rerank.md): with a full ranking, ``relevance_score`` = sigmoid of t
 logit against the other documents, each pair's logit averaged over both presentation orders; it orders the
 documents exactly as the PairRM aggregate (``max_logits``), which TEI's ``raw_scores`` returns. With a top-k
 selection no aggregate exists (not every pair is compared): ``relevance_score`` = the fraction of the other
-documents the selection placed below it, (n - 1 - place) / (n - 1).
+documents the selection placed below it, (n - 1 - place) / (n - 1). Served by a pointwise reward model, a
+full ranking orders by the reward scores (``raw_scores``) and ``relevance_score`` is their sigmoid.
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ class RerankRequest:
 class Ranked:
     order: list                          # document indices, best first (top_n of them)
     relevance: list                      # relevance_score per entry of order, in [0, 1]
-    raw: list                            # PairRM aggregate per entry of order (full ranking), else relevance
+    raw: list                            # PairRM aggregate / reward score (full ranking), else relevance
     meta: dict = field(default_factory=dict)
 
 
@@ -243,9 +244,14 @@ async def run_rerank(engine, req: RerankRequest, timeout) -> Ranked:
         scores = (await engine.rank([req.query], [req.documents], None, return_scores=True, policy="max_logits",
                                     timeout=timeout, **lengths))[0]
         order = full_order(scores)[:top_n]
-        rel = relevance_from_aggregate(scores)
+        if getattr(engine, "pointwise", False):
+            # A reward model scores each document alone: its score is a logit, and TEI's relevance of a
+            # cross-encoder's logit is its sigmoid (raw_scores: the score itself).
+            rel, passes = 1.0 / (1.0 + np.exp(-np.asarray(scores, dtype=np.float64))), n
+        else:
+            rel, passes = relevance_from_aggregate(scores), n * (n - 1)
         return Ranked(order, [float(rel[i]) for i in order], [float(scores[i]) for i in order],
-                      {"strategy": "full", "forward_passes": n * (n - 1)})
+                      {"strategy": "full", "forward_passes": passes})
     sel = (await engine.select([req.query], [req.documents], top_k=top_n, strategy=req.strategy, orders="both",
                                seed=0, budget=req.budget, timeout=timeout, **lengths))[0]
     order = [int(i) for i in sel.top_k]
