@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -174,12 +175,18 @@ def choose_cascade(ckpt, variants, exact, device, threads, features, cache_dir) 
     exact_model, tok = build_model(ckpt, exact[0], exact[1], device, threads, cache_dir)
     best, notes = None, []
     for b, p, why in fast_variants:
+        fast_model = None
         try:
             fast_model, _ = build_model(ckpt, b, p, device, threads, cache_dir)
             rec = cached_bound(ckpt, f"{b} {p}", fast_model, exact_model, tok, device, threads, features, cache_dir)
         except Exception as e:  # noqa: BLE001 - a variant that cannot run is skipped, and the reason kept
             notes.append(f"{b} {p}: {type(e).__name__}: {e}")
             continue
+        finally:
+            # One fast model at a time beside the exact one: on the large shape each holds GBs (a
+            # benchmark's process peaked at 13.2 GB with all of them alive).
+            del fast_model
+            gc.collect()
         speed = "speed not timed" if rec["speed_vs_fp32"] is None else f"{rec['speed_vs_fp32']:.2f}x fp32"
         notes.append(f"{b} {p}: eps {rec['eps']:.3g}, {speed}, ~{100 * rec['rescore_fraction_estimate']:.0f}% re-scored")
         if rec["expected_time_vs_fp32"] * MIN_GAIN <= 1.0 and (best is None or rec["expected_time_vs_fp32"] < best[
