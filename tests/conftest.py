@@ -127,7 +127,12 @@ def live_server(engine, close_engine: bool = True, wait_s: float = 30.0, **app_k
 @pytest.fixture(scope="session")
 def tiny_reward_model(tmp_path_factory) -> Path:
     """A random-weight pointwise reward model (tiny shape, OpenAssistant's layout), under a path that ends
-    with the repo id, as llm-blender needs to recognise it (its only rule)."""
+    with the repo id, as llm-blender needs to recognise it (its only rule).
+
+    BLENDER_FAST_TEST_REWARD_MODEL points at one made beforehand (CI's transformers-5 run: the generator
+    needs transformers 4)."""
+    if os.environ.get("BLENDER_FAST_TEST_REWARD_MODEL"):
+        return Path(os.environ["BLENDER_FAST_TEST_REWARD_MODEL"])
     require("torch")
     from blender_fast.synthetic.reward_model import make_reward_model_checkpoint
 
