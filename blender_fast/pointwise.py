@@ -23,14 +23,14 @@ from typing import Callable
 
 import numpy as np
 
+from .inputs import check_pairs_ab, check_prompts, judge_plan
 from .model.pointwise import (MIN_POINTWISE_MAXLENGTH, PointwiseTokenizer, cached_pointwise_export,
                               load_pointwise_checkpoint, pad_batch)
 from .options import (BACKEND_CHOICES, COMPARE_MODES, DEFAULT_BACKEND, DEFAULT_MAX_BATCH, DEFAULT_PRECISION,
                       DEFAULT_TOKEN_BUDGET, DEVICE_CHOICES, POLICIES, PRECISION_CHOICES, backend_for, check_choice,
                       check_count)
-from .inputs import check_pairs_ab, check_prompts, judge_plan
-from .selection.aggregate import ranks_from_scores, stack_if_equal, top_k_from_scores
 from .runtime.sessions import OnnxScoreModel, TorchScoreModel
+from .selection.aggregate import ranks_from_scores, stack_if_equal, top_k_from_scores
 from .selection.steps import ModelOutputError, RunStats, Selection, Step, run_steps, select_steps
 
 # The precisions each backend runs a reward model in.
@@ -69,7 +69,8 @@ class PointwiseRanker:
         """Load a reward model directory or hub id (``OpenAssistant/reward-model-deberta-v3-large-v2``).
         backend "onnx" (exported once and cached, ``cache_dir``) or "torch"; precision fp32 or fp16 (both
         backends) / bf16 (torch). "auto" (the default) picks ONNX fp32: the cascade and the agreement gate
-        cover PairRM only; an explicit precision with backend "auto" runs where it can (options.backend_for). batch_cost is accepted for the Ranker's signature (unused)."""
+        cover PairRM only; an explicit precision with backend "auto" runs where it can (options.backend_for).
+        batch_cost is accepted for the Ranker's signature (unused)."""
         from .runtime.sessions import resolve_device
         from .synthetic.demo import local_model
 
