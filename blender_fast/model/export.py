@@ -13,6 +13,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -312,7 +313,16 @@ def cached_export(ckpt: RankerCheckpoint, precision: str = "fp32", cache_dir: Pa
     """
     root = Path(cache_dir) if cache_dir else cache.cache_root() / "onnx"
     out_dir = root / export_key(ckpt, precision)
-    problem = check_export(out_dir) if out_dir.exists() else None
+    return cached_entry(out_dir, lambda tmp: export_onnx(ckpt, tmp, precision, final_dir=out_dir), check_export,
+                        ExportReport)
+
+
+def cached_entry(out_dir: Path, export: Callable, check: Callable, report_cls) -> tuple[Path, object]:
+    """The export cache's rules for one entry (``cached_export`` here, the reward model's in
+    model/pointwise.py): an intact entry is used as it is; a missing or damaged one is exported again by
+    ``export(tmp)`` (which returns its report) and published atomically (``cache.publish_dir``), except
+    where torch is missing: then the error names the damaged file and the directory to delete."""
+    problem = check(out_dir) if out_dir.exists() else None
     if problem is not None:
         try:
             _require_torch()
@@ -322,13 +332,11 @@ def cached_export(ckpt: RankerCheckpoint, precision: str = "fp32", cache_dir: Pa
                 f"to export it again, which needs torch ({e})"
             ) from None
     reports = []
-    path, cached = cache.publish_dir(
-        out_dir, lambda tmp: reports.append(export_onnx(ckpt, tmp, precision, final_dir=out_dir)), check_export
-    )
+    path, cached = cache.publish_dir(out_dir, lambda tmp: reports.append(export(tmp)), check)
     if reports and not cached:
         report = reports[0]
     else:
-        report = ExportReport(**{**json.loads((path / EXPORT_META).read_text())["export"], "cached": True})
+        report = report_cls(**{**json.loads((path / EXPORT_META).read_text())["export"], "cached": True})
     report.path = str(path / "model.onnx")  # where it is now, even if the cache directory was moved
     return path, report
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import cache
 from .cache import checkpoint_fingerprint
+from .export import cached_entry
 from .checkpoint import (CheckpointError, check_backbone, check_tokenizer_files, has_random_weights, has_tokenizer_files,
                          read_json, weights_file)
 
@@ -411,20 +412,5 @@ def cached_pointwise_export(ckpt: PointwiseCheckpoint, precision: str = "fp32", 
     keyed by weights, tokenizer files, config and options; a damaged entry is exported again)."""
     root = Path(cache_dir) if cache_dir else cache.cache_root() / "onnx"
     out_dir = root / pointwise_export_key(ckpt, precision)
-    problem = check_pointwise_export(out_dir) if out_dir.exists() else None
-    if problem is not None:
-        try:
-            _require_torch()
-        except ImportError as e:
-            raise cache.CacheError(f"the cached export {out_dir} is damaged: {problem}. Delete that directory "
-                                   f"(rm -r '{out_dir}') to export it again, which needs torch ({e})") from None
-    reports = []
-    path, cached = cache.publish_dir(
-        out_dir, lambda tmp: reports.append(export_pointwise_onnx(ckpt, tmp, precision, final_dir=out_dir)),
-        check_pointwise_export)
-    if reports and not cached:
-        report = reports[0]
-    else:
-        report = PointwiseExportReport(**{**json.loads((path / EXPORT_META).read_text())["export"], "cached": True})
-    report.path = str(path / "model.onnx")
-    return path, report
+    return cached_entry(out_dir, lambda tmp: export_pointwise_onnx(ckpt, tmp, precision, final_dir=out_dir),
+                        check_pointwise_export, PointwiseExportReport)
