@@ -148,6 +148,18 @@ def load_average() -> list[float] | None:
 
 # -- timing and memory -----------------------------------------------------------------------------
 
+def run_clients(client, concurrency: int, join_s: float) -> float:
+    """``concurrency`` daemon threads running ``client`` at once (load generators); waits for each at most
+    ``join_s`` and returns the wall seconds from the first start to the last join."""
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(join_s)
+    return time.perf_counter() - t0
+
+
 class RssSampler:
     """Peak resident memory of this process while a block runs, sampled by a background thread.
 

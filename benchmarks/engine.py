@@ -111,8 +111,10 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def timed_call(engine: Engine, fn, device: str, shape: ModelShape) -> tuple[object, dict]:
-    """Run fn once; wall time, peak RSS, batch statistics and FLOPs of exactly this call."""
+def timed_call(engine: Engine, fn, device: str, shape: ModelShape, sample_rss: bool = True) -> tuple[object, dict]:
+    """Run fn once; wall time, peak RSS, batch statistics and FLOPs of exactly this call.
+    sample_rss=False: no sampling thread beside the call (RSS fields NaN), for callers that measure peak
+    RSS elsewhere (benchmarks/targets.py: one subprocess per variant)."""
     gc.collect()
     time.sleep(SETTLE_S)
     first_batch = len(engine.batches)
@@ -121,7 +123,7 @@ def timed_call(engine: Engine, fn, device: str, shape: ModelShape) -> tuple[obje
         import torch
 
         torch.cuda.reset_peak_memory_stats()
-    with RssSampler() as mem:
+    with RssSampler() if sample_rss else contextlib.nullcontext() as mem:
         t0 = time.perf_counter()
         out = fn()
         _sync(device)
@@ -131,9 +133,10 @@ def timed_call(engine: Engine, fn, device: str, shape: ModelShape) -> tuple[obje
 
         cuda_peak = torch.cuda.max_memory_allocated() / 2**20
     batches = engine.batches[first_batch:]
+    nan = float("nan")
     rec = {"wall_s": wall, "load_average_1min": load_average()[0] if load_average() else None,
-           "rss_before_mb": mem.before / 2**20, "peak_rss_mb": mem.peak / 2**20,
-           "rss_increase_mb": (mem.peak - mem.before) / 2**20, "cuda_peak_mb": cuda_peak,
+           "rss_before_mb": mem.before / 2**20 if mem else nan, "peak_rss_mb": mem.peak / 2**20 if mem else nan,
+           "rss_increase_mb": (mem.peak - mem.before) / 2**20 if mem else nan, "cuda_peak_mb": cuda_peak,
            **summarize_batches(batches), **run_flops(shape, batches), "precision": engine.precision}
     if engine.side == "ours":
         st = engine.blender.ranker.last_stats

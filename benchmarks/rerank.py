@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .common import candidates_for, default_data_path, load_average, load_prompts, log
+from .common import candidates_for, default_data_path, load_average, load_prompts, log, run_clients
 from .serve import ServerProcess, ours
 
 ROUTES = {
@@ -52,13 +52,7 @@ def closed_loop(host: str, port: int, path: str, bodies: list[bytes], concurrenc
                 state["ok" if resp.status == 200 else "failed"] += 1
         conn.close()
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(seconds + 300)
-    wall = time.perf_counter() - t0
+    wall = run_clients(client, concurrency, seconds + 300)
     return {"requests": state["ok"], "failed": state["failed"], "wall_s": wall}
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import BenchPrompt, candidates_for, load_average, log
+from .common import BenchPrompt, candidates_for, load_average, log, run_clients
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -234,13 +234,7 @@ def closed_loop(host, port, requests: list[Request], concurrency: int, seconds: 
             with lock:
                 outcomes.append(o)
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(seconds + 300)
-    return summarize(outcomes, time.perf_counter() - t0)
+    return summarize(outcomes, run_clients(client, concurrency, seconds + 300))
 
 
 def open_loop(host, port, requests: list[Request], rate: float, seconds: float, seed: int,

@@ -224,46 +224,22 @@ def rank_fn(engine, inputs, cands):
 def interleaved(schedule, repeats: int, shape, label: str) -> tuple[dict, dict]:
     """Run each (key, engine, fn) of schedule once per repeat, in order; runs and first outputs per key."""
     from .common import log
+    from .engine import timed_call
 
     runs: dict[str, list[dict]] = {}
     outputs: dict[str, object] = {}
     for r in range(repeats):
         for key, engine, fn in schedule:
-            out, rec = timed_call_unsampled(engine, fn, shape)
+            # No RSS-sampling thread beside the timed call (peak RSS: section 5, one subprocess per
+            # variant). An A/B on a quiet machine found the thread costs nothing (0.99, docs/exact-at-speed-
+            # targets.md); timing alone keeps it that way on a busy one.
+            out, rec = timed_call(engine, fn, "cpu", shape, sample_rss=False)
             rec["repeat"] = r
             runs.setdefault(key, []).append(rec)
             outputs.setdefault(key, out)
             log(f"targets: {label} repeat {r + 1}/{repeats} {key:<34} {rec['wall_s']:8.2f}s "
                 f"(load {rec['load_average_1min']})")
     return runs, outputs
-
-
-def timed_call_unsampled(engine, fn, shape) -> tuple[object, dict]:
-    """engine.timed_call without its RSS-sampling thread: on a 2-core machine a thread waking every 5 ms
-    (and taking the GIL) beside torch's two OpenMP workers slowed llm-blender's many small batch_size=1
-    calls by up to ~3x (docs/exact-at-speed-targets.md), so timings here run alone; peak RSS is measured
-    in section 5, one subprocess per variant. Same record keys as timed_call (RSS: NaN)."""
-    from .common import load_average, summarize_batches
-    from .engine import SETTLE_S
-    from .flops import run_flops
-
-    gc.collect()
-    time.sleep(SETTLE_S)
-    first = len(engine.batches)
-    t0 = time.perf_counter()
-    out = fn()
-    wall = time.perf_counter() - t0
-    la = load_average()
-    rec = {"wall_s": wall, "load_average_1min": la[0] if la else None, "rss_before_mb": float("nan"),
-           "peak_rss_mb": float("nan"), "rss_increase_mb": float("nan"), "cuda_peak_mb": None, **summarize_batches(engine.batches[first:]),
-           **run_flops(shape, engine.batches[first:]), "precision": engine.precision}
-    if engine.side == "ours":
-        st = engine.blender.ranker.last_stats
-        rec.update(pairs=st.pairs, steps=st.steps, tokenize_s=st.tokenize_s, pack_s=st.pack_s,
-                   engine_model_s=st.model_s, engine_pad_fraction=st.pad_fraction)
-    else:
-        rec["pairs"] = rec["rows"]
-    return out, rec
 
 
 def ratio_cells(runs: dict, ours_key: str, ref_keys: list[str]) -> dict:
