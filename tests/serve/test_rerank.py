@@ -79,6 +79,41 @@ def test_cohere_sdk_v1_and_v2_get_the_offline_order(ranker, docs):
         assert err.value.status_code == 404 and "'pairrm-test'" in err.value.body["message"]
 
 
+def test_max_tokens_per_doc_keeps_that_many_tokens_of_each_document(ranker):
+    """Cohere v2's max_tokens_per_doc: each document keeps at most that many of its own tokens (PairRM
+    would otherwise give it candidate_maxlength plus half what the query leaves unused); a value past the
+    ranker's lengths (Cohere's default, 4096) changes nothing."""
+    words = "alpha beta gamma".split()  # one token each: a cut after a token is a cut after a word
+    documents = [" ".join(words[(i + j) % 3] for j in range(60 + 9 * i)) for i in range(4)]
+    query = "Which is best?"
+    tok = ranker.tokenizer
+    cap = 25
+    cut = []
+    for d in documents:
+        enc = tok.tokenizer.encode(d, add_special_tokens=False)
+        cut.append(d[:enc.offsets[cap - 1][1]])
+        assert tok.tokenizer.encode(cut[-1], add_special_tokens=False).ids == enc.ids[:cap]
+    full = relevance_from_aggregate(ranker.rank([query], [documents], return_scores=True)[0])
+    capped = relevance_from_aggregate(ranker.rank([query], [cut], return_scores=True)[0])
+    assert not np.allclose(full, capped)  # the cap changes the answer, so the checks below mean something
+
+    def scores(body):
+        return [r["relevance_score"] for r in sorted(body["results"], key=lambda r: r["index"])]
+
+    with live_server(BatchingEngine(ranker)) as url:
+        for extra, want in (({}, full), ({"max_tokens_per_doc": 4096}, full), ({"max_tokens_per_doc": cap}, capped)):
+            status, body, _ = post(url, "/v2/rerank", json.dumps({"model": "blender-fast", "query": query,
+                                                                  "documents": documents, **extra}))
+            assert status == 200, body
+            np.testing.assert_allclose(scores(body), want, rtol=1e-5, atol=1e-6, err_msg=str(extra))
+        # The top-k selection truncates alike: the offline selection over the cut documents.
+        status, body, _ = post(url, "/v2/rerank", json.dumps({"model": "blender-fast", "query": query,
+                                                              "documents": documents, "max_tokens_per_doc": cap,
+                                                              "top_n": 2}))
+        want = ranker.select([query], [cut], top_k=2, strategy="tournament", seed=0)[0].top_k
+        assert status == 200 and [r["index"] for r in body["results"]] == [int(i) for i in want]
+
+
 def test_extension_field_picks_the_strategy_and_budget(ranker, docs):
     query, documents = docs
     want = ranker.select([query], [documents], top_k=3, strategy="adaptive", budget=20, seed=0)[0].top_k
