@@ -24,6 +24,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..inputs import check_text
+from ..model.checkpoint import SPECIAL_TOKENS
 from ..options import STRATEGIES
 
 DEFAULT_RERANK_STRATEGY = "tournament"
@@ -56,6 +58,7 @@ class RerankSettings:
     budget: Optional[int] = None
     max_documents: int = 64
     max_text_chars: int = 32768
+    reserved: tuple = SPECIAL_TOKENS     # markers no text may hold (PairRM's; none for a reward model)
 
 
 @dataclass
@@ -112,10 +115,16 @@ def _check_texts(query, documents: list, settings: RerankSettings, list_name: st
     if len(documents) > settings.max_documents:
         raise RerankError(413, f"{len(documents)} {list_name}; this server accepts at most {settings.max_documents} "
                                f"per request (--max-candidates)")
-    for name, text in [("query", query)] + [(f"{list_name}[{i}]", t) for i, t in enumerate(documents)]:
+    texts = [("query", query)] + [(f"{list_name}[{i}]", t) for i, t in enumerate(documents)]
+    for name, text in texts:
         if len(text) > settings.max_text_chars:
             raise RerankError(413, f"{name} has {len(text)} characters; this server accepts at most "
                                    f"{settings.max_text_chars} (--max-text-chars)")
+    for name, text in texts:  # named as the request names them (the engine's checks say inputs/candidates)
+        try:
+            check_text(name, text, settings.reserved)
+        except ValueError as e:
+            raise RerankError(422, str(e)) from None
 
 
 def _extension(data: dict, req: RerankRequest, settings: RerankSettings) -> RerankRequest:

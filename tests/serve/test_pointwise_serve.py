@@ -230,7 +230,9 @@ def test_http_routes_give_the_offline_answers(reward):
             want = reward.rank([query], [docs], return_scores=True, **kw)[0].astype(np.float64)
             got = [r["relevance_score"] for r in sorted(body["results"], key=lambda r: r["index"])]
             assert status == 200 and np.allclose(got, 1 / (1 + np.exp(-want))), (extra, body)
-        # PairRM's markers are plain text to this model: accepted, as offline.
+        # PairRM's markers are plain text to this model: accepted, as offline (the rerank routes too).
+        status, body, _ = post(url, "/rerank", json.dumps({"query": "q", "texts": ["a <|candidate|>", "b"]}))
+        assert status == 200, body
         status, body, _ = post(url, "/v1/rank", json.dumps({"input": "q <|candidate|>", "candidates": ["a", "b"],
                                                              "return_scores": True}))
         want = reward.rank(["q <|candidate|>"], [["a", "b"]], return_scores=True)[0]

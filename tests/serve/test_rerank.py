@@ -147,6 +147,9 @@ def test_tei_rerank_shape_scores_and_errors(ranker, docs):
             ("/rerank", {"query": query, "texts": ["a", 3]}, 422, "texts[1] must be a string"),
             ("/rerank", {"texts": ["a"]}, 422, "missing field 'query'"),
             ("/rerank", {"query": "q", "texts": ["a"], "truncation_direction": "Left"}, 422, "not supported"),
+            # Texts are named as the request names them (not the Python API's inputs/candidates).
+            ("/rerank", {"query": "q", "texts": ["a", "b <|candidate|>"]}, 422, "texts[1] contains the reserved"),
+            ("/rerank", {"query": "<|source|> q", "texts": ["a"]}, 422, "query contains the reserved"),
         ]
         for path, payload, status, message in cases:
             got_status, got, _ = post(url, path, json.dumps(payload))
@@ -160,6 +163,8 @@ def test_tei_rerank_shape_scores_and_errors(ranker, docs):
             ("/v1/rerank", json.dumps({"query": "q", "documents": ["a"], "blender_fast": {"strategy": "x"}}), 422,
              "blender_fast.strategy"),
             ("/v1/rerank", "[" * 100_000 + "]" * 100_000, 422, "levels deep"),
+            ("/v2/rerank", json.dumps({"model": "blender-fast", "query": "q", "documents": ["a", "b\ud800"]}), 422,
+             "documents[1] contains a lone surrogate"),
         ]:
             got_status, got, _ = post(url, path, body)
             assert got_status == status and message in got["message"], (body[:80], got)
