@@ -127,6 +127,22 @@ def test_extension_field_picks_the_strategy_and_budget(ranker, docs):
         assert body["meta"]["blender_fast"]["forward_passes"] <= 20
 
 
+def test_server_start_sets_the_strategy_and_budget_a_request_may_override(ranker, docs):
+    """--rerank-strategy / --rerank-budget (create_app's rerank_strategy / rerank_budget) are the default of
+    every top_n < n request; a request naming another strategy runs it without the server's budget."""
+    query, documents = docs
+    swiss = ranker.select([query], [documents], top_k=2, strategy="swiss", budget=16, seed=0)[0]
+    tournament = ranker.select([query], [documents], top_k=2, strategy="tournament", seed=0)[0]
+    with live_server(BatchingEngine(ranker), rerank_strategy="swiss", rerank_budget=16) as url:
+        for extra, want, strategy in (({}, swiss, "swiss"), ({"blender_fast": {"strategy": "tournament"}},
+                                                              tournament, "tournament")):
+            status, body, _ = post(url, "/v1/rerank", json.dumps({"query": query, "documents": documents,
+                                                                  "top_n": 2, **extra}))
+            assert status == 200, body
+            assert [r["index"] for r in body["results"]] == [int(i) for i in want.top_k]
+            assert body["meta"]["blender_fast"] == {"strategy": strategy, "forward_passes": want.forward_passes}
+
+
 def test_tei_rerank_shape_scores_and_errors(ranker, docs):
     query, documents = docs
     want = offline_order(ranker, query, documents)
