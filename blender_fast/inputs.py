@@ -11,15 +11,19 @@ from .options import check_optional_seed
 from .selection.verbs import coin_flips, judge_steps
 
 
-def check_text(name: str, text: str) -> None:
+def check_text(name: str, text: str, reserved=()) -> None:
     """A lone surrogate (e.g. '\ud800', from a bad JSON escape) has no UTF-8 form: tokenizers fail on it
-    deep inside with an unhelpful message, so it is named here."""
+    deep inside with an unhelpful message, so it is named here; so is any of the ``reserved`` markers."""
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as e:
             raise ValueError(f"{name} contains a lone surrogate {text[e.start]!r} at character {e.start}, "
                              "which is not valid Unicode text") from None
+    for special in reserved:
+        if special in text:
+            raise ValueError(f"{name} contains the reserved marker {special!r}, which PairRM uses to find the "
+                             "source and candidates; remove or escape it")
 
 
 def check_prompts(inputs, candidates, instructions=None, *, reserved=SPECIAL_TOKENS) -> tuple[list[str], list[list[str]]]:
@@ -53,13 +57,7 @@ def check_prompts(inputs, candidates, instructions=None, *, reserved=SPECIAL_TOK
         # llm-blender prepends the instruction to the input with no separator; so do we.
         source = inst + inp
         for name, text in [(f"inputs[{p}]", source)] + [(f"candidates[{p}][{c}]", t) for c, t in enumerate(cands)]:
-            check_text(name, text)
-            for special in reserved:
-                if special in text:
-                    raise ValueError(
-                        f"{name} contains the reserved marker {special!r}, which PairRM uses to find the "
-                        "source and candidates; remove or escape it"
-                    )
+            check_text(name, text, reserved)
         sources.append(source)
         cand_lists.append(list(cands))
     return sources, cand_lists

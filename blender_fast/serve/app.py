@@ -28,6 +28,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..model.checkpoint import SPECIAL_TOKENS
 from ..options import (check_budget, check_optional_count, check_optional_seed, check_seed, check_temperature,
                        check_top_k)
 from . import rerank
@@ -357,7 +358,6 @@ def truncation(item: dict) -> dict:
 
 def _validate_prompts(engine, inputs, candidates, instructions):
     from ..inputs import check_prompts
-    from ..model.checkpoint import SPECIAL_TOKENS
 
     # PairRM's markers are refused in texts; they mean nothing to a pointwise reward model (as offline).
     reserved = () if getattr(engine, "pointwise", False) else SPECIAL_TOKENS
@@ -599,7 +599,8 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
     schemas = _schemas()
     rerank_settings = RerankSettings(model_names=model_names(served_model_names, info),
                                      strategy=rerank_strategy, budget=rerank_budget,
-                                     max_documents=max_candidates, max_text_chars=max_text_chars)
+                                     max_documents=max_candidates, max_text_chars=max_text_chars,
+                                     reserved=() if getattr(engine, "pointwise", False) else SPECIAL_TOKENS)
     app.state.rerank = rerank_settings
 
     def body_schema(route):

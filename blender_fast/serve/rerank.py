@@ -24,6 +24,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..inputs import check_text
+from ..model.checkpoint import SPECIAL_TOKENS
 from ..options import STRATEGIES
 
 DEFAULT_RERANK_STRATEGY = "tournament"
@@ -56,6 +58,7 @@ class RerankSettings:
     budget: Optional[int] = None
     max_documents: int = 64
     max_text_chars: int = 32768
+    reserved: tuple = SPECIAL_TOKENS     # markers no text may hold (PairRM's; none for a reward model)
 
 
 @dataclass
@@ -70,6 +73,7 @@ class RerankRequest:
     budget: Optional[int] = None
     source_maxlength: Optional[int] = None
     candidate_maxlength: Optional[int] = None
+    max_tokens_per_doc: Optional[int] = None  # Cohere v2: each document's own tokens, at most
 
 
 @dataclass
@@ -111,10 +115,16 @@ def _check_texts(query, documents: list, settings: RerankSettings, list_name: st
     if len(documents) > settings.max_documents:
         raise RerankError(413, f"{len(documents)} {list_name}; this server accepts at most {settings.max_documents} "
                                f"per request (--max-candidates)")
-    for name, text in [("query", query)] + [(f"{list_name}[{i}]", t) for i, t in enumerate(documents)]:
+    texts = [("query", query)] + [(f"{list_name}[{i}]", t) for i, t in enumerate(documents)]
+    for name, text in texts:
         if len(text) > settings.max_text_chars:
             raise RerankError(413, f"{name} has {len(text)} characters; this server accepts at most "
                                    f"{settings.max_text_chars} (--max-text-chars)")
+    for name, text in texts:  # named as the request names them (the engine's checks say inputs/candidates)
+        try:
+            check_text(name, text, settings.reserved)
+        except ValueError as e:
+            raise RerankError(422, str(e)) from None
 
 
 def _extension(data: dict, req: RerankRequest, settings: RerankSettings) -> RerankRequest:
@@ -187,8 +197,7 @@ def parse_cohere(data, version: int, settings: RerankSettings) -> RerankRequest:
         value = _check_type("max_tokens_per_doc", data["max_tokens_per_doc"], (int,), "a positive integer")
         if value < 1:
             raise RerankError(422, f"max_tokens_per_doc must be a positive integer, got {value}")
-        # A cap on the ranker's own candidate length: Cohere's default (4096) is far past PairRM's.
-        req.candidate_maxlength = min(value, req.candidate_maxlength or value)
+        req.max_tokens_per_doc = value  # a cap under the ranker's own lengths (truncation_lengths)
     return req
 
 
@@ -235,11 +244,36 @@ def full_order(scores) -> list:
     return sorted(range(len(s)), key=lambda i: (-float(s[i]), i))
 
 
+def truncation_lengths(engine, req: RerankRequest) -> dict:
+    """The engine call's source_maxlength / candidate_maxlength: the request's (None: the ranker's), and
+    with Cohere's max_tokens_per_doc, lengths that keep at most that many of each document's own tokens
+    (never more than the ranker's lengths would keep: Cohere's default, 4096, changes nothing)."""
+    lengths = {"source_maxlength": req.source_maxlength, "candidate_maxlength": req.candidate_maxlength}
+    cap = req.max_tokens_per_doc
+    if cap is None:
+        return lengths
+    ranker = engine.ranker
+    src_len, cand_len = ranker.truncation(req.source_maxlength, req.candidate_maxlength)
+    tok = ranker.tokenizer
+    if getattr(engine, "pointwise", False):
+        # The reward model cuts each document to candidate_maxlength tokens, its special tokens included
+        # (None: the tokenizer's model_max_length, none when unbounded).
+        limit, default = cap + tok.n_special, tok.model_max_length if cand_len is None else cand_len
+        lengths["candidate_maxlength"] = limit if default is None else min(limit, default)
+        return lengths
+    # PairRM gives each document candidate_maxlength tokens plus half of what the query leaves unused of
+    # source_maxlength (model/tokenization.encode_prompts), each piece being [CLS] <marker> text [SEP].
+    # The query's own length as source_maxlength keeps the query as it is and leaves nothing over.
+    query_len = min(len(tok.encode([tok.source_text(req.query)])[0]), src_len)
+    limit = min(cap + tok.prefix_offset + 2, cand_len + (src_len - query_len) // 2)
+    return {"source_maxlength": query_len, "candidate_maxlength": limit}
+
+
 async def run_rerank(engine, req: RerankRequest, timeout) -> Ranked:
     """The request on the engine: a full ranking, or a top-k selection when top_n < n."""
     n = len(req.documents)
     top_n = n if req.top_n is None else min(req.top_n, n)
-    lengths = {"source_maxlength": req.source_maxlength, "candidate_maxlength": req.candidate_maxlength}
+    lengths = truncation_lengths(engine, req)
     if top_n == n or req.strategy == "full":
         scores = (await engine.rank([req.query], [req.documents], None, return_scores=True, policy="max_logits",
                                     timeout=timeout, **lengths))[0]

@@ -48,3 +48,20 @@ def test_benchmarks_help_from_the_repository_root():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "usage" in proc.stdout.lower()
+
+
+@pytest.mark.slow
+def test_benchmarks_ray_section_from_the_repository_root(tmp_path):
+    """`python -m benchmarks` past its --help (which needs no _core): the smoke run of the ray section ranks
+    on Ray actors and in one process, both importing the package from the root."""
+    require("ray")
+    from conftest import shared_data_file
+
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--sections", "ray", "--out", str(out)],
+                          cwd=ROOT, env={**clone_env(), "BLENDER_FAST_DATA": str(shared_data_file())},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "ModuleNotFoundError" not in proc.stderr
+    variants = json.loads((out / "results.json").read_text(encoding="utf-8"))["ray"]["variants"]
+    assert {"single-process", "ray 1 actor"} <= set(variants), list(variants)

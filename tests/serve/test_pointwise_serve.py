@@ -220,7 +220,19 @@ def test_http_routes_give_the_offline_answers(reward):
                                                                "blender_fast": {"strategy": "tournament"}}))
         want = reward.select([query], [docs], top_k=2, strategy="tournament")[0].top_k
         assert status == 200 and [r["index"] for r in body["results"]] == [int(i) for i in want]
-        # PairRM's markers are plain text to this model: accepted, as offline.
+        # Cohere v2's max_tokens_per_doc: each document's own tokens, the special ones not counted; past the
+        # model's lengths it changes nothing.
+        n_special = reward.tokenizer.n_special
+        for extra, kw in (({"max_tokens_per_doc": 4}, {"candidate_maxlength": 4 + n_special}),
+                          ({"max_tokens_per_doc": 10**6}, {})):
+            status, body, _ = post(url, "/v2/rerank", json.dumps({"model": "blender-fast", "query": query,
+                                                                  "documents": docs, **extra}))
+            want = reward.rank([query], [docs], return_scores=True, **kw)[0].astype(np.float64)
+            got = [r["relevance_score"] for r in sorted(body["results"], key=lambda r: r["index"])]
+            assert status == 200 and np.allclose(got, 1 / (1 + np.exp(-want))), (extra, body)
+        # PairRM's markers are plain text to this model: accepted, as offline (the rerank routes too).
+        status, body, _ = post(url, "/rerank", json.dumps({"query": "q", "texts": ["a <|candidate|>", "b"]}))
+        assert status == 200, body
         status, body, _ = post(url, "/v1/rank", json.dumps({"input": "q <|candidate|>", "candidates": ["a", "b"],
                                                              "return_scores": True}))
         want = reward.rank(["q <|candidate|>"], [["a", "b"]], return_scores=True)[0]

@@ -79,6 +79,41 @@ def test_cohere_sdk_v1_and_v2_get_the_offline_order(ranker, docs):
         assert err.value.status_code == 404 and "'pairrm-test'" in err.value.body["message"]
 
 
+def test_max_tokens_per_doc_keeps_that_many_tokens_of_each_document(ranker):
+    """Cohere v2's max_tokens_per_doc: each document keeps at most that many of its own tokens (PairRM
+    would otherwise give it candidate_maxlength plus half what the query leaves unused); a value past the
+    ranker's lengths (Cohere's default, 4096) changes nothing."""
+    words = "alpha beta gamma".split()  # one token each: a cut after a token is a cut after a word
+    documents = [" ".join(words[(i + j) % 3] for j in range(60 + 9 * i)) for i in range(4)]
+    query = "Which is best?"
+    tok = ranker.tokenizer
+    cap = 25
+    cut = []
+    for d in documents:
+        enc = tok.tokenizer.encode(d, add_special_tokens=False)
+        cut.append(d[:enc.offsets[cap - 1][1]])
+        assert tok.tokenizer.encode(cut[-1], add_special_tokens=False).ids == enc.ids[:cap]
+    full = relevance_from_aggregate(ranker.rank([query], [documents], return_scores=True)[0])
+    capped = relevance_from_aggregate(ranker.rank([query], [cut], return_scores=True)[0])
+    assert not np.allclose(full, capped)  # the cap changes the answer, so the checks below mean something
+
+    def scores(body):
+        return [r["relevance_score"] for r in sorted(body["results"], key=lambda r: r["index"])]
+
+    with live_server(BatchingEngine(ranker)) as url:
+        for extra, want in (({}, full), ({"max_tokens_per_doc": 4096}, full), ({"max_tokens_per_doc": cap}, capped)):
+            status, body, _ = post(url, "/v2/rerank", json.dumps({"model": "blender-fast", "query": query,
+                                                                  "documents": documents, **extra}))
+            assert status == 200, body
+            np.testing.assert_allclose(scores(body), want, rtol=1e-5, atol=1e-6, err_msg=str(extra))
+        # The top-k selection truncates alike: the offline selection over the cut documents.
+        status, body, _ = post(url, "/v2/rerank", json.dumps({"model": "blender-fast", "query": query,
+                                                              "documents": documents, "max_tokens_per_doc": cap,
+                                                              "top_n": 2}))
+        want = ranker.select([query], [cut], top_k=2, strategy="tournament", seed=0)[0].top_k
+        assert status == 200 and [r["index"] for r in body["results"]] == [int(i) for i in want]
+
+
 def test_extension_field_picks_the_strategy_and_budget(ranker, docs):
     query, documents = docs
     want = ranker.select([query], [documents], top_k=3, strategy="adaptive", budget=20, seed=0)[0].top_k
@@ -90,6 +125,22 @@ def test_extension_field_picks_the_strategy_and_budget(ranker, docs):
         assert [r["index"] for r in body["results"]] == list(want)
         assert body["meta"]["blender_fast"]["strategy"] == "adaptive"
         assert body["meta"]["blender_fast"]["forward_passes"] <= 20
+
+
+def test_server_start_sets_the_strategy_and_budget_a_request_may_override(ranker, docs):
+    """--rerank-strategy / --rerank-budget (create_app's rerank_strategy / rerank_budget) are the default of
+    every top_n < n request; a request naming another strategy runs it without the server's budget."""
+    query, documents = docs
+    swiss = ranker.select([query], [documents], top_k=2, strategy="swiss", budget=16, seed=0)[0]
+    tournament = ranker.select([query], [documents], top_k=2, strategy="tournament", seed=0)[0]
+    with live_server(BatchingEngine(ranker), rerank_strategy="swiss", rerank_budget=16) as url:
+        for extra, want, strategy in (({}, swiss, "swiss"), ({"blender_fast": {"strategy": "tournament"}},
+                                                              tournament, "tournament")):
+            status, body, _ = post(url, "/v1/rerank", json.dumps({"query": query, "documents": documents,
+                                                                  "top_n": 2, **extra}))
+            assert status == 200, body
+            assert [r["index"] for r in body["results"]] == [int(i) for i in want.top_k]
+            assert body["meta"]["blender_fast"] == {"strategy": strategy, "forward_passes": want.forward_passes}
 
 
 def test_tei_rerank_shape_scores_and_errors(ranker, docs):
@@ -112,6 +163,9 @@ def test_tei_rerank_shape_scores_and_errors(ranker, docs):
             ("/rerank", {"query": query, "texts": ["a", 3]}, 422, "texts[1] must be a string"),
             ("/rerank", {"texts": ["a"]}, 422, "missing field 'query'"),
             ("/rerank", {"query": "q", "texts": ["a"], "truncation_direction": "Left"}, 422, "not supported"),
+            # Texts are named as the request names them (not the Python API's inputs/candidates).
+            ("/rerank", {"query": "q", "texts": ["a", "b <|candidate|>"]}, 422, "texts[1] contains the reserved"),
+            ("/rerank", {"query": "<|source|> q", "texts": ["a"]}, 422, "query contains the reserved"),
         ]
         for path, payload, status, message in cases:
             got_status, got, _ = post(url, path, json.dumps(payload))
@@ -125,6 +179,8 @@ def test_tei_rerank_shape_scores_and_errors(ranker, docs):
             ("/v1/rerank", json.dumps({"query": "q", "documents": ["a"], "blender_fast": {"strategy": "x"}}), 422,
              "blender_fast.strategy"),
             ("/v1/rerank", "[" * 100_000 + "]" * 100_000, 422, "levels deep"),
+            ("/v2/rerank", json.dumps({"model": "blender-fast", "query": "q", "documents": ["a", "b\ud800"]}), 422,
+             "documents[1] contains a lone surrogate"),
         ]:
             got_status, got, _ = post(url, path, body)
             assert got_status == status and message in got["message"], (body[:80], got)

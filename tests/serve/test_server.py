@@ -312,6 +312,15 @@ def test_fuse_route_selects_then_fuses_like_offline(ranker, prompts, tmp_path_fa
                                                             "num_beams": 1, "max_new_tokens": 8}))
         assert status == 200 and body["top_k"] == top and body["text"] == want[0]
         assert Client(url).fuse([inp], [cands], top_k=2, num_beams=1, max_new_tokens=8) == want
+        # The ranker's truncation per request (HTTP fields, Client arguments): the selection follows it.
+        lengths = {"source_maxlength": 8, "candidate_maxlength": 6}
+        short = [int(i) for i in ranker.select([inp], [cands], top_k=2, strategy="tournament", **lengths)[0].top_k]
+        assert short != list(top)  # the setting changes the selection, so the checks below mean something
+        want = fuser.fuse([inp], [[cands[i] for i in short]], progress=False, num_beams=1, max_new_tokens=8)
+        status, body, _ = post(url, "/v1/fuse", json.dumps({"input": inp, "candidates": cands, "top_k": 2,
+                                                            "num_beams": 1, "max_new_tokens": 8, **lengths}))
+        assert status == 200 and body["top_k"] == short and body["text"] == want[0]
+        assert Client(url).fuse([inp], [cands], top_k=2, num_beams=1, max_new_tokens=8, **lengths) == want
 
 
 @pytest.mark.slow
@@ -366,6 +375,34 @@ def test_fuse_queue_full_is_429():
     finally:
         gate.set()
         batcher.close()
+
+
+def test_fuse_queue_full_over_http_is_429_with_retry_after_and_counted(ranker):
+    """/v1/fuse's own admission as the client sees it: 429, Retry-After, the route's 429 in /metrics."""
+    gate, entered = threading.Event(), threading.Event()
+
+    class SlowFuser:
+        def fuse(self, inputs, candidates, instructions, **kw):
+            entered.set()
+            gate.wait(WAIT_S)
+            return [f"{i}+{len(c)}" for i, c in zip(inputs, candidates)]
+
+    item = {"input": "q", "candidates": ["a", "b"], "top_k": 1}
+    top = [int(i) for i in ranker.select(["q"], [["a", "b"]], top_k=1, strategy="tournament")[0].top_k]
+    with live_server(BatchingEngine(ranker), fuser=SlowFuser(), fuse_max_batch=1, fuse_max_wait_ms=0,
+                     fuse_max_queued=1) as url:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            try:
+                first = pool.submit(post, url, "/v1/fuse", json.dumps(item))
+                assert entered.wait(WAIT_S)  # its prompt is in generate: the fusion queue is empty again
+                status, body, headers = post(url, "/v1/fuse", json.dumps([item, item]))  # 2 prompts > 1
+            finally:
+                gate.set()
+            assert first.result(WAIT_S)[:2] == (200, {"text": "q+1", "top_k": top})
+        assert status == 429 and "fusion queue full" in body["detail"] and int(headers["Retry-After"]) >= 1
+        text = get(url, "/metrics")[1]
+        assert metric(text, "blender_fast_requests_total", route="fuse", status="429") == 1
+        assert metric(text, "blender_fast_requests_total", route="fuse", status="200") == 1
 
 
 def test_fuse_batcher_checks_its_numbers_by_the_one_rule():
