@@ -10,6 +10,8 @@ import numbers
 STRATEGIES = ("bubble", "tournament", "full", "swiss", "knockout_rr", "adaptive")
 # The ones the C++ Selector runs ("full" is one step of all pairs, done in Python).
 SELECTOR_STRATEGIES = ("bubble", "tournament", "swiss", "knockout_rr", "adaptive")
+# The ones that take a budget (forward passes per prompt) and never exceed it (check_strategy_budget).
+BUDGETED = ("swiss", "knockout_rr", "adaptive")
 # "both": run (a, b) and (b, a), decide on f(a,b) - f(b,a) (llm-blender's); "one": (a, b) only.
 ORDERS = ("both", "one")
 # How full ranking aggregates the comparison matrix (llm-blender's names).
@@ -103,6 +105,15 @@ def check_budget(value, name: str = "budget"):
     """None (the strategy's default) or forward passes per prompt, 1..MAX_BUDGET. (A budget below a
     strategy's minimum is refused later, by selection.budgets, with that minimum in the message.)"""
     return None if value is None else check_count(name, value, MAX_BUDGET)
+
+
+def check_strategy_budget(strategy: str, budget, name: str = "strategy"):
+    """``budget`` (check_budget) where ``strategy`` takes one; a budget given to any other strategy is a
+    ValueError. One rule and one message for every entry point; ``name`` is what the caller calls its
+    strategy (``pairrm_cmp_type`` in the llm-blender facade)."""
+    if budget is not None and strategy not in BUDGETED:
+        raise ValueError(f"budget applies to the strategies {BUDGETED}, not to {name}={strategy!r}")
+    return check_budget(budget)
 
 
 def check_positive_number(name: str, value) -> float:

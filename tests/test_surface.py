@@ -153,6 +153,43 @@ def test_judge_refuses_the_same_values_in_python(ranker, engine, name, value, er
         _raises(call, name, error)
 
 
+# Choices, the budget rule and the truncation lengths, verb by verb: (verb, parameter, value, exception).
+# budget=4 is given with strategy="bubble": a budget belongs to the budgeted strategies only.
+OTHER_BAD = [
+    ("select", "strategy", "nope", ValueError), ("select", "orders", "x", ValueError),
+    ("select", "policy", "x", ValueError), ("select", "budget", 4, ValueError),
+    ("rank", "policy", "x", ValueError), ("compare", "mode", "x", ValueError),
+    *[(verb, "source_maxlength", 0, ValueError) for verb in ("rank", "select", "compare")],
+    *[(verb, "candidate_maxlength", 1.5, TypeError) for verb in ("rank", "select", "compare")],
+    ("select", "source_maxlength", True, TypeError),
+]
+TEXTS = {"rank": (INPUTS, CANDS), "select": (INPUTS, CANDS), "compare": (INPUTS, ["a", "b"], ["c", "d"])}
+
+
+def _other_kw(name, value) -> dict:
+    return {name: value, **({"strategy": "bubble"} if name == "budget" else {})}
+
+
+@pytest.mark.parametrize("verb, name, value, error", OTHER_BAD)
+def test_choices_and_lengths_are_refused_the_same_way_in_python(ranker, engine, verb, name, value, error):
+    kw, texts = _other_kw(name, value), TEXTS[verb]
+    blender = Blender()
+    blender.ranker = ranker
+    calls = [lambda: getattr(ranker, verb)(*texts, **kw),
+             lambda: getattr(engine, f"{verb}_sync")(*texts, **kw),
+             lambda: asyncio.run(getattr(engine, verb)(*texts, **kw)),
+             lambda: getattr(Client("http://127.0.0.1:9"), verb)(*texts, **kw)]  # checked before any request
+    if verb == "select" and name in ("strategy", "orders", "policy", "budget"):
+        calls.append(lambda: check_ray_job(**kw))
+    if (verb, name) in (("select", "strategy"), ("select", "budget")):  # the facade's select verbs
+        calls.append(lambda: blender.rank_and_fuse(INPUTS, CANDS, top_k=1, **kw))
+        calls.append(lambda: Client("http://127.0.0.1:9").fuse(INPUTS, CANDS, top_k=1, **kw))
+    if (verb, name) in (("rank", "policy"), ("compare", "mode")):
+        calls.append(lambda: getattr(blender, verb)(*texts, **kw))
+    for call in calls:
+        _raises(call, name, error)
+
+
 def test_one_number_rule():
     assert check_count("n", np.int64(3)) == 3 and type(check_count("n", np.int64(3))) is int
     for bad in (2.0, True, None, "2", NAN):
@@ -185,6 +222,11 @@ def test_http_refuses_the_same_values_with_422(engine):
         for name, value, _ in JUDGE_BAD:
             status, detail = _post(url, "judge", {"prompt": INPUTS[0], "completions": PAIRS[0], name: value})
             assert status == 422 and name in detail, (name, value, status, detail)
+        for verb, name, value, _ in OTHER_BAD:
+            item = {"input": INPUTS[0], **({"candidate_a": "a", "candidate_b": "b"} if verb == "compare" else
+                                           {"candidates": CANDS[0]}), **_other_kw(name, value)}
+            status, detail = _post(url, verb, item)
+            assert status == 422 and name in detail, (verb, name, value, status, detail)
         # Good values still answer.
         assert _post(url, "select", {"input": INPUTS[0], "candidates": CANDS[0], "strategy": "swiss",
                                      "budget": 10**9})[0] == 200
@@ -216,7 +258,8 @@ def test_http_fuse_refuses_the_same_values_with_422(engine):
 
 CLI_BAD = [("--top-k", "0"), ("--top-k", "1.5"), ("--top-k", "True"), ("--top-k", str(10**30)), ("--top-k", "nan"),
            ("--seed", "-1"), ("--seed", "True"), ("--budget", "nan"), ("--budget", "inf"),
-           ("--budget", str(10**20)), ("--budget", "99999999999999999999"), ("--budget", "0")]
+           ("--budget", str(10**20)), ("--budget", "99999999999999999999"), ("--budget", "0"),
+           ("--strategy", "nope"), ("--orders", "x"), ("--policy", "x")]
 
 
 @pytest.mark.parametrize("flag, text", CLI_BAD)
