@@ -420,6 +420,22 @@ def test_other_numbers_in_python(ranker):
         check_ray_job(num_actors=0)
 
 
+def test_counts_of_the_fuser_and_the_records_follow_the_number_rule(tmp_path):
+    from blender_fast.cluster.records import read_prompts
+
+    with pytest.raises(OptionTypeError, match="limit must be an integer, got 1.5"):
+        read_prompts(tmp_path / "in.jsonl", limit=1.5)
+    with pytest.raises(ValueError, match="limit must be >= 0, got -1"):
+        read_prompts(tmp_path / "in.jsonl", limit=-1)
+    pytest.importorskip("torch")
+    from blender_fast.fusion.generation import n_generate
+
+    for kw, message in (({"n": 2.0}, "n must be an integer, got 2.0"), ({"n": 0}, "n must be >= 1, got 0"),
+                        ({"batch_size": True}, "batch_size must be an integer, got True")):
+        with pytest.raises(ValueError, match=message):  # OptionTypeError is a ValueError too
+            n_generate(None, None, ["q"], **kw)
+
+
 def test_auto_is_the_default_everywhere(tiny_checkpoint, tmp_path):
     """precision="auto" / backend="auto" are the defaults of every entry point (docs/exact-at-speed.md §4);
     an explicit precision with the default backend runs as requested on the backend that has it."""
