@@ -29,6 +29,8 @@ PRECISION_CHOICES = PRECISIONS + ("auto",)
 DEFAULT_PRECISION = "auto"
 # What each runtime runs (every other precision is refused by check_backend_precision, naming the backend).
 BACKEND_PRECISIONS = {"onnx": ("fp32", "fp16", "int8"), "torch": ("fp32", "fp16", "bf16"), "openvino": ("fp32", "bf16")}
+# What each runtime runs a pointwise reward model in (pointwise.PointwiseRanker, model/pointwise.py's export).
+POINTWISE_PRECISIONS = {"onnx": ("fp32", "fp16"), "torch": ("fp32", "fp16", "bf16")}
 # The fuser's (torch) precisions; the fuser's onnx backend runs fp32 only.
 FUSER_PRECISIONS = ("fp32", "fp16", "bf16")
 # Where the model runs; "auto" = cuda when torch or onnxruntime sees a GPU, else cpu.

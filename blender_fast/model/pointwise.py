@@ -31,6 +31,7 @@ from .cache import checkpoint_fingerprint
 from .export import cached_entry
 from .checkpoint import (CheckpointError, check_backbone, check_tokenizer_files, has_random_weights, has_tokenizer_files,
                          read_json, weights_file)
+from ..options import POINTWISE_PRECISIONS
 
 POINTWISE_REPO = "OpenAssistant/reward-model-deberta-v3-large-v2"
 POINTWISE_ARCHITECTURE = "DebertaV2ForSequenceClassification"
@@ -342,8 +343,8 @@ class PointwiseExportReport:
 def export_pointwise_onnx(ckpt: PointwiseCheckpoint, out_dir: Path, precision: str = "fp32", *,
                           final_dir: Path | None = None) -> PointwiseExportReport:
     """Write model.onnx + the tokenizer into out_dir, checked against torch fp32 on a sample batch."""
-    if precision not in EXPORT_TOLERANCE:
-        raise ValueError(f"a reward model exports to ONNX in precision {tuple(EXPORT_TOLERANCE)}, not {precision!r}")
+    if precision not in POINTWISE_PRECISIONS["onnx"]:
+        raise ValueError(f"a reward model exports to ONNX in precision {POINTWISE_PRECISIONS['onnx']}, not {precision!r}")
     _require_torch()
     import torch
 
