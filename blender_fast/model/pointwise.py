@@ -28,7 +28,7 @@ import numpy as np
 
 from . import cache
 from .cache import checkpoint_fingerprint
-from .export import cached_entry
+from .export import cached_entry, run_exported
 from .checkpoint import (CheckpointError, check_backbone, check_tokenizer_files, has_random_weights, has_tokenizer_files,
                          read_json, weights_file)
 from ..options import POINTWISE_PRECISIONS
@@ -374,9 +374,7 @@ def export_pointwise_onnx(ckpt: PointwiseCheckpoint, out_dir: Path, precision: s
         torch.onnx.export(export_model, tuple(inputs), str(out_dir / "model.onnx"), input_names=names,
                           output_names=["scores"], dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
     tok.save(out_dir)
-    from ..runtime.sessions import OnnxScoreModel
-
-    got = OnnxScoreModel(out_dir / "model.onnx", device="cpu")(ids, mask, types)
+    got = run_exported(out_dir / "model.onnx", {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
     diff = float(np.max(np.abs(got - reference)))
     spread = float(np.ptp(reference)) if np.isfinite(reference).all() else float("nan")
     tolerance = EXPORT_TOLERANCE[precision] * max(spread, 1.0)
