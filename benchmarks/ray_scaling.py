@@ -88,7 +88,7 @@ def run_single(ckpt, inp: Path, out: Path, strategy: str, chunk: int) -> int:
     """The single-process CLI's job, in-process (no interpreter start-up in the timing)."""
     from blender_fast.cluster.jobs import RankOptions, rank_prompts
     from blender_fast.cluster.records import read_prompts
-    from blender_fast.ranker import Ranker
+    from blender_fast import Ranker
 
     prompts = read_prompts(inp)
     ranker = Ranker.from_pretrained(ckpt, threads=1)

@@ -454,3 +454,46 @@ def test_auto_is_the_default_everywhere(tiny_checkpoint, tmp_path):
     assert blender.ranker.describe()["reason"] == auto.describe()["reason"] != "as requested"
     fp16 = Ranker.from_pretrained(tiny_checkpoint, precision="fp16", threads=1, cache_dir=tmp_path).describe()
     assert (fp16["backend"], fp16["precision"], fp16["reason"]) == ("onnx", "fp16", "as requested")
+
+
+# -- the public API and the benchmarks -------------------------------------------------------------------
+
+def _documented_lower_level_names() -> dict[str, set[str]]:
+    """docs/python-api.md's "Lower-level modules" table: module -> its public names."""
+    from conftest import REPO
+
+    text = (REPO / "docs" / "python-api.md").read_text().split("## Lower-level modules", 1)[1]
+    names: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        cells = line.split("|")
+        if len(cells) > 3 and cells[1].strip().startswith("`blender_fast"):
+            names[cells[1].strip().strip("`")] = {n.strip().strip("`") for n in cells[2].split(",")}
+    return names
+
+
+def test_benchmarks_import_only_the_public_api():
+    """benchmarks/ is a tool built on the engine: it imports the top level, options, and the lower-level
+    names docs/python-api.md makes public, and every one of those exists."""
+    import ast
+    import importlib
+
+    import blender_fast
+    from conftest import REPO
+
+    documented = _documented_lower_level_names()
+    for module, names in documented.items():
+        mod = importlib.import_module(module)
+        assert all(hasattr(mod, n) for n in names), (module, sorted(n for n in names if not hasattr(mod, n)))
+    outside = []
+    for path in sorted((REPO / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                outside += [(path.name, a.name, "") for a in node.names
+                            if a.name.startswith("blender_fast.") and a.name != "blender_fast.options"]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("blender_fast"):
+                for alias in node.names:
+                    public = (alias.name in blender_fast.__all__ if node.module == "blender_fast" else
+                              node.module == "blender_fast.options" or alias.name in documented.get(node.module, ()))
+                    if not public:
+                        outside.append((path.name, node.module, alias.name))
+    assert not outside, outside
