@@ -190,6 +190,22 @@ def test_choices_and_lengths_are_refused_the_same_way_in_python(ranker, engine, 
         _raises(call, name, error)
 
 
+@pytest.mark.parametrize("verb, texts, kw", [
+    ("select", ("q", [["a"]]), {"top_k": 0}), ("select", ("q", [["a"]]), {"strategy": "nope"}),
+    ("rank", ("q", [["a"]]), {"policy": "x"}), ("compare", ("q", ["a"], ["b"]), {"mode": "x"}),
+    ("judge", ("q", [["a", "b"]]), {"temperature": 0}),
+])
+def test_bad_texts_and_a_bad_option_give_the_same_first_error(ranker, engine, verb, texts, kw):
+    """With two things wrong, the Ranker and the engine name the same one first (the texts, then the
+    options): one order of checks, not only one set."""
+    errors = []
+    for call in (lambda: getattr(ranker, verb)(*texts, **kw), lambda: getattr(engine, f"{verb}_sync")(*texts, **kw)):
+        with pytest.raises(Exception) as info:
+            call()
+        errors.append((type(info.value), str(info.value)))
+    assert errors[0] == errors[1] and "must be a list" in errors[0][1], errors
+
+
 def test_one_number_rule():
     assert check_count("n", np.int64(3)) == 3 and type(check_count("n", np.int64(3))) is int
     for bad in (2.0, True, None, "2", NAN):
