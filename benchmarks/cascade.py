@@ -1,4 +1,4 @@
-"""Certified cascade benchmark (issue 18, item 5): per fast variant, the per-pair logit error against exact
+"""Certified cascade benchmark: per fast variant, the per-pair logit error against exact
 ONNX fp32 (median / p99 / max), the calibrated bound, the fraction of rows the cascade re-scored, wall time
 vs fp32 on the same full ranking, whether ranks equal fp32's, and the process's peak RSS so far.
 

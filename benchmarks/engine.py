@@ -249,7 +249,7 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
 
     # One sequence of (task, engine, fn), run `repeats` times: ours and theirs alternate.
     # llm-blender at batch_size=1 is its fastest setting on a CPU (no cross-prompt padding), so it is
-    # timed in every repeat too: the targets are stated against it as well as the default. Its
+    # timed in every repeat too: the speed targets are stated against it as well as the default. Its
     # scores are also the ones ours must reproduce: llm-blender decides truncation per batch (longest
     # source in the batch), and with batch_size=1 that is per prompt, like ours.
     schedule = [("rank", ours_main, rank_fn(ours_main)), ("rank", ref, rank_fn(ref)), ("rank", ref1, rank_fn(ref1))]

@@ -1,4 +1,4 @@
-"""fp32 vs bf16 GEMM rates and split-bf16 (bf16x3) accuracy on this CPU, 2 threads (issue 18, item 1).
+"""fp32 vs bf16 GEMM rates and split-bf16 (bf16x3) accuracy on this CPU, 2 threads.
 
 python -m benchmarks.gemm_rates   (about a minute; prints a table and the CPU model + ISA flags)
 """

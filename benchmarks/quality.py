@@ -260,7 +260,7 @@ FRONTIER_STRATEGIES = ("swiss", "knockout_rr", "adaptive")
 # Forward passes per prompt (orders="both": 2 per comparison) at n = 12: from a knockout's 22 to full's 132.
 FRONTIER_BUDGETS = (22, 26, 30, 34, 38, 44, 52, 66, 88, 110, 132)
 FRONTIER_REFERENCES = ("full", "tournament", "bubble")
-# Issue 12's targets (best of 12): regret within `slack` of full's at <= `passes`, in <= `steps` steps.
+# The selection targets (best of 12): regret within `slack` of full's at <= `passes`, in <= `steps` steps.
 FRONTIER_TARGETS = ({"agreement_pct": 60, "passes": 44, "slack": 0.02, "steps": 8},
                     {"agreement_pct": 70, "passes": 44, "slack": 0.01, "steps": None})
 

@@ -1,4 +1,4 @@
-"""Ray: the same ranking job single-process vs on Ray Data with 1 and 2 actors (issue 11).
+"""Ray: the same ranking job single-process vs on Ray Data with 1 and 2 actors.
 
 Every variant runs the whole job on the same JSONL file: read the prompts, load the ranker, rank
 (tournament top-1 by default), write JSON Lines. Single-process is the CLI's loop (``jobs.rank_prompts``
@@ -10,7 +10,7 @@ Ray's overhead per prompt = (Ray 1 actor − single-process) / prompts. CPU ms/p
 the whole process's CPU time (loading included); Ray, the actors' CPU time inside their batches (each
 actor logs it), so "cores obtained" = CPU / wall shows how much of the machine each variant really got:
 on a machine shared with other work, 2 actors can only scale as far as the scheduler gives them a
-second core. Targets (issue 11): Ray 1 actor
+second core. Targets: Ray 1 actor
 ≤ 1.10× single-process wall time; 2 actors ≥ 1.6× the throughput of 1 actor.
 """
 from __future__ import annotations
@@ -88,7 +88,7 @@ def run_single(ckpt, inp: Path, out: Path, strategy: str, chunk: int) -> int:
     """The single-process CLI's job, in-process (no interpreter start-up in the timing)."""
     from blender_fast.cluster.jobs import RankOptions, rank_prompts
     from blender_fast.cluster.records import read_prompts
-    from blender_fast.ranker import Ranker
+    from blender_fast import Ranker
 
     prompts = read_prompts(inp)
     ranker = Ranker.from_pretrained(ckpt, threads=1)

@@ -205,7 +205,7 @@ def frontier_md(fr: dict) -> list[str]:
                "forward passes per prompt, both orders (2 per comparison); a strategy never exceeds it. Random pick: "
                f"regret {syn['random_pick_regret']:.4f}.", ""]
         if syn.get("targets"):
-            md += ["### Targets (issue 12)", ""]
+            md += ["### Targets", ""]
             md += md_table(["agreement", "target", "full's regret", "best within it", "its regret", "steps (max)", "met"],
                          [[f"{t['agreement_pct']}%", f"regret ≤ full + {t['slack']} at ≤ {t['passes']} passes"
                            + (f", ≤ {t['steps']} steps" if t["steps"] else ""), fmt_num(t["full_regret"], 4),

@@ -1,4 +1,4 @@
-"""Issue 18's target measurements, side by side in one run: blender-fast (precision="auto", backend="auto")
+"""The exact-at-speed targets (docs/exact-at-speed.md §6), measured side by side in one run: blender-fast (precision="auto", backend="auto")
 against llm-blender 0.0.2 on generated random-weight checkpoints.
 
 python -m benchmarks.targets --out DIR [--prompts 8] [--candidates 6] [--exact-prompts 20]
@@ -737,7 +737,7 @@ def main(argv=None) -> int:
 # -- verdicts and report ------------------------------------------------------------------------------
 
 def verdicts(res: dict) -> list[dict]:
-    """One row per issue-18 target: measured value, target, met or not (None: section not run)."""
+    """One row per exact-at-speed target: measured value, target, met or not (None: section not run)."""
     rows = []
 
     def add(name, value, target, met=None, note=""):
@@ -783,7 +783,7 @@ def markdown(res: dict) -> list[str]:
 
     m = res["meta"]["machine"]
     s = res["meta"]["settings"]
-    L = ["# Issue 18 targets: blender-fast vs llm-blender 0.0.2", "",
+    L = ["# Exact-at-speed targets: blender-fast vs llm-blender 0.0.2", "",
          f"CPU: **{m['cpu_model']}**, {m['logical_cores']} logical cores ({m['cpu_affinity']} usable), "
          f"{m['memory_gb']} GB. ISA: {', '.join(m['isa'])}.",
          "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".",

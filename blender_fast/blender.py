@@ -14,12 +14,12 @@ from typing import List
 
 import numpy as np
 
-from .options import DEFAULT_BACKEND, DEFAULT_MAX_BATCH, DEFAULT_PRECISION, STRATEGIES, check_budget, check_seed, check_top_k, positive_int
+from .options import (DEFAULT_BACKEND, DEFAULT_MAX_BATCH, DEFAULT_PRECISION, STRATEGIES, check_choice, check_seed,
+                      check_strategy_budget, check_top_k, positive_int)
 from .inputs import check_prompts, check_text
 from .ranker import Ranker
 from .runtime.sessions import resolve_device
 from .selection.aggregate import top_k_from_scores
-from .selection.budgets import BUDGETED
 from .selection.steps import PromptError
 
 logger = logging.getLogger(__name__)
@@ -274,15 +274,12 @@ class Blender:
 
     def _best_or_worst(self, inputs, candidates, instructions, pairrm_cmp_type, return_all, worst, seed, initial_orders,
                        budget=None):
-        if pairrm_cmp_type not in CMP_TYPES:
-            raise ValueError(f"pairrm_cmp_type must be one of {CMP_TYPES}, got {pairrm_cmp_type!r}")
+        check_choice("pairrm_cmp_type", pairrm_cmp_type, CMP_TYPES)
         # Before the one-candidate shortcut: a str where a list belongs would otherwise "win" as its
         # first character. One candidate per prompt is legal (trivially the best, as in llm-blender).
         check_prompts(inputs, candidates, instructions)
         check_seed(seed)
-        if budget is not None and pairrm_cmp_type not in BUDGETED:
-            raise ValueError(f"budget applies to pairrm_cmp_type in {BUDGETED}, not to {pairrm_cmp_type!r}")
-        check_budget(budget)
+        check_strategy_budget(pairrm_cmp_type, budget, name="pairrm_cmp_type")
         if all(len(c) == 1 for c in candidates):
             return [list(c) for c in candidates] if return_all else [c[0] for c in candidates]
         ranker = self._need_ranker()
@@ -360,13 +357,10 @@ class Blender:
         "swiss"/"knockout_rr"/"adaptive" within ``budget`` forward passes per prompt) selects the top_k
         without the full n^2 ranking; ranks are then 1..top_k for the selected and top_k+1 for the rest.
         seed: the starting arrangement of those strategies (as ``fuse`` on the CLI and the server)."""
-        if strategy not in CMP_TYPES:
-            raise ValueError(f"strategy must be one of {CMP_TYPES}, got {strategy!r}")
+        check_choice("strategy", strategy, CMP_TYPES)
         top_k = check_top_k(top_k)
         check_prompts(inputs, candidates, instructions)
-        if budget is not None and strategy not in BUDGETED:
-            raise ValueError(f"budget applies to strategy in {BUDGETED}, not to {strategy!r}")
-        check_budget(budget)
+        check_strategy_budget(strategy, budget)
         check_seed(seed)
         for p, c in enumerate(candidates):
             if len(c) < top_k:

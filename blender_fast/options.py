@@ -10,6 +10,8 @@ import numbers
 STRATEGIES = ("bubble", "tournament", "full", "swiss", "knockout_rr", "adaptive")
 # The ones the C++ Selector runs ("full" is one step of all pairs, done in Python).
 SELECTOR_STRATEGIES = ("bubble", "tournament", "swiss", "knockout_rr", "adaptive")
+# The ones that take a budget (forward passes per prompt) and never exceed it (check_strategy_budget).
+BUDGETED = ("swiss", "knockout_rr", "adaptive")
 # "both": run (a, b) and (b, a), decide on f(a,b) - f(b,a) (llm-blender's); "one": (a, b) only.
 ORDERS = ("both", "one")
 # How full ranking aggregates the comparison matrix (llm-blender's names).
@@ -27,6 +29,8 @@ PRECISION_CHOICES = PRECISIONS + ("auto",)
 DEFAULT_PRECISION = "auto"
 # What each runtime runs (every other precision is refused by check_backend_precision, naming the backend).
 BACKEND_PRECISIONS = {"onnx": ("fp32", "fp16", "int8"), "torch": ("fp32", "fp16", "bf16"), "openvino": ("fp32", "bf16")}
+# What each runtime runs a pointwise reward model in (pointwise.PointwiseRanker, model/pointwise.py's export).
+POINTWISE_PRECISIONS = {"onnx": ("fp32", "fp16"), "torch": ("fp32", "fp16", "bf16")}
 # The fuser's (torch) precisions; the fuser's onnx backend runs fp32 only.
 FUSER_PRECISIONS = ("fp32", "fp16", "bf16")
 # Where the model runs; "auto" = cuda when torch or onnxruntime sees a GPU, else cpu.
@@ -103,6 +107,15 @@ def check_budget(value, name: str = "budget"):
     """None (the strategy's default) or forward passes per prompt, 1..MAX_BUDGET. (A budget below a
     strategy's minimum is refused later, by selection.budgets, with that minimum in the message.)"""
     return None if value is None else check_count(name, value, MAX_BUDGET)
+
+
+def check_strategy_budget(strategy: str, budget, name: str = "strategy"):
+    """``budget`` (check_budget) where ``strategy`` takes one; a budget given to any other strategy is a
+    ValueError. One rule and one message for every entry point; ``name`` is what the caller calls its
+    strategy (``pairrm_cmp_type`` in the llm-blender facade)."""
+    if budget is not None and strategy not in BUDGETED:
+        raise ValueError(f"budget applies to the strategies {BUDGETED}, not to {name}={strategy!r}")
+    return check_budget(budget)
 
 
 def check_positive_number(name: str, value) -> float:

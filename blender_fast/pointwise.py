@@ -27,14 +27,11 @@ from .inputs import check_pairs_ab, check_prompts, judge_plan
 from .model.pointwise import (MIN_POINTWISE_MAXLENGTH, PointwiseTokenizer, cached_pointwise_export,
                               load_pointwise_checkpoint, pad_batch)
 from .options import (BACKEND_CHOICES, COMPARE_MODES, DEFAULT_BACKEND, DEFAULT_MAX_BATCH, DEFAULT_PRECISION,
-                      DEFAULT_TOKEN_BUDGET, DEVICE_CHOICES, POLICIES, PRECISION_CHOICES, backend_for, check_choice,
-                      check_count)
+                      DEFAULT_TOKEN_BUDGET, DEVICE_CHOICES, POINTWISE_PRECISIONS, POLICIES, PRECISION_CHOICES,
+                      backend_for, check_choice, check_count)
 from .runtime.sessions import OnnxScoreModel, TorchScoreModel
 from .selection.aggregate import ranks_from_scores, stack_if_equal, top_k_from_scores
 from .selection.steps import ModelOutputError, RunStats, Selection, Step, run_steps, select_steps
-
-# The precisions each backend runs a reward model in.
-POINTWISE_PRECISIONS = {"onnx": ("fp32", "fp16"), "torch": ("fp32", "fp16", "bf16")}
 
 
 class PointwiseRanker:

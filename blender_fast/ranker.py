@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _core
 from .model.checkpoint import load_checkpoint
-from .options import (BACKEND_CHOICES, COMPARE_MODES, DEFAULT_BACKEND, DEFAULT_BATCH_COST, DEFAULT_MAX_BATCH,
+from .options import (BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_BATCH_COST, DEFAULT_MAX_BATCH,
                       DEFAULT_PRECISION, DEFAULT_TOKEN_BUDGET, DEVICE_CHOICES, PRECISION_CHOICES, backend_for,
                       check_choice, check_count)
 from .inputs import check_pairs_ab, check_prompts, judge_plan
@@ -324,9 +324,8 @@ class Ranker:
         "[A,B]": f(A,B); "[B,A]": f(B,A) (B read first; as in llm-blender, not negated);
         "[A,B]+[B,A]": f(A,B) - f(B,A), the position-debiased comparison.
         """
-        check_choice("mode", mode, COMPARE_MODES)
         sources, cands = check_pairs_ab(inputs, candidates_a, candidates_b, instructions)
-        return self.run(sources, cands, self.cascaded(compare_steps(len(sources), mode), verb_mode("compare")),
+        return self.run(sources, cands, self.cascaded(compare_steps(len(sources), mode), verb_mode("compare")),  # checks mode
                         desc="Comparing",
                         source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength,
                         progress=progress)

@@ -1,4 +1,4 @@
-"""`python -m benchmarks.targets --quick` end to end (issue 18's target measurements): every section is
+"""`python -m benchmarks.targets --quick` end to end (the exact-at-speed target measurements): every section is
 written with the structure the report reads. Timings are never asserted (a shared machine); exactness is,
 since it does not depend on load.
 """

@@ -103,7 +103,7 @@ def test_bad_input_errors(blender, tiny_checkpoint):
         blender.rank_with_ref(INPUTS, CANDIDATES, ref_mode="random")
     with pytest.raises(ValueError, match="pairrm_cmp_type"):
         blender.get_best_of_n(INPUTS, CANDIDATES, pairrm_cmp_type="quick")
-    with pytest.raises(ValueError, match="budget applies to pairrm_cmp_type"):
+    with pytest.raises(ValueError, match=r"budget applies to the strategies .*, not to pairrm_cmp_type='bubble'"):
         blender.get_best_of_n(INPUTS, CANDIDATES, pairrm_cmp_type="bubble", budget=10)
     with pytest.raises(ValueError, match="empty"):
         blender.fuse(["x"], [[""]])
@@ -138,7 +138,7 @@ def test_rank_and_fuse_at_a_budget(blender):
                                        num_beams=1, max_new_tokens=8)
     assert len(got) == len(INPUTS) and all(isinstance(g, str) for g in got)
     assert all(sorted(r)[:2] == [1, 2] for r in ranks)
-    with pytest.raises(ValueError, match="budget applies to strategy"):
+    with pytest.raises(ValueError, match=r"budget applies to the strategies .*, not to strategy='full'"):
         blender.rank_and_fuse(INPUTS, CANDIDATES, top_k=2, strategy="full", budget=40)
 # -- the facade validates like the Ranker; NaN; threads ---------------------------------------------
 

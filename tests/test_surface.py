@@ -153,6 +153,59 @@ def test_judge_refuses_the_same_values_in_python(ranker, engine, name, value, er
         _raises(call, name, error)
 
 
+# Choices, the budget rule and the truncation lengths, verb by verb: (verb, parameter, value, exception).
+# budget=4 is given with strategy="bubble": a budget belongs to the budgeted strategies only.
+OTHER_BAD = [
+    ("select", "strategy", "nope", ValueError), ("select", "orders", "x", ValueError),
+    ("select", "policy", "x", ValueError), ("select", "budget", 4, ValueError),
+    ("rank", "policy", "x", ValueError), ("compare", "mode", "x", ValueError),
+    *[(verb, "source_maxlength", 0, ValueError) for verb in ("rank", "select", "compare")],
+    *[(verb, "candidate_maxlength", 1.5, TypeError) for verb in ("rank", "select", "compare")],
+    ("select", "source_maxlength", True, TypeError),
+]
+TEXTS = {"rank": (INPUTS, CANDS), "select": (INPUTS, CANDS), "compare": (INPUTS, ["a", "b"], ["c", "d"])}
+
+
+def _other_kw(name, value) -> dict:
+    return {name: value, **({"strategy": "bubble"} if name == "budget" else {})}
+
+
+@pytest.mark.parametrize("verb, name, value, error", OTHER_BAD)
+def test_choices_and_lengths_are_refused_the_same_way_in_python(ranker, engine, verb, name, value, error):
+    kw, texts = _other_kw(name, value), TEXTS[verb]
+    blender = Blender()
+    blender.ranker = ranker
+    calls = [lambda: getattr(ranker, verb)(*texts, **kw),
+             lambda: getattr(engine, f"{verb}_sync")(*texts, **kw),
+             lambda: asyncio.run(getattr(engine, verb)(*texts, **kw)),
+             lambda: getattr(Client("http://127.0.0.1:9"), verb)(*texts, **kw)]  # checked before any request
+    if verb == "select" and name in ("strategy", "orders", "policy", "budget"):
+        calls.append(lambda: check_ray_job(**kw))
+    if (verb, name) in (("select", "strategy"), ("select", "budget")):  # the facade's select verbs
+        calls.append(lambda: blender.rank_and_fuse(INPUTS, CANDS, top_k=1, **kw))
+        calls.append(lambda: Client("http://127.0.0.1:9").fuse(INPUTS, CANDS, top_k=1, **kw))
+    if (verb, name) in (("rank", "policy"), ("compare", "mode")):
+        calls.append(lambda: getattr(blender, verb)(*texts, **kw))
+    for call in calls:
+        _raises(call, name, error)
+
+
+@pytest.mark.parametrize("verb, texts, kw", [
+    ("select", ("q", [["a"]]), {"top_k": 0}), ("select", ("q", [["a"]]), {"strategy": "nope"}),
+    ("rank", ("q", [["a"]]), {"policy": "x"}), ("compare", ("q", ["a"], ["b"]), {"mode": "x"}),
+    ("judge", ("q", [["a", "b"]]), {"temperature": 0}),
+])
+def test_bad_texts_and_a_bad_option_give_the_same_first_error(ranker, engine, verb, texts, kw):
+    """With two things wrong, the Ranker and the engine name the same one first (the texts, then the
+    options): one order of checks, not only one set."""
+    errors = []
+    for call in (lambda: getattr(ranker, verb)(*texts, **kw), lambda: getattr(engine, f"{verb}_sync")(*texts, **kw)):
+        with pytest.raises(Exception) as info:
+            call()
+        errors.append((type(info.value), str(info.value)))
+    assert errors[0] == errors[1] and "must be a list" in errors[0][1], errors
+
+
 def test_one_number_rule():
     assert check_count("n", np.int64(3)) == 3 and type(check_count("n", np.int64(3))) is int
     for bad in (2.0, True, None, "2", NAN):
@@ -185,6 +238,11 @@ def test_http_refuses_the_same_values_with_422(engine):
         for name, value, _ in JUDGE_BAD:
             status, detail = _post(url, "judge", {"prompt": INPUTS[0], "completions": PAIRS[0], name: value})
             assert status == 422 and name in detail, (name, value, status, detail)
+        for verb, name, value, _ in OTHER_BAD:
+            item = {"input": INPUTS[0], **({"candidate_a": "a", "candidate_b": "b"} if verb == "compare" else
+                                           {"candidates": CANDS[0]}), **_other_kw(name, value)}
+            status, detail = _post(url, verb, item)
+            assert status == 422 and name in detail, (verb, name, value, status, detail)
         # Good values still answer.
         assert _post(url, "select", {"input": INPUTS[0], "candidates": CANDS[0], "strategy": "swiss",
                                      "budget": 10**9})[0] == 200
@@ -216,7 +274,8 @@ def test_http_fuse_refuses_the_same_values_with_422(engine):
 
 CLI_BAD = [("--top-k", "0"), ("--top-k", "1.5"), ("--top-k", "True"), ("--top-k", str(10**30)), ("--top-k", "nan"),
            ("--seed", "-1"), ("--seed", "True"), ("--budget", "nan"), ("--budget", "inf"),
-           ("--budget", str(10**20)), ("--budget", "99999999999999999999"), ("--budget", "0")]
+           ("--budget", str(10**20)), ("--budget", "99999999999999999999"), ("--budget", "0"),
+           ("--strategy", "nope"), ("--orders", "x"), ("--policy", "x")]
 
 
 @pytest.mark.parametrize("flag, text", CLI_BAD)
@@ -377,6 +436,22 @@ def test_other_numbers_in_python(ranker):
         check_ray_job(num_actors=0)
 
 
+def test_counts_of_the_fuser_and_the_records_follow_the_number_rule(tmp_path):
+    from blender_fast.cluster.records import read_prompts
+
+    with pytest.raises(OptionTypeError, match="limit must be an integer, got 1.5"):
+        read_prompts(tmp_path / "in.jsonl", limit=1.5)
+    with pytest.raises(ValueError, match="limit must be >= 0, got -1"):
+        read_prompts(tmp_path / "in.jsonl", limit=-1)
+    pytest.importorskip("torch")
+    from blender_fast.fusion.generation import n_generate
+
+    for kw, message in (({"n": 2.0}, "n must be an integer, got 2.0"), ({"n": 0}, "n must be >= 1, got 0"),
+                        ({"batch_size": True}, "batch_size must be an integer, got True")):
+        with pytest.raises(ValueError, match=message):  # OptionTypeError is a ValueError too
+            n_generate(None, None, ["q"], **kw)
+
+
 def test_auto_is_the_default_everywhere(tiny_checkpoint, tmp_path):
     """precision="auto" / backend="auto" are the defaults of every entry point (docs/exact-at-speed.md §4);
     an explicit precision with the default backend runs as requested on the backend that has it."""
@@ -395,3 +470,46 @@ def test_auto_is_the_default_everywhere(tiny_checkpoint, tmp_path):
     assert blender.ranker.describe()["reason"] == auto.describe()["reason"] != "as requested"
     fp16 = Ranker.from_pretrained(tiny_checkpoint, precision="fp16", threads=1, cache_dir=tmp_path).describe()
     assert (fp16["backend"], fp16["precision"], fp16["reason"]) == ("onnx", "fp16", "as requested")
+
+
+# -- the public API and the benchmarks -------------------------------------------------------------------
+
+def _documented_lower_level_names() -> dict[str, set[str]]:
+    """docs/python-api.md's "Lower-level modules" table: module -> its public names."""
+    from conftest import REPO
+
+    text = (REPO / "docs" / "python-api.md").read_text().split("## Lower-level modules", 1)[1]
+    names: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        cells = line.split("|")
+        if len(cells) > 3 and cells[1].strip().startswith("`blender_fast"):
+            names[cells[1].strip().strip("`")] = {n.strip().strip("`") for n in cells[2].split(",")}
+    return names
+
+
+def test_benchmarks_import_only_the_public_api():
+    """benchmarks/ is a tool built on the engine: it imports the top level, options, and the lower-level
+    names docs/python-api.md makes public, and every one of those exists."""
+    import ast
+    import importlib
+
+    import blender_fast
+    from conftest import REPO
+
+    documented = _documented_lower_level_names()
+    for module, names in documented.items():
+        mod = importlib.import_module(module)
+        assert all(hasattr(mod, n) for n in names), (module, sorted(n for n in names if not hasattr(mod, n)))
+    outside = []
+    for path in sorted((REPO / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                outside += [(path.name, a.name, "") for a in node.names
+                            if a.name.startswith("blender_fast.") and a.name != "blender_fast.options"]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("blender_fast"):
+                for alias in node.names:
+                    public = (alias.name in blender_fast.__all__ if node.module == "blender_fast" else
+                              node.module == "blender_fast.options" or alias.name in documented.get(node.module, ()))
+                    if not public:
+                        outside.append((path.name, node.module, alias.name))
+    assert not outside, outside

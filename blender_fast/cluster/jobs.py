@@ -16,10 +16,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..options import ORDERS, POLICIES, STRATEGIES, check_budget, check_choice, check_seed, check_top_k
+from ..options import BUDGETED, ORDERS, POLICIES, STRATEGIES, check_choice, check_seed, check_strategy_budget, check_top_k
 from .records import Prompt
 from ..selection.aggregate import ranks_from_scores, top_k_from_scores
-from ..selection.budgets import BUDGETED
 from ..selection.steps import ModelOutputError, PromptError
 
 RESULT_KEYS = ("strategy", "top_k", "best", "ranks", "scores", "comparisons", "forward_passes", "steps")
@@ -43,9 +42,7 @@ class RankOptions:
         # The one number rule (options.py): the CLI, the Ray job and the Python API agree.
         check_top_k(self.top_k)
         check_seed(self.seed)
-        if self.budget is not None and self.strategy not in BUDGETED:
-            raise ValueError(f"budget applies to the strategies {BUDGETED}, not to strategy={self.strategy!r}")
-        check_budget(self.budget)
+        check_strategy_budget(self.strategy, self.budget)
 
 
 def expected_forward_passes(n: int, options: RankOptions) -> int:

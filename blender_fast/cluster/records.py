@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ..options import check_optional_count
+
 
 @dataclass
 class Prompt:
@@ -66,8 +68,7 @@ def iter_prompts(path, limit: int | None = None):
     """Prompts of a JSON Lines file one at a time, read line by line (memory does not grow with the
     file). Each has ``where`` = "path:line". Blank lines are skipped; limit: at most this many."""
     path = Path(path)
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
+    limit = check_optional_count("limit", limit, minimum=0)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: input file not found")
     if limit == 0:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..model import cache
-from ..options import BACKENDS, DEVICE_CHOICES, FUSER_PRECISIONS, check_choice, check_optional_count
+from ..options import BACKENDS, DEVICE_CHOICES, FUSER_PRECISIONS, check_choice, check_count, check_optional_count
 
 # llm-blender's GenFuserConfig defaults.
 DEFAULT_MAX_LENGTH = 1024
@@ -510,8 +510,7 @@ class Fuser:
         import torch
         from tqdm.auto import tqdm
 
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_count("batch_size", batch_size)
         validate_fuse_arguments(inputs, candidates, instructions)
         generate_kwargs = dict(generate_kwargs)
         # llm-blender: `kwargs.pop("candidate_max_length", None) or config.candidate_maxlength`

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from ..options import check_count
+
 SAMPLING_MODES = ("top_k_sampling", "top_p_sampling", None)
 
 
@@ -88,10 +90,7 @@ def n_generate(
             "Number of inputs and instructions must be the same if instructions is not None "
             f"(got {len(inputs)} and {len(instructions)})"
         )
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n, batch_size = check_count("n", n), check_count("batch_size", batch_size)
     params = sampling_generate_kwargs(generate_kwargs, n, sampling_mode, tokenizer.model_max_length)
 
     prompts = (

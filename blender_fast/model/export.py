@@ -239,10 +239,7 @@ def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", 
             logging.getLogger().removeFilter(advice)
         fp32_path.unlink()
     tok.save(out_dir)
-    from ..runtime.sessions import OnnxPairModel
-
-    session = OnnxPairModel(final_path, device="cpu")
-    got = session(ids, mask, pos)
+    got = run_exported(final_path, {"input_ids": ids, "attention_mask": mask, "positions": pos})
     diff = float(np.max(np.abs(got - reference)))
     check_export_diff(diff, reference, precision, Path(final_dir or out_dir) / "model.onnx")
     report = ExportReport(str(Path(final_dir or out_dir) / "model.onnx"), precision, diff, time.perf_counter() - t0, cached=False)
@@ -251,6 +248,21 @@ def export_onnx(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", 
             "files": cache.record_files(out_dir, exclude=(EXPORT_META,))}
     (out_dir / EXPORT_META).write_text(json.dumps(meta, indent=1))
     return report
+
+
+def run_exported(onnx_path: Path, feeds: dict) -> np.ndarray:
+    """The exported graph's output on ``feeds`` (those of its inputs it takes), float32, run once on the CPU
+    by plain ONNX Runtime with the runtimes' session settings: an export's check against torch. The
+    sessions that serve a model (runtime/sessions.py) stand above the model files, so an export does not
+    import them."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only, as the runtimes: fp16 graphs warn once per layer otherwise
+    session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return session.run(None, {name: feeds[name] for name in names})[0].astype(np.float32, copy=False)
 
 
 def relative_position_matmuls(onnx_path: Path) -> list[str]:

@@ -28,9 +28,10 @@ import numpy as np
 
 from . import cache
 from .cache import checkpoint_fingerprint
-from .export import cached_entry
+from .export import cached_entry, run_exported
 from .checkpoint import (CheckpointError, check_backbone, check_tokenizer_files, has_random_weights, has_tokenizer_files,
                          read_json, weights_file)
+from ..options import POINTWISE_PRECISIONS
 
 POINTWISE_REPO = "OpenAssistant/reward-model-deberta-v3-large-v2"
 POINTWISE_ARCHITECTURE = "DebertaV2ForSequenceClassification"
@@ -342,8 +343,8 @@ class PointwiseExportReport:
 def export_pointwise_onnx(ckpt: PointwiseCheckpoint, out_dir: Path, precision: str = "fp32", *,
                           final_dir: Path | None = None) -> PointwiseExportReport:
     """Write model.onnx + the tokenizer into out_dir, checked against torch fp32 on a sample batch."""
-    if precision not in EXPORT_TOLERANCE:
-        raise ValueError(f"a reward model exports to ONNX in precision {tuple(EXPORT_TOLERANCE)}, not {precision!r}")
+    if precision not in POINTWISE_PRECISIONS["onnx"]:
+        raise ValueError(f"a reward model exports to ONNX in precision {POINTWISE_PRECISIONS['onnx']}, not {precision!r}")
     _require_torch()
     import torch
 
@@ -373,9 +374,7 @@ def export_pointwise_onnx(ckpt: PointwiseCheckpoint, out_dir: Path, precision: s
         torch.onnx.export(export_model, tuple(inputs), str(out_dir / "model.onnx"), input_names=names,
                           output_names=["scores"], dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
     tok.save(out_dir)
-    from ..runtime.sessions import OnnxScoreModel
-
-    got = OnnxScoreModel(out_dir / "model.onnx", device="cpu")(ids, mask, types)
+    got = run_exported(out_dir / "model.onnx", {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
     diff = float(np.max(np.abs(got - reference)))
     spread = float(np.ptp(reference)) if np.isfinite(reference).all() else float("nan")
     tolerance = EXPORT_TOLERANCE[precision] * max(spread, 1.0)

@@ -5,10 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from ..options import check_budget
-
-# Strategies that take a budget (forward passes per prompt) and never exceed it.
-BUDGETED = ("swiss", "knockout_rr", "adaptive")
+from ..options import BUDGETED, check_strategy_budget  # noqa: F401  (BUDGETED re-exported: selection.budgets.BUDGETED)
 
 
 def passes_per_comparison(orders: str) -> int:
@@ -24,12 +21,10 @@ def min_passes(strategy: str, n: int, top_k: int, orders: str = "both") -> int:
 def comparison_budgets(budget, strategy: str, ns: list[int], top_k: int, orders: str) -> "np.ndarray | None":
     """Comparisons per prompt for the budgeted strategies (None for the others), checked against each
     prompt's minimum; the errors speak in forward passes, the unit of ``budget``."""
+    budget = check_strategy_budget(strategy, budget)
     if strategy not in BUDGETED:
-        if budget is not None:
-            raise ValueError(f"budget applies to the strategies {BUDGETED}, not to strategy={strategy!r}")
         return None
     per_row = passes_per_comparison(orders)
-    budget = check_budget(budget)
     out = np.empty(len(ns), dtype=np.int64)
     for p, n in enumerate(ns):
         need = _core.min_budget(strategy, n, top_k)

@@ -6,8 +6,10 @@
     picks = client.select(inputs, candidates, top_k=1, strategy="tournament")   # list of dicts
     probs = client.judge(prompts, [[a, b], ...], return_scores=True)            # as TRL's PairRMJudge
 
-A 429 (queue full) is retried after the server's Retry-After, a bounded number of times; any other
-error raises ``ServerError`` with the status and the server's message.
+Arguments are checked here first, by the checks the server (and the Ranker) run (options.py): a bad
+value raises the Ranker's exception and message before any request. A 429 (queue full) is retried after
+the server's Retry-After, a bounded number of times; any other error raises ``ServerError`` with the
+status and the server's message.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..options import check_budget, check_optional_seed, check_seed, check_temperature, check_top_k
+from ..options import (COMPARE_MODES, ORDERS, POLICIES, STRATEGIES, check_choice, check_optional_count,
+                       check_optional_seed, check_seed, check_strategy_budget, check_temperature, check_top_k)
 
 
 class ServerError(RuntimeError):
@@ -44,9 +47,18 @@ class ClientConnectionError(ConnectionError):
 
 
 def _truncation(source_maxlength, candidate_maxlength) -> dict:
-    """The truncation fields to send: only those given (None keeps the server's ranker defaults)."""
-    return {k: v for k, v in (("source_maxlength", source_maxlength), ("candidate_maxlength", candidate_maxlength))
-            if v is not None}
+    """The truncation fields to send, checked as the Ranker checks them: only those given (None keeps the
+    server's ranker defaults)."""
+    fields = (("source_maxlength", source_maxlength), ("candidate_maxlength", candidate_maxlength))
+    return {k: check_optional_count(k, v) for k, v in fields if v is not None}
+
+
+def _check_select(top_k, strategy, seed, budget, orders="both", policy="max_logits") -> None:
+    """select's and fuse's options, in the order the Ranker's select checks them."""
+    check_choice("strategy", strategy, STRATEGIES)
+    check_choice("orders", orders, ORDERS)
+    check_choice("policy", policy, POLICIES)
+    check_top_k(top_k), check_seed(seed), check_strategy_budget(strategy, budget)
 
 
 class Client:
@@ -126,6 +138,7 @@ class Client:
              candidate_maxlength: Optional[int] = None):
         """As Ranker.rank: ranks (1 = best) or scores per prompt; one array when all have n candidates.
         source_maxlength / candidate_maxlength (every verb): this call's truncation (None: the server's)."""
+        check_choice("policy", policy, POLICIES)
         out = self._post("rank", self._items(inputs, candidates, instructions, return_scores=return_scores,
                                              policy=policy, **_truncation(source_maxlength, candidate_maxlength)))
         rows = [np.asarray(r["scores"], dtype=np.float32) if return_scores else np.asarray(r["ranks"], np.int32)
@@ -140,7 +153,7 @@ class Client:
                candidate_maxlength: Optional[int] = None) -> list[dict]:
         """Per prompt ``{top_k: [0-based indices, best first], comparisons, forward_passes, steps}``.
         budget: forward passes per prompt for swiss / knockout_rr / adaptive (None: their default)."""
-        check_top_k(top_k), check_seed(seed), check_budget(budget)  # as the server (and the Ranker) would
+        _check_select(top_k, strategy, seed, budget, orders, policy)
         return self._post("select", self._items(inputs, candidates, instructions, top_k=top_k, strategy=strategy,
                                                 orders=orders, seed=seed, policy=policy, worst=worst,
                                                 budget=budget,
@@ -149,6 +162,7 @@ class Client:
     def compare(self, inputs, candidates_a, candidates_b, instructions=None, mode: str = "[A,B]+[B,A]", *,
                 source_maxlength: Optional[int] = None, candidate_maxlength: Optional[int] = None) -> np.ndarray:
         """As Ranker.compare: one logit per input that candidate A is better than B."""
+        check_choice("mode", mode, COMPARE_MODES)
         if len(candidates_a) != len(candidates_b) or len(inputs) != len(candidates_a):
             raise ValueError("inputs, candidates_a and candidates_b must have the same length")
         items = [{"input": i, "candidate_a": a, "candidate_b": b, "mode": mode,
@@ -172,7 +186,7 @@ class Client:
              seed: int = 0, budget: int | None = None, *, source_maxlength: Optional[int] = None,
              candidate_maxlength: Optional[int] = None, **generate) -> list[str]:
         """Select the top k of each prompt and fuse them (the server needs --fuser)."""
-        check_top_k(top_k), check_seed(seed), check_budget(budget)
+        _check_select(top_k, strategy, seed, budget)
         out = self._post("fuse", self._items(inputs, candidates, instructions, top_k=top_k, strategy=strategy,
                                              seed=seed, budget=budget,
                                              **_truncation(source_maxlength, candidate_maxlength), **generate))

@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import _core
 from ..model.tokenization import EncodedPrompts
-from ..options import STRATEGIES, check_choice, check_count, check_non_negative_number, check_top_k
+from ..options import check_count, check_non_negative_number
 from ..inputs import check_pairs_ab, check_prompts, judge_plan
 from ..ranker import Ranker
 from ..selection.budgets import comparison_budgets, passes_per_comparison
@@ -409,12 +409,10 @@ class BatchingEngine:
             return self._submit_plan("select", (inputs, candidates, top_k, strategy, orders, seed, instructions,
                                                 initial_orders, policy, worst, budget), timeout,
                                      source_maxlength=src_len, candidate_maxlength=cand_len)
-        check_choice("strategy", strategy, STRATEGIES)
-        top_k = check_top_k(top_k)
         sources, cands = check_prompts(inputs, candidates, instructions)
         ns = [len(c) for c in cands]
-        # Built here (every argument checked, bad initial_orders included), so that errors come from the
-        # caller's thread.
+        # Built here (every argument checked, bad initial_orders included, in Ranker.select's order: the
+        # texts, then the options), so that errors come from the caller's thread.
         steps = select_steps(ns, top_k, strategy, orders=orders, seed=seed, initial_orders=initial_orders,
                              policy=policy, budget=budget, worst=worst)
         steps = self.ranker.cascaded(steps, verb_mode("select", strategy, policy))
