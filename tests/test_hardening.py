@@ -123,6 +123,49 @@ def test_damaged_model_onnx_is_one_error_naming_the_file(exported_dir, tmp_path,
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_damage_in_the_middle_of_a_big_model_onnx_is_found(exported_dir, tmp_path, capsys, monkeypatch):
+    """A real PairRM's model.onnx (1.7 GB) is past the cache's sampled check (size, first and last 64 KiB):
+    16 bytes damaged in its middle gave rc 0 and shifted scores. A user's exported directory is hashed in
+    full. Here the limit is lowered so that the tiny export counts as big."""
+    from blender_fast.model import cache
+
+    monkeypatch.setattr(cache, "FULL_HASH_LIMIT", 1 << 20)
+    bad = _copy(exported_dir, tmp_path / "bad")
+    with open(bad / "model.onnx", "r+b") as f:
+        f.seek(os.path.getsize(bad / "model.onnx") // 2)
+        f.write(b"\x00" * 16)
+    assert _rank(bad, "--output", tmp_path / "out.jsonl") == 2
+    err = capsys.readouterr().err
+    assert f"{bad / 'model.onnx'} is corrupt" in err and "Traceback" not in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_big_model_onnx_is_hashed_once_across_processes(exported_dir, tmp_path, monkeypatch):
+    """The full check stays cheap: a big file's sha256 is remembered in the cache (keyed by path, size,
+    mtime, inode, ctime), so a later process does not read 1.7 GB again; a changed file is hashed again."""
+    from pathlib import Path
+
+    from blender_fast.model import cache
+    from blender_fast.ranker import read_export_meta, verify_exported_dir
+
+    monkeypatch.setattr(cache, "FULL_HASH_LIMIT", 1 << 20)
+    d = _copy(exported_dir, tmp_path / "big")
+    hashed = []
+    real = cache.file_sha256
+    monkeypatch.setattr(cache, "file_sha256", lambda p, *a: hashed.append(Path(p).name) or real(p, *a))
+    for _ in range(2):
+        monkeypatch.setattr(cache, "_VERIFIED", set())  # as in a new process
+        verify_exported_dir(d, read_export_meta(d))
+    assert hashed.count("model.onnx") == 1
+    with open(d / "model.onnx", "r+b") as f:
+        f.seek(os.path.getsize(d / "model.onnx") // 2)
+        f.write(b"\x00" * 16)
+    monkeypatch.setattr(cache, "_VERIFIED", set())
+    with pytest.raises(ValueError, match="model.onnx is corrupt"):
+        verify_exported_dir(d, read_export_meta(d))
+    assert hashed.count("model.onnx") == 2
+
+
 def test_foreign_model_onnx_is_refused(exported_dir, tmp_path):
     from blender_fast import Ranker
 
