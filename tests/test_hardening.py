@@ -77,6 +77,61 @@ def test_output_dev_null_stays_a_device(tiny_checkpoint):
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full") or not stat.S_ISCHR(os.stat("/dev/full").st_mode),
+                    reason="no /dev/full here")
+def test_output_dev_full_is_one_line(tiny_checkpoint, capsys):
+    """A device that refuses the writes (or a full disk) is one line naming the user's path, not an
+    OSError traceback; the device stays a device."""
+    assert _rank(tiny_checkpoint, "--output", "/dev/full") == 2
+    err = capsys.readouterr().err
+    assert "blender-fast: error: /dev/full: cannot write the output: No space left on device" in err
+    assert "Traceback" not in err and stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
+def test_output_file_on_a_full_disk_is_one_line_and_keeps_the_old_output(tiny_checkpoint, tmp_path, capsys,
+                                                                         monkeypatch):
+    import errno
+
+    import blender_fast.cli as cli
+
+    out = tmp_path / "out.jsonl"
+    out.write_text("OLD\n")
+
+    def full_disk_open(path, *args, **kwargs):  # the CLI's output files: every write finds the disk full
+        f = open(path, *args, **kwargs)
+
+        def write(text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        f.write = write
+        return f
+
+    monkeypatch.setattr(cli, "open", full_disk_open, raising=False)
+    assert _rank(tiny_checkpoint, "--output", out) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: cannot write the output: No space left on device" in err
+    assert out.read_text() == "OLD\n" and not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_stdout_closed_by_its_reader_is_one_line(tiny_checkpoint):
+    """`blender-fast rank | head -1`: the reader leaves; one line, no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, "-m", "blender_fast.cli", "rank", "--model", str(tiny_checkpoint),
+                             "--quiet", "--strategy", "bubble", "--output", "-"], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the first record
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=300) == 2, err
+    assert "blender-fast: error: stdout: cannot write the output: Broken pipe" in err
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
 def test_output_directory_is_refused_before_any_model_work(tmp_path, capsys):
     # a model path that does not exist: had any model work started, the error would name it instead
     assert _rank(tmp_path / "no-model", "--output", tmp_path) == 2
