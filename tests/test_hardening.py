@@ -230,6 +230,27 @@ def test_foreign_model_onnx_is_refused(exported_dir, tmp_path):
         Ranker.from_pretrained(bad)
 
 
+def test_foreign_onnx_graph_with_a_matching_manifest_names_the_file(exported_dir, tmp_path):
+    """Another model's valid ONNX graph whose sizes and sha256 the export.json records (a hand-made
+    manifest) was refused only when run ("Required inputs (['x']) are missing from input feed")."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from blender_fast import Ranker
+    from blender_fast.model.cache import record_files
+
+    bad = _copy(exported_dir, tmp_path / "foreign-graph")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])),
+              str(bad / "model.onnx"))
+    meta = json.loads((bad / "export.json").read_text())
+    meta["files"] = record_files(bad, exclude=("export.json",))
+    (bad / "export.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"model.onnx: not a PairRM export \(a foreign ONNX model: inputs x"):
+        Ranker.from_pretrained(bad)
+
+
 def test_verification_is_remembered_until_a_file_changes(exported_dir, tmp_path, monkeypatch):
     from blender_fast import Ranker
     from blender_fast.model import cache
