@@ -132,6 +132,16 @@ def test_stdout_closed_by_its_reader_is_one_line(tiny_checkpoint):
     assert "Traceback" not in err and "Exception ignored" not in err
 
 
+def test_resume_into_a_fifo_or_a_device_is_refused_before_any_model_work(tmp_path, capsys):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for target in (fifo, "/dev/null"):  # not opened: a FIFO without a reader would block
+        assert _rank(tmp_path / "no-model", "--resume", "--output", target) == 2
+        err = capsys.readouterr().err
+        assert "--resume needs an --output file (a regular file, not '-' or a device)" in err and "no-model" not in err
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
 def test_output_directory_is_refused_before_any_model_work(tmp_path, capsys):
     # a model path that does not exist: had any model work started, the error would name it instead
     assert _rank(tmp_path / "no-model", "--output", tmp_path) == 2
@@ -249,6 +259,17 @@ def test_foreign_onnx_graph_with_a_matching_manifest_names_the_file(exported_dir
     (bad / "export.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"model.onnx: not a PairRM export \(a foreign ONNX model: inputs x"):
         Ranker.from_pretrained(bad)
+
+
+def test_export_json_without_its_file_list_is_refused(exported_dir, tmp_path):
+    from blender_fast import Ranker
+
+    old = _copy(exported_dir, tmp_path / "older")
+    meta = json.loads((old / "export.json").read_text())
+    del meta["files"]
+    (old / "export.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"export.json records no size and sha256 for model.onnx.*re-export"):
+        Ranker.from_pretrained(old)
 
 
 def test_verification_is_remembered_until_a_file_changes(exported_dir, tmp_path, monkeypatch):
