@@ -66,21 +66,53 @@ class Interrupted(Exception):
 
 
 class _JsonlOut:
-    """Records out as JSON Lines, one per line; ``written`` counts them."""
+    """Records out as JSON Lines, one per line; ``written`` counts them. A failed write (a full disk,
+    /dev/full, a pipe whose reader left) is one OutputError naming the user's path, not a traceback."""
 
-    def __init__(self, f):
+    def __init__(self, f, given: str):
         self._f = f
+        self.given = given
         self.written = 0
+        self.flushed = 0  # records known to have left the buffer: what a failed write reports
 
     def write(self, record: dict) -> None:
         self.write_line(json.dumps(record, ensure_ascii=False))
 
     def write_line(self, line: str) -> None:
-        self._f.write(line if line.endswith("\n") else line + "\n")
+        try:
+            self._f.write(line if line.endswith("\n") else line + "\n")
+        except OSError as e:
+            raise self._failed(e) from None
         self.written += 1
 
     def flush(self) -> None:
-        self._f.flush()
+        try:
+            self._f.flush()
+        except OSError as e:
+            raise self._failed(e) from None
+        self.flushed = self.written
+
+    def _failed(self, e: OSError) -> OutputError:
+        self.written = self.flushed
+        if self.given == "-":  # stdout's reader left: Python's own flush at exit would fail again, loudly
+            _detach_stdout()
+        where = "stdout" if self.given == "-" else self.given
+        return OutputError(f"{where}: cannot write the output: {e.strerror or e}")
+
+    def _close(self) -> None:
+        try:
+            self._f.close()
+        except OSError:  # the write error that brought us here is already being reported
+            pass
+
+
+def _detach_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 class AtomicJsonl(_JsonlOut):
@@ -97,19 +129,22 @@ class AtomicJsonl(_JsonlOut):
             f = open(self.tmp, "w", encoding="utf-8")
         except OSError as e:
             raise OutputError(f"{target.given}: cannot write there: {e.strerror}") from None
-        super().__init__(f)
+        super().__init__(f, target.given)
 
     def commit(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self.tmp, self.path)
+        self.flush()
+        try:
+            os.fsync(self._f.fileno())
+            self._f.close()
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            raise self._failed(e) from None
         if self.partial.exists():  # its records are in the output now
             self.partial.unlink()
 
     def keep_partial(self) -> Path | None:
         """Close; keep the records written so far as <output>.partial (None when there were none)."""
-        self._f.close()
+        self._close()
         if not self.written:
             self.tmp.unlink(missing_ok=True)
             return None
@@ -124,15 +159,20 @@ class StreamJsonl(_JsonlOut):
     def __init__(self, target):
         self.path = self.partial = Path(target.given)
         self._own = target.given != "-"
-        super().__init__(open(target.path, "w", encoding="utf-8") if self._own else sys.stdout)
+        super().__init__(open(target.path, "w", encoding="utf-8") if self._own else sys.stdout, target.given)
 
     def commit(self) -> None:
         self.flush()
         if self._own:
-            self._f.close()
+            self._close()
 
     def keep_partial(self):
-        self.commit()
+        try:
+            self.flush()
+        except OutputError:  # a failed write is what brought us here; it is being reported
+            pass
+        if self._own:
+            self._close()
         return None
 
 

@@ -7,7 +7,7 @@ Under ``cache_root()`` (``$BLENDER_FAST_CACHE``, else ``$XDG_CACHE_HOME/blender_
     onnx-fuser/<key>/              exported fusers (optimum): encoder/decoder graphs + manifest.json
     checkpoints/demo-<shape>-seed<n>/   the generated demo checkpoint (``--model demo:xsmall``)
     spm/                           SentencePiece models trained for generated checkpoints
-    fingerprints.json              sha256 of weight files, so a 1.7 GB file is hashed once
+    fingerprints.json              sha256 of weight files and exported models, so a 1.7 GB file is hashed once
 
 Every directory entry is built in a temporary directory beside its final place and renamed into it
 (``publish_dir``): a reader sees a complete entry or none, two processes building the same entry
@@ -33,7 +33,9 @@ CACHE_ENV = "BLENDER_FAST_CACHE"
 MANIFEST_FILES_KEY = "files"
 # Files up to this size are re-hashed in full on every check; bigger ones by their first and last
 # SAMPLE_BYTES (plus the size). Truncation and the usual corruption (a partial copy, a zeroed tail)
-# change those; a full check is one `verify_files(..., full=True)` away.
+# change those; a full check is one `verify_files(..., full=True)` away. A directory the user hands us
+# (an exported model, verify_files_once) is always checked in full: bytes damaged in the middle of a
+# 1.7 GB model.onnx change neither its size nor its ends.
 FULL_HASH_LIMIT = 64 << 20
 SAMPLE_BYTES = 64 << 10
 # A temporary directory whose process is gone, or older than this, is debris of a killed run.
@@ -142,6 +144,13 @@ def weights_fingerprint(path: Path) -> str:
     named = blob_sha256(path)
     if named is not None:  # a Hugging Face cache blob is named by its sha256: no need to read 1.7 GB
         return named
+    return remembered_sha256(path)
+
+
+def remembered_sha256(path: Path) -> str:
+    """:func:`file_sha256`, remembered in ``fingerprints.json`` under the cache root (keyed as
+    :func:`weights_fingerprint` says), so a big file is read once, not once per process."""
+    path = Path(path)
     stat = path.stat()
     key = "|".join(str(x) for x in (path.resolve(), stat.st_size, stat.st_mtime_ns, stat.st_ino,
                                       stat.st_ctime_ns, sample_sha256(path, stat.st_size)))
@@ -192,8 +201,9 @@ def record_files(directory: Path, exclude: tuple = ()) -> dict:
     return files
 
 
-def verify_files(directory: Path, files, full: bool = False) -> Optional[str]:
-    """None when every recorded file is there, intact; else what is wrong, naming the file."""
+def verify_files(directory: Path, files, full: bool = False, sha256: Callable = file_sha256) -> Optional[str]:
+    """None when every recorded file is there, intact; else what is wrong, naming the file. ``full``: every
+    file's whole sha256 (by ``sha256``), not only the ends of the big ones."""
     if not isinstance(files, dict) or not files:
         return "its manifest lists no files"
     for rel, info in files.items():
@@ -206,7 +216,7 @@ def verify_files(directory: Path, files, full: bool = False) -> Optional[str]:
             if size != info["size"]:
                 return f"{p} has {size} bytes, {info['size']} were written (truncated or replaced)"
             if full or size <= FULL_HASH_LIMIT:
-                if file_sha256(p) != info["sha256"]:
+                if sha256(p) != info["sha256"]:
                     return f"{p} is corrupt (sha256 differs from the one recorded at export)"
             elif sample_sha256(p, size) != info["sample"]:
                 return f"{p} is corrupt (its content differs from the one recorded at export)"
@@ -231,14 +241,21 @@ def _stamp(directory: Path, names) -> Optional[tuple]:
         return None
 
 
+def _whole_sha256(path: Path) -> str:
+    """A small file's sha256 is read each time; a big one's is remembered across processes."""
+    return remembered_sha256(path) if os.path.getsize(path) > FULL_HASH_LIMIT else file_sha256(path)
+
+
 def verify_files_once(directory: Path, files, extra=()) -> Optional[str]:
-    """:func:`verify_files`, remembered for this process while the files (and ``extra`` names, e.g. the
-    manifest itself) keep their inode, size and mtime."""
+    """:func:`verify_files` in full (every byte of every file: a user's directory, not our cache),
+    remembered for this process while the files (and ``extra`` names, e.g. the manifest itself) keep
+    their inode, size and mtime; a big file's sha256 is also remembered across processes
+    (:func:`remembered_sha256`), so a later run does not read 1.7 GB again."""
     stamp = _stamp(directory, [*files, *extra]) if isinstance(files, dict) else None
     key = (os.path.realpath(directory), stamp)
     if stamp is not None and key in _VERIFIED:
         return None
-    problem = verify_files(directory, files)
+    problem = verify_files(directory, files, full=True, sha256=_whole_sha256)
     if problem is None and stamp is not None:
         _VERIFIED.add(key)
     return problem

@@ -47,6 +47,9 @@ def choose_providers(device: str, available: list[str]) -> list[str]:
     return wanted + ["CPUExecutionProvider"]
 
 
+PAIR_INPUTS = ("input_ids", "attention_mask", "positions")  # an exported PairRM graph: these -> logits
+
+
 class OnnxPairModel:
     """An ONNX Runtime session over an exported PairRM graph."""
 
@@ -71,6 +74,11 @@ class OnnxPairModel:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"{path}: not a usable ONNX model, damaged or foreign ({type(e).__name__}: "
                              f"{reason[:300]})") from None
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if set(inputs) != set(PAIR_INPUTS) or "logits" not in outputs:  # a valid graph, but another model's
+            raise ValueError(f"{path}: not a PairRM export (a foreign ONNX model: inputs {', '.join(inputs)}, outputs "
+                             f"{', '.join(outputs)}; expected {', '.join(PAIR_INPUTS)} -> logits)")
         self.device = device
         self.use_io_binding = self.session.get_providers()[0] != "CPUExecutionProvider"
 

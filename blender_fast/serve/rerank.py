@@ -26,7 +26,7 @@ import numpy as np
 
 from ..inputs import check_text
 from ..model.checkpoint import SPECIAL_TOKENS
-from ..options import STRATEGIES
+from ..options import MAX_BUDGET, MAX_COUNT, STRATEGIES
 
 DEFAULT_RERANK_STRATEGY = "tournament"
 
@@ -90,6 +90,16 @@ def _check_type(name: str, value, kinds: tuple, what: str):
     return value
 
 
+def _count(name: str, value, maximum: int = MAX_COUNT) -> int:
+    """A positive integer within the one number rule's maximum (options.py), in this API's error shape."""
+    _check_type(name, value, (int,), "a positive integer")
+    if value < 1:
+        raise RerankError(422, f"{name} must be a positive integer, got {value}")
+    if value > maximum:
+        raise RerankError(422, f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
 def _unknown(data: dict, fields: tuple, route: str) -> None:
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -142,21 +152,15 @@ def _extension(data: dict, req: RerankRequest, settings: RerankSettings) -> Rera
         req.strategy = ext["strategy"]
         req.budget = None  # the server's budget belongs to the server's strategy
     for name in ("budget", "source_maxlength", "candidate_maxlength"):
-        if ext.get(name) is not None:
-            value = _check_type(f"blender_fast.{name}", ext[name], (int,), "a positive integer")
-            if value < 1:
-                raise RerankError(422, f"blender_fast.{name} must be a positive integer, got {value}")
-            setattr(req, name, value)
+        if ext.get(name) is not None:  # checked even where unused (a full ranking takes no budget)
+            setattr(req, name, _count(f"blender_fast.{name}", ext[name], MAX_BUDGET if name == "budget" else MAX_COUNT))
     return req
 
 
 def _top_n(value) -> Optional[int]:
     if value is None:
         return None
-    _check_type("top_n", value, (int,), "a positive integer")
-    if value < 1:
-        raise RerankError(422, f"top_n must be a positive integer, got {value}")
-    return value
+    return _count("top_n", value)  # more than the documents is Cohere's "all of them"
 
 
 def parse_cohere(data, version: int, settings: RerankSettings) -> RerankRequest:
@@ -194,9 +198,7 @@ def parse_cohere(data, version: int, settings: RerankSettings) -> RerankRequest:
         req.return_documents = _check_type("return_documents", data["return_documents"], (bool,), "a boolean")
     req = _extension(data, req, settings)
     if version == 2 and data.get("max_tokens_per_doc") is not None:
-        value = _check_type("max_tokens_per_doc", data["max_tokens_per_doc"], (int,), "a positive integer")
-        if value < 1:
-            raise RerankError(422, f"max_tokens_per_doc must be a positive integer, got {value}")
+        value = _count("max_tokens_per_doc", data["max_tokens_per_doc"])
         req.max_tokens_per_doc = value  # a cap under the ranker's own lengths (truncation_lengths)
     return req
 

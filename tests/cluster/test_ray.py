@@ -219,7 +219,7 @@ def test_cli_ray_takes_what_the_cli_takes(ray_instance, tiny_checkpoint, tmp_pat
         err = capsys.readouterr().err
         assert rc == 0, err
         assert len(read_jsonl_dir(out)) == 2
-    assert "random weights" in err  # the demo's notice, as in the CLI
+        assert "random weights" in err  # the notice, as in the CLI: an export of a generated checkpoint, the demo
 
 
 def test_ray_interrupted_leaves_no_partial_and_exits_130(ray_instance, tiny_checkpoint, tmp_path, capsys,

@@ -261,3 +261,25 @@ def test_oversized_body_is_413_before_decoding(ranker):
         assert status == 413 and "at most 1000" in body["message"]
         status, body, _ = post(url, "/v1/rank", json.dumps({"input": "q", "candidates": ["x" * 2000]}))
         assert status == 413 and "at most 1000" in body["detail"]
+
+
+def test_rerank_numbers_follow_the_one_rule(ranker):
+    """Every count of the rerank routes is an integer within a stated maximum, and the 422 names it: a huge
+    max_tokens_per_doc, top_n, or blender_fast.budget on TEI's full ranking passed unchecked (200)."""
+    big = 10**30
+    with live_server(BatchingEngine(ranker)) as url:
+        for path, body, error_key, message in [
+            ("/v2/rerank", {"model": "blender-fast", "query": "q", "documents": ["a", "b"], "max_tokens_per_doc": big},
+             "message", f"max_tokens_per_doc must be <= 1000000000, got {big}"),
+            ("/rerank", {"query": "q", "texts": ["a", "b"], "blender_fast": {"budget": big}}, "error",
+             f"blender_fast.budget must be <= 1000000000, got {big}"),
+            ("/v1/rerank", {"query": "q", "documents": ["a", "b"], "top_n": big}, "message",
+             f"top_n must be <= 1000000000, got {big}"),
+            ("/v1/rerank", {"query": "q", "documents": ["a", "b"], "blender_fast": {"candidate_maxlength": 2.0}},
+             "message", "blender_fast.candidate_maxlength must be a positive integer, got float"),
+        ]:
+            status, got, _ = post(url, path, json.dumps(body))
+            assert status == 422 and message in got[error_key], (path, body, got)
+        # more documents than top_n asks for is still Cohere's "all of them"
+        status, got, _ = post(url, "/v1/rerank", json.dumps({"query": "q", "documents": ["a", "b"], "top_n": 10**9}))
+        assert status == 200 and len(got["results"]) == 2, got
