@@ -20,7 +20,7 @@ from .inputs import check_prompts, check_text
 from .ranker import Ranker
 from .runtime.sessions import resolve_device
 from .selection.aggregate import top_k_from_scores
-from .selection.steps import PromptError
+from .selection.steps import ModelOutputError
 
 logger = logging.getLogger(__name__)
 
@@ -218,8 +218,8 @@ class Blender:
         try:
             return self.compare(inputs, cand_a, cand_b, instructions, batch_size=batch_size,
                                 return_logits=return_logits, mode=mode)
-        except PromptError as e:
-            raise PromptError(f"conversation {e.prompt}: the model returned NaN", e.prompt) from None
+        except ModelOutputError as e:  # its prompts are the conversations: name the conversation
+            raise ModelOutputError(e.prompt, f"conversation {e.prompt}") from None
 
     def rank_with_ref(self, inputs: List[str], candidates: List[List[str]], instructions: List[str] = None,
                       return_scores: bool = False, batch_size: int = 8, ref_mode: str = "longest",
@@ -256,12 +256,12 @@ class Blender:
         try:
             logits = self.compare(flat_inputs, flat_refs, flat_cands, instructions if instructions is None else flat_inst,
                                   return_logits=True, mode=rank_kwargs.get("mode", "[A,B]+[B,A]"))
-        except PromptError as e:
+        except ModelOutputError as e:
             p, start = 0, e.prompt  # flat index -> (prompt, candidate)
             while start >= len(candidates[p]):
                 start -= len(candidates[p])
                 p += 1
-            raise PromptError(f"prompt {p}: comparing candidates[{p}][{start}] with its reference gave NaN", p) from None
+            raise ModelOutputError(p, f"prompt {p} (comparing candidates[{p}][{start}] with its reference)") from None
         scores, start = [], 0
         for cands in candidates:
             # llm-blender fills a float64 matrix with the float32 logits, then negates.

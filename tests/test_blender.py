@@ -182,13 +182,13 @@ def test_nan_is_an_error_in_every_compare_path(blender):
     bad = Blender({"device": "cpu", "use_tqdm": False})
     bad.ranker = copy.copy(blender.ranker)
     bad.ranker.model = lambda ids, mask, pos: np.full(len(ids), np.nan, dtype=np.float32)
-    with pytest.raises(ValueError, match="NaN for prompt 0"):
+    with pytest.raises(ValueError, match="NaN on prompt 0: the model is at fault"):
         bad.compare(INPUTS, [c[0] for c in CANDIDATES], [c[1] for c in CANDIDATES])
     conv_a = [[{"role": "USER", "content": "hi"}, {"role": "ASSISTANT", "content": "hello"}]]
     conv_b = [[{"role": "USER", "content": "hi"}, {"role": "ASSISTANT", "content": "yo"}]]
-    with pytest.raises(ValueError, match="conversation 0"):
+    with pytest.raises(ValueError, match="NaN on conversation 0: the model is at fault"):
         bad.compare_conversations(conv_a, conv_b)
-    with pytest.raises(ValueError, match=r"prompt 0: comparing candidates\[0\]\[0\]"):
+    with pytest.raises(ValueError, match=r"NaN on prompt 0 \(comparing candidates\[0\]\[0\] with its reference\)"):
         bad.rank_with_ref(INPUTS, CANDIDATES)
     with pytest.raises(ValueError, match="NaN"):
         bad.rank(INPUTS, CANDIDATES)

@@ -311,6 +311,43 @@ def test_nan_from_the_model_blames_the_model_not_the_input(tiny_checkpoint, tmp_
     assert "the model is at fault, not the input" in err
 
 
+
+def test_nan_from_the_model_has_the_clis_wording_in_python_and_over_http(tiny_checkpoint):
+    # The CLI's one line (above) and Python's exception say the same thing, with the prompt's index in
+    # place of its file:line; the server answers it as ITS fault (500), not the request's (422).
+    import pickle
+
+    import numpy as np
+
+    from blender_fast import Blender, Ranker
+    from blender_fast.selection.steps import ModelOutputError
+    from blender_fast.serve.client import Client, ServerError
+    from blender_fast.serve.engine import BatchingEngine
+    from conftest import live_server
+
+    ranker = Ranker.from_pretrained(tiny_checkpoint, threads=1)
+    ranker.model = lambda ids, mask, pos: np.full(len(ids), np.nan, dtype=np.float32)
+    inputs, cands = ["q0", "q1"], [["a", "b"], ["c", "d"]]
+    said = ("the model returned NaN on prompt 0: the model is at fault, not the input; its weights or ONNX "
+            "export are damaged (re-export or re-download it)")
+    for call in (lambda: ranker.rank(inputs, cands), lambda: ranker.select(inputs, cands),
+                 lambda: ranker.compare(inputs, ["a", "c"], ["b", "d"]),
+                 lambda: ranker.select(inputs, cands, strategy="full")):
+        with pytest.raises(ModelOutputError) as info:
+            call()
+        assert str(info.value) == said and info.value.prompt == 0
+    again = pickle.loads(pickle.dumps(info.value))  # crosses a process boundary whole
+    assert type(again) is ModelOutputError and str(again) == said and again.prompt == 0
+    blender = Blender()
+    blender.ranker = ranker
+    with pytest.raises(ModelOutputError, match=r"^the model returned NaN on prompt 0 \(comparing candidates\[0\]\[0\] "
+                       r"with its reference\): the model is at fault"):
+        blender.rank_with_ref(inputs, cands)
+    with live_server(BatchingEngine(ranker)) as url:
+        with pytest.raises(ServerError) as info:
+            Client(url, timeout=30).rank(inputs, cands)
+    assert info.value.status == 500 and said in str(info.value)
+
 # -- 4. environment errors ------------------------------------------------------------------------------
 
 def test_serve_on_a_port_in_use_is_one_line_before_loading(tmp_path, capsys):
