@@ -394,6 +394,20 @@ def test_client_on_a_dead_server_raises_a_typed_error_with_the_url():
     assert client.health() is False  # health() still answers False, as before
 
 
+
+@pytest.mark.parametrize("url", ["not a url", "localhost:8000", "ftp://127.0.0.1:8000", "http://", "http://h:port",
+                                 "/v1/rank"])
+def test_client_with_a_bad_url_is_refused_when_made(url):
+    # Before: accepted, then urllib's raw "unknown url type" ValueError on the first call.
+    from blender_fast.serve.client import Client
+
+    with pytest.raises(ValueError, match="^url must be an http:// or https:// URL with a host") as info:
+        Client(url)
+    assert repr(url) in str(info.value)
+    with pytest.raises(TypeError, match="url must be a string"):
+        Client(8000)
+    assert Client("https://example.org/blender/").url == "https://example.org/blender"  # a path prefix is fine
+
 # -- 7. the random-weights notice -----------------------------------------------------------------------
 
 NOTE = "random weights, so the orderings are meaningless"
