@@ -272,6 +272,21 @@ def test_export_json_without_its_file_list_is_refused(exported_dir, tmp_path):
         Ranker.from_pretrained(old)
 
 
+
+def test_exported_dir_without_its_export_json_says_so(exported_dir, tmp_path, capsys):
+    # Before: loaded as a checkpoint, so "config.json: file not found" (a file it never had).
+    from blender_fast import CheckpointError, Ranker
+
+    bad = _copy(exported_dir, tmp_path / "no-meta")
+    (bad / "export.json").unlink()
+    assert _rank(bad, "--output", tmp_path / "out.jsonl") == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: looks like an exported model directory (it has model.onnx, no config.json) but export.json " \
+           "is missing; re-export it" in err and "config.json: file not found" not in err and "Traceback" not in err
+    (bad / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="but tokenizer.json, export.json are missing; re-export it"):
+        Ranker.from_pretrained(bad)
+
 def test_verification_is_remembered_until_a_file_changes(exported_dir, tmp_path, monkeypatch):
     from blender_fast import Ranker
     from blender_fast.model import cache
