@@ -14,13 +14,13 @@ from typing import List
 
 import numpy as np
 
-from .options import (DEFAULT_BACKEND, DEFAULT_MAX_BATCH, DEFAULT_PRECISION, STRATEGIES, check_choice, check_seed,
-                      check_strategy_budget, check_top_k, positive_int)
+from .options import (DEFAULT_BACKEND, DEFAULT_MAX_BATCH, DEFAULT_PRECISION, STRATEGIES, check_choice, check_count,
+                      check_seed, check_strategy_budget, check_top_k, positive_int)
 from .inputs import check_prompts, check_text
 from .ranker import Ranker
 from .runtime.sessions import resolve_device
 from .selection.aggregate import top_k_from_scores
-from .selection.steps import PromptError
+from .selection.steps import ModelOutputError
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,11 @@ ENGINE_OPTIONS = {"backend", "precision", "threads", "token_budget", "max_batch_
 HUB_OPTIONS = {"revision", "token", "local_files_only"}
 CMP_TYPES = STRATEGIES  # llm-blender's three, and the budgeted swiss / knockout_rr / adaptive
 REF_MODES = ("longest", "shortest", "median_length", "first", "last")
+# The keywords that Blender.rank's **rank_kwargs takes: the two llm-blender's rank reads (it ignores any
+# other silently, so a typo such as source_maxlength= changed nothing there), and our policy.
+RANK_KWARGS = ("source_max_length", "candidate_max_length", "policy")
+# rank_with_ref's **rank_kwargs: llm-blender passes them on to compare(), whose one free keyword is mode.
+RANK_WITH_REF_KWARGS = ("mode",)
 CONVERSATION_INSTRUCTION = (
     # llm-blender's exact text, typo included: the model saw it in training.
     "Finish the following coversation in each i-th turn by filling in <Response i> with your response."
@@ -122,6 +127,20 @@ def conversation_pairs(conversations_a, conversations_b):
     return inputs, [responses(c) for c in conversations_a], [responses(c) for c in conversations_b]
 
 
+def _unused_batch_size(batch_size) -> None:
+    """llm-blender's batch_size, kept in the signatures for drop-in use but unused (the engine packs rows
+    by tokens): still a count by the one rule, so batch_size=NaN or 0 is the same error as anywhere else."""
+    check_count("batch_size", batch_size)
+
+
+def _refuse_unknown(method: str, kwargs: dict, known: tuple) -> None:
+    """A TypeError naming the keywords of ``**kwargs`` that ``method`` does not read (never a silent no-op)."""
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise TypeError(f"{method}() got unknown keyword arguments {', '.join(unknown)} (it takes "
+                        f"{', '.join(known)})")
+
+
 class Blender:
     """Drop-in for ``llm_blender.Blender``: ``loadranker``, ``rank``, ``compare``, ``get_best_of_n``,
     ``loadfuser``, ``fuse``, ``rank_and_fuse`` and the rest, on blender-fast's engine."""
@@ -194,7 +213,12 @@ class Blender:
     def rank(self, inputs: List[str], candidates: List[List[str]], instructions: List[str] = None,
              return_scores: bool = False, batch_size: int = 8, disable_tqdm: bool = False, **rank_kwargs):
         """Ranks (int32, 1 = best) or scores (float32, higher = better) per input, like llm-blender.
-        rank_kwargs: source_max_length, candidate_max_length, policy ("max_logits" | "max_wins")."""
+        rank_kwargs: source_max_length, candidate_max_length, policy ("max_logits" | "max_wins"); any other
+        keyword is a TypeError. batch_size: kept for llm-blender's signature and checked as a count, but
+        unused: the engine packs rows by tokens (token_budget / max_batch_size at loadranker), so results
+        and batches do not depend on it."""
+        _unused_batch_size(batch_size)
+        _refuse_unknown("rank", rank_kwargs, RANK_KWARGS)
         for name in ("source_max_length", "candidate_max_length"):
             if rank_kwargs.get(name) is not None:
                 positive_int(name, rank_kwargs[name])
@@ -207,24 +231,30 @@ class Blender:
     def compare(self, inputs: List[str], candidates_A: List[str], candidates_B: List[str],
                 instructions: List[str] = None, batch_size: int = 4, return_logits: bool = False,
                 mode: str = "[A,B]+[B,A]", disable_tqdm: bool = False):
+        _unused_batch_size(batch_size)
         logits = self._need_ranker().compare(inputs, candidates_A, candidates_B, instructions, mode=mode,
                                              progress=self._progress(disable_tqdm))
         return logits if return_logits else logits > 0
 
     def compare_conversations(self, conversations_a: List[List[dict]], conversations_b: List[List[dict]],
                               batch_size: int = 4, return_logits: bool = False, mode: str = "[A,B]+[B,A]"):
+        _unused_batch_size(batch_size)
         inputs, cand_a, cand_b = conversation_pairs(conversations_a, conversations_b)
         instructions = [CONVERSATION_INSTRUCTION] * len(inputs)
         try:
             return self.compare(inputs, cand_a, cand_b, instructions, batch_size=batch_size,
                                 return_logits=return_logits, mode=mode)
-        except PromptError as e:
-            raise PromptError(f"conversation {e.prompt}: the model returned NaN", e.prompt) from None
+        except ModelOutputError as e:  # its prompts are the conversations: name the conversation
+            raise ModelOutputError(e.prompt, f"conversation {e.prompt}") from None
 
     def rank_with_ref(self, inputs: List[str], candidates: List[List[str]], instructions: List[str] = None,
                       return_scores: bool = False, batch_size: int = 8, ref_mode: str = "longest",
                       ref_candidates: List[str] = None, **rank_kwargs):
-        """Score each candidate by comparing it with a reference answer: score = -compare(ref, cand)."""
+        """Score each candidate by comparing it with a reference answer: score = -compare(ref, cand).
+        rank_kwargs: mode (compare's; llm-blender passes them on to compare). batch_size: unused, as in
+        ``rank``."""
+        _unused_batch_size(batch_size)
+        _refuse_unknown("rank_with_ref", rank_kwargs, RANK_WITH_REF_KWARGS)
         check_prompts(inputs, candidates, instructions)  # a str where a list belongs, empty lists, ...
         if isinstance(ref_candidates, str):
             raise TypeError("ref_candidates must be a list with one string per input, got a str")
@@ -256,12 +286,12 @@ class Blender:
         try:
             logits = self.compare(flat_inputs, flat_refs, flat_cands, instructions if instructions is None else flat_inst,
                                   return_logits=True, mode=rank_kwargs.get("mode", "[A,B]+[B,A]"))
-        except PromptError as e:
+        except ModelOutputError as e:
             p, start = 0, e.prompt  # flat index -> (prompt, candidate)
             while start >= len(candidates[p]):
                 start -= len(candidates[p])
                 p += 1
-            raise PromptError(f"prompt {p}: comparing candidates[{p}][{start}] with its reference gave NaN", p) from None
+            raise ModelOutputError(p, f"prompt {p} (comparing candidates[{p}][{start}] with its reference)") from None
         scores, start = [], 0
         for cands in candidates:
             # llm-blender fills a float64 matrix with the float32 logits, then negates.
@@ -310,12 +340,14 @@ class Blender:
         """The best candidate per input: "bubble" (n-1 comparisons), "tournament" (n-1 comparisons in
         ceil(log2 n) steps), "full" (n(n-1) forward passes), or "swiss" / "knockout_rr" / "adaptive"
         within ``budget`` forward passes per prompt (None: 4(n-1)); see ``selection.select``."""
+        _unused_batch_size(batch_size)
         return self._best_or_worst(inputs, candidates, instructions, pairrm_cmp_type, return_all, False, seed,
                                    initial_orders, budget)
 
     def get_worst_of_n(self, inputs: List[str], candidates: List[List[str]], instructions: List[str] = None,
                        pairrm_cmp_type: str = "bubble", return_all: bool = False, batch_size: int = 8,
                        seed: int = 0, initial_orders=None, budget: int = None):
+        _unused_batch_size(batch_size)
         return self._best_or_worst(inputs, candidates, instructions, pairrm_cmp_type, return_all, True, seed,
                                    initial_orders, budget)
 

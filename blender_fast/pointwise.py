@@ -344,7 +344,7 @@ class PointwiseEncoding:
         bad = np.flatnonzero(np.isnan(values))
         if bad.size:
             p = next(p for p, idx in enumerate(self.per_prompt) if np.isin(idx, bad).any())
-            raise ModelOutputError(f"the reward model returned NaN for prompt {p}", p)
+            raise ModelOutputError(p)
         return [values[idx] for idx in self.per_prompt]
 
 

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from . import _core
-from .model.checkpoint import load_checkpoint
+from .model.checkpoint import EXPORTED_FILES, load_checkpoint
 from .options import (BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_BATCH_COST, DEFAULT_MAX_BATCH,
                       DEFAULT_PRECISION, DEFAULT_TOKEN_BUDGET, DEVICE_CHOICES, PRECISION_CHOICES, backend_for,
                       check_choice, check_count)
@@ -18,9 +18,6 @@ from .selection.steps import DEFAULT_MODEL, RunStats, Selection, Step, Steps, ru
 from .selection.verbs import compare_steps, rank_steps
 from .selection.cascade import certified, check_eps, verb_mode
 from .model.tokenization import EncodedPrompts, PairTokenizer, encode_prompts
-
-# What an exported model directory holds (export.export_onnx writes them all).
-EXPORTED_FILES = ("model.onnx", "tokenizer.json", "pair_tokenizer.json", "export.json")
 
 
 def is_exported_dir(path) -> bool:

@@ -157,6 +157,16 @@ def test_rank_and_fuse_at_a_budget(blender):
     (lambda b: b.fuse(INPUTS, CANDIDATES, batch_size=0), ValueError, "batch_size must be >= 1"),
     (lambda b: b.rank(INPUTS, CANDIDATES, source_max_length=0), ValueError, "source_max_length must be >= 1, got 0"),
     (lambda b: b.rank(INPUTS, CANDIDATES, candidate_max_length=-5), ValueError, "candidate_max_length must be >= 1"),
+    # batch_size is unused (the engine packs by tokens) but still a count; unknown keywords are refused.
+    (lambda b: b.rank(INPUTS, CANDIDATES, batch_size=float("nan")), TypeError, "batch_size must be an integer, got nan"),
+    (lambda b: b.rank(INPUTS, CANDIDATES, batch_size=0), ValueError, "batch_size must be >= 1, got 0"),
+    (lambda b: b.compare(INPUTS, ["a", "b"], ["c", "d"], batch_size=2.0), TypeError, "batch_size must be an integer"),
+    (lambda b: b.rank_with_ref(INPUTS, CANDIDATES, batch_size=None), TypeError, "batch_size must be an integer"),
+    (lambda b: b.get_best_of_n(INPUTS, CANDIDATES, batch_size=-1), ValueError, "batch_size must be >= 1"),
+    (lambda b: b.rank(INPUTS, CANDIDATES, source_maxlength=8, top_k=2), TypeError,
+     r"rank\(\) got unknown keyword arguments source_maxlength, top_k \(it takes source_max_length, "),
+    (lambda b: b.rank_with_ref(INPUTS, CANDIDATES, source_max_length=8), TypeError,
+     r"rank_with_ref\(\) got unknown keyword arguments source_max_length \(it takes mode\)"),
     (lambda b: b.rank(["\ud800"], [["x", "y"]]), ValueError, r"inputs\[0\] contains a lone surrogate"),
     (lambda b: b.compare(["q"], ["a"], ["b\udc00"]), ValueError, r"candidates\[0\]\[1\] contains a lone surrogate"),
     (lambda b: b.fuse(["q"], [["a\ud800", "b"]]), ValueError, r"candidates\[0\]\[0\] contains a lone surrogate"),
@@ -165,6 +175,16 @@ def test_rank_and_fuse_at_a_budget(blender):
 def test_facade_bad_arguments_are_named(blender, call, error, message):
     with pytest.raises(error, match=message):
         call(blender)
+
+
+def test_rank_takes_every_keyword_llm_blender_reads(blender):
+    # llm-blender's rank reads source_max_length / candidate_max_length from **rank_kwargs (and nothing
+    # else); batch_size and disable_tqdm are named parameters. All still work here, batch_size unused.
+    want = blender.rank(INPUTS, CANDIDATES, return_scores=True, source_max_length=64, candidate_max_length=32)
+    got = blender.rank(INPUTS, CANDIDATES, return_scores=True, batch_size=1, disable_tqdm=True,
+                       source_max_length=64, candidate_max_length=32, policy="max_logits")
+    np.testing.assert_array_equal(got, want)
+    assert blender.rank_with_ref(INPUTS, CANDIDATES, batch_size=1, mode="[A,B]").shape == (2, 4)
 
 
 def test_one_candidate_is_trivially_the_best(blender):
@@ -182,13 +202,13 @@ def test_nan_is_an_error_in_every_compare_path(blender):
     bad = Blender({"device": "cpu", "use_tqdm": False})
     bad.ranker = copy.copy(blender.ranker)
     bad.ranker.model = lambda ids, mask, pos: np.full(len(ids), np.nan, dtype=np.float32)
-    with pytest.raises(ValueError, match="NaN for prompt 0"):
+    with pytest.raises(ValueError, match="NaN on prompt 0: the model is at fault"):
         bad.compare(INPUTS, [c[0] for c in CANDIDATES], [c[1] for c in CANDIDATES])
     conv_a = [[{"role": "USER", "content": "hi"}, {"role": "ASSISTANT", "content": "hello"}]]
     conv_b = [[{"role": "USER", "content": "hi"}, {"role": "ASSISTANT", "content": "yo"}]]
-    with pytest.raises(ValueError, match="conversation 0"):
+    with pytest.raises(ValueError, match="NaN on conversation 0: the model is at fault"):
         bad.compare_conversations(conv_a, conv_b)
-    with pytest.raises(ValueError, match=r"prompt 0: comparing candidates\[0\]\[0\]"):
+    with pytest.raises(ValueError, match=r"NaN on prompt 0 \(comparing candidates\[0\]\[0\] with its reference\)"):
         bad.rank_with_ref(INPUTS, CANDIDATES)
     with pytest.raises(ValueError, match="NaN"):
         bad.rank(INPUTS, CANDIDATES)

@@ -272,6 +272,21 @@ def test_export_json_without_its_file_list_is_refused(exported_dir, tmp_path):
         Ranker.from_pretrained(old)
 
 
+
+def test_exported_dir_without_its_export_json_says_so(exported_dir, tmp_path, capsys):
+    # Before: loaded as a checkpoint, so "config.json: file not found" (a file it never had).
+    from blender_fast import CheckpointError, Ranker
+
+    bad = _copy(exported_dir, tmp_path / "no-meta")
+    (bad / "export.json").unlink()
+    assert _rank(bad, "--output", tmp_path / "out.jsonl") == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: looks like an exported model directory (it has model.onnx, no config.json) but export.json " \
+           "is missing; re-export it" in err and "config.json: file not found" not in err and "Traceback" not in err
+    (bad / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="but tokenizer.json, export.json are missing; re-export it"):
+        Ranker.from_pretrained(bad)
+
 def test_verification_is_remembered_until_a_file_changes(exported_dir, tmp_path, monkeypatch):
     from blender_fast import Ranker
     from blender_fast.model import cache
@@ -310,6 +325,43 @@ def test_nan_from_the_model_blames_the_model_not_the_input(tiny_checkpoint, tmp_
     assert "the model returned NaN on the prompt at" in err and f"{src}:1" in err
     assert "the model is at fault, not the input" in err
 
+
+
+def test_nan_from_the_model_has_the_clis_wording_in_python_and_over_http(tiny_checkpoint):
+    # The CLI's one line (above) and Python's exception say the same thing, with the prompt's index in
+    # place of its file:line; the server answers it as ITS fault (500), not the request's (422).
+    import pickle
+
+    import numpy as np
+
+    from blender_fast import Blender, Ranker
+    from blender_fast.selection.steps import ModelOutputError
+    from blender_fast.serve.client import Client, ServerError
+    from blender_fast.serve.engine import BatchingEngine
+    from conftest import live_server
+
+    ranker = Ranker.from_pretrained(tiny_checkpoint, threads=1)
+    ranker.model = lambda ids, mask, pos: np.full(len(ids), np.nan, dtype=np.float32)
+    inputs, cands = ["q0", "q1"], [["a", "b"], ["c", "d"]]
+    said = ("the model returned NaN on prompt 0: the model is at fault, not the input; its weights or ONNX "
+            "export are damaged (re-export or re-download it)")
+    for call in (lambda: ranker.rank(inputs, cands), lambda: ranker.select(inputs, cands),
+                 lambda: ranker.compare(inputs, ["a", "c"], ["b", "d"]),
+                 lambda: ranker.select(inputs, cands, strategy="full")):
+        with pytest.raises(ModelOutputError) as info:
+            call()
+        assert str(info.value) == said and info.value.prompt == 0
+    again = pickle.loads(pickle.dumps(info.value))  # crosses a process boundary whole
+    assert type(again) is ModelOutputError and str(again) == said and again.prompt == 0
+    blender = Blender()
+    blender.ranker = ranker
+    with pytest.raises(ModelOutputError, match=r"^the model returned NaN on prompt 0 \(comparing candidates\[0\]\[0\] "
+                       r"with its reference\): the model is at fault"):
+        blender.rank_with_ref(inputs, cands)
+    with live_server(BatchingEngine(ranker)) as url:
+        with pytest.raises(ServerError) as info:
+            Client(url, timeout=30).rank(inputs, cands)
+    assert info.value.status == 500 and said in str(info.value)
 
 # -- 4. environment errors ------------------------------------------------------------------------------
 
@@ -356,6 +408,20 @@ def test_client_on_a_dead_server_raises_a_typed_error_with_the_url():
     assert isinstance(info.value, ConnectionError)
     assert client.health() is False  # health() still answers False, as before
 
+
+
+@pytest.mark.parametrize("url", ["not a url", "localhost:8000", "ftp://127.0.0.1:8000", "http://", "http://h:port",
+                                 "/v1/rank"])
+def test_client_with_a_bad_url_is_refused_when_made(url):
+    # Before: accepted, then urllib's raw "unknown url type" ValueError on the first call.
+    from blender_fast.serve.client import Client
+
+    with pytest.raises(ValueError, match="^url must be an http:// or https:// URL with a host") as info:
+        Client(url)
+    assert repr(url) in str(info.value)
+    with pytest.raises(TypeError, match="url must be a string"):
+        Client(8000)
+    assert Client("https://example.org/blender/").url == "https://example.org/blender"  # a path prefix is fine
 
 # -- 7. the random-weights notice -----------------------------------------------------------------------
 

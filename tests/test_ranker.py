@@ -259,9 +259,9 @@ def _nan_ranker(ranker):
 
 def test_compare_raises_on_nan_naming_the_prompt(onnx_ranker):
     bad = _nan_ranker(onnx_ranker)
-    with pytest.raises(ValueError, match="NaN for prompt 0"):
+    with pytest.raises(ValueError, match="NaN on prompt 0: the model is at fault"):
         bad.compare(INPUTS, [c[0] for c in CANDIDATES], [c[1] for c in CANDIDATES])
-    with pytest.raises(ValueError, match="NaN for prompt 0"):
+    with pytest.raises(ValueError, match="NaN on prompt 0: the model is at fault"):
         bad.compare(INPUTS, [c[0] for c in CANDIDATES], [c[1] for c in CANDIDATES], mode="[A,B]")
 
 

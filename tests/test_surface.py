@@ -25,7 +25,7 @@ from blender_fast.cli import build_parser
 from blender_fast.cluster.ray_job import check_ray_job
 from blender_fast.judges import PairRMJudge
 from blender_fast.options import OptionTypeError, check_count
-from blender_fast.selection.steps import PromptError
+from blender_fast.selection.steps import ModelOutputError, PromptError
 from blender_fast.serve.client import Client
 from blender_fast.serve.engine import BatchingEngine
 
@@ -311,7 +311,7 @@ def _nan_ranker(ranker):
 
 def test_nan_from_the_model_is_the_same_prompt_error_everywhere(ranker):
     bad = _nan_ranker(ranker)
-    message = r"compare returned NaN for prompt 0 \(row 0, "
+    message = r"^the model returned NaN on prompt 0: the model is at fault, not the input"
     with BatchingEngine(bad) as eng:
         for call in (lambda: bad.select(INPUTS, CANDS, strategy="tournament"),
                      lambda: bad.select(INPUTS, CANDS, strategy="full"),
@@ -322,9 +322,9 @@ def test_nan_from_the_model_is_the_same_prompt_error_everywhere(ranker):
                      lambda: eng.rank_sync(INPUTS, CANDS),
                      lambda: eng.compare_sync(INPUTS, ["a", "b"], ["c", "d"]),
                      lambda: eng.judge_sync(INPUTS, PAIRS)):
-            with pytest.raises(PromptError, match=message) as info:
+            with pytest.raises(ModelOutputError, match=message) as info:
                 call()
-            assert info.value.prompt == 0
+            assert info.value.prompt == 0 and isinstance(info.value, PromptError)
 
 
 def test_unknown_model_name_is_a_clear_error(ranker):

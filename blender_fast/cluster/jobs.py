@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..options import BUDGETED, ORDERS, POLICIES, STRATEGIES, check_choice, check_seed, check_strategy_budget, check_top_k
 from .records import Prompt
 from ..selection.aggregate import ranks_from_scores, top_k_from_scores
-from ..selection.steps import ModelOutputError, PromptError
+from ..selection.steps import ModelOutputError, PromptError, model_nan_message
 
 RESULT_KEYS = ("strategy", "top_k", "best", "ranks", "scores", "comparisons", "forward_passes", "steps")
 
@@ -103,9 +103,8 @@ def rank_prompts(ranker, prompts: list[Prompt], options: RankOptions, progress=N
                              policy=options.policy, budget=options.budget,
                              progress=progress if progress is not None else False)
     except ModelOutputError as e:  # the model's fault: the input is fine, say which prompt it happened on
-        raise RuntimeError(f"the model returned NaN on the prompt at {_where(prompts[e.prompt], e.prompt)}: the model is at fault, "
-                           "not the input; its weights or ONNX export are damaged (re-export or re-download "
-                           "it)") from None
+        where = prompts[e.prompt].where
+        raise RuntimeError(model_nan_message(f"the prompt at {where}" if where else f"prompt {e.prompt}")) from None
     except PromptError as e:
         raise ValueError(f"{_where(prompts[e.prompt], e.prompt)}: {e}") from None
     out = []

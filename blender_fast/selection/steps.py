@@ -85,9 +85,26 @@ class PromptError(ValueError):
         self.prompt = prompt
 
 
+def model_nan_message(where: str) -> str:
+    """THE wording of a NaN from the model, wherever it surfaces (Python, the server, the CLI, Ray): the
+    model is blamed, never the input, and ``where`` only says which prompt it happened on ("prompt 3",
+    "the prompt at in.jsonl:7")."""
+    return (f"the model returned NaN on {where}: the model is at fault, not the input; its weights or ONNX "
+            "export are damaged (re-export or re-download it)")
+
+
 class ModelOutputError(PromptError):
     """The MODEL gave an unusable output (NaN) on one prompt: the model's fault (damaged weights or export),
-    not the input's, so callers blame the model and only name the prompt it happened on."""
+    not the input's, so callers blame the model and only name the prompt it happened on. The message is
+    built here so every raiser words it the same; ``where`` overrides "prompt N" when the caller knows
+    better (a conversation, a reference comparison)."""
+
+    def __init__(self, prompt: int, where: "str | None" = None):
+        super().__init__(model_nan_message(where or f"prompt {prompt}"), prompt)
+        self.where = where
+
+    def __reduce__(self):  # pickled (process pools, Ray) by its own arguments, not by the message
+        return type(self), (self.prompt, self.where)
 
 
 def checked_logits(rows: np.ndarray, out) -> np.ndarray:
@@ -98,8 +115,7 @@ def checked_logits(rows: np.ndarray, out) -> np.ndarray:
         raise ValueError(f"compare returned shape {out.shape} for {len(rows)} rows; expected ({len(rows)},)")
     bad = np.flatnonzero(np.isnan(out))
     if bad.size:
-        p, a, b = (int(x) for x in rows[bad[0]])
-        raise ModelOutputError(f"compare returned NaN for prompt {p} (row {p}, {a}, {b})", p)
+        raise ModelOutputError(int(rows[bad[0]][0]))
     return out
 
 

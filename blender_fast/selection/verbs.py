@@ -44,7 +44,7 @@ def _compare(n: int, mode: str) -> Steps:
         out = checked_logits(rows, (yield Step(rows, group=1)))
     bad = np.flatnonzero(np.isnan(out))
     if bad.size:  # inf - inf: as rank/select do, a NaN logit is an error, never a silent "A loses"
-        raise ModelOutputError(f"compare returned NaN for prompt {int(bad[0])}", int(bad[0]))
+        raise ModelOutputError(int(bad[0]))
     return out
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from ..model.checkpoint import SPECIAL_TOKENS
 from ..options import (check_budget, check_optional_count, check_optional_seed, check_seed, check_temperature,
                        check_top_k)
+from ..selection.steps import ModelOutputError
 from . import rerank
 from .fuse_batcher import DEFAULT_FUSE_MAX_BATCH, DEFAULT_FUSE_MAX_QUEUED, DEFAULT_FUSE_MAX_WAIT_MS, FuseBatcher
 from .rerank import RerankError, RerankSettings
@@ -543,6 +544,8 @@ def error_status(e: BaseException, timeout_ms=None) -> tuple[int, str, dict]:
         return e.status, str(e), e.headers
     if isinstance(e, RerankError):
         return e.status, str(e), {}
+    if isinstance(e, ModelOutputError):  # a ValueError, but the server's model is at fault, not the request
+        return 500, str(e), {}
     if isinstance(e, (ValueError, TypeError)):
         return 422, str(e), {}
     if isinstance(e, Overloaded):

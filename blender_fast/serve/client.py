@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Optional
 
@@ -61,6 +62,26 @@ def _check_select(top_k, strategy, seed, budget, orders="both", policy="max_logi
     check_top_k(top_k), check_seed(seed), check_strategy_budget(strategy, budget)
 
 
+def check_base_url(url) -> str:
+    """``url`` without its trailing slashes, when it is an http(s) URL with a host (a path prefix is
+    fine, e.g. behind a proxy); else a ValueError naming it now, not urllib's "unknown url type" on the
+    first call."""
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a string such as 'http://127.0.0.1:8000', got {type(url).__name__}")
+    parts = urllib.parse.urlsplit(url.strip())
+    # "localhost:8000" parses as scheme "localhost": the usual slip, so say what is missing.
+    hint = "; add the http://" if "://" not in url else ""
+    try:
+        parts.port  # noqa: B018  (a port that is not a number raises here)
+    except ValueError:
+        raise ValueError(f"url must be an http:// or https:// URL with a host and a numeric port, "
+                         f"got {url!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"url must be an http:// or https:// URL with a host, such as 'http://127.0.0.1:8000', "
+                         f"got {url!r}{hint}")
+    return url.strip().rstrip("/")
+
+
 class Client:
     """HTTP client of one blender-fast server.
 
@@ -70,7 +91,7 @@ class Client:
 
     def __init__(self, url: str, timeout: float = 300.0, max_retries: int = 5, max_retry_wait: float = 30.0,
                  deadline_ms: Optional[float] = None):
-        self.url = url.rstrip("/")
+        self.url = check_base_url(url)
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait

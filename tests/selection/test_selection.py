@@ -320,7 +320,7 @@ def test_compare_output_errors(strategy, orders):
         out[rows[:, 0] == 2] = np.nan
         return out
 
-    with pytest.raises(ValueError, match="NaN for prompt 2"):
+    with pytest.raises(ValueError, match="NaN on prompt 2: the model is at fault"):
         select([3, 4, 5], 1, strategy, nan_for_prompt_2, orders=orders)
     with pytest.raises(ValueError, match="compare returned shape"):
         select([3, 4], 1, strategy, lambda rows: np.zeros((len(rows), 1)), orders=orders)
