@@ -70,7 +70,8 @@ def candidate_variants(device: str, features: dict) -> list[tuple[str, str, str]
             out.append(("openvino", "bf16", f"{units}: OpenVINO bf16 inference precision"))
         out.append(("torch", "bf16", f"{units}: bf16 GEMMs through oneDNN"))
     if openvino_ok:
-        out.append(("openvino", "fp32", "OpenVINO fp32 (same numbers as ONNX Runtime within 1e-4, measured faster here)"))
+        out.append(("openvino", "fp32", "OpenVINO fp32 (within ~1e-4 of ONNX Runtime; faster on some CPUs, not "
+                                        "on every one: docs/exact-at-speed.md section 6)"))
     if {"avx512_vnni", "avx_vnni", "amx_int8"} & isa:
         units = "AMX-INT8" if "amx_int8" in isa else "AVX512-VNNI" if "avx512_vnni" in isa else "AVX-VNNI"
         out.append(("onnx", "int8", f"{units}: int8 dot products (ONNX Runtime dynamic quantization)"))
