@@ -201,7 +201,9 @@ class Blender:
         self.ranker_config = {**(self.ranker_config or {}), **kwargs, "load_checkpoint": str(ranker_path), "device": device}
         logger.info("loaded ranker from %s", ranker_path)
 
-    def _need_ranker(self) -> Ranker:
+    def require_ranker(self) -> Ranker:
+        """The loaded Ranker, or a RuntimeError saying to call loadranker first (the judge checks a Blender
+        it is handed with it)."""
         if self.ranker is None:
             raise RuntimeError("no ranker loaded: call loadranker(path) first")
         return self.ranker
@@ -222,7 +224,7 @@ class Blender:
         for name in ("source_max_length", "candidate_max_length"):
             if rank_kwargs.get(name) is not None:
                 positive_int(name, rank_kwargs[name])
-        return self._need_ranker().rank(
+        return self.require_ranker().rank(
             inputs, candidates, instructions, return_scores=return_scores,
             policy=rank_kwargs.get("policy", "max_logits"), progress=self._progress(disable_tqdm),
             source_maxlength=rank_kwargs.get("source_max_length"),
@@ -232,7 +234,7 @@ class Blender:
                 instructions: List[str] = None, batch_size: int = 4, return_logits: bool = False,
                 mode: str = "[A,B]+[B,A]", disable_tqdm: bool = False):
         _unused_batch_size(batch_size)
-        logits = self._need_ranker().compare(inputs, candidates_A, candidates_B, instructions, mode=mode,
+        logits = self.require_ranker().compare(inputs, candidates_A, candidates_B, instructions, mode=mode,
                                              progress=self._progress(disable_tqdm))
         return logits if return_logits else logits > 0
 
@@ -312,7 +314,7 @@ class Blender:
         check_strategy_budget(pairrm_cmp_type, budget, name="pairrm_cmp_type")
         if all(len(c) == 1 for c in candidates):
             return [list(c) for c in candidates] if return_all else [c[0] for c in candidates]
-        ranker = self._need_ranker()
+        ranker = self.require_ranker()
         # A pointwise reward model: llm-blender ranks it fully whatever pairrm_cmp_type says (n passes).
         if pairrm_cmp_type == "full" or getattr(ranker, "pointwise", False):
             ranks = ranker.rank(inputs, candidates, instructions, progress=self._progress())
@@ -406,7 +408,7 @@ class Blender:
         else:
             if return_scores:
                 raise ValueError(f"strategy={strategy!r} computes no scores; use return_scores=False or strategy='full'")
-            sels = self._need_ranker().select(inputs, candidates, top_k=top_k, strategy=strategy,
+            sels = self.require_ranker().select(inputs, candidates, top_k=top_k, strategy=strategy,
                                               instructions=instructions, progress=self._progress(), budget=budget,
                                               seed=seed)
             rows = []

@@ -35,7 +35,7 @@ class PairRMJudge:
         if isinstance(model, Blender):
             if ranker_kwargs:
                 raise TypeError(f"ranker options {sorted(ranker_kwargs)} need a checkpoint path, not a loaded Blender")
-            model._need_ranker()
+            model.require_ranker()
             self.blender = model
         elif isinstance(model, Ranker):
             if ranker_kwargs:
