@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import math
 import pathlib
-import tempfile
 from typing import Dict
 
 from ..model import cache
 from ..model.checkpoint import (DEBERTA_V3_LARGE, PAIRRM_CANDIDATE_MAXLENGTH, PAIRRM_SOURCE_MAXLENGTH,
                           SPECIAL_TOKENS)
 from .common import (CALIBRATION_EXAMPLES, FORMAT_VERSION, GENERATOR, NOTE, PathLike, require,
-                     round_sig, set_config_dtype, sha256, torch_threads, write_json, remove_stale_weights)
-from .tokenizer import (DEBERTA_EXTRA_EMBEDDING_ROWS, DEBERTA_V3_SPM_PIECES, deberta_tokenizer,
-                        english_spm_model, spm_num_pieces)
+                     round_sig, set_config_dtype, torch_threads, write_json, remove_stale_weights)
+from .tokenizer import DEBERTA_EXTRA_EMBEDDING_ROWS, DEBERTA_V3_SPM_PIECES, deberta_spm_file, deberta_tokenizer
 
 _SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 RANKER_SHAPES: Dict[str, Dict[str, int]] = {
@@ -216,14 +214,10 @@ def make_ranker_checkpoint(
     out = pathlib.Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    spm_bytes = english_spm_model("deberta", None if shape == "tiny" else DEBERTA_V3_SPM_PIECES)
-    n_pieces = spm_num_pieces(spm_bytes)
-
-    with tempfile.TemporaryDirectory(prefix="blender_fast_tok_") as tmp:
-        spm_path = pathlib.Path(tmp) / "spm.model"
-        spm_path.write_bytes(spm_bytes)
-        base_tok = deberta_tokenizer(spm_path, with_prefix_tokens=False)
-        tok = deberta_tokenizer(spm_path, with_prefix_tokens=True)
+    with deberta_spm_file(shape) as spm:
+        n_pieces = spm.pieces
+        base_tok = deberta_tokenizer(spm.path, with_prefix_tokens=False)
+        tok = deberta_tokenizer(spm.path, with_prefix_tokens=True)
         n_base = len(base_tok)  # spm pieces + [MASK]
         if n_base != n_pieces + 1:
             raise RuntimeError(f"unexpected DeBERTa tokenizer size {n_base} for {n_pieces} pieces")
@@ -303,7 +297,7 @@ def make_ranker_checkpoint(
         "vocab_size": vocab_rows,
         "spm_pieces": n_pieces,
         "prefix_token_ids": [ids["source"], ids["cand1"], ids["cand2"], ids["cand"]],
-        "spm_sha256": sha256(spm_bytes),
+        "spm_sha256": spm.sha256,
         **calib,
         "note": NOTE,
     }

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import math
 import pathlib
-import tempfile
 import warnings
 
 from ..model import cache
 from ..model.pointwise import POINTWISE_REPO
 from .common import (CALIBRATION_EXAMPLES, FORMAT_VERSION, GENERATOR, NOTE, PathLike, remove_stale_weights, require,
-                     round_sig, set_config_dtype, sha256, torch_threads, write_json)
+                     round_sig, set_config_dtype, torch_threads, write_json)
 from .ranker import RANKER_SHAPES, ranker_backbone_config
-from .tokenizer import DEBERTA_EXTRA_EMBEDDING_ROWS, DEBERTA_V3_SPM_PIECES, deberta_tokenizer, english_spm_model, \
-    spm_num_pieces
+from .tokenizer import DEBERTA_EXTRA_EMBEDDING_ROWS, deberta_spm_file, deberta_tokenizer
 
 # What the generated config.json says it is (the real repo's id2label / architectures).
 ARCHITECTURE = "DebertaV2ForSequenceClassification"
@@ -44,12 +42,9 @@ def make_reward_model_checkpoint(out_dir: PathLike, shape: str = "tiny", seed: i
 
     out = pathlib.Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    spm_bytes = english_spm_model("deberta", None if shape == "tiny" else DEBERTA_V3_SPM_PIECES)
-    n_pieces = spm_num_pieces(spm_bytes)
-    with tempfile.TemporaryDirectory(prefix="blender_fast_tok_") as tmp:
-        spm_path = pathlib.Path(tmp) / "spm.model"
-        spm_path.write_bytes(spm_bytes)
-        tok = deberta_tokenizer(spm_path, with_prefix_tokens=False)
+    with deberta_spm_file(shape) as spm:
+        n_pieces = spm.pieces
+        tok = deberta_tokenizer(spm.path, with_prefix_tokens=False)
         remove_stale_weights(out)
         tok.save_pretrained(str(out))  # while spm.model exists: it is saved too
     # as the real repo (older transformers wrote it): the one added token beyond the spm pieces
@@ -74,7 +69,7 @@ def make_reward_model_checkpoint(out_dir: PathLike, shape: str = "tiny", seed: i
         model.save_pretrained(str(out), safe_serialization=False)
     meta = {"generator": GENERATOR, "format_version": FORMAT_VERSION, "kind": "reward_model",
             "imitates": POINTWISE_REPO, "shape": shape, "seed": int(seed), "weights_format": weights_format,
-            "spm_pieces": n_pieces, "spm_sha256": sha256(spm_bytes), **calib, "note": NOTE}
+            "spm_pieces": n_pieces, "spm_sha256": spm.sha256, **calib, "note": NOTE}
     if manifest:
         meta[cache.MANIFEST_FILES_KEY] = cache.record_files(out, exclude=("blender_fast.json",))
     write_json(out / "blender_fast.json", meta)

@@ -7,6 +7,7 @@ per process and on disk (``cache.cache_root() / "spm"``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import threading
 from collections import Counter
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from ..model import cache
 from .common import require, require_transformers4, sha256
@@ -328,6 +329,24 @@ def english_spm_model(kind: str = "deberta", n_pieces: Optional[int] = None) -> 
 def spm_num_pieces(data: bytes) -> int:
     spm = require("sentencepiece")
     return spm.SentencePieceProcessor(model_proto=data).get_piece_size()
+
+
+class SpmFile(NamedTuple):
+    path: pathlib.Path  # spm.model in a temporary directory
+    pieces: int
+    sha256: str  # recorded in the generated checkpoint's metadata
+
+
+@contextlib.contextmanager
+def deberta_spm_file(shape: str) -> Iterator[SpmFile]:
+    """The DeBERTa-v3 SentencePiece model of a generated checkpoint (``tiny``: the trained vocabulary only,
+    else padded to deberta-v3's 128000 pieces), written as spm.model for the tokenizers, which read it by
+    path; the file exists while the block runs (``save_pretrained`` copies it)."""
+    data = english_spm_model("deberta", None if shape == "tiny" else DEBERTA_V3_SPM_PIECES)
+    with tempfile.TemporaryDirectory(prefix="blender_fast_tok_") as tmp:
+        path = pathlib.Path(tmp) / "spm.model"
+        path.write_bytes(data)
+        yield SpmFile(path, spm_num_pieces(data), sha256(data))
 
 
 def deberta_tokenizer(spm_path: pathlib.Path, with_prefix_tokens: bool):
