@@ -124,6 +124,31 @@ def live_server(engine, close_engine: bool = True, wait_s: float = 30.0, **app_k
             engine.close(timeout=wait_s)
 
 
+@contextlib.contextmanager
+def serve_process(*args: str, wait_s: float = 120.0):
+    """A real `blender-fast serve ARGS --port 0` process; yields (process, its startup line) once that line,
+    which holds the URL (``line.split()[2]``), is printed. The rest of stderr is the caller's to read.
+    Killed on the way out if it is still running."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "blender_fast.cli", "serve", *args, "--port", "0"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = ""
+        end = time.monotonic() + wait_s
+        while "http://" not in line and time.monotonic() < end and proc.poll() is None:
+            line = proc.stderr.readline()
+        assert "http://" in line, f"no startup line with a URL: {line!r}"
+        yield proc, line
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stderr.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_reward_model(tmp_path_factory) -> Path:
     """A random-weight pointwise reward model (tiny shape, OpenAssistant's layout), under a path that ends

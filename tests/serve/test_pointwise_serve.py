@@ -6,16 +6,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import live_server, require
+from conftest import live_server, require, serve_process
 
 require("fastapi")
 require("uvicorn")
@@ -262,15 +259,8 @@ def test_overload_over_http_is_429(reward):
 @pytest.mark.slow
 def test_cli_serve_starts_with_a_reward_model(tiny_reward_model, reward):
     """`blender-fast serve --model <reward model dir> --port 0` starts, answers as offline, drains on SIGTERM."""
-    proc = subprocess.Popen([sys.executable, "-m", "blender_fast.cli", "serve", "--model", str(tiny_reward_model),
-                             "--port", "0", "--threads", "1", "--device", "cpu"],
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        line = ""
-        end = time.monotonic() + 120
-        while "http://" not in line and time.monotonic() < end and proc.poll() is None:
-            line = proc.stderr.readline()
-        assert "http://" in line and "runtime=onnxruntime" in line, line
+    with serve_process("--model", str(tiny_reward_model), "--threads", "1", "--device", "cpu") as (proc, line):
+        assert "runtime=onnxruntime" in line, line
         url = line.split()[2]
         assert Client(url).wait_ready(60)
         got = Client(url).rank(INPUTS, CANDIDATES, return_scores=True)
@@ -278,8 +268,3 @@ def test_cli_serve_starts_with_a_reward_model(tiny_reward_model, reward):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)  # another process, another ORT session
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        proc.stderr.close()

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -17,7 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import live_server, require
+from conftest import live_server, require, serve_process
 
 require("fastapi")
 require("uvicorn")
@@ -257,15 +254,8 @@ def test_sigterm_drains_then_exits_0(tiny_checkpoint, shared_records):
     """A real `blender-fast serve` process: an in-flight request completes, new ones get 503, exit code 0."""
     texts = [c["text"][:400] for rec in shared_records[:4] for c in rec["candidates"]]
     body = json.dumps([{"input": rec["instruction"][:300], "candidates": texts[:20]} for rec in shared_records[:3]])
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "blender_fast.cli", "serve", "--model", str(tiny_checkpoint),
-                             "--port", "0", "--threads", "1", "--max-rows-per-request", "16"],
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = ""
-        end = time.monotonic() + 120
-        while "http://" not in line and time.monotonic() < end:
-            line = proc.stderr.readline()
+    end = time.monotonic() + 120  # startup and the loops below, together
+    with serve_process("--model", str(tiny_checkpoint), "--threads", "1", "--max-rows-per-request", "16") as (proc, line):
         for word in ("model=", "runtime=onnxruntime", "precision=fp32", "threads=1", "max_queued_pairs="):
             assert word in line, line
         why = proc.stderr.readline()  # the default is auto: the next line says what it chose and why
@@ -289,11 +279,6 @@ def test_sigterm_drains_then_exits_0(tiny_checkpoint, shared_records):
             status, result, _ = in_flight.result(120)
         assert status == 200 and len(result) == 3 and all(len(r["ranks"]) == 20 for r in result)
         assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        proc.stderr.close()
 
 
 @pytest.mark.slow
