@@ -20,7 +20,7 @@ import platform
 import time
 from pathlib import Path
 
-from ..model.cache import auto_dir, cache_root, checkpoint_fingerprint
+from ..model.cache import auto_dir, checkpoint_fingerprint
 from ..model.export import EXPORT_VERSION
 from ..options import check_backend_precision
 
