@@ -124,6 +124,26 @@ class PointwiseRanker:
             out.append(default if value is None else check_count(name, value, minimum=MIN_POINTWISE_MAXLENGTH))
         return out[0], out[1]
 
+    # -- what the server asks of any scorer (serve/ never asks which kind of model it holds) ----------
+
+    reserved_markers: tuple = ()  # PairRM's markers mean nothing to a reward model (as offline)
+
+    def capped_lengths(self, query: str, cap: int, source_maxlength=None, candidate_maxlength=None) -> dict:
+        """Truncation lengths that keep at most ``cap`` of each document's own tokens: the reward model cuts
+        each document to candidate_maxlength tokens, its special tokens included (None: the tokenizer's
+        model_max_length, none when unbounded)."""
+        src_len, cand_len = self.truncation(source_maxlength, candidate_maxlength)
+        tok = self.tokenizer
+        limit, default = cap + tok.n_special, tok.model_max_length if cand_len is None else cand_len
+        return {"source_maxlength": source_maxlength,
+                "candidate_maxlength": limit if default is None else min(limit, default)}
+
+    def full_ranking_relevance(self, scores) -> tuple:
+        """([0, 1] relevance, forward passes) of a full ranking: each document is scored alone, its score a
+        logit, and TEI's relevance of a cross-encoder's logit is its sigmoid; n passes."""
+        s = np.asarray(scores, dtype=np.float64)
+        return 1.0 / (1.0 + np.exp(-s)), len(s)
+
     # -- the engine ---------------------------------------------------------------------------------
     # A verb is planned (checks, then what to do with the scores), encoded, run, answered. The offline
     # verbs do all four in one call; the server's batching engine (serve/engine.py) encodes in the

@@ -16,6 +16,7 @@ from .options import (BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_BATCH_COST, DEFA
 from .inputs import check_pairs_ab, check_prompts, judge_plan
 from .selection.steps import DEFAULT_MODEL, RunStats, Selection, Step, Steps, run_steps, select_steps
 from .selection.verbs import compare_steps, rank_steps
+from .selection.aggregate import relevance_from_aggregate
 from .selection.cascade import certified, check_eps, verb_mode
 from .model.tokenization import EncodedPrompts, PairTokenizer, encode_prompts
 
@@ -199,6 +200,33 @@ class Ranker:
             ranker.engine_info.update(cascade={"fast": f"{cascade['backend']} {cascade['precision']}",
                                                "eps": cascade["eps"]})
         return ranker
+
+    # -- what the server asks of any scorer (serve/ never asks which kind of model it holds) ----------
+
+    @property
+    def reserved_markers(self) -> tuple:
+        """Markers no text may hold: PairRM's prefix tokens."""
+        from .model.checkpoint import SPECIAL_TOKENS
+
+        return SPECIAL_TOKENS
+
+    def capped_lengths(self, query: str, cap: int, source_maxlength=None, candidate_maxlength=None) -> dict:
+        """Truncation lengths that keep at most ``cap`` of each document's own tokens, never more than the
+        ranker's lengths would keep. PairRM gives each document candidate_maxlength tokens plus half of what
+        the query leaves unused of source_maxlength (model/tokenization.encode_prompts), each piece being
+        [CLS] <marker> text [SEP]; the query's own length as source_maxlength keeps the query as it is."""
+        src_len, cand_len = self.truncation(source_maxlength, candidate_maxlength)
+        tok = self.tokenizer
+        query_len = min(len(tok.encode([tok.source_text(query)])[0]), src_len)
+        limit = min(cap + tok.prefix_offset + 2, cand_len + (src_len - query_len) // 2)
+        return {"source_maxlength": query_len, "candidate_maxlength": limit}
+
+    def full_ranking_relevance(self, scores) -> tuple:
+        """([0, 1] relevance per document, forward passes) of a full ranking's max_logits scores:
+        sigmoid(s_i * n / (2 (n - 1))), the sigmoid of the mean over the other documents of the pair's
+        logit averaged over both orders (strictly increasing in s_i, so the order is kept); n (n - 1) passes."""
+        n = len(scores)
+        return relevance_from_aggregate(scores), n * (n - 1)
 
     # -- the engine ---------------------------------------------------------------------------------
 

@@ -67,3 +67,14 @@ def stack_if_equal(rows: list):
     if rows and all(len(r) == len(rows[0]) for r in rows):
         return np.stack(rows)
     return rows
+
+
+def relevance_from_aggregate(scores) -> np.ndarray:
+    """[0, 1] scores from PairRM's max_logits aggregate s_i = mean_j (M[i,j] - M[j,i]) (j over all n,
+    the diagonal 0): sigmoid(s_i * n / (2 (n - 1))) is the sigmoid of the mean over the other documents
+    of the pair's logit averaged over both orders. Strictly increasing in s_i, so the order is kept."""
+    s = np.asarray(scores, dtype=np.float64)
+    n = len(s)
+    if n < 2:
+        return np.full(n, 0.5)
+    return 1.0 / (1.0 + np.exp(-s * n / (2.0 * (n - 1))))

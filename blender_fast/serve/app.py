@@ -360,9 +360,7 @@ def truncation(item: dict) -> dict:
 def _validate_prompts(engine, inputs, candidates, instructions):
     from ..inputs import check_prompts
 
-    # PairRM's markers are refused in texts; they mean nothing to a pointwise reward model (as offline).
-    reserved = () if getattr(engine, "pointwise", False) else SPECIAL_TOKENS
-    check_prompts(inputs, candidates, instructions, reserved=reserved)
+    check_prompts(inputs, candidates, instructions, reserved=engine.ranker.reserved_markers)
 
 
 def _select_checks(items):
@@ -603,7 +601,7 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
     rerank_settings = RerankSettings(model_names=model_names(served_model_names, info),
                                      strategy=rerank_strategy, budget=rerank_budget,
                                      max_documents=max_candidates, max_text_chars=max_text_chars,
-                                     reserved=() if getattr(engine, "pointwise", False) else SPECIAL_TOKENS)
+                                     reserved=engine.ranker.reserved_markers)
     app.state.rerank = rerank_settings
 
     def body_schema(route):

@@ -229,17 +229,6 @@ def parse_tei(data, settings: RerankSettings) -> RerankRequest:
     return _extension(data, req, settings)
 
 
-def relevance_from_aggregate(scores) -> np.ndarray:
-    """[0, 1] scores from PairRM's max_logits aggregate s_i = mean_j (M[i,j] - M[j,i]) (j over all n,
-    the diagonal 0): sigmoid(s_i * n / (2 (n - 1))) is the sigmoid of the mean over the other documents
-    of the pair's logit averaged over both orders. Strictly increasing in s_i, so the order is kept."""
-    s = np.asarray(scores, dtype=np.float64)
-    n = len(s)
-    if n < 2:
-        return np.full(n, 0.5)
-    return 1.0 / (1.0 + np.exp(-s * n / (2.0 * (n - 1))))
-
-
 def full_order(scores) -> list:
     """Indices best first, as the Ranker's ranks order them (ties: the lower index first)."""
     s = np.asarray(scores)
@@ -254,21 +243,7 @@ def truncation_lengths(engine, req: RerankRequest) -> dict:
     cap = req.max_tokens_per_doc
     if cap is None:
         return lengths
-    ranker = engine.ranker
-    src_len, cand_len = ranker.truncation(req.source_maxlength, req.candidate_maxlength)
-    tok = ranker.tokenizer
-    if getattr(engine, "pointwise", False):
-        # The reward model cuts each document to candidate_maxlength tokens, its special tokens included
-        # (None: the tokenizer's model_max_length, none when unbounded).
-        limit, default = cap + tok.n_special, tok.model_max_length if cand_len is None else cand_len
-        lengths["candidate_maxlength"] = limit if default is None else min(limit, default)
-        return lengths
-    # PairRM gives each document candidate_maxlength tokens plus half of what the query leaves unused of
-    # source_maxlength (model/tokenization.encode_prompts), each piece being [CLS] <marker> text [SEP].
-    # The query's own length as source_maxlength keeps the query as it is and leaves nothing over.
-    query_len = min(len(tok.encode([tok.source_text(req.query)])[0]), src_len)
-    limit = min(cap + tok.prefix_offset + 2, cand_len + (src_len - query_len) // 2)
-    return {"source_maxlength": query_len, "candidate_maxlength": limit}
+    return engine.ranker.capped_lengths(req.query, cap, req.source_maxlength, req.candidate_maxlength)
 
 
 async def run_rerank(engine, req: RerankRequest, timeout) -> Ranked:
@@ -280,12 +255,7 @@ async def run_rerank(engine, req: RerankRequest, timeout) -> Ranked:
         scores = (await engine.rank([req.query], [req.documents], None, return_scores=True, policy="max_logits",
                                     timeout=timeout, **lengths))[0]
         order = full_order(scores)[:top_n]
-        if getattr(engine, "pointwise", False):
-            # A reward model scores each document alone: its score is a logit, and TEI's relevance of a
-            # cross-encoder's logit is its sigmoid (raw_scores: the score itself).
-            rel, passes = 1.0 / (1.0 + np.exp(-np.asarray(scores, dtype=np.float64))), n
-        else:
-            rel, passes = relevance_from_aggregate(scores), n * (n - 1)
+        rel, passes = engine.ranker.full_ranking_relevance(scores)
         return Ranked(order, [float(rel[i]) for i in order], [float(scores[i]) for i in order],
                       {"strategy": "full", "forward_passes": passes})
     sel = (await engine.select([req.query], [req.documents], top_k=top_n, strategy=req.strategy, orders="both",

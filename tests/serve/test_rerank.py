@@ -14,7 +14,7 @@ require("uvicorn")
 
 from blender_fast import Ranker  # noqa: E402
 from blender_fast.serve.engine import BatchingEngine  # noqa: E402
-from blender_fast.serve.rerank import relevance_from_aggregate  # noqa: E402
+from blender_fast.selection.aggregate import relevance_from_aggregate  # noqa: E402
 from conftest import live_server  # noqa: E402
 from test_server import post  # noqa: E402
 
