@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-from .cluster.outputs import OutputError, output_file
 from .synthetic.demo import resolve_model
 from .options import (MAX_BUDGET, MAX_SEED, MAX_TOP_K, ORDERS, POLICIES, STRATEGIES, HelpFormatter,
                       add_engine_options, int_argument)
@@ -43,7 +42,7 @@ def cmd_make_checkpoint(args) -> int:
 def cmd_export(args) -> int:
     from .model.export import export_command
 
-    from .cluster.outputs import output_dir
+    from .jsonl.targets import output_dir
 
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
     if args.out:  # before the checkpoint loads: a file there, or an unwritable place, is refused now
@@ -55,7 +54,15 @@ def cmd_export(args) -> int:
 
 
 
-# -- output files --------------------------------------------------------------------------------------
+# -- the job -------------------------------------------------------------------------------------------
+#
+# No run loses finished work (docs/cli.md, "What a run keeps"):
+# * the output is written beside itself and renamed at the end; a failure or a signal keeps what was written
+#   as <output>.partial, and says how many records it holds, counted on disk;
+# * a .partial, or the temp file of a killed run, is finished work: a run without --resume is refused while
+#   one exists, and --resume keeps every finished record of the old output, the .partial and the temp files
+#   (records made with other options are refused by name, never dropped);
+# * with --output equal to --input, a --limit run copies the prompts after the limit as they were.
 
 class Interrupted(Exception):
     """SIGINT / SIGTERM arrived: stop between model batches and keep what was written."""
@@ -65,119 +72,6 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-class _JsonlOut:
-    """Records out as JSON Lines, one per line; ``written`` counts them. A failed write (a full disk,
-    /dev/full, a pipe whose reader left) is one OutputError naming the user's path, not a traceback."""
-
-    def __init__(self, f, given: str):
-        self._f = f
-        self.given = given
-        self.written = 0
-        self.flushed = 0  # records known to have left the buffer: what a failed write reports
-
-    def write(self, record: dict) -> None:
-        self.write_line(json.dumps(record, ensure_ascii=False))
-
-    def write_line(self, line: str) -> None:
-        try:
-            self._f.write(line if line.endswith("\n") else line + "\n")
-        except OSError as e:
-            raise self._failed(e) from None
-        self.written += 1
-
-    def flush(self) -> None:
-        try:
-            self._f.flush()
-        except OSError as e:
-            raise self._failed(e) from None
-        self.flushed = self.written
-
-    def _failed(self, e: OSError) -> OutputError:
-        self.written = self.flushed
-        if self.given == "-":  # stdout's reader left: Python's own flush at exit would fail again, loudly
-            _detach_stdout()
-        where = "stdout" if self.given == "-" else self.given
-        return OutputError(f"{where}: cannot write the output: {e.strerror or e}")
-
-    def _close(self) -> None:
-        try:
-            self._f.close()
-        except OSError:  # the write error that brought us here is already being reported
-            pass
-
-
-def _detach_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
-
-
-class AtomicJsonl(_JsonlOut):
-    """A JSON Lines output written to a temp file in the real target's directory (symlinks followed: the link
-    is kept) and renamed over it at the end (``os.replace``: all or nothing). On failure or interruption the
-    target is untouched and what was written is kept as ``<output>.partial`` (a later ``--resume`` picks it
-    up). The target was checked before any work (cluster/outputs.py)."""
-
-    def __init__(self, target):
-        self.path = target.path
-        self.partial = self.path.with_name(self.path.name + ".partial")
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            f = open(self.tmp, "w", encoding="utf-8")
-        except OSError as e:
-            raise OutputError(f"{target.given}: cannot write there: {e.strerror}") from None
-        super().__init__(f, target.given)
-
-    def commit(self) -> None:
-        self.flush()
-        try:
-            os.fsync(self._f.fileno())
-            self._f.close()
-            os.replace(self.tmp, self.path)
-        except OSError as e:
-            raise self._failed(e) from None
-        if self.partial.exists():  # its records are in the output now
-            self.partial.unlink()
-
-    def keep_partial(self) -> Path | None:
-        """Close; keep the records written so far as <output>.partial (None when there were none)."""
-        self._close()
-        if not self.written:
-            self.tmp.unlink(missing_ok=True)
-            return None
-        os.replace(self.tmp, self.partial)
-        return self.partial
-
-
-class StreamJsonl(_JsonlOut):
-    """stdout, or a path that is not a regular file (a FIFO, /dev/null, /dev/stdout): written directly,
-    line by line, never replaced; there is no .partial."""
-
-    def __init__(self, target):
-        self.path = self.partial = Path(target.given)
-        self._own = target.given != "-"
-        super().__init__(open(target.path, "w", encoding="utf-8") if self._own else sys.stdout, target.given)
-
-    def commit(self) -> None:
-        self.flush()
-        if self._own:
-            self._close()
-
-    def keep_partial(self):
-        try:
-            self.flush()
-        except OutputError:  # a failed write is what brought us here; it is being reported
-            pass
-        if self._own:
-            self._close()
-        return None
-
-
-# -- the job -------------------------------------------------------------------------------------------
-
 def _options(args):
     from .cluster.jobs import RankOptions
 
@@ -185,26 +79,69 @@ def _options(args):
                       budget=args.budget)
 
 
-def _scan_input(path, limit, options, want_keys: bool):
-    """One streaming pass before any model work: validates every line (errors name file:line), counts
-    prompts and model rows for the progress bar, and (for --resume) collects the prompts' identities."""
-    from .cluster.jobs import expected_forward_passes
-    from .cluster.records import iter_prompts, record_digest
+class _Scan:
+    """What one streaming pass over the input found, before any model work."""
 
-    n_prompts = passes = 0
-    keys: set[bytes] = set()
-    repeats: dict[int, int] = {}  # prompt number -> occurrence, for the (rare) repeated records only
-    for prompt in iter_prompts(path, limit):
-        if options.top_k > len(prompt.candidates):
-            raise ValueError(f"{prompt.where}: {len(prompt.candidates)} candidates, fewer than --top-k {options.top_k}")
-        n_prompts += 1
-        passes += expected_forward_passes(len(prompt.candidates), options)
+    def __init__(self):
+        self.prompts = 0          # prompts within --limit
+        self.passes = 0           # model rows they cost (the progress bar's total)
+        self.keys: set = set()    # their identities (for --resume and the in-place copy)
+        self.repeats: dict = {}   # prompt number -> occurrence, for the (rare) repeated records only
+        self.end_offset = 0       # byte offset just after the last prompt within --limit
+        self.more = False         # the input holds lines after that prompt
+
+
+def _scan_input(source, limit, options, want_keys: bool) -> _Scan:
+    """One streaming pass before any model work: validates every line within --limit (errors name
+    file:line), checks the options against each prompt (--top-k, --budget), counts prompts and model rows
+    for the progress bar, and (for --resume) collects the prompts' identities."""
+    from .cluster.jobs import expected_forward_passes
+    from .jsonl.prompts import decode_record, iter_lines, parse_prompt, record_digest
+    from .selection.budgets import comparison_budgets
+
+    scan = _Scan()
+    if limit == 0:
+        scan.more = any(True for _ in iter_lines(source.path))
+        return scan
+    for lineno, raw, end in _lines_with_offsets(source.path):
+        if limit is not None and scan.prompts >= limit:
+            scan.more = True
+            break
+        where = f"{source.name}:{lineno}"
+        prompt = parse_prompt(decode_record(raw, where), where)
+        n = len(prompt.candidates)
+        if options.top_k > n:
+            raise ValueError(f"{where}: {n} candidates, fewer than --top-k {options.top_k}")
+        try:
+            comparison_budgets(options.budget, options.strategy, [n], options.top_k, options.orders)
+        except ValueError as e:
+            raise ValueError(f"{where}: --{str(e).replace(' of prompt 0', '')}") from None
+        scan.prompts += 1
+        scan.end_offset = end
+        scan.passes += expected_forward_passes(n, options)
         if want_keys:
-            key, occurrence = _new_key(record_digest(prompt.record), keys)
-            keys.add(key)
+            key, occurrence = _new_key(record_digest(prompt.record), scan.keys)
+            scan.keys.add(key)
             if occurrence > 1:
-                repeats[n_prompts - 1] = occurrence
-    return n_prompts, passes, (keys, repeats)
+                scan.repeats[scan.prompts - 1] = occurrence
+    return scan
+
+
+def _lines_with_offsets(path):
+    """jsonl.prompts.iter_lines with the byte offset after each line's physical line."""
+    from .jsonl.prompts import UTF8_BOM
+
+    offset = 0
+    lineno = 0
+    with open(path, "rb") as f:
+        for physical in f:
+            offset += len(physical)
+            raw = physical[len(UTF8_BOM):] if lineno == 0 and physical.startswith(UTF8_BOM) else physical
+            raw = raw[:-2] if raw.endswith(b"\r\n") else raw.rstrip(b"\n")
+            for piece in raw.split(b"\r") if b"\r" in raw else (raw,):
+                lineno += 1
+                if piece.strip():
+                    yield lineno, piece, offset
 
 
 def _key(digest: str, occurrence: int) -> bytes:
@@ -222,72 +159,170 @@ def _new_key(digest: str, seen: set) -> tuple[bytes, int]:
     return _key(digest, occurrence), occurrence
 
 
-def _is_done(record, options, fused: bool) -> bool:
+def _result_options(record) -> tuple | None:
+    """(strategy, top-k, fused) of a finished record; None for a record without a result."""
     result = record.get("blender_fast") if isinstance(record, dict) else None
-    return (isinstance(result, dict) and result.get("strategy") == options.strategy
-            and len(result.get("top_k") or ()) == options.top_k and (not fused or "fused" in record))
+    if not isinstance(result, dict):
+        return None
+    return result.get("strategy"), len(result.get("top_k") or ()), "fused" in record
 
 
-def _carry_over(out, sources, wanted: set, options, fused: bool) -> set:
-    """--resume: copy the finished records of earlier runs (the old output, then its .partial) that
-    belong to this input and these options; return their identities."""
-    from .cluster.records import record_digest
+def _is_done(found: tuple | None, options, fused: bool) -> bool:
+    return (found is not None and found[0] == options.strategy and found[1] == options.top_k
+            and (not fused or found[2]))
 
-    done: set[bytes] = set()
-    for source in sources:
-        if not source.is_file():
+
+def _finished_records(source):
+    """(raw line, record) of each readable record of an earlier output; a line cut short by a crash, or
+    not UTF-8 / JSON, is no finished record (that prompt is simply redone)."""
+    from .jsonl.prompts import decode_record, iter_lines
+
+    for _lineno, raw in iter_lines(source):
+        try:
+            record = decode_record(raw, "")
+        except ValueError:
             continue
+        if isinstance(record, dict):
+            yield raw, record
+
+
+def _earlier_work(path: Path) -> list[Path]:
+    """Files holding finished records of interrupted runs into this output: its .partial and the temp files
+    of killed runs."""
+    from .jsonl.writers import leftover_temps, partial_path
+
+    return [p for p in [partial_path(path), *leftover_temps(path)] if p.is_file() and p.stat().st_size]
+
+
+def _check_resume_sources(sources, options, fused: bool) -> None:
+    """--resume keeps every finished record: records made with other options cannot be kept in this
+    output, so the run is refused before any work, naming the file and the options that differ."""
+    for source in sources:
+        other: dict = {}
+        for _raw, record in _finished_records(source):
+            found = _result_options(record)
+            if found is not None and not _is_done(found, options, fused):
+                other[found] = other.get(found, 0) + 1
+        if other:
+            (strategy, top_k, was_fused), count = max(other.items(), key=lambda kv: kv[1])
+            made = f"--strategy {strategy} --top-k {top_k}" + ("" if was_fused or not fused else " (rank, not fuse)")
+            raise ValueError(
+                f"--resume: {source} holds {sum(other.values())} finished records made with other options "
+                f"({made}; this run: --strategy {options.strategy} --top-k {options.top_k}); they are kept "
+                f"only by a run with their options. Rerun with those options, or give another --output; "
+                f"nothing was changed")
+
+
+def _carry_over(out, sources, done_keys: set) -> int:
+    """--resume: copy every finished record of earlier runs (the old output, its .partial, the temp files
+    of killed runs), each once; their identities go into done_keys. Returns how many were copied."""
+    from .jsonl.prompts import record_digest
+
+    copied = 0
+    for source in sources:
         seen: set[bytes] = set()
-        with open(source, encoding="utf-8") as f:
-            for line in f:
+        for raw, record in _finished_records(source):
+            key = _new_key(record_digest(record), seen)[0]
+            seen.add(key)
+            if _result_options(record) is not None and key not in done_keys:
+                out.write_line(raw.decode("utf-8"))
+                done_keys.add(key)
+                copied += 1
+    return copied
+
+
+def _copy_rest(out, source, scan, done_keys: set) -> int:
+    """--output = --input with --limit: the lines after the limit, as they were (those already in the
+    output from --resume excepted). Returns how many lines were copied."""
+    from .jsonl.prompts import decode_record, record_digest
+
+    copied = 0
+    seen = set(scan.keys)
+    with open(source.path, "rb") as f:
+        f.seek(scan.end_offset)
+        for physical in f:
+            if done_keys:
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash: that prompt is simply redone
-                if not isinstance(record, dict):
-                    continue
-                key = _new_key(record_digest(record), seen)[0]
-                seen.add(key)
-                if key in wanted and key not in done and _is_done(record, options, fused):
-                    out.write_line(line)
-                    done.add(key)
-    return done
+                    record = decode_record(physical.strip(), "")
+                except ValueError:
+                    record = None
+                if isinstance(record, dict):
+                    key = _new_key(record_digest(record), seen)[0]
+                    seen.add(key)
+                    if key in done_keys:
+                        continue
+            if not physical.endswith(b"\n"):
+                physical += b"\n"
+            out.write_raw(physical)
+            copied += 1
+    return copied
+
+
+def _same_file(source, target) -> bool:
+    try:
+        return not source.spooled and not target.streaming and os.path.samefile(source.path, target.path)
+    except OSError:
+        return False
 
 
 def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
     """Stream the input in chunks of --chunk prompts, run process_chunk(prompts, bar) -> records, write
     them atomically; Ctrl-C / SIGTERM stop cleanly, saying what was kept where."""
-    from tqdm.auto import tqdm
-
-    from .cluster.records import example_prompts_path, iter_prompts, record_digest
+    from .jsonl.prompts import InputFile, example_prompts_path, input_file
+    from .jsonl.targets import output_file
 
     options = _options(args)
     target = output_file(args.output)  # before any work: a directory or an unwritable place is refused now
-    src = Path(args.input) if args.input else example_prompts_path()
-    to_stdout = target.streaming
-    if args.resume and to_stdout:
+    if args.resume and target.streaming:
         raise ValueError("--resume needs an --output file (a regular file, not '-' or a device)")
-    n_prompts, total_passes, (wanted, repeats) = _scan_input(src, args.limit, options, args.resume)
-    out = StreamJsonl(target) if to_stdout else AtomicJsonl(target)
-    carried = 0  # records kept from earlier runs (--resume); the rest of out.written is new
+    if args.input:
+        source = input_file(args.input)
+    else:
+        examples = example_prompts_path()
+        source = InputFile(examples, str(examples))
+    try:
+        return _run_checked(args, desc, process_chunk, fused, options, target, source)
+    finally:
+        source.close()
+
+
+def _run_checked(args, desc, process_chunk, fused, options, target, source) -> int:
+    from tqdm.auto import tqdm
+
+    from .jsonl.prompts import iter_prompts, record_digest
+    from .jsonl.writers import AtomicJsonl, StreamJsonl
+
+    in_place = _same_file(source, target)
+    scan = _scan_input(source, args.limit, options, want_keys=args.resume or in_place)
+    earlier = [] if target.streaming else _earlier_work(target.path)
+    if earlier and not args.resume:
+        raise ValueError(f"{earlier[0]} holds finished records of an interrupted run: pass --resume to keep them "
+                         f"(or delete it to start over); nothing was changed")
+    sources = ([target.path] if target.path.is_file() else []) + earlier if args.resume else []
+    if args.resume:
+        _check_resume_sources(sources, options, fused)
+    out = StreamJsonl(target) if target.streaming else AtomicJsonl(target)
+    carried = copied = 0  # records kept from earlier runs (--resume); lines after --limit copied as they were
     t0 = time.perf_counter()
     load_s = 0.0
     previous_handler = _install_sigterm()
     try:
-        done = _carry_over(out, [out.path, out.partial], wanted, options, fused) if args.resume else set()
-        carried = out.written
+        done: set = set()
         if args.resume:
-            print(f"--resume: {len(done)} of {n_prompts} prompts already done, kept", file=sys.stderr)
-        todo = n_prompts - len(done)
+            carried = _carry_over(out, sources, done)
+            wanted_done = len(scan.keys & done)
+            print(f"--resume: {wanted_done} of {scan.prompts} prompts already done; {carried} finished records "
+                  f"kept", file=sys.stderr)
+        todo = scan.prompts - (len(scan.keys & done) if done else 0)
         work = None
         if todo:
             work = process_chunk.load()
         load_s = time.perf_counter() - t0  # model load (and, the first time, export) is reported apart
         t0 = time.perf_counter()
-        with tqdm(total=total_passes, desc=desc, unit="pair", disable=args.quiet or not todo, smoothing=0.1) as bar:
+        with tqdm(total=scan.passes, desc=desc, unit="pair", disable=args.quiet or not todo, smoothing=0.1) as bar:
             chunk = []
-            for number, prompt in enumerate(iter_prompts(src, args.limit)):
-                if done and _key(record_digest(prompt.record), repeats.get(number, 1)) in done:
+            for number, prompt in enumerate(iter_prompts(source.path, args.limit, name=source.name)):
+                if done and _key(record_digest(prompt.record), scan.repeats.get(number, 1)) in done:
                     continue
                 chunk.append(prompt)
                 if len(chunk) == args.chunk:
@@ -299,36 +334,39 @@ def _run_job(args, desc: str, process_chunk, fused: bool) -> int:
             if bar.n < bar.total:  # the tournament's total is an upper bound: end the bar at what ran
                 bar.total = bar.n
                 bar.refresh()
-        out.commit()
+        if in_place and scan.more:
+            copied = _copy_rest(out, source, scan, done)
+        out.commit(consumed=earlier)
     except (KeyboardInterrupt, Interrupted) as e:
-        kept = out.keep_partial()
+        kept = out.keep_partial(consumed=earlier)
         name = e.args[0] if isinstance(e, Interrupted) else "SIGINT"
-        print(f"\nblender-fast: interrupted ({name}): {_kept_message(out, kept, out.written - carried, to_stdout)}",
+        print(f"\nblender-fast: interrupted ({name}): {_kept_message(out, kept, carried, target.streaming)}",
               file=sys.stderr)
         return 128 + (e.signum if isinstance(e, Interrupted) else signal.SIGINT)
     except BaseException:
-        kept = out.keep_partial()
-        if kept is not None or (to_stdout and out.written):
-            print(f"blender-fast: stopped: {_kept_message(out, kept, out.written - carried, to_stdout)}", file=sys.stderr)
+        kept = out.keep_partial(consumed=earlier)
+        if kept is not None or (target.streaming and out.written):
+            print(f"blender-fast: stopped: {_kept_message(out, kept, carried, target.streaming)}", file=sys.stderr)
         raise
     finally:
         _restore_sigterm(previous_handler)
     elapsed = time.perf_counter() - t0
-    written_new = out.written - carried
+    written_new = out.written - carried - copied
     print(f"{desc}: {written_new} prompts in {elapsed:.1f}s ({written_new / max(elapsed, 1e-9):.2f} prompts/s; "
           f"model loaded in {load_s:.1f}s before)"
-          f"{f', {out.written - written_new} kept from earlier runs' if args.resume else ''} -> {args.output}",
+          f"{f', {carried} kept from earlier runs' if args.resume else ''}"
+          f"{f', {copied} lines after --limit copied as they were' if copied else ''} -> {args.output}",
           file=sys.stderr)
     return 0
 
 
-def _kept_message(out, kept, written_new, to_stdout) -> str:
+def _kept_message(out, kept, carried, to_stdout) -> str:
     if to_stdout:
         return f"{out.written} prompts were written to {'stdout' if str(out.path) == '-' else out.path}"
     if kept is None:
         return f"no prompts were written; {out.path} left unchanged"
-    return (f"{out.written} prompts ({written_new} new) written to {kept}; {out.path} left unchanged. "
-            f"Rerun with --resume to continue from them")
+    return (f"{out.written} prompts ({max(0, out.written - carried)} new) written to {kept}; {out.path} left "
+            f"unchanged. Rerun with --resume to continue from them")
 
 
 # While a chunk's records are written, SIGTERM waits (the handler notes it), so the count reported

@@ -152,9 +152,15 @@ def test_resume_skips_prompts_already_done(tiny_checkpoint, tmp_path, capsys):
     assert rows[:3] == first  # kept as they were
     assert sorted(json.dumps({k: v for k, v in r.items() if k != "blender_fast"}, sort_keys=True) for r in rows) == \
         sorted(json.dumps(r, sort_keys=True) for r in records)  # every input record exactly once
-    # Other options are other results: nothing is reused.
-    assert _rank(tiny_checkpoint, "--input", src, "--output", out, "--resume", "--strategy", "bubble") == 0
-    assert "--resume: 0 of 10" in capsys.readouterr().err
+    # Other options are other results: --resume keeps every finished record, so it refuses, naming them.
+    before = out.read_bytes()
+    assert _rank(tiny_checkpoint, "--input", src, "--output", out, "--resume", "--strategy", "bubble") == 2
+    err = capsys.readouterr().err
+    assert "holds 10 finished records made with other options (--strategy tournament --top-k 1; this run: " \
+           "--strategy bubble --top-k 1)" in err
+    assert out.read_bytes() == before
+    # Without --resume the output is simply replaced, as any rerun replaces it.
+    assert _rank(tiny_checkpoint, "--input", src, "--output", out, "--strategy", "bubble") == 0
     assert all(r["blender_fast"]["strategy"] == "bubble" for r in _read(out))
 
 

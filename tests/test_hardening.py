@@ -92,7 +92,7 @@ def test_output_file_on_a_full_disk_is_one_line_and_keeps_the_old_output(tiny_ch
                                                                          monkeypatch):
     import errno
 
-    import blender_fast.cli as cli
+    import blender_fast.jsonl.writers as writers
 
     out = tmp_path / "out.jsonl"
     out.write_text("OLD\n")
@@ -106,7 +106,7 @@ def test_output_file_on_a_full_disk_is_one_line_and_keeps_the_old_output(tiny_ch
         f.write = write
         return f
 
-    monkeypatch.setattr(cli, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(writers, "open", full_disk_open, raising=False)
     assert _rank(tiny_checkpoint, "--output", out) == 2
     err = capsys.readouterr().err
     assert f"{out}: cannot write the output: No space left on device" in err
@@ -495,3 +495,234 @@ def test_benchmark_out_on_a_file_is_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"{target}: --out exists and is not a directory" in proc.stderr and "Traceback" not in proc.stderr
     assert target.read_text() == "keep"
+
+
+# -- 5. no run loses finished work (issue 25, item 2) -------------------------------------------------------
+
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from conftest import REPO  # noqa: E402
+
+EXAMPLE_RECORDS = [json.loads(line) for line in example_prompts_path().read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
+
+
+def _prompts_file(path, n: int):
+    """n distinct prompt records (the examples, each with its own id), one per line; returns the lines."""
+    lines = [json.dumps(dict(EXAMPLE_RECORDS[i % len(EXAMPLE_RECORDS)], id=f"p{i}")) + "\n" for i in range(n)]
+    path.write_text("".join(lines), encoding="utf-8")
+    return lines
+
+
+def _cli(*argv, stdin=None, input_text=None, timeout=300, env=None):
+    """The real `blender-fast` command, as a user runs it (this checkout's code on PYTHONPATH)."""
+    exe = shutil.which("blender-fast")
+    cmd = [exe] if exe else [sys.executable, "-m", "blender_fast.cli"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([*cmd, *map(str, argv)], env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=stdin, input=input_text)
+
+
+def _ids(path):
+    return [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_in_place_limit_keeps_the_prompts_after_the_limit_as_they_were(tiny_checkpoint, tmp_path):
+    data = tmp_path / "data.jsonl"
+    lines = _prompts_file(data, 30)
+    proc = _cli("rank", "--model", tiny_checkpoint, "--input", data, "--output", data, "--limit", 5, "--quiet",
+                "--strategy", "bubble")
+    assert proc.returncode == 0, proc.stderr
+    now = data.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert len(now) == 30  # was 5: 25 prompts gone
+    assert now[5:] == lines[5:]  # byte for byte as they were
+    assert all("blender_fast" in json.loads(line) for line in now[:5])
+    assert "25 lines after --limit copied as they were" in proc.stderr
+    # Going on in place with --resume: the ranked ones are kept, the next ones ranked, the rest copied.
+    proc = _cli("rank", "--model", tiny_checkpoint, "--input", data, "--output", data, "--limit", 8, "--resume",
+                "--quiet", "--strategy", "bubble")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(f"p{i}" for i in range(30))  # each prompt once
+    assert sum("blender_fast" in r for r in rows) == 8
+
+
+def test_resume_with_a_limit_keeps_every_finished_record(tiny_checkpoint, tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    _prompts_file(src, 30)
+    out = tmp_path / "out.jsonl"
+    assert _rank(tiny_checkpoint, "--input", src, "--output", out) == 0
+    assert len(_ids(out)) == 30
+    capsys.readouterr()
+    assert _rank(tiny_checkpoint, "--input", src, "--output", out, "--resume", "--limit", 5) == 0
+    assert "--resume: 5 of 5 prompts already done; 30 finished records kept" in capsys.readouterr().err
+    assert sorted(_ids(out)) == sorted(f"p{i}" for i in range(30))  # was 5 lines
+
+
+def test_a_partial_made_with_other_options_is_never_deleted(tiny_checkpoint, tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    _prompts_file(src, 12)
+    out = tmp_path / "out.jsonl"
+    assert _rank(tiny_checkpoint, "--input", src, "--output", out, "--top-k", 1, "--limit", 7) == 0
+    partial = tmp_path / "out.jsonl.partial"
+    out.rename(partial)  # what an interrupted --top-k 1 run leaves
+    before = partial.read_bytes()
+    capsys.readouterr()
+    assert _rank(tiny_checkpoint, "--input", src, "--output", out, "--resume", "--top-k", 2, "--limit", 3) == 2
+    err = capsys.readouterr().err
+    assert f"--resume: {partial} holds 7 finished records made with other options (--strategy bubble --top-k 1; " \
+           f"this run: --strategy bubble --top-k 2)" in err
+    assert partial.read_bytes() == before and not out.exists()
+    # A run without --resume would replace it at its end (or at its interruption): refused too.
+    assert _rank(tiny_checkpoint, "--input", src, "--output", out, "--top-k", 2, "--limit", 3) == 2
+    assert f"{partial} holds finished records of an interrupted run: pass --resume" in capsys.readouterr().err
+    assert partial.read_bytes() == before
+    # With its own options, --resume takes it in, and the .partial goes only once its records are in the output.
+    assert _rank(tiny_checkpoint, "--input", src, "--output", out, "--resume", "--top-k", 1) == 0
+    assert sorted(_ids(out)) == sorted(f"p{i}" for i in range(12)) and not partial.exists()
+
+
+class _FullDiskFile:
+    """A raw file that takes ``room`` bytes, then fails every write with ENOSPC, as a full disk does; a
+    BufferedWriter over it hands it bytes whenever its buffer fills, so lines land on disk cut anywhere."""
+
+    def __init__(self, path, room: int):
+        import io
+
+        class Raw(io.FileIO):
+            def write(self, b):
+                import errno
+
+                nonlocal room
+                if room <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                n = min(len(b), room)
+                room -= n
+                return super().write(bytes(b[:n]))
+
+        self.raw = Raw(path, "w")
+
+
+def test_counts_after_a_failure_are_the_counts_on_disk(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import io
+
+    import blender_fast.jsonl.writers as writers
+
+    src = tmp_path / "in.jsonl"
+    _prompts_file(src, 40)
+    out = tmp_path / "out.jsonl"
+
+    def small_disk_open(path, mode="r", *args, **kwargs):
+        if mode != "w" or not str(path).endswith(".tmp"):
+            return open(path, mode, *args, **kwargs)
+        raw = _FullDiskFile(path, room=9000).raw  # a few records' worth, then the disk is full
+        return io.TextIOWrapper(io.BufferedWriter(raw, buffer_size=4096), encoding="utf-8")
+
+    monkeypatch.setattr(writers, "open", small_disk_open, raising=False)
+    assert _rank(tiny_checkpoint, "--input", src, "--output", out, "--chunk", 1) == 2
+    err = capsys.readouterr().err
+    partial = tmp_path / "out.jsonl.partial"
+    on_disk = partial.read_text(encoding="utf-8").splitlines()
+    assert on_disk and all(json.loads(line)["id"] for line in on_disk)  # complete records only: the cut line went
+    assert f"stopped: {len(on_disk)} prompts ({len(on_disk)} new) written to {partial}" in err
+    assert f"{out}: cannot write the output: No space left on device" in err and "Traceback" not in err
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_kill_9_then_resume_ranks_every_prompt_exactly_once(tiny_checkpoint, tmp_path):
+    src = tmp_path / "in.jsonl"
+    _prompts_file(src, 400)
+    out = tmp_path / "out.jsonl"
+    exe = shutil.which("blender-fast")
+    cmd = [exe] if exe else [sys.executable, "-m", "blender_fast.cli"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*cmd, "rank", "--model", str(tiny_checkpoint), "--input", str(src), "--output", str(out),
+                             "--chunk", "1", "--strategy", "bubble", "--quiet", "--threads", "1"],
+                            env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    tmp = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        tmps = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        if tmps and tmps[0].stat().st_size > 2000:  # a few records written
+            tmp = tmps[0]
+            break
+        time.sleep(0.02)
+    assert tmp is not None, "the job never wrote its first records"
+    proc.send_signal(signal.SIGKILL)  # no handler runs: the temp file is all that is left
+    proc.wait(timeout=60)
+    done_before = sum(1 for line in tmp.read_text(encoding="utf-8").splitlines() if line.endswith("}"))
+    assert 0 < done_before < 400 and not out.exists()
+    run = _cli("rank", "--model", tiny_checkpoint, "--input", src, "--output", out, "--chunk", 50,
+               "--strategy", "bubble", "--quiet", "--resume")
+    assert run.returncode == 0, run.stderr
+    assert f"--resume: {done_before} of 400 prompts already done" in run.stderr  # the killed run's work is kept
+    ids = _ids(out)
+    assert len(ids) == 400 and sorted(ids) == sorted(f"p{i}" for i in range(400))  # every prompt exactly once
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".partial"))]
+
+
+# -- 6. input files: encodings, depth, streams (issue 25, item 4) -------------------------------------------
+
+def test_input_that_is_not_utf8_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"instruction": "ok", "candidates": ["a", "b"]}\n'
+                    b'{"instruction": "caf\xe9", "candidates": ["a", "b"]}\n')
+    assert _rank(tmp_path / "no-model", "--input", bad) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2: not UTF-8 (byte 0xe9 at column 21); save the file as UTF-8" in err and "no-model" not in err
+
+
+def test_input_nested_too_deep_names_file_and_line(tmp_path, capsys):
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"instruction": "x", "candidates": ["a", "b"]}\n'
+                    '{"instruction": "x", "candidates": ["a", "b"], "extra": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    assert _rank(tmp_path / "no-model", "--input", deep) == 2
+    err = capsys.readouterr().err
+    assert f"{deep}:2: the JSON is nested too deep to read" in err and "recursion" not in err
+
+
+def test_input_with_a_utf8_bom_is_read(tiny_checkpoint, tmp_path):
+    src = tmp_path / "bom.jsonl"
+    lines = _prompts_file(src, 3)
+    src.write_bytes(b"\xef\xbb\xbf" + "".join(lines).encode("utf-8"))
+    out = tmp_path / "out.jsonl"
+    assert _rank(tiny_checkpoint, "--input", src, "--output", out) == 0
+    assert _ids(out) == ["p0", "p1", "p2"]
+
+
+@pytest.mark.parametrize("how", ["-", "/dev/stdin", "fifo"])
+def test_input_from_a_pipe_or_fifo_is_read_as_a_stream(tiny_checkpoint, tmp_path, how):
+    src = tmp_path / "in.jsonl"
+    lines = _prompts_file(src, 4)
+    out = tmp_path / "out.jsonl"
+    base = ("rank", "--model", tiny_checkpoint, "--output", out, "--quiet", "--strategy", "bubble")
+    if how == "fifo":
+        fifo = tmp_path / "prompts.fifo"
+        os.mkfifo(fifo)
+
+        def feed():
+            with open(fifo, "w", encoding="utf-8") as f:
+                f.write("".join(lines))
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
+        proc = _cli(*base, "--input", fifo)
+        writer.join(timeout=10)
+    else:  # a pipe: `cat in.jsonl | blender-fast rank --input -`
+        proc = _cli(*base, "--input", how, input_text="".join(lines))
+    assert proc.returncode == 0, proc.stderr
+    assert _ids(out) == ["p0", "p1", "p2", "p3"]
+
+
+def test_errors_in_a_piped_input_name_stdin_and_the_line(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    proc = _cli("rank", "--model", tmp_path / "no-model", "--input", "-", env={"TMPDIR": str(spool)},
+                input_text='{"instruction": "x", "candidates": ["a"]}\n{"instruction": "x"}\n')
+    assert proc.returncode == 2
+    assert "<stdin>:2: 'candidates' must be a non-empty list" in proc.stderr
+    assert not list(spool.iterdir())  # the stream's temporary copy is removed

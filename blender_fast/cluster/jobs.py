@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 from ..options import BUDGETED, ORDERS, POLICIES, STRATEGIES, check_choice, check_seed, check_strategy_budget, check_top_k
-from .records import Prompt
+from ..jsonl.prompts import Prompt
 from ..selection.aggregate import ranks_from_scores, top_k_from_scores
 from ..selection.steps import ModelOutputError, PromptError, model_nan_message
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import glob
 import importlib
-import json
 import os
 import shutil
 import sys
@@ -26,8 +25,9 @@ from pathlib import Path
 from .jobs import RankOptions, rank_prompts
 from ..options import (BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_PRECISION, DEVICE_CHOICES, check_choice, check_count, check_non_negative_number,
                        check_precision, int_argument, number_argument)
-from .outputs import output_dir as check_output_dir
-from .records import parse_prompt
+from ..jsonl.targets import output_dir as check_output_dir
+from ..jsonl.prompts import UTF8_BOM, decode_record, parse_prompt
+from ..jsonl.writers import dumps_record
 
 INSTALL_HINT = "blender_fast.cluster.ray_job needs Ray Data and pyarrow: pip install 'blender-fast[ray]'"
 # Column names of the raw-line layout (read_prompt_lines): private, so they never clash with a user's.
@@ -115,9 +115,10 @@ class RankerActor:
 
         lines = batch.column(LINE).to_pylist()
         sources = batch.column(SOURCE).to_pylist() if SOURCE in batch.column_names else [None] * len(lines)
-        prompts = [parse_prompt(json.loads(line), where or "input row") for line, where in zip(lines, sources)]
+        prompts = [parse_prompt(decode_record(line, where or "input row"), where or "input row")
+                   for line, where in zip(lines, sources)]
         results = self._rank(prompts, sources)
-        out = [json.dumps({**p.record, RESULT: r}, ensure_ascii=False) for p, r in zip(prompts, results)]
+        out = [dumps_record({**p.record, RESULT: r}) for p, r in zip(prompts, results)]
         return pa.table({LINE: pa.array(out, pa.string())})
 
     def _rank_columns(self, batch):
@@ -278,16 +279,11 @@ def _datasource_class():
                 if not raw.strip():
                     continue
                 where = f"{path}:{lineno}"
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise ValueError(f"{where}: not UTF-8 ({e.reason})") from None
-                try:
-                    record = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-                parse_prompt(record, where)
-                lines.append(text.rstrip("\r"))
+                if lineno == 1 and raw.startswith(UTF8_BOM):
+                    raw = raw[len(UTF8_BOM):]
+                raw = raw.rstrip(b"\r")
+                parse_prompt(decode_record(raw, where), where)  # the CLI's reader: the same errors
+                lines.append(raw.decode("utf-8"))
                 sources.append(where)
                 if len(lines) >= self.block_rows:
                     yield block(lines, sources)
