@@ -726,3 +726,89 @@ def test_errors_in_a_piped_input_name_stdin_and_the_line(tmp_path):
     assert proc.returncode == 2
     assert "<stdin>:2: 'candidates' must be a non-empty list" in proc.stderr
     assert not list(spool.iterdir())  # the stream's temporary copy is removed
+
+
+# -- 7. a full disk and a read-only file system (issue 25, item 4) ------------------------------------------
+
+_MOUNT_OK: list = []
+
+
+def _on_tmpfs(mountpoint, size: str, *cmd, ro: bool = False, env=None, timeout=600):
+    """Run cmd with a fresh tmpfs of ``size`` mounted at mountpoint (a private mount namespace: nothing
+    outside this command sees it); None where this machine lets no one mount one (no root, no user
+    namespaces): the callers then inject the same fault in-process instead."""
+    if not shutil.which("unshare"):
+        return None
+    userns = [] if os.geteuid() == 0 else ["--map-root-user"]
+    opts = f"size={size}" + (",ro" if ro else "")
+    # After the command, list any temporary file left on the tmpfs (it vanishes with the namespace).
+    script = (f'mount -t tmpfs -o {opts} tmpfs "{mountpoint}" || exit 99; "$@"; rc=$?; '
+              f'find "{mountpoint}" -name "*tmp*" -printf "LEFT BEHIND: %p\\n" >&2; exit $rc')
+    if not _MOUNT_OK:
+        probe = tempfile_mkdtemp()
+        ok = subprocess.run(["unshare", "--mount", *userns, "sh", "-c", f'mount -t tmpfs -o size=64k tmpfs "{probe}"'],
+                            capture_output=True).returncode == 0
+        _MOUNT_OK.append(ok)
+    if not _MOUNT_OK[0]:
+        return None
+    exe = shutil.which("blender-fast")
+    prefix = [exe] if exe else [sys.executable, "-m", "blender_fast.cli"]
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(["unshare", "--mount", *userns, "sh", "-c", script, "sh", *prefix, *map(str, cmd)],
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def tempfile_mkdtemp():
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="bf-mount-probe-")
+
+
+def test_cache_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path):
+    import errno
+
+    from blender_fast.model.cache import CacheError, publish_dir
+
+    # In-process: a build that fills the disk halfway through.
+    def build(tmp):
+        (tmp / "weights.bin").write_bytes(b"x" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(CacheError, match="no space left on the disk of the blender-fast cache .* Free some space, "
+                                         "or point BLENDER_FAST_CACHE at another disk"):
+        publish_dir(tmp_path / "cache" / "entry", build, lambda d: None)
+    assert not list((tmp_path / "cache").iterdir())
+    # For real, where a small tmpfs can be mounted: the demo checkpoint does not fit in 512 KB.
+    cache = tmp_path / "full"
+    cache.mkdir()
+    proc = _on_tmpfs(cache, "512k", "rank", "--model", "demo:tiny", "--limit", 1, "--output", tmp_path / "o.jsonl",
+                     env={"BLENDER_FAST_CACHE": str(cache)})
+    if proc is not None:
+        assert proc.returncode == 2, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("blender-fast: error:")]
+        assert len(lines) == 1 and "no space left on the disk of the blender-fast cache" in lines[0]
+        assert "Traceback" not in proc.stderr and "LEFT BEHIND" not in proc.stderr  # no spm/*.tmp*, no .tmp- dirs
+
+
+def test_output_on_a_read_only_file_system_is_named_as_such(tmp_path, capsys, monkeypatch):
+    import blender_fast.jsonl.targets as targets
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    proc = _on_tmpfs(ro, "64k", "rank", "--model", tmp_path / "no-model", "--output", ro / "out.jsonl", ro=True)
+    if proc is not None:
+        assert proc.returncode == 2
+        assert f"{ro / 'out.jsonl'}: cannot write in the directory of --output ({ro}): it is on a read-only " \
+               f"file system" in proc.stderr and "permission denied" not in proc.stderr
+    # In-process, anywhere: access() refuses and statvfs says read-only.
+    real_statvfs = os.statvfs
+
+    class ReadOnly:
+        def __init__(self, st):
+            self.f_flag = st.f_flag | os.ST_RDONLY
+
+    monkeypatch.setattr(targets.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(targets.os, "statvfs", lambda path: ReadOnly(real_statvfs(path)))
+    assert _rank(tmp_path / "no-model", "--output", ro / "out.jsonl") == 2
+    err = capsys.readouterr().err
+    assert "it is on a read-only file system" in err and "permission denied" not in err

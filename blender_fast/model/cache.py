@@ -69,13 +69,25 @@ def unusable(path: Path, err: BaseException) -> CacheError:
     )
 
 
+def write_failed(path: Path, err: OSError) -> CacheError:
+    """The one error for a cache entry that could not be written: a full disk and a read-only file system
+    named as such, with what to do."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CacheError(f"{path}: no space left on the disk of the blender-fast cache while writing it "
+                          f"({err.strerror}). Free some space, or point {CACHE_ENV} at another disk")
+    if err.errno == errno.EROFS:
+        return CacheError(f"{path}: the blender-fast cache is on a read-only file system. Point {CACHE_ENV} at "
+                          f"a writable directory, e.g. `export {CACHE_ENV}=/tmp/blender_fast_cache`")
+    return unusable(Path(path).parent, err)
+
+
 def ensure_dir(path: Path) -> Path:
     """mkdir -p, with the cache error (naming BLENDER_FAST_CACHE) instead of a bare OSError."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise unusable(path, e) from None
+        raise (write_failed(path, e) if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else unusable(path, e)) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise unusable(path, PermissionError(errno.EACCES, "not writable"))
     return path
@@ -383,7 +395,10 @@ def publish_dir(final: Path, build: Callable[[Path], object], check: Callable[[P
     except OSError as e:
         raise unusable(parent, e) from None
     try:
-        build(tmp)
+        try:
+            build(tmp)
+        except OSError as e:  # a full disk, a read-only remount: one line; the temporary directory goes (finally)
+            raise write_failed(final, e) from None
         problem = check(tmp)
         if problem is not None:
             raise CacheError(f"{final}: the entry just built is incomplete: {problem}")

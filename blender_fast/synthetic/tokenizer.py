@@ -244,13 +244,13 @@ def _train_spm(kind: str, vocab_size: int) -> bytes:
             spm.SentencePieceTrainer.train(input=str(tsv), input_format="tsv",
                                            model_prefix=str(model_path), **trainer_args)
             data = _canonicalize_spm(model_path.with_suffix(".model").read_bytes())
+        tmp_path = cached.with_suffix(f".tmp{os.getpid()}")
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp_path = cached.with_suffix(f".tmp{os.getpid()}")
             tmp_path.write_bytes(data)
             os.replace(tmp_path, cached)
-        except OSError:
-            pass  # an unwritable cache only costs retraining
+        except OSError:  # an unwritable (or full) cache only costs retraining; no half-written file is left
+            tmp_path.unlink(missing_ok=True)
         _SPM_MEMO[memo_key] = data
         return data
 
