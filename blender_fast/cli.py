@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .synthetic.demo import resolve_model
+from .synthetic.demo import local_model, resolve_model
 from .options import (MAX_BUDGET, MAX_SEED, MAX_TOP_K, ORDERS, POLICIES, STRATEGIES, HelpFormatter,
                       add_engine_options, int_argument)
 
@@ -47,7 +47,8 @@ def cmd_export(args) -> int:
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
     if args.out:  # before the checkpoint loads: a file there, or an unwritable place, is refused now
         output_dir(args.out, "export --out", may_hold_files=True)
-    report = export_command(str(resolve_model(args.dir)), precision=precision, out=args.out)
+    # local_model, not resolve_model: the "ranking with a GENERATED checkpoint" notice is about ranking
+    report = export_command(str(local_model(args.dir)), precision=precision, out=args.out)
     state = "cached, not re-exported" if report.cached else f"exported in {report.seconds:.1f}s"
     print(f"{report.path} ({precision}, {state}); max |ORT - torch fp32| on a sample batch = {report.max_abs_diff:.3g}")
     return 0
@@ -420,11 +421,34 @@ def _load_ranker(args):
     precision = "int8" if args.int8 else args.precision
     ranker = Ranker.from_pretrained(resolve_model(args.model), backend=args.backend, device=_device(args),
                                     precision=precision, threads=args.threads)
-    if "auto" in (args.backend, precision):  # say what "auto" chose, on which CPU, and why
+    if "auto" in (args.backend, precision) or args.verbose:  # say what "auto" chose, in a few words
         d = ranker.describe()
-        print(f"ranker: {d['backend']} {d['precision']} on {d['device']} ({d['cpu_model']}; {', '.join(d['isa'])}): "
-              f"{d['reason']}", file=sys.stderr)
+        print(startup_line(d), file=sys.stderr)
+        if args.verbose:  # the details: the CPU, its ISA and auto-selection's whole reason
+            print(f"ranker: {d['backend']} {d['precision']} on {d['device']} ({d['cpu_model']}; "
+                  f"{', '.join(d['isa'])}): {d['reason']}", file=sys.stderr)
     return ranker
+
+
+_BACKEND_NAMES = {"onnx": "ONNX Runtime", "torch": "PyTorch", "openvino": "OpenVINO"}
+
+
+def startup_line(d: dict) -> str:
+    """What runs and why, in a few plain words, from ``Ranker.describe()`` (its ``reason`` is the full
+    story, for --verbose): e.g. "ranker: ONNX Runtime fp32 on CPU (exact; no faster certified path on
+    this CPU)"."""
+    device = str(d.get("device") or "cpu")
+    device = device.upper() if device in ("cpu", "cuda") else device
+    reason = str(d.get("reason") or "")
+    if reason.startswith("certified cascade"):
+        why = "certified cascade: fp32's answers, with a fast first pass"
+    elif "passed the agreement gate" in reason:
+        why = "faster, and passed the agreement gate for this checkpoint"
+    elif reason.startswith("exact fp32"):
+        why = f"exact; no faster certified path on this {device}"
+    else:
+        why = "as asked"
+    return f"ranker: {_BACKEND_NAMES.get(d.get('backend'), d.get('backend'))} {d.get('precision')} on {device} ({why})"
 
 
 class _RankChunks:
@@ -511,6 +535,8 @@ def _add_ranker_options(p):
     p.add_argument("--chunk", type=positive_int, default=64,
                    help="prompts run together (in lockstep) and written per step")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true",
+                   help="say in full how the ranker runs and why (CPU, ISA, auto-selection's reasons)")
 
 
 def build_parser() -> argparse.ArgumentParser:

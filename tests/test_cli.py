@@ -289,3 +289,83 @@ def test_device_auto_is_accepted(tiny_checkpoint, tmp_path):
     out = tmp_path / "out.jsonl"
     assert _rank(tiny_checkpoint, "--device", "auto", "--output", out, "--limit", "1") == 0
     assert len(_read(out)) == 1
+
+
+# -- messages: plain words, where they apply, before any work (issue 28, items 6 and 7) ---------------------
+
+import re  # noqa: E402
+import shutil  # noqa: E402
+
+from conftest import REPO  # noqa: E402
+
+
+def _cli(*argv, env=None, timeout=300):
+    """The real `blender-fast` command (this checkout's code on PYTHONPATH)."""
+    exe = shutil.which("blender-fast")
+    cmd = [exe] if exe else [sys.executable, "-m", "blender_fast.cli"]
+    return subprocess.run([*cmd, *map(str, argv)], env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_startup_line_says_what_runs_in_plain_words(tiny_checkpoint, tmp_path):
+    proc = _cli("rank", "--model", tiny_checkpoint, "--limit", 1, "--output", tmp_path / "o.jsonl", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("ranker:")]
+    assert len(lines) == 1, proc.stderr
+    assert re.fullmatch(r"ranker: (ONNX Runtime|PyTorch|OpenVINO) (fp32|fp16|bf16|int8) on CPU \((exact; no faster "
+                        r"certified path on this CPU|certified cascade: fp32's answers, with a fast first pass|"
+                        r"faster, and passed the agreement gate for this checkpoint)\)", lines[0]), lines[0]
+    verbose = _cli("rank", "--model", tiny_checkpoint, "--limit", 1, "--output", tmp_path / "o.jsonl", "--quiet",
+                   "--verbose")
+    details = [line for line in verbose.stderr.splitlines() if line.startswith("ranker:")]
+    assert details[0] == lines[0] and len(details) == 2 and "; " in details[1]  # the CPU, its ISA, the reasons
+
+
+def test_startup_line_words():
+    from blender_fast.cli import startup_line
+
+    d = {"backend": "onnx", "precision": "fp32", "device": "cpu", "reason": "exact fp32: no agreement-gate record"}
+    assert startup_line(d) == "ranker: ONNX Runtime fp32 on CPU (exact; no faster certified path on this CPU)"
+    assert startup_line({**d, "backend": "torch", "precision": "bf16",
+                         "reason": "bf16; passed the agreement gate (top-1 99.5%)"}) == \
+        "ranker: PyTorch bf16 on CPU (faster, and passed the agreement gate for this checkpoint)"
+    assert startup_line({**d, "reason": "certified cascade: torch bf16 ..."}).endswith("(certified cascade: fp32's "
+                                                                                       "answers, with a fast first pass)")
+
+
+def test_budget_too_small_is_refused_before_the_model_loads(tmp_path):
+    proc = _cli("rank", "--model", tmp_path / "no-model", "--strategy", "adaptive", "--budget", 3)
+    assert proc.returncode == 2
+    assert "examples.jsonl:1: --budget = 3 forward passes is below the minimum of 8" in proc.stderr
+    assert "no-model" not in proc.stderr  # the model was never looked at
+
+
+def test_unknown_demo_shape_generates_nothing(tmp_path):
+    proc = _cli("rank", "--model", "demo:huge", "--limit", 1, env={"BLENDER_FAST_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 2
+    assert "demo:huge: unknown demo shape 'huge'; choose one of demo:tiny, demo:xsmall" in proc.stderr
+    assert "generating" not in proc.stderr and not (tmp_path / "cache" / "checkpoints").exists()
+
+
+def test_export_prints_no_ranking_notice(tiny_checkpoint, tmp_path, capsys):
+    assert main(["export", str(tiny_checkpoint), "--out", str(tmp_path / "onnx")]) == 0
+    captured = capsys.readouterr()
+    assert "max |ORT - torch fp32|" in captured.out
+    assert "NOTE" not in captured.err and "ranking with a GENERATED" not in captured.out + captured.err
+
+
+def test_offline_hint_keeps_the_revision(tmp_path):
+    proc = _cli("rank", "--model", "llm-blender/PairRM@v9", "--limit", 1,
+                env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")})
+    assert proc.returncode == 2
+    assert "`hf download llm-blender/PairRM --revision v9 --cache-dir" in proc.stderr
+    assert "`huggingface-cli download llm-blender/PairRM --revision v9`" in proc.stderr
+
+
+def test_the_readmes_outputs_leave_the_clone_clean():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    outputs = set(re.findall(r"blender-fast rank[^\n`]*--output ([^\s`]+)", readme.split("## ", 2)[1]))
+    assert "ranked.jsonl" in outputs
+    for name in outputs | {"ranked.jsonl.partial", "ranked/"}:
+        proc = subprocess.run(["git", "check-ignore", "--no-index", "-q", name], cwd=REPO)
+        assert proc.returncode == 0, f"{name} is not in .gitignore"

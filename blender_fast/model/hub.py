@@ -160,9 +160,10 @@ def _patterns(kind: str, files: Optional[list[str]]) -> list[str]:
     return pats + _weight_patterns(files)
 
 
-def _what_to_do(repo_id: str, cache: Path) -> str:
-    return (f"connect to the internet once, or run `hf download {repo_id} --cache-dir {cache}` "
-            f"(or `huggingface-cli download {repo_id}`), or pass a local checkpoint directory")
+def _what_to_do(repo_id: str, cache: Path, revision=None) -> str:
+    rev = f" --revision {revision}" if revision else ""  # the hint fetches what the user asked for
+    return (f"connect to the internet once, or run `hf download {repo_id}{rev} --cache-dir {cache}` "
+            f"(or `huggingface-cli download {repo_id}{rev}`), or pass a local checkpoint directory")
 
 
 def _snapshot(repo_id: str, revision, kind: str, cache: Path, token, local_files_only: bool) -> Path:
@@ -213,7 +214,7 @@ def _snapshot(repo_id: str, revision, kind: str, cache: Path, token, local_files
                 raise
             why = "offline (HF_HUB_OFFLINE=1 or local_files_only)" if local_files_only else "the hub is unreachable"
             raise OfflineNotCached(
-                f"{label}: {why} and not in the cache (searched {cache}): {_what_to_do(repo_id, cache)}"
+                f"{label}: {why} and not in the cache (searched {cache}): {_what_to_do(repo_id, cache, revision)}"
             ) from None
     path = Path(folder)
     _check_complete(path, label, kind, files)

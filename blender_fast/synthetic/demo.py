@@ -71,8 +71,13 @@ def announce_random_weights(path, role: str = "ranker") -> None:
 
 def demo_path(spec) -> Path:
     """'demo:SHAPE' (demo: alone = xsmall): the generated checkpoint in the cache, made once."""
+    from .ranker import RANKER_SHAPES
+
     spec = str(spec)
     shape = spec[len(DEMO_PREFIX):] or "xsmall"
+    if shape not in RANKER_SHAPES:  # before the "generating ..." line: nothing is generated for a typo
+        raise ValueError(f"{spec}: unknown demo shape {shape!r}; choose one of "
+                         f"{', '.join(DEMO_PREFIX + s for s in RANKER_SHAPES)}")
     return demo_checkpoint(shape, seed=0, announce=lambda p: print(
         f"generating a random-weight PairRM checkpoint ({shape}) in {p} ...", file=sys.stderr))
 
