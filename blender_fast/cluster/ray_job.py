@@ -432,6 +432,8 @@ def add_ray_options(parser) -> None:
                    help="rankers in the pool (default: the cluster's GPUs / --gpus-per-actor, or CPUs / --threads)")
     g.add_argument("--gpus-per-actor", type=number_argument(0), default=0,
                    help="GPUs per actor (fractions share a GPU); > 0 runs the actors on --device cuda")
+    g.add_argument("--ray-log-level", choices=RAY_LOG_LEVELS, default=None,
+                   help="level of Ray's own log lines (default: INFO, WARNING with --quiet)")
 
 
 def _default_actors(ray, gpus_per_actor: float, threads: int) -> int:
@@ -439,6 +441,72 @@ def _default_actors(ray, gpus_per_actor: float, threads: int) -> int:
     if gpus_per_actor:
         return max(1, int(resources.get("GPU", 0) // gpus_per_actor))
     return max(1, int(resources.get("CPU", 1) // threads))
+
+
+RAY_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# Ray lines that say nothing true about a job run by blender-fast, dropped with the reason:
+# * core_worker.cc's "has constructor arguments in the object store and max_restarts > 0" (ray#53727): Ray
+#   Data itself puts every actor pool's DataContext and map function in the object store and keeps them
+#   referenced for the pool's life, so a restarted actor finds them (tests/cluster/test_ray.py kills an
+#   actor mid-run and gets every row once). Our own constructor arguments are a few short strings.
+# * "does not have any available CPUs. The Dataset job will hang": the actors hold the CPUs by design, and
+#   the reads and writes request none (IO_TASK_CPUS), so the job does not hang.
+KNOWN_RAY_NOISE = ("has constructor arguments in the object store and max_restarts > 0",
+                   "does not have any available CPUs")
+
+
+class _DropLines:
+    """Drop the lines of file descriptor ``fd`` (2: stderr, where Ray's C++ core worker logs) that contain
+    one of ``patterns``, passing everything else through as it comes (progress bars' \r included), for the
+    life of a Ray job. A thread copies from a pipe to the real stderr."""
+
+    def __init__(self, patterns, fd: int = 2):
+        import threading
+
+        self.patterns = tuple(p.encode() for p in patterns)
+        self.fd = fd
+        sys.stderr.flush()
+        self.saved = os.dup(fd)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, fd)
+        os.close(write_end)
+        self.read_end = read_end
+        self.thread = threading.Thread(target=self._pump, name="blender-fast-stderr", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        pending = b""
+        while True:
+            try:
+                data = os.read(self.read_end, 1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            out = b"".join(line + b"\n" for line in lines if not any(p in line for p in self.patterns))
+            if b"\r" in pending:  # a progress bar redrawn in place: pass what it drew so far
+                cut = pending.rindex(b"\r") + 1
+                out, pending = out + pending[:cut], pending[cut:]
+            self._write(out)
+        if pending and not any(p in pending for p in self.patterns):
+            self._write(pending)
+        os.close(self.read_end)
+
+    def _write(self, data: bytes) -> None:
+        while data:
+            try:
+                data = data[os.write(self.saved, data):]
+            except OSError:
+                return
+
+    def remove(self) -> None:
+        sys.stderr.flush()
+        os.dup2(self.saved, self.fd)  # the pipe's last write end closes: the pump reads the rest, then stops
+        self.thread.join(timeout=5)
+        os.close(self.saved)
 
 
 class _ReportedErrors:
@@ -449,19 +517,48 @@ class _ReportedErrors:
 
     LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
 
+    NOISE_LOGGERS = ("ray.data.dataset",)  # Python-side KNOWN_RAY_NOISE
+
     def __init__(self):
         import logging
 
         self._filter = logging.Filter()
         self._filter.filter = lambda record: record.levelno < logging.ERROR
+        self._noise = logging.Filter()
+        self._noise.filter = lambda record: not any(p in record.getMessage() for p in KNOWN_RAY_NOISE)
         for name in self.LOGGERS:
             logging.getLogger(name).addFilter(self._filter)
+        for name in self.NOISE_LOGGERS:
+            logging.getLogger(name).addFilter(self._noise)
 
     def remove(self) -> None:
         import logging
 
         for name in self.LOGGERS:
             logging.getLogger(name).removeFilter(self._filter)
+        for name in self.NOISE_LOGGERS:
+            logging.getLogger(name).removeFilter(self._noise)
+
+
+class _workers_import_this_package:
+    """While ray.init runs, the working directory is the one holding the blender_fast this process imported.
+
+    Ray puts the driver's working directory on every worker's import path (job_config py_driver_sys_path,
+    ahead of site-packages). Run from the root of a clone with a NON-editable install, that is the source
+    tree, whose blender_fast has no compiled _core: the workers then fail with "cannot import name '_core'".
+    From the installed package's parent, the workers import the same package as the driver, wherever the
+    command runs (an editable install's parent is the built tree itself)."""
+
+    def __enter__(self):
+        import blender_fast
+
+        self.previous = os.getcwd()
+        os.chdir(Path(blender_fast.__file__).resolve().parent.parent)
+        return self
+
+    def __exit__(self, *exc):
+        os.chdir(self.previous)
+        return False
 
 
 def cmd_rank_ray(args) -> int:
@@ -483,14 +580,25 @@ def cmd_rank_ray(args) -> int:
     model = resolve_model(args.model)
     threads = args.threads or 1
     device = "cuda" if args.gpus_per_actor and args.device == "cpu" else args.device
+    log_level = args.ray_log_level or ("WARNING" if args.quiet else "INFO")
     started = not ray.is_initialized()
-    if started:
-        if not (args.address or os.environ.get("RAY_ADDRESS")):
-            # A local instance for this run: its workers at the CLI's own priority, not Ray's default
-            # nice 15 (which starves them next to any other work on the machine).
-            os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(address=args.address, include_dashboard=False, log_to_driver=not args.quiet,
-                 logging_level="WARNING" if args.quiet else "INFO")
+    noise = _DropLines(KNOWN_RAY_NOISE) if sys.platform != "win32" else None
+    try:
+        if started:
+            if not (args.address or os.environ.get("RAY_ADDRESS")):
+                # A local instance for this run: its workers at the CLI's own priority, not Ray's default
+                # nice 15 (which starves them next to any other work on the machine).
+                os.environ.setdefault("RAY_worker_niceness", "0")
+            with _workers_import_this_package():
+                ray.init(address=args.address, include_dashboard=False, log_to_driver=not args.quiet,
+                         logging_level=log_level)
+        import logging
+
+        logging.getLogger("ray.data").setLevel(log_level)
+    except BaseException:
+        if noise is not None:
+            noise.remove()
+        raise
     t0 = time.perf_counter()
     quiet_errors = _ReportedErrors()
     try:
@@ -511,6 +619,8 @@ def cmd_rank_ray(args) -> int:
         quiet_errors.remove()
         if started:
             ray.shutdown()
+        if noise is not None:
+            noise.remove()
     print(f"ranked {n} prompts on {num_actors} Ray actor(s) in {elapsed:.1f}s ({n / elapsed:.2f} prompts/s) "
           f"-> {args.output}", file=sys.stderr)
     return 0
