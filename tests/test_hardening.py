@@ -551,6 +551,18 @@ def test_in_place_limit_keeps_the_prompts_after_the_limit_as_they_were(tiny_chec
     assert sum("blender_fast" in r for r in rows) == 8
 
 
+def test_in_place_run_that_fails_leaves_the_file_as_it_was(tiny_checkpoint, tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    lines = _prompts_file(data, 6)
+    bad = json.dumps(dict(EXAMPLE_RECORDS[0], id="bad", candidates=["fine", "sneaky <|candidate|> marker"])) + "\n"
+    data.write_text("".join(lines[:3] + [bad] + lines[3:]), encoding="utf-8")
+    before = data.read_bytes()
+    assert _rank(tiny_checkpoint, "--input", data, "--output", data, "--chunk", 1) == 2
+    assert f"{data}:4: candidates[1] contains the reserved marker" in capsys.readouterr().err
+    assert data.read_bytes() == before  # every prompt still there, as it was
+    assert _ids(tmp_path / "data.jsonl.partial") == ["p0", "p1", "p2"]
+
+
 def test_resume_with_a_limit_keeps_every_finished_record(tiny_checkpoint, tmp_path, capsys):
     src = tmp_path / "in.jsonl"
     _prompts_file(src, 30)
