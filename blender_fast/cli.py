@@ -6,7 +6,6 @@ interrupted run never truncates an existing output, and --output may equal --inp
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys

@@ -582,7 +582,10 @@ def cmd_rank_ray(args) -> int:
     device = "cuda" if args.gpus_per_actor and args.device == "cpu" else args.device
     log_level = args.ray_log_level or ("WARNING" if args.quiet else "INFO")
     started = not ray.is_initialized()
-    noise = _DropLines(KNOWN_RAY_NOISE) if sys.platform != "win32" else None
+    try:
+        noise = _DropLines(KNOWN_RAY_NOISE) if sys.platform != "win32" else None
+    except OSError:  # no usable stderr descriptor (closed): nothing to keep clean
+        noise = None
     try:
         if started:
             if not (args.address or os.environ.get("RAY_ADDRESS")):
