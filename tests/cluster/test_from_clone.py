@@ -84,8 +84,13 @@ def _venv_with_a_wheel_of(clone: Path, where: Path) -> Path:
     """A venv holding blender_fast installed from a wheel of ``clone`` (NOT editable), which sees this
     environment's other packages through a .pth (as .ci/run makes its transformers-5 venv): python3 -m venv
     --system-site-packages would not do, this environment may itself be a venv."""
+    import importlib.util
+
     wheels = where / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+    # Build with this environment's build backend when it has one (no download); else pip fetches it.
+    have_backend = all(importlib.util.find_spec(m) for m in ("scikit_build_core", "pybind11"))
+    isolation = ["--no-build-isolation"] if have_backend else []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(wheels),
                     str(clone)], check=True, timeout=1800, env=clone_env())
     venv = where / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
