@@ -531,6 +531,7 @@ def _ids(path):
     return [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_in_place_limit_keeps_the_prompts_after_the_limit_as_they_were(tiny_checkpoint, tmp_path):
     data = tmp_path / "data.jsonl"
     lines = _prompts_file(data, 30)
@@ -645,6 +646,7 @@ def test_counts_after_a_failure_are_the_counts_on_disk(tiny_checkpoint, tmp_path
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_ranks_every_prompt_exactly_once(tiny_checkpoint, tmp_path):
     src = tmp_path / "in.jsonl"
     _prompts_file(src, 400)
@@ -776,6 +778,7 @@ def tempfile_mkdtemp():
     return tempfile.mkdtemp(prefix="bf-mount-probe-")
 
 
+@pytest.mark.slow
 def test_cache_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path):
     import errno
 
