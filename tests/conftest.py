@@ -159,7 +159,7 @@ def tiny_reward_model(tmp_path_factory) -> Path:
     if os.environ.get("BLENDER_FAST_TEST_REWARD_MODEL"):
         return Path(os.environ["BLENDER_FAST_TEST_REWARD_MODEL"])
     require("torch")
-    from blender_fast.synthetic.reward_model import make_reward_model_checkpoint
+    from blender_fast.synthetic import make_reward_model_checkpoint
 
     root = tmp_path_factory.mktemp("rm")
     return make_reward_model_checkpoint(root / "OpenAssistant" / "reward-model-deberta-v3-large-v2", shape="tiny", seed=0)
