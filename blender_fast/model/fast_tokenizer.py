@@ -64,7 +64,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(data: bytes):
+def protobuf_fields(data: bytes):
     """(field number, wire type, value) of one protobuf message: ints for varints, bytes for the rest."""
     pos, end = 0, len(data)
     while pos < end:
@@ -89,10 +89,10 @@ def _fields(data: bytes):
 def parse_spm_model(data: bytes) -> SpmModel:
     """Parse a serialized SentencePiece ModelProto (spm.model) without the sentencepiece package."""
     model = SpmModel()
-    for number, wire, value in _fields(data):
+    for number, wire, value in protobuf_fields(data):
         if number == 1 and wire == 2:  # pieces
             piece, score, kind = "", 0.0, 1
-            for n, w, v in _fields(value):
+            for n, w, v in protobuf_fields(value):
                 if n == 1 and w == 2:
                     piece = v.decode("utf-8")
                 elif n == 2 and w == 5:
@@ -101,7 +101,7 @@ def parse_spm_model(data: bytes) -> SpmModel:
                     kind = v
             model.pieces.append((piece, score, kind))
         elif number == 2 and wire == 2:  # trainer_spec
-            for n, w, v in _fields(value):
+            for n, w, v in protobuf_fields(value):
                 if n == 3 and w == 0:
                     model.model_type = v
                 elif n == 35 and w == 0:
@@ -109,7 +109,7 @@ def parse_spm_model(data: bytes) -> SpmModel:
                 elif n == 40 and w == 0:
                     model.unk_id = v
         elif number == 3 and wire == 2:  # normalizer_spec
-            for n, w, v in _fields(value):
+            for n, w, v in protobuf_fields(value):
                 if n == 2 and w == 2:
                     model.precompiled_charsmap = bytes(v)
     if not model.pieces:

@@ -19,7 +19,7 @@ from collections import Counter
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from ..model import cache
-from ..model.fast_tokenizer import parse_spm_model
+from ..model.fast_tokenizer import parse_spm_model, protobuf_fields
 from .common import require, require_transformers4, sha256, write_sorted_json
 
 # Bump when the tokenizer training changes (corpus, trainer args, post-processing): it keys the
@@ -277,16 +277,30 @@ def _canonicalize_spm(data: bytes) -> bytes:
     * Round piece scores to multiples of 2**-12: segment scores are then sums computed exactly
       in both float32 (sentencepiece) and float64 (tokenizers), so the slow and fast tokenizers
       only disagree on exact ties (about 1 text in 1000).
+
+    Rewritten field by field without protobuf (the fields keep their order, which is field-number order
+    as sentencepiece writes them), which gives the bytes protobuf's deterministic serializer gave.
     """
-    pb = require("sentencepiece.sentencepiece_model_pb2")
-    proto = pb.ModelProto()
-    proto.ParseFromString(data)
-    proto.trainer_spec.input[:] = ["words.tsv"]
-    proto.trainer_spec.model_prefix = "spm"
-    for piece in proto.pieces:
-        if piece.type == pb.ModelProto.SentencePiece.NORMAL:
-            piece.score = round(piece.score * 4096.0) / 4096.0
-    return proto.SerializeToString(deterministic=True)
+    out = bytearray()
+    for number, wire, value in protobuf_fields(data):
+        if number == 1 and wire == 2:  # a piece: round a NORMAL piece's score
+            fields = list(protobuf_fields(value))
+            kind = next((v for n, w, v in fields if n == 3 and w == 0), 1)
+            body = bytearray()
+            for n, w, v in fields:
+                if n == 2 and w == 5 and kind == 1:
+                    v = struct.pack("<f", round(struct.unpack("<f", v)[0] * 4096.0) / 4096.0)
+                body += _pb_field(n, w, v)
+            out += _pb_bytes(1, bytes(body))
+        elif number == 2 and wire == 2:  # trainer_spec: input (1) and model_prefix (2) first
+            body = bytearray(_pb_bytes(1, b"words.tsv") + _pb_bytes(2, b"spm"))
+            for n, w, v in protobuf_fields(value):
+                if n not in (1, 2):
+                    body += _pb_field(n, w, v)
+            out += _pb_bytes(2, bytes(body))
+        else:
+            out += _pb_field(number, wire, value)
+    return bytes(out)
 
 
 def _filler_piece(i: int) -> str:
@@ -313,6 +327,15 @@ def _pb_varint(n: int) -> bytes:
 
 def _pb_bytes(number: int, payload: bytes) -> bytes:
     return _pb_key(number, 2) + _pb_varint(len(payload)) + payload
+
+
+def _pb_field(number: int, wire: int, value) -> bytes:
+    """One field as protobuf_fields read it, written back (varints minimal, as protobuf writes them)."""
+    if wire == 0:
+        return _pb_key(number, 0) + _pb_varint(value)
+    if wire == 2:
+        return _pb_bytes(number, bytes(value))
+    return _pb_key(number, wire) + bytes(value)  # fixed 32/64-bit
 
 
 def _pad_spm(data: bytes, n_pieces: int) -> bytes:
@@ -423,9 +446,27 @@ def write_deberta_tokenizer(directory: pathlib.Path, spm: SpmData, with_prefix_t
     return added
 
 
+class _DropAddPrefixSpaceNotice:
+    """T5TokenizerFast logs "You set `add_prefix_space`. The tokenizer needs to be converted from the slow
+    tokenizers" whenever add_prefix_space is passed. Here that conversion from spm.model is the point (there
+    is no tokenizer.json yet; we build it), so that one message is dropped while the generator builds the
+    tokenizer; every other message stays."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return "You set `add_prefix_space`" not in str(record.msg)
+
+
 def t5_tokenizer(spm_path: pathlib.Path):
+    import logging
+
     transformers = require_transformers4()
-    # legacy=True + add_prefix_space=True: flan-t5's behaviour ("▁" before the text that follows
-    # a special token), identical in the slow (sentencepiece) and the fast tokenizer.
-    return transformers.T5TokenizerFast(vocab_file=str(spm_path), extra_ids=T5_EXTRA_IDS,
-                                        legacy=True, add_prefix_space=True, model_max_length=512)
+    log = logging.getLogger("transformers.models.t5.tokenization_t5_fast")
+    log.addFilter(_DropAddPrefixSpaceNotice)
+    try:
+        # legacy=True + add_prefix_space=True: flan-t5's behaviour ("▁" before the text that follows
+        # a special token), identical in the slow (sentencepiece) and the fast tokenizer.
+        return transformers.T5TokenizerFast(vocab_file=str(spm_path), extra_ids=T5_EXTRA_IDS,
+                                            legacy=True, add_prefix_space=True, model_max_length=512)
+    finally:
+        log.removeFilter(_DropAddPrefixSpaceNotice)

@@ -274,3 +274,28 @@ def test_missing_tokenizer_files_named(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "T5Tokenizer"}')
     with pytest.raises(CheckpointError, match="T5Tokenizer.*transformers"):
         load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["deberta", "t5"])
+def test_spm_canonicalization_without_protobuf_matches_protobuf(kind, tmp_path):
+    """The trained model's canonical bytes (paths blanked, scores rounded), written without protobuf, are
+    the bytes protobuf's deterministic serializer gives (oracle: sentencepiece_model_pb2)."""
+    spm = require("sentencepiece")
+    pb = require("sentencepiece.sentencepiece_model_pb2")
+    from blender_fast.synthetic import tokenizer as spm_tokenizer
+
+    text = tmp_path / "words.txt"
+    text.write_text("\n".join(spm_tokenizer.word_lists().values()), encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "m"), model_type="unigram",
+                                   vocab_size=800, hard_vocab_limit=False, minloglevel=2, num_threads=1,
+                                   **spm_tokenizer._SPM_KINDS[kind])
+    raw = (tmp_path / "m.model").read_bytes()
+    proto = pb.ModelProto()
+    proto.ParseFromString(raw)
+    proto.trainer_spec.input[:] = ["words.tsv"]
+    proto.trainer_spec.model_prefix = "spm"
+    for piece in proto.pieces:
+        if piece.type == pb.ModelProto.SentencePiece.NORMAL:
+            piece.score = round(piece.score * 4096.0) / 4096.0
+    mine = spm_tokenizer._canonicalize_spm(raw)
+    assert mine != raw and mine == proto.SerializeToString(deterministic=True)

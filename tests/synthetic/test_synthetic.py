@@ -512,3 +512,15 @@ def test_make_checkpoint_has_one_command_line():
     # no module name repeated at two levels of blender_fast/ (issue 26): the old names are gone
     package = pathlib.Path(mc.__file__).parent
     assert not any((package / name).exists() for name in ("ranker.py", "fuser.py", "reward_model.py"))
+
+
+def test_make_checkpoint_fuser_prints_no_third_party_notice(tmp_path):
+    """Issue 28 item 8: `make-checkpoint --kind fuser` printed transformers' "You set `add_prefix_space`"
+    notice (the slow-to-fast conversion it announces is what the generator wants). A fresh process: the
+    notice is logged once per process."""
+    out = subprocess.run([sys.executable, "-m", "blender_fast.cli", "make-checkpoint", "--kind", "fuser",
+                          "--shape", "tiny", str(tmp_path / "fuser")], cwd=str(REPO), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "fuser" / "tokenizer.json").is_file()
+    assert "add_prefix_space" not in out.stderr + out.stdout
+    assert "wrote fuser checkpoint" in out.stdout + out.stderr
