@@ -15,6 +15,7 @@ PairRM layouts, their backbone, the OpenAssistant reward model), rebuilt here to
 """
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from dataclasses import dataclass, field
@@ -86,20 +87,39 @@ def protobuf_fields(data: bytes):
         yield number, wire, value
 
 
+def _piece(value: bytes) -> tuple:
+    """(piece, score, type) of one SentencePiece message. Fast path for the layout sentencepiece writes
+    (piece, then score, then type, each at most once; a model has 128k of them), else field by field."""
+    if value[:1] == b"\x0a" and len(value) > 1 and value[1] < 0x80:
+        end = 2 + value[1]
+        piece, rest = value[2:end], value[end:]
+        score, kind = 0.0, 1
+        if rest[:1] == b"\x15":
+            score, rest = struct.unpack("<f", rest[1:5])[0], rest[5:]
+        if rest[:1] == b"\x18" and len(rest) == 2 and rest[1] < 0x80:
+            kind, rest = rest[1], b""
+        if not rest:
+            return piece.decode("utf-8"), score, kind
+    piece, score, kind = "", 0.0, 1
+    for n, w, v in protobuf_fields(value):
+        if n == 1 and w == 2:
+            piece = v.decode("utf-8")
+        elif n == 2 and w == 5:
+            score = struct.unpack("<f", v)[0]
+        elif n == 3 and w == 0:
+            kind = v
+    return piece, score, kind
+
+
+@functools.lru_cache(maxsize=4)
 def parse_spm_model(data: bytes) -> SpmModel:
-    """Parse a serialized SentencePiece ModelProto (spm.model) without the sentencepiece package."""
+    """Parse a serialized SentencePiece ModelProto (spm.model) without the sentencepiece package. The
+    result is shared between calls with equal bytes (the generator reads one model several times):
+    do not change it."""
     model = SpmModel()
     for number, wire, value in protobuf_fields(data):
         if number == 1 and wire == 2:  # pieces
-            piece, score, kind = "", 0.0, 1
-            for n, w, v in protobuf_fields(value):
-                if n == 1 and w == 2:
-                    piece = v.decode("utf-8")
-                elif n == 2 and w == 5:
-                    score = struct.unpack("<f", v)[0]
-                elif n == 3 and w == 0:
-                    kind = v
-            model.pieces.append((piece, score, kind))
+            model.pieces.append(_piece(value))
         elif number == 2 and wire == 2:  # trainer_spec
             for n, w, v in protobuf_fields(value):
                 if n == 3 and w == 0:

@@ -317,6 +317,8 @@ def _pb_key(number: int, wire: int) -> bytes:
 
 
 def _pb_varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -353,7 +355,9 @@ def _pad_spm(data: bytes, n_pieces: int) -> bytes:
     # The lowest existing score: unchanged min score => unchanged unknown-piece penalty.
     min_score = min(score for _, score, kind in model.pieces if kind == 1)
     existing = {piece for piece, _, _ in model.pieces}
-    out = bytearray(data)
+    # SentencePiece {piece = 1; score = 2 (float); type = 3 (NORMAL = 1)}, the same tail for every filler
+    tail = _pb_key(2, 5) + struct.pack("<f", min_score) + _pb_key(3, 0) + _pb_varint(1)
+    out = [data]
     i = 0
     while have < n_pieces:
         piece = _filler_piece(i)
@@ -361,11 +365,9 @@ def _pad_spm(data: bytes, n_pieces: int) -> bytes:
         if piece in existing:
             continue
         have += 1
-        # SentencePiece {piece = 1; score = 2 (float); type = 3 (NORMAL = 1)}
-        out += _pb_bytes(1, _pb_bytes(1, piece.encode("utf-8")) + _pb_key(2, 5) + struct.pack("<f", min_score)
-                         + _pb_key(3, 0) + _pb_varint(1))
-    out += _pb_bytes(2, _pb_key(4, 0) + _pb_varint(n_pieces))  # trainer_spec.vocab_size
-    return bytes(out)
+        out.append(_pb_bytes(1, _pb_bytes(1, piece.encode("utf-8")) + tail))
+    out.append(_pb_bytes(2, _pb_key(4, 0) + _pb_varint(n_pieces)))  # trainer_spec.vocab_size
+    return b"".join(out)
 
 
 def english_spm_model(kind: str = "deberta", n_pieces: Optional[int] = None) -> bytes:
