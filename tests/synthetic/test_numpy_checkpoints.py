@@ -299,3 +299,15 @@ def test_spm_canonicalization_without_protobuf_matches_protobuf(kind, tmp_path):
             piece.score = round(piece.score * 4096.0) / 4096.0
     mine = spm_tokenizer._canonicalize_spm(raw)
     assert mine != raw and mine == proto.SerializeToString(deterministic=True)
+
+
+def test_added_token_id_that_does_not_follow_the_vocabulary_is_named(made, tmp_path):
+    d = tmp_path / "rm"
+    shutil.copytree(made["rm"], d)
+    (d / "tokenizer.json").unlink()
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    n = str(len(parse_spm_model((d / "spm.model").read_bytes()).pieces))
+    cfg["added_tokens_decoder"][str(int(n) + 7)] = cfg["added_tokens_decoder"].pop(n)  # [MASK] at a gap
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=rf"'\[MASK\]' should have id {int(n) + 7} but gets {n}"):
+        load_tokenizer(d)
