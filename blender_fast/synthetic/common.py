@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import pathlib
 from typing import List, Optional, Tuple, Union
@@ -19,8 +18,9 @@ NOTE = "random weights: orderings are meaningless"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# A few English prompts/answers, used to calibrate the pair head (see _calibrate_head) and to
-# check that the fuser generates varied text.
+# A few English prompts/answers: the pair head's and the reward classifier's scales were measured on
+# them (pairrm_checkpoint.HEAD_SCALES, reward_checkpoint.CLASSIFIER_SCALES; the tests check the spread on
+# them), the fuser's greedy decoding is checked on them, and runtime/calibration.py uses them.
 CALIBRATION_EXAMPLES: List[Tuple[str, List[str]]] = [
     (
         "What are some good ways to save money on groceries?",
@@ -121,21 +121,6 @@ def save_weights(state, directory: pathlib.Path, weights_format: str) -> pathlib
     from .torch_zip import save_torch_zip
 
     return save_torch_zip(state, directory / "pytorch_model.bin")
-
-
-def round_sig(x: float, digits: int = 2) -> float:
-    """Round to `digits` significant digits (keeps calibrated weights stable across CPUs)."""
-    if x == 0 or not math.isfinite(x):
-        return x
-    return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
-
-
-def set_config_dtype(cfg, name: str) -> None:
-    """Record the weights' dtype in an HF config (``dtype`` since transformers 4.56)."""
-    if isinstance(getattr(type(cfg), "torch_dtype", None), property):
-        cfg.dtype = name  # torch_dtype is a deprecated alias of dtype
-    else:  # older transformers
-        cfg.torch_dtype = name
 
 
 class torch_threads:
