@@ -66,6 +66,18 @@ def shared_records():
     return load_shared_records()
 
 
+def import_deberta_quietly() -> None:
+    """Import transformers' DeBERTa modeling once with torch.jit.script's import-time DeprecationWarning
+    dropped (an error under pytest), before llm-blender or the Auto classes reach it. The generators used
+    to import it this way; they now write checkpoints with numpy, so the fixtures that hand a generated
+    checkpoint to llm-blender do it (as the engine's export does, model/export.py)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+        importlib.import_module("transformers.models.deberta_v2.modeling_deberta_v2")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A random-weight PairRM checkpoint (tiny shape, llm-blender layout) shared by the whole run.
@@ -76,6 +88,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     if os.environ.get("BLENDER_FAST_TEST_CHECKPOINT"):
         return Path(os.environ["BLENDER_FAST_TEST_CHECKPOINT"])
     require("torch")
+    import_deberta_quietly()
     from blender_fast.synthetic import make_ranker_checkpoint
 
     return make_ranker_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", shape="tiny", seed=0)
@@ -159,7 +172,8 @@ def tiny_reward_model(tmp_path_factory) -> Path:
     if os.environ.get("BLENDER_FAST_TEST_REWARD_MODEL"):
         return Path(os.environ["BLENDER_FAST_TEST_REWARD_MODEL"])
     require("torch")
-    from blender_fast.synthetic.reward_model import make_reward_model_checkpoint
+    import_deberta_quietly()
+    from blender_fast.synthetic import make_reward_model_checkpoint
 
     root = tmp_path_factory.mktemp("rm")
     return make_reward_model_checkpoint(root / "OpenAssistant" / "reward-model-deberta-v3-large-v2", shape="tiny", seed=0)

@@ -5,10 +5,13 @@ made here, loadable offline by ``llm-blender`` 0.0.2 itself. Orderings produced 
 meaningless; only shapes, file formats, tokenization and numerics are realistic.
 
 * ``tokenizer.py``: SentencePiece tokenizers trained locally on CPython's own documentation plus the
-  word lists of ``words.txt`` (cached in ``cache.cache_root() / "spm"``);
-* ``ranker.py``: PairRM checkpoints, built from the engine's own ``export.pairrm_module``;
-* ``fuser.py``: Flan-T5-style fuser checkpoints;
-* ``reward_model.py``: pointwise reward models in OpenAssistant/reward-model-deberta-v3-large-v2's layout.
+  word lists of ``words.txt`` (cached in ``cache.cache_root() / "spm"``), and the DeBERTa tokenizer files
+  written without transformers;
+* ``pairrm_checkpoint.py``: PairRM checkpoints (the engine module's weight names), weights drawn with numpy;
+* ``reward_checkpoint.py``: pointwise reward models in OpenAssistant/reward-model-deberta-v3-large-v2's
+  layout, weights drawn with numpy;
+* ``torch_zip.py``: torch.save's zip format (pytorch_model.bin) written without torch;
+* ``fuser_checkpoint.py``: Flan-T5-style fuser checkpoints (torch + transformers: the fuser needs them).
 
 Public API::
 
@@ -17,19 +20,21 @@ Public API::
                            backbone_weights=True) -> pathlib.Path
     make_fuser_checkpoint(out_dir, shape="tiny", seed=0) -> pathlib.Path
     make_reward_model_checkpoint(out_dir, shape="tiny", seed=0, *, weights_format="safetensors") -> pathlib.Path
-    ranker_backbone_config(shape, vocab_size) -> transformers.DebertaV2Config
+    ranker_backbone_config(shape, vocab_size) -> transformers.DebertaV2Config  (needs transformers)
+    backbone_config_json(shape, vocab_size, **extra) -> dict  (the same fields, as config.json holds them)
 
-``cache.demo_checkpoint(shape)`` makes one once in the user cache. Importing this package imports
-neither torch nor transformers.
+``cache.demo_checkpoint(shape)`` makes one once in the user cache. Importing this package, and generating a
+ranker or reward model, imports neither torch nor transformers (a cold SentencePiece cache needs the
+sentencepiece package to train the tokenizer once).
 """
 from __future__ import annotations
 
 from ..model.checkpoint import SPECIAL_TOKENS as PREFIX_TOKENS
 from .common import CALIBRATION_EXAMPLES, GENERATOR, shard_weights
-from .fuser import FUSER_SHAPES, fuser_config, make_fuser_checkpoint
-from .ranker import (PAIRRM_EMBEDDING_ROWS, PAIRRM_LARGE_BACKBONE, RANKER_SHAPES, make_ranker_checkpoint,
-                     ranker_backbone_config)
-from .reward_model import make_reward_model_checkpoint
+from .fuser_checkpoint import FUSER_SHAPES, fuser_config, make_fuser_checkpoint
+from .pairrm_checkpoint import (PAIRRM_EMBEDDING_ROWS, PAIRRM_LARGE_BACKBONE, RANKER_SHAPES, backbone_config_json,
+                                make_ranker_checkpoint, ranker_backbone_config)
+from .reward_checkpoint import make_reward_model_checkpoint
 from .tokenizer import DEBERTA_V3_SPM_PIECES, english_spm_model
 
 __all__ = [
@@ -38,6 +43,7 @@ __all__ = [
     "make_reward_model_checkpoint",
     "shard_weights",
     "ranker_backbone_config",
+    "backbone_config_json",
     "fuser_config",
     "PAIRRM_LARGE_BACKBONE",
     "RANKER_SHAPES",

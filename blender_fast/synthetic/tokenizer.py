@@ -7,19 +7,20 @@ per process and on disk (``cache.cache_root() / "spm"``).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import pathlib
+import struct
 import sys
 import tempfile
 import threading
 from collections import Counter
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from ..model import cache
-from .common import require, require_transformers4, sha256
+from ..model.fast_tokenizer import parse_spm_model, protobuf_fields
+from .common import require, require_transformers4, sha256, write_sorted_json
 
 # Bump when the tokenizer training changes (corpus, trainer args, post-processing): it keys the
 # on-disk cache of trained SentencePiece models (the word lists are hashed into the key too).
@@ -188,6 +189,17 @@ _SPM_KINDS = {
                unk_piece="<unk>", bos_id=-1),
 }
 
+def _installed_version(name: str) -> str:
+    """A package's version without importing it (the cache key; "none" when absent)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+_SPM_TRAINER_VERSION = _installed_version("sentencepiece")
 _SPM_LOCK = threading.Lock()
 _SPM_MEMO: Dict[Tuple, bytes] = {}
 _CORPUS_MEMO: List = []
@@ -198,8 +210,10 @@ def _spm_cache_dir() -> pathlib.Path:
 
 
 def _train_spm(kind: str, vocab_size: int) -> bytes:
-    """Train (or fetch from the process/disk cache) a unigram SentencePiece model; returns its bytes."""
-    spm = require("sentencepiece")
+    """Train (or fetch from the process/disk cache) a unigram SentencePiece model; returns its bytes.
+
+    A cached model is read and checked without the sentencepiece package (parse_spm_model): only a cold
+    cache trains, and only training needs sentencepiece (and protobuf)."""
     trainer_args = dict(
         model_type="unigram",
         vocab_size=vocab_size,
@@ -211,7 +225,7 @@ def _train_spm(kind: str, vocab_size: int) -> bytes:
     )
     words = "|".join(word_lists().values())
     key_src = json.dumps(
-        {"v": _SPM_VERSION, "py": sys.version, "stdlib": sys.prefix, "spm": spm.__version__,
+        {"v": _SPM_VERSION, "py": sys.version, "stdlib": sys.prefix, "spm": _SPM_TRAINER_VERSION,
          "args": trainer_args, "words": sha256(words.encode("utf-8"))}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
     memo_key = (kind, vocab_size)
@@ -223,11 +237,12 @@ def _train_spm(kind: str, vocab_size: int) -> bytes:
         if cached.is_file():
             data = cached.read_bytes()
             try:
-                spm.SentencePieceProcessor(model_proto=data)
+                parse_spm_model(data)
                 _SPM_MEMO[memo_key] = data
                 return data
-            except Exception:  # corrupt cache entry: retrain
+            except ValueError:  # corrupt cache entry: retrain
                 pass
+        spm = require("sentencepiece")
         if not _CORPUS_MEMO:
             _CORPUS_MEMO.append(_english_word_counts())
         counts, _ = _CORPUS_MEMO[0]
@@ -262,16 +277,30 @@ def _canonicalize_spm(data: bytes) -> bytes:
     * Round piece scores to multiples of 2**-12: segment scores are then sums computed exactly
       in both float32 (sentencepiece) and float64 (tokenizers), so the slow and fast tokenizers
       only disagree on exact ties (about 1 text in 1000).
+
+    Rewritten field by field without protobuf (the fields keep their order, which is field-number order
+    as sentencepiece writes them), which gives the bytes protobuf's deterministic serializer gave.
     """
-    pb = require("sentencepiece.sentencepiece_model_pb2")
-    proto = pb.ModelProto()
-    proto.ParseFromString(data)
-    proto.trainer_spec.input[:] = ["words.tsv"]
-    proto.trainer_spec.model_prefix = "spm"
-    for piece in proto.pieces:
-        if piece.type == pb.ModelProto.SentencePiece.NORMAL:
-            piece.score = round(piece.score * 4096.0) / 4096.0
-    return proto.SerializeToString(deterministic=True)
+    out = bytearray()
+    for number, wire, value in protobuf_fields(data):
+        if number == 1 and wire == 2:  # a piece: round a NORMAL piece's score
+            fields = list(protobuf_fields(value))
+            kind = next((v for n, w, v in fields if n == 3 and w == 0), 1)
+            body = bytearray()
+            for n, w, v in fields:
+                if n == 2 and w == 5 and kind == 1:
+                    v = struct.pack("<f", round(struct.unpack("<f", v)[0] * 4096.0) / 4096.0)
+                body += _pb_field(n, w, v)
+            out += _pb_bytes(1, bytes(body))
+        elif number == 2 and wire == 2:  # trainer_spec: input (1) and model_prefix (2) first
+            body = bytearray(_pb_bytes(1, b"words.tsv") + _pb_bytes(2, b"spm"))
+            for n, w, v in protobuf_fields(value):
+                if n not in (1, 2):
+                    body += _pb_field(n, w, v)
+            out += _pb_bytes(2, bytes(body))
+        else:
+            out += _pb_field(number, wire, value)
+    return bytes(out)
 
 
 def _filler_piece(i: int) -> str:
@@ -283,32 +312,62 @@ def _filler_piece(i: int) -> str:
     raise ValueError("too many filler pieces")
 
 
+def _pb_key(number: int, wire: int) -> bytes:
+    return _pb_varint(number << 3 | wire)
+
+
+def _pb_varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _pb_bytes(number: int, payload: bytes) -> bytes:
+    return _pb_key(number, 2) + _pb_varint(len(payload)) + payload
+
+
+def _pb_field(number: int, wire: int, value) -> bytes:
+    """One field as protobuf_fields read it, written back (varints minimal, as protobuf writes them)."""
+    if wire == 0:
+        return _pb_key(number, 0) + _pb_varint(value)
+    if wire == 2:
+        return _pb_bytes(number, bytes(value))
+    return _pb_key(number, wire) + bytes(value)  # fixed 32/64-bit
+
+
 def _pad_spm(data: bytes, n_pieces: int) -> bytes:
-    """Append filler pieces so the model has exactly n_pieces pieces (no-op if it has that many)."""
-    pb = require("sentencepiece.sentencepiece_model_pb2")
-    proto = pb.ModelProto()
-    proto.ParseFromString(data)
-    have = len(proto.pieces)
+    """Append filler pieces so the model has exactly n_pieces pieces (no-op if it has that many).
+
+    Written without protobuf: a message's repeated field may continue after its other fields (pieces are
+    numbered in the order they appear), and a second trainer_spec occurrence merges into the first (its
+    vocab_size is updated)."""
+    model = parse_spm_model(data)
+    have = len(model.pieces)
     if have > n_pieces:
         raise ValueError(f"spm model already has {have} > {n_pieces} pieces")
     if have == n_pieces:
         return data
-    normal = pb.ModelProto.SentencePiece.NORMAL
     # The lowest existing score: unchanged min score => unchanged unknown-piece penalty.
-    min_score = min(p.score for p in proto.pieces if p.type == normal)
-    existing = {p.piece for p in proto.pieces}
+    min_score = min(score for _, score, kind in model.pieces if kind == 1)
+    existing = {piece for piece, _, _ in model.pieces}
+    # SentencePiece {piece = 1; score = 2 (float); type = 3 (NORMAL = 1)}, the same tail for every filler
+    tail = _pb_key(2, 5) + struct.pack("<f", min_score) + _pb_key(3, 0) + _pb_varint(1)
+    out = [data]
     i = 0
-    while len(proto.pieces) < n_pieces:
+    while have < n_pieces:
         piece = _filler_piece(i)
         i += 1
         if piece in existing:
             continue
-        new = proto.pieces.add()
-        new.piece = piece
-        new.score = min_score
-        new.type = normal
-    proto.trainer_spec.vocab_size = n_pieces
-    return proto.SerializeToString(deterministic=True)
+        have += 1
+        out.append(_pb_bytes(1, _pb_bytes(1, piece.encode("utf-8")) + tail))
+    out.append(_pb_bytes(2, _pb_key(4, 0) + _pb_varint(n_pieces)))  # trainer_spec.vocab_size
+    return b"".join(out)
 
 
 def english_spm_model(kind: str = "deberta", n_pieces: Optional[int] = None) -> bytes:
@@ -327,42 +386,89 @@ def english_spm_model(kind: str = "deberta", n_pieces: Optional[int] = None) -> 
 
 
 def spm_num_pieces(data: bytes) -> int:
-    spm = require("sentencepiece")
-    return spm.SentencePieceProcessor(model_proto=data).get_piece_size()
+    return len(parse_spm_model(data).pieces)
 
 
-class SpmFile(NamedTuple):
-    path: pathlib.Path  # spm.model in a temporary directory
+class SpmData(NamedTuple):
+    data: bytes  # the serialized SentencePiece model (spm.model)
     pieces: int
     sha256: str  # recorded in the generated checkpoint's metadata
 
 
-@contextlib.contextmanager
-def deberta_spm_file(shape: str) -> Iterator[SpmFile]:
-    """The DeBERTa-v3 SentencePiece model of a generated checkpoint (``tiny``: the trained vocabulary only,
-    else padded to deberta-v3's 128000 pieces), written as spm.model for the tokenizers, which read it by
-    path; the file exists while the block runs (``save_pretrained`` copies it)."""
+def deberta_spm(shape: str) -> SpmData:
+    """The DeBERTa-v3 SentencePiece model of a generated checkpoint: ``tiny``, the trained vocabulary only,
+    else padded to deberta-v3's 128000 pieces."""
     data = english_spm_model("deberta", None if shape == "tiny" else DEBERTA_V3_SPM_PIECES)
-    with tempfile.TemporaryDirectory(prefix="blender_fast_tok_") as tmp:
-        path = pathlib.Path(tmp) / "spm.model"
-        path.write_bytes(data)
-        yield SpmFile(path, spm_num_pieces(data), sha256(data))
+    return SpmData(data, spm_num_pieces(data), sha256(data))
 
 
-def deberta_tokenizer(spm_path: pathlib.Path, with_prefix_tokens: bool):
+# transformers' LARGE_INTEGER: the model_max_length a tokenizer_config.json without a limit records.
+_NO_LENGTH_LIMIT = int(1e30)
+
+
+def _added(content: str, special: bool, normalized: bool) -> dict:
+    return {"content": content, "lstrip": False, "normalized": normalized, "rstrip": False,
+            "single_word": False, "special": special}
+
+
+def write_deberta_tokenizer(directory: pathlib.Path, spm: SpmData, with_prefix_tokens: bool) -> Dict[str, int]:
+    """Write DeBERTa-v3 tokenizer files (spm.model, tokenizer.json, tokenizer_config.json,
+    special_tokens_map.json, added_tokens.json) as transformers' ``DebertaV2TokenizerFast.save_pretrained``
+    writes them, without transformers: the JSON files by hand, tokenizer.json from the blender_fast loader
+    itself (model/fast_tokenizer.py), so what is written is what is read. with_prefix_tokens adds PairRM's
+    four prefix tokens after [MASK] (as llm-blender's add_tokens does). Returns {token: id} of the added
+    tokens."""
     from ..model.checkpoint import SPECIAL_TOKENS
+    from ..model.fast_tokenizer import load_tokenizer
 
-    transformers = require_transformers4()
-    tok = transformers.DebertaV2TokenizerFast(vocab_file=str(spm_path), do_lower_case=False,
-                                              split_by_punct=False)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "spm.model").write_bytes(spm.data)
+    n = spm.pieces
+    decoder = {"0": _added("[PAD]", True, False), "1": _added("[CLS]", True, False),
+               "2": _added("[SEP]", True, False), "3": _added("[UNK]", True, True),
+               str(n): _added("[MASK]", True, False)}
+    added = {"[MASK]": n}
     if with_prefix_tokens:
-        tok.add_tokens(list(SPECIAL_TOKENS))
-    return tok
+        for i, token in enumerate(SPECIAL_TOKENS):
+            decoder[str(n + 1 + i)] = _added(token, False, True)
+            added[token] = n + 1 + i
+    specials = {"bos_token": "[CLS]", "cls_token": "[CLS]", "eos_token": "[SEP]", "mask_token": "[MASK]",
+                "pad_token": "[PAD]", "sep_token": "[SEP]", "unk_token": "[UNK]"}
+    config = {"added_tokens_decoder": decoder, **specials, "clean_up_tokenization_spaces": False,
+              "do_lower_case": False, "extra_special_tokens": {}, "model_max_length": _NO_LENGTH_LIMIT,
+              "sp_model_kwargs": {}, "split_by_punct": False, "tokenizer_class": "DebertaV2Tokenizer"}
+    special_map = {**specials, "unk_token": {k: v for k, v in _added("[UNK]", True, True).items() if k != "special"}}
+    for name, obj in (("tokenizer_config.json", config), ("special_tokens_map.json", special_map),
+                      ("added_tokens.json", added)):
+        write_sorted_json(directory / name, obj)
+    tok_json = directory / "tokenizer.json"
+    if tok_json.exists():
+        tok_json.unlink()  # the loader would read it instead of converting spm.model
+    load_tokenizer(directory).tokenizer.save(str(tok_json))
+    return added
+
+
+class _DropAddPrefixSpaceNotice:
+    """T5TokenizerFast logs "You set `add_prefix_space`. The tokenizer needs to be converted from the slow
+    tokenizers" whenever add_prefix_space is passed. Here that conversion from spm.model is the point (there
+    is no tokenizer.json yet; we build it), so that one message is dropped while the generator builds the
+    tokenizer; every other message stays."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return "You set `add_prefix_space`" not in str(record.msg)
 
 
 def t5_tokenizer(spm_path: pathlib.Path):
+    import logging
+
     transformers = require_transformers4()
-    # legacy=True + add_prefix_space=True: flan-t5's behaviour ("▁" before the text that follows
-    # a special token), identical in the slow (sentencepiece) and the fast tokenizer.
-    return transformers.T5TokenizerFast(vocab_file=str(spm_path), extra_ids=T5_EXTRA_IDS,
-                                        legacy=True, add_prefix_space=True, model_max_length=512)
+    log = logging.getLogger("transformers.models.t5.tokenization_t5_fast")
+    log.addFilter(_DropAddPrefixSpaceNotice)
+    try:
+        # legacy=True + add_prefix_space=True: flan-t5's behaviour ("▁" before the text that follows
+        # a special token), identical in the slow (sentencepiece) and the fast tokenizer.
+        return transformers.T5TokenizerFast(vocab_file=str(spm_path), extra_ids=T5_EXTRA_IDS,
+                                            legacy=True, add_prefix_space=True, model_max_length=512)
+    finally:
+        log.removeFilter(_DropAddPrefixSpaceNotice)

@@ -12,6 +12,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -21,6 +22,14 @@ torch = require("torch")
 transformers = require("transformers")
 require("sentencepiece")
 require("safetensors")
+
+with warnings.catch_warnings():
+    # transformers' DeBERTa decorates helpers with torch.jit.script, deprecated at import by torch 2.x (an
+    # error under pytest). The generator no longer imports it (numpy writes the weights), so the module is
+    # imported here once, before llm-blender and transformers' Auto classes reach it, as the engine's
+    # export does (model/export.py).
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+    import transformers.models.deberta_v2.modeling_deberta_v2  # noqa: F401
 
 from blender_fast import synthetic as mc
 from blender_fast.model.checkpoint import llm_blender_model_name  # noqa: E402
@@ -459,17 +468,33 @@ def test_word_lists_are_package_data():
     assert "the" in lists["function_words"].split() and "café" in lists["symbol_words"].split()
 
 
-def test_ranker_reuses_the_engine_constants_and_module():
+def test_ranker_reuses_the_engine_constants_and_module_names(ranker_st):
     from blender_fast.model.checkpoint import DEBERTA_V3_LARGE, PAIRRM_CANDIDATE_MAXLENGTH, PAIRRM_SOURCE_MAXLENGTH, SPECIAL_TOKENS
     from blender_fast.model.export import pairrm_module
-    from blender_fast.synthetic import ranker
+    from blender_fast.synthetic import pairrm_checkpoint
+    from safetensors.numpy import load_file
 
     assert mc.PREFIX_TOKENS is SPECIAL_TOKENS
-    assert ranker.RANKER_SHAPES["large"]["hidden_size"] == DEBERTA_V3_LARGE["hidden_size"]
-    defaults = ranker._RANKER_CONFIG_DEFAULTS
+    assert pairrm_checkpoint.RANKER_SHAPES["large"]["hidden_size"] == DEBERTA_V3_LARGE["hidden_size"]
+    defaults = pairrm_checkpoint._RANKER_CONFIG_DEFAULTS
     assert (defaults["source_maxlength"], defaults["candidate_maxlength"]) == (PAIRRM_SOURCE_MAXLENGTH, PAIRRM_CANDIDATE_MAXLENGTH)
-    module = ranker._build_ranker_module(mc.ranker_backbone_config("tiny", 100))
-    assert type(module).__name__ == type(pairrm_module(mc.ranker_backbone_config("tiny", 100))).__name__ == "PairRMModule"
+    # the numpy-written weights are the engine module's state dict: same names, shapes and dtypes
+    meta = json.loads((ranker_st / "blender_fast.json").read_text())
+    module = pairrm_module(mc.ranker_backbone_config("tiny", meta["vocab_size"]))
+    expected = {k: (tuple(v.shape), str(v.dtype)) for k, v in module.state_dict().items()}
+    written = {k: (tuple(v.shape), "torch." + str(v.dtype)) for k, v in load_file(str(ranker_st / "model.safetensors")).items()}
+    assert written == expected
+
+
+def test_backbone_config_json_is_transformers_config():
+    """The config.json written without transformers holds what DebertaV2Config.save_pretrained writes."""
+    for shape in ("tiny", "large"):
+        cfg = mc.ranker_backbone_config(shape, 1234)
+        cfg.architectures = ["DebertaV2Model"]
+        want = json.loads(cfg.to_json_string(use_diff=True))
+        got = mc.backbone_config_json(shape, 1234, architectures=["DebertaV2Model"])
+        want.pop("transformers_version"), got.pop("transformers_version")
+        assert got == want, shape
 
 
 def test_lean_checkpoint_has_no_second_weights_copy(ckdir, ranker_st):
@@ -482,4 +507,20 @@ def test_lean_checkpoint_has_no_second_weights_copy(ckdir, ranker_st):
 
 def test_make_checkpoint_has_one_command_line():
     assert not (pathlib.Path(mc.__file__).parent.parent / "make_checkpoint.py").exists()
-    assert not any(hasattr(m, "_main") for m in (mc, mc.ranker, mc.fuser, mc.tokenizer))
+    assert not any(hasattr(m, "_main") for m in (mc, mc.pairrm_checkpoint, mc.fuser_checkpoint,
+                                                  mc.reward_checkpoint, mc.tokenizer))
+    # no module name repeated at two levels of blender_fast/ (issue 26): the old names are gone
+    package = pathlib.Path(mc.__file__).parent
+    assert not any((package / name).exists() for name in ("ranker.py", "fuser.py", "reward_model.py"))
+
+
+def test_make_checkpoint_fuser_prints_no_third_party_notice(tmp_path):
+    """Issue 28 item 8: `make-checkpoint --kind fuser` printed transformers' "You set `add_prefix_space`"
+    notice (the slow-to-fast conversion it announces is what the generator wants). A fresh process: the
+    notice is logged once per process."""
+    out = subprocess.run([sys.executable, "-m", "blender_fast.cli", "make-checkpoint", "--kind", "fuser",
+                          "--shape", "tiny", str(tmp_path / "fuser")], cwd=str(REPO), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "fuser" / "tokenizer.json").is_file()
+    assert "add_prefix_space" not in out.stderr + out.stdout
+    assert "wrote fuser checkpoint" in out.stdout + out.stderr
