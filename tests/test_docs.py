@@ -470,6 +470,7 @@ def test_hub_ids_not_download_by_hand():
     assert 'Fuser.from_pretrained("llm-blender/gen_fuser_3b")' in fusion
 
 
+@pytest.mark.slow
 def test_blender_progress_bar_has_a_total(tiny_checkpoint, capsys):
     """Blender().rank's bar reads 'Ranking: 100%|...| 6/6' (it read 'Ranking: 6pair [...]': no total, no ETA)."""
     from blender_fast import Blender
