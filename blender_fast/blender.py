@@ -212,6 +212,21 @@ class Blender:
         # Per call, never written onto the shared Ranker: other threads may be using it.
         return self.use_tqdm and not disable_tqdm
 
+    def _ranking_bar(self, disable_tqdm, candidates):
+        """For PairRM, a bar with the total n(n-1) pairs (n/total and an ETA), closed by the caller; else what
+        _progress says (the pointwise ranker's bar has its total; malformed candidates are left to the
+        ranker's check, which names the problem)."""
+        show = self._progress(disable_tqdm)
+        try:
+            total = sum(len(c) * (len(c) - 1) for c in candidates)
+        except TypeError:
+            return show
+        if not show or not isinstance(self.ranker, Ranker):
+            return show
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc="Ranking", unit="pair")
+
     def rank(self, inputs: List[str], candidates: List[List[str]], instructions: List[str] = None,
              return_scores: bool = False, batch_size: int = 8, disable_tqdm: bool = False, **rank_kwargs):
         """Ranks (int32, 1 = best) or scores (float32, higher = better) per input, like llm-blender.
@@ -224,11 +239,17 @@ class Blender:
         for name in ("source_max_length", "candidate_max_length"):
             if rank_kwargs.get(name) is not None:
                 positive_int(name, rank_kwargs[name])
-        return self.require_ranker().rank(
-            inputs, candidates, instructions, return_scores=return_scores,
-            policy=rank_kwargs.get("policy", "max_logits"), progress=self._progress(disable_tqdm),
-            source_maxlength=rank_kwargs.get("source_max_length"),
-            candidate_maxlength=rank_kwargs.get("candidate_max_length"))
+        ranker = self.require_ranker()
+        bar = self._ranking_bar(disable_tqdm, candidates)
+        try:
+            return ranker.rank(
+                inputs, candidates, instructions, return_scores=return_scores,
+                policy=rank_kwargs.get("policy", "max_logits"), progress=bar,
+                source_maxlength=rank_kwargs.get("source_max_length"),
+                candidate_maxlength=rank_kwargs.get("candidate_max_length"))
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()
 
     def compare(self, inputs: List[str], candidates_A: List[str], candidates_B: List[str],
                 instructions: List[str] = None, batch_size: int = 4, return_logits: bool = False,
