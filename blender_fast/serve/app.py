@@ -27,18 +27,17 @@ from typing import Optional
 import numpy as np
 
 from ..inputs import check_prompts
-from ..selection.steps import ModelOutputError
 from . import rerank
-from .engine import BatchingEngine, DeadlineExceeded, EngineClosed, Overloaded
+from .engine import BatchingEngine
 from .fuse_batcher import DEFAULT_FUSE_MAX_BATCH, DEFAULT_FUSE_MAX_QUEUED, DEFAULT_FUSE_MAX_WAIT_MS, FuseBatcher
 from .http_body import MAX_BODY_BYTES, decode_json, read_body
+from .http_errors import CLIENT_CLOSED, ClientGone, error_status, framework_error_message, rerank_api, until_disconnected
 from .metrics import Metrics
-from .rerank import RerankError, RerankSettings
+from .rerank import RerankSettings
 from .schema import (DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_ITEMS, DEFAULT_MAX_QUEUED_TOKENS, DEFAULT_MAX_REQUEST_TOKENS,
                      DEFAULT_MAX_TEXT_CHARS, FIELDS, RESPONSES, TRUNCATION, HTTPError, Limits, TokenGate,
                      check_options, check_sizes, item_models, parse_items, request_tokens)
 
-CLIENT_CLOSED = 499  # nginx's "client closed request": logged in /metrics, never read by anyone
 # A ranker whose default length is "none" (a reward model on a tokenizer without a limit) still needs a
 # maximum a request may ask: tokens per text.
 UNBOUNDED_LENGTH_MAXIMUM = 2048
@@ -187,58 +186,6 @@ async def _fuse(engine, items, timeout, batcher):
 ROUTE_BODIES = {"rank": _rank, "select": _select, "compare": _compare, "judge": _judge}
 
 
-# -- errors ----------------------------------------------------------------------------------------
-
-async def _until_disconnected(request) -> None:
-    for _ in range(10**9):  # bounded only by the connection: each receive waits for a message
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-class _ClientGone(Exception):
-    pass
-
-
-def error_status(e: BaseException, timeout_ms=None) -> tuple:
-    """(status, message, headers) of an exception raised while answering a request."""
-    from starlette.requests import ClientDisconnect
-
-    if isinstance(e, HTTPError):
-        return e.status, str(e), e.headers
-    if isinstance(e, RerankError):
-        return e.status, str(e), e.headers
-    if isinstance(e, ModelOutputError):  # a ValueError, but the server's model is at fault, not the request
-        return 500, str(e), {}
-    if isinstance(e, (ValueError, TypeError)):
-        return 422, str(e), {}
-    if isinstance(e, Overloaded):
-        return 429, str(e), {"Retry-After": str(int(e.retry_after))}
-    if isinstance(e, DeadlineExceeded):
-        return 504, f"deadline exceeded ({timeout_ms} ms): {e}", {}
-    if isinstance(e, EngineClosed):
-        return 503, str(e), {}
-    if isinstance(e, (_ClientGone, ClientDisconnect)):
-        return CLIENT_CLOSED, "client closed the request", {}
-    return 500, f"{type(e).__name__}: {e}", {}
-
-
-# Framework-level errors (a bad query parameter, 405, 404) on the rerank routes come in that API's error
-# shape, as its clients expect; elsewhere FastAPI's own {"detail": ...}.
-RERANK_PATHS = {"/v1/rerank": "cohere-v1", "/v2/rerank": "cohere-v2", "/rerank": "tei"}
-
-
-def _framework_error_message(exc) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):  # a RequestValidationError: one line per bad parameter, in the user's names
-        parts = []
-        for err in errors():
-            where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("query", "path", "body"))
-            parts.append(f"{where}: {err.get('msg', 'invalid')}, got {json.dumps(err.get('input'), default=str)}")
-        return "; ".join(parts) or "invalid request"
-    return str(getattr(exc, "detail", exc))
-
-
 # -- the app ---------------------------------------------------------------------------------------
 
 def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFAULT_MAX_CANDIDATES,
@@ -320,9 +267,9 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
             raise HTTPError(422, f"timeout_ms must be a positive number, got {timeout_ms}")
 
     async def until_done_or_gone(request, coro):
-        """The coroutine's result; _ClientGone (its engine rows dropped) when the client disconnects first."""
+        """The coroutine's result; ClientGone (its engine rows dropped) when the client disconnects first."""
         task = asyncio.ensure_future(coro)
-        watcher = asyncio.ensure_future(_until_disconnected(request))
+        watcher = asyncio.ensure_future(until_disconnected(request))
         try:
             done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -330,7 +277,7 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
         if task not in done:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            raise _ClientGone()
+            raise ClientGone()
         return task.result()
 
     def respond(route, t0, payload, status, headers):
@@ -378,22 +325,22 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
 
     @app.exception_handler(StarletteHTTPException)
     async def framework_http_error(request: Request, exc):
-        api = RERANK_PATHS.get(request.url.path.rstrip("/") or "/")
+        api = rerank_api(request.url.path)
         if api is None:
             from fastapi.exception_handlers import http_exception_handler
 
             return await http_exception_handler(request, exc)
-        return JSONResponse(rerank.error_body(api, exc.status_code, _framework_error_message(exc)),
+        return JSONResponse(rerank.error_body(api, exc.status_code, framework_error_message(exc)),
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def framework_validation_error(request: Request, exc):
-        api = RERANK_PATHS.get(request.url.path.rstrip("/") or "/")
+        api = rerank_api(request.url.path)
         if api is None:
             from fastapi.exception_handlers import request_validation_exception_handler
 
             return await request_validation_exception_handler(request, exc)
-        return JSONResponse(rerank.error_body(api, 422, _framework_error_message(exc)), status_code=422)
+        return JSONResponse(rerank.error_body(api, 422, framework_error_message(exc)), status_code=422)
 
     timeout_q = Query(None, description="deadline in milliseconds; past it the request fails with 504 and "
                                         "its remaining rows are dropped")

@@ -128,7 +128,10 @@ def guarded_protocol(limits: ConnectionLimits):
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if self._receiving_headers() and not self.transport.is_closing():
-                self._disarm()  # idle between requests: uvicorn's keep-alive timeout closes it
+                if self.conn.trailing_data[0]:
+                    self._arm("header")  # a pipelined next request has begun: its headers are on the clock
+                else:
+                    self._disarm()  # idle between requests: uvicorn's keep-alive timeout closes it
 
         def shutdown(self) -> None:
             cycle = self.cycle

@@ -196,13 +196,13 @@ def cmd_serve(args) -> int:
           f"max_candidates={args.max_candidates} max_text_chars={args.max_text_chars} "
           f"cross_request_batching={'off' if args.no_cross_request_batching else 'on'} fuser={args.fuser or 'none'}",
           file=sys.stderr, flush=True)
+    print(f"blender-fast serve: ranker {ranker.engine_info.get('backend')} {info['precision']}: {info['why']}",
+          file=sys.stderr, flush=True)
     print(f"blender-fast serve: limits: max_source_length={limits.max_source_length} "
           f"max_candidate_length={limits.max_candidate_length} max_request_tokens={limits.max_request_tokens} "
           f"max_queued_tokens={limits.max_queued_tokens} header_timeout={args.header_timeout:g}s "
           f"body_timeout={args.body_timeout:g}s max_header_bytes={args.max_header_bytes} "
           f"max_connections={args.max_connections} drain_timeout={args.drain_timeout:g}s", file=sys.stderr, flush=True)
-    print(f"blender-fast serve: ranker {ranker.engine_info.get('backend')} {info['precision']}: {info['why']}",
-          file=sys.stderr, flush=True)
     threading.Thread(target=warm_up, name="blender-fast-warmup", daemon=True).start()
     try:
         server.run(sockets=[sock])
