@@ -34,9 +34,10 @@ from .http_body import MAX_BODY_BYTES, decode_json, read_body
 from .http_errors import CLIENT_CLOSED, ClientGone, error_status, framework_error_message, rerank_api, until_disconnected
 from .metrics import Metrics
 from .rerank import RerankSettings
-from .schema import (DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_ITEMS, DEFAULT_MAX_QUEUED_TOKENS, DEFAULT_MAX_REQUEST_TOKENS,
+from .schema import (DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_REQUEST_CHARS, DEFAULT_MAX_ITEMS, DEFAULT_MAX_QUEUED_TOKENS, DEFAULT_MAX_REQUEST_TOKENS,
                      DEFAULT_MAX_TEXT_CHARS, FIELDS, RESPONSES, TRUNCATION, HTTPError, Limits, TokenGate,
-                     check_options, check_sizes, item_models, parse_items, request_tokens)
+                     check_options, check_sizes, item_models, parse_items, request_tokens,
+                     text_chars)
 
 # A ranker whose default length is "none" (a reward model on a tokenizer without a limit) still needs a
 # maximum a request may ask: tokens per text.
@@ -196,7 +197,7 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
                fuse_max_queued: int = DEFAULT_FUSE_MAX_QUEUED, max_body_bytes: int = MAX_BODY_BYTES,
                max_source_length: Optional[int] = None, max_candidate_length: Optional[int] = None,
                max_request_tokens: int = DEFAULT_MAX_REQUEST_TOKENS,
-               max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS):
+               max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS, max_request_chars: int = DEFAULT_MAX_REQUEST_CHARS):
     """The FastAPI app over an engine (which the caller owns and closes). ready=False: /ready says 503
     and POSTs are refused until ``app.state.ready = True`` (after a warm-up).
 
@@ -208,7 +209,8 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
     max_body_bytes: larger request bodies are refused (413) before they are read whole or decoded.
     max_source_length / max_candidate_length: the largest truncation lengths a request may ask (None: the
     ranker's own); max_request_tokens / max_queued_tokens: a request's estimated tokens (texts x length
-    bounds) past which it gets 413, and all admitted requests' past which a new one gets 429."""
+    bounds) past which it gets 413, and all admitted requests' past which a new one gets 429;
+    max_request_chars: a request's characters of text past which it gets 413."""
     import_serving()
     from fastapi import Query, Request
     from fastapi.exceptions import RequestValidationError
@@ -231,7 +233,8 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
     limits = Limits(max_items=max_items, max_candidates=max_candidates, max_text_chars=max_text_chars,
                     max_source_length=max_source_length or src_default or UNBOUNDED_LENGTH_MAXIMUM,
                     max_candidate_length=max_candidate_length or cand_default or UNBOUNDED_LENGTH_MAXIMUM,
-                    max_request_tokens=max_request_tokens, max_queued_tokens=max_queued_tokens)
+                    max_request_tokens=max_request_tokens, max_queued_tokens=max_queued_tokens,
+                    max_request_chars=max_request_chars)
     gate = TokenGate(limits)
     app.state.engine = engine
     app.state.metrics = metrics
@@ -312,7 +315,7 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
             check_sizes(route, items, limits)
             check_options(route, items, limits)
             timeout = None if timeout_ms is None else timeout_ms / 1000.0
-            with gate.admit(request_tokens(route, items, limits)):
+            with gate.admit(request_tokens(route, items, limits), text_chars(items)):
                 results = await until_done_or_gone(request, bodies[route](engine, items, timeout))
             if shape == "trl":  # TRL's PairRMJudge.judge return value: a plain list
                 payload = [r["probability"] if "probability" in r else r["preferred"] for r in results]

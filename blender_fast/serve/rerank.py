@@ -291,7 +291,8 @@ async def answer(api: str, data, engine, settings: RerankSettings, timeout):
     if settings.gate is None:
         ranked = await run_rerank(engine, req, timeout)
     else:
-        with settings.gate.admit(request_tokens(engine, req, settings.limits)):
+        with settings.gate.admit(request_tokens(engine, req, settings.limits),
+                                 len(req.query) + sum(len(d) for d in req.documents)):
             ranked = await run_rerank(engine, req, timeout)
     return tei_response(req, ranked) if api == "tei" else cohere_response(req, ranked, int(api[-1]))
 

@@ -25,6 +25,9 @@ DEFAULT_MAX_ITEMS = 256
 DEFAULT_MAX_REQUEST_TOKENS = 2**22
 # Tokens all admitted requests may hold together; beyond it 429 with Retry-After.
 DEFAULT_MAX_QUEUED_TOKENS = 2**24
+# Characters of text one request may carry: the tokenizer reads every character of a text before it is
+# truncated, at tens of bytes of memory per character, so the token estimate alone does not bound it.
+DEFAULT_MAX_REQUEST_CHARS = 2**21
 
 ROUTES = ("rank", "select", "compare", "judge", "fuse")
 
@@ -156,6 +159,7 @@ class Limits:
     max_candidate_length: int = 0    # tokens: the ranker's candidate_maxlength unless set
     max_request_tokens: int = DEFAULT_MAX_REQUEST_TOKENS
     max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS
+    max_request_chars: int = DEFAULT_MAX_REQUEST_CHARS
 
 
 def item_models() -> dict:
@@ -290,6 +294,17 @@ def request_tokens(route: str, items: list[dict], limits: Limits) -> int:
     return sum(k * (s + c) for k, s, c in zip(n, src, cand))
 
 
+def text_chars(value) -> int:
+    """Characters of the strings in a decoded JSON value (texts of any field, nested lists included)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(text_chars(v) for v in value)
+    if isinstance(value, dict):
+        return sum(text_chars(v) for v in value.values())
+    return 0
+
+
 class TokenGate:
     """Admission by tokens: a request whose estimate (request_tokens) passes max_request_tokens gets 413;
     one that would take the admitted requests' total past max_queued_tokens gets 429 with Retry-After
@@ -301,7 +316,10 @@ class TokenGate:
         self.retry_after_s = retry_after_s
 
     @contextlib.contextmanager
-    def admit(self, tokens: int):
+    def admit(self, tokens: int, chars: int = 0):
+        if chars > self.limits.max_request_chars:
+            raise HTTPError(413, f"this request carries {chars} characters of text; this server accepts at most "
+                                 f"{self.limits.max_request_chars} per request (--max-request-chars): split it")
         most = self.limits.max_request_tokens
         if tokens > most:
             raise HTTPError(413, f"this request may hold {tokens} tokens (texts x their length bounds); this "

@@ -15,7 +15,8 @@ from .connections import (DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFA
 from .engine import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QUEUED_PAIRS, DEFAULT_MAX_ROWS_PER_REQUEST,
                      DEFAULT_MAX_WAIT_MS, BatchingEngine)
 from .fuse_batcher import DEFAULT_FUSE_MAX_BATCH, DEFAULT_FUSE_MAX_QUEUED, DEFAULT_FUSE_MAX_WAIT_MS
-from .schema import DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_QUEUED_TOKENS, DEFAULT_MAX_REQUEST_TOKENS, DEFAULT_MAX_TEXT_CHARS
+from .schema import (DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_QUEUED_TOKENS, DEFAULT_MAX_REQUEST_CHARS,
+                     DEFAULT_MAX_REQUEST_TOKENS, DEFAULT_MAX_TEXT_CHARS)
 
 DRAIN_TIMEOUT_S = 60.0
 SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT (Ctrl-C)"}
@@ -63,6 +64,8 @@ def add_serve_parser(subparsers) -> None:
                    help="tokens one request may hold, estimated as texts x their length bounds; beyond it 413")
     p.add_argument("--max-queued-tokens", type=positive_int, default=DEFAULT_MAX_QUEUED_TOKENS,
                    help="tokens all requests in flight may hold (the same estimate); beyond it 429")
+    p.add_argument("--max-request-chars", type=positive_int, default=DEFAULT_MAX_REQUEST_CHARS,
+                   help="characters of text one request may carry (the tokenizer reads them all); beyond it 413")
     p.add_argument("--header-timeout", type=positive_number, default=DEFAULT_HEADER_TIMEOUT_S,
                    help="seconds a client has to send a request's line and headers; then 408 and the connection "
                         "is closed")
@@ -174,7 +177,7 @@ def cmd_serve(args) -> int:
                      fuse_max_batch=args.fuse_max_batch, fuse_max_wait_ms=args.fuse_max_wait_ms,
                      fuse_max_queued=args.fuse_max_queued, max_source_length=args.max_source_length,
                      max_candidate_length=args.max_candidate_length, max_request_tokens=args.max_request_tokens,
-                     max_queued_tokens=args.max_queued_tokens)
+                     max_queued_tokens=args.max_queued_tokens, max_request_chars=args.max_request_chars)
     limits = app.state.limits
     connections = ConnectionLimits(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
                                    max_header_bytes=args.max_header_bytes, max_connections=args.max_connections)
@@ -200,7 +203,8 @@ def cmd_serve(args) -> int:
           file=sys.stderr, flush=True)
     print(f"blender-fast serve: limits: max_source_length={limits.max_source_length} "
           f"max_candidate_length={limits.max_candidate_length} max_request_tokens={limits.max_request_tokens} "
-          f"max_queued_tokens={limits.max_queued_tokens} header_timeout={args.header_timeout:g}s "
+          f"max_queued_tokens={limits.max_queued_tokens} max_request_chars={limits.max_request_chars} "
+          f"header_timeout={args.header_timeout:g}s "
           f"body_timeout={args.body_timeout:g}s max_header_bytes={args.max_header_bytes} "
           f"max_connections={args.max_connections} drain_timeout={args.drain_timeout:g}s", file=sys.stderr, flush=True)
     threading.Thread(target=warm_up, name="blender-fast-warmup", daemon=True).start()

@@ -145,6 +145,17 @@ def test_a_request_past_the_token_estimate_is_413_before_any_work(ranker):
         assert status == 413 and "--max-request-tokens" in body["message"]
 
 
+def test_a_request_past_the_character_limit_is_413(ranker):
+    with live_server(BatchingEngine(ranker), max_request_chars=40) as url:
+        status, body, _ = post_json(url, "/v1/rank", RANK)  # 12 + 1 + 4 + 4 characters: 21
+        assert status == 200
+        status, body, _ = post_json(url, "/v1/rank", {**RANK, "input": "x" * 32})
+        assert status == 413 and body["detail"].startswith("this request carries 41 characters of text; this server "
+                                                           "accepts at most 40 per request (--max-request-chars)")
+        status, body, _ = post_json(url, "/rerank", {"query": "x" * 30, "texts": ["a" * 6, "b" * 5]})
+        assert status == 413 and "--max-request-chars" in body["error"]
+
+
 def test_admission_by_tokens_is_429_past_the_queue_bound_and_frees_on_exit():
     gate = TokenGate(Limits(max_request_tokens=100, max_queued_tokens=150, max_source_length=1,
                             max_candidate_length=1))
@@ -306,3 +317,114 @@ def test_a_stalled_upload_does_not_hold_shutdown(tiny_checkpoint, sig):
     assert ("SIGINT (Ctrl-C), draining" if sig == signal.SIGINT else "SIGTERM, draining") in err
     assert answer.startswith(b"HTTP/1.1 503") or answer == b""
     print(f"drain with a stalled upload ({signal.Signals(sig).name}): {took:.2f} s")
+
+
+# -- the soak --------------------------------------------------------------------------------------
+
+# The memory bound docs/serving.md states for the server under its default limits (tiny checkpoint):
+# the largest request the limits admit measured ~1.2 GiB peak RSS; the soak's traffic stays far below it.
+RSS_BOUND_MIB = 1536
+
+
+def _vm(pid: int, key: str) -> int:
+    """/proc/PID/status's VmRSS or VmHWM (the peak), in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+@pytest.mark.slow
+def test_soak_of_mixed_traffic_answers_every_normal_request_and_drains(tiny_checkpoint, ranker):
+    """~60 s of normal requests (checked against the offline Ranker), oversized ones, stalled uploads,
+    slowloris headers and disconnects, all at once; then SIGTERM. BLENDER_FAST_SOAK_S sets the traffic's
+    length (45 s, plus start and drain)."""
+    import numpy as np
+
+    soak_s = float(os.environ.get("BLENDER_FAST_SOAK_S", "45"))
+    words = "the a cat dog sat ran on under over quickly slowly red blue seven answer question why".split()
+    prompts = [(" ".join(words[(p + k) % len(words)] for k in range(6 + p)),
+                [" ".join(words[(p * c + k) % len(words)] for k in range(3 + c)) for c in range(3 + p % 4)])
+               for p in range(8)]
+    want = [ranker.rank([q], [c], return_scores=True)[0] for q, c in prompts]
+    counts = {k: 0 for k in ("normal", "checked", "oversized", "stalled", "slowloris", "disconnect")}
+    failures: list = []
+    with serve_process("--model", str(tiny_checkpoint), "--threads", "1", "--header-timeout", "2",
+                       "--body-timeout", "2", "--max-connections", "64", "--drain-timeout", "30") as (proc, line):
+        url = line.split()[2]
+        port = int(url.rsplit(":", 1)[1])
+        assert Client(url).wait_ready(60)
+        end = time.monotonic() + soak_s
+        rss = [_vm(proc.pid, "VmRSS")]
+
+        def loop(fn):
+            def run():
+                try:
+                    for _ in range(100_000):
+                        if time.monotonic() > end:
+                            return
+                        fn()
+                except Exception as e:  # noqa: BLE001  (reported, and the test fails on it)
+                    failures.append(f"{fn.__name__}: {type(e).__name__}: {e}")
+            return run
+
+        def normal():
+            p = counts["normal"] % len(prompts)
+            counts["normal"] += 1
+            got = Client(url, max_retries=20).rank([prompts[p][0]], [prompts[p][1]], return_scores=True)[0]
+            np.testing.assert_allclose(got, want[p], atol=1e-5)
+            counts["checked"] += 1
+
+        def oversized():
+            status, body, _ = post_json(url, "/v1/rank", {**RANK, "source_maxlength": 10**6})
+            assert status == 422, body
+            status, body, _ = post_json(url, "/v1/rank", {"input": "q", "candidates": ["x"] * 65})
+            assert status == 413, body
+            counts["oversized"] += 2
+
+        def stalled():
+            answer, _ = raw_exchange(port, b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n[{")
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+            counts["stalled"] += 1
+
+        def slowloris():
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                closed = False
+                for byte in b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 100:  # 10 s of drip
+                    try:
+                        s.sendall(bytes([byte]))
+                    except OSError:  # the server closed it (after its 408)
+                        closed = True
+                        break
+                    time.sleep(0.1)
+                assert closed, "a slowloris connection outlived the 2 s header timeout"
+            counts["slowloris"] += 1
+
+        def disconnect():
+            body = json.dumps({"input": "q", "candidates": [f"candidate {i}" for i in range(24)]}).encode()
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                time.sleep(0.05)
+            counts["disconnect"] += 1
+
+        workers = [threading.Thread(target=loop(fn), daemon=True)
+                   for fn in (normal, normal, oversized, stalled, slowloris, disconnect)]
+        for w in workers:
+            w.start()
+        while any(w.is_alive() for w in workers) and time.monotonic() < end + 30:
+            rss.append(_vm(proc.pid, "VmRSS"))
+            time.sleep(0.2)
+        for w in workers:
+            w.join(30)
+        peak = _vm(proc.pid, "VmHWM")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(40)
+        drained = time.monotonic() - t0
+    print(f"soak: {sum(counts.values()) - counts['checked']} requests/connections {counts}, RSS high-water "
+          f"{peak} MiB (sampled max {max(rss)} MiB), drain {drained:.2f} s")
+    assert not failures, failures[:5]
+    assert counts["checked"] == counts["normal"] > 0 and all(counts[k] > 0 for k in counts)
+    assert peak < RSS_BOUND_MIB and rc == 0 and drained < 30
