@@ -315,7 +315,7 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
             check_sizes(route, items, limits)
             check_options(route, items, limits)
             timeout = None if timeout_ms is None else timeout_ms / 1000.0
-            with gate.admit(request_tokens(route, items, limits), text_chars(items)):
+            with gate.admit(request_tokens(route, items, limits), text_chars(route, items)):
                 results = await until_done_or_gone(request, bodies[route](engine, items, timeout))
             if shape == "trl":  # TRL's PairRMJudge.judge return value: a plain list
                 payload = [r["probability"] if "probability" in r else r["preferred"] for r in results]

@@ -294,15 +294,15 @@ def request_tokens(route: str, items: list[dict], limits: Limits) -> int:
     return sum(k * (s + c) for k, s, c in zip(n, src, cand))
 
 
-def text_chars(value) -> int:
-    """Characters of the strings in a decoded JSON value (texts of any field, nested lists included)."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(text_chars(v) for v in value)
-    if isinstance(value, dict):
-        return sum(text_chars(v) for v in value.values())
-    return 0
+def text_chars(route: str, items: list[dict]) -> int:
+    """Characters of the items' texts (SIZED_FIELDS: the input, instruction, candidates, ...)."""
+    text_fields, list_field = SIZED_FIELDS[route]
+    total = 0
+    for item in items:
+        texts = [item[f] for f in text_fields] + (item[list_field] if list_field and isinstance(item[list_field], list)
+                                                  else [])
+        total += sum(len(t) for t in texts if isinstance(t, str))
+    return total
 
 
 class TokenGate:
