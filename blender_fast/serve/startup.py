@@ -163,6 +163,10 @@ def cmd_serve(args) -> int:
         engine = BatchingEngine(ranker, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
                                 max_queued_pairs=args.max_queued_pairs, max_rows_per_request=args.max_rows_per_request,
                                 cross_request=not args.no_cross_request_batching)
+    except KeyboardInterrupt:  # Ctrl-C while the model loads: one line, as after the start
+        sock.close()
+        print("blender-fast serve: SIGINT (Ctrl-C) while loading, stopped", file=sys.stderr, flush=True)
+        return 128 + signal.SIGINT
     except BaseException:
         sock.close()
         raise
