@@ -27,7 +27,7 @@ DEFAULT_MAX_REQUEST_TOKENS = 2**22
 DEFAULT_MAX_QUEUED_TOKENS = 2**24
 # Characters of text one request may carry: the tokenizer reads every character of a text before it is
 # truncated, at tens of bytes of memory per character, so the token estimate alone does not bound it.
-DEFAULT_MAX_REQUEST_CHARS = 2**21
+DEFAULT_MAX_REQUEST_CHARS = 2**20
 
 ROUTES = ("rank", "select", "compare", "judge", "fuse")
 
