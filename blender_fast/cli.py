@@ -585,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=positive_int, default=None, help="beam width (default: the fuser's, 4)")
     p.set_defaults(func=cmd_fuse, top_k=3)
 
-    from .serve.app import add_serve_parser  # imports no web framework until `serve` runs
+    from .serve.startup import add_serve_parser  # imports no web framework until `serve` runs
 
     add_serve_parser(sub)
     return parser

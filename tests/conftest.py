@@ -117,7 +117,8 @@ def live_server(engine, close_engine: bool = True, wait_s: float = 30.0, **app_k
 
     import uvicorn
 
-    from blender_fast.serve.app import create_app, listening_socket
+    from blender_fast.serve.app import create_app
+    from blender_fast.serve.startup import listening_socket
 
     sock = listening_socket("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(create_app(engine, **app_kwargs), log_level="warning",

@@ -8,11 +8,14 @@
 
 Arguments are checked here first, by the checks the server (and the Ranker) run (options.py): a bad
 value raises the Ranker's exception and message before any request. A 429 (queue full) is retried after
-the server's Retry-After, a bounded number of times; any other error raises ``ServerError`` with the
-status and the server's message.
+the server's Retry-After (seconds or an HTTP date, clamped to [0, max_retry_wait]), a bounded number of
+times; any other error raises ``ServerError`` with the status and the server's message. An answer that is
+not the server's JSON (a proxy's HTML page, a list where an object belongs) is a ``ServerError`` too,
+naming the URL and the status.
 """
 from __future__ import annotations
 
+import email.utils
 import json
 import time
 import urllib.error
@@ -45,6 +48,49 @@ class ClientConnectionError(ConnectionError):
         super().__init__(f"{url}: cannot reach the blender-fast server ({reason})")
         self.url = url
         self.reason = reason
+
+
+def parse_retry_after(value, maximum: float) -> Optional[float]:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date (RFC 9110 10.2.3), clamped
+    to [0, maximum]; None when absent or unreadable (the caller's default applies)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds:  # nan
+        return None
+    return min(max(seconds, 0.0), maximum)
+
+
+def _error_detail(body: bytes) -> str:
+    """The message of an error answer: blender-fast's ``detail``, Cohere's ``message``, TEI's ``error``, or
+    the body as text (a proxy's HTML page, a JSON list)."""
+    text = body.decode(errors="replace")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return text
+    if isinstance(data, dict):
+        for key in ("detail", "message", "error"):
+            if key in data:
+                return data[key] if isinstance(data[key], str) else json.dumps(data[key])
+    return text
+
+
+def _not_ours(status: int, url: str, what: str, body) -> "ServerError":
+    text = body if isinstance(body, str) else json.dumps(body)
+    err = ServerError(status, f"{url} answered {what}, not a blender-fast answer: {text[:200]!r}")
+    err.url = url
+    return err
 
 
 def _truncation(source_maxlength, candidate_maxlength) -> dict:
@@ -115,18 +161,19 @@ class Client:
                 with self._opener.open(req, timeout=self.timeout) as resp:
                     body = resp.read()
                     ctype = resp.headers.get("Content-Type", "")
-                    return json.loads(body) if "json" in ctype else body.decode()
+                    if "json" not in ctype:
+                        return body.decode(errors="replace")
+                    try:
+                        return json.loads(body)
+                    except ValueError:
+                        raise _not_ours(resp.status, url, "with invalid JSON", body.decode(errors="replace")) from None
             except urllib.error.HTTPError as e:
                 body = e.read()
-                try:
-                    detail = json.loads(body).get("detail", body.decode(errors="replace"))
-                except ValueError:
-                    detail = body.decode(errors="replace")
-                retry_after = e.headers.get("Retry-After")
-                retry_after = float(retry_after) if retry_after else None
+                detail = _error_detail(body)
+                retry_after = parse_retry_after(e.headers.get("Retry-After"), self.max_retry_wait)
                 if e.code == 429 and attempt < self.max_retries:
                     self.retries += 1
-                    time.sleep(min(self.max_retry_wait, retry_after if retry_after is not None else 1.0))
+                    time.sleep(retry_after if retry_after is not None else min(1.0, self.max_retry_wait))
                     continue
                 err = ServerError(e.code, detail, retry_after)
                 err.url = url
@@ -138,8 +185,16 @@ class Client:
                 raise ClientConnectionError(url, str(e) or type(e).__name__) from None
         raise AssertionError("unreachable")
 
-    def _post(self, route: str, items: list[dict]) -> list[dict]:
-        return self._request("POST", f"/v1/{route}", items)
+    def _post(self, route: str, items: list[dict], *keys: str) -> list[dict]:
+        """One result object per item, each holding ``keys``; else ServerError naming the URL and the answer."""
+        out = self._request("POST", f"/v1/{route}", items)
+        url = self.url + f"/v1/{route}"
+        if not isinstance(out, list) or len(out) != len(items):
+            raise _not_ours(200, url, f"with something other than a list of {len(items)} results", out)
+        for r in out:
+            if not isinstance(r, dict) or any(k not in r for k in keys):
+                raise _not_ours(200, url, f"a result without the fields {', '.join(keys)}", r)
+        return out
 
     @staticmethod
     def _items(inputs, candidates, instructions, **extra) -> list[dict]:
@@ -161,7 +216,8 @@ class Client:
         source_maxlength / candidate_maxlength (every verb): this call's truncation (None: the server's)."""
         check_choice("policy", policy, POLICIES)
         out = self._post("rank", self._items(inputs, candidates, instructions, return_scores=return_scores,
-                                             policy=policy, **_truncation(source_maxlength, candidate_maxlength)))
+                                             policy=policy, **_truncation(source_maxlength, candidate_maxlength)),
+                         "scores" if return_scores else "ranks")
         rows = [np.asarray(r["scores"], dtype=np.float32) if return_scores else np.asarray(r["ranks"], np.int32)
                 for r in out]
         if rows and all(len(r) == len(rows[0]) for r in rows):
@@ -178,7 +234,7 @@ class Client:
         return self._post("select", self._items(inputs, candidates, instructions, top_k=top_k, strategy=strategy,
                                                 orders=orders, seed=seed, policy=policy, worst=worst,
                                                 budget=budget,
-                                                **_truncation(source_maxlength, candidate_maxlength)))
+                                                **_truncation(source_maxlength, candidate_maxlength)), "top_k")
 
     def compare(self, inputs, candidates_a, candidates_b, instructions=None, mode: str = "[A,B]+[B,A]", *,
                 source_maxlength: Optional[int] = None, candidate_maxlength: Optional[int] = None) -> np.ndarray:
@@ -190,7 +246,7 @@ class Client:
                   **_truncation(source_maxlength, candidate_maxlength),
                   **({"instruction": instructions[p]} if instructions else {})}
                  for p, (i, a, b) in enumerate(zip(inputs, candidates_a, candidates_b))]
-        return np.asarray([r["logit"] for r in self._post("compare", items)], dtype=np.float32)
+        return np.asarray([r["logit"] for r in self._post("compare", items, "logit")], dtype=np.float32)
 
     def judge(self, prompts, completions, shuffle_order: bool = True, return_scores: bool = False,
               temperature: float = 1.0, seed: Optional[int] = None) -> list:
@@ -200,7 +256,7 @@ class Client:
         items = [{"prompt": p, "completions": list(c), "shuffle_order": shuffle_order,
                   "return_scores": return_scores, "temperature": temperature, "seed": seed}
                  for p, c in zip(prompts, completions)]
-        out = self._post("judge", items)
+        out = self._post("judge", items, "probability" if return_scores else "preferred")
         return [r["probability"] if return_scores else r["preferred"] for r in out]
 
     def fuse(self, inputs, candidates, instructions=None, top_k: int = 3, strategy: str = "tournament",
@@ -210,18 +266,21 @@ class Client:
         _check_select(top_k, strategy, seed, budget)
         out = self._post("fuse", self._items(inputs, candidates, instructions, top_k=top_k, strategy=strategy,
                                              seed=seed, budget=budget,
-                                             **_truncation(source_maxlength, candidate_maxlength), **generate))
+                                             **_truncation(source_maxlength, candidate_maxlength), **generate),
+                         "text")
         return [r["text"] for r in out]
 
     def health(self) -> bool:
         try:
-            return self._request("GET", "/health")["status"] == "ok"
+            answer = self._request("GET", "/health")
+            return isinstance(answer, dict) and answer.get("status") == "ok"
         except (OSError, ServerError):
             return False
 
     def ready(self) -> bool:
         try:
-            return bool(self._request("GET", "/ready").get("ready"))
+            answer = self._request("GET", "/ready")
+            return isinstance(answer, dict) and bool(answer.get("ready"))
         except (OSError, ServerError):
             return False
 

@@ -27,6 +27,7 @@ import numpy as np
 from ..inputs import check_text
 from ..model.checkpoint import SPECIAL_TOKENS
 from ..options import MAX_BUDGET, MAX_COUNT, STRATEGIES
+from .schema import HTTPError, Limits, TokenGate, check_truncation, truncation_maximum
 
 DEFAULT_RERANK_STRATEGY = "tournament"
 
@@ -48,6 +49,7 @@ class RerankError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+        self.headers: dict = {}
 
 
 @dataclass
@@ -59,6 +61,8 @@ class RerankSettings:
     max_documents: int = 64
     max_text_chars: int = 32768
     reserved: tuple = SPECIAL_TOKENS     # markers no text may hold (PairRM's; none for a reward model)
+    limits: Limits = field(default_factory=lambda: Limits(max_source_length=MAX_COUNT, max_candidate_length=MAX_COUNT))
+    gate: Optional[TokenGate] = None     # the app's admission by tokens (None: no bound)
 
 
 @dataclass
@@ -154,6 +158,11 @@ def _extension(data: dict, req: RerankRequest, settings: RerankSettings) -> Rera
     for name in ("budget", "source_maxlength", "candidate_maxlength"):
         if ext.get(name) is not None:  # checked even where unused (a full ranking takes no budget)
             setattr(req, name, _count(f"blender_fast.{name}", ext[name], MAX_BUDGET if name == "budget" else MAX_COUNT))
+    for name in ("source_maxlength", "candidate_maxlength"):
+        try:
+            check_truncation(f"blender_fast.{name}", getattr(req, name), truncation_maximum(name, settings.limits))
+        except HTTPError as e:
+            raise RerankError(e.status, str(e)) from None
     return req
 
 
@@ -263,6 +272,29 @@ async def run_rerank(engine, req: RerankRequest, timeout) -> Ranked:
     order = [int(i) for i in sel.top_k]
     rel = [(n - 1 - place) / (n - 1) for place in range(len(order))]
     return Ranked(order, rel, rel, {"strategy": req.strategy, "forward_passes": int(sel.forward_passes)})
+
+
+def request_tokens(engine, req: RerankRequest, limits: Limits) -> int:
+    """The tokens the request may hold (schema.TokenGate's unit): documents x the length bounds."""
+    lengths = truncation_lengths(engine, req)
+    # Clamped to the server's maxima: a length the request did not set explicitly (max_tokens_per_doc past a
+    # tokenizer without a limit) is bounded by the texts' characters, which the server also caps.
+    src = min(lengths["source_maxlength"] or limits.max_source_length, limits.max_source_length)
+    cand = min(lengths["candidate_maxlength"] or limits.max_candidate_length, limits.max_candidate_length)
+    return len(req.documents) * (src + cand)
+
+
+async def answer(api: str, data, engine, settings: RerankSettings, timeout):
+    """A decoded rerank body (api: cohere-v1, cohere-v2, tei) -> that API's response body, run on the
+    engine under the app's admission by tokens; RerankError / HTTPError say what is wrong."""
+    req = parse_tei(data, settings) if api == "tei" else parse_cohere(data, int(api[-1]), settings)
+    if settings.gate is None:
+        ranked = await run_rerank(engine, req, timeout)
+    else:
+        with settings.gate.admit(request_tokens(engine, req, settings.limits),
+                                 len(req.query) + sum(len(d) for d in req.documents)):
+            ranked = await run_rerank(engine, req, timeout)
+    return tei_response(req, ranked) if api == "tei" else cohere_response(req, ranked, int(api[-1]))
 
 
 def cohere_response(req: RerankRequest, ranked: Ranked, version: int) -> dict:
