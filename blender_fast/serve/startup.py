@@ -115,6 +115,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise ListenError(f"cannot listen on {host}:{port}: {e.strerror or e}"
                           + (" (another process holds the port; pick another --port)" if e.errno == errno.EADDRINUSE else "")) from None
+    # Listen now, not when uvicorn starts: a client that connects right after the "ready" line (or while
+    # the model loads) waits in the backlog instead of being refused.
+    sock.listen(2048)
     return sock
 
 
