@@ -15,7 +15,9 @@ What differs from the torch graph, on purpose:
 * Initializers are streamed to the file one at a time (``write_model``): the graph without
   initializers is serialized first, then each initializer as a ModelProto fragment that protobuf merges
   into the same graph when the file is parsed (repeated fields append). Nothing holds a second copy of
-  the weights; above ``EXTERNAL_DATA_ABOVE`` bytes they go to ``<name>.data`` beside the graph.
+  the weights; above ``EXTERNAL_DATA_ABOVE`` bytes (512 MiB: every large model) they go to
+  ``<name>.data`` beside the graph, which ONNX Runtime maps rather than parses (3.6x faster session
+  creation, half the memory, on PairRM's size).
 
 Public: ``build_ranker_onnx(ckpt, out_path, precision)``, ``build_reward_onnx(ckpt, out_path,
 precision)`` (a checkpoint from checkpoint.load_checkpoint / pointwise.load_pointwise_checkpoint), and
@@ -42,8 +44,11 @@ OPSET = 17  # the torch export's opset
 IR_VERSION = 8
 BUILDER_VERSION = 1  # bump when the written graph changes (a cache key, like export.EXPORT_VERSION)
 BUILD_PRECISIONS = ("fp32", "fp16", "int8")
-# Above this many bytes of initializers the weights go to external data (protobuf's 2 GB message limit).
-EXTERNAL_DATA_ABOVE = 2 * 1024**3 - 64 * 1024**2
+# Above this many bytes of initializers the weights go to external data (``model.onnx.data``): required
+# above protobuf's 2 GB message limit, and chosen well below it because ONNX Runtime maps external
+# data instead of parsing it out of the protobuf: on PairRM's size (1.84 GB written) session creation
+# took 3.1 s at 1.26 GB peak RSS from external data, 11.1 s at 2.66 GB from one inline file.
+EXTERNAL_DATA_ABOVE = 512 * 1024**2
 # Small initializers (shapes, axes, scalars) stay in the graph even with external data: shape inference
 # reads them, and cannot from external data (onnx's own size_threshold is the same 1 KiB).
 EXTERNAL_MIN_BYTES = 1024
