@@ -333,6 +333,10 @@ def test_external_data_is_the_same_graph(tiny_case):
     assert (tiny_case.tmp / "external" / "model.onnx.data").stat().st_size > 0
     assert not (tiny_case.tmp / "inline" / "model.onnx.data").exists()
     assert np.array_equal(inline, external)
+    # int8 quantizes a temporary fp32 graph (with external data here) and leaves only its own file
+    quantized = tiny_case.build("int8", name="int8-external", external_data=True)
+    assert np.array_equal(quantized, tiny_case.build("int8", name="int8-inline", external_data=False))
+    assert sorted(p.name for p in (tiny_case.tmp / "int8-external").iterdir()) == ["model.onnx"]
 
 
 def test_built_graph_has_the_exports_interface(tiny_case, tiny_reward_case):
