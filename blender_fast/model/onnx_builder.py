@@ -452,31 +452,72 @@ def _onnx_type(dtype) -> int:
 
 
 @dataclass
+class VariantCheck:
+    """A variant graph against its fp32 graph on a sample batch: max |Δ| and the tolerance it must meet
+    (``tolerance_fraction`` × the fp32 logit spread, at least 1: export.EXPORT_TOLERANCE's rule)."""
+
+    precision: str
+    max_abs_diff: float
+    tolerance: float
+    passed: bool
+
+    def line(self) -> str:
+        verdict = "pass" if self.passed else "FAIL"
+        return (f"{self.precision}: max |{self.precision} - fp32| = {self.max_abs_diff:.3g} on the sample batch, "
+                f"tolerance {self.tolerance:.3g}: {verdict}")
+
+
+def run_graph(path, feeds: dict) -> np.ndarray:
+    """The graph's first output on ``feeds`` (those of its inputs it takes), float32, on the CPU with the
+    runtimes' optimization level."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: fp16 graphs warn once per layer otherwise
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0].astype(np.float32, copy=False)
+
+
+def compare_graphs(fp32_path, variant_path, feeds: dict, precision: str, tolerance_fraction: float) -> VariantCheck:
+    """``variant_path`` (fp16 / int8) against ``fp32_path`` on ``feeds``; NaN never passes."""
+    reference = run_graph(fp32_path, feeds)
+    got = run_graph(variant_path, feeds)
+    diff = float(np.max(np.abs(got - reference))) if got.shape == reference.shape else float("nan")
+    spread = float(np.ptp(reference)) if np.isfinite(reference).all() else float("nan")
+    tolerance = tolerance_fraction * max(spread, 1.0)
+    return VariantCheck(precision, diff, tolerance, bool(np.isfinite(diff) and diff <= tolerance))
+
+
+@dataclass
 class BuildReport:
     path: str
     precision: str
     seconds: float
     initializer_bytes: int
     external_data: bool
+    check: VariantCheck | None = None  # int8 built with check_feeds: against the fp32 graph it came from
 
 
 def build_pairrm_graph(config: dict, weights: Mapping[str, np.ndarray], out_path, precision: str = "fp32", *,
-                       external_data: bool | None = None) -> BuildReport:
+                       external_data: bool | None = None, check_feeds: dict | None = None,
+                       tolerance: float = 0.75) -> BuildReport:
     """PairRM (llm-blender's CrossCompareReranker) from its backbone config and state dict (keys
     ``pretrained_model.*``, ``head_layer.1/4.*``): inputs input_ids, attention_mask [batch, seq] and
     positions [batch, 3] (int64), output logits [batch] (float32), as export.export_onnx writes."""
-    return _build(config, weights, out_path, precision, "pairrm", external_data)
+    return _build(config, weights, out_path, precision, "pairrm", external_data, check_feeds, tolerance)
 
 
 def build_reward_graph(config: dict, weights: Mapping[str, np.ndarray], out_path, precision: str = "fp32", *,
-                       external_data: bool | None = None) -> BuildReport:
+                       external_data: bool | None = None, check_feeds: dict | None = None,
+                       tolerance: float = 0.75) -> BuildReport:
     """DebertaV2ForSequenceClassification with one label (keys ``deberta.*``, ``pooler.dense.*``,
     ``classifier.*``): inputs input_ids, attention_mask (+ token_type_ids when type_vocab_size > 0),
     output scores [batch] (float32), as pointwise.export_pointwise_onnx writes."""
-    return _build(config, weights, out_path, precision, "reward", external_data)
+    return _build(config, weights, out_path, precision, "reward", external_data, check_feeds, tolerance)
 
 
-def _build(config, weights, out_path, precision, head, external_data) -> BuildReport:
+def _build(config, weights, out_path, precision, head, external_data, check_feeds=None, tolerance=None) -> BuildReport:
     from onnx import TensorProto, helper
 
     if precision not in BUILD_PRECISIONS:
@@ -530,14 +571,18 @@ def _build(config, weights, out_path, precision, head, external_data) -> BuildRe
     if precision == "int8":
         fp32_path = out_path.with_name(out_path.stem + ".fp32.onnx")
         total, external = write_model(w, inputs, outputs, fp32_path, external_data)
+        check = None
         try:
             quantize_int8(fp32_path, out_path, exclude=[n.name for n in w.nodes if n.op_type == "MatMul" and "rel_matmul" in n.output[0]])
+            if check_feeds is not None:
+                check = compare_graphs(fp32_path, out_path, check_feeds, precision, tolerance)
         finally:
             fp32_path.unlink(missing_ok=True)
             fp32_path.with_name(fp32_path.name + ".data").unlink(missing_ok=True)
     else:
+        check = None
         total, external = write_model(w, inputs, outputs, out_path, external_data)
-    return BuildReport(str(out_path), precision, time.perf_counter() - t0, total, external)
+    return BuildReport(str(out_path), precision, time.perf_counter() - t0, total, external, check)
 
 
 def _pairrm_head(w: GraphWriter, cfg: GraphConfig, weights, hidden: str) -> str:
@@ -601,13 +646,17 @@ def quantize_int8(fp32_path: Path, out_path: Path, exclude: list[str]) -> list[s
 
 # -- from a checkpoint -------------------------------------------------------------------------------
 
-def build_ranker_onnx(ckpt, out_path, precision: str = "fp32", *, external_data: bool | None = None) -> BuildReport:
+def build_ranker_onnx(ckpt, out_path, precision: str = "fp32", *, external_data: bool | None = None,
+                      check_feeds: dict | None = None, tolerance: float = 0.75) -> BuildReport:
     """``model.onnx`` of a PairRM checkpoint (checkpoint.RankerCheckpoint, either layout) at ``out_path``:
-    the export pipeline's torch-free graph maker. UnsupportedGraph: fall back to export.export_onnx."""
+    the export pipeline's torch-free graph maker. UnsupportedGraph: fall back to export.export_onnx.
+    int8 with ``check_feeds`` (a sample batch): ``report.check`` holds the int8 graph against the fp32
+    graph it was quantized from, with ``tolerance`` × the logit spread (export.EXPORT_TOLERANCE["int8"])."""
     graph_config(ckpt.backbone_config)  # refuse before reading any weights
     weights = read_weights(ckpt.weights_path)
     try:
-        return build_pairrm_graph(ckpt.backbone_config, weights, out_path, precision, external_data=external_data)
+        return build_pairrm_graph(ckpt.backbone_config, weights, out_path, precision, external_data=external_data,
+                                  check_feeds=check_feeds, tolerance=tolerance)
     except WeightError as e:
         raise CheckpointError(f"{ckpt.weights_path}: {e}") from None
 

@@ -404,3 +404,18 @@ def make_large_shaped(tmp_path, layers: int = 2):
 def test_large_shaped_pairrm(tmp_path, monkeypatch):
     case = Case("pairrm", make_large_shaped(tmp_path), tmp_path / "work")
     check_fp32(case, monkeypatch)
+
+
+def test_int8_reports_its_difference_with_tolerance_and_verdict(tiny_case):
+    """issue 28 item 8: the int8 build states its difference from the fp32 graph, the tolerance, pass/fail."""
+    out = tiny_case.tmp / "int8-checked" / "model.onnx"
+    report = onnx_builder.build_ranker_onnx(tiny_case.ckpt, out, "int8", check_feeds=tiny_case.feeds,
+                                            tolerance=export.EXPORT_TOLERANCE["int8"])
+    check = report.check
+    fp32 = tiny_case.build("fp32", name="fp32-for-int8")
+    assert check.max_abs_diff == pytest.approx(float(np.max(np.abs(export.run_exported(out, tiny_case.feeds) - fp32))))
+    assert check.tolerance == pytest.approx(export.EXPORT_TOLERANCE["int8"] * max(1.0, float(np.ptp(fp32))))
+    assert check.passed and check.line().endswith(": pass") and "tolerance" in check.line()
+    strict = onnx_builder.build_ranker_onnx(tiny_case.ckpt, out, "int8", check_feeds=tiny_case.feeds, tolerance=0.0)
+    assert check.max_abs_diff > 0 and not strict.check.passed and strict.check.line().endswith(": FAIL")
+    assert onnx_builder.build_ranker_onnx(tiny_case.ckpt, out, "int8").check is None
