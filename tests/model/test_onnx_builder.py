@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import zipfile
 
 import numpy as np
@@ -74,6 +73,13 @@ def test_reader_matches_torch_load(tmp_path, fmt):
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     loaded = torch.load(path, weights_only=True) if fmt == "bin" else state
     _assert_same(read_weights(path), loaded)
+
+
+def test_reader_reads_a_module_state_dict(tmp_path):
+    """A module's state_dict pickles as an OrderedDict carrying a _metadata attribute (set by BUILD)."""
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4)).half()
+    torch.save(module.state_dict(), tmp_path / "pytorch_model.bin")
+    _assert_same(read_weights(tmp_path / "pytorch_model.bin"), module.state_dict())
 
 
 @pytest.mark.parametrize("fmt", ["bin", "safetensors"])
