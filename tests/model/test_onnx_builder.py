@@ -228,20 +228,19 @@ class Case:
             ids, mask, pos = export.sample_batch(build_pair_tokenizer(self.ckpt), self.ckpt)
             self.feeds = {"input_ids": ids, "attention_mask": mask, "positions": pos}
             self.args = (ids, mask, pos)
-            self.module = export.build_torch_model(self.ckpt)
             self.prefix = onnx_builder.PAIRRM_PREFIX
         else:
             self.ckpt = pointwise.load_pointwise_checkpoint(path)
             ids, mask, types = pointwise.sample_batch(pointwise.build_pointwise_tokenizer(self.ckpt))
             self.feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             self.args = (ids, mask)
-            self.module = pointwise.build_torch_scorer(self.ckpt)
             self.prefix = onnx_builder.REWARD_PREFIX
+        module = self.torch_module()
         with torch.no_grad():
             tensors = [torch.from_numpy(a) for a in self.args]
-            self.reference = self.module(*tensors).numpy()
-            self.reference64 = self.module.double()(*tensors).numpy().astype(np.float64)
-            self.module.float()
+            self.reference = module(*tensors).numpy()
+            self.reference64 = module.double()(*tensors).numpy().astype(np.float64)
+        del module  # not held while the export runs: the large-shaped test stays near 3 GB
         self.noise = float(np.max(np.abs(self.reference - self.reference64)))  # torch's own fp32 rounding
         self.spread = max(float(np.ptp(self.reference)), 1.0)
         self._exports = {}
@@ -263,9 +262,15 @@ class Case:
         assert report.path == str(out) and report.precision == precision
         return export.run_exported(out, self.feeds)
 
+    def torch_module(self):
+        if self.kind == "pairrm":
+            return export.build_torch_model(self.ckpt)
+        return pointwise.build_torch_scorer(self.ckpt)
+
     def export_constants(self) -> dict:
-        use_export_attention(self.module)
-        return _relative_constants(self.module, self.prefix)
+        module = self.torch_module()
+        use_export_attention(module)
+        return _relative_constants(module, self.prefix)
 
 
 def check_fp32(case: Case, monkeypatch) -> dict:
