@@ -414,7 +414,10 @@ def make_large_shaped(tmp_path, layers: int = 2):
 @pytest.mark.slow
 def test_large_shaped_pairrm(tmp_path, monkeypatch):
     case = Case("pairrm", make_large_shaped(tmp_path), tmp_path / "work")
-    check_fp32(case, monkeypatch)
+    diffs = check_fp32(case, monkeypatch)
+    # HF's plain init (no gain conditioning) at PairRM's width: the 1e-5 holds outright
+    assert diffs["built_vs_export"] <= 1e-5, diffs
+    check_variant(case, "fp16")  # (int8 here: quantize_dynamic alone lifts the process past 5 GB; see xsmall)
 
 
 def test_int8_reports_its_difference_with_tolerance_and_verdict(tiny_case):
