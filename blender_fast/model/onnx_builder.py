@@ -312,8 +312,9 @@ def _get(weights: Mapping[str, np.ndarray], name: str, shape: tuple | None = Non
     return arr
 
 
-def _encoder(w: GraphWriter, cfg: GraphConfig, weights, prefix: str, token_types: str | None) -> str:
-    """Nodes from input_ids / attention_mask (/ token types) to the last hidden states [B, L, H]."""
+def _encoder(w: GraphWriter, cfg: GraphConfig, weights, prefix: str, token_types: str | None) -> tuple[str, str, str]:
+    """Nodes from input_ids / attention_mask (/ token types) to the last hidden states [B, L, H];
+    returns (hidden states, batch [1], length [1]), the last two for the head's indexing."""
     H, E, h, d, k = cfg.hidden, cfg.embedding_size, cfg.heads, cfg.head_size, cfg.span
     all_head = h * d
     ft = w.float_type
@@ -434,9 +435,7 @@ def _encoder(w: GraphWriter, cfg: GraphConfig, weights, prefix: str, token_types
                               f"{L}.attention.output.LayerNorm")
         inner = _gelu(w, linear(attended, f"{L}.intermediate.dense", (cfg.intermediate, H)))
         x = layer_norm(w.op("Add", [linear(inner, f"{L}.output.dense", (H, cfg.intermediate)), attended]), f"{L}.output.LayerNorm")
-    w.batch = batch
-    w.length = length
-    return x
+    return x, batch, length
 
 
 def _gelu(w: GraphWriter, x: str) -> str:
@@ -536,8 +535,8 @@ def _build(config, weights, out_path, precision, head, external_data, check_feed
     if head == "pairrm":
         positions = helper.make_tensor_value_info("positions", TensorProto.INT64, ["batch", 3])
         inputs = [ids, mask, positions]
-        hidden = _encoder(w, cfg, weights, PAIRRM_PREFIX, None)
-        out = _pairrm_head(w, cfg, weights, hidden)
+        hidden, batch, length = _encoder(w, cfg, weights, PAIRRM_PREFIX, None)
+        out = _pairrm_head(w, cfg, weights, hidden, batch, length)
         outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch"])]
     elif head == "reward":
         inputs = [ids, mask]
@@ -545,7 +544,7 @@ def _build(config, weights, out_path, precision, head, external_data, check_feed
         if cfg.type_vocab_size > 0:
             types = "token_type_ids"
             inputs.append(helper.make_tensor_value_info(types, TensorProto.INT64, ["batch", "seq"]))
-        hidden = _encoder(w, cfg, weights, REWARD_PREFIX, types)
+        hidden = _encoder(w, cfg, weights, REWARD_PREFIX, types)[0]
         pooled = w.op("Gather", [hidden, w.const(np.array(0, np.int64))], axis=1)  # [B, H]: the [CLS] state
         ph = config.get("pooler_hidden_size", H)
         if ph != H:
@@ -585,7 +584,7 @@ def _build(config, weights, out_path, precision, head, external_data, check_feed
     return BuildReport(str(out_path), precision, time.perf_counter() - t0, total, external, check)
 
 
-def _pairrm_head(w: GraphWriter, cfg: GraphConfig, weights, hidden: str) -> str:
+def _pairrm_head(w: GraphWriter, cfg: GraphConfig, weights, hidden: str, batch: str, length: str) -> str:
     """export.pairrm_module's head: the states at the three prefix positions, head([src; c1]) and
     head([src; c2]) in one call on the stacked halves, their difference averaged over tasks."""
     H = cfg.hidden
@@ -596,9 +595,9 @@ def _pairrm_head(w: GraphWriter, cfg: GraphConfig, weights, hidden: str) -> str:
     _get(weights, "head_layer.1.bias", (H,))
     _get(weights, "head_layer.4.bias", (w4.shape[0],))
     flat = w.op("Reshape", [hidden, w.const(np.array([-1, H], np.int64))])
-    batch_scalar = w.op("Squeeze", [w.batch, w.const(np.array([0], np.int64))])
+    batch_scalar = w.op("Squeeze", [batch, w.const(np.array([0], np.int64))])
     rows = w.op("Range", [w.const(np.array(0, np.int64)), batch_scalar, w.const(np.array(1, np.int64))])
-    row_start = w.op("Unsqueeze", [w.op("Mul", [rows, w.op("Squeeze", [w.length, w.const(np.array([0], np.int64))])]),
+    row_start = w.op("Unsqueeze", [w.op("Mul", [rows, w.op("Squeeze", [length, w.const(np.array([0], np.int64))])]),
                                    w.const(np.array([1], np.int64))])
     picked = w.op("Gather", [flat, w.op("Add", ["positions", row_start])], axis=0)  # [B, 3, H]
     src, c1, c2 = (w.op("Gather", [picked, w.const(np.array(j, np.int64))], axis=1) for j in range(3))
@@ -608,9 +607,9 @@ def _pairrm_head(w: GraphWriter, cfg: GraphConfig, weights, hidden: str) -> str:
     scores = w.op("Add", [w.op("MatMul", [h1, w.weight("head_layer.4.weight.T", lambda: np.ascontiguousarray(w4.T))]),
                           w.weight("head_layer.4.bias", lambda: _get(weights, "head_layer.4.bias"))])
     zero = w.const(np.array([0], np.int64))
-    twice = w.op("Mul", [w.batch, w.const(np.array([2], np.int64))])
-    left = w.op("Slice", [scores, zero, w.batch, zero])
-    right = w.op("Slice", [scores, w.batch, twice, zero])
+    twice = w.op("Mul", [batch, w.const(np.array([2], np.int64))])
+    left = w.op("Slice", [scores, zero, batch, zero])
+    right = w.op("Slice", [scores, batch, twice, zero])
     return w.op("ReduceMean", [w.op("Sub", [left, right])], axes=[-1], keepdims=0)
 
 
