@@ -125,31 +125,27 @@ def _calibrate(ckpt, variants, device, threads, cache_dir) -> dict:
 
 
 def build_model(ckpt, backend: str, precision: str, device: str, threads, cache_dir):
-    """The model callable and its tokenizer for one concrete (backend, precision)."""
-    from ..model.tokenization import PairTokenizer, build_pair_tokenizer
+    """The model callable and its tokenizer for one concrete (backend, precision), for a checkpoint of
+    either kind (model/export.GRAPHS says what each kind needs)."""
+    from ..model.export import GRAPHS, cached_export
+    from .sessions import DEFAULT_FP32_ISLANDS, OnnxModel, OpenVinoPairModel, TorchModel
 
+    kind = GRAPHS[ckpt.kind]
     if backend == "openvino":
         check_backend_precision("openvino", precision)
-        from ..model.export import cached_export
-        from .sessions import OpenVinoPairModel
-
         out_dir, _ = cached_export(ckpt, "fp32", cache_dir)
         return OpenVinoPairModel(out_dir / "model.onnx", device=device, precision=precision, threads=threads), \
-            PairTokenizer.load(out_dir)
+            kind.load_tokenizer(out_dir)
     if backend == "onnx":
         check_backend_precision("onnx", precision)
-        from ..model.export import cached_export
-        from .sessions import OnnxPairModel
-
         out_dir, _ = cached_export(ckpt, precision, cache_dir)
-        return OnnxPairModel(out_dir / "model.onnx", device=device, threads=threads), PairTokenizer.load(out_dir)
+        return OnnxModel(out_dir / "model.onnx", device=device, threads=threads, feeds=kind.inputs), \
+            kind.load_tokenizer(out_dir)
     if precision == "int8":
         raise ValueError("precision='int8' needs backend='onnx' (ONNX Runtime dynamic quantization)")
-    from ..model.export import build_torch_model
-    from .sessions import TorchPairModel
-
-    model = TorchPairModel(build_torch_model(ckpt), device=device, precision=precision, threads=threads)
-    return model, build_pair_tokenizer(ckpt)
+    model = TorchModel(kind.torch_module(ckpt), device=device, precision=precision, threads=threads,
+                       keep_fp32=DEFAULT_FP32_ISLANDS if kind.fp32_islands else ())
+    return model, kind.build_tokenizer(ckpt)
 
 
 def choose_cascade(ckpt, variants, exact, device, threads, features, cache_dir) -> tuple:

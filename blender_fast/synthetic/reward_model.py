@@ -13,7 +13,7 @@ import pathlib
 import warnings
 
 from ..model import cache
-from ..model.pointwise import POINTWISE_REPO
+from ..model.reward import POINTWISE_REPO
 from .common import (CALIBRATION_EXAMPLES, FORMAT_VERSION, GENERATOR, NOTE, PathLike, remove_stale_weights, require,
                      round_sig, set_config_dtype, torch_threads, write_json)
 from .ranker import RANKER_SHAPES, ranker_backbone_config
