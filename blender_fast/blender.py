@@ -15,7 +15,7 @@ from typing import List
 import numpy as np
 
 from .options import (DEFAULT_BACKEND, DEFAULT_MAX_BATCH, DEFAULT_PRECISION, STRATEGIES, check_choice, check_count,
-                      check_seed, check_strategy_budget, check_top_k, positive_int, resolve_device)
+                      check_seed, check_strategy_budget, check_top_k, check_top_k_fits, positive_int, resolve_device)
 from .inputs import check_prompts, check_text
 from .ranker import Ranker
 from .selection.aggregate import top_k_from_scores
@@ -396,8 +396,7 @@ class Blender:
         check_strategy_budget(strategy, budget)
         check_seed(seed)
         for p, c in enumerate(candidates):
-            if len(c) < top_k:
-                raise ValueError(f"candidates[{p}] has {len(c)} candidates, fewer than top_k={top_k}")
+            check_top_k_fits(top_k, len(c), f"candidates[{p}]")
         if self.fuser is None:
             raise RuntimeError("no fuser loaded: call loadfuser(path) first")
         if strategy == "full":

@@ -94,6 +94,15 @@ def check_top_k(value, name: str = "top_k") -> int:
     return check_count(name, value, MAX_TOP_K)
 
 
+def check_top_k_fits(top_k, n: int, where: str) -> int:
+    """The one rule of top_k against the candidates it picks from: ``top_k`` checked (check_top_k) and at
+    most ``n``, else one ValueError naming ``where`` (e.g. "prompt 3") and both numbers."""
+    top_k = check_top_k(top_k)
+    if top_k > n:
+        raise ValueError(f"top_k = {top_k} exceeds the {n} candidates of {where}")
+    return top_k
+
+
 def check_seed(value, name: str = "seed") -> int:
     return check_count(name, value, MAX_SEED, minimum=0)
 

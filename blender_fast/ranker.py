@@ -7,8 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from .model.source import (is_demo, is_exported_dir, model_directory, read_export_meta,  # noqa: F401 (re-exported)
-                           verify_exported_dir)
+from .model.source import is_demo, is_exported_dir, read_export_meta, verify_exported_dir  # noqa: F401 (re-exported)
 from .options import (BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_BATCH_COST, DEFAULT_MAX_BATCH,
                       DEFAULT_TOKEN_BUDGET, DEVICE_CHOICES, PRECISION_CHOICES, check_choice, check_count,
                       resolve_device)
@@ -119,9 +118,9 @@ class Ranker:
         demo = None
         if is_demo(path):  # the generated checkpoint: synthetic/ makes it (once, in the cache)
             from .synthetic.demo import demo_path as demo
-        path = model_directory(path, demo=demo, kind="ranker", revision=revision, cache_dir=hub_cache_dir,
-                               token=token, local_files_only=local_files_only)
-        loaded = load_model(path, backend, precision, device, threads, cache_dir)
+        hub = dict(kind="ranker", revision=revision, cache_dir=hub_cache_dir, token=token,
+                   local_files_only=local_files_only)
+        loaded = load_model(path, backend, precision, device, threads, cache_dir, demo=demo, hub=hub)
         ranker = cls(loaded.model, loaded.tokenizer, loaded.source_maxlength, loaded.candidate_maxlength,
                      token_budget=token_budget or DEFAULT_TOKEN_BUDGET[device], max_batch_size=max_batch_size,
                      progress=progress, batch_cost=DEFAULT_BATCH_COST[device] if batch_cost is None else batch_cost)

@@ -31,9 +31,10 @@ from .model.reward import MIN_POINTWISE_MAXLENGTH, pad_batch
 from .model.tokenization import EncodedPrompts, encode_prompts
 from .options import COMPARE_MODES, POLICIES, check_choice
 from .selection.aggregate import ranks_from_scores, relevance_from_aggregate, stack_if_equal, top_k_from_scores
-from .selection.budgets import comparison_budgets, passes_per_comparison
+from .selection.budgets import selection_cost
 from .selection.cascade import verb_mode
-from .selection.steps import ModelOutputError, Selection, Step, Steps, run_steps, select_steps
+from .selection.steps import ModelOutputError, Selection, Step, Steps, run_steps
+from .selection.strategies import select_steps
 from .selection.verbs import compare_steps, rank_steps
 
 VERBS = ("rank", "compare", "select", "judge")
@@ -51,32 +52,6 @@ class Plan:
     source_maxlength: int | None = None
     candidate_maxlength: int | None = None
     desc: str = "Ranking"
-
-
-def selection_cost(strategy: str, ns: list[int], top_k: int, orders: str = "both", budget=None) -> int:
-    """Model rows a pairwise selection runs at most over prompts of ``ns`` candidates: exact for full and
-    bubble, an upper bound for the tournament (its later places replay at most ceil(log2 n) matches each),
-    and the comparison budget for swiss / knockout_rr / adaptive. The one cost model (the engine's queue
-    bound and the CLI's progress bars)."""
-    import math
-
-    per_row = passes_per_comparison(orders)
-    budgets = comparison_budgets(budget, strategy, ns, top_k, orders)
-    if budgets is not None:
-        return int(sum(min(int(b), n * (n - 1) // 2) * per_row for b, n in zip(budgets, ns)))
-    total = 0
-    for n in ns:
-        if n < 2:
-            continue
-        k = min(top_k, n)
-        if strategy == "full":
-            comparisons = n * (n - 1) // 2
-        elif strategy == "bubble":
-            comparisons = k * (2 * n - k - 1) // 2
-        else:
-            comparisons = n - 1 + (k - 1) * math.ceil(math.log2(n))
-        total += comparisons * per_row
-    return total
 
 
 class PairScorer:

@@ -28,7 +28,7 @@ from .pairrm import (EXPORT_FILES, EXPORT_VERSION, ONNX_INPUTS, build_torch_mode
                      pairrm_module, relative_position_matmuls, sample_batch)
 from .tokenization import PairTokenizer, build_pair_tokenizer
 
-from ..options import PRECISIONS  # noqa: F401  (re-exported)
+from ..options import PRECISIONS, check_backend_precision  # noqa: F401  (PRECISIONS re-exported)
 
 OPSET = 17
 # How far the exported graph may be from torch fp32 on the sample batch, as a fraction of the sample's
@@ -69,6 +69,42 @@ GRAPHS = {
 
 def _require_torch():
     require_torch()
+
+
+@dataclass
+class ModelGraph:
+    """What a runtime session is opened on (runtime/sessions.open_session): the exported graph (``onnx``)
+    or the torch module (the plain twin), the arrays a model call passes, the tokenizer, and the backend
+    and precision it runs in."""
+
+    backend: str
+    precision: str
+    tokenizer: object
+    inputs: tuple
+    onnx: Path | None = None
+    module: object = None
+    fp32_islands: bool = True
+
+
+def model_graph(ckpt, backend: str, precision: str, cache_dir=None) -> ModelGraph:
+    """The graph one concrete (backend, precision) runs for a checkpoint of either kind: its cached ONNX
+    export (onnx; openvino runs the fp32 export) or its torch module, with its tokenizer."""
+    kind = GRAPHS[ckpt.kind]
+    if backend in ("onnx", "openvino"):
+        if backend == "onnx":
+            check_backend_precision("onnx", precision)
+        out_dir, _ = cached_export(ckpt, precision if backend == "onnx" else "fp32", cache_dir)
+        return ModelGraph(backend, precision, kind.load_tokenizer(out_dir), kind.inputs, onnx=out_dir / "model.onnx")
+    if precision == "int8":
+        raise ValueError("precision='int8' needs backend='onnx' (ONNX Runtime dynamic quantization)")
+    return ModelGraph(backend, precision, kind.build_tokenizer(ckpt), kind.inputs, module=kind.torch_module(ckpt),
+                      fp32_islands=kind.fp32_islands)
+
+
+def exported_graph(path: Path, meta: dict) -> ModelGraph:
+    """The graph of an exported directory (model/source.py checked it): it runs as exported, on ONNX Runtime."""
+    return ModelGraph("onnx", meta.get("export", {}).get("precision", "fp32"), PairTokenizer.load(path),
+                      pairrm.ONNX_INPUTS, onnx=path / "model.onnx")
 
 
 class ExportCheckError(RuntimeError):

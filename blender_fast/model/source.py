@@ -70,6 +70,20 @@ def verify_exported_dir(path: Path, meta: dict) -> None:
         raise ValueError(f"damaged exported model: {problem}; re-export it (blender-fast export CHECKPOINT --out DIR)")
 
 
+def read_exported(path: Path, backend: str, precision: str | None) -> dict:
+    """An exported directory's export.json, its files verified, and the backend / precision asked of it
+    checked: it runs as exported (ONNX Runtime, its own precision); anything else is one error saying so."""
+    meta = read_export_meta(path)
+    verify_exported_dir(path, meta)  # before the first use: never scores from a damaged file
+    exported = meta.get("export", {}).get("precision", "fp32")
+    if backend not in ("onnx", "auto"):
+        raise ValueError(f"{path} is an exported ONNX model: it runs on backend='onnx', not {backend!r}")
+    if precision not in (None, "auto", exported):
+        raise ValueError(f"{path} was exported with precision {exported!r}; precision={precision!r} "
+                         "needs its own export (blender-fast export --out DIR with that precision)")
+    return meta
+
+
 def load_any_checkpoint(path):
     """The checkpoint in ``path``, read and checked: a pointwise reward model (model/reward.py) or a
     PairRM checkpoint (model/checkpoint.py). Both describe themselves the same way: ``kind``, ``path``,

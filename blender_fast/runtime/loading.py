@@ -1,10 +1,12 @@
-"""Loading a model, whatever its kind: files -> graph (or its cached export) -> session + tokenizer.
+"""Loading a model, whatever its kind: source -> files -> graph (or its cached export) -> session + tokenizer.
 
-``Ranker.from_pretrained`` resolves the source (model/source.py) and hands the directory here; what comes
-back is the model callable (rows -> logits), its tokenizer (whose ``kind`` picks the scorer), the
-truncation lengths, and how and why it runs that way (``describe()``). The kinds differ only in what the
-checkpoint allows: a PairRM checkpoint may take auto-selection and the certified cascade
-(runtime/autoselect.py); a reward model runs as asked, "auto" being exact ONNX fp32.
+``Ranker.from_pretrained`` hands the source here and wraps what comes back in its scorer: the model
+callable (rows -> logits), its tokenizer (whose ``kind`` picks the scorer), the truncation lengths, and how
+and why it runs that way (``describe()``). Every model-side step is taken first (model/source.py: where
+the files are and what they hold; model/export.py: the graph or its cached export), then the sessions
+are opened (runtime/sessions.py). The kinds differ only in what the checkpoint allows: a PairRM checkpoint
+may take auto-selection and the certified cascade (runtime/autoselect.py); a reward model runs as asked,
+"auto" being exact ONNX fp32.
 """
 from __future__ import annotations
 
@@ -12,14 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..model.source import is_exported_dir, load_any_checkpoint, read_export_meta, verify_exported_dir
-from ..options import DEFAULT_PRECISION, POINTWISE_PRECISIONS, backend_for
+from ..model.export import exported_graph, model_graph
+from ..model.source import is_exported_dir, load_any_checkpoint, model_directory, read_exported
+from .autoselect import runtime_choice
+from .sessions import open_session
 
 
 @dataclass
 class LoadedModel:
     """What a load produced: the model, its tokenizer and lengths, how it runs (``info``) and, for the
-    certified cascade, the exact model and its trusted bound."""
+    certified cascade, the exact model and its trusted bound (``cascade["eps"]``)."""
 
     model: Callable
     tokenizer: object
@@ -30,67 +34,35 @@ class LoadedModel:
     cascade: dict | None = None
 
 
-def reward_model_runtime(backend: str, precision: str) -> tuple[str, str, str]:
-    """(backend, precision, reason) for a reward model: "auto" is ONNX fp32 (the cascade and the agreement
-    gate cover PairRM only); an explicit choice runs where it can, else one error naming what runs."""
-    reason = "as requested"
-    if "auto" in (backend, precision):
-        reason = "exact fp32: the cascade and auto-selection cover PairRM checkpoints only"
-        backend = "onnx" if backend == "auto" else backend
-        precision = "fp32" if precision == "auto" else precision
-    if backend not in POINTWISE_PRECISIONS or precision not in POINTWISE_PRECISIONS[backend]:
-        runs = "; ".join(f"backend={b!r} with precision in {p}" for b, p in POINTWISE_PRECISIONS.items())
-        raise ValueError(f"a pointwise reward model runs with {runs}, not backend={backend!r} "
-                         f"precision={precision!r}")
-    return backend, precision, reason
-
-
-def load_model(path, backend: str, precision: str | None, device: str, threads=None, cache_dir=None) -> LoadedModel:
-    """The model in local directory ``path`` (an exported one, a reward model or a PairRM checkpoint), on
-    ``device`` (resolved), with ``backend`` / ``precision`` as checked by the caller (None: "auto")."""
-    from .autoselect import build_model
-
+def load_model(spec, backend: str, precision: str | None, device: str, threads=None, cache_dir=None, *,
+               demo: Callable | None = None, hub: dict | None = None) -> LoadedModel:
+    """The model a source names (a directory, a hub id with ``hub``'s options, or 'demo:SHAPE' through
+    ``demo``; model/source.py): an exported directory, a reward model or a PairRM checkpoint, on ``device``
+    (resolved), with ``backend`` / ``precision`` as checked by the caller (None: "auto"). ``cache_dir``: the
+    ONNX export cache."""
+    path = model_directory(spec, demo=demo, **(hub or {}))
+    cascade, extra = None, {}
     if is_exported_dir(path):
-        return load_exported(Path(path), backend, precision, device, threads)
-    ckpt = load_any_checkpoint(path)
-    precision = precision or DEFAULT_PRECISION
-    backend = backend_for(backend, precision)
-    decision = None
-    if ckpt.kind == "reward":
-        backend, precision, reason = reward_model_runtime(backend, precision)
+        path = Path(path)
+        meta = read_exported(path, backend, precision)
+        graphs = [exported_graph(path, meta)]
+        lengths = meta["source_maxlength"], meta["candidate_maxlength"]
+        reason = "an exported ONNX directory runs as exported"
     else:
-        reason = "as requested"
-        if "auto" in (backend, precision):
-            from .autoselect import choose
-
-            decision = choose(ckpt, device, backend, precision, threads, cache_dir)
-            backend, precision, reason = decision["backend"], decision["precision"], decision["reason"]
-    model, tok = build_model(ckpt, backend, precision, device, threads, cache_dir)
-    info = {"backend": backend, "precision": precision, "device": device, "threads": threads, "reason": reason,
-            **ckpt.describe()}
-    loaded = LoadedModel(model, tok, ckpt.source_maxlength, ckpt.candidate_maxlength, info)
-    cascade = decision.get("cascade") if decision else None
-    if cascade:  # the fast variant scores every pair; the fp32 model above re-scores the uncertain ones
-        loaded.exact_model, loaded.cascade = model, cascade
-        loaded.model, _ = build_model(ckpt, cascade["backend"], cascade["precision"], device, threads, cache_dir)
+        ckpt = load_any_checkpoint(path)
+        choice = runtime_choice(ckpt, backend, precision, device, threads, cache_dir)
+        cascade, reason, extra = choice["cascade"], choice["reason"], ckpt.describe()
+        # The chosen variant first; with the certified cascade, the fast variant that scores every pair
+        # after it (the chosen, exact one re-scores the pairs the bound cannot certify).
+        variants = [(choice["backend"], choice["precision"])] + ([(cascade["backend"], cascade["precision"])]
+                                                                  if cascade else [])
+        graphs = [model_graph(ckpt, b, p, cache_dir) for b, p in variants]
+        lengths = ckpt.source_maxlength, ckpt.candidate_maxlength
+    models = [open_session(graph, device, threads) for graph in graphs]
+    info = {"backend": graphs[0].backend, "precision": graphs[0].precision, "device": device, "threads": threads,
+            "reason": reason, **extra}
+    loaded = LoadedModel(models[-1], graphs[0].tokenizer, *lengths, info=info)
+    if cascade:
+        loaded.exact_model, loaded.cascade = models[0], cascade
         info["cascade"] = {"fast": f"{cascade['backend']} {cascade['precision']}", "eps": cascade["eps"]}
     return loaded
-
-
-def load_exported(path: Path, backend: str, precision: str | None, device: str, threads=None) -> LoadedModel:
-    """An exported directory runs as exported, on ONNX Runtime, torch and transformers never imported."""
-    from ..model.tokenization import PairTokenizer
-    from .sessions import OnnxModel
-
-    meta = read_export_meta(path)
-    verify_exported_dir(path, meta)  # before the first use: never scores from a damaged file
-    exported = meta.get("export", {}).get("precision", "fp32")
-    if backend not in ("onnx", "auto"):
-        raise ValueError(f"{path} is an exported ONNX model: it runs on backend='onnx', not {backend!r}")
-    if precision not in (None, "auto", exported):
-        raise ValueError(f"{path} was exported with precision {exported!r}; precision={precision!r} "
-                         "needs its own export (blender-fast export --out DIR with that precision)")
-    model = OnnxModel(path / "model.onnx", device=device, threads=threads)
-    info = {"backend": "onnx", "precision": exported, "device": device, "threads": threads,
-            "reason": "an exported ONNX directory runs as exported"}
-    return LoadedModel(model, PairTokenizer.load(path), meta["source_maxlength"], meta["candidate_maxlength"], info)

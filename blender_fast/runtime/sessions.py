@@ -203,3 +203,14 @@ class TorchModel:
 
 
 TorchPairModel = TorchModel  # its old name (CHANGELOG)
+
+
+def open_session(graph, device: str = "cpu", threads: int | None = None):
+    """The model callable (rows -> float32 logits) over a model/export.ModelGraph: an ONNX Runtime session,
+    OpenVINO's compiled model, or the torch module (the plain twin)."""
+    if graph.backend == "openvino":
+        return OpenVinoPairModel(graph.onnx, device=device, precision=graph.precision, threads=threads)
+    if graph.onnx is not None:
+        return OnnxModel(graph.onnx, device=device, threads=threads, feeds=graph.inputs)
+    return TorchModel(graph.module, device=device, precision=graph.precision, threads=threads,
+                      keep_fp32=DEFAULT_FP32_ISLANDS if graph.fp32_islands else ())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from blender_fast.selection.steps import Step, recorded, run_steps, select_steps
+from blender_fast.selection.steps import Step, recorded, run_steps
+from blender_fast.selection.strategies import select_steps
 from blender_fast.selection.strategies import select
 from blender_fast.selection.verbs import coin_flips, compare_steps, judge_steps, rank_steps
 
