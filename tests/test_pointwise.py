@@ -62,9 +62,13 @@ def ours_torch(tiny_reward_model, one_torch_thread):
 
 
 def test_loads_as_a_pointwise_ranker(ours, ours_torch):
+    from blender_fast import Ranker
     from blender_fast.pointwise import PointwiseRanker
 
     assert isinstance(ours.ranker, PointwiseRanker) and isinstance(ours_torch.ranker, PointwiseRanker)
+    # One class over either scorer: a reward model is a Ranker, its scorer the reward model's.
+    assert type(ours.ranker) is Ranker and PointwiseRanker is Ranker
+    assert ours.ranker.scorer.kind == ours_torch.ranker.scorer.kind == "reward"
     d = ours.ranker.describe()
     assert (d["kind"], d["backend"], d["precision"]) == ("pointwise", "onnx", "fp32")
     assert ours_torch.ranker.describe()["backend"] == "torch"
