@@ -111,8 +111,8 @@ def _calibrate(ckpt, variants, device, threads, cache_dir) -> dict:
     from ..model.export import sample_batch
     from ..model.tokenization import build_pair_tokenizer
 
-    ids, mask, pos = sample_batch(build_pair_tokenizer(ckpt), ckpt)
     models = {f"{b} {p}": build_model(ckpt, b, p, device, threads, cache_dir)[0] for b, p, _ in variants}
+    ids, mask, pos = sample_batch(build_pair_tokenizer(ckpt), ckpt)
     for m in models.values():
         m(ids, mask, pos)  # warm-up
     best = {k: float("inf") for k in models}

@@ -86,6 +86,11 @@ class OnnxModel:
         return binding.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
 
 
+    @classmethod
+    def from_graph(cls, graph, device: str = "cpu", threads: int | None = None) -> "OnnxModel":
+        return cls(graph.onnx, device=device, threads=threads, feeds=graph.inputs)
+
+
 OnnxPairModel = OnnxModel  # its old name (CHANGELOG)
 
 
@@ -162,6 +167,10 @@ class OpenVinoPairModel:
         self.request = self.compiled.create_infer_request()
         self.device, self.precision = device, precision
 
+    @classmethod
+    def from_graph(cls, graph, device: str = "cpu", threads: int | None = None) -> "OpenVinoPairModel":
+        return cls(graph.onnx, device=device, precision=graph.precision, threads=threads)
+
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
         out = self.request.infer({"input_ids": input_ids, "attention_mask": attention_mask, "positions": positions})
         return np.asarray(out[self.compiled.output(0)], dtype=np.float32).copy()
@@ -202,15 +211,21 @@ class TorchModel:
         return out.float().cpu().numpy()
 
 
+    @classmethod
+    def from_graph(cls, graph, device: str = "cpu", threads: int | None = None) -> "TorchModel":
+        return cls(graph.module, device=device, precision=graph.precision, threads=threads,
+                   keep_fp32=DEFAULT_FP32_ISLANDS if graph.fp32_islands else ())
+
+
 TorchPairModel = TorchModel  # its old name (CHANGELOG)
 
 
 def open_session(graph, device: str = "cpu", threads: int | None = None):
     """The model callable (rows -> float32 logits) over a model/export.ModelGraph: an ONNX Runtime session,
-    OpenVINO's compiled model, or the torch module (the plain twin)."""
-    if graph.backend == "openvino":
-        return OpenVinoPairModel(graph.onnx, device=device, precision=graph.precision, threads=threads)
-    if graph.onnx is not None:
-        return OnnxModel(graph.onnx, device=device, threads=threads, feeds=graph.inputs)
-    return TorchModel(graph.module, device=device, precision=graph.precision, threads=threads,
-                      keep_fp32=DEFAULT_FP32_ISLANDS if graph.fp32_islands else ())
+    OpenVINO's compiled model, or the torch module (the plain twin), by the graph's backend. Every session
+    class opens a graph the same way (``from_graph``)."""
+    return SESSIONS[graph.backend].from_graph(graph, device, threads)
+
+
+# The session class of each backend (model/export.ModelGraph.backend).
+SESSIONS = {"onnx": OnnxModel, "openvino": OpenVinoPairModel, "torch": TorchModel}
