@@ -15,10 +15,9 @@ from typing import List
 import numpy as np
 
 from .options import (DEFAULT_BACKEND, DEFAULT_MAX_BATCH, DEFAULT_PRECISION, STRATEGIES, check_choice, check_count,
-                      check_seed, check_strategy_budget, check_top_k, positive_int)
+                      check_seed, check_strategy_budget, check_top_k, check_top_k_fits, positive_int, resolve_device)
 from .inputs import check_prompts, check_text
 from .ranker import Ranker
-from .runtime.sessions import resolve_device
 from .selection.aggregate import top_k_from_scores
 from .selection.steps import ModelOutputError
 
@@ -176,7 +175,7 @@ class Blender:
         """Load a PairRM checkpoint: a Hugging Face Hub id (``llm-blender/PairRM``, ``org/name@rev``), a local
         directory, or ``demo:SHAPE``; or the pointwise reward model
         ``OpenAssistant/reward-model-deberta-v3-large-v2`` (llm-blender's "deberta-rm": one score per
-        candidate, blender_fast.pointwise). Hub options: cache_dir (the hub cache, as llm-blender's), revision,
+        candidate, scorer.RewardScorer). Hub options: cache_dir (the hub cache, as llm-blender's), revision,
         token, local_files_only. Extra keywords: llm-blender RankerConfig fields
         (source_maxlength, candidate_maxlength, fp16, ...) and engine options (backend="auto"|"onnx"|"torch"|
         "openvino", precision="auto"|"fp32"|"fp16"|"int8"|"bf16" (default auto), threads, token_budget, max_batch_size, batch_cost, onnx_cache_dir)."""
@@ -336,8 +335,8 @@ class Blender:
         if all(len(c) == 1 for c in candidates):
             return [list(c) for c in candidates] if return_all else [c[0] for c in candidates]
         ranker = self.require_ranker()
-        # A pointwise reward model: llm-blender ranks it fully whatever pairrm_cmp_type says (n passes).
-        if pairrm_cmp_type == "full" or getattr(ranker, "pointwise", False):
+        # The scorer says whether llm-blender ranks it fully whatever pairrm_cmp_type says (a reward model: n passes).
+        if pairrm_cmp_type == "full" or ranker.scorer.ranks_fully:
             ranks = ranker.rank(inputs, candidates, instructions, progress=self._progress())
             ranks = [-np.asarray(r) for r in ranks] if worst else ranks
             ordered = topk_from_ranks(ranks, candidates, None if return_all else 1)
@@ -418,8 +417,7 @@ class Blender:
         check_strategy_budget(strategy, budget)
         check_seed(seed)
         for p, c in enumerate(candidates):
-            if len(c) < top_k:
-                raise ValueError(f"candidates[{p}] has {len(c)} candidates, fewer than top_k={top_k}")
+            check_top_k_fits(top_k, len(c), f"candidates[{p}]")
         if self.fuser is None:
             raise RuntimeError("no fuser loaded: call loadfuser(path) first")
         if strategy == "full":

@@ -94,6 +94,15 @@ def check_top_k(value, name: str = "top_k") -> int:
     return check_count(name, value, MAX_TOP_K)
 
 
+def check_top_k_fits(top_k, n: int, where: str) -> int:
+    """The one rule of top_k against the candidates it picks from: ``top_k`` checked (check_top_k) and at
+    most ``n``, else one ValueError naming ``where`` (e.g. "prompt 3") and both numbers."""
+    top_k = check_top_k(top_k)
+    if top_k > n:
+        raise ValueError(f"top_k = {top_k} exceeds the {n} candidates of {where}")
+    return top_k
+
+
 def check_seed(value, name: str = "seed") -> int:
     return check_count(name, value, MAX_SEED, minimum=0)
 
@@ -246,3 +255,25 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="model precision; int8 = ONNX Runtime dynamic quantization (CPU); auto (default) = exact "
                         "fp32, or the certified cascade where it pays on this CPU (the startup line says which and why)")
     p.add_argument("--threads", type=int_argument(1), default=None, help="intra-op threads (default: the runtime's)")
+
+
+def resolve_device(device: str, backend: str = "onnx", *, device_index: bool = False) -> str:
+    """``device``, with "auto" resolved: "cuda" when the backend can use a GPU here, else "cpu". The one
+    device resolver (the ranker, the fuser, the CLI and the server).
+
+    For the ONNX backend that means onnxruntime has a CUDA/TensorRT provider (torch is not imported:
+    the runtime path stays torch-free); for torch, ``torch.cuda.is_available()``. device_index=True also
+    takes "cuda:N" as given (the fuser places a torch model on one GPU)."""
+    if device_index and isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
+        return device
+    check_choice("device", device, DEVICE_CHOICES)
+    if device != "auto":
+        return device
+    if backend == "torch":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    import onnxruntime as ort
+
+    gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers())
+    return "cuda" if gpu else "cpu"

@@ -1,63 +1,29 @@
-"""Ranker: PairRM scores, ranks, comparisons and sub-n^2 selection over packed pair batches."""
+"""Ranker: the one public class over either scorer (scorer.py): PairRM's pairwise ranker or a pointwise reward
+model, with the same verbs (rank, compare, select, judge), run offline from a checked plan."""
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import _core
-from .model.checkpoint import EXPORTED_FILES, load_checkpoint
+from .model.source import is_demo, is_exported_dir, read_export_meta, verify_exported_dir  # noqa: F401 (re-exported)
 from .options import (BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_BATCH_COST, DEFAULT_MAX_BATCH,
-                      DEFAULT_PRECISION, DEFAULT_TOKEN_BUDGET, DEVICE_CHOICES, PRECISION_CHOICES, backend_for,
-                      check_choice, check_count)
-from .inputs import check_pairs_ab, check_prompts, judge_plan
-from .selection.steps import DEFAULT_MODEL, RunStats, Selection, Step, Steps, run_steps, select_steps
-from .selection.verbs import compare_steps, rank_steps
-from .selection.aggregate import relevance_from_aggregate
-from .selection.cascade import certified, check_eps, verb_mode
-from .model.tokenization import EncodedPrompts, PairTokenizer, encode_prompts
-
-
-def is_exported_dir(path) -> bool:
-    """A directory written by ``export_onnx``: the model, its tokenizer and export.json, no checkpoint needed."""
-    p = Path(path)
-    return all((p / name).is_file() for name in EXPORTED_FILES)
-
-
-def read_export_meta(path: Path) -> dict:
-    meta_path = Path(path) / "export.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-        int(meta["source_maxlength"]), int(meta["candidate_maxlength"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{meta_path}: unreadable export metadata ({type(e).__name__}: {e}); re-export the "
-                         "model (blender-fast export CHECKPOINT --out DIR)") from None
-    return meta
-
-
-def verify_exported_dir(path: Path, meta: dict) -> None:
-    """An exported directory matches the sizes and sha256 its export.json recorded (once per process while
-    the files are unchanged): a damaged or foreign model.onnx is one clear error naming it, never scores."""
-    from .model.cache import MANIFEST_FILES_KEY, verify_files_once
-
-    files = meta.get(MANIFEST_FILES_KEY)
-    missing = [n for n in EXPORTED_FILES if n != "export.json" and n not in (files or {})]
-    if not isinstance(files, dict) or missing:
-        raise ValueError(f"{Path(path) / 'export.json'} records no size and sha256 for {', '.join(missing) or 'its files'} "
-                         "(an older or hand-made export); re-export the model (blender-fast export CHECKPOINT --out DIR)")
-    problem = verify_files_once(path, files, extra=("export.json",))
-    if problem:
-        raise ValueError(f"damaged exported model: {problem}; re-export it (blender-fast export CHECKPOINT --out DIR)")
+                      DEFAULT_TOKEN_BUDGET, DEVICE_CHOICES, PRECISION_CHOICES, check_choice, check_count,
+                      resolve_device)
+from .scorer import Plan, scorer_for
+from .selection.steps import DEFAULT_MODEL, RunStats, Selection, Steps, run_steps
+from .selection.cascade import certified, check_eps
 
 
 class Ranker:
-    """PairRM over ONNX Runtime (default) or torch, fed by the C++ pair packer."""
+    """PairRM over ONNX Runtime (default) or torch, fed by the C++ pair packer; or a pointwise reward model
+    (llm-blender's "deberta-rm") with the same verbs. ``scorer`` (picked by the tokenizer's kind) holds
+    what differs between the two; everything here is the same for both."""
 
-    def __init__(self, model: Callable, tokenizer: PairTokenizer, source_maxlength: int, candidate_maxlength: int,
-                 token_budget: int = DEFAULT_TOKEN_BUDGET["cpu"], max_batch_size: int = DEFAULT_MAX_BATCH, progress: bool = False,
+    def __init__(self, model: Callable, tokenizer, source_maxlength: int | None = None,
+                 candidate_maxlength: int | None = None, token_budget: int = DEFAULT_TOKEN_BUDGET["cpu"],
+                 max_batch_size: int = DEFAULT_MAX_BATCH, progress: bool = False,
                  batch_cost: int = DEFAULT_BATCH_COST["cpu"]):
         check_count("token_budget", token_budget)
         check_count("max_batch_size", max_batch_size)
@@ -66,8 +32,11 @@ class Ranker:
         self.extra_models: dict[str, Callable] = {}  # other models by name (e.g. "exact", for a cascade)
         self.cascade_eps: float | None = None  # enable_cascade: the per-row bound |default - exact| it trusts
         self.tokenizer = tokenizer
+        self.scorer = scorer_for(tokenizer)
+        # None (a reward model's default): the tokenizer's own limit.
         self.source_maxlength = source_maxlength
         self.candidate_maxlength = candidate_maxlength
+        self.source_maxlength, self.candidate_maxlength = self.truncation(source_maxlength, candidate_maxlength)
         self.token_budget = token_budget
         self.max_batch_size = max_batch_size
         self.progress = progress
@@ -98,7 +67,8 @@ class Ranker:
         from .runtime.autoselect import cpu_features
 
         cpu = cpu_features()
-        info = {"backend": None, "precision": None, "device": None, "threads": None, "reason": "constructed directly"}
+        info = {"backend": None, "precision": None, "device": None, "threads": None, "reason": "constructed directly",
+                **self.scorer.describe_defaults}
         info.update(self.engine_info)
         info.update(cpu_model=cpu["cpu_model"], isa=cpu["isa"], logical_cores=cpu["logical_cores"],
                     fp32_islands=list(getattr(self.model, "keep_fp32", ())))
@@ -111,7 +81,8 @@ class Ranker:
                         candidate_maxlength: int | None = None, progress: bool = False,
                         batch_cost: int | None = None, revision: str | None = None, token=None,
                         hub_cache_dir=None, local_files_only: bool | None = None) -> "Ranker":
-        """Load a PairRM checkpoint directory (llm-blender or PairRM-hf layout), or an exported one.
+        """Load a PairRM checkpoint directory (llm-blender or PairRM-hf layout), an exported one, or a
+        pointwise reward model.
 
         backend="onnx" exports the checkpoint to ONNX on first use and caches it (keyed by a hash of the
         weights and export options); precision "int8" is ONNX Runtime dynamic quantization (CPU).
@@ -129,108 +100,59 @@ class Ranker:
         Its precision is the exported one.
 
         A pointwise reward model (``OpenAssistant/reward-model-deberta-v3-large-v2``: a
-        DebertaV2ForSequenceClassification with one label) loads as a ``pointwise.PointwiseRanker``, with the
-        same verbs and llm-blender's "deberta-rm" semantics.
+        DebertaV2ForSequenceClassification with one label) loads as a Ranker over the reward scorer
+        (scorer.RewardScorer), with the same verbs and llm-blender's "deberta-rm" semantics: backend "onnx"
+        or "torch", precision fp32 or fp16 (both) / bf16 (torch); "auto" is ONNX fp32.
 
         path may also be a Hugging Face Hub id (``llm-blender/PairRM``, ``org/name@revision``) or
         ``demo:SHAPE``: model/hub.py resolves it into the HF cache (``hub_cache_dir``, default HF_HUB_CACHE;
         ``revision`` pinning; ``token`` / HF_TOKEN; ``local_files_only`` / HF_HUB_OFFLINE=1) and reuses
         llm-blender's own download. ``cache_dir`` stays the ONNX export cache.
         """
-        from .synthetic.demo import local_model
-        from .runtime.sessions import resolve_device
+        from .runtime.loading import load_model
 
         check_choice("backend", backend, BACKEND_CHOICES)
         if precision is not None:
             check_choice("precision", precision, PRECISION_CHOICES)
         device = resolve_device(check_choice("device", device, DEVICE_CHOICES), "torch" if backend == "torch" else "onnx")
-        path = local_model(path, kind="ranker", revision=revision, cache_dir=hub_cache_dir, token=token,
-                                    local_files_only=local_files_only)
-        from .model.pointwise import is_pointwise_dir
-
-        if is_pointwise_dir(path):  # a pointwise reward model (OpenAssistant's): its own small engine
-            from .pointwise import PointwiseRanker
-
-            return PointwiseRanker.from_pretrained(
-                path, backend=backend, device=device, precision=precision, threads=threads, cache_dir=cache_dir,
-                token_budget=token_budget, max_batch_size=max_batch_size, source_maxlength=source_maxlength,
-                candidate_maxlength=candidate_maxlength, progress=progress)
-        exact_model = cascade = None
-        if is_exported_dir(path):
-            from .runtime.sessions import OnnxPairModel
-
-            path = Path(path)
-            meta = read_export_meta(path)
-            verify_exported_dir(path, meta)  # before the first use: never scores from a damaged file
-            exported = meta.get("export", {}).get("precision", "fp32")
-            if backend not in ("onnx", "auto"):
-                raise ValueError(f"{path} is an exported ONNX model: it runs on backend='onnx', not {backend!r}")
-            if precision not in (None, "auto", exported):
-                raise ValueError(f"{path} was exported with precision {exported!r}; precision={precision!r} "
-                                 "needs its own export (blender-fast export --out DIR with that precision)")
-            backend, precision, reason = "onnx", exported, "an exported ONNX directory runs as exported"
-            model = OnnxPairModel(path / "model.onnx", device=device, threads=threads)
-            tok = PairTokenizer.load(path)
-            src_len, cand_len = meta["source_maxlength"], meta["candidate_maxlength"]
-        else:
-            from .runtime.autoselect import build_model, choose
-
-            precision = precision or DEFAULT_PRECISION
-            backend = backend_for(backend, precision)
-            ckpt = load_checkpoint(path)
-            src_len, cand_len = ckpt.source_maxlength, ckpt.candidate_maxlength
-            reason, decision = "as requested", None
-            if "auto" in (backend, precision):
-                decision = choose(ckpt, device, backend, precision, threads, cache_dir)
-                backend, precision, reason = decision["backend"], decision["precision"], decision["reason"]
-            model, tok = build_model(ckpt, backend, precision, device, threads, cache_dir)
-            cascade = decision.get("cascade") if decision else None
-            if cascade:  # the fast variant scores every pair; the fp32 model above re-scores the uncertain ones
-                exact_model = model
-                model, _ = build_model(ckpt, cascade["backend"], cascade["precision"], device, threads, cache_dir)
-        ranker = cls(model, tok, src_len, cand_len,
+        demo = None
+        if is_demo(path):  # the generated checkpoint: synthetic/ makes it (once, in the cache)
+            from .synthetic.demo import demo_path as demo
+        hub = dict(kind="ranker", revision=revision, cache_dir=hub_cache_dir, token=token,
+                   local_files_only=local_files_only)
+        loaded = load_model(path, backend, precision, device, threads, cache_dir, demo=demo, hub=hub)
+        ranker = cls(loaded.model, loaded.tokenizer, loaded.source_maxlength, loaded.candidate_maxlength,
                      token_budget=token_budget or DEFAULT_TOKEN_BUDGET[device], max_batch_size=max_batch_size,
                      progress=progress, batch_cost=DEFAULT_BATCH_COST[device] if batch_cost is None else batch_cost)
         # Validated like per-call lengths: a clear error here instead of a failure inside the packer.
         ranker.source_maxlength, ranker.candidate_maxlength = ranker.truncation(source_maxlength, candidate_maxlength)
-        ranker.engine_info = {"backend": backend, "precision": precision, "device": device, "threads": threads,
-                              "reason": reason}
-        if exact_model is not None:
-            ranker.enable_cascade(exact_model, cascade["eps"])
-            ranker.engine_info.update(cascade={"fast": f"{cascade['backend']} {cascade['precision']}",
-                                               "eps": cascade["eps"]})
+        ranker.engine_info = loaded.info
+        if loaded.exact_model is not None:
+            ranker.enable_cascade(loaded.exact_model, loaded.cascade["eps"])
         return ranker
 
     # -- what the server asks of any scorer (serve/ never asks which kind of model it holds) ----------
 
     @property
     def reserved_markers(self) -> tuple:
-        """Markers no text may hold: PairRM's prefix tokens."""
-        from .model.checkpoint import SPECIAL_TOKENS
-
-        return SPECIAL_TOKENS
+        """Markers no text may hold: PairRM's prefix tokens (none for a reward model)."""
+        return self.scorer.reserved_markers
 
     def capped_lengths(self, query: str, cap: int, source_maxlength=None, candidate_maxlength=None) -> dict:
         """Truncation lengths that keep at most ``cap`` of each document's own tokens, never more than the
-        ranker's lengths would keep. PairRM gives each document candidate_maxlength tokens plus half of what
-        the query leaves unused of source_maxlength (model/tokenization.encode_prompts), each piece being
-        [CLS] <marker> text [SEP]; the query's own length as source_maxlength keeps the query as it is."""
-        src_len, cand_len = self.truncation(source_maxlength, candidate_maxlength)
-        tok = self.tokenizer
-        query_len = min(len(tok.encode([tok.source_text(query)])[0]), src_len)
-        limit = min(cap + tok.prefix_offset + 2, cand_len + (src_len - query_len) // 2)
-        return {"source_maxlength": query_len, "candidate_maxlength": limit}
+        ranker's lengths would keep (the scorer's rule of truncation)."""
+        return self.scorer.capped_lengths(self, query, cap, source_maxlength, candidate_maxlength)
 
     def full_ranking_relevance(self, scores) -> tuple:
-        """([0, 1] relevance per document, forward passes) of a full ranking's max_logits scores:
-        sigmoid(s_i * n / (2 (n - 1))), the sigmoid of the mean over the other documents of the pair's
-        logit averaged over both orders (strictly increasing in s_i, so the order is kept); n (n - 1) passes."""
-        n = len(scores)
-        return relevance_from_aggregate(scores), n * (n - 1)
+        """([0, 1] relevance per document, forward passes) of a full ranking's scores (the scorer's rule)."""
+        return self.scorer.full_ranking_relevance(scores)
 
     # -- the engine ---------------------------------------------------------------------------------
+    # A verb is planned (checked once: the prompts, a step generator, its cost), encoded, run, answered.
+    # The offline verbs do all of it in one call; the server's batching engine (serve/engine.py) encodes
+    # in the caller's thread and runs the steps of many plans together: the same plans, the same answers.
 
-    def truncation(self, source_maxlength=None, candidate_maxlength=None) -> tuple[int, int]:
+    def truncation(self, source_maxlength=None, candidate_maxlength=None) -> tuple:
         """This call's truncation lengths: the arguments when given, else the ranker's defaults.
 
         They are per call (never written onto the ranker), so threads sharing one Ranker may use
@@ -241,13 +163,13 @@ class Ranker:
             if value is None:
                 out.append(default)
                 continue
-            out.append(check_count(name, value))
+            out.append(check_count(name, value, minimum=self.scorer.min_maxlength))
         return out[0], out[1]
 
     def encode(self, sources: list[str], candidates: list[list[str]], source_maxlength=None,
-               candidate_maxlength=None) -> EncodedPrompts:
+               candidate_maxlength=None):
         src_len, cand_len = self.truncation(source_maxlength, candidate_maxlength)
-        return encode_prompts(self.tokenizer, sources, candidates, src_len, cand_len)
+        return self.scorer.encode(self, sources, candidates, src_len, cand_len)
 
     def model_for(self, name: str) -> Callable:
         """The model that scores a Step with ``model=name``: "default" is ``self.model``; other names are
@@ -260,12 +182,17 @@ class Ranker:
             held = (DEFAULT_MODEL, *sorted(self.extra_models))
             raise ValueError(f"this ranker has no model named {name!r}; it holds {held}") from None
 
-    def _pair_scorer(self, enc: EncodedPrompts, stats: RunStats, desc: str, progress=None):
-        """A score(step) function for run_steps: the step's rows are (prompt, left, right) candidate
-        triples of ``enc``, packed and run on the model the step names."""
-        packer = _core.PairPacker(enc.tokens, enc.offsets, enc.limits, cand1_id=self.tokenizer.cand1_id,
-                                  cand2_id=self.tokenizer.cand2_id, pad_id=self.tokenizer.pad_id,
-                                  prefix_offset=self.tokenizer.prefix_offset)
+    def plan(self, verb: str, *args, **kwargs) -> Plan:
+        """Everything ``verb`` (rank, compare, select, judge; its arguments, progress excepted) decides
+        before the model runs: the checks, the prompts, the steps and their cost."""
+        return self.scorer.plan(self, verb, *args, **kwargs)
+
+    def run_plan(self, plan: Plan, progress=None):
+        """Run a plan offline; returns its answer. last_stats says where the time went."""
+        stats = RunStats()
+        t0 = time.perf_counter()
+        enc = self.encode(plan.sources, plan.candidates, plan.source_maxlength, plan.candidate_maxlength)
+        stats.tokenize_s = time.perf_counter() - t0
         # progress: None = the ranker's default; a bool; or a bar (anything with .update(n)) owned by the
         # caller, e.g. one bar over a whole CLI job, moved here after every model batch.
         progress = self.progress if progress is None else progress
@@ -275,54 +202,44 @@ class Ranker:
         elif progress:
             from tqdm.auto import tqdm
 
-            bar, own_bar = tqdm(desc=desc, unit="pair"), True
+            bar, own_bar = tqdm(desc=plan.desc, unit=self.scorer.unit), True
 
-        def score(step: Step) -> np.ndarray:
-            model = self.model_for(step.model)
-            rows = step.rows
+        def on_batch(rows: int, real: int, pad: int, model_s: float, pack_s: float) -> None:
+            stats.model_s += model_s
+            stats.pack_s += pack_s
+            stats.batches += 1
+            stats.tokens += real
+            stats.pad_tokens += pad
+            stats.pairs += rows  # model rows run (a reward model runs each distinct candidate once)
+            if bar is not None:
+                bar.update(rows)
+
+        cache: dict = {}
+
+        def score(step) -> np.ndarray:
             t0 = time.perf_counter()
-            prompts = rows[:, 0]
-            text_pairs = np.stack([enc.source_index[prompts], enc.candidate_start[prompts] + rows[:, 1],
-                                   enc.candidate_start[prompts] + rows[:, 2]], axis=1)
-            gs = step.group if len(rows) % step.group == 0 else 1
-            order, bounds = packer.plan(text_pairs, self.token_budget, self.max_batch_size, gs, self.batch_cost)
+            rows, _, back = self.scorer.step_rows(enc, step)
+            group = step.group if len(step.rows) % step.group == 0 else 1
             stats.pack_s += time.perf_counter() - t0
-            logits = np.empty(len(rows), dtype=np.float32)
-            for b in range(len(bounds) - 1):
-                t0 = time.perf_counter()
-                batch_rows = order[bounds[b]:bounds[b + 1]]
-                ids, mask, pos, pad = packer.build(text_pairs, batch_rows)
-                t1 = time.perf_counter()
-                logits[batch_rows] = model(ids, mask, pos)
-                stats.model_s += time.perf_counter() - t1
-                stats.pack_s += t1 - t0
-                stats.batches += 1
-                stats.pad_tokens += int(pad)
-                stats.tokens += int(ids.size - pad)
-                if bar is not None:
-                    bar.update(len(batch_rows))
-            stats.pairs += len(rows)
+            logits = self.scorer.forward(self, self.model_for(step.model), [(0, enc, rows)], group, on_batch, cache)
             stats.steps += 1
-            return logits
+            return logits if back is None else logits[back]
 
-        score.close = bar.close if own_bar else (lambda: None)
-        return score
+        try:
+            return run_steps(plan.steps, score)
+        finally:
+            if own_bar:
+                bar.close()
+            self.last_stats = stats
 
     def run(self, sources: list[str], candidates: list[list[str]], steps: Steps, *, desc: str = "Ranking",
             source_maxlength=None, candidate_maxlength=None, progress=None):
         """Drive a step generator (selection.steps / selection.verbs) over these checked prompts
         (check_prompts) with this ranker's models; returns the generator's result. last_stats says where
         the time went."""
-        stats = RunStats()
-        t0 = time.perf_counter()
-        enc = self.encode(sources, candidates, source_maxlength, candidate_maxlength)
-        stats.tokenize_s = time.perf_counter() - t0
-        score = self._pair_scorer(enc, stats, desc, progress)
-        try:
-            return run_steps(steps, score)
-        finally:
-            score.close()
-            self.last_stats = stats
+        plan = self.scorer.plan_steps(self, sources, candidates, steps)
+        plan.desc, plan.source_maxlength, plan.candidate_maxlength = desc, source_maxlength, candidate_maxlength
+        return self.run_plan(plan, progress)
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -335,11 +252,9 @@ class Ranker:
         better): one array [n_prompts, n] when every prompt has n candidates, else a list of arrays.
         source_maxlength / candidate_maxlength / progress apply to this call only (None: the ranker's).
         """
-        sources, cands = check_prompts(inputs, candidates, instructions)
-        steps = self.cascaded(rank_steps([len(c) for c in cands], policy, return_scores),
-                              verb_mode("rank", policy=policy, values=return_scores))
-        return self.run(sources, cands, steps, desc="Ranking", source_maxlength=source_maxlength,
-                        candidate_maxlength=candidate_maxlength, progress=progress)
+        return self.run_plan(self.plan("rank", inputs, candidates, instructions, return_scores, policy,
+                                       source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength),
+                             progress)
 
     def compare(self, inputs, candidates_a, candidates_b, instructions=None, mode: str = "[A,B]+[B,A]", *,
                 source_maxlength: int | None = None, candidate_maxlength: int | None = None,
@@ -349,11 +264,9 @@ class Ranker:
         "[A,B]": f(A,B); "[B,A]": f(B,A) (B read first; as in llm-blender, not negated);
         "[A,B]+[B,A]": f(A,B) - f(B,A), the position-debiased comparison.
         """
-        sources, cands = check_pairs_ab(inputs, candidates_a, candidates_b, instructions)
-        return self.run(sources, cands, self.cascaded(compare_steps(len(sources), mode), verb_mode("compare")),  # checks mode
-                        desc="Comparing",
-                        source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength,
-                        progress=progress)
+        return self.run_plan(self.plan("compare", inputs, candidates_a, candidates_b, instructions, mode,
+                                       source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength),
+                             progress)
 
     def select(self, inputs, candidates, top_k: int = 1, strategy: str = "bubble", orders: str = "both",
                seed: int = 0, instructions=None, initial_orders=None, policy: str = "max_logits",
@@ -370,12 +283,9 @@ class Ranker:
         comparisons, forward passes and sequential steps). worst=True selects the worst k instead.
         source_maxlength / candidate_maxlength / progress apply to this call only (None: the ranker's).
         """
-        sources, cands = check_prompts(inputs, candidates, instructions)
-        steps = select_steps([len(c) for c in cands], top_k, strategy, orders=orders, seed=seed,
-                             initial_orders=initial_orders, policy=policy, budget=budget, worst=worst)
-        steps = self.cascaded(steps, verb_mode("select", strategy, policy))
-        return self.run(sources, cands, steps, desc="Selecting", source_maxlength=source_maxlength,
-                        candidate_maxlength=candidate_maxlength, progress=progress)
+        return self.run_plan(self.plan("select", inputs, candidates, top_k, strategy, orders, seed, instructions,
+                                       initial_orders, policy, worst, budget, source_maxlength=source_maxlength,
+                                       candidate_maxlength=candidate_maxlength), progress)
 
     def judge(self, prompts, completions, shuffle_order: bool = True, return_scores: bool = False,
               temperature: float = 1.0, *, seed=None, progress: bool | None = None) -> list:
@@ -383,8 +293,7 @@ class Ranker:
         return_scores the probability that c0 is better, softmax(scores / temperature)[0].
         shuffle_order ranks each pair in a random order (coin_flips) and flips the result back; seed:
         None (fresh entropy), an integer, or a numpy Generator (PairRMJudge passes its own)."""
-        steps, sources, shown = judge_plan(prompts, completions, shuffle_order, return_scores, temperature, seed)
-        steps = self.cascaded(steps, verb_mode("judge", values=return_scores))
-        return self.run(sources, shown, steps, desc="Judging", progress=progress)
+        return self.run_plan(self.plan("judge", prompts, completions, shuffle_order, return_scores, temperature,
+                                       seed=seed), progress)
 
 

@@ -97,7 +97,7 @@ def test_bad_input_errors(blender, tiny_checkpoint):
         blender.compare_conversations(conv_a, conv_b)
     with pytest.raises(ValueError, match="even, non-zero number of turns"):
         blender.compare_conversations([conv_a[0][:1]], [conv_b[0][:1]])
-    with pytest.raises(ValueError, match="fewer than top_k=5"):
+    with pytest.raises(ValueError, match=r"top_k = 5 exceeds the \d+ candidates of candidates\[0\]"):
         blender.rank_and_fuse(INPUTS, CANDIDATES, top_k=5)
     with pytest.raises(ValueError, match="ref_mode"):
         blender.rank_with_ref(INPUTS, CANDIDATES, ref_mode="random")

@@ -53,12 +53,12 @@ def test_shuffle_flips_pairs_reproducibly_per_seed(tiny_checkpoint, judge, pairs
     seen = []
 
     ranker = judge.blender.ranker
-    real = ranker.run
+    real = ranker.run_plan
 
-    def run(sources, candidates, *args, **kwargs):  # the pairs as shown to the model
-        seen.append([list(c) for c in candidates])
-        return real(sources, candidates, *args, **kwargs)
-    monkeypatch.setattr(ranker, "run", run)
+    def run_plan(plan, *args, **kwargs):  # the pairs as shown to the model
+        seen.append([list(c) for c in plan.candidates])
+        return real(plan, *args, **kwargs)
+    monkeypatch.setattr(ranker, "run_plan", run_plan)
 
     a = PairRMJudge(ranker, seed=7)
     b = PairRMJudge(ranker, seed=7)

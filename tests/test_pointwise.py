@@ -62,9 +62,13 @@ def ours_torch(tiny_reward_model, one_torch_thread):
 
 
 def test_loads_as_a_pointwise_ranker(ours, ours_torch):
+    from blender_fast import Ranker
     from blender_fast.pointwise import PointwiseRanker
 
     assert isinstance(ours.ranker, PointwiseRanker) and isinstance(ours_torch.ranker, PointwiseRanker)
+    # One class over either scorer: a reward model is a Ranker, its scorer the reward model's.
+    assert type(ours.ranker) is Ranker and PointwiseRanker is Ranker
+    assert ours.ranker.scorer.kind == ours_torch.ranker.scorer.kind == "reward"
     d = ours.ranker.describe()
     assert (d["kind"], d["backend"], d["precision"]) == ("pointwise", "onnx", "fp32")
     assert ours_torch.ranker.describe()["backend"] == "torch"
@@ -246,7 +250,7 @@ def test_fp16_export_stays_close(tiny_reward_model, ours):
 
 def test_recognised_by_config_not_only_by_name(tiny_reward_model, tmp_path, tiny_checkpoint):
     from blender_fast.model.checkpoint import CheckpointError, load_checkpoint
-    from blender_fast.model.pointwise import is_pointwise_dir, load_pointwise_checkpoint
+    from blender_fast.model.reward import is_pointwise_dir, load_pointwise_checkpoint
 
     renamed = shutil.copytree(tiny_reward_model, tmp_path / "my-rm")
     assert is_pointwise_dir(renamed) and is_pointwise_dir(tiny_reward_model)
@@ -265,7 +269,8 @@ def test_recognised_by_config_not_only_by_name(tiny_reward_model, tmp_path, tiny
 
 
 def test_the_export_is_cached_and_checked(tiny_reward_model, tmp_path):
-    from blender_fast.model.pointwise import cached_pointwise_export, load_pointwise_checkpoint
+    from blender_fast.model.export import cached_export as cached_pointwise_export
+    from blender_fast.model.reward import load_pointwise_checkpoint
 
     ckpt = load_pointwise_checkpoint(tiny_reward_model)
     path, first = cached_pointwise_export(ckpt, "fp32", tmp_path)
@@ -326,7 +331,7 @@ def test_verbs_take_the_rankers_parameters(verb):
 
 def test_cli_make_checkpoint_writes_a_reward_model(tmp_path, capsys):
     from blender_fast.cli import main
-    from blender_fast.model.pointwise import is_pointwise_dir, load_pointwise_checkpoint
+    from blender_fast.model.reward import is_pointwise_dir, load_pointwise_checkpoint
 
     out = tmp_path / "OpenAssistant" / "reward-model-deberta-v3-large-v2"
     assert main(["make-checkpoint", str(out), "--kind", "reward-model", "--weights-format", "bin"]) == 0

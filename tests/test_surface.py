@@ -349,26 +349,23 @@ def test_select_sync_takes_a_budget_like_the_ranker(ranker, engine):
 
 
 def test_judge_flips_the_same_pairs_in_process_and_in_the_engine(ranker, engine, monkeypatch):
-    import blender_fast.serve.engine as engine_module
-    from blender_fast.inputs import judge_plan
-
+    # Both drivers plan through the ranker (Ranker.plan): spy on the plans, the pairs as shown. Spy on the
+    # class, not the instance: undoing an instance patch leaves a bound method of this ranker in its
+    # __dict__, which a later copy.copy(ranker) would carry (and run on the original).
     prompts = [f"q{i}" for i in range(16)]
     pairs = [[f"a{i}", f"b{i}"] for i in range(16)]
     shown = []
+    real_plan = Ranker.plan
 
-    def spy(*args):
-        steps, sources, cands = judge_plan(*args)
-        shown.append(cands)
-        return steps, sources, cands
+    def spy(self, verb, *args, **kwargs):
+        plan = real_plan(self, verb, *args, **kwargs)
+        shown.append(plan.candidates)
+        return plan
 
-    monkeypatch.setattr(engine_module, "judge_plan", spy)
+    monkeypatch.setattr(Ranker, "plan", spy)
     engine.judge_sync(prompts, pairs, seed=11)
-    # Spy on the class, not the instance: undoing an instance patch leaves a bound method of this ranker
-    # in its __dict__, which a later copy.copy(ranker) would carry (and run on the original).
-    real_run = Ranker.run
-    monkeypatch.setattr(Ranker, "run", lambda self, sources, cands, *a, **k: (shown.append(cands), real_run(
-        self, sources, cands, *a, **k))[1])
     PairRMJudge(ranker, seed=11).judge(prompts, pairs)
+    assert len(shown) == 2  # one plan per driver
     assert shown[0] == shown[1]
     assert 0 < sum(s != p for s, p in zip(shown[0], pairs)) < len(pairs)  # some flipped, some not
     assert math.isfinite(sum(PairRMJudge(ranker, seed=11).judge(prompts, pairs, return_scores=True)))

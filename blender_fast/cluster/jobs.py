@@ -13,12 +13,12 @@ The CLI (single process) and the Ray job call this same function, so their outpu
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from ..options import BUDGETED, ORDERS, POLICIES, STRATEGIES, check_choice, check_seed, check_strategy_budget, check_top_k
+from ..options import ORDERS, POLICIES, STRATEGIES, check_choice, check_seed, check_strategy_budget, check_top_k
 from ..jsonl.prompts import Prompt
 from ..selection.aggregate import ranks_from_scores, top_k_from_scores
+from ..selection.budgets import selection_cost
 from ..selection.steps import ModelOutputError, PromptError, model_nan_message
 
 RESULT_KEYS = ("strategy", "top_k", "best", "ranks", "scores", "comparisons", "forward_passes", "steps")
@@ -47,19 +47,9 @@ class RankOptions:
 
 def expected_forward_passes(n: int, options: RankOptions) -> int:
     """Model rows one prompt with n candidates costs: exact for full and bubble, an upper bound for the
-    tournament (its later places replay at most ceil(log2 n) matches each). For progress bars."""
-    k = min(options.top_k, n)
-    per_row = 2 if options.orders == "both" else 1
-    if options.strategy in BUDGETED:  # never more than the budget (default: 2(n-1) comparisons)
-        budget = options.budget if options.budget is not None else 2 * (n - 1) * per_row
-        return min(budget, n * (n - 1) // 2 * per_row)
-    if options.strategy == "full":
-        comparisons = n * (n - 1) // 2
-    elif options.strategy == "bubble":
-        comparisons = k * (2 * n - k - 1) // 2
-    else:
-        comparisons = (n - 1) + (k - 1) * math.ceil(math.log2(n)) if n > 1 else 0
-    return comparisons * per_row
+    tournament and the budgeted strategies. For progress bars: selection.budgets.selection_cost, the one
+    cost model (the server's queue bound counts with it too)."""
+    return selection_cost(options.strategy, [n], min(options.top_k, n), options.orders, options.budget)
 
 
 def _where(prompt: Prompt, index: int) -> str:

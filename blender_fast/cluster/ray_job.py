@@ -153,9 +153,8 @@ def prepare_model(model, backend: str = DEFAULT_BACKEND, precision: str = DEFAUL
     """Check the checkpoint and warm the export cache ONCE, on the driver, before any actor starts (N
     actors exporting the same model at once would each pay the export). Returns (model path, cache dir)."""
     from ..model.cache import cache_root
-    from ..model.checkpoint import load_checkpoint
-
-    from ..ranker import is_exported_dir, read_export_meta, verify_exported_dir
+    from ..model.export import cached_export
+    from ..model.source import is_exported_dir, load_any_checkpoint, read_export_meta, verify_exported_dir
     from ..synthetic.demo import local_model
 
     # a hub id is downloaded here, once; the actors get the local directory (they may have no network)
@@ -163,19 +162,13 @@ def prepare_model(model, backend: str = DEFAULT_BACKEND, precision: str = DEFAUL
     if is_exported_dir(path):  # runs as exported (like the CLI): checked here once, before any actor starts
         verify_exported_dir(Path(path), read_export_meta(Path(path)))
         return path, None
-    from ..model.pointwise import cached_pointwise_export, is_pointwise_dir, load_pointwise_checkpoint
-
-    pointwise = is_pointwise_dir(path)  # a reward model: each actor's Ranker.from_pretrained loads it as such
-    ckpt = load_pointwise_checkpoint(path) if pointwise else load_checkpoint(path)
+    ckpt = load_any_checkpoint(path)  # either kind: each actor's Ranker.from_pretrained loads it the same way
     if backend not in ("onnx", "auto"):
         return path, None
-    from ..model.export import cached_export
-
     cache = Path(cache_dir) if cache_dir else cache_root() / "onnx"
     # "auto" is decided on each actor's node (its CPU), but its exact model is always ONNX fp32 on a CPU:
     # export that once here; any fast variant an actor picks is built there.
-    export = cached_pointwise_export if pointwise else cached_export
-    export(ckpt, "fp32" if precision == "auto" else precision, cache)
+    cached_export(ckpt, "fp32" if precision == "auto" else precision, cache)
     return path, str(cache.resolve())
 
 

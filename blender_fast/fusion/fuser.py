@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..model import cache
-from ..options import BACKENDS, DEVICE_CHOICES, FUSER_PRECISIONS, check_choice, check_count, check_optional_count
+from ..options import (BACKENDS, FUSER_PRECISIONS, check_choice, check_count, check_optional_count,
+                       resolve_device)
 
 # llm-blender's GenFuserConfig defaults.
 DEFAULT_MAX_LENGTH = 1024
@@ -318,18 +319,6 @@ def check_fuser_export(out_dir: Path) -> Optional[str]:
 # ---------------------------------------------------------------------------
 
 
-def _resolve_device(device: str) -> str:
-    """"cpu", "cuda" or "cuda:N" as given; "auto": cuda when torch sees a GPU, else cpu."""
-    if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
-        return device
-    check_choice("device", device, DEVICE_CHOICES)
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def _resolve_precision(precision, dtype, device: str) -> str:
     """One of FUSER_PRECISIONS. ``dtype`` is llm-blender's spelling (``torch_dtype``: "float32",
     "bfloat16", a torch.dtype), kept as an alias. None: fp32 on CPU, bf16 (llm-blender's default) on
@@ -414,7 +403,7 @@ class Fuser:
         ``local_files_only`` as there).
         """
         check_choice("backend", backend, BACKENDS)
-        device = _resolve_device(device)
+        device = resolve_device(device, "torch", device_index=True)  # "cuda:N" as given
         precision = _resolve_precision(precision, dtype, device)
         if onnx_cache_dir is not None:
             if cache_dir is not None and Path(cache_dir) != Path(onnx_cache_dir):

@@ -185,11 +185,11 @@ def remembered_sha256(path: Path) -> str:
 
 def checkpoint_fingerprint(ckpt, **options) -> str:
     """One key for everything an exported ranker depends on: weights, tokenizer, shape, options.
-    ``ckpt`` is a ``checkpoint.RankerCheckpoint``."""
+    ``ckpt`` is a checkpoint of either kind (checkpoint.RankerCheckpoint, reward.PointwiseCheckpoint)."""
     h = hashlib.sha256()
     h.update(weights_fingerprint(ckpt.weights_path).encode())
     h.update(json.dumps(ckpt.backbone_config, sort_keys=True).encode())
-    h.update(json.dumps({"n_tasks": ckpt.n_tasks, **options}, sort_keys=True).encode())
+    h.update(json.dumps({**ckpt.key_fields(), **options}, sort_keys=True).encode())
     if ckpt.tokenizer_dir is not None:
         for name in sorted(os.listdir(ckpt.tokenizer_dir)):
             p = ckpt.tokenizer_dir / name

@@ -21,6 +21,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from .errors import CheckpointError  # noqa: F401  (re-exported: blender_fast.model.checkpoint.CheckpointError)
 
@@ -29,9 +30,12 @@ from .errors import CheckpointError  # noqa: F401  (re-exported: blender_fast.mo
 # synthetic/.
 GENERATED_BY = "blender_fast.synthetic"
 
-# What an exported model directory holds (export.export_onnx writes them all): ranker.py loads a
-# directory with all four as exported; load_checkpoint names the ones a damaged export lacks.
-EXPORTED_FILES = ("model.onnx", "tokenizer.json", "pair_tokenizer.json", "export.json")
+# What an exported PairRM directory holds (export.export_onnx writes them all): the graph and its tokenizer
+# (what a served cache entry needs), and export.json, the record of the export and of those files' sizes and
+# sha256. model/source.py loads a directory with all four as exported; load_checkpoint names the ones a
+# damaged export lacks.
+EXPORT_FILES = ("model.onnx", "tokenizer.json", "pair_tokenizer.json")
+EXPORT_META = "export.json"
 
 
 def has_random_weights(directory) -> bool:
@@ -101,6 +105,16 @@ class RankerCheckpoint:
     candidate_maxlength: int
     n_tasks: int = 1
     ranker_config: dict = field(default_factory=dict)
+
+    kind: ClassVar[str] = "pair"  # PairRM: scores (source, candidate, candidate) rows
+
+    def describe(self) -> dict:
+        """What Ranker.describe adds for this checkpoint (nothing: PairRM is the default kind)."""
+        return {}
+
+    def key_fields(self) -> dict:
+        """What the export cache key holds beside the files: the head's outputs."""
+        return {"n_tasks": self.n_tasks}
 
 
 def read_json(path: Path) -> dict:
@@ -241,7 +255,7 @@ def check_not_a_partial_export(ckpt_dir: Path) -> None:
     sends the user looking for a checkpoint they never meant to give."""
     if (ckpt_dir / "config.json").exists() or not (ckpt_dir / "model.onnx").is_file():
         return
-    missing = [name for name in EXPORTED_FILES if not (ckpt_dir / name).is_file()]
+    missing = [name for name in EXPORT_FILES + (EXPORT_META,) if not (ckpt_dir / name).is_file()]
     if missing:
         raise CheckpointError(
             f"{ckpt_dir}: looks like an exported model directory (it has model.onnx, no config.json) but "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -20,6 +21,7 @@ SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX, CAND_PREFIX = SPECIAL_TOKENS
 
 @dataclass
 class PairTokenizer:
+    kind: ClassVar[str] = "pair"  # scorer.scorer_for picks the pair scorer by it
     tokenizer: "object"  # tokenizers.Tokenizer
     sep_token: str
     pad_id: int

@@ -66,7 +66,8 @@ def ranking_agreement(variant: str, ref_scores, got_scores, ref_logits=None, got
 
 def full_rank_logits(ranker, inputs, candidates, **kwargs) -> tuple[list[np.ndarray], np.ndarray]:
     """Full-ranking scores per prompt and every ordered pair's logit, in one pass of the ranker."""
-    from ..selection.steps import recorded, select_steps
+    from ..selection.steps import recorded
+    from ..selection.strategies import select_steps
 
     # The gate's own prompts (package data), as plain lists: the ranker's run() takes them as they are.
     sources, cands = list(inputs), [list(c) for c in candidates]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..model.cache import auto_dir, checkpoint_fingerprint
 from ..model.export import EXPORT_VERSION
-from ..options import check_backend_precision
+from ..options import DEFAULT_PRECISION, POINTWISE_PRECISIONS, backend_for, check_backend_precision
 
 ISA_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_fp16", "avx512_bf16", "avx512_vnni", "avx_vnni",
              "avx512f", "avx2")
@@ -111,8 +111,8 @@ def _calibrate(ckpt, variants, device, threads, cache_dir) -> dict:
     from ..model.export import sample_batch
     from ..model.tokenization import build_pair_tokenizer
 
-    ids, mask, pos = sample_batch(build_pair_tokenizer(ckpt), ckpt)
     models = {f"{b} {p}": build_model(ckpt, b, p, device, threads, cache_dir)[0] for b, p, _ in variants}
+    ids, mask, pos = sample_batch(build_pair_tokenizer(ckpt), ckpt)
     for m in models.values():
         m(ids, mask, pos)  # warm-up
     best = {k: float("inf") for k in models}
@@ -125,31 +125,45 @@ def _calibrate(ckpt, variants, device, threads, cache_dir) -> dict:
 
 
 def build_model(ckpt, backend: str, precision: str, device: str, threads, cache_dir):
-    """The model callable and its tokenizer for one concrete (backend, precision)."""
-    from ..model.tokenization import PairTokenizer, build_pair_tokenizer
+    """The model callable and its tokenizer for one concrete (backend, precision), for a checkpoint of
+    either kind."""
+    from ..model.export import model_graph
+    from .sessions import open_session
 
     if backend == "openvino":
         check_backend_precision("openvino", precision)
-        from ..model.export import cached_export
-        from .sessions import OpenVinoPairModel
+    graph = model_graph(ckpt, backend, precision, cache_dir)
+    return open_session(graph, device, threads), graph.tokenizer
 
-        out_dir, _ = cached_export(ckpt, "fp32", cache_dir)
-        return OpenVinoPairModel(out_dir / "model.onnx", device=device, precision=precision, threads=threads), \
-            PairTokenizer.load(out_dir)
-    if backend == "onnx":
-        check_backend_precision("onnx", precision)
-        from ..model.export import cached_export
-        from .sessions import OnnxPairModel
 
-        out_dir, _ = cached_export(ckpt, precision, cache_dir)
-        return OnnxPairModel(out_dir / "model.onnx", device=device, threads=threads), PairTokenizer.load(out_dir)
-    if precision == "int8":
-        raise ValueError("precision='int8' needs backend='onnx' (ONNX Runtime dynamic quantization)")
-    from ..model.export import build_torch_model
-    from .sessions import TorchPairModel
+def reward_model_runtime(backend: str, precision: str) -> tuple[str, str, str]:
+    """(backend, precision, reason) for a reward model: "auto" is ONNX fp32 (the cascade and the agreement
+    gate cover PairRM only); an explicit choice runs where it can, else one error naming what runs."""
+    reason = "as requested"
+    if "auto" in (backend, precision):
+        reason = "exact fp32: the cascade and auto-selection cover PairRM checkpoints only"
+        backend = "onnx" if backend == "auto" else backend
+        precision = "fp32" if precision == "auto" else precision
+    if backend not in POINTWISE_PRECISIONS or precision not in POINTWISE_PRECISIONS[backend]:
+        runs = "; ".join(f"backend={b!r} with precision in {p}" for b, p in POINTWISE_PRECISIONS.items())
+        raise ValueError(f"a pointwise reward model runs with {runs}, not backend={backend!r} "
+                         f"precision={precision!r}")
+    return backend, precision, reason
 
-    model = TorchPairModel(build_torch_model(ckpt), device=device, precision=precision, threads=threads)
-    return model, build_pair_tokenizer(ckpt)
+
+def runtime_choice(ckpt, backend: str, precision: str | None, device: str, threads=None, cache_dir=None) -> dict:
+    """What a checkpoint runs in: {"backend", "precision", "reason", "cascade"}, the backend and
+    precision as asked (None: "auto") or, for "auto", auto-selection's choice (PairRM) or exact ONNX fp32
+    (a reward model: reward_model_runtime). "cascade": the certified cascade's fast variant, or None."""
+    precision = precision or DEFAULT_PRECISION
+    backend = backend_for(backend, precision)
+    if ckpt.kind == "reward":
+        backend, precision, reason = reward_model_runtime(backend, precision)
+        return {"backend": backend, "precision": precision, "reason": reason, "cascade": None}
+    if "auto" not in (backend, precision):
+        return {"backend": backend, "precision": precision, "reason": "as requested", "cascade": None}
+    decision = choose(ckpt, device, backend, precision, threads, cache_dir)
+    return {k: decision.get(k) for k in ("backend", "precision", "reason", "cascade")}
 
 
 def choose_cascade(ckpt, variants, exact, device, threads, features, cache_dir) -> tuple:
@@ -210,11 +224,11 @@ def choose(ckpt, device: str, backend: str = "auto", precision: str = "auto", th
            cache_dir=None) -> dict:
     """{"backend", "precision", "reason", "cpu", "calibration"}: the auto choice, cached per checkpoint+machine."""
     features = cpu_features()
+    gate = load_gate(ckpt, cache_dir)
     key = checkpoint_fingerprint(ckpt, purpose="auto", device=device, backend=backend, precision=precision,
                                  threads=threads or 0, cpu=features["cpu_model"], isa=",".join(features["isa"]),
                                  version=AUTO_VERSION, export_version=EXPORT_VERSION)
     decision_path = auto_dir(cache_dir) / f"auto-{key}.json"
-    gate = load_gate(ckpt, cache_dir)
     if decision_path.is_file():
         decision = json.loads(decision_path.read_text())
         # A gate run after the decision may allow more (or less): decide again when its verdicts changed.

@@ -1,6 +1,7 @@
-"""Running packed pair batches: an ONNX Runtime session or a torch module, one interface.
+"""Running model rows: an ONNX Runtime session or a torch module, one interface for every kind of model.
 
-Both take ``(input_ids, attention_mask, positions)`` int64 numpy arrays and return float32 logits.
+Both take a kind's int64 row arrays (PairRM's packed ``(input_ids, attention_mask, positions)``, a reward
+model's ``(input_ids, attention_mask, token_type_ids)``) and return float32 logits.
 """
 from __future__ import annotations
 
@@ -9,29 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..options import DEVICE_CHOICES, DEVICES, check_backend_precision, check_choice  # noqa: F401  (re-exported)
+from ..model.pairrm import ONNX_INPUTS
+from ..options import (DEVICE_CHOICES, DEVICES, check_backend_precision, check_choice,  # noqa: F401  (re-exported)
+                       resolve_device)
 
 
 def _check_device(device: str) -> str:
     return check_choice("device", device, DEVICES)
-
-
-def resolve_device(device: str, backend: str = "onnx") -> str:
-    """``device``, with "auto" resolved: "cuda" when the backend can use a GPU here, else "cpu".
-
-    For the ONNX backend that means onnxruntime has a CUDA/TensorRT provider (torch is not imported:
-    the runtime path stays torch-free); for torch, ``torch.cuda.is_available()``."""
-    check_choice("device", device, DEVICE_CHOICES)
-    if device != "auto":
-        return device
-    if backend == "torch":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    import onnxruntime as ort
-
-    gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers())
-    return "cuda" if gpu else "cpu"
 
 
 def choose_providers(device: str, available: list[str]) -> list[str]:
@@ -47,13 +32,15 @@ def choose_providers(device: str, available: list[str]) -> list[str]:
     return wanted + ["CPUExecutionProvider"]
 
 
-PAIR_INPUTS = ("input_ids", "attention_mask", "positions")  # an exported PairRM graph: these -> logits
+class OnnxModel:
+    """An ONNX Runtime session over an exported graph: rows -> float32 logits (PairRM's pair logits, a reward
+    model's scores). ``feeds``: the names of the arrays a call passes, in order (PairRM's
+    ``(input_ids, attention_mask, positions)`` by default, a reward model's ``(input_ids, attention_mask,
+    token_type_ids)``); the graph takes those of them it names (its inputs are read from the graph), and its
+    one output is the answer."""
 
-
-class OnnxPairModel:
-    """An ONNX Runtime session over an exported PairRM graph."""
-
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", providers: list[str] | None = None,
+                 threads: int | None = None, feeds: tuple = ONNX_INPUTS, label: str = "PairRM"):
         import onnxruntime as ort
 
         path = Path(path)
@@ -74,25 +61,37 @@ class OnnxPairModel:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"{path}: not a usable ONNX model, damaged or foreign ({type(e).__name__}: "
                              f"{reason[:300]})") from None
-        inputs = [i.name for i in self.session.get_inputs()]
+        self.inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        if set(inputs) != set(PAIR_INPUTS) or "logits" not in outputs:  # a valid graph, but another model's
-            raise ValueError(f"{path}: not a PairRM export (a foreign ONNX model: inputs {', '.join(inputs)}, outputs "
-                             f"{', '.join(outputs)}; expected {', '.join(PAIR_INPUTS)} -> logits)")
+        required = set(feeds) - {"token_type_ids"}  # a reward model without token types takes no token_type_ids
+        if not required <= set(self.inputs) <= set(feeds) or len(outputs) != 1:
+            # a valid graph, but another model's
+            raise ValueError(f"{path}: not a {label} export (a foreign ONNX model: inputs {', '.join(self.inputs)}, "
+                             f"outputs {', '.join(outputs)}; expected {', '.join(feeds)} -> one output)")
+        self.feeds = tuple(feeds)
+        self.output = outputs[0]
         self.device = device
         self.use_io_binding = self.session.get_providers()[0] != "CPUExecutionProvider"
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "positions": positions}
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
+        feeds = {name: array for name, array in zip(self.feeds, arrays) if name in self.inputs}
         if not self.use_io_binding:
-            return self.session.run(["logits"], feeds)[0].astype(np.float32, copy=False)
+            return self.session.run([self.output], feeds)[0].astype(np.float32, copy=False)
         # On GPU providers, bind inputs once per call and let ORT keep intermediates on the device.
         binding = self.session.io_binding()
         for name, array in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        binding.bind_output("logits", "cpu")
+        binding.bind_output(self.output, "cpu")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
+
+
+    @classmethod
+    def from_graph(cls, graph, device: str = "cpu", threads: int | None = None) -> "OnnxModel":
+        return cls(graph.onnx, device=device, threads=threads, feeds=graph.inputs)
+
+
+OnnxPairModel = OnnxModel  # its old name (CHANGELOG)
 
 
 # What stays in fp32 when the rest of the model runs in bf16, by default. Decided by measurement
@@ -168,14 +167,20 @@ class OpenVinoPairModel:
         self.request = self.compiled.create_infer_request()
         self.device, self.precision = device, precision
 
+    @classmethod
+    def from_graph(cls, graph, device: str = "cpu", threads: int | None = None) -> "OpenVinoPairModel":
+        return cls(graph.onnx, device=device, precision=graph.precision, threads=threads)
+
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
         out = self.request.infer({"input_ids": input_ids, "attention_mask": attention_mask, "positions": positions})
         return np.asarray(out[self.compiled.output(0)], dtype=np.float32).copy()
 
 
-class TorchPairModel:
+class TorchModel:
     """The same computation in torch eager (fp32, fp16 or bf16), for users without ONNX Runtime, on GPUs,
-    and for bf16 on CPUs with bf16 units (oneDNN)."""
+    and for bf16 on CPUs with bf16 units (oneDNN): a module ``(*rows) -> float32 logits`` (PairRM's
+    pair module or a reward model's classifier). fp16 halves everything (llm-blender's fp16); bf16 keeps
+    ``keep_fp32``'s parts in fp32 (lower_precision: the parts the module has)."""
 
     def __init__(self, module, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
                  keep_fp32=DEFAULT_FP32_ISLANDS):
@@ -199,61 +204,28 @@ class TorchPairModel:
             self.module = lower_precision(self.module, torch.bfloat16, self.keep_fp32)
         self.module.eval()
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
-            out = self.module(
-                torch.from_numpy(input_ids).to(self.device, non_blocking=True),
-                torch.from_numpy(attention_mask).to(self.device, non_blocking=True),
-                torch.from_numpy(positions).to(self.device, non_blocking=True),
-            )
+            out = self.module(*(torch.from_numpy(a).to(self.device, non_blocking=True) for a in arrays))
         return out.float().cpu().numpy()
 
 
-# -- pointwise reward models (pointwise.py): one score per (source, candidate) sequence -------------------
-
-class OnnxScoreModel:
-    """An ONNX Runtime session over an exported reward model: (ids, mask, token types) -> float32 scores."""
-
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        self.providers = choose_providers(device, ort.get_available_providers())
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
-        except Exception as e:  # ORT's many failure types: one line naming the file
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"{path}: not a usable ONNX model, damaged or foreign ({type(e).__name__}: "
-                             f"{reason[:300]})") from None
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        self.device = device
-
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        return self.session.run(["scores"], {k: feeds[k] for k in self.inputs})[0].astype(np.float32, copy=False)
+    @classmethod
+    def from_graph(cls, graph, device: str = "cpu", threads: int | None = None) -> "TorchModel":
+        return cls(graph.module, device=device, precision=graph.precision, threads=threads,
+                   keep_fp32=DEFAULT_FP32_ISLANDS if graph.fp32_islands else ())
 
 
-class TorchScoreModel:
-    """The same scores in torch eager (fp32; fp16 halves everything, as llm-blender on a GPU; bf16)."""
+TorchPairModel = TorchModel  # its old name (CHANGELOG)
 
-    def __init__(self, module, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
-        import torch
 
-        if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' but torch sees no CUDA device")
-        if threads:
-            torch.set_num_threads(int(threads))
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        self.torch, self.device = torch, device
-        self.module = module.to(device=device, dtype=dtype).eval()
+def open_session(graph, device: str = "cpu", threads: int | None = None):
+    """The model callable (rows -> float32 logits) over a model/export.ModelGraph: an ONNX Runtime session,
+    OpenVINO's compiled model, or the torch module (the plain twin), by the graph's backend. Every session
+    class opens a graph the same way (``from_graph``)."""
+    return SESSIONS[graph.backend].from_graph(graph, device, threads)
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        with torch.inference_mode():
-            out = self.module(*(torch.from_numpy(a).to(self.device) for a in (input_ids, attention_mask, token_type_ids)))
-        return out.float().cpu().numpy()
+
+# The session class of each backend (model/export.ModelGraph.backend).
+SESSIONS = {"onnx": OnnxModel, "openvino": OpenVinoPairModel, "torch": TorchModel}

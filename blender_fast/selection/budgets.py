@@ -2,6 +2,8 @@
 checked against each strategy's minimum and turned into comparisons per prompt for the core."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import _core
@@ -38,3 +40,27 @@ def comparison_budgets(budget, strategy: str, ns: list[int], top_k: int, orders:
                 f"x {per_row} pass{'es' if per_row == 2 else ''} with orders={orders!r})")
         out[p] = budget // per_row
     return out
+
+
+def selection_cost(strategy: str, ns: list[int], top_k: int, orders: str = "both", budget=None) -> int:
+    """Model rows a pairwise selection runs at most over prompts of ``ns`` candidates: exact for full and
+    bubble, an upper bound for the tournament (its later places replay at most ceil(log2 n) matches each),
+    and the comparison budget for swiss / knockout_rr / adaptive. The one cost model (the engine's queue
+    bound and the CLI's progress bars)."""
+    per_row = passes_per_comparison(orders)
+    budgets = comparison_budgets(budget, strategy, ns, top_k, orders)
+    if budgets is not None:
+        return int(sum(min(int(b), n * (n - 1) // 2) * per_row for b, n in zip(budgets, ns)))
+    total = 0
+    for n in ns:
+        if n < 2:
+            continue
+        k = min(top_k, n)
+        if strategy == "full":
+            comparisons = n * (n - 1) // 2
+        elif strategy == "bubble":
+            comparisons = k * (2 * n - k - 1) // 2
+        else:
+            comparisons = n - 1 + (k - 1) * math.ceil(math.log2(n))
+        total += comparisons * per_row
+    return total

@@ -6,7 +6,8 @@ import numpy as np
 
 from ..options import COMPARE_MODES, POLICIES, check_choice, check_temperature
 from .aggregate import ranks_from_scores, stack_if_equal
-from .steps import ModelOutputError, Step, Steps, checked_logits, full_steps
+from .steps import ModelOutputError, Step, Steps, checked_logits
+from .strategies import full_steps
 
 
 def rank_steps(ns: list[int], policy: str = "max_logits", return_scores: bool = False) -> Steps:

@@ -17,10 +17,10 @@ overlaps model work. Results are those of ``Ranker.rank`` / ``select`` / ``compa
 settings: only the batch composition differs, which changes float rounding, not the rows computed.
 ``run_sync`` / ``run`` take any step generator (e.g. a wrapper that re-scores rows on another model).
 
-A pointwise reward model (PointwiseRanker) is served by the same queue, worker and iterations: its
-request is one step whose rows are the distinct (source, candidate) pairs it scores (one forward pass
-each), batched across requests like PairRM's pair rows; when they have run, PointwiseRanker's own plan
-for the verb answers from the scores, so answers are those of its offline verbs (_PointwiseJob).
+The engine never asks which kind of model the ranker holds: a request is the ranker's plan for its verb
+(Ranker.plan: the checks, a step generator and its cost), and its ranker's scorer says which model rows
+a step needs and runs the rows of many requests together (scorer.py). A pointwise reward model's plan is
+one step of (prompt, candidate) rows, batched across requests like PairRM's pair rows.
 """
 from __future__ import annotations
 
@@ -36,15 +36,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .. import _core
-from ..model.tokenization import EncodedPrompts
 from ..options import check_count, check_non_negative_number
-from ..inputs import check_pairs_ab, check_prompts, judge_plan
 from ..ranker import Ranker
-from ..selection.budgets import comparison_budgets, passes_per_comparison
-from ..selection.steps import DEFAULT_MODEL, Selection, Step, Steps, select_steps
-from ..selection.cascade import verb_mode
-from ..selection.verbs import compare_steps, rank_steps
+from ..scorer import Plan
+from ..selection.steps import DEFAULT_MODEL, Selection, Step, Steps
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_WAIT_MS = 2.0
@@ -89,34 +84,14 @@ class EngineStats:
         return self.pad_tokens / total if total else 0.0
 
 
-def _row_cost(strategy: str, n: int, top_k: int, per_row: int) -> int:
-    """Model rows a selection will run (an upper estimate for tournaments beyond top-1)."""
-    if n < 2:
-        return 0
-    if strategy == "full":
-        comparisons = n * (n - 1) // 2
-    elif strategy == "bubble":
-        comparisons = top_k * (2 * n - top_k - 1) // 2
-    else:
-        comparisons = n - 1 + (top_k - 1) * math.ceil(math.log2(n))
-    return comparisons * per_row
-
-
 _SERIAL = itertools.count()
 
 
 class _Job:
-    """One request in flight: its encoded texts, its step generator and the rows of its current step."""
+    """One request in flight: its encoded texts, its step generator and the rows of its current step
+    (the scorer's rows: what ``scorer.step_rows`` makes of the step)."""
 
-    def __init__(self, enc: EncodedPrompts, steps: Steps, reserved: int, deadline: Optional[float]):
-        self._admit(reserved, deadline)
-        self.enc = enc
-        self.steps = steps
-        self.n_tokens = int(enc.tokens.size)
-        self._eff_len = np.minimum(np.diff(enc.offsets), enc.limits)
-
-    def _admit(self, reserved: int, deadline: Optional[float]) -> None:
-        """What the scheduler reads of every request, whatever its ranker."""
+    def __init__(self, scorer, enc, steps: Steps, reserved: int, deadline: Optional[float]):
         self.serial = next(_SERIAL)  # names the job in the packer cache (ids of freed objects get reused)
         self.reserved = reserved  # rows still counted against the queue bound
         self.deadline = deadline
@@ -124,10 +99,14 @@ class _Job:
         self.cancelled = False
         self.started = False  # has run at least one row (the batching delay is for new arrivals only)
         self.arrival = time.monotonic()
-        self.rows = self.text_pairs = self.row_len = self.logits = None
+        self.rows = self.text_rows = self.row_len = self.logits = self.back = None
         self.group = 1
         self.model = DEFAULT_MODEL  # the model the current step's rows run on (Step.model)
         self.cursor = 0
+        self.scorer = scorer
+        self.enc = enc
+        self.steps = steps
+        self.n_tokens = scorer.n_tokens(enc)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -136,21 +115,20 @@ class _Job:
         return 0 if self.rows is None else len(self.rows) - self.cursor
 
     def _set_step(self, step: Step) -> None:
-        rows, group = step.rows, step.group
-        enc = self.enc
-        prompts = rows[:, 0]
-        self.rows = rows
         self.model = step.model
-        self.group = group if len(rows) % group == 0 else 1
-        self.text_pairs = np.stack([enc.source_index[prompts], enc.candidate_start[prompts] + rows[:, 1],
-                                    enc.candidate_start[prompts] + rows[:, 2]], axis=1)
-        self.row_len = self._eff_len[self.text_pairs].sum(axis=1)
-        self.logits = np.empty(len(rows), dtype=np.float32)
+        self.group = step.group if len(step.rows) % step.group == 0 else 1
+        # The scorer's model rows: one per step row (PairRM), or each distinct one once (a reward model),
+        # sent back to the step in its own order (``back``).
+        self.text_rows, self.row_len, self.back = self.scorer.step_rows(self.enc, step)
+        self.rows = self.text_rows
+        self.logits = np.empty(len(self.text_rows), dtype=np.float32)
         self.cursor = 0
 
     def advance(self, value=None) -> bool:
         """Start the next step (feeding the last one's logits); True when the request has finished."""
         try:
+            if value is not None and self.back is not None:
+                value = value[self.back]
             step = next(self.steps) if value is None else self.steps.send(value)
             while not len(step.rows):  # a step with no rows (no prompts at all): answer it at once
                 step = self.steps.send(np.empty(0, dtype=np.float32))
@@ -160,30 +138,6 @@ class _Job:
             return True
         self._set_step(step)
         return False
-
-
-class _PointwiseJob(_Job):
-    """A request to a pointwise reward model: one step whose rows are the distinct (source, candidate)
-    pairs PointwiseRanker.encode made of it (independent rows: group 1, any split across iterations);
-    when all have run, ``finish`` (its PointwisePlan's, the offline verb's own code) answers from them."""
-
-    def __init__(self, enc, finish: Callable, reserved: int, deadline: Optional[float]):
-        self._admit(reserved, deadline)
-        self.enc = enc  # PointwiseEncoding
-        self.finish = finish
-        self.row_len = np.array([len(ids) for ids, _ in enc.rows], dtype=np.int64)
-        self.n_tokens = int(self.row_len.sum())
-
-    def advance(self, value=None) -> bool:
-        if value is None and len(self.row_len):  # admitted: its one step is every row
-            self.rows = np.arange(len(self.row_len))
-            self.logits = np.empty(len(self.rows), dtype=np.float32)
-            self.cursor = 0
-            return False
-        self.rows = None
-        values = np.empty(0, dtype=np.float32) if value is None else value
-        _settle(self.future, result=self.finish(self.enc.per_prompt_scores(values)))
-        return True
 
 
 def _settle(future: concurrent.futures.Future, result=None, error: BaseException | None = None) -> None:
@@ -226,10 +180,7 @@ class BatchingEngine:
                             ("max_rows_per_request", max_rows_per_request)):
             check_count(name, value)
         max_wait_ms = check_non_negative_number("max_wait_ms", max_wait_ms)
-        from ..pointwise import is_pointwise
-
         self.ranker = ranker
-        self.pointwise = is_pointwise(ranker)  # a reward model: requests are _PointwiseJobs
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queued_pairs = max_queued_pairs
@@ -246,8 +197,7 @@ class BatchingEngine:
         self._stopped = False
         self._rows_per_s = 0.0  # recent model throughput, for Retry-After
         self._last_iteration_jobs = 0  # requests that shared the last iteration
-        self._packer_key: tuple = ()  # the jobs whose texts the cached packer holds, and where each starts
-        self._packer = self._packer_bases = None
+        self._forward_cache: dict = {}  # the scorer's (e.g. the packer over the texts of the last iteration's jobs)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=tokenize_threads,
                                                            thread_name_prefix="blender-fast-tokenize")
         self._worker = threading.Thread(target=self._loop, name="blender-fast-model", daemon=True)
@@ -315,13 +265,10 @@ class BatchingEngine:
                                   timeout).future.result()
 
     def _submit_steps(self, sources, candidates, steps, cost, src_len, cand_len, timeout):
-        if self.pointwise:  # its rows are (prompt, candidate) scores, not the generator's pair rows
-            raise TypeError("run / run_sync drive PairRM step generators; a pointwise reward model serves "
-                            "rank, select, compare and judge")
-        if cost is None:
-            cost = sum(len(c) * (len(c) - 1) for c in candidates)
-        cost = check_count("cost", cost, minimum=0)
-        return self._enqueue(list(sources), [list(c) for c in candidates], src_len, cand_len, cost, timeout, steps)
+        plan = self.ranker.scorer.plan_steps(self.ranker, sources, candidates, steps, cost)
+        plan.cost = check_count("cost", plan.cost, minimum=0)
+        plan.source_maxlength, plan.candidate_maxlength = src_len, cand_len
+        return self._enqueue(plan, timeout)
 
     # -- asyncio API ----------------------------------------------------------------------------
 
@@ -384,70 +331,34 @@ class BatchingEngine:
 
     # -- submission (caller's thread): validate, reserve, tokenize, enqueue ----------------------
 
-    def _submit_plan(self, verb: str, args: tuple, timeout, **kwargs) -> _Job:
-        """A pointwise reward model's request: PointwiseRanker.plan checks it and says how to answer from
-        the scores (as its offline verb does); the engine queues and runs its rows. Its cost against
-        max_queued_pairs is the forward passes it can take (one per candidate)."""
-        plan = self.ranker.plan(verb, *args, **kwargs)
-        return self._enqueue(plan.sources, plan.candidates, plan.source_maxlength, plan.candidate_maxlength,
-                             plan.rows, timeout, plan.finish, job_class=_PointwiseJob)
+    def _submit(self, verb: str, args: tuple, timeout, **kwargs) -> _Job:
+        """A verb's request: the ranker's plan checks it (in the caller's thread, as the offline verb does)
+        and gives its steps and its cost against max_queued_pairs; the engine queues and runs its rows."""
+        return self._enqueue(self.ranker.plan(verb, *args, **kwargs), timeout)
 
     def _submit_rank(self, inputs, candidates, instructions, return_scores, policy, src_len, cand_len, timeout):
-        if self.pointwise:
-            return self._submit_plan("rank", (inputs, candidates, instructions, return_scores, policy), timeout,
-                                     source_maxlength=src_len, candidate_maxlength=cand_len)
-        sources, cands = check_prompts(inputs, candidates, instructions)
-        ns = [len(c) for c in cands]
-        steps = self.ranker.cascaded(rank_steps(ns, policy, return_scores),  # checks policy
-                                     verb_mode("rank", policy=policy, values=return_scores))
-        cost = sum(_row_cost("full", n, 1, 2) for n in ns)
-        return self._enqueue(sources, cands, src_len, cand_len, cost, timeout, steps)
+        return self._submit("rank", (inputs, candidates, instructions, return_scores, policy), timeout,
+                            source_maxlength=src_len, candidate_maxlength=cand_len)
 
     def _submit_select(self, inputs, candidates, top_k, strategy, orders, seed, instructions, initial_orders,
                        policy, worst, src_len, cand_len, timeout, budget=None):
-        if self.pointwise:
-            return self._submit_plan("select", (inputs, candidates, top_k, strategy, orders, seed, instructions,
-                                                initial_orders, policy, worst, budget), timeout,
-                                     source_maxlength=src_len, candidate_maxlength=cand_len)
-        sources, cands = check_prompts(inputs, candidates, instructions)
-        ns = [len(c) for c in cands]
-        # Built here (every argument checked, bad initial_orders included, in Ranker.select's order: the
-        # texts, then the options), so that errors come from the caller's thread.
-        steps = select_steps(ns, top_k, strategy, orders=orders, seed=seed, initial_orders=initial_orders,
-                             policy=policy, budget=budget, worst=worst)
-        steps = self.ranker.cascaded(steps, verb_mode("select", strategy, policy))
-        per_row = passes_per_comparison(orders)
-        # Comparisons per prompt for swiss / knockout_rr / adaptive (None for the others): also what such
-        # a request can cost at most.
-        budgets = comparison_budgets(budget, strategy, ns, top_k, orders)
-        if budgets is not None:
-            cost = int(sum(min(int(b), n * (n - 1) // 2) * per_row for b, n in zip(budgets, ns)))
-        else:
-            cost = sum(_row_cost(strategy, n, top_k, per_row) for n in ns)
-        return self._enqueue(sources, cands, src_len, cand_len, cost, timeout, steps)
+        return self._submit("select", (inputs, candidates, top_k, strategy, orders, seed, instructions,
+                                       initial_orders, policy, worst, budget), timeout,
+                            source_maxlength=src_len, candidate_maxlength=cand_len)
 
     def _submit_compare(self, inputs, candidates_a, candidates_b, instructions, mode, src_len, cand_len, timeout):
-        if self.pointwise:
-            return self._submit_plan("compare", (inputs, candidates_a, candidates_b, instructions, mode), timeout,
-                                     source_maxlength=src_len, candidate_maxlength=cand_len)
-        sources, cands = check_pairs_ab(inputs, candidates_a, candidates_b, instructions)
-        steps = self.ranker.cascaded(compare_steps(len(sources), mode), verb_mode("compare"))  # checks mode
-        cost = len(sources) * (2 if mode == "[A,B]+[B,A]" else 1)
-        return self._enqueue(sources, cands, src_len, cand_len, cost, timeout, steps)
+        return self._submit("compare", (inputs, candidates_a, candidates_b, instructions, mode), timeout,
+                            source_maxlength=src_len, candidate_maxlength=cand_len)
 
     def _submit_judge(self, prompts, completions, shuffle_order, return_scores, temperature, seed, timeout):
-        if self.pointwise:
-            return self._submit_plan("judge", (prompts, completions, shuffle_order, return_scores, temperature),
-                                     timeout, seed=seed)
-        # The same plan as Ranker.judge: same checks, same coin flips for the same seed.
-        steps, sources, shown = judge_plan(prompts, completions, shuffle_order, return_scores, temperature, seed)
-        steps = self.ranker.cascaded(steps, verb_mode("judge", values=return_scores))
-        return self._enqueue(sources, shown, None, None, 2 * len(sources), timeout, steps)
+        return self._submit("judge", (prompts, completions, shuffle_order, return_scores, temperature), timeout,
+                            seed=seed)
 
-    def _enqueue(self, sources, cands, src_len, cand_len, cost: int, timeout, steps, job_class=_Job) -> _Job:
+    def _enqueue(self, plan: Plan, timeout) -> _Job:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
+        src_len, cand_len, cost = plan.source_maxlength, plan.candidate_maxlength, plan.cost
         self.ranker.truncation(src_len, cand_len)  # bad lengths fail before anything is reserved
         with self._cv:
             if self._closing:
@@ -460,8 +371,8 @@ class BatchingEngine:
             self._admitted += 1
             self.stats.requests += 1
         try:
-            enc = self.ranker.encode(sources, cands, src_len, cand_len)
-            job = job_class(enc, steps, cost, deadline)
+            enc = self.ranker.encode(plan.sources, plan.candidates, src_len, cand_len)
+            job = _Job(self.ranker.scorer, enc, plan.steps, cost, deadline)
             finished = job.advance()
         except BaseException:
             self._release(cost, failed=True)
@@ -576,29 +487,6 @@ class BatchingEngine:
                 break
         return picked
 
-    def _packer_for(self, jobs: list) -> tuple:
-        """One packer over the texts of the participating requests, back to back (each request's text
-        indices shifted by the texts before it); reused while the same requests take part (a lone
-        client's selection steps)."""
-        unique = list({job.serial: job for job in jobs}.values())
-        key = tuple(job.serial for job in unique)
-        if key != self._packer_key:
-            tok = self.ranker.tokenizer
-            tokens, offsets, limits, bases = [], [np.zeros(1, np.int64)], [], {}
-            n_texts = n_tok = 0
-            for job in unique:
-                bases[job.serial] = n_texts
-                tokens.append(job.enc.tokens)
-                offsets.append(job.enc.offsets[1:] + n_tok)
-                limits.append(job.enc.limits)
-                n_texts += len(job.enc.limits)
-                n_tok += int(job.enc.tokens.size)
-            self._packer = _core.PairPacker(np.concatenate(tokens), np.concatenate(offsets), np.concatenate(limits),
-                                            cand1_id=tok.cand1_id, cand2_id=tok.cand2_id, pad_id=tok.pad_id,
-                                            prefix_offset=tok.prefix_offset)
-            self._packer_key, self._packer_bases = key, bases
-        return self._packer, self._packer_bases
-
     def _count_batch(self, rows: int, real: int, pad: int, seconds: float) -> None:
         """After each model call: the engine's counters and the on_batch hook (metrics)."""
         with self._cv:
@@ -611,36 +499,20 @@ class BatchingEngine:
         if self.on_batch is not None:
             self.on_batch(rows, real, pad, seconds)
 
-    def _forward_pairs(self, picked) -> np.ndarray:
-        """PairRM: the picked pair rows packed together with the C++ packer; their logits."""
+    def _forward(self, picked) -> np.ndarray:
+        """The picked rows of every request, run together by the ranker's scorer; their logits."""
         ranker = self.ranker
-        packer, bases = self._packer_for([job for job, _, _ in picked])
-        pairs = [job.text_pairs[start:stop] + bases[job.serial] for job, start, stop in picked]
-        text_pairs = np.concatenate(pairs)
+        parts = [(job.serial, job.enc, job.text_rows[start:stop]) for job, start, stop in picked]
         group = 2 if all(job.group == 2 and (stop - start) % 2 == 0 for job, start, stop in picked) else 1
-        order, bounds = packer.plan(text_pairs, ranker.token_budget, max(ranker.max_batch_size, group), group,
-                                    ranker.batch_cost)
         model = ranker.model_for(picked[0][0].model)  # _pick takes rows of one model per iteration
-        logits = np.empty(len(text_pairs), dtype=np.float32)
-        for b in range(len(bounds) - 1):
-            batch_rows = order[bounds[b]:bounds[b + 1]]
-            ids, mask, pos, pad = packer.build(text_pairs, batch_rows)
-            t0 = time.perf_counter()
-            logits[batch_rows] = model(ids, mask, pos)
-            self._count_batch(len(batch_rows), int(ids.size - pad), int(pad), time.perf_counter() - t0)
-        return logits
-
-    def _forward_pointwise(self, picked) -> np.ndarray:
-        """A reward model: the picked (source, candidate) rows of every request, batched by length by
-        PointwiseRanker.run_encoded (the offline path's batching: a request that runs alone, in one
-        iteration, meets the very batches its offline call runs); their scores."""
-        rows = [row for job, start, stop in picked for row in job.enc.rows[start:stop]]
-        return self.ranker.run_encoded(rows, on_batch=self._count_batch)
+        return ranker.scorer.forward(ranker, model, parts, group,
+                                     lambda rows, real, pad, model_s, pack_s: self._count_batch(rows, real, pad, model_s),
+                                     self._forward_cache)
 
     def _run_iteration(self, picked) -> None:
         try:
             t_iter = time.perf_counter()
-            logits = (self._forward_pointwise if self.pointwise else self._forward_pairs)(picked)
+            logits = self._forward(picked)
             elapsed = time.perf_counter() - t_iter
         except Exception as e:  # the model failed: fail the requests of this iteration, keep serving
             with self._cv:

@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 from ..model.checkpoint import has_random_weights
 from ..model.cache import MANIFEST_FILES_KEY, cache_root, publish_dir, read_manifest, verify_files
+from ..model.source import DEMO_PREFIX, model_directory  # noqa: F401  (DEMO_PREFIX re-exported)
 
 
 def _demo_check(directory: Path) -> Optional[str]:
@@ -42,7 +43,6 @@ def demo_checkpoint(shape: str = "xsmall", seed: int = 0, *, llm_blender_loadabl
     return path
 
 
-DEMO_PREFIX = "demo:"
 DEMO_WARNING = (
     "NOTE: ranking with a GENERATED checkpoint ({path}): random weights, so the orderings are meaningless. "
     "They only show the engine working. Pass --model llm-blender/PairRM "
@@ -71,7 +71,7 @@ def announce_random_weights(path, role: str = "ranker") -> None:
 
 def demo_path(spec) -> Path:
     """'demo:SHAPE' (demo: alone = xsmall): the generated checkpoint in the cache, made once."""
-    from .ranker import RANKER_SHAPES
+    from .pairrm_checkpoint import RANKER_SHAPES
 
     spec = str(spec)
     shape = spec[len(DEMO_PREFIX):] or "xsmall"
@@ -83,13 +83,9 @@ def demo_path(spec) -> Path:
 
 
 def local_model(spec, **hub_options) -> Path:
-    """A model source as a local directory: 'demo:SHAPE' (generated here, once), else a directory or a
-    Hugging Face Hub id (model/hub.py's resolve_model_source, the one resolver every entry point uses)."""
-    if str(spec).startswith(DEMO_PREFIX):
-        return demo_path(spec)
-    from ..model.hub import resolve_model_source
-
-    return resolve_model_source(spec, **hub_options)
+    """A model source as a local directory (model/source.py's model_directory, the one resolver every entry
+    point uses): 'demo:SHAPE' generated here, once; else a directory or a Hugging Face Hub id."""
+    return model_directory(spec, demo=demo_path, **hub_options)
 
 
 def resolve_model(spec, **hub_options) -> Path:

@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 
 from ..model import cache
-from ..model.pointwise import POINTWISE_REPO
+from ..model.reward import POINTWISE_REPO
 from .common import FORMAT_VERSION, GENERATOR, NOTE, PathLike, remove_stale_weights, save_weights, write_json, write_sorted_json
 from .pairrm_checkpoint import RANKER_SHAPES, backbone_config_json, deberta_weights, encoder_gain
 from .tokenizer import DEBERTA_EXTRA_EMBEDDING_ROWS, deberta_spm, write_deberta_tokenizer

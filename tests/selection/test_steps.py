@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from blender_fast.selection.steps import Step, recorded, run_steps, select_steps
-from blender_fast.selection.strategies import select
+from blender_fast.selection.steps import Step, recorded, run_steps
+from blender_fast.selection.strategies import select, select_steps
 from blender_fast.selection.verbs import coin_flips, compare_steps, judge_steps, rank_steps
 
 UTIL = np.array([0.3, 2.0, -1.0, 0.7, 1.1, -0.2, 0.0])
@@ -93,3 +93,40 @@ def test_recorded_logs_every_step():
 def test_coin_flips_are_one_draw_per_pair():
     a = coin_flips(np.random.default_rng(4), 50)
     assert a.dtype == bool and a.tolist() == (np.random.default_rng(4).random(50) < 0.5).tolist()
+
+
+def counted_rows(ns, top_k, strategy, orders="both", budget=None) -> int:
+    """Model rows a selection really runs: its steps driven to the end (the plain twin of the cost model)."""
+    rows = 0
+
+    def count(step):
+        nonlocal rows
+        rows += len(step.rows)
+        return score(step)
+
+    run_steps(select_steps(ns, top_k, strategy, orders=orders, budget=budget), count)
+    return rows
+
+
+@pytest.mark.parametrize("strategy", ["full", "bubble", "tournament", "swiss", "knockout_rr", "adaptive"])
+@pytest.mark.parametrize("orders", ["both", "one"])
+def test_the_cost_model_bounds_the_rows_run(strategy, orders):
+    """selection.budgets.selection_cost, the one cost model (the engine's queue bound, the CLI's progress):
+    exact for full and bubble, an upper bound for the others, against the rows the steps run."""
+    from blender_fast.selection.budgets import selection_cost
+
+    for ns, k in (([7, 5], 2), ([2, 6, 1], 1), ([7], 3)):
+        cost, ran = selection_cost(strategy, ns, k, orders), counted_rows(ns, k, strategy, orders)
+        assert cost == ran if strategy in ("full", "bubble") else cost >= ran, (ns, k, cost, ran)
+
+
+def test_one_top_k_rule():
+    from blender_fast.options import check_top_k_fits
+
+    assert check_top_k_fits(3, 3, "prompt 0") == 3
+    with pytest.raises(ValueError, match=r"^top_k = 4 exceeds the 3 candidates of prompt 2$"):
+        check_top_k_fits(4, 3, "prompt 2")
+    with pytest.raises(ValueError, match="top_k = 4 exceeds the 3 candidates of prompt 1"):
+        select_steps([5, 3], 4, "bubble")
+    with pytest.raises(TypeError, match="top_k"):
+        check_top_k_fits(2.0, 3, "prompt 0")

@@ -13,24 +13,21 @@ Hugging Face ``DebertaV2ForSequenceClassification`` with one label. llm-blender 
 * :class:`PointwiseTokenizer`: that round trip and the pair encoding on the ``tokenizers`` library
   (transformers is needed once, to build it; an export carries it);
 * :func:`build_torch_scorer`: the classifier as a module ``(input_ids, attention_mask[, token_type_ids])
-  -> float32 scores``, the plain twin; :func:`cached_pointwise_export`: its ONNX export, checked against it
-  and cached by the same fingerprint rule as PairRM's.
+  -> float32 scores``, the plain twin; :func:`export_graph`: its ONNX graph for the one export pipeline
+  (model/export.py: checked against torch, cached by the same fingerprint rule as PairRM's).
 """
 from __future__ import annotations
 
 import json
-import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from . import cache
-from .cache import checkpoint_fingerprint
-from .export import cached_entry, run_exported
-from .checkpoint import (CheckpointError, check_backbone, check_tokenizer_files, has_random_weights, has_tokenizer_files,
-                         read_json, weights_file)
+from .checkpoint import CheckpointError, check_backbone, check_tokenizer_files, has_tokenizer_files, read_json, weights_file
+from .errors import require_torch
 from ..options import POINTWISE_PRECISIONS
 
 POINTWISE_REPO = "OpenAssistant/reward-model-deberta-v3-large-v2"
@@ -40,10 +37,10 @@ POINTWISE_ARCHITECTURE = "DebertaV2ForSequenceClassification"
 UNBOUNDED = int(1e20)
 # The smallest truncation length: a piece's [CLS] and [SEP] (an empty text).
 MIN_POINTWISE_MAXLENGTH = 2
-EXPORT_VERSION = 1
-OPSET = 17
-EXPORT_META = "export.json"
+EXPORT_VERSION = 1  # bump when the exported graph changes, to invalidate caches
 TOKENIZER_META = "pointwise_tokenizer.json"
+# The exported graph: those of these inputs the model uses (token_type_ids only when it has token types) -> "scores".
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 EXPORT_FILES = ("model.onnx", "tokenizer.json", TOKENIZER_META)
 # |ORT - torch| allowed on the sample batch, as a fraction of its score spread (at least 1). Measured on
 # the tiny generated model: fp32 ~1e-6, fp16 ~1e-2.
@@ -59,7 +56,20 @@ class PointwiseCheckpoint:
     weights_path: Path
     config: dict  # the HF config.json
     tokenizer_dir: Path
-    n_tasks: int = 1  # (for cache.checkpoint_fingerprint, which reads these three as for a PairRM checkpoint)
+
+    kind: ClassVar[str] = "reward"  # one score per (source, candidate)
+    # The tokenizer's own limit (model_max_length, none when unbounded) truncates unless a call says otherwise.
+    source_maxlength: ClassVar[None] = None
+    candidate_maxlength: ClassVar[None] = None
+
+    def describe(self) -> dict:
+        """What Ranker.describe adds for this checkpoint."""
+        return {"kind": "pointwise", "checkpoint": str(self.path)}
+
+    def key_fields(self) -> dict:
+        """What the export cache key holds beside the files: one output (num_labels 1), under the field
+        name PairRM's key uses for its head's outputs, so that existing cache entries stay valid."""
+        return {"n_tasks": 1}
 
     @property
     def backbone_config(self) -> dict:
@@ -147,7 +157,11 @@ def clean_up_tokenization(text: str) -> str:
 
 @dataclass
 class PointwiseTokenizer:
-    """llm-blender's DebertaRMCollator on the ``tokenizers`` library."""
+    """llm-blender's DebertaRMCollator on the ``tokenizers`` library. A class of its own beside PairTokenizer
+    because the rules differ: a text round trip (encode, truncate, decode) before a plain pair encoding,
+    where PairRM tokenizes marked pieces once and truncates them in the packer."""
+
+    kind: ClassVar[str] = "reward"  # scorer.scorer_for picks the reward scorer by it
 
     tokenizer: "object"  # tokenizers.Tokenizer, no truncation and no padding
     pad_id: int
@@ -264,12 +278,7 @@ def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int):
 # -- the model ---------------------------------------------------------------------------------------
 
 def _require_torch():
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as e:
-        raise ImportError(f"{e.name} is needed to export or run a reward model with torch: "
-                          "pip install 'blender-fast[export]'") from None
+    require_torch("a reward model")
 
 
 def build_torch_scorer(ckpt: PointwiseCheckpoint):
@@ -327,22 +336,10 @@ def sample_batch(tok: PointwiseTokenizer):
     return pad_batch(tok.encode_pairs(pairs), tok.pad_id)
 
 
-class ExportCheckError(RuntimeError):
-    """The exported reward model does not reproduce torch within tolerance (or gives NaN)."""
-
-
-@dataclass
-class PointwiseExportReport:
-    path: str
-    precision: str
-    max_abs_diff: float
-    seconds: float
-    cached: bool
-
-
-def export_pointwise_onnx(ckpt: PointwiseCheckpoint, out_dir: Path, precision: str = "fp32", *,
-                          final_dir: Path | None = None) -> PointwiseExportReport:
-    """Write model.onnx + the tokenizer into out_dir, checked against torch fp32 on a sample batch."""
+def export_graph(ckpt: PointwiseCheckpoint, out_dir: Path, precision: str = "fp32") -> dict:
+    """The reward model's graph maker for the export pipeline (model/export.export_onnx): writes model.onnx
+    and the tokenizer into out_dir; returns the sample feeds, torch fp32's scores on them (the reference
+    the pipeline checks the graph against) and what export.json records of this graph."""
     if precision not in POINTWISE_PRECISIONS["onnx"]:
         raise ValueError(f"a reward model exports to ONNX in precision {POINTWISE_PRECISIONS['onnx']}, not {precision!r}")
     _require_torch()
@@ -350,7 +347,6 @@ def export_pointwise_onnx(ckpt: PointwiseCheckpoint, out_dir: Path, precision: s
 
     from .attention import UnsupportedAttention, use_export_attention
 
-    t0 = time.perf_counter()
     tok = build_pointwise_tokenizer(ckpt)
     model = build_torch_scorer(ckpt)
     ids, mask, types = sample_batch(tok)
@@ -363,7 +359,7 @@ def export_pointwise_onnx(ckpt: PointwiseCheckpoint, out_dir: Path, precision: s
         use_export_attention(model)
         attention = "blender_fast.model.attention"
     except UnsupportedAttention as e:
-        warnings.warn(f"{ckpt.path}: {e}; exporting transformers' attention as it is (slower graph)", stacklevel=2)
+        warnings.warn(f"{ckpt.path}: {e}; exporting transformers' attention as it is (slower graph)", stacklevel=3)
     out_dir.mkdir(parents=True, exist_ok=True)
     export_model = model.half() if precision == "fp16" else model
     dynamic = {n: {0: "batch", 1: "seq"} for n in names}
@@ -372,44 +368,7 @@ def export_pointwise_onnx(ckpt: PointwiseCheckpoint, out_dir: Path, precision: s
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(export_model, tuple(inputs), str(out_dir / "model.onnx"), input_names=names,
-                          output_names=["scores"], dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+                          output_names=["scores"], dynamic_axes=dynamic, opset_version=17, dynamo=False)
     tok.save(out_dir)
-    got = run_exported(out_dir / "model.onnx", {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
-    diff = float(np.max(np.abs(got - reference)))
-    spread = float(np.ptp(reference)) if np.isfinite(reference).all() else float("nan")
-    tolerance = EXPORT_TOLERANCE[precision] * max(spread, 1.0)
-    where = Path(final_dir or out_dir) / "model.onnx"
-    if not np.isfinite(diff) or not diff <= tolerance:
-        raise ExportCheckError(f"{where}: the exported {precision} reward model disagrees with torch on the sample "
-                               f"batch: max |ORT - torch| = {diff:.3g}, tolerance {tolerance:.3g}; try backend='torch'")
-    report = PointwiseExportReport(str(where), precision, diff, time.perf_counter() - t0, cached=False)
-    meta = {"export": asdict(report), "kind": "pointwise", "attention": attention, "checkpoint": str(ckpt.path),
-            "inputs": names, "random_weights": has_random_weights(ckpt.path),
-            cache.MANIFEST_FILES_KEY: cache.record_files(out_dir, exclude=(EXPORT_META,))}
-    (out_dir / EXPORT_META).write_text(json.dumps(meta, indent=1))
-    return report
-
-
-def check_pointwise_export(out_dir: Path) -> str | None:
-    """None when ``out_dir`` is a complete, intact export; else what is wrong, naming the file."""
-    meta, problem = cache.read_manifest(Path(out_dir) / EXPORT_META)
-    if problem:
-        return problem
-    files = meta.get(cache.MANIFEST_FILES_KEY)
-    if meta.get("kind") != "pointwise" or not isinstance(files, dict) or not set(EXPORT_FILES) <= set(files):
-        return f"{Path(out_dir) / EXPORT_META} does not list {', '.join(EXPORT_FILES)} (an older or damaged entry)"
-    return cache.verify_files(out_dir, files)
-
-
-def pointwise_export_key(ckpt: PointwiseCheckpoint, precision: str) -> str:
-    return checkpoint_fingerprint(ckpt, kind="pointwise", precision=precision, opset=OPSET,
-                                  export_version=EXPORT_VERSION)
-
-
-def cached_pointwise_export(ckpt: PointwiseCheckpoint, precision: str = "fp32", cache_dir=None):
-    """(directory, report) of this checkpoint's export, made on first use (export.cached_export's rules:
-    keyed by weights, tokenizer files, config and options; a damaged entry is exported again)."""
-    root = Path(cache_dir) if cache_dir else cache.cache_root() / "onnx"
-    out_dir = root / pointwise_export_key(ckpt, precision)
-    return cached_entry(out_dir, lambda tmp: export_pointwise_onnx(ckpt, tmp, precision, final_dir=out_dir),
-                        check_pointwise_export, PointwiseExportReport)
+    return {"feeds": {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, "reference": reference,
+            "meta": {"kind": "pointwise", "attention": attention, "checkpoint": str(ckpt.path), "inputs": names}}
