@@ -20,11 +20,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("engine", "strategies", "flops", "quality", "frontier", "agreement", "profile", "variants", "ray",
+SECTIONS = ("engine", "speed", "strategies", "flops", "quality", "frontier", "agreement", "profile", "variants", "ray",
             "serve")
-# agreement, profile, variants (hardware), ray (needs [ray]) and serve (needs [serve], minutes of HTTP load)
-# run when asked, e.g. --sections agreement,ray,serve
-DEFAULT_SECTIONS = ("engine", "strategies", "flops", "quality", "frontier")
+# speed (the README's table: tens of minutes), agreement, ray (needs [ray]) and serve (needs [serve], minutes
+# of HTTP load) run when asked, e.g. --sections flops,speed
+DEFAULT_SECTIONS = ("engine", "speed", "strategies", "flops", "quality", "frontier")
 ALL_NS = (4, 8, 12, 16, 24, 32)
 
 
@@ -87,6 +87,11 @@ def parse_args(argv=None):
     p.add_argument("--prompts", type=int, default=None, help="engine section: number of prompts")
     p.add_argument("--candidates", type=int, default=None, help="engine section: candidates per prompt")
     p.add_argument("--repeats", type=int, default=None, help="engine section: interleaved repeats (median)")
+    p.add_argument("--speed-prompts", type=int, default=48, help="speed: prompts, sorted into --speed-bins "
+                   "length bins (tokens per pair) of equal count")
+    p.add_argument("--speed-bins", type=int, default=3, help="speed: length bins")
+    p.add_argument("--speed-batch-sizes", default="1,8", help="speed: llm-blender's batch sizes to time against "
+                   "(1 is its fastest on a CPU, 8 its default and the slow part of the run)")
     p.add_argument("--strategy-ns", default=None, help="strategies: candidate counts to time, e.g. 4,8,12")
     p.add_argument("--throughput-prompts", type=int, default=None)
     p.add_argument("--latency-prompts", type=int, default=None)
@@ -206,6 +211,23 @@ def main(argv=None) -> int:
                                                args.threads, sizes.repeats, seed=args.seed,
                                                plan=engines_argument(args.engines))
         finish_section("engine", t0)
+
+    if "speed" in args.sections:
+        from .engine import run_speed_section
+        from .flops import measure_peak
+
+        t0 = time.perf_counter()
+        batch_sizes = tuple(int(x) for x in args.speed_batch_sizes.split(","))
+        if not set(batch_sizes) <= {1, 8} or not batch_sizes:
+            raise SystemExit(f"--speed-batch-sizes {args.speed_batch_sizes!r}: a comma-separated subset of 1,8")
+        n_speed = min(args.speed_prompts, len(prompts)) if not args.quick else 2 * args.speed_bins
+        log(f"speed: {n_speed} prompts × {args.candidates or 6} candidates in {args.speed_bins} length bins, "
+            f"llm-blender batch sizes {batch_sizes}")
+        results["speed"] = run_speed_section(
+            ckpt, prompts, n_speed, args.speed_bins, args.candidates or (3 if args.quick else 6), args.device,
+            args.threads, args.repeats or 1, batch_sizes, start_peak or measure_peak(args.device, args.threads, args.quick),
+            seed=args.seed)
+        finish_section("speed", t0)
 
     if "strategies" in args.sections:
         from .strategies import run_strategies_section

@@ -65,6 +65,35 @@ def engine_md(eng: dict) -> list[str]:
     return md
 
 
+def speed_md(sp: dict) -> list[str]:
+    """The README's table: ours against llm-blender per length bin, each engine's share of the GEMM rate."""
+    s, peak = sp["settings"], sp["peak"]
+    md = ["## Speed vs llm-blender, by prompt length", "",
+          f"{s['prompts']} prompts × {s['candidates_per_prompt']} candidates, full ranking, in {s['bins']} bins of "
+          f"equal count by tokens per pair; each bin its own run, engines interleaved, {s['repeats']} repeat(s), "
+          f"medians. Ratio = llm-blender's wall time / ours (ONNX Runtime fp32, exact). GEMM % = useful FLOPs "
+          f"(real tokens) per wall second against the machine's fp32 GEMM rate, "
+          f"{fmt_num(peak['peak_flops'] / 1e9, 0)} GFLOP/s ({peak['peak_source']}).", ""]
+    names = list(sp["bins"][0]["engines"]) if sp["bins"] else []
+    ours = names[0] if names else None
+    header = ["tokens/pair", "prompts", "ours s", "ours GEMM %"]
+    for name in names[1:]:
+        header += [f"{name} s", "ratio", "GEMM %"]
+    rows = []
+    for b in sp["bins"]:
+        e = b["engines"]
+        row = [fmt_num(b["tokens_per_pair"], 0), b["prompts"], fmt_num(e[ours]["wall_s"], 1),
+               fmt_num(e[ours]["fraction_of_gemm_rate"], 0, pct=True)]
+        for name in names[1:]:
+            row += [fmt_num(e[name]["wall_s"], 1), fmt_num(e[name]["ratio"]) + "×",
+                    fmt_num(e[name]["fraction_of_gemm_rate"], 0, pct=True)]
+        rows.append(row)
+    md += md_table(header, rows)
+    md += [f"Ratio ranges: " + "; ".join(f"{name}: {lo:.2f}× to {hi:.2f}×" for name, (lo, hi) in sp["ratio_range"].items()),
+           ""]
+    return md
+
+
 def strategies_md(st: dict) -> list[str]:
     s = st["settings"]
     md = ["## 2. Selection strategies", "",
@@ -386,7 +415,7 @@ def render_markdown(results: dict) -> str:
     from .profile import profile_markdown
     from .variants import variants_markdown
 
-    sections = (("engine", engine_md), ("strategies", strategies_md), ("flops", flops_md), ("quality", quality_md),
+    sections = (("engine", engine_md), ("speed", speed_md), ("strategies", strategies_md), ("flops", flops_md), ("quality", quality_md),
                 ("frontier", frontier_md),
                 ("agreement", lambda sec: ["## Agreement gate (precision × runtime vs exact fp32)", ""] + agreement_markdown(sec) + [""]),
                 ("variants", lambda sec: ["## Every backend × precision vs ONNX fp32 (interleaved)", ""] + variants_markdown(sec)),

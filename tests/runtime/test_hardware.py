@@ -129,12 +129,16 @@ def test_auto_picks_only_gated_variants(conditioned_tiny, tmp_path, monkeypatch,
 
 
 def test_run_gate_records(conditioned_tiny, tmp_path, one_torch_thread):
-    from benchmarks.agreement import run_gate
+    from blender_fast import Ranker
+    from blender_fast.runtime.agreement import run_gate
     from blender_fast.runtime.autoselect import load_gate
     from blender_fast.model.checkpoint import load_checkpoint
 
-    records = run_gate(conditioned_tiny, INPUTS[:2], [c[:3] for c in CANDS[:2]], variants=(("torch", "bf16"),),
-                       threads=1, cache_dir=tmp_path)
+    def load(backend, precision):
+        return Ranker.from_pretrained(conditioned_tiny, backend=backend, precision=precision, threads=1, cache_dir=tmp_path)
+
+    records = run_gate(load_checkpoint(conditioned_tiny), load, INPUTS[:2], [c[:3] for c in CANDS[:2]],
+                       variants=(("torch", "bf16"),), cache_dir=tmp_path)
     assert [r["variant"] for r in records] == ["torch bf16"]
     assert records[0]["prompts"] == 2 and records[0]["candidates"] == 3
     assert "torch bf16" in load_gate(load_checkpoint(conditioned_tiny), tmp_path)
