@@ -20,8 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("engine", "speed", "strategies", "flops", "quality", "frontier", "agreement", "profile", "variants", "ray",
-            "serve")
+SECTIONS = ("engine", "speed", "strategies", "flops", "quality", "frontier", "agreement", "ray", "serve")
 # speed (the README's table: tens of minutes), agreement, ray (needs [ray]) and serve (needs [serve], minutes
 # of HTTP load) run when asked, e.g. --sections flops,speed
 DEFAULT_SECTIONS = ("engine", "speed", "strategies", "flops", "quality", "frontier")
@@ -76,11 +75,10 @@ def parse_args(argv=None):
     p.add_argument("--gate-prompts", type=int, default=100, help="agreement: prompts (x --gate-candidates)")
     p.add_argument("--gate-candidates", type=int, default=12, help="agreement: candidates per prompt")
     p.add_argument("--gate-max-chars", type=int, default=None, help="agreement: clip texts to this many characters")
-    p.add_argument("--gate-qk-gain", type=float, default=3.0, help="agreement (and variants): query/key gain of the "
+    p.add_argument("--gate-qk-gain", type=float, default=3.0, help="agreement: query/key gain of the "
                    "conditioned checkpoint (0: use the checkpoint as is, e.g. a real one given with --model)")
     p.add_argument("--gate-variants", default=None, help="agreement: BACKEND:PRECISION,... to gate (default: every "
                    "variant auto may pick, e.g. torch:bf16,onnx:int8,openvino:fp32,openvino:bf16)")
-    p.add_argument("--gate-islands", action="store_true", help="agreement: also probe torch bf16 with other fp32 islands")
     p.add_argument("--engines", default=None, help="engine section: our engines as BACKEND:PRECISION,... (the first "
                    "is the main one; default: every variant this device runs)")
     p.add_argument("--quick", action="store_true", help="tiny-shape smoke run (well under a minute)")
@@ -257,23 +255,8 @@ def main(argv=None) -> int:
         variants = [(backend, precision) for _, _, backend, precision in engines_argument(args.gate_variants) or []]
         results["agreement"] = run_agreement_section(ckpt, gate_prompts, args.gate_candidates, args.threads,
                                                      args.gate_max_chars, qk_gain=args.gate_qk_gain or None,
-                                                     islands=args.gate_islands, variants=tuple(variants) or None)
+                                                     variants=tuple(variants) or None)
         finish_section("agreement", t0)
-
-    if "variants" in args.sections:
-        from .variants import run_variants_section
-
-        t0 = time.perf_counter()
-        results["variants"] = run_variants_section(ckpt, prompts[:sizes.prompts], sizes.candidates, args.threads,
-                                                   sizes.repeats)
-        finish_section("variants", t0)
-
-    if "profile" in args.sections:
-        from .profile import run_profile_section
-
-        t0 = time.perf_counter()
-        results["profile"] = run_profile_section(ckpt, prompts[:sizes.prompts], sizes.candidates, args.threads)
-        finish_section("profile", t0)
 
     from . import quality
 

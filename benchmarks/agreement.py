@@ -60,25 +60,10 @@ def conditioned_checkpoint(base: Path, qk_gain: float = QK_GAIN) -> Path:
     return out
 
 
-def island_variants(ckpt_path: Path, threads):
-    """torch bf16 with different fp32 islands (measured, never picked): where the error comes from."""
-    from blender_fast.model.checkpoint import load_checkpoint
-    from blender_fast.model.export import build_torch_model
-    from blender_fast.runtime.sessions import TorchPairModel
-
-    ckpt = load_checkpoint(ckpt_path)
-    out = {}
-    for islands in ((), ("layernorm",), ("head",), ("layernorm", "head", "embeddings")):
-        name = "torch bf16 fp32[" + ",".join(islands) + "]"
-        out[name] = TorchPairModel(build_torch_model(ckpt), precision="bf16", threads=threads, keep_fp32=islands)
-    return out
-
-
 def run_agreement_section(ckpt_path: Path, prompts, n_candidates: int, threads, max_chars: int | None,
-                          qk_gain: float | None = QK_GAIN, islands: bool = True, variants=None) -> dict:
+                          qk_gain: float | None = QK_GAIN, variants=None) -> dict:
     """The gate (blender_fast.runtime.agreement.run_gate, what `blender-fast gate` runs) on the benchmark's
-    prompts, plus torch bf16 with other fp32 islands (measured, never picked); its records are saved
-    where precision="auto" reads them."""
+    prompts, on a conditioned checkpoint; its records are saved where precision="auto" reads them."""
     from blender_fast import Ranker
     from blender_fast.model.checkpoint import load_checkpoint
     from blender_fast.runtime.agreement import GATE_VARIANTS, describe_record, gate_thresholds, run_gate
@@ -90,12 +75,9 @@ def run_agreement_section(ckpt_path: Path, prompts, n_candidates: int, threads, 
     cands = [[c[:max_chars] if max_chars else c for c in candidates_for(prompts, i, n_candidates)]
              for i in range(len(prompts))]
     log(f"agreement: {len(prompts)} prompts x {n_candidates} candidates on {ckpt}")
-    base = Ranker.from_pretrained(ckpt, backend="onnx", precision="fp32", threads=threads)
-    extra = {name: Ranker(model, base.tokenizer, base.source_maxlength, base.candidate_maxlength)
-             for name, model in island_variants(ckpt, threads).items()} if islands else None
     records = run_gate(load_checkpoint(ckpt), lambda b, p: Ranker.from_pretrained(ckpt, backend=b, precision=p,
                                                                                threads=threads),
-                       inputs, cands, variants=variants or GATE_VARIANTS, extra=extra, settings={"threads": threads})
+                       inputs, cands, variants=variants or GATE_VARIANTS, settings={"threads": threads})
     for r in records:
         log(f"agreement: {describe_record(r)}")
     return as_jsonable({"checkpoint": str(ckpt), "qk_gain": qk_gain, "prompts": len(prompts),
@@ -109,9 +91,9 @@ def agreement_markdown(sec: dict) -> list[str]:
              f"{sec['candidates']} candidates, texts clipped to {sec['max_chars']} characters; CPU {sec['cpu']['cpu_model']} "
              f"({', '.join(sec['cpu']['isa'])}). Gate: top-1 >= {sec['gate']['top1_pct']:g}% and mean tau >= "
              f"{sec['gate']['kendall_tau_mean']:g} vs ONNX fp32.", "",
-             "| variant | top-1 vs fp32 | Kendall τ mean (min) | max \\|Δlogit\\| / logit std | gate | pickable by auto |",
-             "|---|---|---|---|---|---|"]
+             "| variant | top-1 vs fp32 | Kendall τ mean (min) | max \\|Δlogit\\| / logit std | gate |",
+             "|---|---|---|---|---|"]
     for r in sec["records"]:
         lines.append(f"| {r['variant']} | {r['top1_pct']:.1f}% | {r['kendall_tau_mean']:.3f} ({r['kendall_tau_min']:.3f}) | "
-                     f"{r['max_rel_dlogit']:.3f} | {'PASS' if r['passed'] else 'fail'} | {'yes' if r['pickable'] else 'no (probe)'} |")
+                     f"{r['max_rel_dlogit']:.3f} | {'PASS' if r['passed'] else 'fail'} |")
     return lines

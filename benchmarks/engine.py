@@ -114,7 +114,7 @@ def _sync(device):
 def timed_call(engine: Engine, fn, device: str, shape: ModelShape, sample_rss: bool = True) -> tuple[object, dict]:
     """Run fn once; wall time, peak RSS, batch statistics and FLOPs of exactly this call.
     sample_rss=False: no sampling thread beside the call (RSS fields NaN), for callers that measure peak
-    RSS elsewhere (benchmarks/targets.py: one subprocess per variant)."""
+    RSS elsewhere."""
     gc.collect()
     time.sleep(SETTLE_S)
     first_batch = len(engine.batches)

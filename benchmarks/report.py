@@ -412,14 +412,10 @@ def render_markdown(results: dict) -> str:
     if m.get("isa") is not None:
         md += [f"CPU features used to choose variants: {', '.join(m['isa']) or 'none of AMX/AVX512-BF16/VNNI/AVX2'}.", ""]
     from .agreement import agreement_markdown
-    from .profile import profile_markdown
-    from .variants import variants_markdown
 
     sections = (("engine", engine_md), ("speed", speed_md), ("strategies", strategies_md), ("flops", flops_md), ("quality", quality_md),
                 ("frontier", frontier_md),
-                ("agreement", lambda sec: ["## Agreement gate (precision × runtime vs exact fp32)", ""] + agreement_markdown(sec) + [""]),
-                ("variants", lambda sec: ["## Every backend × precision vs ONNX fp32 (interleaved)", ""] + variants_markdown(sec)),
-                ("profile", lambda sec: ["## Where the fp32 ONNX path spends its time (ORT profiler)", ""] + profile_markdown(sec)))
+                ("agreement", lambda sec: ["## Agreement gate (precision × runtime vs exact fp32)", ""] + agreement_markdown(sec) + [""]))
     for key, fn in sections:
         if key in results:
             md += fn(results[key])

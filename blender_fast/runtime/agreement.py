@@ -111,16 +111,14 @@ def describe_record(rec: dict) -> str:
             f"{rec['seconds']:.0f}s)")
 
 
-def run_gate(ckpt, load_ranker, inputs, candidates, variants=GATE_VARIANTS, cache_dir=None, extra=None,
-             save: bool = True, settings: dict | None = None, source_maxlength=None,
+def run_gate(ckpt, load_ranker, inputs, candidates, variants=GATE_VARIANTS, cache_dir=None, save: bool = True, settings: dict | None = None, source_maxlength=None,
              candidate_maxlength=None) -> list[dict]:
     """Rank ``inputs`` x ``candidates`` with exact fp32 ONNX and with each (backend, precision) of
     ``variants``; the gate's verdicts, saved where ``precision="auto"`` reads them (autoselect.load_gate).
 
     ckpt: the checkpoint (model.checkpoint.load_checkpoint) the records are keyed on. load_ranker(backend,
     precision) returns a ranker of that checkpoint: the caller (a higher layer: the CLI, the benchmarks)
-    builds it. extra: {name: ranker} more variants to measure (e.g. other fp32 islands), recorded here but
-    never saved, so never picked."""
+    builds it."""
     import time
 
     from .autoselect import load_gate, save_gate
@@ -131,20 +129,15 @@ def run_gate(ckpt, load_ranker, inputs, candidates, variants=GATE_VARIANTS, cach
     kw = dict(source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength)
     ref_scores, ref_logits = full_rank_logits(load_ranker("onnx", "fp32"), inputs, candidates, **kw)
     records = []
-    rankers = {f"{b} {p}": None for b, p in variants}
-    rankers.update(extra or {})
-    for name, ranker in rankers.items():
+    for backend, precision in variants:
         t0 = time.perf_counter()
-        pickable = ranker is None
-        if pickable:
-            ranker = load_ranker(*name.split())
-        scores, logits = full_rank_logits(ranker, inputs, candidates, **kw)
-        rec = ranking_agreement(name, ref_scores, scores, ref_logits, logits).as_dict()
-        rec.update(seconds=time.perf_counter() - t0, pickable=pickable)
+        scores, logits = full_rank_logits(load_ranker(backend, precision), inputs, candidates, **kw)
+        rec = ranking_agreement(f"{backend} {precision}", ref_scores, scores, ref_logits, logits).as_dict()
+        rec["seconds"] = time.perf_counter() - t0
         records.append(rec)
     if save:
         old = load_gate(ckpt, cache_dir)
-        old.update({r["variant"]: r for r in records if r["pickable"]})
+        old.update({r["variant"]: r for r in records})
         save_gate(ckpt, list(old.values()), cache_dir,
                   {"prompts": len(inputs), **gate_thresholds(), **(settings or {}), **kw})
     return records
