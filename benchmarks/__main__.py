@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SECTIONS = ("engine", "speed", "strategies", "flops", "quality", "frontier", "agreement", "ray", "serve")
 # speed (the README's table: tens of minutes), agreement, ray (needs [ray]) and serve (needs [serve], minutes
 # of HTTP load) run when asked, e.g. --sections flops,speed
-DEFAULT_SECTIONS = ("engine", "speed", "strategies", "flops", "quality", "frontier")
+DEFAULT_SECTIONS = ("engine", "strategies", "flops", "quality", "frontier")
 ALL_NS = (4, 8, 12, 16, 24, 32)
 
 
@@ -88,6 +88,9 @@ def parse_args(argv=None):
     p.add_argument("--speed-prompts", type=int, default=48, help="speed: prompts, sorted into --speed-bins "
                    "length bins (tokens per pair) of equal count")
     p.add_argument("--speed-bins", type=int, default=3, help="speed: length bins")
+    p.add_argument("--speed-per-bin", type=int, default=None, help="speed: time only N prompts of each bin, "
+                   "spread over its lengths (a shorter run over the same length range)")
+    p.add_argument("--speed-only-bins", default=None, help="speed: time only these bins, e.g. 3 (1 = shortest)")
     p.add_argument("--speed-batch-sizes", default="1,8", help="speed: llm-blender's batch sizes to time against "
                    "(1 is its fastest on a CPU, 8 its default and the slow part of the run)")
     p.add_argument("--strategy-ns", default=None, help="strategies: candidate counts to time, e.g. 4,8,12")
@@ -221,11 +224,16 @@ def main(argv=None) -> int:
         n_speed = min(args.speed_prompts, len(prompts)) if not args.quick else 2 * args.speed_bins
         log(f"speed: {n_speed} prompts × {args.candidates or 6} candidates in {args.speed_bins} length bins, "
             f"llm-blender batch sizes {batch_sizes}")
-        results["speed"] = run_speed_section(
-            ckpt, prompts, n_speed, args.speed_bins, args.candidates or (3 if args.quick else 6), args.device,
-            args.threads, args.repeats or 1, batch_sizes, start_peak or measure_peak(args.device, args.threads, args.quick),
-            seed=args.seed)
-        finish_section("speed", t0)
+
+        def keep(partial):
+            results["speed"] = partial
+            finish_section("speed", t0)
+
+        run_speed_section(ckpt, prompts, n_speed, args.speed_bins, args.candidates or (3 if args.quick else 6),
+                          args.device, args.threads, args.repeats or 1, batch_sizes,
+                          start_peak or measure_peak(args.device, args.threads, args.quick), seed=args.seed,
+                          per_bin=args.speed_per_bin, on_bin=keep,
+                          only_bins={int(b) for b in args.speed_only_bins.split(",")} if args.speed_only_bins else None)
 
     if "strategies" in args.sections:
         from .strategies import run_strategies_section

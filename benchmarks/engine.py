@@ -362,19 +362,32 @@ def tokens_per_pair(ckpt_path, prompts, n_candidates: int) -> list[float]:
 
 def run_speed_section(ckpt_path, prompts, n_prompts: int, n_bins: int, n_candidates: int, device: str,
                       threads: int | None, repeats: int, reference_batch_sizes: tuple, peak: dict,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, per_bin: int | None = None, on_bin=None, only_bins=None) -> dict:
     """Full ranking, ours (ONNX Runtime fp32, exact) against llm-blender, on the first `n_prompts` prompts
-    sorted into `n_bins` bins of equal count by tokens per pair; each bin is an engine run of its own
-    (interleaved repeats). Beside each ratio: each engine's useful FLOP rate (real tokens only) as a
-    fraction of the machine's fp32 GEMM rate `peak`, so that a ratio can be read against the machine."""
+    sorted into `n_bins` bins of equal count by tokens per pair (`per_bin` of each, spread over its
+    lengths, when given: a shorter run over the same length range); each bin is an engine run of its own (interleaved
+    repeats). Beside each ratio: each engine's useful FLOP rate (real tokens only) as a fraction of the
+    machine's fp32 GEMM rate `peak`, so that a ratio can be read against the machine. on_bin(partial
+    result) after every bin: a long run keeps what it measured. only_bins: 1-based bin numbers to time
+    (the rest of a run cut short)."""
     from .flops import achieved
 
+    if threads:
+        import torch
+
+        # llm-blender runs on torch's global pool: the same thread count as ours, or the ratio compares
+        # thread counts (and on a shared machine 2 spinning threads per engine skew it badly).
+        torch.set_num_threads(threads)
     chosen = prompts[:n_prompts]
     lengths = tokens_per_pair(ckpt_path, chosen, n_candidates)
     order = sorted(range(len(chosen)), key=lengths.__getitem__)
     plan = [("blender-fast onnx fp32", "ours", "onnx", "fp32")]
     bins = []
     for b, idx in enumerate(np.array_split(np.asarray(order), n_bins)):
+        if only_bins and b + 1 not in only_bins:
+            continue
+        if per_bin and per_bin < len(idx):  # spread over the bin's length range, not its shortest
+            idx = idx[np.unique(np.linspace(0, len(idx) - 1, per_bin).round().astype(int))]
         group = [chosen[i] for i in idx]
         log(f"speed: bin {b + 1}/{n_bins}: {len(group)} prompts, ~{np.mean([lengths[i] for i in idx]):.0f} tokens/pair")
         eng = run_engine_section(ckpt_path, group, n_candidates, device, threads, repeats, seed=seed,
@@ -391,14 +404,18 @@ def run_speed_section(ckpt_path, prompts, n_prompts: int, n_bins: int, n_candida
         row["agreement"] = eng["agreement"]
         row["load_average"] = [r.get("load_average_1min") for rs in eng["runs"].values() for r in rs]
         bins.append(row)
-    ratios = {}
-    for row in bins:
-        for name, e in row["engines"].items():
-            if name != plan[0][0]:
-                ratios.setdefault(name, []).append(e["ratio"])
-    return as_jsonable({
-        "settings": {"prompts": len(chosen), "bins": n_bins, "candidates_per_prompt": n_candidates,
-                     "repeats": repeats, "threads": threads, "reference_batch_sizes": list(reference_batch_sizes)},
-        "peak": peak, "bins": bins,
-        "ratio_range": {name: [min(r), max(r)] for name, r in ratios.items()},
-    })
+        ratios = {}
+        for r in bins:
+            for name, e in r["engines"].items():
+                if name != plan[0][0]:
+                    ratios.setdefault(name, []).append(e["ratio"])
+        result = as_jsonable({
+            "settings": {"prompts": sum(r["prompts"] for r in bins), "drawn_from": len(chosen), "bins": n_bins,
+                         "candidates_per_prompt": n_candidates, "repeats": repeats, "threads": threads,
+                         "reference_batch_sizes": list(reference_batch_sizes)},
+            "peak": peak, "bins": bins,
+            "ratio_range": {name: [min(r), max(r)] for name, r in ratios.items()},
+        })
+        if on_bin:
+            on_bin(result)
+    return result

@@ -69,8 +69,9 @@ def speed_md(sp: dict) -> list[str]:
     """The README's table: ours against llm-blender per length bin, each engine's share of the GEMM rate."""
     s, peak = sp["settings"], sp["peak"]
     md = ["## Speed vs llm-blender, by prompt length", "",
-          f"{s['prompts']} prompts × {s['candidates_per_prompt']} candidates, full ranking, in {s['bins']} bins of "
-          f"equal count by tokens per pair; each bin its own run, engines interleaved, {s['repeats']} repeat(s), "
+          f"{s['prompts']} prompts × {s['candidates_per_prompt']} candidates, full ranking: the first "
+          f"{s.get('drawn_from', s['prompts'])} prompts of the data sorted into {s['bins']} bins of equal count by "
+          f"tokens per pair, {len(sp['bins'])} timed; each bin its own run, engines interleaved, {s['repeats']} repeat(s), "
           f"medians. Ratio = llm-blender's wall time / ours (ONNX Runtime fp32, exact). GEMM % = useful FLOPs "
           f"(real tokens) per wall second against the machine's fp32 GEMM rate, "
           f"{fmt_num(peak['peak_flops'] / 1e9, 0)} GFLOP/s ({peak['peak_source']}).", ""]
