@@ -73,8 +73,9 @@ def speed_md(sp: dict) -> list[str]:
           f"{s.get('drawn_from', s['prompts'])} prompts of the data sorted into {s['bins']} bins of equal count by "
           f"tokens per pair, {len(sp['bins'])} timed; each bin its own run, engines interleaved, {s['repeats']} repeat(s), "
           f"medians. Ratio = llm-blender's wall time / ours (ONNX Runtime fp32, exact). GEMM % = useful FLOPs "
-          f"(real tokens) per wall second against the machine's fp32 GEMM rate, "
-          f"{fmt_num(peak['peak_flops'] / 1e9, 0)} GFLOP/s ({peak['peak_source']}).", ""]
+          f"(real tokens) per wall second against the machine's fp32 GEMM rate at the engines' thread count "
+          f"(ONNX Runtime MatMul {peak['matrix_size']}², {s['threads'] or 'default'} thread(s)): "
+          f"{fmt_num(sp.get('gemm_rate', peak['peak_flops']) / 1e9, 0)} GFLOP/s, measured at the start of the run.", ""]
     names = list(sp["bins"][0]["engines"]) if sp["bins"] else []
     ours = names[0] if names else None
     header = ["tokens/pair", "prompts", "ours s", "ours GEMM %"]
