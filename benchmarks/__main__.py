@@ -20,10 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("engine", "strategies", "flops", "quality", "frontier", "agreement", "profile", "variants", "ray",
-            "serve")
-# agreement, profile, variants (hardware), ray (needs [ray]) and serve (needs [serve], minutes of HTTP load)
-# run when asked, e.g. --sections agreement,ray,serve
+SECTIONS = ("engine", "speed", "strategies", "flops", "quality", "frontier", "agreement", "ray", "serve")
+# speed (the README's table: tens of minutes), agreement, ray (needs [ray]) and serve (needs [serve], minutes
+# of HTTP load) run when asked, e.g. --sections flops,speed
 DEFAULT_SECTIONS = ("engine", "strategies", "flops", "quality", "frontier")
 ALL_NS = (4, 8, 12, 16, 24, 32)
 
@@ -76,17 +75,24 @@ def parse_args(argv=None):
     p.add_argument("--gate-prompts", type=int, default=100, help="agreement: prompts (x --gate-candidates)")
     p.add_argument("--gate-candidates", type=int, default=12, help="agreement: candidates per prompt")
     p.add_argument("--gate-max-chars", type=int, default=None, help="agreement: clip texts to this many characters")
-    p.add_argument("--gate-qk-gain", type=float, default=3.0, help="agreement (and variants): query/key gain of the "
+    p.add_argument("--gate-qk-gain", type=float, default=3.0, help="agreement: query/key gain of the "
                    "conditioned checkpoint (0: use the checkpoint as is, e.g. a real one given with --model)")
     p.add_argument("--gate-variants", default=None, help="agreement: BACKEND:PRECISION,... to gate (default: every "
                    "variant auto may pick, e.g. torch:bf16,onnx:int8,openvino:fp32,openvino:bf16)")
-    p.add_argument("--gate-islands", action="store_true", help="agreement: also probe torch bf16 with other fp32 islands")
     p.add_argument("--engines", default=None, help="engine section: our engines as BACKEND:PRECISION,... (the first "
                    "is the main one; default: every variant this device runs)")
     p.add_argument("--quick", action="store_true", help="tiny-shape smoke run (well under a minute)")
     p.add_argument("--prompts", type=int, default=None, help="engine section: number of prompts")
     p.add_argument("--candidates", type=int, default=None, help="engine section: candidates per prompt")
     p.add_argument("--repeats", type=int, default=None, help="engine section: interleaved repeats (median)")
+    p.add_argument("--speed-prompts", type=int, default=48, help="speed: prompts, sorted into --speed-bins "
+                   "length bins (tokens per pair) of equal count")
+    p.add_argument("--speed-bins", type=int, default=3, help="speed: length bins")
+    p.add_argument("--speed-per-bin", type=int, default=None, help="speed: time only N prompts of each bin, "
+                   "spread over its lengths (a shorter run over the same length range)")
+    p.add_argument("--speed-only-bins", default=None, help="speed: time only these bins, e.g. 3 (1 = shortest)")
+    p.add_argument("--speed-batch-sizes", default="1,8", help="speed: llm-blender's batch sizes to time against "
+                   "(1 is its fastest on a CPU, 8 its default and the slow part of the run)")
     p.add_argument("--strategy-ns", default=None, help="strategies: candidate counts to time, e.g. 4,8,12")
     p.add_argument("--throughput-prompts", type=int, default=None)
     p.add_argument("--latency-prompts", type=int, default=None)
@@ -207,6 +213,28 @@ def main(argv=None) -> int:
                                                plan=engines_argument(args.engines))
         finish_section("engine", t0)
 
+    if "speed" in args.sections:
+        from .engine import run_speed_section
+        from .flops import measure_peak
+
+        t0 = time.perf_counter()
+        batch_sizes = tuple(int(x) for x in args.speed_batch_sizes.split(","))
+        if not set(batch_sizes) <= {1, 8} or not batch_sizes:
+            raise SystemExit(f"--speed-batch-sizes {args.speed_batch_sizes!r}: a comma-separated subset of 1,8")
+        n_speed = min(args.speed_prompts, len(prompts)) if not args.quick else 2 * args.speed_bins
+        log(f"speed: {n_speed} prompts × {args.candidates or 6} candidates in {args.speed_bins} length bins, "
+            f"llm-blender batch sizes {batch_sizes}")
+
+        def keep(partial):
+            results["speed"] = partial
+            finish_section("speed", t0)
+
+        run_speed_section(ckpt, prompts, n_speed, args.speed_bins, args.candidates or (3 if args.quick else 6),
+                          args.device, args.threads, args.repeats or 1, batch_sizes,
+                          start_peak or measure_peak(args.device, args.threads, args.quick), seed=args.seed,
+                          per_bin=args.speed_per_bin, on_bin=keep,
+                          only_bins={int(b) for b in args.speed_only_bins.split(",")} if args.speed_only_bins else None)
+
     if "strategies" in args.sections:
         from .strategies import run_strategies_section
 
@@ -235,23 +263,8 @@ def main(argv=None) -> int:
         variants = [(backend, precision) for _, _, backend, precision in engines_argument(args.gate_variants) or []]
         results["agreement"] = run_agreement_section(ckpt, gate_prompts, args.gate_candidates, args.threads,
                                                      args.gate_max_chars, qk_gain=args.gate_qk_gain or None,
-                                                     islands=args.gate_islands, variants=tuple(variants) or None)
+                                                     variants=tuple(variants) or None)
         finish_section("agreement", t0)
-
-    if "variants" in args.sections:
-        from .variants import run_variants_section
-
-        t0 = time.perf_counter()
-        results["variants"] = run_variants_section(ckpt, prompts[:sizes.prompts], sizes.candidates, args.threads,
-                                                   sizes.repeats)
-        finish_section("variants", t0)
-
-    if "profile" in args.sections:
-        from .profile import run_profile_section
-
-        t0 = time.perf_counter()
-        results["profile"] = run_profile_section(ckpt, prompts[:sizes.prompts], sizes.candidates, args.threads)
-        finish_section("profile", t0)
 
     from . import quality
 

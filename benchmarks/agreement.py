@@ -60,59 +60,13 @@ def conditioned_checkpoint(base: Path, qk_gain: float = QK_GAIN) -> Path:
     return out
 
 
-def island_variants(ckpt_path: Path, threads):
-    """torch bf16 with different fp32 islands (measured, never picked): where the error comes from."""
-    from blender_fast.model.checkpoint import load_checkpoint
-    from blender_fast.model.export import build_torch_model
-    from blender_fast.runtime.sessions import TorchPairModel
-
-    ckpt = load_checkpoint(ckpt_path)
-    out = {}
-    for islands in ((), ("layernorm",), ("head",), ("layernorm", "head", "embeddings")):
-        name = "torch bf16 fp32[" + ",".join(islands) + "]"
-        out[name] = TorchPairModel(build_torch_model(ckpt), precision="bf16", threads=threads, keep_fp32=islands)
-    return out
-
-
-def run_gate(path, inputs, candidates, variants=(("torch", "bf16"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "bf16")), threads: int | None = 1,
-             cache_dir=None, source_maxlength=None, candidate_maxlength=None, save: bool = True, extra=None) -> list[dict]:
-    """Rank ``inputs`` x ``candidates`` with fp32 ONNX and each variant; the gate's verdicts (cached).
-
-    extra: {name: model} more variants to measure (e.g. other fp32 islands), recorded but never picked."""
+def run_agreement_section(ckpt_path: Path, prompts, n_candidates: int, threads, max_chars: int | None,
+                          qk_gain: float | None = QK_GAIN, variants=None) -> dict:
+    """The gate (blender_fast.runtime.agreement.run_gate, what `blender-fast gate` runs) on the benchmark's
+    prompts, on a conditioned checkpoint; its records are saved where precision="auto" reads them."""
     from blender_fast import Ranker
     from blender_fast.model.checkpoint import load_checkpoint
-    from blender_fast.runtime.agreement import full_rank_logits, ranking_agreement
-    from blender_fast.runtime.autoselect import load_gate, save_gate
-
-    ckpt = load_checkpoint(path)
-    kw = dict(source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength)
-    base = Ranker.from_pretrained(path, backend="onnx", precision="fp32", threads=threads, cache_dir=cache_dir)
-    ref_scores, ref_logits = full_rank_logits(base, inputs, candidates, **kw)
-    records = []
-    models = {f"{b} {p}": None for b, p in variants}
-    models.update(extra or {})
-    for name, model in models.items():
-        t0 = time.perf_counter()
-        if model is None:
-            backend, precision = name.split()
-            ranker = Ranker.from_pretrained(path, backend=backend, precision=precision, threads=threads, cache_dir=cache_dir)
-        else:
-            ranker = Ranker(model, base.tokenizer, base.source_maxlength, base.candidate_maxlength)
-        scores, logits = full_rank_logits(ranker, inputs, candidates, **kw)
-        rec = ranking_agreement(name, ref_scores, scores, ref_logits, logits).as_dict()
-        rec["seconds"] = time.perf_counter() - t0
-        rec["pickable"] = model is None
-        records.append(rec)
-    if save:
-        keep = [r for r in records if r["pickable"]]
-        old = load_gate(ckpt, cache_dir)
-        old.update({r["variant"]: r for r in keep})
-        save_gate(ckpt, list(old.values()), cache_dir, {"prompts": len(inputs), "threads": threads, **kw})
-    return records
-
-
-def run_agreement_section(ckpt_path: Path, prompts, n_candidates: int, threads, max_chars: int | None,
-                          qk_gain: float | None = QK_GAIN, islands: bool = True, variants=None) -> dict:
+    from blender_fast.runtime.agreement import GATE_VARIANTS, describe_record, gate_thresholds, run_gate
     from blender_fast.runtime.autoselect import cpu_features
 
     t0 = time.perf_counter()
@@ -121,25 +75,25 @@ def run_agreement_section(ckpt_path: Path, prompts, n_candidates: int, threads, 
     cands = [[c[:max_chars] if max_chars else c for c in candidates_for(prompts, i, n_candidates)]
              for i in range(len(prompts))]
     log(f"agreement: {len(prompts)} prompts x {n_candidates} candidates on {ckpt}")
-    extra = island_variants(ckpt, threads) if islands else None
-    records = run_gate(ckpt, inputs, cands, threads=threads, extra=extra, **({"variants": variants} if variants else {}))
+    records = run_gate(load_checkpoint(ckpt), lambda b, p: Ranker.from_pretrained(ckpt, backend=b, precision=p,
+                                                                               threads=threads),
+                       inputs, cands, variants=variants or GATE_VARIANTS, settings={"threads": threads})
     for r in records:
-        log(f"agreement: {r['variant']:<36} top-1 {r['top1_pct']:5.1f}%  tau {r['kendall_tau_mean']:.3f} "
-            f"(min {r['kendall_tau_min']:.3f})  max|dlogit|/spread {r['max_rel_dlogit']:.3f}  "
-            f"{'PASS' if r['passed'] else 'fail'}  {r['seconds']:.0f}s")
+        log(f"agreement: {describe_record(r)}")
     return as_jsonable({"checkpoint": str(ckpt), "qk_gain": qk_gain, "prompts": len(prompts),
                         "candidates": n_candidates, "max_chars": max_chars, "threads": threads,
                         "cpu": cpu_features(), "records": records, "seconds": time.perf_counter() - t0,
-                        "gate": {"top1_pct": 99.0, "kendall_tau_mean": 0.98}})
+                        "gate": gate_thresholds()})
 
 
 def agreement_markdown(sec: dict) -> list[str]:
     lines = [f"Checkpoint: {sec['checkpoint']} (query/key gain {sec['qk_gain']}), {sec['prompts']} prompts x "
              f"{sec['candidates']} candidates, texts clipped to {sec['max_chars']} characters; CPU {sec['cpu']['cpu_model']} "
-             f"({', '.join(sec['cpu']['isa'])}). Gate: top-1 >= 99% and mean tau >= 0.98 vs ONNX fp32.", "",
-             "| variant | top-1 vs fp32 | Kendall τ mean (min) | max \\|Δlogit\\| / logit std | gate | pickable by auto |",
-             "|---|---|---|---|---|---|"]
+             f"({', '.join(sec['cpu']['isa'])}). Gate: top-1 >= {sec['gate']['top1_pct']:g}% and mean tau >= "
+             f"{sec['gate']['kendall_tau_mean']:g} vs ONNX fp32.", "",
+             "| variant | top-1 vs fp32 | Kendall τ mean (min) | max \\|Δlogit\\| / logit std | gate |",
+             "|---|---|---|---|---|"]
     for r in sec["records"]:
         lines.append(f"| {r['variant']} | {r['top1_pct']:.1f}% | {r['kendall_tau_mean']:.3f} ({r['kendall_tau_min']:.3f}) | "
-                     f"{r['max_rel_dlogit']:.3f} | {'PASS' if r['passed'] else 'fail'} | {'yes' if r['pickable'] else 'no (probe)'} |")
+                     f"{r['max_rel_dlogit']:.3f} | {'PASS' if r['passed'] else 'fail'} |")
     return lines

@@ -86,17 +86,6 @@ def candidates_for(prompts: list[BenchPrompt], index: int, n: int) -> list[str]:
 
 # -- machine ---------------------------------------------------------------------------------------
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _version(module: str) -> str | None:
     try:
         from importlib.metadata import version
@@ -109,8 +98,12 @@ def _version(module: str) -> str | None:
 def machine_info(device: str) -> dict:
     import psutil
 
+    from blender_fast.runtime.autoselect import cpu_features
+
+    cpu = cpu_features()  # /proc/cpuinfo, read by the one parser auto uses too
     info = {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu["cpu_model"],
+        "isa": cpu["isa"],  # AMX / AVX512-BF16 / VNNI / AVX2 flags
         "physical_cores": psutil.cpu_count(logical=False),
         "logical_cores": psutil.cpu_count(logical=True),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -121,9 +114,6 @@ def machine_info(device: str) -> dict:
         "versions": {m: _version(m) for m in ("blender-fast", "llm-blender", "numpy", "onnxruntime",
                                               "onnxruntime-gpu", "torch", "transformers", "tokenizers", "openvino")},
     }
-    from blender_fast.runtime.autoselect import cpu_features
-
-    info["isa"] = cpu_features()["isa"]  # AMX / AVX512-BF16 / VNNI / AVX2 flags, read from /proc/cpuinfo
     try:
         import onnxruntime as ort
 
@@ -134,6 +124,7 @@ def machine_info(device: str) -> dict:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
+        info["versions"]["cuda"] = torch.version.cuda
         if device == "cuda" and torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
             info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)

@@ -114,7 +114,7 @@ def _sync(device):
 def timed_call(engine: Engine, fn, device: str, shape: ModelShape, sample_rss: bool = True) -> tuple[object, dict]:
     """Run fn once; wall time, peak RSS, batch statistics and FLOPs of exactly this call.
     sample_rss=False: no sampling thread beside the call (RSS fields NaN), for callers that measure peak
-    RSS elsewhere (benchmarks/targets.py: one subprocess per variant)."""
+    RSS elsewhere."""
     gc.collect()
     time.sleep(SETTLE_S)
     first_batch = len(engine.batches)
@@ -194,11 +194,13 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threads: int | None, repeats: int,
-                       seed: int = 0, best_of_n: bool = True, plan=None, tournament: bool = True) -> dict:
+                       seed: int = 0, best_of_n: bool = True, plan=None, tournament: bool = True,
+                       reference_batch_sizes: tuple = (REFERENCE_BATCH_SIZE, 1)) -> dict:
     """Time rank (all pairs) and best-of-n on the same prompts: ours vs llm-blender, interleaved.
 
     plan: (name, side, backend, precision) of our engines, default engine_plan(device); the first is
-    the one timed against llm-blender in best-of-n and compared with it."""
+    the one timed against llm-blender in best-of-n and compared with it. reference_batch_sizes: which of
+    llm-blender's batch sizes to time in rank (its default 8, and 1); leaving 8 out saves most of a run."""
     from .common import candidates_for
 
     shape = ModelShape.from_checkpoint(ckpt_path)
@@ -252,7 +254,8 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
     # timed in every repeat too: the speed targets are stated against it as well as the default. Its
     # scores are also the ones ours must reproduce: llm-blender decides truncation per batch (longest
     # source in the batch), and with batch_size=1 that is per prompt, like ours.
-    schedule = [("rank", ours_main, rank_fn(ours_main)), ("rank", ref, rank_fn(ref)), ("rank", ref1, rank_fn(ref1))]
+    schedule = [("rank", ours_main, rank_fn(ours_main))] + [
+        ("rank", e, rank_fn(e)) for e in (ref, ref1) if e.batch_size in reference_batch_sizes]
     for e in engines[1:]:
         schedule.append(("rank", e, rank_fn(e)))
     if best_of_n:
@@ -282,7 +285,7 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
         cell = summarize(rs)
         cells.setdefault(task, {})[name] = cell
     for task, by_engine in cells.items():
-        ref_name = ref.name
+        ref_name = ref.name if ref.name in by_engine else ref1.name
         if ref_name in by_engine:
             for name, cell in by_engine.items():
                 cell["speedup_vs_reference"] = by_engine[ref_name]["wall_s"] / cell["wall_s"]
@@ -292,17 +295,14 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
                     cell["speedup_paired_median"] = median(ratios)
                 if ref1.name in by_engine:
                     cell["speedup_vs_batch_size_1"] = by_engine[ref1.name]["wall_s"] / cell["wall_s"]
-        elif task.startswith("best_of_n") and ref_name in cells.get("best_of_n bubble", {}):
+        elif task.startswith("best_of_n") and ref.name in cells.get("best_of_n bubble", {}):
             for cell in by_engine.values():
-                cell["speedup_vs_reference"] = cells["best_of_n bubble"][ref_name]["wall_s"] / cell["wall_s"]
+                cell["speedup_vs_reference"] = cells["best_of_n bubble"][ref.name]["wall_s"] / cell["wall_s"]
 
     # Agreement on the full rankings.
     scores = {name: np.asarray(outputs[("rank", name)], dtype=np.float64) for (task, name) in outputs if task == "rank"}
-    agreement = {
-        f"{ours_main.name} vs {ref1.name}": score_agreement(scores[ours_main.name], scores[ref1.name]),
-        f"{ours_main.name} vs {ref.name}": score_agreement(scores[ours_main.name], scores[ref.name]),
-        f"{ref.name} vs {ref1.name}": score_agreement(scores[ref.name], scores[ref1.name]),
-    }
+    agreement = {f"{a.name} vs {b.name}": score_agreement(scores[a.name], scores[b.name])
+                 for a, b in ((ours_main, ref1), (ours_main, ref), (ref, ref1)) if a.name in scores and b.name in scores}
     for e in engines[1:]:
         agreement[f"{e.name} vs {ours_main.name}"] = score_agreement(scores[e.name], scores[ours_main.name])
 
@@ -336,3 +336,89 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
         "runs": {f"{task} / {name}": rs for (task, name), rs in runs.items()},
         "model_shape": shape,
     })
+
+
+# -- speed vs llm-blender in length bins ------------------------------------------------------------
+
+def tokens_per_pair(ckpt_path, prompts, n_candidates: int) -> list[float]:
+    """Each prompt's mean tokens per ordered pair (source + two candidates, each clipped at the
+    checkpoint's limits), from the checkpoint's own tokenizer: what the length bins sort on. The table
+    then reports the tokens the engines actually ran (recorded batches)."""
+    from blender_fast.model.checkpoint import load_checkpoint
+    from blender_fast.model.tokenization import build_pair_tokenizer
+
+    from .common import candidates_for
+
+    ckpt = load_checkpoint(ckpt_path)
+    tok = build_pair_tokenizer(ckpt)
+    out = []
+    for i, p in enumerate(prompts):
+        src = min(len(tok.encode([tok.source_text(p.instruction)])[0]), ckpt.source_maxlength)
+        cands = [min(len(ids), ckpt.candidate_maxlength)
+                 for ids in tok.encode([tok.candidate_text(c) for c in candidates_for(prompts, i, n_candidates)])]
+        out.append(src + 2 * float(np.mean(cands)))
+    return out
+
+
+def run_speed_section(ckpt_path, prompts, n_prompts: int, n_bins: int, n_candidates: int, device: str,
+                      threads: int | None, repeats: int, reference_batch_sizes: tuple, peak: dict,
+                      seed: int = 0, per_bin: int | None = None, on_bin=None, only_bins=None) -> dict:
+    """Full ranking, ours (ONNX Runtime fp32, exact) against llm-blender, on the first `n_prompts` prompts
+    sorted into `n_bins` bins of equal count by tokens per pair (`per_bin` of each, spread over its
+    lengths, when given: a shorter run over the same length range); each bin is an engine run of its own (interleaved
+    repeats). Beside each ratio: each engine's useful FLOP rate (real tokens only) as a fraction of the
+    machine's fp32 GEMM rate `peak`, so that a ratio can be read against the machine. on_bin(partial
+    result) after every bin: a long run keeps what it measured. only_bins: 1-based bin numbers to time
+    (the rest of a run cut short)."""
+    from .flops import achieved
+
+    if threads:
+        import torch
+
+        # llm-blender runs on torch's global pool: the same thread count as ours, or the ratio compares
+        # thread counts (and on a shared machine 2 spinning threads per engine skew it badly).
+        torch.set_num_threads(threads)
+    # The GEMM rate at the engines' own thread count (ONNX Runtime's MatMul with `threads`), not numpy's
+    # (all cores): a share of the machine the engines were given.
+    gemm_rate = peak.get("onnxruntime_fp32") or peak["peak_flops"]
+    chosen = prompts[:n_prompts]
+    lengths = tokens_per_pair(ckpt_path, chosen, n_candidates)
+    order = sorted(range(len(chosen)), key=lengths.__getitem__)
+    plan = [("blender-fast onnx fp32", "ours", "onnx", "fp32")]
+    bins = []
+    for b, idx in enumerate(np.array_split(np.asarray(order), n_bins)):
+        if only_bins and b + 1 not in only_bins:
+            continue
+        if per_bin and per_bin < len(idx):  # spread over the bin's length range, not its shortest
+            idx = idx[np.unique(np.linspace(0, len(idx) - 1, per_bin).round().astype(int))]
+        group = [chosen[i] for i in idx]
+        log(f"speed: bin {b + 1}/{n_bins}: {len(group)} prompts, ~{np.mean([lengths[i] for i in idx]):.0f} tokens/pair")
+        eng = run_engine_section(ckpt_path, group, n_candidates, device, threads, repeats, seed=seed,
+                                 best_of_n=False, plan=plan, reference_batch_sizes=reference_batch_sizes)
+        cells = eng["tasks"]["rank"]
+        ours = cells[plan[0][0]]
+        row = {"prompts": len(group), "prompt_ids": [p.id for p in group],
+               "tokens_per_pair": ours["tokens"] / ours["pairs"], "pairs": ours["pairs"], "engines": {}}
+        for name, cell in cells.items():
+            row["engines"][name] = {"wall_s": cell["wall_s"], "wall_min_s": cell["wall_min_s"],
+                                    "wall_max_s": cell["wall_max_s"],
+                                    "ratio": cell["wall_s"] / ours["wall_s"],
+                                    "fraction_of_gemm_rate": achieved(cell, gemm_rate)["fraction_of_peak"]}
+        row["agreement"] = eng["agreement"]
+        row["load_average"] = [r.get("load_average_1min") for rs in eng["runs"].values() for r in rs]
+        bins.append(row)
+        ratios = {}
+        for r in bins:
+            for name, e in r["engines"].items():
+                if name != plan[0][0]:
+                    ratios.setdefault(name, []).append(e["ratio"])
+        result = as_jsonable({
+            "settings": {"prompts": sum(r["prompts"] for r in bins), "drawn_from": len(chosen), "bins": n_bins,
+                         "candidates_per_prompt": n_candidates, "repeats": repeats, "threads": threads,
+                         "reference_batch_sizes": list(reference_batch_sizes)},
+            "peak": peak, "gemm_rate": gemm_rate, "bins": bins,
+            "ratio_range": {name: [min(r), max(r)] for name, r in ratios.items()},
+        })
+        if on_bin:
+            on_bin(result)
+    return result

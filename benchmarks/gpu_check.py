@@ -187,7 +187,7 @@ def ref_scores_of(res: dict, device: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def table(results: dict) -> str:
-    lines = [f"GPU check on {results['machine']['gpu']} ({results['machine']['versions']})", "",
+    lines = [f"GPU check on {results['machine'].get('gpu', 'no GPU (CPU dry run)')} ({results['machine']['versions']})", "",
              "| shape | task | engine | wall s (median) | pairs/s | × llm-blender fp16 bs=8 | × bs=1 |",
              "|---|---|---|---|---|---|---|"]
     for shape, sres in results["shapes"].items():
@@ -213,23 +213,10 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def machine(device: str) -> dict:
-    import torch
-
-    from .common import machine_info
-
-    info = machine_info(device)
-    info["gpu"] = torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else "none (CPU dry run)"
-    import transformers
-
-    info["versions"] = {**info.get("versions", {}), "torch": torch.__version__, "transformers": transformers.__version__,
-                        "cuda": torch.version.cuda}
-    return info
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .common import as_jsonable, default_data_path, generated_checkpoint, load_prompts, log, quiet_libraries
+    from .common import (as_jsonable, default_data_path, generated_checkpoint, load_prompts, log, machine_info,
+                         quiet_libraries)
 
     quiet_libraries()
     from blender_fast.cluster.outputs import output_dir, write_text
@@ -265,7 +252,7 @@ def main(argv=None) -> int:
         return 0
 
     results = {"command": "python -m benchmarks.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv),
-               "machine": machine(args.device), "shapes": {}}
+               "machine": machine_info(args.device), "shapes": {}}
     for shape in shapes:
         t0 = time.perf_counter()
         ckpt = Path(args.model) if args.model else generated_checkpoint(shape, 0)

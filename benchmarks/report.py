@@ -65,6 +65,37 @@ def engine_md(eng: dict) -> list[str]:
     return md
 
 
+def speed_md(sp: dict) -> list[str]:
+    """The README's table: ours against llm-blender per length bin, each engine's share of the GEMM rate."""
+    s, peak = sp["settings"], sp["peak"]
+    md = ["## Speed vs llm-blender, by prompt length", "",
+          f"{s['prompts']} prompts × {s['candidates_per_prompt']} candidates, full ranking: the first "
+          f"{s.get('drawn_from', s['prompts'])} prompts of the data sorted into {s['bins']} bins of equal count by "
+          f"tokens per pair, {len(sp['bins'])} timed; each bin its own run, engines interleaved, {s['repeats']} repeat(s), "
+          f"medians. Ratio = llm-blender's wall time / ours (ONNX Runtime fp32, exact). GEMM % = useful FLOPs "
+          f"(real tokens) per wall second against the machine's fp32 GEMM rate at the engines' thread count "
+          f"(ONNX Runtime MatMul {peak['matrix_size']}², {s['threads'] or 'default'} thread(s)): "
+          f"{fmt_num(sp.get('gemm_rate', peak['peak_flops']) / 1e9, 0)} GFLOP/s, measured at the start of the run.", ""]
+    names = list(sp["bins"][0]["engines"]) if sp["bins"] else []
+    ours = names[0] if names else None
+    header = ["tokens/pair", "prompts", "ours s", "ours GEMM %"]
+    for name in names[1:]:
+        header += [f"{name} s", "ratio", "GEMM %"]
+    rows = []
+    for b in sp["bins"]:
+        e = b["engines"]
+        row = [fmt_num(b["tokens_per_pair"], 0), b["prompts"], fmt_num(e[ours]["wall_s"], 1),
+               fmt_num(e[ours]["fraction_of_gemm_rate"], 0, pct=True)]
+        for name in names[1:]:
+            row += [fmt_num(e[name]["wall_s"], 1), fmt_num(e[name]["ratio"]) + "×",
+                    fmt_num(e[name]["fraction_of_gemm_rate"], 0, pct=True)]
+        rows.append(row)
+    md += md_table(header, rows)
+    md += [f"Ratio ranges: " + "; ".join(f"{name}: {lo:.2f}× to {hi:.2f}×" for name, (lo, hi) in sp["ratio_range"].items()),
+           ""]
+    return md
+
+
 def strategies_md(st: dict) -> list[str]:
     s = st["settings"]
     md = ["## 2. Selection strategies", "",
@@ -383,14 +414,10 @@ def render_markdown(results: dict) -> str:
     if m.get("isa") is not None:
         md += [f"CPU features used to choose variants: {', '.join(m['isa']) or 'none of AMX/AVX512-BF16/VNNI/AVX2'}.", ""]
     from .agreement import agreement_markdown
-    from .profile import profile_markdown
-    from .variants import variants_markdown
 
-    sections = (("engine", engine_md), ("strategies", strategies_md), ("flops", flops_md), ("quality", quality_md),
+    sections = (("engine", engine_md), ("speed", speed_md), ("strategies", strategies_md), ("flops", flops_md), ("quality", quality_md),
                 ("frontier", frontier_md),
-                ("agreement", lambda sec: ["## Agreement gate (precision × runtime vs exact fp32)", ""] + agreement_markdown(sec) + [""]),
-                ("variants", lambda sec: ["## Every backend × precision vs ONNX fp32 (interleaved)", ""] + variants_markdown(sec)),
-                ("profile", lambda sec: ["## Where the fp32 ONNX path spends its time (ORT profiler)", ""] + profile_markdown(sec)))
+                ("agreement", lambda sec: ["## Agreement gate (precision × runtime vs exact fp32)", ""] + agreement_markdown(sec) + [""]))
     for key, fn in sections:
         if key in results:
             md += fn(results[key])

@@ -10,17 +10,15 @@ busy machine's drift hits every route alike; the ratio is of the summed requests
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import sys
-import threading
-import time
 
 import numpy as np
 
-from .common import candidates_for, default_data_path, load_average, load_prompts, log, run_clients
-from .serve import ServerProcess, ours
+from .common import candidates_for, default_data_path, load_average, load_prompts, log
+from .serve import Request, ServerProcess, closed_loop, ours
 
+# name: (path, the request body for a query and its documents)
 ROUTES = {
     "rank": ("/v1/rank", lambda q, docs: {"input": q, "candidates": docs}),
     "cohere-v2": ("/v2/rerank", lambda q, docs: {"model": "blender-fast", "query": q, "documents": docs}),
@@ -30,47 +28,22 @@ ROUTES = {
 }
 
 
-def closed_loop(host: str, port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict:
-    """Requests/s of `concurrency` keep-alive clients posting bodies in turn for at most `seconds`
-    (and at most one pass over bodies)."""
-    lock = threading.Lock()
-    state = {"next": 0, "ok": 0, "failed": 0}
-    end = time.monotonic() + seconds
-
-    def client():
-        conn = http.client.HTTPConnection(host, port, timeout=300)
-        while time.monotonic() < end:
-            with lock:
-                i = state["next"]
-                if i >= len(bodies):
-                    break
-                state["next"] += 1
-            conn.request("POST", path, bodies[i], {"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            resp.read()
-            with lock:
-                state["ok" if resp.status == 200 else "failed"] += 1
-        conn.close()
-
-    wall = run_clients(client, concurrency, seconds + 300)
-    return {"requests": state["ok"], "failed": state["failed"], "wall_s": wall}
-
-
 def run(model: str, concurrency: int, seconds: float, rounds: int, candidates: int, max_chars: int,
         threads: int, seed: int) -> dict:
     prompts = load_prompts(default_data_path(), max_chars=max_chars)
     rng = np.random.default_rng(seed)
     picks = [int(rng.integers(len(prompts))) for _ in range(4096)]
     docs = [(prompts[p].instruction, candidates_for(prompts, p, candidates)) for p in picks]
-    bodies = {name: [json.dumps(make(q, d)).encode() for q, d in docs] for name, (_, make) in ROUTES.items()}
+    requests = {name: [Request(path, q, d, len(d) * (len(d) - 1), make(q, d)) for q, d in docs]
+                for name, (path, make) in ROUTES.items()}
     server = ServerProcess(ours(model, threads), "blender-fast serve")
     totals = {name: {"requests": 0, "failed": 0, "wall_s": 0.0, "cpu_s": 0.0} for name in ROUTES}
     try:
         for r in range(rounds):
-            for name, (path, _) in ROUTES.items():
+            for name in ROUTES:
                 cpu0 = server.cpu_s()
-                res = closed_loop(server.host, server.port, path, bodies[name], concurrency, seconds)
-                res["cpu_s"] = server.cpu_s() - cpu0
+                res = closed_loop(server.host, server.port, requests[name], concurrency, seconds)
+                res.update(requests=res["ok"], failed=res["requests"] - res["ok"], cpu_s=server.cpu_s() - cpu0)
                 for k in totals[name]:
                     totals[name][k] += res[k]
                 log(f"rerank bench round {r}: {name:15s} {res['requests'] / res['wall_s']:7.1f} req/s "

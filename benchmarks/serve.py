@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import BenchPrompt, candidates_for, load_average, log, run_clients
+from .tables import fmt_num
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,12 +58,19 @@ QUICK = ServeSizes(concurrencies=(1, 4, 16), requests_per_level=32, level_second
 
 @dataclass
 class Request:
-    route: str  # "rank" | "select"
+    route: str  # "rank" | "select" (/v1/ROUTE), or a path of its own ("/v2/rerank")
     input: str
     candidates: list
     rows: int  # model rows the request costs (rank: n(n-1); tournament top-1: 2(n-1))
+    payload: dict | None = None  # the body as given (rerank routes); else built from input and candidates
+
+    @property
+    def path(self) -> str:
+        return self.route if self.route.startswith("/") else f"/v1/{self.route}"
 
     def body(self) -> bytes:
+        if self.payload is not None:
+            return json.dumps(self.payload).encode()
         item = {"input": self.input, "candidates": self.candidates}
         if self.route == "select":
             item.update(top_k=1, strategy="tournament")
@@ -195,13 +203,13 @@ class Connections:
         self.host, self.port = host, port
         self.local = threading.local()
 
-    def post(self, route: str, body: bytes) -> int:
+    def post(self, path: str, body: bytes) -> int:
         for attempt in range(2):  # a keep-alive connection the server closed: reconnect once
             conn = getattr(self.local, "conn", None)
             if conn is None:
                 conn = self.local.conn = http.client.HTTPConnection(self.host, self.port, timeout=300)
             try:
-                conn.request("POST", f"/v1/{route}", body, {"Content-Type": "application/json"})
+                conn.request("POST", path, body, {"Content-Type": "application/json"})
                 resp = conn.getresponse()
                 resp.read()
                 return resp.status
@@ -229,7 +237,7 @@ def closed_loop(host, port, requests: list[Request], concurrency: int, seconds: 
                 next_index[0] += 1
             r = requests[i]
             t0 = time.perf_counter()
-            status = conns.post(r.route, r.body())
+            status = conns.post(r.path, r.body())
             o = Outcome(r.route, status, time.perf_counter() - t0, r.rows)
             with lock:
                 outcomes.append(o)
@@ -250,7 +258,7 @@ def open_loop(host, port, requests: list[Request], rate: float, seconds: float, 
 
     def send(r: Request):
         t0 = time.perf_counter()
-        status = conns.post(r.route, r.body())
+        status = conns.post(r.path, r.body())
         with lock:
             outcomes.append(Outcome(r.route, status, time.perf_counter() - t0, r.rows))
 
@@ -398,7 +406,7 @@ def _tournament_latency(ranker, server: ServerProcess, prompts, repeats: int, ma
         off.append(time.perf_counter() - t0)
         time.sleep(0.1)
         t0 = time.perf_counter()
-        assert conns.post("select", req.body()) == 200
+        assert conns.post(req.path, req.body()) == 200
         srv.append(time.perf_counter() - t0)
     return {"offline_ms": float(np.median(off)) * 1000, "server_ms": float(np.median(srv)) * 1000,
             "ratio": float(np.median(srv) / np.median(off)), "repeats": repeats}
@@ -530,8 +538,8 @@ def _labelled(srv: ServerProcess) -> dict:
 
 # -- report ----------------------------------------------------------------------------------------
 
-def _f(x, digits=1):
-    return "-" if x is None else f"{x:.{digits}f}"
+def _f(x, digits=1):  # the report's one number format (tables.fmt_num), one decimal by default
+    return fmt_num(x, digits)
 
 
 def serve_md(res: dict) -> list[str]:

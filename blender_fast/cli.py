@@ -54,6 +54,55 @@ def cmd_export(args) -> int:
 
 
 
+def cmd_gate(args) -> int:
+    """Run the agreement gate (runtime/agreement.py) and write the records precision="auto" reads."""
+    from .jsonl.prompts import example_prompts_path, read_prompts
+    from .model.checkpoint import load_checkpoint
+    from .runtime.agreement import GATE_PROMPTS, describe_record, machine_variants, run_gate
+    from .runtime.autoselect import gate_path
+
+    variants = machine_variants() if args.variants is None else gate_variants_argument(args.variants)
+    if not variants:
+        print("gate: this CPU allows no faster variant than exact fp32 (auto stays exact); nothing to measure")
+        return 0
+    src = Path(args.input) if args.input else example_prompts_path()
+    prompts = read_prompts(src, limit=args.prompts)
+    if len(prompts) < args.prompts:  # before the model loads
+        raise ValueError(f"{src} holds {len(prompts)} prompts; the gate takes --prompts {args.prompts} "
+                         f"(default {GATE_PROMPTS}): pass more prompts, or --prompts {len(prompts)} for a weaker verdict")
+    for p in prompts:
+        if len(p.candidates) < 2:
+            raise ValueError(f"{p.where}: {len(p.candidates)} candidate(s); the gate ranks 2 or more per prompt")
+    path = resolve_model(args.model)
+    from . import Ranker
+
+    def load_ranker(backend, precision):
+        return Ranker.from_pretrained(str(path), backend=backend, precision=precision, threads=args.threads)
+
+    ckpt = load_checkpoint(path)
+    records = run_gate(ckpt, load_ranker, [p.instruction + p.input for p in prompts],
+                       [p.candidates[:args.candidates] for p in prompts], variants=variants,
+                       settings={"threads": args.threads, "input": str(src)})
+    for rec in records:
+        print(f"gate: {describe_record(rec)}")
+    print(f"gate: wrote {gate_path(ckpt)}; precision=\"auto\" reads it (ranker.describe() says what it chose)")
+    return 0
+
+
+def gate_variants_argument(text: str) -> tuple:
+    """'torch:bf16,onnx:int8' -> (("torch", "bf16"), ("onnx", "int8")), each a variant auto may pick."""
+    from .runtime.agreement import GATE_VARIANTS
+
+    out = []
+    for item in text.split(","):
+        pair = tuple(item.strip().split(":"))
+        if pair not in GATE_VARIANTS:
+            raise ValueError(f"--variants: {item.strip()!r} is not one of "
+                             f"{', '.join(b + ':' + p for b, p in GATE_VARIANTS)}")
+        out.append(pair)
+    return tuple(out)
+
+
 # -- the job -------------------------------------------------------------------------------------------
 #
 # No run loses finished work (docs/cli.md, "What a run keeps"):
@@ -584,6 +633,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=4, help="prompts per fuser batch")
     p.add_argument("--num-beams", type=positive_int, default=None, help="beam width (default: the fuser's, 4)")
     p.set_defaults(func=cmd_fuse, top_k=3)
+
+    from .runtime.agreement import GATE_CANDIDATES, GATE_PROMPTS, GATE_TOP1_PCT, GATE_KENDALL_TAU
+
+    p = sub.add_parser("gate", help="measure which faster variants rank like exact fp32 (what precision=auto may pick)",
+                       description=f"Run the agreement gate on a checkpoint: rank the prompts with exact fp32 and "
+                                   f"with each faster variant; a variant passes with top-1 >= {GATE_TOP1_PCT:g}% and "
+                                   f"mean Kendall tau >= {GATE_KENDALL_TAU:g}. The records go to the cache, where "
+                                   "precision=auto reads them.", formatter_class=fmt)
+    p.add_argument("--model", "--ranker", dest="model", required=True,
+                   help="the checkpoint to gate: a hub id, a PairRM checkpoint directory, or demo:SHAPE")
+    p.add_argument("--input", help="JSON Lines prompts with candidates (default: the package's example prompts)")
+    p.add_argument("--prompts", type=positive_int, default=GATE_PROMPTS, help="prompts to gate on (the first N)")
+    p.add_argument("--candidates", type=int_argument(2), default=GATE_CANDIDATES,
+                   help="candidates per prompt (the first N of each)")
+    p.add_argument("--variants", default=None, help="BACKEND:PRECISION,... to measure (default: every faster "
+                   "variant this CPU allows, e.g. torch:bf16,onnx:int8)")
+    p.add_argument("--threads", type=int_argument(1), default=None, help="intra-op threads (default: the runtime's)")
+    p.set_defaults(func=cmd_gate)
 
     from .serve.startup import add_serve_parser  # imports no web framework until `serve` runs
 

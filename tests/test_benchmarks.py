@@ -25,7 +25,8 @@ def quick_results(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_out")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), "--data", str(data),
-           "--model", str(tiny_checkpoint)]
+           "--model", str(tiny_checkpoint), "--sections", "engine,speed,strategies,flops,quality,frontier",
+           "--speed-per-bin", "1"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, json.loads((out / "results.json").read_text())
@@ -69,6 +70,28 @@ def test_engine_numbers(quick_results):
     bubble = eng["tasks"]["best_of_n bubble"]
     assert bubble["blender-fast onnx fp32"]["pairs"] == bubble["llm-blender (batch_size=8)"]["pairs"] == n_prompts * 2 * (n - 1)
     assert eng["best_of_n_picks"]["ours bubble vs llm-blender bubble (same start order), % same pick"] == 100.0
+
+
+def test_speed_numbers(quick_results):
+    """The README's table: every bin has ours and llm-blender side by side, ratios and GEMM shares."""
+    out, res = quick_results
+    sp = res["speed"]
+    assert len(sp["bins"]) == sp["settings"]["bins"] == 3 and sp["settings"]["prompts"] == 3
+    lengths = [b["tokens_per_pair"] for b in sp["bins"]]
+    assert lengths == sorted(lengths)  # bins in order of tokens per pair
+    for b in sp["bins"]:
+        ours = b["engines"]["blender-fast onnx fp32"]
+        assert ours["ratio"] == 1.0 and 0 < ours["fraction_of_gemm_rate"] < 5
+        for name in ("llm-blender (batch_size=1)", "llm-blender (batch_size=8)"):
+            ref = b["engines"][name]
+            assert ref["ratio"] == pytest.approx(ref["wall_s"] / ours["wall_s"]) and ref["fraction_of_gemm_rate"] > 0
+        parity = b["agreement"]["blender-fast onnx fp32 vs llm-blender (batch_size=1)"]
+        assert parity["identical_ranks_pct"] == 100.0
+    lo, hi = sp["ratio_range"]["llm-blender (batch_size=1)"]
+    assert lo == min(b["engines"]["llm-blender (batch_size=1)"]["ratio"] for b in sp["bins"]) and lo <= hi
+    md = (out / "results.md").read_text()
+    assert "## Speed vs llm-blender, by prompt length" in md and "Ratio ranges: " in md
+    assert f"llm-blender (batch_size=1): {lo:.2f}× to {hi:.2f}×" in md
 
 
 def test_strategy_counts(quick_results):

@@ -4,7 +4,9 @@ A variant (backend, precision) is compared with the fp32 ONNX path on the same p
 of the full rankings, Kendall's tau of the rankings (tau-b, per prompt, mean and min), and the largest
 |pair logit difference| relative to the spread (std) of the fp32 pair logits. Only a variant with
 top-1 >= 99% and mean tau >= 0.98 passes; ``precision="auto"`` picks among passing variants only.
-Records are cached per checkpoint (see autoselect.py), so the gate runs once per checkpoint and machine.
+Records are cached per checkpoint (see autoselect.py), so the gate runs once per checkpoint and machine:
+``run_gate`` measures and writes them; ``blender-fast gate`` (cli.py) and ``python -m benchmarks --sections
+agreement`` both call it. The thresholds and the gate's size are defined here and nowhere else.
 """
 from __future__ import annotations
 
@@ -14,6 +16,12 @@ import numpy as np
 
 GATE_TOP1_PCT = 99.0
 GATE_KENDALL_TAU = 0.98
+# The size a verdict should rest on: fewer prompts (blender-fast gate --prompts N) make a weaker record,
+# and the record says how many it was measured on.
+GATE_PROMPTS = 100
+GATE_CANDIDATES = 12
+# Every faster variant auto may pick on some CPU (autoselect.candidate_variants); the gate measures them all.
+GATE_VARIANTS = (("torch", "bf16"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "bf16"))
 
 
 def kendall_tau(a, b) -> float:
@@ -80,3 +88,57 @@ def full_rank_logits(ranker, inputs, candidates, **kwargs) -> tuple[list[np.ndar
     logits = np.concatenate([o for _, o in logged])
     order = np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))  # a fixed order, comparable across variants
     return [s.scores for s in sels], logits[order]
+
+
+def machine_variants(device: str = "cpu") -> tuple:
+    """(backend, precision) of every faster variant auto may pick on this machine: what the gate measures
+    by default (a record for a variant this CPU cannot run would never be read)."""
+    from .autoselect import candidate_variants, cpu_features
+
+    return tuple((b, p) for b, p, why in candidate_variants(device, cpu_features()) if why != "exact")
+
+
+def gate_thresholds() -> dict:
+    """The pass rule, as stored beside the records and printed in reports."""
+    return {"top1_pct": GATE_TOP1_PCT, "kendall_tau_mean": GATE_KENDALL_TAU}
+
+
+def describe_record(rec: dict) -> str:
+    """One line per verdict, for the CLI and the benchmark log."""
+    rel = rec.get("max_rel_dlogit")
+    return (f"{rec['variant']:<12} top-1 {rec['top1_pct']:5.1f}%  tau {rec['kendall_tau_mean']:.3f} "
+            f"(min {rec['kendall_tau_min']:.3f})" + (f"  max|dlogit|/spread {rel:.3f}" if rel is not None else "")
+            + f"  {'PASS' if rec['passed'] else 'fail'}  ({rec['prompts']} prompts x {rec['candidates']}, "
+            f"{rec['seconds']:.0f}s)")
+
+
+def run_gate(ckpt, load_ranker, inputs, candidates, variants=GATE_VARIANTS, cache_dir=None, save: bool = True, settings: dict | None = None, source_maxlength=None,
+             candidate_maxlength=None) -> list[dict]:
+    """Rank ``inputs`` x ``candidates`` with exact fp32 ONNX and with each (backend, precision) of
+    ``variants``; the gate's verdicts, saved where ``precision="auto"`` reads them (autoselect.load_gate).
+
+    ckpt: the checkpoint (model.checkpoint.load_checkpoint) the records are keyed on. load_ranker(backend,
+    precision) returns a ranker of that checkpoint: the caller (a higher layer: the CLI, the benchmarks)
+    builds it."""
+    import time
+
+    from .autoselect import load_gate, save_gate
+
+    if len(inputs) != len(candidates) or not inputs:
+        raise ValueError(f"the gate needs prompts with candidates; got {len(inputs)} inputs and "
+                         f"{len(candidates)} candidate lists")
+    kw = dict(source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength)
+    ref_scores, ref_logits = full_rank_logits(load_ranker("onnx", "fp32"), inputs, candidates, **kw)
+    records = []
+    for backend, precision in variants:
+        t0 = time.perf_counter()
+        scores, logits = full_rank_logits(load_ranker(backend, precision), inputs, candidates, **kw)
+        rec = ranking_agreement(f"{backend} {precision}", ref_scores, scores, ref_logits, logits).as_dict()
+        rec["seconds"] = time.perf_counter() - t0
+        records.append(rec)
+    if save:
+        old = load_gate(ckpt, cache_dir)
+        old.update({r["variant"]: r for r in records})
+        save_gate(ckpt, list(old.values()), cache_dir,
+                  {"prompts": len(inputs), **gate_thresholds(), **(settings or {}), **kw})
+    return records

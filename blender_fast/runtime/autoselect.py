@@ -5,7 +5,7 @@
    AMX-INT8) may run ONNX Runtime int8; every CPU runs exact ONNX fp32.
 2. Only variants that passed the agreement gate (agreement.py) for THIS checkpoint may be picked. The
    gate (>= 100 prompts x 12 candidates) is too long to run at load; it is run once with
-   ``python -m benchmarks --sections agreement --model PATH`` (benchmarks/agreement.py run_gate) and cached here.
+   ``blender-fast gate --model PATH`` (agreement.py run_gate) and cached here.
    Without a record, auto stays on exact fp32 and says so.
 3. A short calibration at first load times each remaining variant against fp32 on a fixed sample batch
    (interleaved, best of 3); a variant is taken only when it is >= 15% faster. The decision is cached

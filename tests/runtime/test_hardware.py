@@ -129,12 +129,16 @@ def test_auto_picks_only_gated_variants(conditioned_tiny, tmp_path, monkeypatch,
 
 
 def test_run_gate_records(conditioned_tiny, tmp_path, one_torch_thread):
-    from benchmarks.agreement import run_gate
+    from blender_fast import Ranker
+    from blender_fast.runtime.agreement import run_gate
     from blender_fast.runtime.autoselect import load_gate
     from blender_fast.model.checkpoint import load_checkpoint
 
-    records = run_gate(conditioned_tiny, INPUTS[:2], [c[:3] for c in CANDS[:2]], variants=(("torch", "bf16"),),
-                       threads=1, cache_dir=tmp_path)
+    def load(backend, precision):
+        return Ranker.from_pretrained(conditioned_tiny, backend=backend, precision=precision, threads=1, cache_dir=tmp_path)
+
+    records = run_gate(load_checkpoint(conditioned_tiny), load, INPUTS[:2], [c[:3] for c in CANDS[:2]],
+                       variants=(("torch", "bf16"),), cache_dir=tmp_path)
     assert [r["variant"] for r in records] == ["torch bf16"]
     assert records[0]["prompts"] == 2 and records[0]["candidates"] == 3
     assert "torch bf16" in load_gate(load_checkpoint(conditioned_tiny), tmp_path)
@@ -192,24 +196,3 @@ def test_openvino_backend_matches_onnx(tiny_checkpoint, tmp_path, one_torch_thre
     a = ref.rank(INPUTS, CANDS, return_scores=True)  # batches of several shapes: dynamic shapes work
     b = ov.rank(INPUTS, CANDS, return_scores=True)
     np.testing.assert_allclose(a, b, atol=1e-3 * max(1.0, float(np.abs(a).max())))
-
-
-def test_profile_and_variants_sections(tiny_checkpoint, one_torch_thread):
-    """The ORT profile groups every op's time (shares sum to 100%); the variants loop compares with fp32."""
-    from benchmarks.common import BenchPrompt
-    from benchmarks.profile import group_of, run_profile_section
-    from benchmarks.variants import run_variants_section
-
-    assert group_of("GatherElements").startswith("relative-position") and group_of("MatMul").startswith("GEMM")
-    prompts = [BenchPrompt(str(i), INPUTS[i], CANDS[i], None) for i in range(2)]
-    prof = run_profile_section(tiny_checkpoint, prompts, 3, threads=1, batches=2, opt_levels=("ORT_ENABLE_ALL",))
-    groups = prof["levels"]["ORT_ENABLE_ALL"]["groups"]
-    assert sum(g["pct"] for g in groups.values()) == pytest.approx(100.0)
-    assert groups["GEMM (MatMul/Gemm/FusedMatMul)"]["s"] > 0
-    # The "before" graph: transformers' attention, profiled on the same batches (its own GatherElements).
-    before = prof["levels"]["transformers attention, ORT_ENABLE_ALL"]
-    assert sum(g["pct"] for g in before["groups"].values()) == pytest.approx(100.0)
-    assert before["ops"]["GatherElements"]["s"] > 0 and prof["rewrite_speedup"] > 0
-    var = run_variants_section(tiny_checkpoint, prompts, 3, threads=1, repeats=1)
-    assert var["variants"]["onnx fp32"]["x_onnx_fp32_paired"] == pytest.approx(1.0)
-    assert var["variants"]["onnx fp32"]["max_abs_score_diff"] == 0.0
