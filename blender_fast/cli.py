@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .synthetic.demo import local_model, resolve_model
+from .options import check_top_k_fits, resolve_device
 from .options import (MAX_BUDGET, MAX_SEED, MAX_TOP_K, ORDERS, POLICIES, STRATEGIES, HelpFormatter,
                       add_engine_options, int_argument)
 
@@ -159,8 +160,7 @@ def _scan_input(source, limit, options, want_keys: bool) -> _Scan:
         where = f"{source.name}:{lineno}"
         prompt = parse_prompt(decode_record(raw, where), where)
         n = len(prompt.candidates)
-        if options.top_k > n:
-            raise ValueError(f"{where}: {n} candidates, fewer than --top-k {options.top_k}")
+        check_top_k_fits(options.top_k, n, where)
         try:
             comparison_budgets(options.budget, options.strategy, [n], options.top_k, options.orders)
         except ValueError as e:
@@ -458,8 +458,6 @@ def _restore_sigterm(previous) -> None:
 
 
 def _device(args) -> str:
-    from .runtime.sessions import resolve_device
-
     return resolve_device(args.device, args.backend)
 
 

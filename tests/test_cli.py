@@ -67,7 +67,7 @@ def test_errors_are_reported_not_raised(tiny_checkpoint, tmp_path, capsys):
     assert main(["rank", "--model", str(tmp_path / "missing"), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["rank", "--model", str(tiny_checkpoint), "--top-k", "9", "--strategy", "bubble", "--quiet"]) == 2
-    assert "fewer than --top-k 9" in capsys.readouterr().err
+    assert "top_k = 9 exceeds the" in capsys.readouterr().err
 
 
 def test_rank_with_a_budget(tiny_checkpoint, tmp_path):

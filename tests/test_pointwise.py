@@ -184,7 +184,12 @@ def test_select_strategies_pick_the_best_score(ours):
             sels = ranker.select(INPUTS, CANDIDATES, top_k=2, strategy=strategy, worst=worst)
             for s, sc in zip(sels, scores):
                 order = np.argsort(sc if worst else -sc, kind="stable")
-                assert s.top_k[0] == order[0], (strategy, worst)
+                if strategy == "adaptive":
+                    # adaptive spends its budget where outcomes are uncertain and may order two close picks
+                    # either way (docs/selection.md gives its error rates): it must find the right two.
+                    assert sorted(s.top_k) == sorted(order[:2]), (strategy, worst)
+                else:
+                    assert s.top_k[0] == order[0], (strategy, worst)
                 assert s.forward_passes == 5
     full = ranker.select(INPUTS, CANDIDATES, top_k=5, strategy="full")
     np.testing.assert_array_equal(np.stack([s.scores for s in full]), scores)

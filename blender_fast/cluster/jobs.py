@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..options import ORDERS, POLICIES, STRATEGIES, check_choice, check_seed, check_strategy_budget, check_top_k
+from ..options import (ORDERS, POLICIES, STRATEGIES, check_choice, check_seed, check_strategy_budget, check_top_k,
+                       check_top_k_fits)
 from ..jsonl.prompts import Prompt
 from ..selection.aggregate import ranks_from_scores, top_k_from_scores
 from ..selection.budgets import selection_cost
@@ -61,9 +62,7 @@ def check_job(prompts: list[Prompt], options: RankOptions) -> None:
     from ..inputs import check_prompts
 
     for p, prompt in enumerate(prompts):
-        if options.top_k > len(prompt.candidates):
-            raise ValueError(f"{_where(prompt, p)}: {len(prompt.candidates)} candidates, fewer than "
-                             f"top_k={options.top_k}")
+        check_top_k_fits(options.top_k, len(prompt.candidates), _where(prompt, p))
         try:
             check_prompts([prompt.input], [prompt.candidates], [prompt.instruction])
         except (TypeError, ValueError) as e:

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from .jobs import RankOptions, rank_prompts
+from ..options import check_top_k_fits
 from ..options import (BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_PRECISION, DEVICE_CHOICES, check_choice, check_count, check_non_negative_number,
                        check_precision, int_argument, number_argument)
 from ..jsonl.targets import output_dir as check_output_dir
@@ -141,8 +142,7 @@ class RankerActor:
 
     def _rank(self, prompts, sources):
         for prompt, where in zip(prompts, sources):
-            if self.options.top_k > len(prompt.candidates):
-                raise ValueError(f"{where}: {len(prompt.candidates)} candidates, fewer than top_k {self.options.top_k}")
+            check_top_k_fits(self.options.top_k, len(prompt.candidates), where)
         return rank_prompts(self.ranker, prompts, self.options, progress=False)
 
 

@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from ..inputs import check_prompts
+from ..options import check_top_k_fits
 from . import rerank
 from .engine import BatchingEngine
 from .fuse_batcher import DEFAULT_FUSE_MAX_BATCH, DEFAULT_FUSE_MAX_QUEUED, DEFAULT_FUSE_MAX_WAIT_MS, FuseBatcher
@@ -97,9 +98,11 @@ async def _rank(engine, items, timeout):
 
 async def _select(engine, items, timeout):
     for p, item in enumerate(items):
-        if isinstance(item["candidates"], list) and item["top_k"] > len(item["candidates"]):
-            raise HTTPError(422, f"top_k = {item['top_k']} exceeds the {len(item['candidates'])} candidates of "
-                                 f"prompt {p}")
+        if isinstance(item["candidates"], list):
+            try:
+                check_top_k_fits(item["top_k"], len(item["candidates"]), f"prompt {p}")
+            except ValueError as e:
+                raise HTTPError(422, str(e)) from None
     _validate_prompts(engine, [i["input"] for i in items], [i["candidates"] for i in items],
                       [i["instruction"] for i in items])
     out = [None] * len(items)

@@ -138,7 +138,7 @@ def cmd_serve(args) -> int:
 
     from ..synthetic.demo import resolve_model
     from ..ranker import Ranker
-    from ..runtime.sessions import resolve_device
+    from ..options import resolve_device
 
     for name in ("max_batch_tokens", "max_queued_pairs", "max_candidates", "max_text_chars", "max_rows_per_request"):
         if getattr(args, name) < 1:

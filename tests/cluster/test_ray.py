@@ -163,7 +163,7 @@ def test_malformed_line_names_file_and_line(ray_instance, tiny_checkpoint, recor
     # Valid lines, but one prompt has fewer candidates than top_k: found by the actor, still FILE:LINE.
     bad.write_text(json.dumps(records[3]) + "\n" + json.dumps({**records[1], "candidates": ["a", "b"]}) + "\n",
                    encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{re.escape(str(bad))}:2: 2 candidates, fewer than top_k 3"):
+    with pytest.raises(ValueError, match=rf"top_k = 3 exceeds the 2 candidates of {re.escape(str(bad))}:2"):
         rank_files(str(bad), tmp_path / "out", tiny_checkpoint, strategy="bubble", top_k=3, num_actors=1, threads=1)
 
 
@@ -263,5 +263,5 @@ def test_ray_user_error_is_one_line_without_ray_error_logs(ray_instance, tiny_ch
         for lg, value in zip(loggers, saved):
             lg.propagate = value
     assert rc == 2
-    assert f"blender-fast: error: {bad}:2: 2 candidates, fewer than top_k 3" in capsys.readouterr().err
+    assert f"blender-fast: error: top_k = 3 exceeds the 2 candidates of {bad}:2" in capsys.readouterr().err
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("ray.data")]
