@@ -36,7 +36,8 @@ WAIT_S = 60
 
 @pytest.fixture(scope="module")
 def ranker(tiny_checkpoint):
-    return Ranker.from_pretrained(tiny_checkpoint, threads=1)
+    # max_candidate_length: the server setting test below asks the ranker for 4000 (above its own 412).
+    return Ranker.from_pretrained(tiny_checkpoint, threads=1, max_candidate_length=4000)
 
 
 def request(url, path, body=b"", method="POST", headers=None, timeout=WAIT_S):

@@ -1,0 +1,99 @@
+"""Issue 25.1 / 25.6 on the Python side: truncation lengths have a maximum and a minimum in the user's
+words, texts are cut by characters before tokenizing without changing the tokens kept, booleans are
+booleans, a Ranker pickles by its source, and a damaged generated-checkpoint manifest is named."""
+from __future__ import annotations
+
+import copy
+import multiprocessing
+import pickle
+
+import numpy as np
+import pytest
+
+from blender_fast import Ranker
+
+Q = "What is the capital of France? " * 3
+CANDS = ["Paris is the capital.", "It is Lyon, I think.", "Marseille."]
+
+
+@pytest.fixture(scope="module")
+def ranker(tiny_checkpoint):
+    return Ranker.from_pretrained(tiny_checkpoint, threads=1)
+
+
+def test_lengths_above_the_checkpoints_are_refused_naming_the_argument(ranker):
+    assert (ranker.max_source_length, ranker.max_candidate_length) == (ranker.source_maxlength,
+                                                                       ranker.candidate_maxlength)
+    with pytest.raises(ValueError, match=rf"source_maxlength = 1000000 is above the maximum, "
+                                         rf"{ranker.source_maxlength} .*max_source_length=N"):
+        ranker.rank([Q], [CANDS], source_maxlength=10**6, candidate_maxlength=10**6)
+    with pytest.raises(ValueError, match=rf"candidate_maxlength = {ranker.candidate_maxlength + 1} is above"):
+        ranker.select([Q], [CANDS], candidate_maxlength=ranker.candidate_maxlength + 1)
+    # At the maximum: served, and the same as the default.
+    np.testing.assert_array_equal(ranker.rank([Q], [CANDS], source_maxlength=ranker.source_maxlength),
+                                  ranker.rank([Q], [CANDS]))
+
+
+def test_the_maximum_is_checked_at_load_and_can_be_raised(tiny_checkpoint):
+    with pytest.raises(ValueError, match="source_maxlength = 5000 is above the maximum, 1224"):
+        Ranker.from_pretrained(tiny_checkpoint, source_maxlength=5000)
+    raised = Ranker.from_pretrained(tiny_checkpoint, source_maxlength=5000, max_source_length=5000)
+    assert raised.source_maxlength == 5000 and raised.max_source_length == 5000
+
+
+def test_a_too_small_length_says_the_minimum_in_the_users_words(ranker):
+    with pytest.raises(ValueError, match=r"source_maxlength = 1 is too small: it must be >= 3 \(a piece's "
+                                         r"\[CLS\], its marker and \[SEP\]\)"):
+        ranker.rank([Q], [CANDS], source_maxlength=1)
+    ranker.rank([Q], [CANDS], source_maxlength=3, candidate_maxlength=3)  # the minimum runs
+
+
+def test_blender_refuses_a_length_above_the_maximum(tiny_checkpoint):
+    from blender_fast import Blender
+
+    with pytest.raises(ValueError, match="candidate_maxlength = 100000 is above the maximum, 412"):
+        Blender().loadranker(str(tiny_checkpoint), device="cpu", candidate_maxlength=100000)
+
+
+@pytest.mark.parametrize("verb,kwargs", [
+    ("rank", dict(return_scores="no")), ("rank", dict(progress="yes")), ("select", dict(worst=1)),
+    ("judge", dict(shuffle_order="false")), ("judge", dict(return_scores=0))])
+def test_booleans_are_booleans(ranker, verb, kwargs):
+    name = next(iter(kwargs))
+    args = ([Q], [CANDS[:2]]) if verb == "judge" else ([Q], [CANDS])
+    with pytest.raises(ValueError, match=rf"{name} must be True or False, got {kwargs[name]!r}"):
+        getattr(ranker, verb)(*args, **kwargs)
+
+
+def test_from_pretrained_checks_its_booleans(tiny_checkpoint):
+    with pytest.raises(ValueError, match="progress must be True or False, got 'no'"):
+        Ranker.from_pretrained(tiny_checkpoint, progress="no")
+
+
+def _ranks_in_child(pickled: bytes):
+    r = pickle.loads(pickled)
+    return r.rank([Q], [CANDS], return_scores=True), r.source_maxlength
+
+
+def test_a_ranker_pickles_by_its_source_and_ranks_the_same_in_a_spawned_process(tiny_checkpoint):
+    ranker = Ranker.from_pretrained(tiny_checkpoint, threads=1, precision="fp32")
+    ranker.source_maxlength = 200  # a setting changed after loading travels too
+    want = ranker.rank([Q], [CANDS], return_scores=True)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        got, src_len = pool.apply(_ranks_in_child, (pickle.dumps(ranker),))
+    assert src_len == 200
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_deepcopy_shares_the_model_and_owns_its_settings(ranker):
+    twin = copy.deepcopy(ranker)
+    assert twin.model is ranker.model and twin.extra_models is not ranker.extra_models
+    twin.source_maxlength = 100
+    assert ranker.source_maxlength != 100
+    np.testing.assert_array_equal(twin.rank([Q], [CANDS]), ranker.rank([Q], [CANDS]))
+
+
+def test_a_ranker_constructed_directly_refuses_pickling_saying_what_to_pass(ranker):
+    direct = Ranker(ranker.model, ranker.tokenizer, ranker.source_maxlength, ranker.candidate_maxlength)
+    with pytest.raises(TypeError, match=r"constructed directly cannot be pickled.*Ranker.from_pretrained"):
+        pickle.dumps(direct)
