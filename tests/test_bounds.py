@@ -97,3 +97,54 @@ def test_a_ranker_constructed_directly_refuses_pickling_saying_what_to_pass(rank
     direct = Ranker(ranker.model, ranker.tokenizer, ranker.source_maxlength, ranker.candidate_maxlength)
     with pytest.raises(TypeError, match=r"constructed directly cannot be pickled.*Ranker.from_pretrained"):
         pickle.dumps(direct)
+
+
+# -- texts cut by characters before tokenizing (issue 25.1) ------------------------------------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from blender_fast.model.tokenization import cut_before_tokenizing, encode_prompts  # noqa: E402
+
+# Spaces and their runs, other whitespace, long words, non-ASCII, combining marks, what normalisers fold.
+PIECES = st.sampled_from([" ", "  ", " " * 40, "\t", "\n", "\u00a0", "\u3000", "a", "word", "x" * 60, "é",
+                          "e\u0301", "日本語", "🙂", "''", "``", "ﬁ", "Ⅻ", "-", ".", "<|source|>", "[SEP]", "1234"])
+TEXTS = st.lists(PIECES, max_size=120).map("".join)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=TEXTS, keep=st.integers(1, 30))
+def test_the_character_cut_keeps_the_same_tokens(ranker, text, keep):
+    tok = ranker.tokenizer.tokenizer
+    for special in (True, False):
+        full = tok.encode(text, add_special_tokens=special).ids
+        [cut] = cut_before_tokenizing(tok, [text], [keep], add_special_tokens=special)
+        assert text.startswith(cut)
+        ids = tok.encode(cut, add_special_tokens=special).ids
+        assert ids[:keep] == full[:keep] and (len(ids) > keep) == (len(full) > keep)
+
+
+def _kept(enc):
+    """Each piece's kept tokens, as the packer keeps them (its first ``limit``)."""
+    return [enc.tokens[a:b][:lim].tolist() for a, b, lim in zip(enc.offsets[:-1], enc.offsets[1:], enc.limits)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(src=TEXTS, cands=st.lists(TEXTS, min_size=2, max_size=3), s=st.integers(3, 20), c=st.integers(3, 20))
+def test_encoded_prompts_are_the_same_with_and_without_the_cut(ranker, monkeypatch, src, cands, s, c):
+    import blender_fast.model.tokenization as tokenization
+
+    got = encode_prompts(ranker.tokenizer, [src], [cands], s, c)
+    with monkeypatch.context() as m:
+        m.setattr(tokenization, "CUT_CHARS_PER_TOKEN", 10**9)  # never cut: the plain twin
+        want = encode_prompts(ranker.tokenizer, [src], [cands], s, c)
+    assert _kept(got) == _kept(want)
+    np.testing.assert_array_equal(got.limits, want.limits)
+
+
+def test_a_huge_text_is_cut_before_tokenizing(ranker):
+    # 3 MB of words: tokenizing it whole is what the cut avoids; the answer is the same as a short prefix's.
+    huge = "lorem ipsum dolor sit amet " * 120_000
+    [cut] = cut_before_tokenizing(ranker.tokenizer.tokenizer, [huge], [ranker.source_maxlength], True)
+    assert len(cut) < 20 * ranker.source_maxlength
+    np.testing.assert_array_equal(ranker.rank([huge], [CANDS], return_scores=True),
+                                  ranker.rank([huge[:200_000]], [CANDS], return_scores=True))
