@@ -148,3 +148,31 @@ def test_a_huge_text_is_cut_before_tokenizing(ranker):
     assert len(cut) < 20 * ranker.source_maxlength
     np.testing.assert_array_equal(ranker.rank([huge], [CANDS], return_scores=True),
                                   ranker.rank([huge[:200_000]], [CANDS], return_scores=True))
+
+
+# -- a damaged generated-checkpoint manifest (issue 25.6) ---------------------------------------------
+
+@pytest.mark.parametrize("damage", ["{not json", "[1, 2]", '{"note": "no generator"}'])
+def test_a_damaged_generated_manifest_is_an_error_naming_the_file(tiny_checkpoint, tmp_path, damage):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from blender_fast.model.checkpoint import CheckpointError
+    from blender_fast.synthetic.demo import random_weights_notice
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    assert random_weights_notice(ckpt)  # intact: the notice
+    (ckpt / "blender_fast.json").write_text(damage)
+    with pytest.raises(CheckpointError, match=rf"{ckpt / 'blender_fast.json'}: the generated checkpoint's manifest "
+                                              r"is damaged"):
+        random_weights_notice(ckpt)
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"input": "q", "candidates": ["a", "b"]}\n')
+    proc = subprocess.run([sys.executable, "-m", "blender_fast.cli", "rank", "--model", str(ckpt), "--input",
+                           str(data), "--output", str(tmp_path / "out.jsonl")], capture_output=True, text=True,
+                          env={**os.environ}, timeout=300)
+    assert proc.returncode != 0 and "blender_fast.json: the generated checkpoint's manifest is damaged" in proc.stderr
+    assert "Traceback" not in proc.stderr
