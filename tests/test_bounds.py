@@ -176,3 +176,27 @@ def test_a_damaged_generated_manifest_is_an_error_naming_the_file(tiny_checkpoin
                           env={**os.environ}, timeout=300)
     assert proc.returncode != 0 and "blender_fast.json: the generated checkpoint's manifest is damaged" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(TEXTS, min_size=1, max_size=3), limit=st.integers(2, 30))
+def test_the_reward_models_truncation_is_the_same_with_and_without_the_cut(tiny_reward_model, monkeypatch, texts,
+                                                                            limit):
+    import blender_fast.model.tokenization as tokenization
+
+    tok = _reward_tokenizer(tiny_reward_model)
+    got = tok.truncate(texts, limit)
+    with monkeypatch.context() as m:
+        m.setattr(tokenization, "CUT_CHARS_PER_TOKEN", 10**9)  # never cut: the plain twin
+        assert got == tok.truncate(texts, limit)
+
+
+_REWARD_TOKENIZERS: dict = {}
+
+
+def _reward_tokenizer(path):
+    from blender_fast.model.reward import build_pointwise_tokenizer, load_pointwise_checkpoint
+
+    if path not in _REWARD_TOKENIZERS:
+        _REWARD_TOKENIZERS[path] = build_pointwise_tokenizer(load_pointwise_checkpoint(path))
+    return _REWARD_TOKENIZERS[path]
