@@ -84,10 +84,13 @@ class Ranker:
         return twin
 
     def _maximum(self, name: str, given, default) -> int:
-        """A truncation maximum: ``given``, else the checkpoint's own length (``default``), else the
-        tokenizer's model_max_length, else MAXLENGTH_WHEN_UNBOUNDED (a tokenizer that names no limit)."""
+        """A truncation maximum: the checkpoint's own length (``default``), or ``given`` where it is higher
+        (it raises the maximum, never lowers it below the ranker's default: a lower cap is the server's
+        own setting); without a default, ``given``, else the tokenizer's model_max_length, else
+        MAXLENGTH_WHEN_UNBOUNDED (a tokenizer that names no limit)."""
         if given is not None:
-            return check_count(name, given, minimum=self.scorer.min_maxlength)
+            given = check_count(name, given, minimum=self.scorer.min_maxlength)
+            return given if default is None else max(given, int(default))
         if default is not None:
             return int(default)
         return int(getattr(self.tokenizer, "model_max_length", None) or MAXLENGTH_WHEN_UNBOUNDED)

@@ -39,6 +39,8 @@ def test_the_maximum_is_checked_at_load_and_can_be_raised(tiny_checkpoint):
         Ranker.from_pretrained(tiny_checkpoint, source_maxlength=5000)
     raised = Ranker.from_pretrained(tiny_checkpoint, source_maxlength=5000, max_source_length=5000)
     assert raised.source_maxlength == 5000 and raised.max_source_length == 5000
+    # It raises the maximum, never lowers it below the checkpoint's own (a lower cap is the server's setting).
+    assert Ranker.from_pretrained(tiny_checkpoint, max_source_length=16).max_source_length == 1224
 
 
 def test_a_too_small_length_says_the_minimum_in_the_users_words(ranker):
