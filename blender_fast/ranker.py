@@ -234,7 +234,15 @@ class Ranker:
             if value is None:
                 out.append(default)
                 continue
-            maximum = self.max_source_length if name == "source_maxlength" else self.max_candidate_length
+            if name == "source_maxlength":
+                maximum = self.max_source_length
+            else:
+                # PairRM gives a candidate half of what its source leaves unused (encode_prompts): a call
+                # with a shorter source may give candidates that much more, and a pair row stays within
+                # the tokens of one at the maxima (the server's capped_lengths asks exactly this).
+                src = out[0] if out[0] is not None else self.max_source_length
+                spare = (self.max_source_length - src) // 2 if self.scorer.kind == "pair" else 0
+                maximum = self.max_candidate_length + max(spare, 0)
             flag = "max_source_length" if name == "source_maxlength" else "max_candidate_length"
             out.append(check_maxlength(name, value, self.scorer.min_maxlength, maximum,
                                        self.scorer.min_maxlength_why,

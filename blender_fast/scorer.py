@@ -395,6 +395,7 @@ class RewardScorer:
         src_len, cand_len = ranker.truncation(source_maxlength, candidate_maxlength)
         tok = ranker.tokenizer
         limit, default = cap + tok.n_special, tok.model_max_length if cand_len is None else cand_len
+        limit = min(limit, ranker.max_candidate_length)  # never past the ranker's maximum (issue 25.1)
         return {"source_maxlength": source_maxlength,
                 "candidate_maxlength": limit if default is None else min(limit, default)}
 

@@ -202,3 +202,11 @@ def _reward_tokenizer(path):
     if path not in _REWARD_TOKENIZERS:
         _REWARD_TOKENIZERS[path] = build_pointwise_tokenizer(load_pointwise_checkpoint(path))
     return _REWARD_TOKENIZERS[path]
+
+
+def test_a_shorter_source_leaves_its_spare_half_to_the_candidates(ranker):
+    # PairRM's own rule (encode_prompts): the maximum of a candidate grows by half the source's unused tokens.
+    most = ranker.max_candidate_length + (ranker.max_source_length - 100) // 2
+    ranker.rank([Q], [CANDS], source_maxlength=100, candidate_maxlength=most)
+    with pytest.raises(ValueError, match=rf"candidate_maxlength = {most + 1} is above the maximum, {most}"):
+        ranker.rank([Q], [CANDS], source_maxlength=100, candidate_maxlength=most + 1)
