@@ -64,6 +64,9 @@ DEFAULT_BATCH_COST = {"cpu": 16, "cuda": 4096}
 MAX_COUNT = 10**9       # a generic count (threads, batch sizes, limits, lengths, ...)
 MAX_TOP_K = 10**6       # candidates to select per prompt
 MAX_BUDGET = 10**9      # forward passes per prompt (swiss / knockout_rr / adaptive)
+# The truncation maximum of a tokenizer that names no limit of its own (a reward model whose
+# model_max_length is unbounded): the tokens a piece may keep when a call asks for more.
+MAXLENGTH_WHEN_UNBOUNDED = 2048
 MAX_SEED = 2**63 - 1    # seeds of numpy's default_rng, and int64 wherever they are stored
 
 
@@ -82,6 +85,25 @@ def check_count(name: str, value, maximum: int = MAX_COUNT, minimum: int = 1) ->
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     if value > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is a bool (True or False; numpy's bool_ too), else a ValueError naming ``name``: a
+    string such as "no" is truthy, so taking it as a flag would silently answer the opposite."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def check_maxlength(name: str, value, minimum: int, maximum: int, why_minimum: str, where_maximum: str) -> int:
+    """A truncation length (tokens) in [minimum, maximum], in the user's words: ``why_minimum`` says what
+    the minimum holds, ``where_maximum`` where the maximum comes from and how to raise it."""
+    value = check_count(name, value, maximum=MAX_COUNT, minimum=-MAX_COUNT)
+    if value < minimum:
+        raise ValueError(f"{name} = {value} is too small: it must be >= {minimum} ({why_minimum})")
+    if value > maximum:
+        raise ValueError(f"{name} = {value} is above the maximum, {maximum} ({where_maximum})")
     return value
 
 

@@ -9,8 +9,8 @@ import numpy as np
 
 from .model.source import is_demo, is_exported_dir, read_export_meta, verify_exported_dir  # noqa: F401 (re-exported)
 from .options import (BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_BATCH_COST, DEFAULT_MAX_BATCH,
-                      DEFAULT_TOKEN_BUDGET, DEVICE_CHOICES, PRECISION_CHOICES, check_choice, check_count,
-                      resolve_device)
+                      DEFAULT_TOKEN_BUDGET, DEVICE_CHOICES, MAXLENGTH_WHEN_UNBOUNDED, PRECISION_CHOICES,
+                      check_bool, check_choice, check_count, check_maxlength, check_optional_count, resolve_device)
 from .scorer import Plan, scorer_for
 from .selection.steps import DEFAULT_MODEL, RunStats, Selection, Steps, run_steps
 from .selection.cascade import certified, check_eps
@@ -24,8 +24,10 @@ class Ranker:
     def __init__(self, model: Callable, tokenizer, source_maxlength: int | None = None,
                  candidate_maxlength: int | None = None, token_budget: int = DEFAULT_TOKEN_BUDGET["cpu"],
                  max_batch_size: int = DEFAULT_MAX_BATCH, progress: bool = False,
-                 batch_cost: int = DEFAULT_BATCH_COST["cpu"]):
+                 batch_cost: int = DEFAULT_BATCH_COST["cpu"], *, max_source_length: int | None = None,
+                 max_candidate_length: int | None = None):
         check_count("token_budget", token_budget)
+        progress = check_bool("progress", progress)
         check_count("max_batch_size", max_batch_size)
         check_count("batch_cost", batch_cost, minimum=0)
         self.model = model  # the "default" model; Step.model names it
@@ -33,6 +35,10 @@ class Ranker:
         self.cascade_eps: float | None = None  # enable_cascade: the per-row bound |default - exact| it trusts
         self.tokenizer = tokenizer
         self.scorer = scorer_for(tokenizer)
+        # The largest truncation lengths a call may ask for (issue 25.1: a length is a memory bound): the
+        # checkpoint's own lengths unless raised here (from_pretrained's max_source_length / ...).
+        self.max_source_length = self._maximum("max_source_length", max_source_length, source_maxlength)
+        self.max_candidate_length = self._maximum("max_candidate_length", max_candidate_length, candidate_maxlength)
         # None (a reward model's default): the tokenizer's own limit.
         self.source_maxlength = source_maxlength
         self.candidate_maxlength = candidate_maxlength
@@ -43,6 +49,51 @@ class Ranker:
         self.batch_cost = batch_cost
         self.last_stats = RunStats()
         self.engine_info: dict = {}  # what from_pretrained chose and why (describe())
+        self.pickle_source: dict | None = None  # from_pretrained's arguments: what a pickle reloads from
+
+    # -- pickling: by source, never by the loaded sessions (an InferenceSession does not pickle) ------
+
+    def __reduce__(self):
+        if self.pickle_source is None:
+            raise TypeError("a Ranker constructed directly cannot be pickled (its model is a live session); "
+                            "make it with Ranker.from_pretrained(path, ...), which pickles by its arguments and "
+                            "loads again on the other side, or pass the path and options to the other process")
+        # Options set on the ranker after loading travel too (progress, budgets, lengths).
+        state = {k: getattr(self, k) for k in ("source_maxlength", "candidate_maxlength", "token_budget",
+                                                "max_batch_size", "progress", "batch_cost")}
+        return _reload, (self.pickle_source, state)
+
+    def __copy__(self):
+        # A shallow copy shares everything, the model included (a copy may then swap its model).
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        return twin
+
+    def __deepcopy__(self, memo):
+        # The loaded model is shared, not reloaded: sessions are read-only at inference and thread-safe, and
+        # a second copy of the weights would double the memory for nothing. Everything a caller may change
+        # on the copy (lengths, budgets, extra models, stats) is its own.
+        import copy
+
+        twin = self.__copy__()
+        twin.extra_models = dict(self.extra_models)
+        twin.engine_info = copy.deepcopy(self.engine_info, memo)
+        twin.last_stats = copy.deepcopy(self.last_stats, memo)
+        twin.pickle_source = copy.deepcopy(self.pickle_source, memo)
+        memo[id(self)] = twin
+        return twin
+
+    def _maximum(self, name: str, given, default) -> int:
+        """A truncation maximum: the checkpoint's own length (``default``), or ``given`` where it is higher
+        (it raises the maximum, never lowers it below the ranker's default: a lower cap is the server's
+        own setting); without a default, ``given``, else the tokenizer's model_max_length, else
+        MAXLENGTH_WHEN_UNBOUNDED (a tokenizer that names no limit)."""
+        if given is not None:
+            given = check_count(name, given, minimum=self.scorer.min_maxlength)
+            return given if default is None else max(given, int(default))
+        if default is not None:
+            return int(default)
+        return int(getattr(self.tokenizer, "model_max_length", None) or MAXLENGTH_WHEN_UNBOUNDED)
 
     def enable_cascade(self, exact_model: Callable, eps: float) -> None:
         """Run the certified cascade (selection/cascade.py): every pair on the default (fast) model, and
@@ -80,7 +131,8 @@ class Ranker:
                         max_batch_size: int = DEFAULT_MAX_BATCH, source_maxlength: int | None = None,
                         candidate_maxlength: int | None = None, progress: bool = False,
                         batch_cost: int | None = None, revision: str | None = None, token=None,
-                        hub_cache_dir=None, local_files_only: bool | None = None) -> "Ranker":
+                        hub_cache_dir=None, local_files_only: bool | None = None,
+                        max_source_length: int | None = None, max_candidate_length: int | None = None) -> "Ranker":
         """Load a PairRM checkpoint directory (llm-blender or PairRM-hf layout), an exported one, or a
         pointwise reward model.
 
@@ -108,8 +160,25 @@ class Ranker:
         ``demo:SHAPE``: model/hub.py resolves it into the HF cache (``hub_cache_dir``, default HF_HUB_CACHE;
         ``revision`` pinning; ``token`` / HF_TOKEN; ``local_files_only`` / HF_HUB_OFFLINE=1) and reuses
         llm-blender's own download. ``cache_dir`` stays the ONNX export cache.
+
+        max_source_length / max_candidate_length: the largest source_maxlength / candidate_maxlength any
+        call may ask for (default: the checkpoint's own lengths, PairRM's 1224 / 412; a reward model's
+        model_max_length, or 2048 when it names none); above it a call is a ValueError naming the length.
+
+        A Ranker made here pickles by these arguments (the token excepted: the other side reads HF_TOKEN)
+        and loads again where it is unpickled, so multiprocessing and Ray can ship it.
         """
         from .runtime.loading import load_model
+
+        progress = check_bool("progress", progress)
+        if local_files_only is not None:
+            check_bool("local_files_only", local_files_only)
+        source = dict(path=path, backend=backend, device=device, precision=precision, threads=threads,
+                      cache_dir=cache_dir, token_budget=token_budget, max_batch_size=max_batch_size,
+                      source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength, progress=progress,
+                      batch_cost=batch_cost, revision=revision, hub_cache_dir=hub_cache_dir,
+                      local_files_only=local_files_only, max_source_length=max_source_length,
+                      max_candidate_length=max_candidate_length)
 
         check_choice("backend", backend, BACKEND_CHOICES)
         if precision is not None:
@@ -123,10 +192,12 @@ class Ranker:
         loaded = load_model(path, backend, precision, device, threads, cache_dir, demo=demo, hub=hub)
         ranker = cls(loaded.model, loaded.tokenizer, loaded.source_maxlength, loaded.candidate_maxlength,
                      token_budget=token_budget or DEFAULT_TOKEN_BUDGET[device], max_batch_size=max_batch_size,
-                     progress=progress, batch_cost=DEFAULT_BATCH_COST[device] if batch_cost is None else batch_cost)
+                     progress=progress, batch_cost=DEFAULT_BATCH_COST[device] if batch_cost is None else batch_cost,
+                     max_source_length=max_source_length, max_candidate_length=max_candidate_length)
         # Validated like per-call lengths: a clear error here instead of a failure inside the packer.
         ranker.source_maxlength, ranker.candidate_maxlength = ranker.truncation(source_maxlength, candidate_maxlength)
         ranker.engine_info = loaded.info
+        ranker.pickle_source = source
         if loaded.exact_model is not None:
             ranker.enable_cascade(loaded.exact_model, loaded.cascade["eps"])
         return ranker
@@ -163,7 +234,19 @@ class Ranker:
             if value is None:
                 out.append(default)
                 continue
-            out.append(check_count(name, value, minimum=self.scorer.min_maxlength))
+            if name == "source_maxlength":
+                maximum = self.max_source_length
+            else:
+                # PairRM gives a candidate half of what its source leaves unused (encode_prompts): a call
+                # with a shorter source may give candidates that much more, and a pair row stays within
+                # the tokens of one at the maxima (the server's capped_lengths asks exactly this).
+                src = out[0] if out[0] is not None else self.max_source_length
+                spare = (self.max_source_length - src) // 2 if self.scorer.kind == "pair" else 0
+                maximum = self.max_candidate_length + max(spare, 0)
+            flag = "max_source_length" if name == "source_maxlength" else "max_candidate_length"
+            out.append(check_maxlength(name, value, self.scorer.min_maxlength, maximum,
+                                       self.scorer.min_maxlength_why,
+                                       f"this ranker's; Ranker.from_pretrained(..., {flag}=N) raises it"))
         return out[0], out[1]
 
     def encode(self, sources: list[str], candidates: list[list[str]], source_maxlength=None,
@@ -243,6 +326,12 @@ class Ranker:
 
     # -- public API ---------------------------------------------------------------------------------
 
+    @staticmethod
+    def _check_progress(progress) -> None:
+        """progress: None (the ranker's), a bool, or a bar of the caller's (anything with .update)."""
+        if progress is not None and not hasattr(progress, "update"):
+            check_bool("progress", progress)
+
     def rank(self, inputs, candidates, instructions=None, return_scores: bool = False, policy: str = "max_logits",
              *, source_maxlength: int | None = None, candidate_maxlength: int | None = None,
              progress: bool | None = None):
@@ -252,6 +341,8 @@ class Ranker:
         better): one array [n_prompts, n] when every prompt has n candidates, else a list of arrays.
         source_maxlength / candidate_maxlength / progress apply to this call only (None: the ranker's).
         """
+        check_bool("return_scores", return_scores)
+        self._check_progress(progress)
         return self.run_plan(self.plan("rank", inputs, candidates, instructions, return_scores, policy,
                                        source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength),
                              progress)
@@ -264,6 +355,7 @@ class Ranker:
         "[A,B]": f(A,B); "[B,A]": f(B,A) (B read first; as in llm-blender, not negated);
         "[A,B]+[B,A]": f(A,B) - f(B,A), the position-debiased comparison.
         """
+        self._check_progress(progress)
         return self.run_plan(self.plan("compare", inputs, candidates_a, candidates_b, instructions, mode,
                                        source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength),
                              progress)
@@ -283,6 +375,8 @@ class Ranker:
         comparisons, forward passes and sequential steps). worst=True selects the worst k instead.
         source_maxlength / candidate_maxlength / progress apply to this call only (None: the ranker's).
         """
+        check_bool("worst", worst)
+        self._check_progress(progress)
         return self.run_plan(self.plan("select", inputs, candidates, top_k, strategy, orders, seed, instructions,
                                        initial_orders, policy, worst, budget, source_maxlength=source_maxlength,
                                        candidate_maxlength=candidate_maxlength), progress)
@@ -293,7 +387,18 @@ class Ranker:
         return_scores the probability that c0 is better, softmax(scores / temperature)[0].
         shuffle_order ranks each pair in a random order (coin_flips) and flips the result back; seed:
         None (fresh entropy), an integer, or a numpy Generator (PairRMJudge passes its own)."""
+        check_bool("shuffle_order", shuffle_order)
+        check_bool("return_scores", return_scores)
+        self._check_progress(progress)
         return self.run_plan(self.plan("judge", prompts, completions, shuffle_order, return_scores, temperature,
                                        seed=seed), progress)
 
 
+
+
+def _reload(source: dict, state: dict) -> Ranker:
+    """Unpickling a Ranker: load it again from what from_pretrained was given, then its later settings."""
+    ranker = Ranker.from_pretrained(**source)
+    for key, value in state.items():
+        setattr(ranker, key, value)
+    return ranker

@@ -60,7 +60,8 @@ class PairScorer:
 
     kind = "pair"
     reserved_markers = SPECIAL_TOKENS  # markers no text may hold: PairRM's prefix tokens
-    min_maxlength = 1
+    min_maxlength = 3  # a piece is [CLS] <marker> ... [SEP]: the packer needs room for those three
+    min_maxlength_why = "a piece's [CLS], its marker and [SEP]"
     ranks_fully = False  # Blender's best-of-n selects with the strategy it is given
     unit = "pair"
     describe_defaults: dict = {}
@@ -240,6 +241,7 @@ class RewardScorer:
     kind = "reward"
     reserved_markers: tuple = ()  # PairRM's markers mean nothing to a reward model (as offline)
     min_maxlength = MIN_POINTWISE_MAXLENGTH
+    min_maxlength_why = "a piece's [CLS] and [SEP]"
     ranks_fully = True  # llm-blender ranks it fully whatever pairrm_cmp_type says (n passes)
     unit = "candidate"
     describe_defaults = {"kind": "pointwise"}
@@ -393,6 +395,7 @@ class RewardScorer:
         src_len, cand_len = ranker.truncation(source_maxlength, candidate_maxlength)
         tok = ranker.tokenizer
         limit, default = cap + tok.n_special, tok.model_max_length if cand_len is None else cand_len
+        limit = min(limit, ranker.max_candidate_length)  # never past the ranker's maximum (issue 25.1)
         return {"source_maxlength": source_maxlength,
                 "candidate_maxlength": limit if default is None else min(limit, default)}
 

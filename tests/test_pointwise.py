@@ -226,7 +226,7 @@ def test_bad_input_is_named(ours):
         ours.compare(["x"], ["a"], ["b"], mode="[A,A]")
     with pytest.raises(ValueError, match="source_max_length must be >= 1"):
         ours.rank(["x"], [["a", "b"]], source_max_length=0)
-    with pytest.raises(ValueError, match="candidate_maxlength must be >= 2"):
+    with pytest.raises(ValueError, match="candidate_maxlength = 1 is too small: it must be >= 2"):
         ours.ranker.rank(["x"], [["a", "b"]], candidate_maxlength=1)
     with pytest.raises(ValueError, match="lone surrogate"):
         ours.rank(["x"], [["a", "b\ud800"]])

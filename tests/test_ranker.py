@@ -314,7 +314,7 @@ def test_lone_surrogates_are_named(onnx_ranker):
 def test_truncation_lengths_are_validated_at_load(tiny_checkpoint):
     from blender_fast import Ranker
 
-    with pytest.raises(ValueError, match="source_maxlength must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"source_maxlength = 0 is too small: it must be >= 3"):
         Ranker.from_pretrained(tiny_checkpoint, source_maxlength=0)
 
 

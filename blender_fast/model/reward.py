@@ -28,6 +28,7 @@ import numpy as np
 
 from .checkpoint import CheckpointError, check_backbone, check_tokenizer_files, has_tokenizer_files, read_json, weights_file
 from .errors import require_torch
+from .tokenization import cut_before_tokenizing
 from ..options import POINTWISE_PRECISIONS
 
 POINTWISE_REPO = "OpenAssistant/reward-model-deberta-v3-large-v2"
@@ -179,6 +180,8 @@ class PointwiseTokenizer:
         if keep is not None and keep < 0:
             raise ValueError(f"a truncation length of {limit} cannot hold the {self.n_special} special tokens")
         out = []
+        if keep is not None and self.truncation_side == "right":  # cut by characters first: the same ids kept
+            texts = cut_before_tokenizing(self.tokenizer, texts, [keep] * len(texts), add_special_tokens=False)
         for enc in self.tokenizer.encode_batch(texts, add_special_tokens=False):
             ids = enc.ids
             if keep is not None and len(ids) > keep:

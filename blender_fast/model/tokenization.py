@@ -186,6 +186,36 @@ def _check_layout(tok: PairTokenizer, ckpt: RankerCheckpoint) -> None:
         )
 
 
+# Characters per token of the first cut (cut_before_tokenizing): DeBERTa's pieces average ~4 characters of
+# English, so 8 per token keeps a second tokenization rare; a text that needs more doubles its cut.
+CUT_CHARS_PER_TOKEN = 8
+
+
+def cut_before_tokenizing(tokenizer, texts: list[str], keeps: list[int], add_special_tokens: bool) -> list[str]:
+    """Each text cut by characters so that tokenizing it costs O(its kept tokens), not O(its length)
+    (issue 25.1: a 30 MB instruction was tokenized whole, then cut to 1224 tokens), without changing the
+    first ``keep`` ids of its encoding nor whether it is longer than ``keep``.
+
+    Why it is exact: the tokenizers pre-tokenize on the space (Metaspace) and segment each word on its own,
+    so a prefix that ends at a space before a word keeps every token of its whole words. A cut is taken at
+    C = CUT_CHARS_PER_TOKEN * keep characters, backed off to the last plain space before C (and past the
+    run of spaces there: a trailing space would be a token of its own); if that prefix yields at least
+    keep + 2 ids (one spare for a trailing [SEP]), its first keep ids are the whole text's. Else (a run of
+    whitespace, a long word, a normaliser that folds many characters into one token) C doubles, up to the
+    text's length, where the text is kept whole."""
+    out = list(texts)
+    for i, (text, keep) in enumerate(zip(texts, keeps)):
+        chars = CUT_CHARS_PER_TOKEN * max(int(keep), 1)
+        while chars < len(text):
+            space = text.rfind(" ", 0, chars + 1)
+            head = text[:space].rstrip(" ") if space > 0 else ""
+            if head and len(tokenizer.encode(head, add_special_tokens=add_special_tokens).ids) >= keep + 2:
+                out[i] = head
+                break
+            chars *= 2
+    return out
+
+
 @dataclass
 class EncodedPrompts:
     """All texts of a set of prompts, tokenized once, as flat buffers for the C++ packer."""
@@ -223,7 +253,10 @@ def encode_prompts(
         candidate_start[p] = len(texts)
         texts.extend(tok.candidate_text(c) for c in cands)
     candidate_start[len(sources)] = len(texts)
-    pieces = tok.encode(texts)
+    # Each piece's most tokens: a candidate's limit grows by half what its source leaves unused (below).
+    keeps = np.full(len(texts), candidate_maxlength + source_maxlength // 2, dtype=np.int64)
+    keeps[source_index] = source_maxlength
+    pieces = tok.encode(cut_before_tokenizing(tok.tokenizer, texts, keeps.tolist(), add_special_tokens=True))
     lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
     offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])

@@ -231,8 +231,9 @@ def create_app(engine: BatchingEngine, *, fuser=None, max_candidates: int = DEFA
     metrics = Metrics(engine)
     if engine.on_batch is None:
         engine.on_batch = metrics.observe_batch
-    src_default, cand_default = (getattr(engine.ranker, "source_maxlength", None),
-                                 getattr(engine.ranker, "candidate_maxlength", None))
+    # The ranker's own maxima (Ranker.max_source_length: the checkpoint's lengths unless raised): one rule.
+    src_default, cand_default = (getattr(engine.ranker, "max_source_length", None),
+                                 getattr(engine.ranker, "max_candidate_length", None))
     limits = Limits(max_items=max_items, max_candidates=max_candidates, max_text_chars=max_text_chars,
                     max_source_length=max_source_length or src_default or UNBOUNDED_LENGTH_MAXIMUM,
                     max_candidate_length=max_candidate_length or cand_default or UNBOUNDED_LENGTH_MAXIMUM,

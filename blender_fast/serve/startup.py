@@ -154,7 +154,8 @@ def cmd_serve(args) -> int:
         path = resolve_model(args.model)
         device = resolve_device(args.device, "torch" if args.backend == "torch" else "onnx")
         ranker = Ranker.from_pretrained(path, backend=args.backend, device=device, precision=args.precision,
-                                        threads=args.threads)
+                                        threads=args.threads, max_source_length=args.max_source_length,
+                                        max_candidate_length=args.max_candidate_length)
         fuser = None
         if args.fuser:
             from ..fusion.fuser import Fuser

@@ -152,7 +152,7 @@ def test_invalid_requests_fail_with_the_python_api_messages(ranker):
             engine.select_sync(["a"], [["x", "y"]], top_k=3)
         with pytest.raises(ValueError, match="strategy must be one of"):
             engine.select_sync(["a"], [["x", "y"]], strategy="knockout")
-        with pytest.raises(ValueError, match="source_maxlength must be >= 1"):
+        with pytest.raises(ValueError, match="source_maxlength = 0 is too small: it must be >= 3"):
             engine.rank_sync(["a"], [["x", "y"]], source_maxlength=0)
         assert engine.queued_pairs == 0 and engine.in_flight == 0  # nothing reserved by failures
 

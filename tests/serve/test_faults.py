@@ -121,7 +121,10 @@ def test_truncation_above_the_servers_maximum_is_422_naming_field_value_and_maxi
         assert status == 200 and sorted(body["ranks"]) == [1, 2, 3]
 
 
-def test_the_truncation_maximum_is_a_server_setting(ranker):
+def test_the_truncation_maximum_is_a_server_setting(tiny_checkpoint):
+    # The server's setting above the checkpoint's 412 needs a ranker whose own maximum allows it (serve's
+    # startup passes --max-candidate-length to from_pretrained the same way).
+    ranker = Ranker.from_pretrained(tiny_checkpoint, threads=1, max_candidate_length=4000)
     with live_server(BatchingEngine(ranker), max_source_length=16, max_candidate_length=4000) as url:
         status, body, _ = post_json(url, "/v1/rank", {**RANK, "source_maxlength": 17})
         assert status == 422 and "maximum, 16 (--max-source-length)" in body["detail"]
