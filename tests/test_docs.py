@@ -115,6 +115,24 @@ def test_markers_are_known_and_attached():
                 assert nxt.startswith("```python"), f"{where}: only python blocks continue"
 
 
+def code_lines(text: str) -> list[str]:
+    """The lines of python code, without comments and indentation (an excerpt may shorten the comments)."""
+    return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+
+
+def test_excerpts_match_their_source():
+    """A parse-only block marked 'an excerpt of PATH' holds only code lines that PATH has (it said
+    `model: str = "default"` where steps.py has `model: str = DEFAULT_MODEL`)."""
+    excerpts = [b for b in BLOCKS if b.marker == "parse-only" and b.reason.startswith("an excerpt of ")]
+    assert excerpts
+    for block in excerpts:
+        source = REPO / block.reason[len("an excerpt of "):].split(",")[0].split()[0]
+        assert source.is_file(), f"{block.id}: the excerpt's source {source} does not exist"
+        have = set(code_lines(source.read_text(encoding="utf-8")))
+        missing = [line for line in code_lines(block.text) if line not in have]
+        assert not missing, f"{block.id}: not in {source.relative_to(REPO)}: {missing}"
+
+
 # -- parsing --------------------------------------------------------------------------------------------
 
 def python_source(block: Block) -> str:
