@@ -468,6 +468,15 @@ def test_cli_md_and_readme_read_as_help_does(capsys):
     assert "--model DIR" not in cli_md and "llm-blender/PairRM" in cli_md and "demo:SHAPE" in cli_md
 
 
+def test_cli_md_names_only_options_that_exist(capsys):
+    """Every --option docs/cli.md writes is one some subcommand's --help lists (none left from an older CLI)."""
+    cli_md = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    commands = re.findall(r"^    ([a-z][a-z-]+)", cli_help(capsys, raw=True), flags=re.M)
+    known = {o for c in commands for o in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", cli_help(capsys, c))}
+    written = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", cli_md))
+    assert written and not written - known, f"docs/cli.md names options no --help lists: {sorted(written - known)}"
+
+
 def test_install_lines_keep_one_editable_install():
     """A later install line (the serve or ray extra) must not replace the test command's editable install
     with a copy: every line that installs this project does it with -e, from the clone's root."""
