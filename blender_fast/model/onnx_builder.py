@@ -228,7 +228,8 @@ def _tensor_proto(name: str, arr: np.ndarray):
     return t
 
 
-def _varint(n: int) -> bytes:
+def protobuf_varint(n: int) -> bytes:
+    """n as a protobuf base-128 varint (the builder and the synthetic spm writer both write protobuf by hand)."""
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -242,10 +243,10 @@ def _write_inline(f, tensor, arr: np.ndarray) -> None:
     array's bytes written straight from its buffer (no serialized copy of a 500 MB embedding). Tags:
     ModelProto.graph = 7, GraphProto.initializer = 5, TensorProto.raw_data = 9, all length-delimited."""
     head = tensor.SerializeToString()
-    raw_tag = b"\x4a" + _varint(arr.nbytes)
+    raw_tag = b"\x4a" + protobuf_varint(arr.nbytes)
     tensor_len = len(head) + len(raw_tag) + arr.nbytes
-    graph_part = b"\x2a" + _varint(tensor_len)
-    f.write(b"\x3a" + _varint(len(graph_part) + tensor_len) + graph_part + head + raw_tag)
+    graph_part = b"\x2a" + protobuf_varint(tensor_len)
+    f.write(b"\x3a" + protobuf_varint(len(graph_part) + tensor_len) + graph_part + head + raw_tag)
     f.write(memoryview(arr).cast("B") if arr.size else b"")
 
 

@@ -7,6 +7,8 @@ per process and on disk (``cache.cache_root() / "spm"``).
 """
 from __future__ import annotations
 
+from ..model.onnx_builder import protobuf_varint
+
 import hashlib
 import json
 import os
@@ -313,28 +315,17 @@ def _filler_piece(i: int) -> str:
 
 
 def _pb_key(number: int, wire: int) -> bytes:
-    return _pb_varint(number << 3 | wire)
-
-
-def _pb_varint(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+    return protobuf_varint(number << 3 | wire)
 
 
 def _pb_bytes(number: int, payload: bytes) -> bytes:
-    return _pb_key(number, 2) + _pb_varint(len(payload)) + payload
+    return _pb_key(number, 2) + protobuf_varint(len(payload)) + payload
 
 
 def _pb_field(number: int, wire: int, value) -> bytes:
     """One field as protobuf_fields read it, written back (varints minimal, as protobuf writes them)."""
     if wire == 0:
-        return _pb_key(number, 0) + _pb_varint(value)
+        return _pb_key(number, 0) + protobuf_varint(value)
     if wire == 2:
         return _pb_bytes(number, bytes(value))
     return _pb_key(number, wire) + bytes(value)  # fixed 32/64-bit
@@ -356,7 +347,7 @@ def _pad_spm(data: bytes, n_pieces: int) -> bytes:
     min_score = min(score for _, score, kind in model.pieces if kind == 1)
     existing = {piece for piece, _, _ in model.pieces}
     # SentencePiece {piece = 1; score = 2 (float); type = 3 (NORMAL = 1)}, the same tail for every filler
-    tail = _pb_key(2, 5) + struct.pack("<f", min_score) + _pb_key(3, 0) + _pb_varint(1)
+    tail = _pb_key(2, 5) + struct.pack("<f", min_score) + _pb_key(3, 0) + protobuf_varint(1)
     out = [data]
     i = 0
     while have < n_pieces:
@@ -366,7 +357,7 @@ def _pad_spm(data: bytes, n_pieces: int) -> bytes:
             continue
         have += 1
         out.append(_pb_bytes(1, _pb_bytes(1, piece.encode("utf-8")) + tail))
-    out.append(_pb_bytes(2, _pb_key(4, 0) + _pb_varint(n_pieces)))  # trainer_spec.vocab_size
+    out.append(_pb_bytes(2, _pb_key(4, 0) + protobuf_varint(n_pieces)))  # trainer_spec.vocab_size
     return b"".join(out)
 
 
