@@ -87,6 +87,25 @@ def test_unsupported_config_falls_back_to_torch_with_one_line(tiny_checkpoint, t
     assert "graph builder does not handle" in err and "hidden_act" in err and len(err.strip().splitlines()) == 1
 
 
+def test_unsupported_config_without_torch_names_the_extra(tiny_checkpoint, tmp_path, monkeypatch):
+    from blender_fast.model.onnx_builder import UnsupportedGraph
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+
+    def unsupported(*args, **kwargs):
+        raise UnsupportedGraph("config field 'hidden_act' = 'relu': only 'gelu' is written")
+
+    def no_torch(*args):
+        raise ImportError("torch is needed to export or run a checkpoint with torch: pip install 'blender-fast[export]'")
+
+    import dataclasses
+
+    monkeypatch.setitem(export.GRAPHS, "pair", dataclasses.replace(export.GRAPHS["pair"], build=unsupported))
+    monkeypatch.setattr(export, "require_torch", no_torch)
+    with pytest.raises(ImportError, match=r"graph builder does not handle this model \(config field 'hidden_act'.*blender-fast\[export\]"):
+        export.export_onnx(ckpt, tmp_path / "out")
+
+
 def test_an_unknown_maker_is_refused(monkeypatch):
     monkeypatch.setenv(export.EXPORT_ENV, "onnxscript")
     with pytest.raises(ValueError, match="BLENDER_FAST_EXPORT='onnxscript': expected one of builder, torch"):
