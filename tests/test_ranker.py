@@ -271,6 +271,7 @@ def test_export_fails_when_ort_disagrees_with_torch(tiny_checkpoint, tmp_path, m
     from blender_fast.model.checkpoint import load_checkpoint
     from blender_fast.model.export import ExportCheckError, export_onnx
 
+    monkeypatch.setenv("BLENDER_FAST_EXPORT", "torch")  # the check against torch (a built fp32 graph has no torch reference)
     real = export.run_exported
     monkeypatch.setattr(export, "run_exported", lambda *args: real(*args) + np.float32(shift))
     with pytest.raises(ExportCheckError, match=message):

@@ -6,12 +6,19 @@ fp16 / dynamic int8), model/reward.py's for a pointwise reward model (fp32 / fp1
 same for every maker: run the graph on the sample with ONNX Runtime and hold it to torch
 (``check_export_diff``), record the size and sha256 of every file in export.json, key the cache entry
 by a hash of the weights, tokenizer files, config and options, verify an entry before serving it, and
-publish it atomically. ``export_onnx(..., graph=maker)`` takes any other maker with the same contract
-(e.g. a torch-free graph builder).
+publish it atomically. ``export_onnx(..., graph=maker)`` takes any other maker with the same contract.
+
+The default maker is the torch-free graph builder (model/onnx_builder.py through ``pairrm.build_graph`` /
+``reward.build_graph``): it needs neither torch nor transformers, and its entries are keyed by
+BUILDER_VERSION. The torch export stays as the oracle and the fallback: for a configuration the
+builder does not know (UnsupportedGraph, one line on stderr says so), and when ``BLENDER_FAST_EXPORT=torch``
+forces it.
 """
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +30,7 @@ from . import cache, pairrm, reward
 from .cache import checkpoint_fingerprint
 from .checkpoint import EXPORT_META, has_random_weights, load_checkpoint
 from .errors import require_torch
+from .onnx_builder import BUILDER_VERSION, UnsupportedGraph, graph_config
 # PairRM's module and graph, re-exported from their old home here.
 from .pairrm import (EXPORT_FILES, EXPORT_VERSION, ONNX_INPUTS, build_torch_model, load_state_dict,  # noqa: F401
                      pairrm_module, relative_position_matmuls, sample_batch)
@@ -31,6 +39,9 @@ from .tokenization import PairTokenizer, build_pair_tokenizer
 from ..options import PRECISIONS, check_backend_precision  # noqa: F401  (PRECISIONS re-exported)
 
 OPSET = 17
+# BLENDER_FAST_EXPORT=torch: export through torch.onnx (the oracle) instead of the graph builder.
+EXPORT_ENV = "BLENDER_FAST_EXPORT"
+EXPORT_MAKERS = ("builder", "torch")
 # How far the exported graph may be from torch fp32 on the sample batch, as a fraction of the sample's
 # spread (at least 1): PairRM's limits (pairrm.EXPORT_TOLERANCE) by default.
 EXPORT_TOLERANCE = pairrm.EXPORT_TOLERANCE
@@ -54,21 +65,56 @@ class GraphKind:
     build_tokenizer: Callable
     torch_module: Callable
     fp32_islands: bool
+    build: Callable = None  # the torch-free graph maker (ckpt, out_dir, precision) -> as ``make``
+    config: Callable = None  # ckpt -> the backbone config the builder reads (graph_config)
 
 
 GRAPHS = {
     "pair": GraphKind(pairrm.export_graph, pairrm.EXPORT_FILES, pairrm.EXPORT_TOLERANCE,
                       {"opset": OPSET, "export_version": pairrm.EXPORT_VERSION}, "model",
-                      pairrm.ONNX_INPUTS, PairTokenizer.load, build_pair_tokenizer, build_torch_model, True),
+                      pairrm.ONNX_INPUTS, PairTokenizer.load, build_pair_tokenizer, build_torch_model, True,
+                      pairrm.build_graph, lambda ckpt: ckpt.backbone_config),
     "reward": GraphKind(reward.export_graph, reward.EXPORT_FILES, reward.EXPORT_TOLERANCE,
                         {"kind": "pointwise", "opset": OPSET, "export_version": reward.EXPORT_VERSION}, "reward model",
                         reward.ONNX_INPUTS, reward.PointwiseTokenizer.load, reward.build_pointwise_tokenizer,
-                        reward.build_torch_scorer, False),
+                        reward.build_torch_scorer, False, reward.build_graph, lambda ckpt: ckpt.config),
 }
 
 
 def _require_torch():
     require_torch()
+
+
+def forced_maker() -> str:
+    """The maker BLENDER_FAST_EXPORT names ('builder' when unset), checked."""
+    value = os.environ.get(EXPORT_ENV, "builder").strip().lower() or "builder"
+    if value not in EXPORT_MAKERS:
+        raise ValueError(f"{EXPORT_ENV}={value!r}: expected one of {', '.join(EXPORT_MAKERS)}")
+    return value
+
+
+def graph_maker(ckpt) -> str:
+    """Which maker writes this checkpoint's graph: 'builder' when it knows the configuration (read from
+    config.json, no weights) and BLENDER_FAST_EXPORT does not force torch; else 'torch'."""
+    if forced_maker() == "torch":
+        return "torch"
+    try:
+        graph_config(GRAPHS[ckpt.kind].config(ckpt))
+    except UnsupportedGraph:
+        return "torch"
+    return "builder"
+
+
+def _torch_fallback(ckpt, why: UnsupportedGraph) -> None:
+    """One line saying the builder does not know this model and the torch export takes over (or, without
+    torch, an ImportError naming the extra that brings it)."""
+    try:
+        require_torch()
+    except ImportError as e:
+        raise ImportError(f"{ckpt.path}: the graph builder does not handle this model ({why}); the torch export "
+                          f"does, which needs {e}") from None
+    print(f"blender-fast: {ckpt.path}: the graph builder does not handle this model ({why}); exporting through torch",
+          file=sys.stderr)
 
 
 @dataclass
@@ -131,15 +177,22 @@ def export_onnx(ckpt, out_dir: Path, precision: str = "fp32", tok: PairTokenizer
     exported as it is (the profile's "before")."""
     kind = GRAPHS[ckpt.kind]
     t0 = time.perf_counter()
+    made = None
     if graph is not None:
         made = graph(ckpt, out_dir, precision)
-    elif ckpt.kind == "pair":
+    elif rewrite_attention and forced_maker() == "builder":
+        try:
+            made = kind.build(ckpt, out_dir, precision, tok=tok) if ckpt.kind == "pair" else kind.build(ckpt, out_dir, precision)
+        except UnsupportedGraph as e:
+            _torch_fallback(ckpt, e)
+    if made is None and ckpt.kind == "pair":
         made = kind.make(ckpt, out_dir, precision, tok=tok, rewrite_attention=rewrite_attention)
-    else:
+    elif made is None:
         made = kind.make(ckpt, out_dir, precision)
     where = Path(final_dir or out_dir) / "model.onnx"
     got = run_exported(out_dir / "model.onnx", made["feeds"])
-    reference = made["reference"]
+    # A built fp32 graph has no torch to hold it to: its own outputs, checked for NaN/inf.
+    reference = got if made["reference"] is None else made["reference"]
     diff = float(np.max(np.abs(got - reference)))
     check_export_diff(diff, reference, precision, where, kind.tolerance, kind.label)
     report = ExportReport(str(where), precision, diff, time.perf_counter() - t0, cached=False)
@@ -194,7 +247,13 @@ def check_export_diff(diff: float, reference: np.ndarray, precision: str, path, 
 
 
 def export_key(ckpt, precision: str) -> str:
-    return checkpoint_fingerprint(ckpt, precision=precision, **GRAPHS[ckpt.kind].key_options)
+    """The cache key: the checkpoint's fingerprint, the precision and the maker's version (a built graph:
+    BUILDER_VERSION; a torch export: the kind's key options, unchanged, so its old entries stay valid)."""
+    options = dict(GRAPHS[ckpt.kind].key_options)
+    if graph_maker(ckpt) == "builder":
+        options.pop("export_version", None)
+        options["builder_version"] = BUILDER_VERSION
+    return checkpoint_fingerprint(ckpt, precision=precision, **options)
 
 
 def cached_export(ckpt, precision: str = "fp32", cache_dir: Path | None = None) -> tuple[Path, ExportReport]:
@@ -209,15 +268,15 @@ def cached_export(ckpt, precision: str = "fp32", cache_dir: Path | None = None) 
     root = Path(cache_dir) if cache_dir else cache.cache_root() / "onnx"
     out_dir = root / export_key(ckpt, precision)
     return cached_entry(out_dir, lambda tmp: export_onnx(ckpt, tmp, precision, final_dir=out_dir),
-                        lambda d: check_export(d, ckpt.kind), ExportReport)
+                        lambda d: check_export(d, ckpt.kind), ExportReport, needs_torch=graph_maker(ckpt) == "torch")
 
 
-def cached_entry(out_dir: Path, export: Callable, check: Callable, report_cls) -> tuple[Path, object]:
+def cached_entry(out_dir: Path, export: Callable, check: Callable, report_cls, *, needs_torch: bool = True) -> tuple[Path, object]:
     """The export cache's rules for one entry: an intact entry is used as it is; a missing or damaged one is exported again by
     ``export(tmp)`` (which returns its report) and published atomically (``cache.publish_dir``), except
     where torch is missing: then the error names the damaged file and the directory to delete."""
     problem = check(out_dir) if out_dir.exists() else None
-    if problem is not None:
+    if problem is not None and needs_torch:
         try:
             _require_torch()
         except ImportError as e:

@@ -209,6 +209,42 @@ def export_graph(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32",
                      "candidate_maxlength": ckpt.candidate_maxlength, "n_tasks": ckpt.n_tasks}}
 
 
+def build_graph(ckpt: RankerCheckpoint, out_dir: Path, precision: str = "fp32", tok: PairTokenizer | None = None) -> dict:
+    """PairRM's torch-free graph maker (the pipeline's default): ``model.onnx`` written from the weights by
+    onnx_builder, and the tokenizer, into out_dir. With no torch to hold it to, the reference is the built
+    fp32 graph itself: for fp32 None (the pipeline then checks only that the outputs are finite), for
+    fp16 / int8 the fp32 graph's logits on the sample batch. UnsupportedGraph: the caller falls back to
+    ``export_graph`` (torch)."""
+    from .onnx_builder import BUILDER_VERSION, build_ranker_onnx, graph_config, run_graph
+
+    check_backend_precision("onnx", precision)
+    graph_config(ckpt.backbone_config)  # UnsupportedGraph before anything is written
+    tok = tok or build_pair_tokenizer(ckpt)
+    ids, mask, pos = sample_batch(tok, ckpt)
+    feeds = {"input_ids": ids, "attention_mask": mask, "positions": pos}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reference = None
+    if precision != "fp32":
+        reference = _built_fp32_reference(lambda path: build_ranker_onnx(ckpt, path, "fp32"), out_dir, feeds, run_graph)
+    build_ranker_onnx(ckpt, out_dir / "model.onnx", precision)
+    tok.save(out_dir)
+    return {"feeds": feeds, "reference": reference,
+            "meta": {"attention": "blender_fast.model.onnx_builder", "builder_version": BUILDER_VERSION,
+                     "checkpoint": str(ckpt.path), "source_maxlength": ckpt.source_maxlength,
+                     "candidate_maxlength": ckpt.candidate_maxlength, "n_tasks": ckpt.n_tasks}}
+
+
+def _built_fp32_reference(build, out_dir: Path, feeds: dict, run_graph) -> np.ndarray:
+    """The built fp32 graph's output on ``feeds``: a variant's reference. Written beside the entry and removed."""
+    path = out_dir / "reference.fp32.onnx"
+    try:
+        build(path)
+        return run_graph(path, feeds)
+    finally:
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".data").unlink(missing_ok=True)
+
+
 def relative_position_matmuls(onnx_path: Path) -> list[str]:
     """MatMul nodes against the constant per-head relative-position keys/queries (rank-3 initializers).
 

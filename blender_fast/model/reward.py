@@ -28,6 +28,7 @@ import numpy as np
 
 from .checkpoint import CheckpointError, check_backbone, check_tokenizer_files, has_tokenizer_files, read_json, weights_file
 from .errors import require_torch
+from .fast_tokenizer import load_tokenizer
 from .tokenization import cut_before_tokenizing
 from ..options import POINTWISE_PRECISIONS
 
@@ -222,14 +223,18 @@ def build_pointwise_tokenizer(ckpt: PointwiseCheckpoint) -> PointwiseTokenizer:
     tokenizer_config.json."""
     from tokenizers import Tokenizer
 
-    try:
-        import transformers  # noqa: F401
+    import importlib.util
 
-        have_transformers = True
-    except ImportError:
-        have_transformers = False
+    # transformers only for what fast_tokenizer cannot read (it gives AutoTokenizer's ids and settings for
+    # tokenizer.json / DeBERTa spm.model), and never imported otherwise: the main job needs no transformers.
+    use_transformers = False
+    if importlib.util.find_spec("transformers") is not None:
+        try:
+            load_tokenizer(ckpt.tokenizer_dir)
+        except CheckpointError:
+            use_transformers = True
     try:
-        if have_transformers:
+        if use_transformers:
             from transformers import AutoTokenizer
 
             hf = AutoTokenizer.from_pretrained(str(ckpt.tokenizer_dir), local_files_only=True)
@@ -241,18 +246,15 @@ def build_pointwise_tokenizer(ckpt: PointwiseCheckpoint) -> PointwiseTokenizer:
             settings = dict(model_max_length=_bounded(hf.model_max_length),
                             clean_up_tokenization_spaces=bool(hf.clean_up_tokenization_spaces),
                             truncation_side=hf.truncation_side)
-        elif (ckpt.tokenizer_dir / "tokenizer.json").is_file():
-            backend = Tokenizer.from_file(str(ckpt.tokenizer_dir / "tokenizer.json"))
-            cfg_path = ckpt.tokenizer_dir / "tokenizer_config.json"
-            cfg = read_json(cfg_path) if cfg_path.is_file() else {}
-            pad = cfg.get("pad_token", "[PAD]")
-            pad_id = backend.token_to_id(pad.get("content") if isinstance(pad, dict) else pad)
+        else:
+            loaded = load_tokenizer(ckpt.tokenizer_dir)  # tokenizer.json or DeBERTa's spm.model, added tokens
+            backend, cfg = loaded.tokenizer, loaded.config
+            pad_id = loaded.token_id("pad_token")
+            if pad_id is None:
+                pad_id = loaded.token_id("eos_token")
             settings = dict(model_max_length=_bounded(cfg.get("model_max_length")),
                             clean_up_tokenization_spaces=bool(cfg.get("clean_up_tokenization_spaces", False)),
                             truncation_side=cfg.get("truncation_side", "right"))
-        else:
-            raise CheckpointError(f"{ckpt.tokenizer_dir}: only spm.model is present; converting it needs "
-                                  "transformers (pip install 'blender-fast[export]')")
     except CheckpointError:
         raise
     except Exception as e:  # a damaged file surfaces as many exception types, deep in the libraries
@@ -375,3 +377,34 @@ def export_graph(ckpt: PointwiseCheckpoint, out_dir: Path, precision: str = "fp3
     tok.save(out_dir)
     return {"feeds": {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, "reference": reference,
             "meta": {"kind": "pointwise", "attention": attention, "checkpoint": str(ckpt.path), "inputs": names}}
+
+
+def build_graph(ckpt: PointwiseCheckpoint, out_dir: Path, precision: str = "fp32") -> dict:
+    """The reward model's torch-free graph maker (the pipeline's default): ``model.onnx`` written from the
+    weights by onnx_builder, and the tokenizer, into out_dir; the reference as pairrm.build_graph's
+    (None in fp32, the built fp32 graph's scores for fp16). UnsupportedGraph: the caller falls back to
+    ``export_graph`` (torch)."""
+    from .onnx_builder import BUILDER_VERSION, build_reward_onnx, graph_config, run_graph
+
+    if precision not in POINTWISE_PRECISIONS["onnx"]:
+        raise ValueError(f"a reward model exports to ONNX in precision {POINTWISE_PRECISIONS['onnx']}, not {precision!r}")
+    graph_config(ckpt.config)  # UnsupportedGraph before anything is written
+    tok = build_pointwise_tokenizer(ckpt)
+    ids, mask, types = sample_batch(tok)
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if ckpt.uses_token_types else [])
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reference = None
+    if precision != "fp32":
+        path = out_dir / "reference.fp32.onnx"
+        try:
+            build_reward_onnx(ckpt, path, "fp32")
+            reference = run_graph(path, feeds)
+        finally:
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".data").unlink(missing_ok=True)
+    build_reward_onnx(ckpt, out_dir / "model.onnx", precision)
+    tok.save(out_dir)
+    return {"feeds": feeds, "reference": reference,
+            "meta": {"kind": "pointwise", "attention": "blender_fast.model.onnx_builder",
+                     "builder_version": BUILDER_VERSION, "checkpoint": str(ckpt.path), "inputs": names}}

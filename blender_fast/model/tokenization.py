@@ -15,6 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from .checkpoint import SPECIAL_TOKENS, CheckpointError, RankerCheckpoint
+from .fast_tokenizer import pair_tokenizer_parts
 
 SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX, CAND_PREFIX = SPECIAL_TOKENS
 
@@ -91,42 +92,12 @@ def _from_transformers(tokenizer_source: str, local_files_only: bool):
     return hf.backend_tokenizer, sep, pad_id, ids
 
 
-def _from_tokenizer_json(directory: Path):
-    """Fallback without transformers: tokenizer.json plus the special-token files beside it."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
-    tok.no_truncation()
-    tok.no_padding()
-    tok.add_tokens(list(SPECIAL_TOKENS))  # plain strings: the same AddedToken flags transformers uses
-    special = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        p = directory / name
-        if p.is_file():
-            for key in ("sep_token", "pad_token", "eos_token"):
-                value = json.loads(p.read_text()).get(key)
-                if isinstance(value, dict):
-                    value = value.get("content")
-                if value and key not in special:
-                    special[key] = value
-    sep = special.get("sep_token", "[SEP]")
-    pad = special.get("pad_token", "[PAD]")
-    pad_id = tok.token_to_id(pad)
-    ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
-    if pad_id is None or tok.token_to_id(sep) is None:
-        raise CheckpointError(f"{directory / 'tokenizer.json'}: pad or sep token not in the vocabulary")
-    return tok, sep, pad_id, ids
-
-
 def build_pair_tokenizer(ckpt: RankerCheckpoint) -> PairTokenizer:
     """The tokenizer llm-blender would use for this checkpoint, as a PairTokenizer."""
-    try:
-        import transformers  # noqa: F401
+    import importlib.util
 
-        have_transformers = True
-    except ImportError:
-        have_transformers = False
-
+    # Whether transformers is installed, without importing it (the main job never needs it).
+    have_transformers = importlib.util.find_spec("transformers") is not None
     if ckpt.tokenizer_dir is None:
         # e.g. the real PairRM names microsoft/deberta-v3-large: llm-blender loads that tokenizer from the
         # HF cache; so do we, offline.
@@ -146,15 +117,14 @@ def build_pair_tokenizer(ckpt: RankerCheckpoint) -> PairTokenizer:
             ) from None
     else:
         try:
-            if have_transformers:
+            # tokenizer.json or DeBERTa's spm.model, without transformers: the same ids as AutoTokenizer
+            # (fast_tokenizer's tests), and no transformers import; transformers only for what it cannot read.
+            try:
+                backend, sep, pad_id, ids = pair_tokenizer_parts(ckpt.tokenizer_dir)
+            except CheckpointError:
+                if not have_transformers:
+                    raise
                 backend, sep, pad_id, ids = _from_transformers(str(ckpt.tokenizer_dir), local_files_only=True)
-            elif (ckpt.tokenizer_dir / "tokenizer.json").is_file():
-                backend, sep, pad_id, ids = _from_tokenizer_json(ckpt.tokenizer_dir)
-            else:
-                raise CheckpointError(
-                    f"{ckpt.tokenizer_dir}: only spm.model is present; converting it needs transformers "
-                    "(pip install 'blender-fast[export]')"
-                )
         except CheckpointError:
             raise
         except Exception as e:  # a damaged file surfaces as many exception types, deep in the libraries

@@ -107,11 +107,12 @@ def test_unsupported_configuration_is_named(change, named):
     assert model.pretrained_model.encoder.layer[0].attention.self.forward == forward  # left unchanged
 
 
-def test_exported_graph_gathers_once_per_term_and_expands_once(tiny_checkpoint, tmp_path):
+def test_exported_graph_gathers_once_per_term_and_expands_once(tiny_checkpoint, tmp_path, monkeypatch):
     """The exported graph: no If (OpenVINO takes it as is), one GatherElements per c2p/p2c term and
     layer, the gather indices expanded once per batch instead of in every layer, no [B, 1, L, L] Where;
-    export.json names the attention exported."""
+    export.json names the attention exported. The torch export (the graph builder's oracle), forced."""
     require("onnx")
+    monkeypatch.setenv("BLENDER_FAST_EXPORT", "torch")
     import onnx
 
     from blender_fast.model.checkpoint import load_checkpoint

@@ -212,10 +212,32 @@ def test_damaged_export_is_detected_and_redone(exported, damage):
     assert ranker.rank(["Say hi."], [["hi", "hello there", "no"]]).shape == (1, 3)
 
 
-def test_damaged_export_without_torch_names_what_to_delete(exported, monkeypatch):
+def test_damaged_built_entry_is_rebuilt_without_torch(exported, monkeypatch):
+    """The graph builder needs no torch: a damaged built entry is simply built again."""
     from blender_fast.model import export
 
     ckpt, out_dir, _ = exported
+    assert export.graph_maker(ckpt) == "builder"
+    (out_dir / "model.onnx").write_bytes(b"")
+
+    def no_torch():
+        raise ImportError("No module named 'torch'")
+
+    monkeypatch.setattr(export, "_require_torch", no_torch)
+    again, report = export.cached_export(ckpt, "fp32")
+    assert again == out_dir and not report.cached and export.check_export(out_dir) is None
+
+
+def test_damaged_torch_export_without_torch_names_what_to_delete(tiny_checkpoint, own_cache, monkeypatch, one_torch_thread):
+    require("torch")
+    from blender_fast.model import export
+
+    from blender_fast.model.checkpoint import load_checkpoint
+
+    monkeypatch.setenv(export.EXPORT_ENV, "torch")
+    ckpt = load_checkpoint(tiny_checkpoint)
+    out_dir, _ = export.cached_export(ckpt, "fp32")
+    assert export.graph_maker(ckpt) == "torch"
     (out_dir / "model.onnx").write_bytes(b"")
 
     def no_torch():

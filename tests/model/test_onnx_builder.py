@@ -1,5 +1,5 @@
 """The graph builder (model/onnx_builder.py) against its oracle, today's torch export (model/export.py,
-model/pointwise.py), and the torch-free weights reader (model/weights.py) against ``torch.load``.
+model/reward.py), and the torch-free weights reader (model/weights.py) against ``torch.load``.
 
 fp32: with the torch export's relative-position constants the built graph is bit-identical to the
 export (same ops, same order); with its own constants (computed in numpy, float32) it differs by the
@@ -22,7 +22,7 @@ from tests.conftest import require
 torch = require("torch")
 require("transformers")
 
-from blender_fast.model import export, onnx_builder, pointwise  # noqa: E402
+from blender_fast.model import export, onnx_builder, reward  # noqa: E402
 from blender_fast.model.attention import use_export_attention  # noqa: E402
 from blender_fast.model.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from blender_fast.model.tokenization import build_pair_tokenizer  # noqa: E402
@@ -230,8 +230,8 @@ class Case:
             self.args = (ids, mask, pos)
             self.prefix = onnx_builder.PAIRRM_PREFIX
         else:
-            self.ckpt = pointwise.load_pointwise_checkpoint(path)
-            ids, mask, types = pointwise.sample_batch(pointwise.build_pointwise_tokenizer(self.ckpt))
+            self.ckpt = reward.load_pointwise_checkpoint(path)
+            ids, mask, types = reward.sample_batch(reward.build_pointwise_tokenizer(self.ckpt))
             self.feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             self.args = (ids, mask)
             self.prefix = onnx_builder.REWARD_PREFIX
@@ -248,10 +248,8 @@ class Case:
     def export(self, precision: str = "fp32"):
         if precision not in self._exports:
             out = self.tmp / f"torch-{precision}"
-            if self.kind == "pairrm":
-                export.export_onnx(self.ckpt, out, precision)
-            else:
-                pointwise.export_pointwise_onnx(self.ckpt, out, precision)
+            # the torch export (the oracle), not the pipeline's default maker (the builder under test)
+            export.export_onnx(self.ckpt, out, precision, graph=export.GRAPHS[self.ckpt.kind].make)
             self._exports[precision] = export.run_exported(out / "model.onnx", self.feeds)
         return self._exports[precision]
 
@@ -265,7 +263,7 @@ class Case:
     def torch_module(self):
         if self.kind == "pairrm":
             return export.build_torch_model(self.ckpt)
-        return pointwise.build_torch_scorer(self.ckpt)
+        return reward.build_torch_scorer(self.ckpt)
 
     def export_constants(self) -> dict:
         module = self.torch_module()
