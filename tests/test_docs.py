@@ -490,7 +490,9 @@ def test_dotted_names_in_the_docs_import():
     missing = []
     for path in DOC_FILES:
         text = path.read_text(encoding="utf-8")
-        for name in sorted(set(re.findall(r"(?<![\w.])blender_fast(?:\.[A-Za-z_]\w*)+", text)) - REQUEST_FIELDS):
+        # `blender_fast.json` is the generated checkpoint's manifest, a file name, not an import path.
+        names = set(re.findall(r"(?<![\w.])blender_fast(?:\.[A-Za-z_]\w*)+", text)) - REQUEST_FIELDS
+        for name in sorted(n for n in names if not n.endswith((".json", ".py", ".md"))):
             parts, obj = name.split("."), None
             for i in range(len(parts), 0, -1):
                 try:

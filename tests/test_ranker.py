@@ -347,6 +347,15 @@ def test_mistral_regex_warning_is_silenced_ours_stay(tiny_checkpoint, monkeypatc
     handler = Keep()
     log.addHandler(handler)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", noisy)
+    # The tiny checkpoint's tokenizer.json loads without transformers; the filter guards the fallback
+    # through AutoTokenizer (a tokenizer only transformers reads), so the test takes that path.
+    from blender_fast.model import tokenization
+    from blender_fast.model.errors import CheckpointError
+
+    def unreadable(directory):
+        raise CheckpointError(f"{directory}: only transformers reads this tokenizer")
+
+    monkeypatch.setattr(tokenization, "pair_tokenizer_parts", unreadable)
     # Other tests (the benchmarks' quiet mode) may have turned transformers' verbosity down: this test
     # is about our filter, so it runs at transformers' default level.
     verbosity = hf_logging.get_verbosity()
