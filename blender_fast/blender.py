@@ -173,7 +173,7 @@ class Blender:
 
     def loadranker(self, ranker_path: str, device: str = None, **kwargs):
         """Load a PairRM checkpoint: a Hugging Face Hub id (``llm-blender/PairRM``, ``org/name@rev``), a local
-        directory, or ``demo:SHAPE``; or the pointwise reward model
+        directory, or ``demo:SHAPE``; or the reward model
         ``OpenAssistant/reward-model-deberta-v3-large-v2`` (llm-blender's "deberta-rm": one score per
         candidate, scorer.RewardScorer). Hub options: cache_dir (the hub cache, as llm-blender's), revision,
         token, local_files_only. Extra keywords: llm-blender RankerConfig fields
@@ -213,7 +213,7 @@ class Blender:
 
     def _ranking_bar(self, disable_tqdm, candidates):
         """For PairRM, a bar with the total n(n-1) pairs (n/total and an ETA), closed by the caller; else what
-        _progress says (the pointwise ranker's bar has its total; malformed candidates are left to the
+        _progress says (the reward model's bar has its total; malformed candidates are left to the
         ranker's check, which names the problem)."""
         show = self._progress(disable_tqdm)
         try:

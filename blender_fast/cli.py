@@ -594,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a random-weight checkpoint with the real file layout.", formatter_class=fmt)
     p.add_argument("dir", help="directory to write")
     p.add_argument("--kind", choices=["ranker", "fuser", "reward-model"], default="ranker",
-                   help="PairRM ranker, GenFuser (T5), or a pointwise reward model in the layout of "
+                   help="PairRM ranker, GenFuser (T5), or a reward model in the layout of "
                         "OpenAssistant/reward-model-deberta-v3-large-v2 (llm-blender recognises it only under a "
                         "directory ending with that id)")
     p.add_argument("--shape", default=None, help="ranker: tiny|xsmall|base|large; fuser: tiny|small (default: tiny)")

@@ -19,7 +19,7 @@ settings: only the batch composition differs, which changes float rounding, not 
 
 The engine never asks which kind of model the ranker holds: a request is the ranker's plan for its verb
 (Ranker.plan: the checks, a step generator and its cost), and its ranker's scorer says which model rows
-a step needs and runs the rows of many requests together (scorer.py). A pointwise reward model's plan is
+a step needs and runs the rows of many requests together (scorer.py). A reward model's plan is
 one step of (prompt, candidate) rows, batched across requests like PairRM's pair rows.
 """
 from __future__ import annotations

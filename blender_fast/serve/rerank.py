@@ -13,7 +13,7 @@ Scores (docs/rerank.md): with a full ranking, ``relevance_score`` = sigmoid of t
 logit against the other documents, each pair's logit averaged over both presentation orders; it orders the
 documents exactly as the PairRM aggregate (``max_logits``), which TEI's ``raw_scores`` returns. With a top-k
 selection no aggregate exists (not every pair is compared): ``relevance_score`` = the fraction of the other
-documents the selection placed below it, (n - 1 - place) / (n - 1). Served by a pointwise reward model, a
+documents the selection placed below it, (n - 1 - place) / (n - 1). Served by a reward model, a
 full ranking orders by the reward scores (``raw_scores``) and ``relevance_score`` is their sigmoid.
 """
 from __future__ import annotations
