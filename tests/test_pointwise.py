@@ -185,14 +185,37 @@ def test_select_strategies_pick_the_best_score(ours):
             for s, sc in zip(sels, scores):
                 order = np.argsort(sc if worst else -sc, kind="stable")
                 if strategy == "adaptive":
-                    # adaptive spends its budget where outcomes are uncertain and may order two close picks
-                    # either way (docs/selection.md gives its error rates): it must find the right two.
-                    assert len(set(int(i) for i in s.top_k)) == 2, (strategy, worst)
+                    # At the default budget (4(n-1) passes: 8 of the 10 pairs) adaptive is approximate
+                    # (docs/selection.md): here it finds the best, and its other pick is the true second or,
+                    # on a close call between two it did not play against each other, the third.
+                    picks = [int(i) for i in s.top_k]
+                    assert len(set(picks)) == 2 and order[0] in picks, (worst, picks, order, sc)
+                    other = next(i for i in picks if i != order[0])
+                    assert other in order[1:3], (worst, picks, order, sc)
                 else:
                     assert s.top_k[0] == order[0], (strategy, worst)
                 assert s.forward_passes == 5
     full = ranker.select(INPUTS, CANDIDATES, top_k=5, strategy="full")
     np.testing.assert_array_equal(np.stack([s.scores for s in full]), scores)
+
+
+def test_adaptive_playing_every_pair_picks_the_full_rankings_top_two(ours):
+    """With a budget that plays every pair, adaptive's Massey ratings order candidates exactly as the
+    reward scores: a pointwise model's margins are score differences, and on a complete schedule the
+    ridge fit is (n s_i - sum s) / (n + ridge), a monotone map of the scores. So its top 2, in order,
+    is the full ranking's, on every prompt, best and worst; and the same seed gives the same picks."""
+    ranker = ours.ranker
+    scores = ranker.rank(INPUTS, CANDIDATES, return_scores=True)
+    n = len(CANDIDATES[0])
+    every_pair = n * (n - 1)  # forward passes: each of the n(n-1)/2 pairs in both orders
+    for worst in (False, True):
+        sels = ranker.select(INPUTS, CANDIDATES, top_k=2, strategy="adaptive", worst=worst, budget=every_pair, seed=3)
+        again = ranker.select(INPUTS, CANDIDATES, top_k=2, strategy="adaptive", worst=worst, budget=every_pair, seed=3)
+        for s, s2, sc in zip(sels, again, scores):
+            order = np.argsort(sc if worst else -sc, kind="stable")
+            assert s.comparisons == n * (n - 1) // 2, s.comparisons
+            assert [int(i) for i in s.top_k] == [int(i) for i in order[:2]], (worst, list(s.top_k), order, sc)
+            assert list(s2.top_k) == list(s.top_k)
 
 
 def test_judge_prefers_the_higher_score(ours):
