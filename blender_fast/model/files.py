@@ -3,11 +3,11 @@
 A load runs source -> files -> graph/cache -> session + tokenizer -> scorer. ``load_files`` takes the model
 side's first steps (model/source.py: where the files are and what they hold, an exported directory
 verified, a checkpoint read and checked) and returns a ``ModelFiles``; runtime/ then chooses how it runs,
-opens the sessions and calibrates from that value alone, never calling model/ again: what the runtime
-asks of the checkpoint later (its cache keys, the graph of the variant it chose, rows of fixed texts to
+opens the sessions and calibrates from that value alone, calling no model/ function on the model again:
+what the runtime asks of the checkpoint later (its cache keys, the graph of the variant it chose, rows of fixed texts to
 time or calibrate on) is asked of the value, and taken here.
 
-The checkpoint's files are hashed once per load, on first use (``fingerprint``): its cache keys (the
+The checkpoint's files are hashed once per load, on first use (``hashes``): its cache keys (the
 agreement gate's, auto-selection's, the cascade bound's) then cost no file read, and a load that needs
 no key (an explicit torch backend) hashes nothing, as before.
 """
@@ -54,13 +54,13 @@ class ModelFiles:
         return {} if self.checkpoint is None else self.checkpoint.describe()
 
     @cached_property
-    def fingerprint(self) -> CheckpointHashes:
+    def hashes(self) -> CheckpointHashes:
         # Hashed at the first key asked for, then kept: one load asks for several.
         return checkpoint_hashes(self.checkpoint)
 
     def key(self, **options) -> str:
         """cache.checkpoint_fingerprint(checkpoint, **options): the same key, from the files hashed once."""
-        return self.fingerprint.key(**options)
+        return self.hashes.key(**options)
 
     def graph(self, backend: str, precision: str) -> ModelGraph:
         """The graph one concrete (backend, precision) runs (export.model_graph: the cached export or the
