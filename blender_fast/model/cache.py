@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -183,20 +184,44 @@ def remembered_sha256(path: Path) -> str:
     return memo[key]
 
 
-def checkpoint_fingerprint(ckpt, **options) -> str:
-    """One key for everything an exported ranker depends on: weights, tokenizer, shape, options.
-    ``ckpt`` is a checkpoint of either kind (checkpoint.RankerCheckpoint, reward.PointwiseCheckpoint)."""
-    h = hashlib.sha256()
-    h.update(weights_fingerprint(ckpt.weights_path).encode())
-    h.update(json.dumps(ckpt.backbone_config, sort_keys=True).encode())
-    h.update(json.dumps({**ckpt.key_fields(), **options}, sort_keys=True).encode())
+@dataclass(frozen=True)
+class CheckpointHashes:
+    """What every key of one checkpoint hashes beside its options, read once: the weights' sha256, the
+    backbone config, the head's key fields and the sha256 of each tokenizer file. ``key(**options)`` is
+    :func:`checkpoint_fingerprint` without reading a file again (a load asks for several keys)."""
+
+    weights_sha256: str
+    backbone_config: str  # JSON, keys sorted
+    key_fields: dict
+    tokenizer_sha256: tuple  # (file name, sha256), by name
+
+    def key(self, **options) -> str:
+        h = hashlib.sha256()
+        h.update(self.weights_sha256.encode())
+        h.update(self.backbone_config.encode())
+        h.update(json.dumps({**self.key_fields, **options}, sort_keys=True).encode())
+        for name, sha256 in self.tokenizer_sha256:
+            h.update(name.encode())
+            h.update(sha256.encode())
+        return h.hexdigest()[:20]
+
+
+def checkpoint_hashes(ckpt) -> CheckpointHashes:
+    """The files a checkpoint's keys hash, read and hashed (a weights file once per machine: weights_fingerprint)."""
+    weights = weights_fingerprint(ckpt.weights_path)
+    tokenizer = []
     if ckpt.tokenizer_dir is not None:
         for name in sorted(os.listdir(ckpt.tokenizer_dir)):
             p = ckpt.tokenizer_dir / name
             if p.is_file() and (name.startswith(("tokenizer", "special_tokens", "added_tokens")) or name.endswith(".model")):
-                h.update(name.encode())
-                h.update(file_sha256(p).encode())
-    return h.hexdigest()[:20]
+                tokenizer.append((name, file_sha256(p)))
+    return CheckpointHashes(weights, json.dumps(ckpt.backbone_config, sort_keys=True), ckpt.key_fields(), tuple(tokenizer))
+
+
+def checkpoint_fingerprint(ckpt, **options) -> str:
+    """One key for everything an exported ranker depends on: weights, tokenizer, shape, options.
+    ``ckpt`` is a checkpoint of either kind (checkpoint.RankerCheckpoint, reward.PointwiseCheckpoint)."""
+    return checkpoint_hashes(ckpt).key(**options)
 
 
 # -- manifests: what a complete entry holds ----------------------------------------------------------

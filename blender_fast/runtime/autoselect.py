@@ -20,9 +20,11 @@ import platform
 import time
 from pathlib import Path
 
-from ..model.cache import auto_dir, checkpoint_fingerprint
+from ..model.cache import auto_dir
 from ..model.export import EXPORT_VERSION
 from ..options import DEFAULT_PRECISION, POINTWISE_PRECISIONS, backend_for, check_backend_precision
+from .model_files import model_files
+from .sessions import open_session
 
 ISA_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_fp16", "avx512_bf16", "avx512_vnni", "avx_vnni",
              "avx512f", "avx2")
@@ -82,8 +84,9 @@ def candidate_variants(device: str, features: dict) -> list[tuple[str, str, str]
 # -- the gate records ---------------------------------------------------------------------------------
 
 def gate_path(ckpt, cache_dir=None) -> Path:
+    """Where the agreement gate's records of ``ckpt`` (a checkpoint, or a load's ModelFiles) are kept."""
     # Keyed on the export's version too: a verdict on one graph says nothing about a rewritten one.
-    key = checkpoint_fingerprint(ckpt, purpose="agreement-gate", export_version=EXPORT_VERSION)
+    key = model_files(ckpt, cache_dir).key(purpose="agreement-gate", export_version=EXPORT_VERSION)
     return auto_dir(cache_dir) / f"gate-{key}.json"
 
 
@@ -106,13 +109,10 @@ def load_gate(ckpt, cache_dir=None) -> dict:
 
 # -- the choice ---------------------------------------------------------------------------------------
 
-def _calibrate(ckpt, variants, device, threads, cache_dir) -> dict:
+def _calibrate(files, variants, device, threads) -> dict:
     """Seconds per call of each variant on the export's sample batch, interleaved, best of 3."""
-    from ..model.export import sample_batch
-    from ..model.tokenization import build_pair_tokenizer
-
-    models = {f"{b} {p}": build_model(ckpt, b, p, device, threads, cache_dir)[0] for b, p, _ in variants}
-    ids, mask, pos = sample_batch(build_pair_tokenizer(ckpt), ckpt)
+    models = {f"{b} {p}": build_model(files, b, p, device, threads)[0] for b, p, _ in variants}
+    ids, mask, pos = files.sample_rows()
     for m in models.values():
         m(ids, mask, pos)  # warm-up
     best = {k: float("inf") for k in models}
@@ -124,15 +124,12 @@ def _calibrate(ckpt, variants, device, threads, cache_dir) -> dict:
     return best
 
 
-def build_model(ckpt, backend: str, precision: str, device: str, threads, cache_dir):
-    """The model callable and its tokenizer for one concrete (backend, precision), for a checkpoint of
-    either kind."""
-    from ..model.export import model_graph
-    from .sessions import open_session
-
+def build_model(files, backend: str, precision: str, device: str, threads):
+    """The model callable and its tokenizer for one concrete (backend, precision), for a load's ModelFiles
+    (a checkpoint of either kind): the graph asked of ``files``, its session opened here."""
     if backend == "openvino":
         check_backend_precision("openvino", precision)
-    graph = model_graph(ckpt, backend, precision, cache_dir)
+    graph = files.graph(backend, precision)
     return open_session(graph, device, threads), graph.tokenizer
 
 
@@ -151,18 +148,22 @@ def reward_model_runtime(backend: str, precision: str) -> tuple[str, str, str]:
     return backend, precision, reason
 
 
-def runtime_choice(ckpt, backend: str, precision: str | None, device: str, threads=None, cache_dir=None) -> dict:
-    """What a checkpoint runs in: {"backend", "precision", "reason", "cascade"}, the backend and
-    precision as asked (None: "auto") or, for "auto", auto-selection's choice (PairRM) or exact ONNX fp32
-    (a reward model: reward_model_runtime). "cascade": the certified cascade's fast variant, or None."""
+def runtime_choice(files, backend: str, precision: str | None, device: str, threads=None, cache_dir=None) -> dict:
+    """What a load's model (model/files.ModelFiles) runs in: {"backend", "precision", "reason", "cascade"}:
+    an exported directory as exported; a checkpoint with the backend and precision as asked (None: "auto")
+    or, for "auto", auto-selection's choice (PairRM) or exact ONNX fp32 (a reward model:
+    reward_model_runtime). "cascade": the certified cascade's fast variant, or None."""
+    if files.exported is not None:
+        return {"backend": files.exported.backend, "precision": files.exported.precision,
+                "reason": "an exported ONNX directory runs as exported", "cascade": None}
     precision = precision or DEFAULT_PRECISION
     backend = backend_for(backend, precision)
-    if ckpt.kind == "reward":
+    if files.kind == "reward":
         backend, precision, reason = reward_model_runtime(backend, precision)
         return {"backend": backend, "precision": precision, "reason": reason, "cascade": None}
     if "auto" not in (backend, precision):
         return {"backend": backend, "precision": precision, "reason": "as requested", "cascade": None}
-    decision = choose(ckpt, device, backend, precision, threads, cache_dir)
+    decision = choose(files, device, backend, precision, threads, cache_dir)
     return {k: decision.get(k) for k in ("backend", "precision", "reason", "cascade")}
 
 
@@ -187,13 +188,14 @@ def choose_cascade(ckpt, variants, exact, device, threads, features, cache_dir) 
     fast_variants = [v for v in variants if v[2] != "exact" and v[1] != "int8"]
     if not fast_variants:
         return None, "no cascade: no fast variant available"
-    exact_model, tok = build_model(ckpt, exact[0], exact[1], device, threads, cache_dir)
+    files = model_files(ckpt, cache_dir)
+    exact_model, tok = build_model(files, exact[0], exact[1], device, threads)
     best, notes = None, []
     for b, p, why in fast_variants:
         fast_model = None
         try:
-            fast_model, _ = build_model(ckpt, b, p, device, threads, cache_dir)
-            rec = cached_bound(ckpt, f"{b} {p}", fast_model, exact_model, tok, device, threads, features, cache_dir)
+            fast_model, _ = build_model(files, b, p, device, threads)
+            rec = cached_bound(files, f"{b} {p}", fast_model, exact_model, tok, device, threads, features, cache_dir)
         except Exception as e:  # noqa: BLE001 - a variant that cannot run is skipped, and the reason kept
             notes.append(f"{b} {p}: {type(e).__name__}: {e}")
             continue
@@ -222,12 +224,14 @@ def _verdicts(gate: dict) -> list[str]:
 
 def choose(ckpt, device: str, backend: str = "auto", precision: str = "auto", threads: int | None = None,
            cache_dir=None) -> dict:
-    """{"backend", "precision", "reason", "cpu", "calibration"}: the auto choice, cached per checkpoint+machine."""
+    """{"backend", "precision", "reason", "cpu", "calibration"}: the auto choice for ``ckpt`` (a checkpoint,
+    or a load's ModelFiles), cached per checkpoint+machine."""
+    files = model_files(ckpt, cache_dir)
     features = cpu_features()
-    gate = load_gate(ckpt, cache_dir)
-    key = checkpoint_fingerprint(ckpt, purpose="auto", device=device, backend=backend, precision=precision,
-                                 threads=threads or 0, cpu=features["cpu_model"], isa=",".join(features["isa"]),
-                                 version=AUTO_VERSION, export_version=EXPORT_VERSION)
+    gate = load_gate(files, cache_dir)
+    key = files.key(purpose="auto", device=device, backend=backend, precision=precision, threads=threads or 0,
+                    cpu=features["cpu_model"], isa=",".join(features["isa"]), version=AUTO_VERSION,
+                    export_version=EXPORT_VERSION)
     decision_path = auto_dir(cache_dir) / f"auto-{key}.json"
     if decision_path.is_file():
         decision = json.loads(decision_path.read_text())
@@ -259,7 +263,7 @@ def choose(ckpt, device: str, backend: str = "auto", precision: str = "auto", th
                                                              if ungated else [])
     reason = "exact fp32: " + ("; ".join(why) if why else "no faster variant on this hardware")
     if allowed and exact:
-        calibration = _calibrate(ckpt, [(b, p, w) for b, p, w, _ in allowed] + [exact], device, threads, cache_dir)
+        calibration = _calibrate(files, [(b, p, w) for b, p, w, _ in allowed] + [exact], device, threads)
         base = calibration[f"{exact[0]} {exact[1]}"]
         ranked = sorted(allowed, key=lambda v: calibration[f"{v[0]} {v[1]}"])
         b, p, why, rec = ranked[0]
@@ -275,7 +279,7 @@ def choose(ckpt, device: str, backend: str = "auto", precision: str = "auto", th
         reason = f"{chosen[2]}; passed the agreement gate"
     cascade = None
     if precision == "auto" and exact and chosen == exact:
-        cascade, why_not = choose_cascade(ckpt, variants, exact, device, threads, features, cache_dir)
+        cascade, why_not = choose_cascade(files, variants, exact, device, threads, features, cache_dir)
         reason = (f"certified cascade: {cascade['backend']} {cascade['precision']} for every pair, fp32 for the "
                   f"pairs within eps={cascade['eps']:.3g} ({cascade['why']})") if cascade else f"{reason}; {why_not}"
     decision = {"backend": chosen[0], "precision": chosen[1], "reason": reason, "cpu": features,

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model.cache import auto_dir, checkpoint_fingerprint
+from ..model.cache import auto_dir
+from .model_files import model_files
 
 SAFETY = 2.0
 FLOOR = 1e-3
@@ -44,14 +45,14 @@ def runtime_versions() -> dict:
 
 
 def calibration_batches(tok, ckpt, max_rows: int = 64):
-    """Packed batches of every ordered candidate pair of the calibration prompts, and their (prompt, a, b)."""
+    """Packed batches of every ordered candidate pair of the calibration prompts, and their (prompt, a, b).
+    ``ckpt``: a checkpoint, or a load's ModelFiles (its truncation lengths apply)."""
     from .. import _core
-    from ..model.tokenization import encode_prompts
     from ..synthetic.common import CALIBRATION_EXAMPLES
 
     sources = [s for s, _ in CALIBRATION_EXAMPLES]
     cands = [list(c) for _, c in CALIBRATION_EXAMPLES]
-    enc = encode_prompts(tok, sources, cands, ckpt.source_maxlength, ckpt.candidate_maxlength)
+    enc = model_files(ckpt).encode(tok, sources, cands)
     packer = _core.PairPacker(enc.tokens, enc.offsets, enc.limits, cand1_id=tok.cand1_id, cand2_id=tok.cand2_id,
                               pad_id=tok.pad_id, prefix_offset=tok.prefix_offset)
     rows, trip = [], []
@@ -107,9 +108,11 @@ def measure_bound(fast, exact, tok, ckpt) -> dict:
 
 
 def bound_path(ckpt, variant: str, device: str, threads, features: dict, cache_dir=None) -> Path:
-    key = checkpoint_fingerprint(ckpt, purpose="cascade-bound", variant=variant, device=device, threads=threads or 0,
-                                 cpu=features["cpu_model"], isa=",".join(features["isa"]),
-                                 versions=json.dumps(runtime_versions(), sort_keys=True), version=CALIBRATION_VERSION)
+    key = model_files(ckpt, cache_dir).key(purpose="cascade-bound", variant=variant, device=device,
+                                           threads=threads or 0, cpu=features["cpu_model"],
+                                           isa=",".join(features["isa"]),
+                                           versions=json.dumps(runtime_versions(), sort_keys=True),
+                                           version=CALIBRATION_VERSION)
     return auto_dir(cache_dir) / f"bound-{key}.json"
 
 

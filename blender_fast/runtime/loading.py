@@ -2,20 +2,20 @@
 
 ``Ranker.from_pretrained`` hands the source here and wraps what comes back in its scorer: the model
 callable (rows -> logits), its tokenizer (whose ``kind`` picks the scorer), the truncation lengths, and how
-and why it runs that way (``describe()``). Every model-side step is taken first (model/source.py: where
-the files are and what they hold; model/export.py: the graph or its cached export), then the sessions
-are opened (runtime/sessions.py). The kinds differ only in what the checkpoint allows: a PairRM checkpoint
+and why it runs that way (``describe()``). Every model-side step is taken first, once (model/files.py:
+where the files are and what they hold, the checkpoint, its fingerprint), and handed down as one value
+(model/files.ModelFiles); the runtime then chooses how it runs (runtime/autoselect.py), asks that value
+for the chosen graph (the cached export or the torch module) and opens the sessions (runtime/sessions.py).
+The kinds differ only in what the checkpoint allows: a PairRM checkpoint
 may take auto-selection and the certified cascade (runtime/autoselect.py); a reward model runs as asked,
 "auto" being exact ONNX fp32.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
-from ..model.export import exported_graph, model_graph
-from ..model.source import is_exported_dir, load_any_checkpoint, model_directory, read_exported
+from ..model.files import load_files
 from .autoselect import runtime_choice
 from .sessions import open_session
 
@@ -37,31 +37,22 @@ class LoadedModel:
 def load_model(spec, backend: str, precision: str | None, device: str, threads=None, cache_dir=None, *,
                demo: Callable | None = None, hub: dict | None = None) -> LoadedModel:
     """The model a source names (a directory, a hub id with ``hub``'s options, or 'demo:SHAPE' through
-    ``demo``; model/source.py): an exported directory, a reward model or a PairRM checkpoint, on ``device``
+    ``demo``; model/files.load_files): an exported directory, a reward model or a PairRM checkpoint, on ``device``
     (resolved), with ``backend`` / ``precision`` as checked by the caller (None: "auto"). ``cache_dir``: the
     ONNX export cache."""
-    path = model_directory(spec, demo=demo, **(hub or {}))
-    cascade, extra = None, {}
-    if is_exported_dir(path):
-        path = Path(path)
-        meta = read_exported(path, backend, precision)
-        graphs = [exported_graph(path, meta)]
-        lengths = meta["source_maxlength"], meta["candidate_maxlength"]
-        reason = "an exported ONNX directory runs as exported"
-    else:
-        ckpt = load_any_checkpoint(path)
-        choice = runtime_choice(ckpt, backend, precision, device, threads, cache_dir)
-        cascade, reason, extra = choice["cascade"], choice["reason"], ckpt.describe()
-        # The chosen variant first; with the certified cascade, the fast variant that scores every pair
-        # after it (the chosen, exact one re-scores the pairs the bound cannot certify).
-        variants = [(choice["backend"], choice["precision"])] + ([(cascade["backend"], cascade["precision"])]
-                                                                  if cascade else [])
-        graphs = [model_graph(ckpt, b, p, cache_dir) for b, p in variants]
-        lengths = ckpt.source_maxlength, ckpt.candidate_maxlength
+    files = load_files(spec, backend, precision, cache_dir, demo=demo, hub=hub)
+    choice = runtime_choice(files, backend, precision, device, threads, cache_dir)
+    cascade = choice["cascade"]
+    # The chosen variant first; with the certified cascade, the fast variant that scores every pair after
+    # it (the chosen, exact one re-scores the pairs the bound cannot certify).
+    variants = [(choice["backend"], choice["precision"])] + ([(cascade["backend"], cascade["precision"])]
+                                                              if cascade else [])
+    graphs = [files.graph(b, p) for b, p in variants]
     models = [open_session(graph, device, threads) for graph in graphs]
     info = {"backend": graphs[0].backend, "precision": graphs[0].precision, "device": device, "threads": threads,
-            "reason": reason, **extra}
-    loaded = LoadedModel(models[-1], graphs[0].tokenizer, *lengths, info=info)
+            "reason": choice["reason"], **files.describe()}
+    loaded = LoadedModel(models[-1], graphs[0].tokenizer, files.source_maxlength, files.candidate_maxlength,
+                         info=info)
     if cascade:
         loaded.exact_model, loaded.cascade = models[0], cascade
         info["cascade"] = {"fast": f"{cascade['backend']} {cascade['precision']}", "eps": cascade["eps"]}
