@@ -50,7 +50,7 @@ def cmd_export(args) -> int:
     # local_model, not resolve_model: the "ranking with a GENERATED checkpoint" notice is about ranking
     report = export_command(str(local_model(args.dir)), precision=precision, out=args.out)
     state = "cached, not re-exported" if report.cached else f"exported in {report.seconds:.1f}s"
-    print(f"{report.path} ({precision}, {state}); max |ORT - torch fp32| on a sample batch = {report.max_abs_diff:.3g}")
+    print(f"{report.path} ({precision}, {state}); {report.check_line()}")
     return 0
 
 
