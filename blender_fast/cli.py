@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .synthetic.demo import local_model, resolve_model
+from .serve.startup import startup_line  # noqa: F401  (the ranker's line: rank, fuse and serve print it)
 from .options import check_top_k_fits, resolve_device
 from .options import (MAX_BUDGET, MAX_SEED, MAX_TOP_K, ORDERS, POLICIES, STRATEGIES, HelpFormatter,
                       add_engine_options, int_argument)
@@ -463,6 +464,7 @@ def _device(args) -> str:
 
 def _load_ranker(args):
     from .ranker import Ranker
+    from .serve.startup import ranker_details
 
     precision = "int8" if args.int8 else args.precision
     ranker = Ranker.from_pretrained(resolve_model(args.model), backend=args.backend, device=_device(args),
@@ -471,30 +473,8 @@ def _load_ranker(args):
         d = ranker.describe()
         print(startup_line(d), file=sys.stderr)
         if args.verbose:  # the details: the CPU, its ISA and auto-selection's whole reason
-            print(f"ranker: {d['backend']} {d['precision']} on {d['device']} ({d['cpu_model']}; "
-                  f"{', '.join(d['isa'])}): {d['reason']}", file=sys.stderr)
+            print(f"ranker: {ranker_details(d)}", file=sys.stderr)
     return ranker
-
-
-_BACKEND_NAMES = {"onnx": "ONNX Runtime", "torch": "PyTorch", "openvino": "OpenVINO"}
-
-
-def startup_line(d: dict) -> str:
-    """What runs and why, in a few plain words, from ``Ranker.describe()`` (its ``reason`` is the full
-    story, for --verbose): e.g. "ranker: ONNX Runtime fp32 on CPU (exact; no faster certified path on
-    this CPU)"."""
-    device = str(d.get("device") or "cpu")
-    device = device.upper() if device in ("cpu", "cuda") else device
-    reason = str(d.get("reason") or "")
-    if reason.startswith("certified cascade"):
-        why = "certified cascade: fp32's answers, with a fast first pass"
-    elif "passed the agreement gate" in reason:
-        why = "faster, and passed the agreement gate for this checkpoint"
-    elif reason.startswith("exact fp32"):
-        why = f"exact; no faster certified path on this {device}"
-    else:
-        why = "as asked"
-    return f"ranker: {_BACKEND_NAMES.get(d.get('backend'), d.get('backend'))} {d.get('precision')} on {device} ({why})"
 
 
 class _RankChunks:

@@ -92,6 +92,8 @@ def add_serve_parser(subparsers) -> None:
                    help="rerank: forward passes per request for swiss / knockout_rr / adaptive")
     p.add_argument("--no-cross-request-batching", action="store_true",
                    help="run one request per model call (for comparison only)")
+    p.add_argument("--verbose", action="store_true",
+                   help="say in full how the ranker runs and why (CPU, ISA, auto-selection's reasons)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -119,6 +121,33 @@ def listening_socket(host: str, port: int) -> socket.socket:
     # the model loads) waits in the backlog instead of being refused.
     sock.listen(2048)
     return sock
+
+
+_BACKEND_NAMES = {"onnx": "ONNX Runtime", "torch": "PyTorch", "openvino": "OpenVINO"}
+
+
+def startup_line(d: dict) -> str:
+    """What runs and why, in a few plain words, from ``Ranker.describe()`` (its ``reason`` is the full
+    story, for --verbose): e.g. "ranker: ONNX Runtime fp32 on CPU (exact; no faster certified path on
+    this CPU)". rank, fuse and serve print it."""
+    device = str(d.get("device") or "cpu")
+    device = device.upper() if device in ("cpu", "cuda") else device
+    reason = str(d.get("reason") or "")
+    if reason.startswith("certified cascade"):
+        why = "certified cascade: fp32's answers, with a fast first pass"
+    elif "passed the agreement gate" in reason:
+        why = "faster, and passed the agreement gate for this checkpoint"
+    elif reason.startswith("exact fp32"):
+        why = f"exact; no faster certified path on this {device}"
+    else:
+        why = "as asked"
+    return f"ranker: {_BACKEND_NAMES.get(d.get('backend'), d.get('backend'))} {d.get('precision')} on {device} ({why})"
+
+
+def ranker_details(d: dict) -> str:
+    """--verbose: the backend, the CPU, its ISA and auto-selection's whole reason, from ``Ranker.describe()``."""
+    return (f"{d['backend']} {d['precision']} on {d['device']} ({d['cpu_model']}; {', '.join(d['isa'])}): "
+            f"{d['reason']}")
 
 
 def _runtime_name(model) -> str:
@@ -207,8 +236,10 @@ def cmd_serve(args) -> int:
           f"max_candidates={args.max_candidates} max_text_chars={args.max_text_chars} "
           f"cross_request_batching={'off' if args.no_cross_request_batching else 'on'} fuser={args.fuser or 'none'}",
           file=sys.stderr, flush=True)
-    print(f"blender-fast serve: ranker {ranker.engine_info.get('backend')} {info['precision']}: {info['why']}",
-          file=sys.stderr, flush=True)
+    described = ranker.describe()
+    print(f"blender-fast serve: {startup_line(described)}", file=sys.stderr, flush=True)
+    if args.verbose:  # the details: the CPU, its ISA and auto-selection's whole reason
+        print(f"blender-fast serve: ranker: {ranker_details(described)}", file=sys.stderr, flush=True)
     print(f"blender-fast serve: limits: max_source_length={limits.max_source_length} "
           f"max_candidate_length={limits.max_candidate_length} max_request_tokens={limits.max_request_tokens} "
           f"max_queued_tokens={limits.max_queued_tokens} max_request_chars={limits.max_request_chars} "
