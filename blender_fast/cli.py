@@ -493,12 +493,15 @@ class _RankChunks:
 
 class _FuseChunks(_RankChunks):
     def load(self):
-        from .fusion.fuser import Fuser
+        from .fusion.fuser import Fuser, fuser_directory
 
         from .synthetic.demo import announce_random_weights
 
-        announce_random_weights(self.args.fuser, "fuser")  # a random fuser writes gibberish: say so
-        return _load_ranker(self.args), Fuser.from_pretrained(self.args.fuser, device=_device(self.args))
+        # The fuser's source first (a hub id fetched, the directory checked): a wrong --fuser is reported
+        # before the ranker loads, not after it.
+        fuser_dir = fuser_directory(self.args.fuser)
+        announce_random_weights(fuser_dir, "fuser")  # a random fuser writes gibberish: say so
+        return _load_ranker(self.args), Fuser.from_pretrained(str(fuser_dir), device=_device(self.args))
 
     def __call__(self, work, chunk, bar):
         from .cluster.jobs import rank_prompts
@@ -607,7 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Select the top k candidates of each prompt and fuse them with a GenFuser; "
                                    "the output adds 'fused' to the rank record.", formatter_class=fmt)
     _add_ranker_options(p)
-    p.add_argument("--fuser", required=True, help="fuser (seq2seq) checkpoint directory")
+    p.add_argument("--fuser", required=True,
+                   help="GenFuser (seq2seq): a Hugging Face Hub id (llm-blender/gen_fuser_3b, org/name@revision) "
+                        "or a checkpoint directory")
     p.add_argument("--batch-size", type=positive_int, default=4, help="prompts per fuser batch")
     p.add_argument("--num-beams", type=positive_int, default=None, help="beam width (default: the fuser's, 4)")
     p.set_defaults(func=cmd_fuse, top_k=3)
@@ -641,7 +646,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, RuntimeError) as e:
         print(f"blender-fast: error: {e}", file=sys.stderr)
         return 2
 

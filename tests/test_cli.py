@@ -387,6 +387,26 @@ def test_export_reports_an_older_cache_entry_without_inventing_its_tolerance():
                                 "entry, which does not record its tolerance)")
 
 
+@pytest.mark.parametrize("fuser, message", [
+    ("llm-blender/gen_fuser_3b", "llm-blender/gen_fuser_3b: offline (HF_HUB_OFFLINE=1 or local_files_only) and not in "
+                                 "the cache"),
+    ("missing-fuser", "fuser checkpoint directory '{tmp}/missing-fuser' does not exist"),
+    ("a-file", "fuser checkpoint '{tmp}/a-file' is not a directory"),
+])
+@pytest.mark.parametrize("verb", ["fuse", "serve"])
+def test_a_wrong_fuser_is_reported_before_the_ranker_is_looked_at(tmp_path, verb, fuser, message):
+    """issue 28 item 4: the fuser's hub error came only after the ranker had loaded (its NOTE and startup
+    line first). The ranker here does not exist: only a fuser checked first is reported."""
+    (tmp_path / "a-file").write_text("not a checkpoint")
+    source = fuser if "/" in fuser else tmp_path / fuser
+    extra = ["--port", 0] if verb == "serve" else ["--limit", 1, "--output", tmp_path / "out.jsonl"]
+    proc = _cli(verb, "--model", tmp_path / "no-model", "--fuser", source, *extra,
+                env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")})
+    assert proc.returncode == 2, proc.stderr
+    assert f"blender-fast: error: {message.format(tmp=tmp_path)}" in proc.stderr, proc.stderr
+    assert "no-model" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_offline_hint_keeps_the_revision(tmp_path):
     proc = _cli("rank", "--model", "llm-blender/PairRM@v9", "--limit", 1,
                 env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")})

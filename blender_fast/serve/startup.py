@@ -41,7 +41,9 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--port", type=int_argument(0, 65535), default=8000,
                    help="0 = any free port (the startup line says which)")
     add_engine_options(p)
-    p.add_argument("--fuser", default=None, help="GenFuser checkpoint directory: enables POST /v1/fuse")
+    p.add_argument("--fuser", default=None,
+                   help="GenFuser: a Hugging Face Hub id (llm-blender/gen_fuser_3b) or a checkpoint directory; "
+                        "enables POST /v1/fuse")
     p.add_argument("--max-batch-tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS,
                    help="real tokens one scheduler iteration runs (all its model calls together)")
     p.add_argument("--max-wait-ms", type=number_argument(0), default=DEFAULT_MAX_WAIT_MS,
@@ -180,6 +182,11 @@ def cmd_serve(args) -> int:
     sock = listening_socket(args.host, args.port)  # first: a port in use is refused before the model loads
     t0 = time.perf_counter()
     try:  # a model that fails to load (or that the engine refuses) leaves no socket open behind it
+        fuser_dir = None
+        if args.fuser:  # first: a wrong --fuser (not found, offline and not cached) is reported before the ranker loads
+            from ..fusion.fuser import fuser_directory
+
+            fuser_dir = fuser_directory(args.fuser)
         path = resolve_model(args.model)
         device = resolve_device(args.device, "torch" if args.backend == "torch" else "onnx")
         ranker = Ranker.from_pretrained(path, backend=args.backend, device=device, precision=args.precision,
@@ -191,8 +198,8 @@ def cmd_serve(args) -> int:
 
             from ..synthetic.demo import announce_random_weights
 
-            announce_random_weights(args.fuser, "fuser")
-            fuser = Fuser.from_pretrained(args.fuser, device=device)
+            announce_random_weights(fuser_dir, "fuser")
+            fuser = Fuser.from_pretrained(str(fuser_dir), device=device)
         engine = BatchingEngine(ranker, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
                                 max_queued_pairs=args.max_queued_pairs, max_rows_per_request=args.max_rows_per_request,
                                 cross_request=not args.no_cross_request_batching)
