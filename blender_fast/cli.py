@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .synthetic.demo import local_model, resolve_model
+from .serve.startup import startup_line  # noqa: F401  (the ranker's line: rank, fuse and serve print it)
 from .options import check_top_k_fits, resolve_device
 from .options import (MAX_BUDGET, MAX_SEED, MAX_TOP_K, ORDERS, POLICIES, STRATEGIES, HelpFormatter,
                       add_engine_options, int_argument)
@@ -50,7 +51,7 @@ def cmd_export(args) -> int:
     # local_model, not resolve_model: the "ranking with a GENERATED checkpoint" notice is about ranking
     report = export_command(str(local_model(args.dir)), precision=precision, out=args.out)
     state = "cached, not re-exported" if report.cached else f"exported in {report.seconds:.1f}s"
-    print(f"{report.path} ({precision}, {state}); max |ORT - torch fp32| on a sample batch = {report.max_abs_diff:.3g}")
+    print(f"{report.path} ({precision}, {state}); {report.check_line()}")
     return 0
 
 
@@ -463,6 +464,7 @@ def _device(args) -> str:
 
 def _load_ranker(args):
     from .ranker import Ranker
+    from .serve.startup import ranker_details
 
     precision = "int8" if args.int8 else args.precision
     ranker = Ranker.from_pretrained(resolve_model(args.model), backend=args.backend, device=_device(args),
@@ -471,30 +473,8 @@ def _load_ranker(args):
         d = ranker.describe()
         print(startup_line(d), file=sys.stderr)
         if args.verbose:  # the details: the CPU, its ISA and auto-selection's whole reason
-            print(f"ranker: {d['backend']} {d['precision']} on {d['device']} ({d['cpu_model']}; "
-                  f"{', '.join(d['isa'])}): {d['reason']}", file=sys.stderr)
+            print(f"ranker: {ranker_details(d)}", file=sys.stderr)
     return ranker
-
-
-_BACKEND_NAMES = {"onnx": "ONNX Runtime", "torch": "PyTorch", "openvino": "OpenVINO"}
-
-
-def startup_line(d: dict) -> str:
-    """What runs and why, in a few plain words, from ``Ranker.describe()`` (its ``reason`` is the full
-    story, for --verbose): e.g. "ranker: ONNX Runtime fp32 on CPU (exact; no faster certified path on
-    this CPU)"."""
-    device = str(d.get("device") or "cpu")
-    device = device.upper() if device in ("cpu", "cuda") else device
-    reason = str(d.get("reason") or "")
-    if reason.startswith("certified cascade"):
-        why = "certified cascade: fp32's answers, with a fast first pass"
-    elif "passed the agreement gate" in reason:
-        why = "faster, and passed the agreement gate for this checkpoint"
-    elif reason.startswith("exact fp32"):
-        why = f"exact; no faster certified path on this {device}"
-    else:
-        why = "as asked"
-    return f"ranker: {_BACKEND_NAMES.get(d.get('backend'), d.get('backend'))} {d.get('precision')} on {device} ({why})"
 
 
 class _RankChunks:
@@ -513,12 +493,15 @@ class _RankChunks:
 
 class _FuseChunks(_RankChunks):
     def load(self):
-        from .fusion.fuser import Fuser
+        from .fusion.fuser import Fuser, fuser_directory
 
         from .synthetic.demo import announce_random_weights
 
-        announce_random_weights(self.args.fuser, "fuser")  # a random fuser writes gibberish: say so
-        return _load_ranker(self.args), Fuser.from_pretrained(self.args.fuser, device=_device(self.args))
+        # The fuser's source first (a hub id fetched, the directory checked): a wrong --fuser is reported
+        # before the ranker loads, not after it.
+        fuser_dir = fuser_directory(self.args.fuser)
+        announce_random_weights(fuser_dir, "fuser")  # a random fuser writes gibberish: say so
+        return _load_ranker(self.args), Fuser.from_pretrained(str(fuser_dir), device=_device(self.args))
 
     def __call__(self, work, chunk, bar):
         from .cluster.jobs import rank_prompts
@@ -627,7 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Select the top k candidates of each prompt and fuse them with a GenFuser; "
                                    "the output adds 'fused' to the rank record.", formatter_class=fmt)
     _add_ranker_options(p)
-    p.add_argument("--fuser", required=True, help="fuser (seq2seq) checkpoint directory")
+    p.add_argument("--fuser", required=True,
+                   help="GenFuser (seq2seq): a Hugging Face Hub id (llm-blender/gen_fuser_3b, org/name@revision) "
+                        "or a checkpoint directory")
     p.add_argument("--batch-size", type=positive_int, default=4, help="prompts per fuser batch")
     p.add_argument("--num-beams", type=positive_int, default=None, help="beam width (default: the fuser's, 4)")
     p.set_defaults(func=cmd_fuse, top_k=3)
@@ -661,7 +646,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, RuntimeError) as e:
         print(f"blender-fast: error: {e}", file=sys.stderr)
         return 2
 

@@ -537,3 +537,11 @@ def test_blender_progress_bar_has_a_total(tiny_checkpoint, capsys):
     blender.rank(["What is 2+2?"], [["4", "five", "four"]])
     err = capsys.readouterr().err
     assert "Ranking" in err and "6/6" in err, err
+
+
+def test_benchmarks_readme_says_when_something_is_downloaded():
+    """issue 28 item 10: benchmarks/README.md said "nothing is ever downloaded", which holds only without
+    --model (a hub id given to --model is downloaded once)."""
+    text = re.sub(r"\s+", " ", (REPO / "benchmarks" / "README.md").read_text(encoding="utf-8"))
+    assert "nothing is ever downloaded" not in text.lower()
+    assert "Without `--model` nothing is downloaded; a hub id given to `--model` is downloaded once" in text

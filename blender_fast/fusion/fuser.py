@@ -211,6 +211,18 @@ def check_fuser_checkpoint(path) -> Path:
     return path
 
 
+def fuser_directory(source, *, revision: Optional[str] = None, hub_cache_dir=None, token=None,
+                    local_files_only: Optional[bool] = None) -> Path:
+    """A fuser source (a directory, or a Hugging Face Hub id such as ``llm-blender/gen_fuser_3b``) as a
+    checked local checkpoint directory, fetched into the HF cache if need be; nothing is loaded. The CLI
+    and the server call it before the ranker loads, so a wrong --fuser is reported before any model work."""
+    from ..model.hub import resolve_model_source
+
+    path = resolve_model_source(source, kind="fuser", revision=revision, cache_dir=hub_cache_dir, token=token,
+                                local_files_only=local_files_only)
+    return check_fuser_checkpoint(path)
+
+
 # ---------------------------------------------------------------------------
 # ONNX export cache
 # ---------------------------------------------------------------------------
@@ -414,11 +426,8 @@ class Fuser:
                 raise ValueError("threads and onnx_threads disagree; pass threads only")
             threads = onnx_threads
         check_optional_count("threads", threads)
-        from ..model.hub import resolve_model_source
-
-        path = resolve_model_source(path, kind="fuser", revision=revision, cache_dir=hub_cache_dir, token=token,
-                                    local_files_only=local_files_only)
-        checkpoint = check_fuser_checkpoint(path)
+        checkpoint = fuser_directory(path, revision=revision, hub_cache_dir=hub_cache_dir, token=token,
+                                     local_files_only=local_files_only)
         try:
             import torch  # noqa: F401  (both backends hand torch tensors to generate())
             from transformers import AutoTokenizer

@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -161,15 +162,31 @@ class ExportCheckError(RuntimeError):
 class ExportReport:
     path: str
     precision: str
-    max_abs_diff: float  # ORT vs torch fp32 on a sample batch
+    max_abs_diff: float  # ORT vs the reference on a sample batch
     seconds: float
     cached: bool
+    # What max_abs_diff had to stay within, and what the graph was held to: "torch" (torch fp32), "fp32
+    # graph" (a built fp16 / int8 against the built fp32 graph), or "" (a built fp32: no torch here, its
+    # outputs are only checked to be finite). None: a cache entry written before they were recorded.
+    tolerance: float | None = None
+    reference: str | None = None
+
+    def check_line(self) -> str:
+        """The check in one line, with its tolerance and verdict (a failed check raised ExportCheckError)."""
+        if self.reference is None or self.tolerance is None:
+            return (f"max |ORT {self.precision} - its reference| on a sample batch = {self.max_abs_diff:.3g}: pass "
+                    "(an older cache entry, which does not record its tolerance)")
+        if not self.reference:
+            return "built from the weights (no torch to compare with): outputs finite on a sample batch: pass"
+        held_to = "torch fp32" if self.reference == "torch" else self.reference
+        return (f"max |ORT {self.precision} - {held_to}| on a sample batch = {self.max_abs_diff:.3g}, "
+                f"tolerance {self.tolerance:.3g}: pass")
 
 
 def export_onnx(ckpt, out_dir: Path, precision: str = "fp32", tok: PairTokenizer | None = None,
                 *, final_dir: Path | None = None, rewrite_attention: bool = True, graph: Callable | None = None) -> ExportReport:
     """Write ``model.onnx`` (+ tokenizer) into out_dir with the checkpoint kind's graph maker (or ``graph``)
-    and check ORT against torch on its sample batch.
+    and check ORT against torch on its sample batch (a built fp16 / int8: against the built fp32 graph).
 
     ``export.json`` records the report, and the size and sha256 of every file written (the cache checks
     them before serving the entry); ``final_dir``: where out_dir will be renamed to (the recorded path).
@@ -178,29 +195,59 @@ def export_onnx(ckpt, out_dir: Path, precision: str = "fp32", tok: PairTokenizer
     kind = GRAPHS[ckpt.kind]
     t0 = time.perf_counter()
     made = None
+    held_to = "torch"
     if graph is not None:
         made = graph(ckpt, out_dir, precision)
     elif rewrite_attention and forced_maker() == "builder":
         try:
             made = kind.build(ckpt, out_dir, precision, tok=tok) if ckpt.kind == "pair" else kind.build(ckpt, out_dir, precision)
+            held_to = "fp32 graph" if made["reference"] is not None else ""
         except UnsupportedGraph as e:
             _torch_fallback(ckpt, e)
-    if made is None and ckpt.kind == "pair":
-        made = kind.make(ckpt, out_dir, precision, tok=tok, rewrite_attention=rewrite_attention)
-    elif made is None:
-        made = kind.make(ckpt, out_dir, precision)
+    if made is None:
+        # int8: the torch maker runs onnxruntime's quantize_dynamic, whose root-logger lines are kept, not printed
+        with quantizer_log_captured() if precision == "int8" else nullcontext():
+            made = (kind.make(ckpt, out_dir, precision, tok=tok, rewrite_attention=rewrite_attention)
+                    if ckpt.kind == "pair" else kind.make(ckpt, out_dir, precision))
     where = Path(final_dir or out_dir) / "model.onnx"
     got = run_exported(out_dir / "model.onnx", made["feeds"])
     # A built fp32 graph has no torch to hold it to: its own outputs, checked for NaN/inf.
     reference = got if made["reference"] is None else made["reference"]
     diff = float(np.max(np.abs(got - reference)))
-    check_export_diff(diff, reference, precision, where, kind.tolerance, kind.label)
-    report = ExportReport(str(where), precision, diff, time.perf_counter() - t0, cached=False)
+    tolerance = check_export_diff(diff, reference, precision, where, kind.tolerance, kind.label,
+                                  "the fp32 graph" if held_to == "fp32 graph" else held_to or "its own outputs")
+    report = ExportReport(str(where), precision, diff, time.perf_counter() - t0, cached=False, tolerance=tolerance,
+                          reference=held_to)
     meta = {"export": asdict(report), **made["meta"],
             "random_weights": has_random_weights(ckpt.path),  # the notice follows the model into its export
             cache.MANIFEST_FILES_KEY: cache.record_files(out_dir, exclude=(EXPORT_META,))}
     (out_dir / EXPORT_META).write_text(json.dumps(meta, indent=1))
     return report
+
+
+@contextmanager
+def quantizer_log_captured():
+    """Root-logger records inside the block are kept, not printed (issue 28: a successful export prints no
+    third-party lines). ONNX Runtime's quantize_dynamic logs "Inference failed or unsupported type to quantize
+    for tensor ..." with the tensor's type in protobuf text (a dozen lines) for each tensor whose type shape
+    inference left open: such a tensor simply stays fp32, and the check against torch measures the result."""
+    import logging
+
+    root = logging.getLogger()
+    kept = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            kept.append(record)
+
+    saved_handlers, saved_level = root.handlers[:], root.level
+    # A handler of our own: logging.warning() would otherwise install a stderr one (basicConfig).
+    root.handlers[:] = [Keep()]
+    try:
+        yield kept
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
 
 
 def run_exported(onnx_path: Path, feeds: dict) -> np.ndarray:
@@ -232,18 +279,20 @@ def check_export(out_dir: Path, kind: str = "pair") -> str | None:
 
 
 def check_export_diff(diff: float, reference: np.ndarray, precision: str, path, tolerances: dict = EXPORT_TOLERANCE,
-                      label: str = "model") -> None:
-    """The exported graph must reproduce torch: |ORT - torch| at most tolerances[precision] times the
-    sample's spread (at least 1), and never NaN. Raised before export.json is written, so a failed export
-    is never taken for a good one."""
+                      label: str = "model", reference_name: str = "torch") -> float:
+    """The exported graph must reproduce its reference (torch fp32, or the built fp32 graph): |ORT -
+    reference| at most tolerances[precision] times the sample's spread (at least 1), and never NaN.
+    Returns that tolerance. Raised before export.json is written, so a failed export is never taken for a
+    good one."""
     spread = float(np.ptp(reference)) if np.isfinite(reference).all() else float("nan")
     tolerance = tolerances[precision] * max(spread, 1.0)
     if not np.isfinite(diff) or not diff <= tolerance:
         raise ExportCheckError(
-            f"{path}: the exported {precision} {label} disagrees with torch on the sample batch: "
-            f"max |ORT - torch| = {diff:.3g}, tolerance {tolerance:.3g} ({tolerances[precision]} x the "
-            f"logit spread {spread:.3g}). The checkpoint's weights may hold NaN/inf, or this onnxruntime "
-            "mis-runs the graph; try another precision or backend='torch'")
+            f"{path}: the exported {precision} {label} disagrees with {reference_name} on the sample batch: "
+            f"max |ORT - {reference_name}| = {diff:.3g}, tolerance {tolerance:.3g} ({tolerances[precision]} "
+            f"x the logit spread {spread:.3g}): FAIL. The checkpoint's weights may hold NaN/inf, or this "
+            "onnxruntime mis-runs the graph; try another precision or backend='torch'")
+    return tolerance
 
 
 def export_key(ckpt, precision: str) -> str:

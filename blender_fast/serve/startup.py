@@ -41,7 +41,9 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--port", type=int_argument(0, 65535), default=8000,
                    help="0 = any free port (the startup line says which)")
     add_engine_options(p)
-    p.add_argument("--fuser", default=None, help="GenFuser checkpoint directory: enables POST /v1/fuse")
+    p.add_argument("--fuser", default=None,
+                   help="GenFuser: a Hugging Face Hub id (llm-blender/gen_fuser_3b) or a checkpoint directory; "
+                        "enables POST /v1/fuse")
     p.add_argument("--max-batch-tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS,
                    help="real tokens one scheduler iteration runs (all its model calls together)")
     p.add_argument("--max-wait-ms", type=number_argument(0), default=DEFAULT_MAX_WAIT_MS,
@@ -92,6 +94,8 @@ def add_serve_parser(subparsers) -> None:
                    help="rerank: forward passes per request for swiss / knockout_rr / adaptive")
     p.add_argument("--no-cross-request-batching", action="store_true",
                    help="run one request per model call (for comparison only)")
+    p.add_argument("--verbose", action="store_true",
+                   help="say in full how the ranker runs and why (CPU, ISA, auto-selection's reasons)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -119,6 +123,33 @@ def listening_socket(host: str, port: int) -> socket.socket:
     # the model loads) waits in the backlog instead of being refused.
     sock.listen(2048)
     return sock
+
+
+_BACKEND_NAMES = {"onnx": "ONNX Runtime", "torch": "PyTorch", "openvino": "OpenVINO"}
+
+
+def startup_line(d: dict) -> str:
+    """What runs and why, in a few plain words, from ``Ranker.describe()`` (its ``reason`` is the full
+    story, for --verbose): e.g. "ranker: ONNX Runtime fp32 on CPU (exact; no faster certified path on
+    this CPU)". rank, fuse and serve print it."""
+    device = str(d.get("device") or "cpu")
+    device = device.upper() if device in ("cpu", "cuda") else device
+    reason = str(d.get("reason") or "")
+    if reason.startswith("certified cascade"):
+        why = "certified cascade: fp32's answers, with a fast first pass"
+    elif "passed the agreement gate" in reason:
+        why = "faster, and passed the agreement gate for this checkpoint"
+    elif reason.startswith("exact fp32"):
+        why = f"exact; no faster certified path on this {device}"
+    else:
+        why = "as asked"
+    return f"ranker: {_BACKEND_NAMES.get(d.get('backend'), d.get('backend'))} {d.get('precision')} on {device} ({why})"
+
+
+def ranker_details(d: dict) -> str:
+    """--verbose: the backend, the CPU, its ISA and auto-selection's whole reason, from ``Ranker.describe()``."""
+    return (f"{d['backend']} {d['precision']} on {d['device']} ({d['cpu_model']}; {', '.join(d['isa'])}): "
+            f"{d['reason']}")
 
 
 def _runtime_name(model) -> str:
@@ -151,6 +182,11 @@ def cmd_serve(args) -> int:
     sock = listening_socket(args.host, args.port)  # first: a port in use is refused before the model loads
     t0 = time.perf_counter()
     try:  # a model that fails to load (or that the engine refuses) leaves no socket open behind it
+        fuser_dir = None
+        if args.fuser:  # first: a wrong --fuser (not found, offline and not cached) is reported before the ranker loads
+            from ..fusion.fuser import fuser_directory
+
+            fuser_dir = fuser_directory(args.fuser)
         path = resolve_model(args.model)
         device = resolve_device(args.device, "torch" if args.backend == "torch" else "onnx")
         ranker = Ranker.from_pretrained(path, backend=args.backend, device=device, precision=args.precision,
@@ -162,8 +198,8 @@ def cmd_serve(args) -> int:
 
             from ..synthetic.demo import announce_random_weights
 
-            announce_random_weights(args.fuser, "fuser")
-            fuser = Fuser.from_pretrained(args.fuser, device=device)
+            announce_random_weights(fuser_dir, "fuser")
+            fuser = Fuser.from_pretrained(str(fuser_dir), device=device)
         engine = BatchingEngine(ranker, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
                                 max_queued_pairs=args.max_queued_pairs, max_rows_per_request=args.max_rows_per_request,
                                 cross_request=not args.no_cross_request_batching)
@@ -207,8 +243,10 @@ def cmd_serve(args) -> int:
           f"max_candidates={args.max_candidates} max_text_chars={args.max_text_chars} "
           f"cross_request_batching={'off' if args.no_cross_request_batching else 'on'} fuser={args.fuser or 'none'}",
           file=sys.stderr, flush=True)
-    print(f"blender-fast serve: ranker {ranker.engine_info.get('backend')} {info['precision']}: {info['why']}",
-          file=sys.stderr, flush=True)
+    described = ranker.describe()
+    print(f"blender-fast serve: {startup_line(described)}", file=sys.stderr, flush=True)
+    if args.verbose:  # the details: the CPU, its ISA and auto-selection's whole reason
+        print(f"blender-fast serve: ranker: {ranker_details(described)}", file=sys.stderr, flush=True)
     print(f"blender-fast serve: limits: max_source_length={limits.max_source_length} "
           f"max_candidate_length={limits.max_candidate_length} max_request_tokens={limits.max_request_tokens} "
           f"max_queued_tokens={limits.max_queued_tokens} max_request_chars={limits.max_request_chars} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import signal
 import socket
 import threading
@@ -249,6 +250,30 @@ def test_metrics_health_ready_and_docs(ranker, prompts):
         assert get(url, "/docs")[0] == 200
 
 
+def test_startup_says_what_runs_in_plain_words_and_the_details_with_verbose(tiny_checkpoint):
+    """issue 28 item 6: serve printed auto-selection's whole reason ("ranker onnx fp32: exact fp32: no
+    agreement-gate record for torch bf16, onnx int8; no cascade: ..."); now the CLI's plain line, the
+    details under --verbose (and in describe())."""
+    plain = re.compile(r"blender-fast serve: ranker: (ONNX Runtime|PyTorch|OpenVINO) (fp32|fp16|bf16|int8) on CPU "
+                       r"\((exact; no faster certified path on this CPU|certified cascade: fp32's answers, with a "
+                       r"fast first pass|faster, and passed the agreement gate for this checkpoint)\)")
+    for verbose in ((), ("--verbose",)):
+        with serve_process("--model", str(tiny_checkpoint), "--threads", "1", *verbose) as (proc, _line):
+            lines = []
+            while not lines or not lines[-1].startswith("blender-fast serve: limits:"):
+                lines.append(proc.stderr.readline().rstrip("\n"))
+                assert lines[-1] or proc.poll() is None, lines
+        ranker_lines = [line for line in lines if line.startswith("blender-fast serve: ranker")]
+        assert plain.fullmatch(ranker_lines[0]), ranker_lines
+        assert "agreement-gate record" not in ranker_lines[0] and "no cascade" not in ranker_lines[0]
+        if verbose:  # the CPU, its ISA, and the whole reason
+            assert len(ranker_lines) == 2 and ranker_lines[1].startswith("blender-fast serve: ranker: onnx fp32 on cpu ("), \
+                ranker_lines
+            assert "): exact fp32" in ranker_lines[1], ranker_lines
+        else:
+            assert len(ranker_lines) == 1, ranker_lines
+
+
 @pytest.mark.slow
 def test_sigterm_drains_then_exits_0(tiny_checkpoint, shared_records):
     """A real `blender-fast serve` process: an in-flight request completes, new ones get 503, exit code 0."""
@@ -259,7 +284,7 @@ def test_sigterm_drains_then_exits_0(tiny_checkpoint, shared_records):
         for word in ("model=", "runtime=onnxruntime", "precision=fp32", "threads=1", "max_queued_pairs="):
             assert word in line, line
         why = proc.stderr.readline()  # the default is auto: the next line says what it chose and why
-        assert why.startswith("blender-fast serve: ranker onnx fp32: exact fp32"), why
+        assert why.startswith("blender-fast serve: ranker: ONNX Runtime fp32 on CPU ("), why
         url = line.split()[2]
         assert Client(url).wait_ready(60)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
