@@ -50,8 +50,8 @@ DEMO_WARNING = (
 )
 FUSER_WARNING = (
     "NOTE: fusing with a GENERATED fuser ({path}): random weights, so the fused text is gibberish. It only "
-    "shows the engine working. Point --fuser at a real GenFuser directory (llm-blender/gen_fuser_3b "
-    "downloaded by you) for real fusions."
+    "shows the engine working. Pass --fuser llm-blender/gen_fuser_3b "
+    "(downloaded once from the Hugging Face Hub) or a GenFuser directory for real fusions."
 )
 
 
