@@ -1,15 +1,10 @@
-"""Agreement section: every precision x runtime against exact fp32, on a well-conditioned checkpoint.
+"""Agreement section: `blender-fast gate` (runtime/agreement.run_gate) on a conditioned generated checkpoint.
 
-Why a conditioned checkpoint: in a random-weight generated checkpoint the prefix tokens' hidden states
-barely depend on the text (attention is nearly uniform), so the generator scales the head by 140
-(xsmall) to 3200 (tiny) to give the pair logits a std of 1. That amplifies any rounding of the hidden
-states by the same factor: bf16 then looks hopeless (max |dlogit| ~1.7x the logit spread on tiny)
-whatever is kept in fp32, which says nothing about a trained ranker. ``conditioned_checkpoint``
-multiplies every layer's query and key projections by ``qk_gain`` (3: attention logits x9, so attention
-is selective, as in trained models) and rescales the head so that the pair logits again have std 1;
-the head's amplification falls ~12x (xsmall 140 -> ~12), and the content signal dominates rounding.
-Scaling all encoder weights instead (gain 2-3) makes the random network chaotic and bf16 much worse;
-this is recorded in docs/performance.md.
+Why conditioned: a random-weight checkpoint's prefix states barely depend on the text, so the generator
+scales the head by 140 (xsmall) to 3200 (tiny) to give the pair logits a std of 1, and that amplifies any
+rounding as much: bf16 then looks hopeless, which says nothing about a trained ranker. Query and key
+projections x ``qk_gain`` make attention selective, as in trained models, and the head is rescaled to
+logit std 1 again (xsmall: amplification 140 -> ~12). Details in docs/performance.md.
 """
 from __future__ import annotations
 
@@ -19,6 +14,7 @@ import time
 from pathlib import Path
 
 from .common import as_jsonable, candidates_for, log
+from .tables import md_table
 
 QK_GAIN = 3.0
 
@@ -43,12 +39,11 @@ def conditioned_checkpoint(base: Path, qk_gain: float = QK_GAIN) -> Path:
     for k in state:
         if ".attention.self.query_proj." in k or ".attention.self.key_proj." in k:
             state[k] = state[k] * qk_gain
-    save_file(state, str(weights), metadata={"format": "pt"})
     ckpt = load_checkpoint(out)
-    model = build_torch_model(ckpt, state)
     ids, mask, pos = sample_batch(build_pair_tokenizer(ckpt), ckpt)
     with torch.no_grad():
-        std = float(model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(pos)).std())
+        std = float(build_torch_model(ckpt, state)(torch.from_numpy(ids), torch.from_numpy(mask),
+                                                   torch.from_numpy(pos)).std())
     state["head_layer.4.weight"] = state["head_layer.4.weight"] / std  # the logit is linear in it
     save_file(state, str(weights), metadata={"format": "pt"})
     meta_path = out / "blender_fast.json"
@@ -62,8 +57,8 @@ def conditioned_checkpoint(base: Path, qk_gain: float = QK_GAIN) -> Path:
 
 def run_agreement_section(ckpt_path: Path, prompts, n_candidates: int, threads, max_chars: int | None,
                           qk_gain: float | None = QK_GAIN, variants=None) -> dict:
-    """The gate (blender_fast.runtime.agreement.run_gate, what `blender-fast gate` runs) on the benchmark's
-    prompts, on a conditioned checkpoint; its records are saved where precision="auto" reads them."""
+    """The gate on the benchmark's prompts (conditioned first unless qk_gain is None); its records are saved
+    where precision="auto" reads them."""
     from blender_fast import Ranker
     from blender_fast.model.checkpoint import load_checkpoint
     from blender_fast.runtime.agreement import GATE_VARIANTS, describe_record, gate_thresholds, run_gate
@@ -71,13 +66,13 @@ def run_agreement_section(ckpt_path: Path, prompts, n_candidates: int, threads, 
 
     t0 = time.perf_counter()
     ckpt = conditioned_checkpoint(Path(ckpt_path), qk_gain) if qk_gain else Path(ckpt_path)
-    inputs = [p.instruction[:max_chars] if max_chars else p.instruction for p in prompts]
-    cands = [[c[:max_chars] if max_chars else c for c in candidates_for(prompts, i, n_candidates)]
-             for i in range(len(prompts))]
+    clip = (lambda s: s[:max_chars]) if max_chars else (lambda s: s)
+    cands = [[clip(c) for c in candidates_for(prompts, i, n_candidates)] for i in range(len(prompts))]
     log(f"agreement: {len(prompts)} prompts x {n_candidates} candidates on {ckpt}")
     records = run_gate(load_checkpoint(ckpt), lambda b, p: Ranker.from_pretrained(ckpt, backend=b, precision=p,
                                                                                threads=threads),
-                       inputs, cands, variants=variants or GATE_VARIANTS, settings={"threads": threads})
+                       [clip(p.instruction) for p in prompts], cands, variants=variants or GATE_VARIANTS,
+                       settings={"threads": threads})
     for r in records:
         log(f"agreement: {describe_record(r)}")
     return as_jsonable({"checkpoint": str(ckpt), "qk_gain": qk_gain, "prompts": len(prompts),
@@ -86,14 +81,13 @@ def run_agreement_section(ckpt_path: Path, prompts, n_candidates: int, threads, 
                         "gate": gate_thresholds()})
 
 
-def agreement_markdown(sec: dict) -> list[str]:
-    lines = [f"Checkpoint: {sec['checkpoint']} (query/key gain {sec['qk_gain']}), {sec['prompts']} prompts x "
-             f"{sec['candidates']} candidates, texts clipped to {sec['max_chars']} characters; CPU {sec['cpu']['cpu_model']} "
-             f"({', '.join(sec['cpu']['isa'])}). Gate: top-1 >= {sec['gate']['top1_pct']:g}% and mean tau >= "
-             f"{sec['gate']['kendall_tau_mean']:g} vs ONNX fp32.", "",
-             "| variant | top-1 vs fp32 | Kendall τ mean (min) | max \\|Δlogit\\| / logit std | gate |",
-             "|---|---|---|---|---|"]
-    for r in sec["records"]:
-        lines.append(f"| {r['variant']} | {r['top1_pct']:.1f}% | {r['kendall_tau_mean']:.3f} ({r['kendall_tau_min']:.3f}) | "
-                     f"{r['max_rel_dlogit']:.3f} | {'PASS' if r['passed'] else 'fail'} |")
-    return lines
+def agreement_md(sec: dict) -> list[str]:
+    g, cpu = sec["gate"], sec["cpu"]
+    return ["## Agreement gate (precision × runtime vs exact fp32)", "",
+            f"Checkpoint: {sec['checkpoint']} (query/key gain {sec['qk_gain']}), {sec['prompts']} prompts x "
+            f"{sec['candidates']} candidates, texts clipped to {sec['max_chars']} characters; CPU {cpu['cpu_model']} "
+            f"({', '.join(cpu['isa'])}). Gate: top-1 >= {g['top1_pct']:g}% and mean tau >= "
+            f"{g['kendall_tau_mean']:g} vs ONNX fp32.", ""] + md_table(
+        ["variant", "top-1 vs fp32", "Kendall τ mean (min)", "max \\|Δlogit\\| / logit std", "gate"],
+        [[r["variant"], f"{r['top1_pct']:.1f}%", f"{r['kendall_tau_mean']:.3f} ({r['kendall_tau_min']:.3f})",
+          f"{r['max_rel_dlogit']:.3f}", "PASS" if r["passed"] else "fail"] for r in sec["records"]])

@@ -86,41 +86,31 @@ def candidates_for(prompts: list[BenchPrompt], index: int, n: int) -> list[str]:
 
 # -- machine ---------------------------------------------------------------------------------------
 
-def _version(module: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(module)
-    except Exception:
-        return None
-
-
 def machine_info(device: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
     import psutil
 
     from blender_fast.runtime.autoselect import cpu_features
 
+    def installed(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
     cpu = cpu_features()  # /proc/cpuinfo, read by the one parser auto uses too
-    info = {
-        "cpu_model": cpu["cpu_model"],
-        "isa": cpu["isa"],  # AMX / AVX512-BF16 / VNNI / AVX2 flags
-        "physical_cores": psutil.cpu_count(logical=False),
-        "logical_cores": psutil.cpu_count(logical=True),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "versions": {m: _version(m) for m in ("blender-fast", "llm-blender", "numpy", "onnxruntime",
-                                              "onnxruntime-gpu", "torch", "transformers", "tokenizers", "openvino")},
-    }
+    info = {"cpu_model": cpu["cpu_model"], "isa": cpu["isa"],  # AMX / AVX512-BF16 / VNNI / AVX2 flags
+            "physical_cores": psutil.cpu_count(logical=False), "logical_cores": psutil.cpu_count(logical=True),
+            "cpu_affinity": len(os.sched_getaffinity(0)), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "load_average_at_start": load_average(),
+            "versions": {m: installed(m) for m in ("blender-fast", "llm-blender", "numpy", "onnxruntime", "onnxruntime-gpu",
+                                                   "torch", "transformers", "tokenizers", "openvino")}}
     try:
         import onnxruntime as ort
 
         info["onnxruntime_providers"] = ort.get_available_providers()
-    except ImportError:
-        pass
-    try:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
@@ -133,56 +123,33 @@ def machine_info(device: str) -> dict:
     return info
 
 
-def load_average() -> list[float] | None:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 # -- timing and memory -----------------------------------------------------------------------------
 
-def run_clients(client, concurrency: int, join_s: float) -> float:
-    """``concurrency`` daemon threads running ``client`` at once (load generators); waits for each at most
-    ``join_s`` and returns the wall seconds from the first start to the last join."""
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(join_s)
-    return time.perf_counter() - t0
-
-
 class RssSampler:
-    """Peak resident memory of this process while a block runs, sampled by a background thread.
-
-    Sampling (every 5 ms) rather than ru_maxrss because the latter is a high-water mark for the
-    whole process life: after the first big run it would never move again."""
-
-    def __init__(self, interval_s: float = 0.005):
-        import psutil
-
-        self._proc = psutil.Process()
-        self.interval_s = interval_s
-        self.before = self.peak = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _loop(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(self.interval_s)
+    """Peak RSS of this process while a block runs, sampled every 5 ms by a thread (ru_maxrss is a
+    high-water mark for the whole process life: after the first big run it would never move again)."""
 
     def __enter__(self):
+        import psutil
+
+        self._proc, self._stop = psutil.Process(), threading.Event()
         self.before = self.peak = self._proc.memory_info().rss
-        self._stop.clear()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
+
+    def _loop(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._proc.memory_info().rss)
-        return False
 
 
 @dataclass
@@ -227,13 +194,13 @@ def record_reference_batches(ref_blender, device: str) -> list[BatchShape]:
     original = module.forward
 
     def forward(*args, **kwargs):
-        mask = kwargs.get("attention_mask")
-        if mask is None and len(args) > 1:
-            mask = args[1]
-        sync = _cuda_sync if device == "cuda" else (lambda: None)
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
         t0 = time.perf_counter()
         out = original(*args, **kwargs)
-        sync()
+        if device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
         batches.append(shape_of(mask.detach().cpu().numpy(), time.perf_counter() - t0))
         return out
 
@@ -241,23 +208,11 @@ def record_reference_batches(ref_blender, device: str) -> list[BatchShape]:
     return batches
 
 
-def _cuda_sync():
-    import torch
-
-    torch.cuda.synchronize()
-
-
 def summarize_batches(batches: list[BatchShape]) -> dict:
     real = sum(b.sum_t for b in batches)
     padded = sum(b.padded_tokens for b in batches)
-    return {
-        "batches": len(batches),
-        "rows": sum(b.rows for b in batches),
-        "tokens": real,
-        "padded_tokens": padded,
-        "pad_fraction": (1 - real / padded) if padded else 0.0,
-        "model_s": sum(b.seconds for b in batches),
-    }
+    return {"batches": len(batches), "rows": sum(b.rows for b in batches), "tokens": real, "padded_tokens": padded,
+            "pad_fraction": (1 - real / padded) if padded else 0.0, "model_s": sum(b.seconds for b in batches)}
 
 
 def median(xs) -> float:
@@ -293,9 +248,8 @@ def generated_checkpoint(shape: str, seed: int) -> Path:
 
 
 def quiet_libraries() -> None:
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for category in (UserWarning, FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
     try:
         import transformers
 

@@ -87,11 +87,6 @@ def load_reference(path, device: str) -> tuple[object, list]:
     return ref, record_reference_batches(ref, device)
 
 
-def reference_precision(ref, device: str) -> str:
-    # llm-blender halves the ranker on GPUs when its config says fp16 (the default), fp32 on CPU.
-    return "fp16" if device == "cuda" and getattr(ref.ranker_config, "fp16", False) else "fp32"
-
-
 def reference_bubble_orders(n_prompts: int, n: int, batch_size: int, seed: int) -> list[np.ndarray]:
     """The start permutations llm-blender's bubble pass will draw after torch.manual_seed(seed): one
     torch.randperm(n) per batch of `batch_size` prompts, shared by the batch's prompts."""
@@ -104,39 +99,26 @@ def reference_bubble_orders(n_prompts: int, n: int, batch_size: int, seed: int) 
     return [perms[p // batch_size] for p in range(n_prompts)]
 
 
-def _sync(device):
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def timed_call(engine: Engine, fn, device: str, shape: ModelShape, sample_rss: bool = True) -> tuple[object, dict]:
-    """Run fn once; wall time, peak RSS, batch statistics and FLOPs of exactly this call.
-    sample_rss=False: no sampling thread beside the call (RSS fields NaN), for callers that measure peak
-    RSS elsewhere."""
+def timed_call(engine: Engine, fn, device: str, shape: ModelShape) -> tuple[object, dict]:
+    """Run fn once; wall time, peak RSS, batch statistics and FLOPs of exactly this call."""
     gc.collect()
     time.sleep(SETTLE_S)
     first_batch = len(engine.batches)
-    cuda_peak = None
+    torch = None
     if device == "cuda":
         import torch
 
         torch.cuda.reset_peak_memory_stats()
-    with RssSampler() if sample_rss else contextlib.nullcontext() as mem:
+    with RssSampler() as mem:
         t0 = time.perf_counter()
         out = fn()
-        _sync(device)
+        if torch:
+            torch.cuda.synchronize()
         wall = time.perf_counter() - t0
-    if device == "cuda":
-        import torch
-
-        cuda_peak = torch.cuda.max_memory_allocated() / 2**20
     batches = engine.batches[first_batch:]
-    nan = float("nan")
-    rec = {"wall_s": wall, "load_average_1min": load_average()[0] if load_average() else None,
-           "rss_before_mb": mem.before / 2**20 if mem else nan, "peak_rss_mb": mem.peak / 2**20 if mem else nan,
-           "rss_increase_mb": (mem.peak - mem.before) / 2**20 if mem else nan, "cuda_peak_mb": cuda_peak,
+    rec = {"wall_s": wall, "load_average_1min": load_average()[0], "rss_before_mb": mem.before / 2**20,
+           "peak_rss_mb": mem.peak / 2**20, "rss_increase_mb": (mem.peak - mem.before) / 2**20,
+           "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if torch else None,
            **summarize_batches(batches), **run_flops(shape, batches), "precision": engine.precision}
     if engine.side == "ours":
         st = engine.blender.ranker.last_stats
@@ -148,22 +130,15 @@ def timed_call(engine: Engine, fn, device: str, shape: ModelShape, sample_rss: b
     return out, rec
 
 
-def _ranks(scores):
-    from blender_fast.selection.strategies import ranks_from_scores
-
-    return np.stack([ranks_from_scores(np.asarray(s)) for s in scores])
-
-
 def score_agreement(a, b) -> dict:
     """How two engines' full rankings agree: identical rank vectors, same top-1, max |score diff|."""
+    from blender_fast.selection.strategies import ranks_from_scores
+
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    ra, rb = _ranks(a), _ranks(b)
-    return {
-        "identical_ranks_pct": 100.0 * float(np.mean(np.all(ra == rb, axis=1))),
-        "top1_agreement_pct": 100.0 * float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1))),
-        "max_abs_score_diff": float(np.max(np.abs(a - b))),
-        "prompts": int(a.shape[0]),
-    }
+    same = [np.array_equal(ranks_from_scores(x), ranks_from_scores(y)) for x, y in zip(a, b)]
+    return {"identical_ranks_pct": 100.0 * float(np.mean(same)),
+            "top1_agreement_pct": 100.0 * float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1))),
+            "max_abs_score_diff": float(np.max(np.abs(a - b))), "prompts": int(a.shape[0])}
 
 
 def pick_agreement(a: list[int], b: list[int]) -> float:
@@ -217,7 +192,8 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
     log("engine: loading llm-blender (reference)")
     t0 = time.perf_counter()
     ref_blender, ref_batches = load_reference(ckpt_path, device)
-    ref_prec = reference_precision(ref_blender, device)
+    # llm-blender halves the ranker on GPUs when its config says fp16 (the default), fp32 on CPU.
+    ref_prec = "fp16" if device == "cuda" and getattr(ref_blender.ranker_config, "fp16", False) else "fp32"
     ref = Engine(f"llm-blender (batch_size={REFERENCE_BATCH_SIZE})", "reference", "torch", ref_prec,
                  batch_size=REFERENCE_BATCH_SIZE, blender=ref_blender, batches=ref_batches)
     ref.load_s = time.perf_counter() - t0
@@ -362,7 +338,7 @@ def tokens_per_pair(ckpt_path, prompts, n_candidates: int) -> list[float]:
 
 def run_speed_section(ckpt_path, prompts, n_prompts: int, n_bins: int, n_candidates: int, device: str,
                       threads: int | None, repeats: int, reference_batch_sizes: tuple, peak: dict,
-                      seed: int = 0, per_bin: int | None = None, on_bin=None, only_bins=None) -> dict:
+                      seed: int = 0, per_bin: int | None = None, on_bin=None) -> dict:
     """Full ranking, ours (ONNX Runtime fp32, exact) against llm-blender, on the first `n_prompts` prompts
     sorted into `n_bins` bins of equal count by tokens per pair (`per_bin` of each, spread over its
     lengths, when given: a shorter run over the same length range); each bin is an engine run of its own (interleaved
@@ -387,8 +363,6 @@ def run_speed_section(ckpt_path, prompts, n_prompts: int, n_bins: int, n_candida
     plan = [("blender-fast onnx fp32", "ours", "onnx", "fp32")]
     bins = []
     for b, idx in enumerate(np.array_split(np.asarray(order), n_bins)):
-        if only_bins and b + 1 not in only_bins:
-            continue
         if per_bin and per_bin < len(idx):  # spread over the bin's length range, not its shortest
             idx = idx[np.unique(np.linspace(0, len(idx) - 1, per_bin).round().astype(int))]
         group = [chosen[i] for i in idx]

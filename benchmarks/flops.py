@@ -52,13 +52,17 @@ class ModelShape:
                    int(cfg.get("intermediate_size", 4 * cfg["hidden_size"])), span, ckpt.n_tasks)
 
 
+def flop_terms(shape: ModelShape, rows: int, sum_t: float, sum_t2: float) -> dict:
+    """FLOPs by term of one batch of `rows` sequences with sum of lengths sum_t and of squared lengths sum_t2."""
+    h, i, s, n = shape.hidden, shape.intermediate, shape.att_span, shape.layers
+    return {"qkvo_projections": n * 8 * h * h * sum_t, "qk_and_av": n * 4 * h * sum_t2,
+            "relative_position_projections (input-independent, not counted)": n * 2 * 2 * s * h * h,
+            "c2p_p2c": n * 2 * 2 * s * h * sum_t, "ffn": n * 4 * h * i * sum_t,
+            "head": rows * (8 * h * h + 4 * h * shape.n_tasks)}
+
+
 def batch_flops(shape: ModelShape, rows: int, sum_t: float, sum_t2: float) -> float:
-    """FLOPs of one batch of `rows` sequences with sum of lengths sum_t and of squared lengths sum_t2."""
-    h, i, s = shape.hidden, shape.intermediate, shape.att_span
-    per_token = 8 * h * h + 2 * 2 * s * h + 4 * h * i
-    per_layer = per_token * sum_t + 4 * h * sum_t2
-    head = rows * (8 * h * h + 4 * h * shape.n_tasks)
-    return shape.layers * per_layer + head
+    return sum(v for k, v in flop_terms(shape, rows, sum_t, sum_t2).items() if "not counted" not in k)
 
 
 def run_flops(shape: ModelShape, batches: list[BatchShape]) -> dict:
@@ -66,24 +70,6 @@ def run_flops(shape: ModelShape, batches: list[BatchShape]) -> dict:
     real = sum(batch_flops(shape, b.rows, b.sum_t, b.sum_t2) for b in batches)
     padded = sum(batch_flops(shape, b.rows, b.padded_tokens, b.rows * b.padded_len ** 2) for b in batches)
     return {"real_flops": float(real), "padded_flops": float(padded)}
-
-
-def flops_per_pair(shape: ModelShape, tokens: int, batch_rows: int = 1) -> float:
-    """FLOPs of one pair of `tokens` real tokens, in a batch of `batch_rows`."""
-    return batch_flops(shape, batch_rows, batch_rows * tokens, batch_rows * tokens * tokens) / batch_rows
-
-
-def flops_breakdown(shape: ModelShape, tokens: int) -> dict:
-    """Where one pair's FLOPs go (per pair, batch of 1), for the report."""
-    h, i, s, t, n = shape.hidden, shape.intermediate, shape.att_span, tokens, shape.layers
-    return {
-        "qkvo_projections": n * 8 * t * h * h,
-        "qk_and_av": n * 4 * t * t * h,
-        "relative_position_projections (input-independent, not counted)": n * 2 * 2 * s * h * h,
-        "c2p_p2c": n * 2 * 2 * t * s * h,
-        "ffn": n * 4 * t * h * i,
-        "head": 8 * h * h + 4 * h * shape.n_tasks,
-    }
 
 
 # -- the machine's GEMM peak -----------------------------------------------------------------------
@@ -219,7 +205,7 @@ def run_flops_section(shape: ModelShape, engine: dict | None, strategies: dict |
     if main:
         first = next(iter(main.values()))
         tokens = first["tokens"] / first["pairs"]
-        f = flops_per_pair(shape, round(tokens))
-        out["per_pair"] = {"tokens": tokens, "flops": f, "gflop": f / 1e9,
-                           "breakdown": flops_breakdown(shape, round(tokens))}
+        t = round(tokens)
+        f = batch_flops(shape, 1, t, t * t)
+        out["per_pair"] = {"tokens": tokens, "flops": f, "gflop": f / 1e9, "breakdown": flop_terms(shape, 1, t, t * t)}
     return out

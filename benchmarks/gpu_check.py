@@ -3,17 +3,15 @@
     bash benchmarks/gpu_check.sh                      # on a machine with a CUDA GPU (see that file)
     python -m benchmarks.gpu_check --dry-run          # the same driver on the CPU, tiny shape, seconds
 
-For each shape (default xsmall and large, PairRM's size) it generates a random-weight checkpoint (the
-generator needs transformers<5: gpu_check.sh puts the carried wheels first on the path), then times,
-interleaved, full ranking of P prompts x N candidates and best-of-B (bubble) with: ours torch fp16, ours
-torch bf16, ours torch fp32, llm-blender fp16 at its default batch_size=8 (and batch_size=1 once, for
-parity), then the certified cascade (torch fp16 for every pair, fp32 again, on ONNX Runtime's TensorRT/CUDA
-providers where present, for the pairs its measured bound cannot certify) against fp32 alone. Parity: ours fp16 vs llm-blender fp16 (same GPU, same checkpoint): top-1 agreement, identical
-rankings, max |score difference|. It passes when that difference is under 5% of the scores' std and every
-top-1 mismatch is a near-tie (the two candidates' scores differ by less than twice it). Writes OUT/gpu_check.md and OUT/gpu_check.json.
+Per shape (default xsmall and large, PairRM's size; the generator needs transformers<5, which gpu_check.sh
+puts first on the path) it times, interleaved, full ranking of P prompts x N candidates and best-of-B
+(bubble): ours torch fp16, bf16 and fp32 against llm-blender fp16 at batch_size=8 (and 1, for parity);
+then the certified cascade (fp16 for every pair, fp32 on ONNX Runtime's TensorRT/CUDA providers where
+present for the pairs its measured bound cannot certify) against fp32 alone. Parity passes when ours fp16
+and llm-blender fp16 differ by under 5% of the scores' std and every top-1 mismatch is a near-tie (scores
+closer than twice that difference). Writes OUT/gpu_check.md and OUT/gpu_check.json.
 
-``--phase t5`` reruns ours (fp16) under the image's own transformers 5 against the saved scores of the
-main run, so both transformers majors are checked on the GPU.
+``--phase t5`` reruns ours (fp16) under the image's own transformers 5 against the main run's scores.
 """
 from __future__ import annotations
 
@@ -29,6 +27,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+
+from .tables import md_table  # noqa: E402
 
 # Parity: scores may differ by rounding (fp16 both sides, different padding) by at most this share of their std.
 MAX_REL_SCORE_DIFF = 0.05
@@ -75,21 +75,18 @@ def parse_args(argv=None):
 
 
 def parity(ours: np.ndarray, ref: np.ndarray) -> dict:
-    """Top-1 / identical-ranking agreement, max |score diff|, and whether each top-1 mismatch is a near-tie."""
-    from blender_fast.selection.strategies import ranks_from_scores
+    """engine.score_agreement, and whether the difference is small and each top-1 mismatch a near-tie."""
+    from .engine import score_agreement
 
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    diff = float(np.max(np.abs(ours - ref)))
+    agree = score_agreement(ours, ref)
+    diff, spread = agree["max_abs_score_diff"], float(np.std(ref))
     top_o, top_r = ours.argmax(1), ref.argmax(1)
     mismatches = np.flatnonzero(top_o != top_r)
-    near_tie = [bool(abs(ref[p, top_r[p]] - ref[p, top_o[p]]) <= 2 * diff) for p in mismatches]
-    spread = float(np.std(ref))
+    near_ties = all(abs(ref[p, top_r[p]] - ref[p, top_o[p]]) <= 2 * diff for p in mismatches)
     small = diff <= MAX_REL_SCORE_DIFF * spread if spread > 0 else diff == 0.0
-    identical = np.mean([np.array_equal(ranks_from_scores(a), ranks_from_scores(b)) for a, b in zip(ours, ref)])
-    return {"prompts": int(len(ours)), "top1_agreement_pct": 100.0 * float(np.mean(top_o == top_r)),
-            "identical_ranks_pct": 100.0 * float(identical), "max_abs_score_diff": diff,
-            "score_spread": spread, "top1_mismatches": int(len(mismatches)),
-            "mismatches_all_near_ties": all(near_tie), "pass": bool(small and all(near_tie))}
+    return {**agree, "score_spread": spread, "top1_mismatches": int(len(mismatches)),
+            "mismatches_all_near_ties": bool(near_ties), "pass": bool(small and near_ties)}
 
 
 def check_shape(ckpt: Path, shape: str, args, prompts) -> dict:
@@ -168,16 +165,14 @@ def cascade_check(ckpt: Path, prompts, n: int, device: str, repeats: int) -> dic
 
 def cascade_table(shape: str, c: dict) -> list[str]:
     b = c["bound"]
-    lines = [f"{shape}: certified cascade, fast {c['fast']}, exact {c['exact']} (providers {c['providers']}); "
-             f"fast-pass error vs fp32 on the calibration rows: median {b['median_err']:.2g}, p99 {b['p99_err']:.2g}, "
-             f"max {b['max_err']:.2g}; bound eps {b['eps']:.3g}", "",
-             "| shape | task | engine | wall s (median) | × fp32 | ranks/picks = fp32 | re-scored |", "|---|---|---|---|---|---|---|"]
-    for task, cells in c["tasks"].items():
-        for name, cell in cells.items():
-            eq = f"{cell['equal_to_fp32_pct']:.0f}%" if "equal_to_fp32_pct" in cell else "—"
-            rs = f"{cell['rescored_pct']:.1f}%" if "rescored_pct" in cell else "—"
-            lines.append(f"| {shape} | {task} | {name} | {cell['wall_s']:.3f} | {cell['speedup_vs_fp32']:.2f} | {eq} | {rs} |")
-    return lines + [""]
+    return [f"{shape}: certified cascade, fast {c['fast']}, exact {c['exact']} (providers {c['providers']}); "
+            f"fast-pass error vs fp32 on the calibration rows: median {b['median_err']:.2g}, p99 {b['p99_err']:.2g}, "
+            f"max {b['max_err']:.2g}; bound eps {b['eps']:.3g}", ""] + md_table(
+        ["shape", "task", "engine", "wall s (median)", "× fp32", "ranks/picks = fp32", "re-scored"],
+        [[shape, task, name, f"{cell['wall_s']:.3f}", f"{cell['speedup_vs_fp32']:.2f}",
+          f"{cell['equal_to_fp32_pct']:.0f}%" if "equal_to_fp32_pct" in cell else "—",
+          f"{cell['rescored_pct']:.1f}%" if "rescored_pct" in cell else "—"]
+         for task, cells in c["tasks"].items() for name, cell in cells.items()])
 
 
 def ref_scores_of(res: dict, device: str) -> tuple[np.ndarray, np.ndarray]:
@@ -187,29 +182,26 @@ def ref_scores_of(res: dict, device: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def table(results: dict) -> str:
-    lines = [f"GPU check on {results['machine'].get('gpu', 'no GPU (CPU dry run)')} ({results['machine']['versions']})", "",
-             "| shape | task | engine | wall s (median) | pairs/s | × llm-blender fp16 bs=8 | × bs=1 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"GPU check on {results['machine'].get('gpu', 'no GPU (CPU dry run)')} ({results['machine']['versions']})", ""]
     for shape, sres in results["shapes"].items():
+        rows = []
         for task in ("rank", "best_of"):
             res = sres[task]
             for tname, cells in res["tasks"].items():
                 if task == "best_of" and tname == "rank":
                     continue  # best_of runs at n = best-of; its full ranking is only there for the picks
                 bs1 = cells.get("llm-blender (batch_size=1)", {}).get("wall_s")
-                for name, c in cells.items():
-                    vs1 = f"{bs1 / c['wall_s']:.2f}" if bs1 else "—"
-                    lines.append(f"| {shape} | {tname} n={res['settings']['candidates_per_prompt']} | {name} | "
-                                 f"{c['wall_s']:.3f} | {c['pairs_per_s']:.0f} | {c.get('speedup_vs_reference', float('nan')):.2f} | {vs1} |")
+                rows += [[shape, f"{tname} n={res['settings']['candidates_per_prompt']}", name, f"{c['wall_s']:.3f}",
+                          f"{c['pairs_per_s']:.0f}", f"{c.get('speedup_vs_reference', float('nan')):.2f}",
+                          f"{bs1 / c['wall_s']:.2f}" if bs1 else "—"] for name, c in cells.items()]
         p = sres["parity"]
-        lines.append("")
-        lines.append(f"{shape}: parity ours vs llm-blender, same precision ({sres['reference_precision']}): top-1 {p['top1_agreement_pct']:.1f}% "
-                     f"({p['top1_mismatches']} mismatches, all near-ties: {p['mismatches_all_near_ties']}), "
-                     f"identical ranks {p['identical_ranks_pct']:.1f}%, max |Δscore| {p['max_abs_score_diff']:.3g} "
-                     f"(score std {p['score_spread']:.3g}) -> {'PASS' if p['pass'] else 'FAIL'}")
-        lines.append("")
-        if "cascade" in sres:
-            lines += cascade_table(shape, sres["cascade"])
+        lines += md_table(["shape", "task", "engine", "wall s (median)", "pairs/s", "× llm-blender fp16 bs=8", "× bs=1"],
+                          rows)
+        lines += [f"{shape}: parity ours vs llm-blender, same precision ({sres['reference_precision']}): top-1 "
+                  f"{p['top1_agreement_pct']:.1f}% ({p['top1_mismatches']} mismatches, all near-ties: "
+                  f"{p['mismatches_all_near_ties']}), identical ranks {p['identical_ranks_pct']:.1f}%, max |Δscore| "
+                  f"{p['max_abs_score_diff']:.3g} (score std {p['score_spread']:.3g}) -> {'PASS' if p['pass'] else 'FAIL'}",
+                  ""] + (cascade_table(shape, sres["cascade"]) if "cascade" in sres else [])
     return "\n".join(lines)
 
 

@@ -14,9 +14,8 @@ The comparator is synthetic unless a real checkpoint is given (--model). Synthet
 * σ = 1 and β is calibrated by bisection on the drawn noise so that the agreement hits 60, 70, 80 and
   90 % exactly (to within one pair). Only β/σ matters for the agreement.
 
-Bubble and tournament start from a random arrangement per prompt (seeded): the data lists the 12
-models in a fixed order, so one shared arrangement would give the same model the same bracket slot in
-every prompt. Everything is averaged over several noise seeds.
+Bubble and tournament start from a random arrangement per prompt (seeded); everything is averaged over
+several noise seeds.
 """
 from __future__ import annotations
 
@@ -117,8 +116,7 @@ def evaluate(comparator, prefs: np.ndarray, seed: int, top_ks=(1, 3)) -> list[di
     from blender_fast.selection.strategies import select
 
     n_prompts, n = prefs.shape
-    rng = np.random.default_rng(seed + 7919)  # start arrangements, independent of the noise draw
-    starts = [rng.permutation(n).astype(np.int64) for _ in range(n_prompts)]
+    starts = start_orders(n_prompts, n, seed)
     best_pref = prefs.max(axis=1)
     out = []
     for k in top_ks:
@@ -153,32 +151,44 @@ def evaluate(comparator, prefs: np.ndarray, seed: int, top_ks=(1, 3)) -> list[di
     return out
 
 
-def _mean_rows(rows: list[dict]) -> list[dict]:
-    """Average the per-seed rows of each (variant, k)."""
+def mean_over_seeds(rows: list[dict], group: tuple) -> list[dict]:
+    """The rows of each group (one per noise seed) as one: means, the max of *_max keys, regret's std."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["variant"], r["top_k"]), []).append(r)
+        groups.setdefault(tuple(r[k] for k in group), []).append(r)
     out = []
-    for (variant, k), rs in groups.items():
-        m = {"variant": variant, "top_k": k, "seeds": len(rs)}
-        for key in rs[0]:
-            if key in ("variant", "top_k", "seed"):
-                continue
-            vals = [r[key] for r in rs]
-            m[key] = float(np.mean(vals))
-            if key == "regret" and len(rs) > 1:
-                m["regret_std_over_seeds"] = float(np.std(vals))
+    for key, rs in groups.items():
+        m = {**dict(zip(group, key)), "seeds": len(rs)}
+        for k in (k for k in rs[0] if k not in group and k != "seed"):
+            m[k] = max(r[k] for r in rs) if k.endswith("_max") else float(np.mean([r[k] for r in rs]))
+        m["regret_std_over_seeds"] = float(np.std([r["regret"] for r in rs]))
         out.append(m)
     return out
 
 
-def usable(prompts: list[BenchPrompt]) -> list[BenchPrompt]:
-    """Prompts with a judge score for every candidate, all with the most common candidate count."""
+NO_JUDGE = {"skipped": "no prompt in the data has judge_pref for all its candidates"}
+
+
+def usable(prompts: list[BenchPrompt]) -> tuple[list[BenchPrompt], np.ndarray]:
+    """Prompts with a judge score for every candidate, all with the most common candidate count, and
+    their scores [P, n]."""
     scored = [p for p in prompts if p.judge_pref is not None]
     if not scored:
-        return []
+        return [], np.zeros((0, 0))
     n = max(set(len(p.candidates) for p in scored), key=[len(p.candidates) for p in scored].count)
-    return [p for p in scored if len(p.candidates) == n]
+    scored = [p for p in scored if len(p.candidates) == n]
+    return scored, np.array([p.judge_pref for p in scored], dtype=np.float64)
+
+
+def random_pick_regret(prefs: np.ndarray) -> float:
+    return float(np.mean(prefs.max(axis=1) - prefs.mean(axis=1)))
+
+
+def start_orders(n_prompts: int, n: int, seed: int) -> list[np.ndarray]:
+    """Bubble's and tournament's start arrangement per prompt: the data lists the 12 models in a fixed
+    order, so one shared arrangement would give the same model the same bracket slot in every prompt."""
+    rng = np.random.default_rng(seed + 7919)  # independent of the noise draw
+    return [rng.permutation(n).astype(np.int64) for _ in range(n_prompts)]
 
 
 def calibrated_levels(prefs: np.ndarray, levels, seeds: int, bias: float, rows_for):
@@ -198,26 +208,22 @@ def calibrated_levels(prefs: np.ndarray, levels, seeds: int, bias: float, rows_f
         yield level, rows, betas, achieved
 
 
-def run_synthetic(prompts: list[BenchPrompt], levels=DEFAULT_LEVELS, seeds: int = 5, bias: float = DEFAULT_BIAS) -> dict:
-    prompts = usable(prompts)
+def on_synthetic(section: str, prompts, levels, seeds: int, bias: float, rows_for, group: tuple) -> dict:
+    """``rows_for(comparator, prefs, seed)`` with the synthetic comparator at every agreement level."""
+    prompts, prefs = usable(prompts)
     if not prompts:
-        return {"skipped": "no prompt in the data has judge_pref for all its candidates"}
-    prefs = np.array([p.judge_pref for p in prompts], dtype=np.float64)
+        return NO_JUDGE
     u = utilities(prefs)
     n_prompts, n = prefs.shape
     levels_out = []
-    for level, rows, betas, achieved in calibrated_levels(prefs, levels, seeds, bias, evaluate):
+    for level, rows, betas, achieved in calibrated_levels(prefs, levels, seeds, bias, rows_for):
         levels_out.append({"target_agreement_pct": level, "achieved_agreement_pct": float(np.mean(achieved)),
-                           "beta_mean": float(np.mean(betas)), "rows": _mean_rows(rows)})
-        log(f"quality: agreement {level}% (beta {np.mean(betas):.3f}) done")
+                           "beta_mean": float(np.mean(betas)), "rows": mean_over_seeds(rows, group)})
+        log(f"{section}: agreement {level}% (beta {np.mean(betas):.3f}) done")
     a, b = np.triu_indices(n, 1)
-    return {
-        "comparator": "synthetic",
-        "prompts": n_prompts, "candidates": n, "seeds": seeds, "sigma": SIGMA, "bias": bias, "clip": CLIP,
-        "distinct_pairs_pct": 100.0 * float(np.mean(u[:, a] != u[:, b])),
-        "random_pick_regret": float(np.mean(prefs.max(axis=1) - prefs.mean(axis=1))),
-        "levels": levels_out,
-    }
+    return {"comparator": "synthetic", "prompts": n_prompts, "candidates": n, "seeds": seeds, "sigma": SIGMA,
+            "bias": bias, "clip": CLIP, "distinct_pairs_pct": 100.0 * float(np.mean(u[:, a] != u[:, b])),
+            "random_pick_regret": random_pick_regret(prefs), "levels": levels_out}
 
 
 def model_logit_matrix(ranker, prompts: list[BenchPrompt]) -> np.ndarray:
@@ -235,23 +241,26 @@ def model_logit_matrix(ranker, prompts: list[BenchPrompt]) -> np.ndarray:
     return m
 
 
-def run_model(ranker, prompts: list[BenchPrompt], seeds: int = 5) -> dict:
+def on_checkpoint(section: str, ranker, prompts, seeds: int, rows_for, group: tuple) -> dict:
     """The same metrics with a real checkpoint's logits. The model is run once per ordered pair and
     every strategy reads those logits: the same decisions as running it per strategy (deterministic)."""
-    prompts = usable(prompts)
+    prompts, prefs = usable(prompts)
     if not prompts:
-        return {"skipped": "no prompt in the data has judge_pref for all its candidates"}
-    prefs = np.array([p.judge_pref for p in prompts], dtype=np.float64)
-    u = utilities(prefs)
-    log(f"quality: running the checkpoint on all ordered pairs of {len(prompts)} prompts")
+        return NO_JUDGE
+    log(f"{section}: running the checkpoint on all ordered pairs of {len(prompts)} prompts")
     comp = MatrixComparator(model_logit_matrix(ranker, prompts))
-    rows = []
-    for seed in range(seeds):
-        rows += evaluate(comp, prefs, seed)
+    rows = [r for seed in range(seeds) for r in rows_for(comp, prefs, seed)]
     return {"comparator": "checkpoint", "prompts": len(prompts), "candidates": prefs.shape[1], "seeds": seeds,
-            "achieved_agreement_pct": 100.0 * pairwise_agreement(comp.logits, u),
-            "random_pick_regret": float(np.mean(prefs.max(axis=1) - prefs.mean(axis=1))),
-            "rows": _mean_rows(rows)}
+            "achieved_agreement_pct": 100.0 * pairwise_agreement(comp.logits, utilities(prefs)),
+            "random_pick_regret": random_pick_regret(prefs), "rows": mean_over_seeds(rows, group)}
+
+
+def run_synthetic(prompts: list[BenchPrompt], levels=DEFAULT_LEVELS, seeds: int = 5, bias: float = DEFAULT_BIAS) -> dict:
+    return on_synthetic("quality", prompts, levels, seeds, bias, evaluate, ("variant", "top_k"))
+
+
+def run_model(ranker, prompts: list[BenchPrompt], seeds: int = 5) -> dict:
+    return on_checkpoint("quality", ranker, prompts, seeds, evaluate, ("variant", "top_k"))
 
 
 # -- the frontier: quality against forward passes for the budgeted strategies -----------------------
@@ -271,8 +280,7 @@ def _frontier_rows(comparator, prefs: np.ndarray, seed: int, budgets) -> list[di
     from blender_fast.selection.strategies import min_passes, select
 
     n_prompts, n = prefs.shape
-    rng = np.random.default_rng(seed + 7919)
-    starts = [rng.permutation(n).astype(np.int64) for _ in range(n_prompts)]
+    starts = start_orders(n_prompts, n, seed)
     best_pref = prefs.max(axis=1)
     full = None
     out = []
@@ -302,22 +310,6 @@ def _frontier_rows(comparator, prefs: np.ndarray, seed: int, budgets) -> list[di
     return out
 
 
-def _mean_frontier(rows: list[dict]) -> list[dict]:
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["strategy"], r["budget"]), []).append(r)
-    out = []
-    for (strategy, budget), rs in groups.items():
-        m = {"strategy": strategy, "budget": budget, "seeds": len(rs)}
-        for key in ("forward_passes", "steps", "regret", "top1_agreement_with_full_pct"):
-            m[key] = float(np.mean([r[key] for r in rs]))
-        m["forward_passes_max"] = max(r["forward_passes_max"] for r in rs)
-        m["steps_max"] = max(r["steps_max"] for r in rs)
-        m["regret_std_over_seeds"] = float(np.std([r["regret"] for r in rs]))
-        out.append(m)
-    return out
-
-
 def frontier_targets(levels: list[dict]) -> list[dict]:
     """Whether each target is met, by the best budgeted strategy within the target's passes."""
     out = []
@@ -339,34 +331,15 @@ def frontier_targets(levels: list[dict]) -> list[dict]:
 def run_frontier(prompts: list[BenchPrompt], levels=DEFAULT_LEVELS, seeds: int = 5, budgets=FRONTIER_BUDGETS,
                  bias: float = DEFAULT_BIAS) -> dict:
     """The synthetic comparator of run_synthetic (same calibration, same noise seeds)."""
-    prompts = usable(prompts)
-    if not prompts:
-        return {"skipped": "no prompt in the data has judge_pref for all its candidates"}
-    prefs = np.array([p.judge_pref for p in prompts], dtype=np.float64)
-    n_prompts, n = prefs.shape
-    levels_out = []
-    frontier_rows = lambda comp, prefs, seed: _frontier_rows(comp, prefs, seed, budgets)  # noqa: E731
-    for level, rows, betas, achieved in calibrated_levels(prefs, levels, seeds, bias, frontier_rows):
-        levels_out.append({"target_agreement_pct": level, "achieved_agreement_pct": float(np.mean(achieved)),
-                           "beta_mean": float(np.mean(betas)), "rows": _mean_frontier(rows)})
-        log(f"frontier: agreement {level}% done")
-    return {"comparator": "synthetic", "prompts": n_prompts, "candidates": n, "seeds": seeds, "bias": bias,
-            "budgets": list(budgets), "random_pick_regret": float(np.mean(prefs.max(axis=1) - prefs.mean(axis=1))),
-            "levels": levels_out, "targets": frontier_targets(levels_out)}
+    out = on_synthetic("frontier", prompts, levels, seeds, bias,
+                       lambda comp, prefs, seed: _frontier_rows(comp, prefs, seed, budgets), ("strategy", "budget"))
+    if "levels" in out:
+        out.update(budgets=list(budgets), targets=frontier_targets(out["levels"]))
+    return out
 
 
 def run_model_frontier(ranker, prompts: list[BenchPrompt], seeds: int = 5, budgets=FRONTIER_BUDGETS) -> dict:
     """The frontier on a real checkpoint's logits (every ordered pair scored once, then looked up)."""
-    prompts = usable(prompts)
-    if not prompts:
-        return {"skipped": "no prompt in the data has judge_pref for all its candidates"}
-    prefs = np.array([p.judge_pref for p in prompts], dtype=np.float64)
-    log(f"frontier: running the checkpoint on all ordered pairs of {len(prompts)} prompts")
-    comp = MatrixComparator(model_logit_matrix(ranker, prompts))
-    rows = []
-    for seed in range(seeds):
-        rows += _frontier_rows(comp, prefs, seed, budgets)
-    return {"comparator": "checkpoint", "prompts": len(prompts), "candidates": prefs.shape[1], "seeds": seeds,
-            "achieved_agreement_pct": 100.0 * pairwise_agreement(comp.logits, utilities(prefs)),
-            "budgets": list(budgets), "random_pick_regret": float(np.mean(prefs.max(axis=1) - prefs.mean(axis=1))),
-            "rows": _mean_frontier(rows)}
+    return {**on_checkpoint("frontier", ranker, prompts, seeds,
+                            lambda comp, prefs, seed: _frontier_rows(comp, prefs, seed, budgets),
+                            ("strategy", "budget")), "budgets": list(budgets)}

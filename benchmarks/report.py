@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .agreement import agreement_md
 from .common import as_jsonable, log
 from .flops import __doc__ as FLOPS_DOC
 from .quality import __doc__ as QUALITY_DOC
+from .ray_scaling import ray_md
+from .serve import serve_md, serve_plot
 from .tables import doc_body, fmt_count, fmt_num, md_table
 
 
@@ -18,16 +21,13 @@ def engine_md(eng: dict) -> list[str]:
           f"{s['prompts']} prompts × {s['candidates_per_prompt']} candidates, same checkpoint and machine; "
           f"{s['repeats']} interleaved repeats (order per repeat: {', '.join(s['interleaving'])}); "
           f"medians, [min–max]. llm-blender runs `Blender.rank(..., batch_size={s['reference_batch_size']}, "
-          f"disable_tqdm=True)` ({s['reference_precision']}). Pairs = model rows (ordered pairs); tokens = "
-          "real (unpadded) tokens. Pad fraction: ours from `last_stats`, llm-blender's from its attention "
-          "masks (its `pretrained_model.forward` is wrapped). Peak RSS: whole process (every engine is "
-          "loaded in it), and the increase over the RSS before the run. On a busy machine the comparison "
-          "is skewed, not just noisy: torch (llm-blender and our torch backend) slows down far more than "
-          "ONNX Runtime when the cores are oversubscribed; every run's 1-minute load average is in "
-          "results.json.", ""]
+          f"disable_tqdm=True)` ({s['reference_precision']}). Pairs = model rows (ordered pairs); tokens = real "
+          "(unpadded) tokens. Pad fraction: ours from `last_stats`, llm-blender's from its attention masks. Peak "
+          "RSS: the whole process (every engine is loaded in it), and the increase over the RSS before the run. "
+          "On a busy machine torch (llm-blender, our torch backend) slows down far more than ONNX Runtime: the "
+          "comparison is skewed, not just noisy; every run's load average is in results.json.", ""]
     for task, cells in eng["tasks"].items():
-        md.append(f"### {task}")
-        md.append("")
+        md += [f"### {task}", ""]
         rows = []
         for name, c in cells.items():
             rows.append([name, f"{fmt_num(c['wall_s'])} [{fmt_num(c['wall_min_s'])}–{fmt_num(c['wall_max_s'])}]", c["pairs"],
@@ -300,6 +300,13 @@ def make_plots(results: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+
     eng = results.get("engine")
     if eng and "tasks" in eng:
         # Panel 1: full ranking; panel 2: every best-of-n task (ours bubble and tournament, theirs bubble).
@@ -316,10 +323,7 @@ def make_plots(results: dict, out: Path) -> list[str]:
             ax.set_xlabel("wall time, s (median, min–max)")
             ax.set_title(title)
             ax.invert_yaxis()
-        fig.tight_layout()
-        fig.savefig(out / "engine.png", dpi=110)
-        plt.close(fig)
-        written.append("engine.png")
+        save(fig, "engine.png")
 
     st = results.get("strategies")
     if st and st.get("counts"):
@@ -345,10 +349,7 @@ def make_plots(results: dict, out: Path) -> list[str]:
                         xticks=st["settings"].get("timed_ns") or ns, title="wall time, top-1")
             axes[2].legend(fontsize=7)
         axes[0].legend()
-        fig.tight_layout()
-        fig.savefig(out / "strategies.png", dpi=110)
-        plt.close(fig)
-        written.append("strategies.png")
+        save(fig, "strategies.png")
 
     q = results.get("quality", {}).get("synthetic")
     if q and "levels" in q:
@@ -366,15 +367,10 @@ def make_plots(results: dict, out: Path) -> list[str]:
         axes[1].set(xlabel="comparator pairwise agreement with the judge, %", ylabel="%",
                     title="same top-1 as full ranking")
         axes[0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "quality.png", dpi=110)
-        plt.close(fig)
-        written.append("quality.png")
+        save(fig, "quality.png")
     if results.get("frontier") and plot_frontier(results["frontier"], out / "frontier.png"):
         written.append("frontier.png")
     if results.get("serve", {}).get("closed_loop"):
-        from .serve import serve_plot
-
         written.append(serve_plot(results["serve"], out))
     return written
 
@@ -413,22 +409,11 @@ def render_markdown(results: dict) -> str:
            f"device {meta['settings']['device']}; threads {meta['settings']['threads'] or 'default'}.", ""]
     if m.get("isa") is not None:
         md += [f"CPU features used to choose variants: {', '.join(m['isa']) or 'none of AMX/AVX512-BF16/VNNI/AVX2'}.", ""]
-    from .agreement import agreement_markdown
-
-    sections = (("engine", engine_md), ("speed", speed_md), ("strategies", strategies_md), ("flops", flops_md), ("quality", quality_md),
-                ("frontier", frontier_md),
-                ("agreement", lambda sec: ["## Agreement gate (precision × runtime vs exact fp32)", ""] + agreement_markdown(sec) + [""]))
-    for key, fn in sections:
+    sections = {"engine": engine_md, "speed": speed_md, "strategies": strategies_md, "flops": flops_md,
+                "quality": quality_md, "frontier": frontier_md, "agreement": agreement_md, "ray": ray_md, "serve": serve_md}
+    for key, fn in sections.items():
         if key in results:
             md += fn(results[key])
-    if "ray" in results:
-        from .ray_scaling import ray_md
-
-        md += ray_md(results["ray"])
-    if "serve" in results:
-        from .serve import serve_md
-
-        md += serve_md(results["serve"])
     if results.get("plots"):
         md += ["## Plots", ""] + [f"![{p}]({p})" for p in results["plots"]] + [""]
     elif results.get("plots_skipped"):

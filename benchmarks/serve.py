@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import BenchPrompt, candidates_for, load_average, log, run_clients
-from .tables import fmt_num
+from .common import BenchPrompt, candidates_for, load_average, log
+from .tables import fmt_num, md_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,20 +107,17 @@ class ServerProcess:
         end = time.monotonic() + ready_timeout
         while self.url is None and time.monotonic() < end:
             line = self.proc.stderr.readline()
-            if not line:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            self.lines.append(line.rstrip())
-            for word in line.split():
-                if word.startswith("http://"):
-                    self.url = word
+            if line:
+                self.lines.append(line.rstrip())
+                self.url = next((w for w in line.split() if w.startswith("http://")), None)
+            elif self.proc.poll() is not None:
+                break
         if self.url is None:
             self.stop()
             raise RuntimeError(f"{name} did not start: " + "\n".join(self.lines[-20:]))
         threading.Thread(target=self._drain_stderr, daemon=True).start()
-        host, port = self.url[len("http://"):].split(":")
-        self.host, self.port = host, int(port)
+        self.host, port = self.url[len("http://"):].split(":")
+        self.port = int(port)
         for _ in range(int(ready_timeout * 10)):
             if _get(self.host, self.port, "/ready")[0] == 200:
                 break
@@ -139,24 +136,18 @@ class ServerProcess:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
 
     def cpu_s(self) -> float:
-        """CPU seconds the server process has used (all its threads): a measure of work that other
-        jobs on a shared machine disturb far less than wall time."""
+        """CPU seconds of the server (all its threads): work that a shared machine's other jobs disturb far
+        less than wall time."""
         import psutil
 
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return t.user + t.system
+        return sum(psutil.Process(self.proc.pid).cpu_times()[:2])
 
-    def metrics(self) -> dict:
-        status, text = _get(self.host, self.port, "/metrics")
-        out = {}
-        if status != 200:
-            return out
-        for line in text.splitlines():
-            if line.startswith("#") or "{" in line:
-                continue
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-        return out
+    def metrics(self, labelled: str | None = None) -> dict:
+        """/metrics samples without labels, or with labels those of the family named ``labelled``."""
+        lines = _get(self.host, self.port, "/metrics")[1].splitlines()
+        keep = (lambda line: line.startswith(labelled + "{")) if labelled else (lambda line: "{" not in line)
+        return {key: float(value) for key, _, value in (line.rpartition(" ") for line in lines
+                                                        if line and not line.startswith("#") and keep(line))}
 
     def stop(self) -> int | None:
         if self.proc.poll() is None:
@@ -179,9 +170,9 @@ def _get(host, port, path):
         conn = http.client.HTTPConnection(host, port, timeout=30)
         conn.request("GET", path)
         resp = conn.getresponse()
-        body = resp.read().decode()
+        status, body = resp.status, resp.read().decode()
         conn.close()
-        return resp.status, body
+        return status, body
     except OSError:
         return 0, ""
 
@@ -242,7 +233,13 @@ def closed_loop(host, port, requests: list[Request], concurrency: int, seconds: 
             with lock:
                 outcomes.append(o)
 
-    return summarize(outcomes, run_clients(client, concurrency, seconds + 300))
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 300)
+    return summarize(outcomes, time.perf_counter() - t0)
 
 
 def open_loop(host, port, requests: list[Request], rate: float, seconds: float, seed: int,
@@ -309,13 +306,13 @@ def batch_stats(before: dict, after: dict, token_budget: int) -> dict:
 
 def reference_server_main(argv: list[str]) -> int:
     """`python -m benchmarks.serve reference CKPT`: llm-blender behind http.server, one request at a time."""
-    import logging
-    import warnings
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    warnings.filterwarnings("ignore")
-    logging.getLogger().setLevel(logging.ERROR)
     import torch
+
+    from .common import quiet_libraries
+
+    quiet_libraries()
 
     torch.set_num_threads(int(argv[1]) if len(argv) > 1 else 1)
     from .engine import REFERENCE_BATCH_SIZE, load_reference
@@ -412,8 +409,7 @@ def _tournament_latency(ranker, server: ServerProcess, prompts, repeats: int, ma
             "ratio": float(np.median(srv) / np.median(off)), "repeats": repeats}
 
 
-def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, seed: int = 0,
-                      reference: bool = True) -> dict:
+def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, seed: int = 0) -> dict:
     from blender_fast import Ranker
 
     sz = QUICK if quick else ServeSizes()
@@ -486,36 +482,35 @@ def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, see
         m = srv.metrics()
         # Every request sent must get exactly one response: the server's count of answered requests
         # equals the client's, and none is missing (status 0 = no response on the connection).
-        row["server_counted"] = sum(_labelled(srv).values())
+        row["server_counted"] = sum(srv.metrics("blender_fast_requests_total").values())
         row["lost"] = row["sent"] - sum(n for s, n in row["statuses"].items() if s != "0")
         row.update(**batch_stats(before, m, ranker.token_budget))
         res["overload"] = row
         res["overload"]["exit_code"] = srv.stop()
         servers.clear()
 
-        if reference:
-            try:
-                log("serve: llm-blender behind a minimal HTTP handler")
-                srv = servers["llm-blender"] = ServerProcess(
-                    [sys.executable, "-m", "benchmarks.serve", "reference", str(ckpt), str(sz.threads)],
-                    "llm-blender reference server", ready_timeout=300)
-                reqs = pool_requests[:sz.reference_requests]
-                for c in (1, 16):
-                    log(f"serve: closed loop, llm-blender, concurrency {c}, {len(reqs)} requests")
-                    cpu0 = srv.cpu_s()
-                    row = closed_loop(srv.host, srv.port, reqs, c, sz.level_seconds * 2)
-                    cpu = srv.cpu_s() - cpu0
-                    # llm-blender ranks all n(n-1) pairs for a select too: count the rows it really ran.
-                    done = reqs[:row["ok"]]
-                    row["pairs_per_s_run"] = sum(len(r.candidates) * (len(r.candidates) - 1) for r in done) / row["wall_s"]
-                    offline = _offline(ranker, done or reqs[:1])
-                    row.update(server="llm-blender 0.0.2 (http.server, batch_size=8)", concurrency=c,
-                               rss_mb=srv.rss_mb(), offline_pairs_per_s=offline["pairs_per_s"],
-                               offline_cpu_ms_per_pair=offline["cpu_ms_per_pair"],
-                               cpu_ms_per_pair=1000 * cpu / max(sum(r.rows for r in done), 1))
-                    res["closed_loop"].append(row)
-            except Exception as e:  # noqa: BLE001  (the baseline is optional: say why it is missing)
-                res["reference_error"] = f"{type(e).__name__}: {e}"
+        try:
+            log("serve: llm-blender behind a minimal HTTP handler")
+            srv = servers["llm-blender"] = ServerProcess(
+                [sys.executable, "-m", "benchmarks.serve", "reference", str(ckpt), str(sz.threads)],
+                "llm-blender reference server", ready_timeout=300)
+            reqs = pool_requests[:sz.reference_requests]
+            for c in (1, 16):
+                log(f"serve: closed loop, llm-blender, concurrency {c}, {len(reqs)} requests")
+                cpu0 = srv.cpu_s()
+                row = closed_loop(srv.host, srv.port, reqs, c, sz.level_seconds * 2)
+                cpu = srv.cpu_s() - cpu0
+                # llm-blender ranks all n(n-1) pairs for a select too: count the rows it really ran.
+                done = reqs[:row["ok"]]
+                row["pairs_per_s_run"] = sum(len(r.candidates) * (len(r.candidates) - 1) for r in done) / row["wall_s"]
+                offline = _offline(ranker, done or reqs[:1])
+                row.update(server="llm-blender 0.0.2 (http.server, batch_size=8)", concurrency=c,
+                           rss_mb=srv.rss_mb(), offline_pairs_per_s=offline["pairs_per_s"],
+                           offline_cpu_ms_per_pair=offline["cpu_ms_per_pair"],
+                           cpu_ms_per_pair=1000 * cpu / max(sum(r.rows for r in done), 1))
+                res["closed_loop"].append(row)
+        except Exception as e:  # noqa: BLE001  (the baseline is optional: say why it is missing)
+            res["reference_error"] = f"{type(e).__name__}: {e}"
     finally:
         for s in servers.values():
             s.stop()
@@ -525,67 +520,54 @@ def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, see
     return res
 
 
-def _labelled(srv: ServerProcess) -> dict:
-    """blender_fast_requests_total samples by (route, status)."""
-    status, text = _get(srv.host, srv.port, "/metrics")
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("blender_fast_requests_total{"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
-
-
 # -- report ----------------------------------------------------------------------------------------
 
 def _f(x, digits=1):  # the report's one number format (tables.fmt_num), one decimal by default
     return fmt_num(x, digits)
 
 
+def _ms(r, route):
+    return " / ".join(_f(r.get(f"{route}_{p}_ms"), 0) for p in ("p50", "p95", "p99"))
+
+
 def serve_md(res: dict) -> list[str]:
-    md = ["## Serving under load (`blender-fast serve`)", "",
-          __doc__.split("\n\n")[1].strip(), "",
+    md = ["## Serving under load (`blender-fast serve`)", "", __doc__.split("\n\n")[1].strip(), "",
           f"Load average at start {res.get('load_average_start')}, at end {res.get('load_average_end')} "
           "(a shared machine: other jobs ran at the same time). Server: `" + res.get("startup_line", "") + "`", "",
-          "### Closed loop (each client sends its next request when the last one is answered)", "",
-          "| server | clients | requests ok | pairs/s | offline pairs/s (same requests) | % of offline | req/s | "
-          "rank p50 / p95 / p99 ms | select p50 / p95 / p99 ms | rows per batch | batch fill | pad % | "
-          "CPU ms per pair (offline) | server RSS MB |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in res["closed_loop"]:
-        pct = 100 * r["pairs_per_s"] / r["offline_pairs_per_s"] if r.get("offline_pairs_per_s") else None
-        md.append(f"| {r['server']} | {r['concurrency']} | {r['ok']}/{r['requests']} | {_f(r['pairs_per_s'])} | "
-                  f"{_f(r.get('offline_pairs_per_s'))} | {_f(pct, 0)} | {_f(r['requests_per_s'], 2)} | "
-                  f"{_f(r.get('rank_p50_ms'), 0)} / {_f(r.get('rank_p95_ms'), 0)} / {_f(r.get('rank_p99_ms'), 0)} | "
-                  f"{_f(r.get('select_p50_ms'), 0)} / {_f(r.get('select_p95_ms'), 0)} / {_f(r.get('select_p99_ms'), 0)} | "
-                  f"{_f(r.get('rows_per_batch'))} | {_f(r.get('batch_fill'), 2)} | "
-                  f"{_f(100 * r['pad_fraction'] if 'pad_fraction' in r else None)} | "
-                  f"{_f(r.get('cpu_ms_per_pair'), 2)} ({_f(r.get('offline_cpu_ms_per_pair'), 2)}) | {_f(r.get('rss_mb'), 0)} |")
+          "### Closed loop (each client sends its next request when the last one is answered)", ""]
+    md += md_table(["server", "clients", "requests ok", "pairs/s", "offline pairs/s (same requests)", "% of offline",
+                    "req/s", "rank p50 / p95 / p99 ms", "select p50 / p95 / p99 ms", "rows per batch", "batch fill",
+                    "pad %", "CPU ms per pair (offline)", "server RSS MB"],
+                   [[r["server"], r["concurrency"], f"{r['ok']}/{r['requests']}", _f(r["pairs_per_s"]),
+                     _f(r.get("offline_pairs_per_s")),
+                     _f(100 * r["pairs_per_s"] / r["offline_pairs_per_s"] if r.get("offline_pairs_per_s") else None, 0),
+                     _f(r["requests_per_s"], 2), _ms(r, "rank"), _ms(r, "select"), _f(r.get("rows_per_batch")),
+                     _f(r.get("batch_fill"), 2), _f(100 * r["pad_fraction"] if "pad_fraction" in r else None),
+                     f"{_f(r.get('cpu_ms_per_pair'), 2)} ({_f(r.get('offline_cpu_ms_per_pair'), 2)})",
+                     _f(r.get("rss_mb"), 0)] for r in res["closed_loop"]])
     if res.get("reference_error"):
-        md += ["", f"llm-blender baseline not measured: {res['reference_error']}"]
-    md += ["", "The llm-blender rows count pairs/s of the requests' own pairs (a tournament select's 2(n-1)); "
-           "it ranks all n(n-1) pairs for every request.", "",
-           "### Open loop (Poisson arrivals)", "",
-           "| offered req/s | x capacity | sent | ok | statuses | pairs/s | all p50 / p95 / p99 ms | rows per batch | pad % |",
-           "|---|---|---|---|---|---|---|---|---|"]
-    for r in res["poisson"]:
-        md.append(f"| {_f(r['offered_rate'], 1)} | {r['fraction']:.2f} | {r['sent']} | {r['ok']} | {r['statuses']} | "
-                  f"{_f(r['pairs_per_s'])} | {_f(r.get('all_p50_ms'), 0)} / {_f(r.get('all_p95_ms'), 0)} / "
-                  f"{_f(r.get('all_p99_ms'), 0)} | {_f(r.get('rows_per_batch'))} | {_f(100 * r['pad_fraction'])} |")
-    o = res.get("overload")
+        md += [f"llm-blender baseline not measured: {res['reference_error']}", ""]
+    md += ["The llm-blender rows count pairs/s of the requests' own pairs (a tournament select's 2(n-1)); "
+           "it ranks all n(n-1) pairs for every request.", "", "### Open loop (Poisson arrivals)", ""]
+    md += md_table(["offered req/s", "x capacity", "sent", "ok", "statuses", "pairs/s", "all p50 / p95 / p99 ms",
+                    "rows per batch", "pad %"],
+                   [[_f(r["offered_rate"]), f"{r['fraction']:.2f}", r["sent"], r["ok"], r["statuses"],
+                     _f(r["pairs_per_s"]), _ms(r, "all"), _f(r.get("rows_per_batch")), _f(100 * r["pad_fraction"])]
+                    for r in res["poisson"]])
+    o, st = res.get("overload"), res["settings"]
     if o:
-        md += ["", f"### Overload: {res['settings']['overload_factor']:.0f}x capacity for "
-               f"{res['settings']['overload_seconds']} s, --max-queued-pairs {res['settings']['overload_queue_pairs']}", "",
+        md += [f"### Overload: {st['overload_factor']:.0f}x capacity for {st['overload_seconds']} s, "
+               f"--max-queued-pairs {st['overload_queue_pairs']}", "",
                f"Sent {o['sent']}, answered {o['requests']} ({o['statuses']}), unanswered {o['unanswered']}, lost "
                f"{o['lost']}. Server RSS {_f(o.get('rss_mb_first'), 0)} MB at the start, max "
-               f"{_f(o.get('rss_mb_max'), 0)}, {_f(o.get('rss_mb_last'), 0)} at the end (after a warm-up); exit code after SIGTERM "
-               f"{o.get('exit_code')}."]
+               f"{_f(o.get('rss_mb_max'), 0)}, {_f(o.get('rss_mb_last'), 0)} at the end (after a warm-up); exit code "
+               f"after SIGTERM {o.get('exit_code')}.", ""]
     t = res.get("tournament_latency")
     if t:
-        md += ["", "### Best-of-12 tournament, one request at a time", "",
+        md += ["### Best-of-12 tournament, one request at a time", "",
                f"Offline `Ranker.select` {t['offline_ms']:.1f} ms, through the server {t['server_ms']:.1f} ms "
-               f"(median of {t['repeats']}): {t['ratio']:.2f}x."]
-    return md + [""]
+               f"(median of {t['repeats']}): {t['ratio']:.2f}x.", ""]
+    return md
 
 
 def serve_plot(res: dict, out: Path) -> str | None:
@@ -620,8 +602,8 @@ def serve_plot(res: dict, out: Path) -> str | None:
     ax2.axhline(100, color="k", lw=0.8, ls="--")
     ax2.set(xlabel="concurrent clients", ylabel="% of the offline engine's pairs/s", xscale="log",
             title="throughput vs offline, same rounds")
-    ax2.set_xticks(sorted({r["concurrency"] for r in res["closed_loop"]}))
-    ax2.set_xticklabels([str(c) for c in sorted({r["concurrency"] for r in res["closed_loop"]})])
+    clients = sorted({r["concurrency"] for r in res["closed_loop"]})
+    ax2.set_xticks(clients, [str(c) for c in clients])
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "serve.png", dpi=110)
