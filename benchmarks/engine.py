@@ -35,33 +35,24 @@ class Engine:
 
 
 def engine_plan(device: str) -> list[tuple[str, str, str, str]]:
-    """(name, side, backend, precision) of the engines to compare on this device."""
+    """(name, side, backend, precision) of our engines to compare on this device; the first is the main one."""
     if device == "cpu":
         from blender_fast.runtime.autoselect import cpu_features
 
-        plan = [
-            ("blender-fast onnx fp32", "ours", "onnx", "fp32"),
-            ("blender-fast onnx int8", "ours", "onnx", "int8"),
-            ("blender-fast torch fp32", "ours", "torch", "fp32"),
-        ]
-        bf16_units = {"avx512_bf16", "amx_bf16"} & set(cpu_features()["isa"])
-        if bf16_units:
-            plan.append(("blender-fast torch bf16", "ours", "torch", "bf16"))
+        bf16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()["isa"]))
+        variants = [("onnx", "fp32"), ("onnx", "int8"), ("torch", "fp32")] + [("torch", "bf16")] * bf16
         try:
             import openvino  # noqa: F401
 
-            plan.append(("blender-fast openvino fp32", "ours", "openvino", "fp32"))
-            if bf16_units:
-                plan.append(("blender-fast openvino bf16", "ours", "openvino", "bf16"))
+            variants += [("openvino", "fp32")] + [("openvino", "bf16")] * bf16
         except ImportError:
             pass
-        return plan
-    import onnxruntime as ort
+    else:
+        import onnxruntime as ort
 
-    plan = [("blender-fast torch fp16", "ours", "torch", "fp16"), ("blender-fast torch fp32", "ours", "torch", "fp32")]
-    if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()):
-        plan = [("blender-fast onnx fp16", "ours", "onnx", "fp16"), ("blender-fast onnx fp32", "ours", "onnx", "fp32")] + plan
-    return plan
+        ort_gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers())
+        variants = [("onnx", "fp16"), ("onnx", "fp32")] * bool(ort_gpu) + [("torch", "fp16"), ("torch", "fp32")]
+    return [(f"blender-fast {b} {p}", "ours", b, p) for b, p in variants]
 
 
 def load_ours(path, device: str, backend: str, precision: str, threads: int | None) -> tuple[object, list]:
@@ -69,8 +60,7 @@ def load_ours(path, device: str, backend: str, precision: str, threads: int | No
 
     blender = Blender({"device": device, "use_tqdm": False})
     blender.loadranker(str(path), device=device, backend=backend, precision=precision, threads=threads)
-    recorder = RecordingModel(blender.ranker.model)
-    blender.ranker.model = recorder
+    recorder = blender.ranker.model = RecordingModel(blender.ranker.model)
     return blender, recorder.batches
 
 
@@ -147,20 +137,15 @@ def pick_agreement(a: list[int], b: list[int]) -> float:
 
 def summarize(runs: list[dict]) -> dict:
     """Median over repeats of one (task, engine) cell."""
-    walls = [r["wall_s"] for r in runs]
+    walls, first = [r["wall_s"] for r in runs], runs[0]
     wall = median(walls)
-    first = runs[0]
-    out = {
-        "repeats": len(runs), "wall_s": wall, "wall_min_s": min(walls), "wall_max_s": max(walls),
-        "pairs": first["pairs"], "tokens": first["tokens"], "padded_tokens": first["padded_tokens"],
-        "batches": first["batches"], "pad_fraction": first["pad_fraction"],
-        "pairs_per_s": first["pairs"] / wall, "tokens_per_s": first["tokens"] / wall,
-        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-        "rss_increase_mb": max(r["rss_increase_mb"] for r in runs),
-        "cuda_peak_mb": max((r["cuda_peak_mb"] or 0) for r in runs) or None,
-        "model_s": median([r["model_s"] for r in runs]),
-        "real_flops": first["real_flops"], "padded_flops": first["padded_flops"], "precision": first["precision"],
-    }
+    out = {"repeats": len(runs), "wall_s": wall, "wall_min_s": min(walls), "wall_max_s": max(walls),
+           **{k: first[k] for k in ("pairs", "tokens", "padded_tokens", "batches", "pad_fraction", "real_flops",
+                                    "padded_flops", "precision")},
+           "pairs_per_s": first["pairs"] / wall, "tokens_per_s": first["tokens"] / wall,
+           "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "rss_increase_mb": max(r["rss_increase_mb"] for r in runs),
+           "cuda_peak_mb": max((r["cuda_peak_mb"] or 0) for r in runs) or None,
+           "model_s": median([r["model_s"] for r in runs])}
     if "tokenize_s" in first:
         out.update(tokenize_s=median([r["tokenize_s"] for r in runs]), pack_s=median([r["pack_s"] for r in runs]),
                    steps=first["steps"])
@@ -187,16 +172,16 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
         log(f"engine: loading {name}")
         t0 = time.perf_counter()
         blender, batches = load_ours(ckpt_path, device, backend, precision, threads)
-        engines.append(Engine(name, side, backend, precision, blender=blender, batches=batches))
-        engines[-1].load_s = time.perf_counter() - t0
+        engines.append(Engine(name, side, backend, precision, blender=blender, batches=batches,
+                              load_s=time.perf_counter() - t0))
     log("engine: loading llm-blender (reference)")
     t0 = time.perf_counter()
     ref_blender, ref_batches = load_reference(ckpt_path, device)
     # llm-blender halves the ranker on GPUs when its config says fp16 (the default), fp32 on CPU.
     ref_prec = "fp16" if device == "cuda" and getattr(ref_blender.ranker_config, "fp16", False) else "fp32"
     ref = Engine(f"llm-blender (batch_size={REFERENCE_BATCH_SIZE})", "reference", "torch", ref_prec,
-                 batch_size=REFERENCE_BATCH_SIZE, blender=ref_blender, batches=ref_batches)
-    ref.load_s = time.perf_counter() - t0
+                 batch_size=REFERENCE_BATCH_SIZE, blender=ref_blender, batches=ref_batches,
+                 load_s=time.perf_counter() - t0)
     ref1 = Engine("llm-blender (batch_size=1)", "reference", "torch", ref_prec, batch_size=1,
                   blender=ref_blender, batches=ref_batches)
     ours_main = engines[0]
@@ -206,10 +191,8 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
     bubble_orders = reference_bubble_orders(len(prompts), n_candidates, REFERENCE_BATCH_SIZE, seed)
 
     def rank_fn(engine):
-        if engine.side == "ours":
-            return lambda: engine.blender.rank(inputs, cands, return_scores=True, disable_tqdm=True)
-        return lambda: engine.blender.rank(inputs, cands, return_scores=True, batch_size=engine.batch_size,
-                                           disable_tqdm=True)
+        batch = {"batch_size": engine.batch_size} if engine.side == "reference" else {}
+        return lambda: engine.blender.rank(inputs, cands, return_scores=True, disable_tqdm=True, **batch)
 
     def best_fn(engine, cmp_type):
         if engine.side == "ours":
@@ -230,10 +213,8 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
     # timed in every repeat too: the speed targets are stated against it as well as the default. Its
     # scores are also the ones ours must reproduce: llm-blender decides truncation per batch (longest
     # source in the batch), and with batch_size=1 that is per prompt, like ours.
-    schedule = [("rank", ours_main, rank_fn(ours_main))] + [
-        ("rank", e, rank_fn(e)) for e in (ref, ref1) if e.batch_size in reference_batch_sizes]
-    for e in engines[1:]:
-        schedule.append(("rank", e, rank_fn(e)))
+    schedule = [("rank", e, rank_fn(e)) for e in [ours_main] + [e for e in (ref, ref1) if e.batch_size in
+                                                                 reference_batch_sizes] + engines[1:]]
     if best_of_n:
         schedule += [("best_of_n bubble", ours_main, best_fn(ours_main, "bubble")),
                      ("best_of_n bubble", ref, best_fn(ref, "bubble"))]
@@ -256,10 +237,9 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
             outputs.setdefault((task, engine.name), out)
             log(f"engine: repeat {r + 1}/{repeats} {task:<21} {engine.name:<28} {rec['wall_s']:7.2f}s")
 
-    cells = {}
+    cells: dict[str, dict] = {}
     for (task, name), rs in runs.items():
-        cell = summarize(rs)
-        cells.setdefault(task, {})[name] = cell
+        cells.setdefault(task, {})[name] = summarize(rs)
     for task, by_engine in cells.items():
         ref_name = ref.name if ref.name in by_engine else ref1.name
         if ref_name in by_engine:
@@ -278,9 +258,8 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
     # Agreement on the full rankings.
     scores = {name: np.asarray(outputs[("rank", name)], dtype=np.float64) for (task, name) in outputs if task == "rank"}
     agreement = {f"{a.name} vs {b.name}": score_agreement(scores[a.name], scores[b.name])
-                 for a, b in ((ours_main, ref1), (ours_main, ref), (ref, ref1)) if a.name in scores and b.name in scores}
-    for e in engines[1:]:
-        agreement[f"{e.name} vs {ours_main.name}"] = score_agreement(scores[e.name], scores[ours_main.name])
+                 for a, b in [(ours_main, ref1), (ours_main, ref), (ref, ref1)] + [(e, ours_main) for e in engines[1:]]
+                 if a.name in scores and b.name in scores}
 
     picks = {}
     if best_of_n:
@@ -317,9 +296,8 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
 # -- speed vs llm-blender in length bins ------------------------------------------------------------
 
 def tokens_per_pair(ckpt_path, prompts, n_candidates: int) -> list[float]:
-    """Each prompt's mean tokens per ordered pair (source + two candidates, each clipped at the
-    checkpoint's limits), from the checkpoint's own tokenizer: what the length bins sort on. The table
-    then reports the tokens the engines actually ran (recorded batches)."""
+    """Each prompt's mean tokens per ordered pair (source + two candidates, each clipped at the checkpoint's
+    limits), from its own tokenizer: what the length bins sort on (the table reports the tokens run)."""
     from blender_fast.model.checkpoint import load_checkpoint
     from blender_fast.model.tokenization import build_pair_tokenizer
 
@@ -340,12 +318,9 @@ def run_speed_section(ckpt_path, prompts, n_prompts: int, n_bins: int, n_candida
                       threads: int | None, repeats: int, reference_batch_sizes: tuple, peak: dict,
                       seed: int = 0, per_bin: int | None = None, on_bin=None) -> dict:
     """Full ranking, ours (ONNX Runtime fp32, exact) against llm-blender, on the first `n_prompts` prompts
-    sorted into `n_bins` bins of equal count by tokens per pair (`per_bin` of each, spread over its
-    lengths, when given: a shorter run over the same length range); each bin is an engine run of its own (interleaved
-    repeats). Beside each ratio: each engine's useful FLOP rate (real tokens only) as a fraction of the
-    machine's fp32 GEMM rate `peak`, so that a ratio can be read against the machine. on_bin(partial
-    result) after every bin: a long run keeps what it measured. only_bins: 1-based bin numbers to time
-    (the rest of a run cut short)."""
+    sorted into `n_bins` bins of equal count by tokens per pair (`per_bin` of each, spread over its lengths,
+    when given); each bin an engine run of its own. Beside each ratio: each engine's useful FLOP rate as a
+    fraction of the machine's fp32 GEMM rate `peak`. on_bin(partial result) after every bin."""
     from .flops import achieved
 
     if threads:
@@ -371,21 +346,15 @@ def run_speed_section(ckpt_path, prompts, n_prompts: int, n_bins: int, n_candida
                                  best_of_n=False, plan=plan, reference_batch_sizes=reference_batch_sizes)
         cells = eng["tasks"]["rank"]
         ours = cells[plan[0][0]]
-        row = {"prompts": len(group), "prompt_ids": [p.id for p in group],
-               "tokens_per_pair": ours["tokens"] / ours["pairs"], "pairs": ours["pairs"], "engines": {}}
-        for name, cell in cells.items():
-            row["engines"][name] = {"wall_s": cell["wall_s"], "wall_min_s": cell["wall_min_s"],
-                                    "wall_max_s": cell["wall_max_s"],
-                                    "ratio": cell["wall_s"] / ours["wall_s"],
-                                    "fraction_of_gemm_rate": achieved(cell, gemm_rate)["fraction_of_peak"]}
-        row["agreement"] = eng["agreement"]
-        row["load_average"] = [r.get("load_average_1min") for rs in eng["runs"].values() for r in rs]
-        bins.append(row)
-        ratios = {}
-        for r in bins:
-            for name, e in r["engines"].items():
-                if name != plan[0][0]:
-                    ratios.setdefault(name, []).append(e["ratio"])
+        bins.append({"prompts": len(group), "prompt_ids": [p.id for p in group],
+                     "tokens_per_pair": ours["tokens"] / ours["pairs"], "pairs": ours["pairs"],
+                     "engines": {name: {"wall_s": c["wall_s"], "wall_min_s": c["wall_min_s"], "wall_max_s": c["wall_max_s"],
+                                        "ratio": c["wall_s"] / ours["wall_s"],
+                                        "fraction_of_gemm_rate": achieved(c, gemm_rate)["fraction_of_peak"]}
+                                 for name, c in cells.items()},
+                     "agreement": eng["agreement"],
+                     "load_average": [r.get("load_average_1min") for rs in eng["runs"].values() for r in rs]})
+        ratios = {name: [r["engines"][name]["ratio"] for r in bins] for name in cells if name != plan[0][0]}
         result = as_jsonable({
             "settings": {"prompts": sum(r["prompts"] for r in bins), "drawn_from": len(chosen), "bins": n_bins,
                          "candidates_per_prompt": n_candidates, "repeats": repeats, "threads": threads,

@@ -32,18 +32,13 @@ from .tables import md_table  # noqa: E402
 
 # Parity: scores may differ by rounding (fp16 both sides, different padding) by at most this share of their std.
 MAX_REL_SCORE_DIFF = 0.05
-# (name, side, backend, precision): ours on the GPU. fp16 first: it is the one compared with llm-blender.
-GPU_PLAN = [
-    ("blender-fast torch fp16", "ours", "torch", "fp16"),
-    ("blender-fast torch bf16", "ours", "torch", "bf16"),
-    ("blender-fast torch fp32", "ours", "torch", "fp32"),
-]
-# On the CPU (dry run) llm-blender runs fp32, so ours fp32 is the one compared with it.
-CPU_PLAN = [GPU_PLAN[2], GPU_PLAN[0], GPU_PLAN[1]]
 
 
-def plan_for(device: str):
-    return GPU_PLAN if device == "cuda" else CPU_PLAN
+def plan_for(device: str) -> list[tuple[str, str, str, str]]:
+    """Ours, torch: the first is the one compared with llm-blender, in its precision (fp16 on a GPU, fp32
+    on the CPU of a dry run)."""
+    order = ("fp16", "bf16", "fp32") if device == "cuda" else ("fp32", "fp16", "bf16")
+    return [(f"blender-fast torch {p}", "ours", "torch", p) for p in order]
 
 
 def parse_args(argv=None):
@@ -96,9 +91,8 @@ def check_shape(ckpt: Path, shape: str, args, prompts) -> dict:
     out = {"checkpoint": str(ckpt), "shape": shape}
     for task, n in (("rank", args.candidates), ("best_of", args.best_of)):
         log(f"gpu_check: {shape} {task}: {len(prompts)} prompts x {n} candidates")
-        res = run_engine_section(ckpt, prompts, n, args.device, None, args.repeats, plan=plan_for(args.device),
-                                 best_of_n=(task == "best_of"), tournament=False)
-        out[task] = res
+        out[task] = run_engine_section(ckpt, prompts, n, args.device, None, args.repeats, plan=plan_for(args.device),
+                                       best_of_n=(task == "best_of"), tournament=False)
     return out
 
 

@@ -30,13 +30,8 @@ SIGMA = 1.0
 DEFAULT_BIAS = 0.3
 DEFAULT_LEVELS = (60, 70, 80, 90)
 # (label, strategy, orders) of the selection runs compared.
-VARIANTS = (
-    ("full", "full", "both"),
-    ("bubble", "bubble", "both"),
-    ("tournament", "tournament", "both"),
-    ("bubble (one order)", "bubble", "one"),
-    ("tournament (one order)", "tournament", "one"),
-)
+VARIANTS = (("full", "full", "both"), ("bubble", "bubble", "both"), ("tournament", "tournament", "both"),
+            ("bubble (one order)", "bubble", "one"), ("tournament (one order)", "tournament", "one"))
 
 
 def utilities(prefs: np.ndarray) -> np.ndarray:
@@ -59,8 +54,7 @@ class SyntheticComparator:
         return self.beta * (self.u[p, i] - self.u[p, j]) + self.bias + self.sigma * self.noise[p, i, j]
 
     def matrix(self) -> np.ndarray:
-        m = self.beta * (self.u[:, :, None] - self.u[:, None, :]) + self.bias + self.sigma * self.noise
-        return m
+        return self.beta * (self.u[:, :, None] - self.u[:, None, :]) + self.bias + self.sigma * self.noise
 
 
 @dataclass
@@ -76,25 +70,23 @@ class MatrixComparator:
         return self.logits
 
 
+def pair_differences(u: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """u_i - u_j and m(i, j) - m(j, i) over the pairs i < j whose utilities differ."""
+    a, b = np.triu_indices(u.shape[1], 1)
+    du, dm = u[:, a] - u[:, b], m[:, a, b] - m[:, b, a]
+    return du[du != 0], dm[du != 0]
+
+
 def pairwise_agreement(logits: np.ndarray, u: np.ndarray) -> float:
     """Fraction of pairs i<j with u_i != u_j where sign(f(i,j) - f(j,i)) == sign(u_i - u_j)."""
-    n = u.shape[1]
-    a, b = np.triu_indices(n, 1)
-    du = u[:, a] - u[:, b]
-    d = logits[:, a, b] - logits[:, b, a]
-    valid = du != 0
-    return float(np.mean(np.sign(d[valid]) == np.sign(du[valid])))
+    du, d = pair_differences(u, logits)
+    return float(np.mean(np.sign(d) == np.sign(du)))
 
 
 def calibrate_beta(u: np.ndarray, noise: np.ndarray, target: float, sigma: float = SIGMA) -> float:
     """β giving pairwise agreement `target` (0..1) with this noise draw. Agreement is monotone in β:
     pair (i, j) agrees iff 2β|u_i - u_j| > -sign(u_i - u_j)·σ·(ε_ij - ε_ji)."""
-    n = u.shape[1]
-    a, b = np.triu_indices(n, 1)
-    du = u[:, a] - u[:, b]
-    de = sigma * (noise[:, a, b] - noise[:, b, a])
-    valid = du != 0
-    du, de = du[valid], de[valid]
+    du, de = pair_differences(u, sigma * noise)
 
     def agreement(beta):
         return np.mean(np.sign(2 * beta * du + de) == np.sign(du))
@@ -116,37 +108,27 @@ def evaluate(comparator, prefs: np.ndarray, seed: int, top_ks=(1, 3)) -> list[di
     from blender_fast.selection.strategies import select
 
     n_prompts, n = prefs.shape
-    starts = start_orders(n_prompts, n, seed)
+    starts = start_orders(n_prompts, n, seed + 7919)  # independent of the noise draw
     best_pref = prefs.max(axis=1)
     out = []
     for k in top_ks:
-        picks = {}
-        passes = {}
-        steps = {}
-        for label, strategy, orders in VARIANTS:
+        full = None
+        for label, strategy, orders in VARIANTS:  # full first: the others are compared with it
             sels = select([n] * n_prompts, k, strategy, comparator, orders=orders, seed=seed,
                           initial_orders=None if strategy == "full" else starts)
-            picks[label] = [s.top_k for s in sels]
-            passes[label] = float(np.mean([s.forward_passes for s in sels]))
-            steps[label] = float(np.mean([s.steps for s in sels]))
-        full = picks["full"]
-        for label, _, _ in VARIANTS:
-            chosen = picks[label]
-            top1 = np.array([c[0] for c in chosen])
+            chosen = [s.top_k for s in sels]
+            full = full or chosen
             got_best = np.array([prefs[p, c].max() for p, c in enumerate(chosen)])
-            row = {
-                "variant": label, "top_k": k, "seed": seed,
-                "forward_passes": passes[label], "steps": steps[label],
-                # regret of the best candidate in the chosen set (for k=1: the pick)
-                "regret": float(np.mean(best_pref - got_best)),
-                "judge_best_in_set_pct": 100.0 * float(np.mean(got_best >= best_pref)),
-            }
-            if k == 1:
-                row["top1_agreement_with_full_pct"] = 100.0 * float(np.mean(top1 == np.array([c[0] for c in full])))
-            else:
-                row["overlap_with_full_pct"] = 100.0 * float(np.mean(
-                    [len(set(c) & set(f)) / k for c, f in zip(chosen, full)]))
-                row["top1_agreement_with_full_pct"] = 100.0 * float(np.mean(top1 == np.array([c[0] for c in full])))
+            row = {"variant": label, "top_k": k, "seed": seed,
+                   "forward_passes": float(np.mean([s.forward_passes for s in sels])),
+                   "steps": float(np.mean([s.steps for s in sels])),
+                   # regret of the best candidate in the chosen set (for k=1: the pick)
+                   "regret": float(np.mean(best_pref - got_best)),
+                   "judge_best_in_set_pct": 100.0 * float(np.mean(got_best >= best_pref)),
+                   "top1_agreement_with_full_pct": 100.0 * float(np.mean([c[0] == f[0] for c, f in zip(chosen, full)]))}
+            if k > 1:
+                row["overlap_with_full_pct"] = 100.0 * float(np.mean([len(set(c) & set(f)) / k
+                                                                      for c, f in zip(chosen, full)]))
             out.append(row)
     return out
 
@@ -187,7 +169,7 @@ def random_pick_regret(prefs: np.ndarray) -> float:
 def start_orders(n_prompts: int, n: int, seed: int) -> list[np.ndarray]:
     """Bubble's and tournament's start arrangement per prompt: the data lists the 12 models in a fixed
     order, so one shared arrangement would give the same model the same bracket slot in every prompt."""
-    rng = np.random.default_rng(seed + 7919)  # independent of the noise draw
+    rng = np.random.default_rng(seed)
     return [rng.permutation(n).astype(np.int64) for _ in range(n_prompts)]
 
 
@@ -280,7 +262,7 @@ def _frontier_rows(comparator, prefs: np.ndarray, seed: int, budgets) -> list[di
     from blender_fast.selection.strategies import min_passes, select
 
     n_prompts, n = prefs.shape
-    starts = start_orders(n_prompts, n, seed)
+    starts = start_orders(n_prompts, n, seed + 7919)  # independent of the noise draw
     best_pref = prefs.max(axis=1)
     full = None
     out = []

@@ -1,17 +1,14 @@
 """Ray: the same ranking job single-process vs on Ray Data with 1 and 2 actors.
 
-Every variant runs the whole job on the same JSONL file: read the prompts, load the ranker, rank
-(tournament top-1 by default), write JSON Lines. Single-process is the CLI's loop (``jobs.rank_prompts``
-per chunk, one ranker with 1 thread); Ray is ``blender_fast.cluster.ray_job.rank_files`` (reader tasks, an actor
-pool of 1-thread rankers, writer tasks) on a local Ray instance started once before the timings
-(its start-up is reported apart). Both use the same chunk = batch size, and every actor gets 1 thread,
-so "2 actors" is the scaling the pool gives on 2 cores. Variants are interleaved per repeat; medians.
-Ray's overhead per prompt = (Ray 1 actor − single-process) / prompts. CPU ms/prompt: single-process,
-the whole process's CPU time (loading included); Ray, the actors' CPU time inside their batches (each
-actor logs it), so "cores obtained" = CPU / wall shows how much of the machine each variant really got:
-on a machine shared with other work, 2 actors can only scale as far as the scheduler gives them a
-second core. Targets: Ray 1 actor
-≤ 1.10× single-process wall time; 2 actors ≥ 1.6× the throughput of 1 actor.
+Every variant runs the whole job on the same JSONL file: read, load the ranker, rank (tournament top-1),
+write JSON Lines. Single-process is the CLI's loop (``jobs.rank_prompts`` per chunk, one 1-thread ranker);
+Ray is ``blender_fast.cluster.ray_job.rank_files`` (reader tasks, a pool of 1-thread ranker actors, writer
+tasks) on a local Ray instance started once before the timings (its start-up is reported apart). Same
+chunk = batch size everywhere; variants interleaved per repeat; medians. Ray's overhead per prompt =
+(Ray 1 actor − single-process) / prompts. CPU ms/prompt: single-process, the whole process's CPU time
+(loading included); Ray, the actors' CPU time inside their batches, so "cores obtained" = CPU / wall
+shows how much of a shared machine each variant really got. Targets: Ray 1 actor ≤ 1.10× single-process
+wall time; 2 actors ≥ 1.6× the throughput of 1 actor.
 """
 from __future__ import annotations
 
@@ -27,29 +24,23 @@ from .common import load_average, log, median
 VARIANTS = ("single-process", "ray 1 actor", "ray 2 actors")
 
 
-def write_input(prompts, n_prompts: int, n_candidates: int, path: Path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for p in prompts[:n_prompts]:
-            f.write(json.dumps({"id": p.id, "instruction": p.instruction, "candidates": p.candidates[:n_candidates]},
-                               ensure_ascii=False) + "\n")
-
-
 class _MeteredActor:
-    """Mixed into RankerActor (see metered_actor): appends each batch's wall and CPU seconds (the
-    actor process's own) to a log, so the report can say how many cores each variant actually got."""
+    """Mixed into RankerActor (see metered_actor): logs each batch's wall and CPU seconds (the actor
+    process's own), so the report can say how many cores each variant actually got."""
     log_path: str = ""
+
+    def _log(self, **record):
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"pid": os.getpid(), **record}) + "\n")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        with open(self.log_path, "a", encoding="utf-8") as f:  # the worker's CPU so far: imports + model load
-            f.write(json.dumps({"pid": os.getpid(), "init_cpu_s": time.process_time()}) + "\n")
+        self._log(init_cpu_s=time.process_time())  # the worker's CPU so far: imports + model load
 
     def __call__(self, batch):
         t, c = time.perf_counter(), time.process_time()
         out = super().__call__(batch)
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"pid": os.getpid(), "rows": batch.num_rows, "wall_s": time.perf_counter() - t,
-                                "cpu_s": time.process_time() - c}) + "\n")
+        self._log(rows=batch.num_rows, wall_s=time.perf_counter() - t, cpu_s=time.process_time() - c)
         return out
 
 
@@ -73,12 +64,10 @@ def process_tree_cpu() -> dict:
     """CPU seconds so far of this process and every process under it (Ray's raylet, GCS, workers)."""
     import psutil
 
-    me = psutil.Process()
-    out = {}
+    me, out = psutil.Process(), {}
     for p in [me] + me.children(recursive=True):
         try:
-            t = p.cpu_times()
-            out[p.pid] = t.user + t.system
+            out[p.pid] = sum(p.cpu_times()[:2])
         except psutil.Error:
             pass
     return out
@@ -121,7 +110,8 @@ def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, 
     work = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     try:
         inp = work / "prompts.jsonl"
-        write_input(prompts, n_prompts, n_candidates, inp)
+        inp.write_text("".join(json.dumps({"id": p.id, "instruction": p.instruction, "candidates": p.candidates[:n_candidates]},
+                                          ensure_ascii=False) + "\n" for p in prompts[:n_prompts]), encoding="utf-8")
         prepare_model(ckpt)  # the export cache is warm for every variant alike
         # Ray runs its workers at nice 15 by default (RAY_worker_niceness); on a machine shared with other
         # work, that alone starves the actors against the nice-0 single-process run (measured: 2 actors

@@ -195,10 +195,10 @@ class Connections:
         self.local = threading.local()
 
     def post(self, path: str, body: bytes) -> int:
-        for attempt in range(2):  # a keep-alive connection the server closed: reconnect once
-            conn = getattr(self.local, "conn", None)
-            if conn is None:
-                conn = self.local.conn = http.client.HTTPConnection(self.host, self.port, timeout=300)
+        """The response's status; 0 for no response."""
+        for _ in range(2):  # a keep-alive connection the server closed: reconnect once
+            conn = getattr(self.local, "conn", None) or http.client.HTTPConnection(self.host, self.port, timeout=300)
+            self.local.conn = conn
             try:
                 conn.request("POST", path, body, {"Content-Type": "application/json"})
                 resp = conn.getresponse()
@@ -207,38 +207,30 @@ class Connections:
             except (OSError, http.client.HTTPException):
                 conn.close()
                 self.local.conn = None
-                if attempt:
-                    return 0
         return 0
 
 
 def closed_loop(host, port, requests: list[Request], concurrency: int, seconds: float) -> dict:
-    conns = Connections(host, port)
-    lock = threading.Lock()
-    next_index = [0]
-    outcomes: list[Outcome] = []
+    """`concurrency` clients, each sending its next request when the last is answered, until `requests`
+    or `seconds` run out (every post is bounded too)."""
+    conns, lock, todo, outcomes = Connections(host, port), threading.Lock(), iter(requests), []
     end = time.monotonic() + seconds
 
     def client():
         while time.monotonic() < end:
             with lock:
-                i = next_index[0]
-                if i >= len(requests):
-                    return
-                next_index[0] += 1
-            r = requests[i]
+                r = next(todo, None)
+            if r is None:
+                return
             t0 = time.perf_counter()
             status = conns.post(r.path, r.body())
-            o = Outcome(r.route, status, time.perf_counter() - t0, r.rows)
             with lock:
-                outcomes.append(o)
+                outcomes.append(Outcome(r.route, status, time.perf_counter() - t0, r.rows))
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(seconds + 300)
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        for _ in range(concurrency):
+            pool.submit(client)
     return summarize(outcomes, time.perf_counter() - t0)
 
 
@@ -292,14 +284,13 @@ def summarize(outcomes: list[Outcome], wall: float) -> dict:
 
 
 def batch_stats(before: dict, after: dict, token_budget: int) -> dict:
-    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in (
-        "blender_fast_batches_total", "blender_fast_forward_passes_total", "blender_fast_tokens_total",
-        "blender_fast_pad_tokens_total", "blender_fast_model_seconds_total")}
-    batches = d["blender_fast_batches_total"] or 1
-    padded = d["blender_fast_tokens_total"] + d["blender_fast_pad_tokens_total"]
-    return {"batches": int(d["blender_fast_batches_total"]), "rows_per_batch": d["blender_fast_forward_passes_total"] / batches,
-            "batch_fill": padded / batches / token_budget, "pad_fraction": d["blender_fast_pad_tokens_total"] / padded if padded else 0.0,
-            "model_s": d["blender_fast_model_seconds_total"]}
+    """The server's batching between two /metrics snapshots."""
+    d = {k: after.get(f"blender_fast_{k}_total", 0.0) - before.get(f"blender_fast_{k}_total", 0.0)
+         for k in ("batches", "forward_passes", "tokens", "pad_tokens", "model_seconds")}
+    batches, padded = d["batches"] or 1, d["tokens"] + d["pad_tokens"]
+    return {"batches": int(d["batches"]), "rows_per_batch": d["forward_passes"] / batches,
+            "batch_fill": padded / batches / token_budget, "pad_fraction": d["pad_tokens"] / padded if padded else 0.0,
+            "model_s": d["model_seconds"]}
 
 
 # -- the llm-blender baseline: a minimal HTTP handler ----------------------------------------------

@@ -15,6 +15,11 @@ def fmt_num(x, digits=2, pct=False) -> str:
     return f"{100 * x:.{digits}f}" if pct else f"{x:.{digits}f}"
 
 
+def fmt_times(x) -> str:
+    """A ratio with its × sign (a dash when there is none)."""
+    return fmt_num(x) + ("×" if x else "")
+
+
 def fmt_count(x) -> str:
     """Large counts in engineering notation (GFLOP etc.)."""
     return "—" if x is None else f"{x:.3g}"
