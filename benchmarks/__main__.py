@@ -79,9 +79,13 @@ def parse_args(argv=None):
     p.add_argument("--engines", default=None, help="engine section: our engines as BACKEND:PRECISION,... (the first "
                    "is the main one; default: every variant this device runs)")
     p.add_argument("--quick", action="store_true", help="tiny-shape smoke run (well under a minute)")
-    p.add_argument("--prompts", type=int, default=None, help="engine section: number of prompts")
-    p.add_argument("--candidates", type=int, default=None, help="engine section: candidates per prompt")
-    p.add_argument("--repeats", type=int, default=None, help="engine section: interleaved repeats (median)")
+    for flag, what in (("--prompts", "engine: number of prompts"), ("--candidates", "engine: candidates per prompt"),
+                       ("--repeats", "engine: interleaved repeats (median)"), ("--throughput-prompts", None),
+                       ("--latency-prompts", None), ("--max-rows", "strategies: skip timed cells above this many model rows"),
+                       ("--quality-seeds", None), ("--quality-prompts", "with --model: prompts scored by the checkpoint"),
+                       ("--threads", "intra-op threads (ours and torch); default: runtime's"),
+                       ("--ray-prompts", "ray section: prompts (default 200)")):
+        p.add_argument(flag, type=int, default=None, help=what)
     p.add_argument("--speed-prompts", type=int, default=48, help="speed: prompts, sorted into --speed-bins "
                    "length bins (tokens per pair) of equal count")
     p.add_argument("--speed-bins", type=int, default=3, help="speed: length bins")
@@ -90,20 +94,11 @@ def parse_args(argv=None):
     p.add_argument("--speed-batch-sizes", default="1,8", help="speed: llm-blender's batch sizes to time against "
                    "(1 is its fastest on a CPU, 8 its default and the slow part of the run)")
     p.add_argument("--strategy-ns", default=None, help="strategies: candidate counts to time, e.g. 4,8,12")
-    p.add_argument("--throughput-prompts", type=int, default=None)
-    p.add_argument("--latency-prompts", type=int, default=None)
-    p.add_argument("--max-rows", type=int, default=None, help="strategies: skip timed cells above this many model rows")
-    p.add_argument("--quality-seeds", type=int, default=None)
-    p.add_argument("--quality-prompts", type=int, default=None, help="with --model: prompts scored by the checkpoint")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (ours and torch); default: runtime's")
-    p.add_argument("--ray-prompts", type=int, default=None, help="ray section: prompts (default 200)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - set(SECTIONS)
-    if unknown:
-        p.error(f"unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
-    args.sections = sections
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if set(args.sections) - set(SECTIONS):
+        p.error(f"unknown sections {sorted(set(args.sections) - set(SECTIONS))}; choose from {','.join(SECTIONS)}")
     return args
 
 
@@ -239,12 +234,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def run(argv=None) -> int:
-    """main(), with the user's errors as one line and rc 2 (common.run_main)."""
-    from .common import run_main
-
-    return run_main(main, argv)
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    from .common import run_main  # the user's errors as one line and rc 2
+
+    sys.exit(run_main(main))

@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: prompt data, machine info, timing, memory sampling, batch recording."""
 from __future__ import annotations
 
-import json
+import itertools
 import os
 import platform
 import sys
@@ -41,46 +41,29 @@ class BenchPrompt:
 
 
 def load_prompts(path: Path, limit: int | None = None, max_chars: int | None = None) -> list[BenchPrompt]:
-    """Prompts in the shared AlpacaEval format (or any JSONL with instruction + candidates).
-    max_chars clips every text (smoke runs: short texts make even the reference fast)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: prompt file not found; pass --data FILE or set BLENDER_FAST_DATA "
-            "(the shared AlpacaEval candidates_dev.jsonl or any file in that format)"
-        )
-    prompts = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            cands = rec.get("candidates") or []
-            texts = [c["text"] if isinstance(c, dict) else c for c in cands]
-            prefs = [c.get("judge_pref") if isinstance(c, dict) else None for c in cands]
-            instruction = rec.get("instruction", "") + rec.get("input", "")
-            if max_chars:
-                instruction, texts = instruction[:max_chars], [t[:max_chars] for t in texts]
-            if not instruction or not texts:
-                raise ValueError(f"{path}:{lineno}: needs an instruction and candidates")
-            prompts.append(BenchPrompt(str(rec.get("id", lineno)), instruction, texts,
-                                       None if any(p is None for p in prefs) else [float(p) for p in prefs]))
-            if limit is not None and len(prompts) >= limit:
-                break
-    return prompts
+    """Prompts of a JSON Lines file (the shared AlpacaEval format, or any the CLI reads), with their judge
+    scores when every candidate has one. max_chars clips every text (smoke runs: even the reference is fast)."""
+    from blender_fast.jsonl.prompts import iter_prompts
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: prompt file not found; pass --data FILE or set BLENDER_FAST_DATA "
+                                "(the shared AlpacaEval candidates_dev.jsonl or any file in that format)")
+    clip = (lambda t: t[:max_chars]) if max_chars else (lambda t: t)
+    out = []
+    for p in iter_prompts(path, limit=limit):
+        prefs = [c.get("judge_pref") if isinstance(c, dict) else None for c in p.record["candidates"]]
+        out.append(BenchPrompt(str(p.record.get("id", p.where)), clip(p.instruction + p.input),
+                               [clip(t) for t in p.candidates], None if None in prefs else [float(x) for x in prefs]))
+    return out
 
 
 def candidates_for(prompts: list[BenchPrompt], index: int, n: int) -> list[str]:
     """n candidate texts for prompt `index`: its own first, then those of the following prompts
     (wrapping around), so n can exceed the 12 answers the data holds per prompt."""
-    out: list[str] = []
-    k = index
-    while len(out) < n:
-        need = n - len(out)
-        out.extend(prompts[k % len(prompts)].candidates[:need])
-        k += 1
-        if k - index > len(prompts):
-            raise ValueError(f"the data holds fewer than {n} candidates in total")
+    texts = (t for k in range(index, index + len(prompts)) for t in prompts[k % len(prompts)].candidates)
+    out = list(itertools.islice(texts, n))
+    if len(out) < n:
+        raise ValueError(f"the data holds fewer than {n} candidates in total")
     return out
 
 

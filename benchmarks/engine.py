@@ -48,11 +48,14 @@ def engine_plan(device: str) -> list[tuple[str, str, str, str]]:
         except ImportError:
             pass
     else:
-        import onnxruntime as ort
-
-        ort_gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers())
-        variants = [("onnx", "fp16"), ("onnx", "fp32")] * bool(ort_gpu) + [("torch", "fp16"), ("torch", "fp32")]
+        variants = [("onnx", "fp16"), ("onnx", "fp32")] * onnxruntime_has_gpu() + [("torch", "fp16"), ("torch", "fp32")]
     return [(f"blender-fast {b} {p}", "ours", b, p) for b, p in variants]
+
+
+def onnxruntime_has_gpu() -> bool:
+    import onnxruntime as ort
+
+    return bool({"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()))
 
 
 def load_ours(path, device: str, backend: str, precision: str, threads: int | None) -> tuple[object, list]:
@@ -222,10 +225,9 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
             schedule.append(("best_of_n tournament", ours_main, best_fn(ours_main, "tournament")))
 
     log("engine: warm-up (one small call per engine)")
-    warm_in, warm_c = inputs[:1], [cands[0][:2]]
-    for e in engines:
-        e.blender.rank(warm_in, warm_c, return_scores=True, disable_tqdm=True)
-    ref.blender.rank(warm_in, warm_c, return_scores=True, batch_size=1, disable_tqdm=True)
+    for e in engines + [ref1]:
+        e.blender.rank(inputs[:1], [cands[0][:2]], return_scores=True, disable_tqdm=True,
+                       **({"batch_size": 1} if e is ref1 else {}))
 
     runs: dict[tuple[str, str], list[dict]] = {}
     outputs: dict[tuple[str, str], object] = {}
@@ -247,8 +249,8 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
                 cell["speedup_vs_reference"] = by_engine[ref_name]["wall_s"] / cell["wall_s"]
                 # Paired per-repeat ratios: robust to load that drifts over the run.
                 if name != ref_name and len(runs[(task, name)]) == len(runs[(task, ref_name)]):
-                    ratios = [b["wall_s"] / a["wall_s"] for a, b in zip(runs[(task, name)], runs[(task, ref_name)])]
-                    cell["speedup_paired_median"] = median(ratios)
+                    cell["speedup_paired_median"] = median([b["wall_s"] / a["wall_s"] for a, b in
+                                                            zip(runs[(task, name)], runs[(task, ref_name)])])
                 if ref1.name in by_engine:
                     cell["speedup_vs_batch_size_1"] = by_engine[ref1.name]["wall_s"] / cell["wall_s"]
         elif task.startswith("best_of_n") and ref.name in cells.get("best_of_n bubble", {}):
@@ -263,19 +265,17 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
 
     picks = {}
     if best_of_n:
-        def idx(task, name):
+        def idx(task, name=ours_main.name):
             return [cands[p].index(text) for p, text in enumerate(outputs[(task, name)])]
 
-        full_top1 = [int(i) for i in np.argmax(scores[ours_main.name], axis=1)]
-        ours_bubble, ref_bubble = idx("best_of_n bubble", ours_main.name), idx("best_of_n bubble", ref.name)
-        picks = {
-            "ours bubble vs llm-blender bubble (same start order), % same pick": pick_agreement(ours_bubble, ref_bubble),
-            "ours bubble vs full-rank top-1, % same": pick_agreement(ours_bubble, full_top1),
-        }
+        full_top1, bubble = list(np.argmax(scores[ours_main.name], axis=1)), idx("best_of_n bubble")
+        picks = {"ours bubble vs llm-blender bubble (same start order), % same pick":
+                 pick_agreement(bubble, idx("best_of_n bubble", ref.name)),
+                 "ours bubble vs full-rank top-1, % same": pick_agreement(bubble, full_top1)}
         if tournament:
-            ours_tourn = idx("best_of_n tournament", ours_main.name)
-            picks["ours tournament vs full-rank top-1, % same"] = pick_agreement(ours_tourn, full_top1)
-            picks["ours tournament vs ours bubble, % same"] = pick_agreement(ours_tourn, ours_bubble)
+            tourn = idx("best_of_n tournament")
+            picks.update({"ours tournament vs full-rank top-1, % same": pick_agreement(tourn, full_top1),
+                          "ours tournament vs ours bubble, % same": pick_agreement(tourn, bubble)})
 
     return as_jsonable({
         "settings": {"prompts": len(prompts), "candidates_per_prompt": n_candidates, "repeats": repeats,

@@ -1,22 +1,19 @@
 """Model FLOPs of PairRM (DeBERTa-v2/v3 with disentangled attention) and the machine's GEMM peak.
 
-The count (multiply-add = 2 FLOPs), per layer, for one sequence of T real tokens, hidden H,
-intermediate I and relative-attention span 2k (position_buckets=256 → 2k = 512 relative positions):
+The count (multiply-add = 2 FLOPs), per layer, for one sequence of T real tokens, hidden H, intermediate
+I and relative-attention span 2k (position_buckets=256 → 2k = 512 relative positions):
 
-* Q, K, V and output projections: 4 · 2·T·H² = 8·T·H²
-* QKᵀ and attention·V: 2 · 2·T²·H = 4·T²·H
-* relative-position key and query projections of the 2k relative embeddings (share_att_key: the
-  layer's own K and Q weights): 2 · 2·(2k)·H² per layer, but they do not depend on the input: our export
-  computes them once (blender_fast/attention.py) and llm-blender once per batch. Not counted, so the
-  achieved rate is never flattered by work that need not be done.
+* Q, K, V and output projections: 4 · 2·T·H² = 8·T·H²; QKᵀ and attention·V: 2 · 2·T²·H = 4·T²·H
+* relative-position key and query projections of the 2k relative embeddings: 2 · 2·(2k)·H², but they do
+  not depend on the input (our export computes them once, llm-blender once per batch): not counted, so
+  the achieved rate is never flattered by work that need not be done
 * c2p and p2c scores (queries against relative keys, keys against relative queries): 2 · 2·T·(2k)·H
 * feed-forward H→I→H: 4·T·H·I
-* head, per pair: Linear(2H→H) on the [source; candidate] pair of each side: 2 · 2·(2H)·H = 8·H²,
-  plus Linear(H→n_tasks) twice: 4·H·n_tasks
+* head, per pair: Linear(2H→H) on each side's [source; candidate]: 8·H², plus Linear(H→n_tasks) twice
 
-Left out (small against the above, and not GEMM work): embeddings lookup, LayerNorm, softmax, GELU,
-the relative-position bucket gather. "Real" FLOPs count real tokens only; "padded" FLOPs count every
-position of every batch (B × T_max), which is what the hardware actually executes.
+Left out (small, and not GEMM work): embeddings, LayerNorm, softmax, GELU, the bucket gather. "Real"
+FLOPs count real tokens only; "padded" FLOPs every position of every batch (B × T_max), which is what
+the hardware actually executes.
 """
 from __future__ import annotations
 
@@ -42,12 +39,8 @@ class ModelShape:
 
         ckpt = load_checkpoint(path)
         cfg = ckpt.backbone_config
-        buckets = int(cfg.get("position_buckets", -1) or -1)
-        if buckets > 0:
-            span = 2 * buckets
-        else:
-            max_rel = int(cfg.get("max_relative_positions", -1) or -1)
-            span = 2 * (max_rel if max_rel > 0 else int(cfg.get("max_position_embeddings", 512)))
+        buckets, max_rel = (int(cfg.get(k, -1) or -1) for k in ("position_buckets", "max_relative_positions"))
+        span = 2 * (buckets if buckets > 0 else max_rel if max_rel > 0 else int(cfg.get("max_position_embeddings", 512)))
         return cls(int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]),
                    int(cfg.get("intermediate_size", 4 * cfg["hidden_size"])), span, ckpt.n_tasks)
 
@@ -75,22 +68,23 @@ def run_flops(shape: ModelShape, batches: list[BatchShape]) -> dict:
 # -- the machine's GEMM peak -----------------------------------------------------------------------
 
 def _best_rate(fn, flops: float, reps: int, min_s: float = 0.5) -> float:
+    """FLOP/s of the fastest of at least `reps` runs (more, up to 10x, until `min_s` has passed)."""
     fn()  # warm-up: thread pools, allocations
-    best = float("inf")
-    t_start = time.perf_counter()
-    done = 0
+    best, done, t_start = float("inf"), 0, time.perf_counter()
     while done < reps or (time.perf_counter() - t_start < min_s and done < 10 * reps):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-        done += 1
+        best, done = min(best, time.perf_counter() - t0), done + 1
     return flops / best
 
 
-def numpy_gemm_peak(n: int, reps: int = 3) -> float:
+def _square_pair(n: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
+    return rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+
+
+def numpy_gemm_peak(n: int, reps: int = 3) -> float:
+    a, b = _square_pair(n)
     return _best_rate(lambda: a @ b, 2.0 * n ** 3, reps)
 
 
@@ -114,21 +108,17 @@ def onnxruntime_gemm_peak(n: int, threads: int | None, reps: int = 3) -> float |
     if threads:
         opts.intra_op_num_threads = int(threads)
     sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feeds = {"a": rng.standard_normal((n, n), dtype=np.float32), "b": rng.standard_normal((n, n), dtype=np.float32)}
+    feeds = dict(zip("ab", _square_pair(n)))
     return _best_rate(lambda: sess.run(None, feeds), 2.0 * n ** 3, reps)
 
 
 def torch_cuda_gemm_peak(n: int, dtype: str, reps: int = 10) -> float | None:
-    try:
-        import torch
-    except ImportError:
-        return None
+    import torch
+
     if not torch.cuda.is_available():
         return None
-    dt = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
-    a = torch.randn(n, n, device="cuda", dtype=dt)
-    b = torch.randn(n, n, device="cuda", dtype=dt)
+    a, b = (torch.randn(n, n, device="cuda", dtype=getattr(torch, {"fp32": "float32", "fp16": "float16"}[dtype]))
+            for _ in range(2))
 
     def run():
         for _ in range(5):
@@ -144,12 +134,9 @@ def measure_peak(device: str, threads: int | None, quick: bool) -> dict:
     out = {"matrix_size": n, "numpy_fp32": numpy_gemm_peak(n), "onnxruntime_fp32": onnxruntime_gemm_peak(n, threads)}
     if device == "cuda":
         n_gpu = 1024 if quick else 8192
-        out["cuda_matrix_size"] = n_gpu
-        out["torch_cuda_fp32"] = torch_cuda_gemm_peak(n_gpu, "fp32")
-        out["torch_cuda_fp16"] = torch_cuda_gemm_peak(n_gpu, "fp16")
-        out["peak_flops"] = out["torch_cuda_fp32"]
-        out["peak_source"] = "torch_cuda_fp32"
-        out["peak_fp16_flops"] = out["torch_cuda_fp16"]
+        fp32, fp16 = torch_cuda_gemm_peak(n_gpu, "fp32"), torch_cuda_gemm_peak(n_gpu, "fp16")
+        out.update(cuda_matrix_size=n_gpu, torch_cuda_fp32=fp32, torch_cuda_fp16=fp16, peak_flops=fp32,
+                   peak_source="torch_cuda_fp32", peak_fp16_flops=fp16)
     else:
         cands = {k: out[k] for k in ("numpy_fp32", "onnxruntime_fp32") if out.get(k)}
         out["peak_source"] = max(cands, key=cands.get)
@@ -185,25 +172,17 @@ def run_flops_section(shape: ModelShape, engine: dict | None, strategies: dict |
                 if key in earlier_peak:
                     peak[key] = earlier_peak[key]
             peak["peak_source"] += " (start of run)"
-    runs = []
-    if engine and "tasks" in engine:
-        for task, cells in engine["tasks"].items():
-            for name, cell in cells.items():
-                runs.append({"run": f"{task} / {name} (median)", "real_flops": cell["real_flops"],
-                             "padded_flops": cell["padded_flops"], "wall_s": cell["wall_s"],
-                             "model_s": cell["model_s"], "precision": cell["precision"]})
-    if strategies:
-        for c in strategies.get("timed", []):
-            if "wall_s" in c:
-                runs.append({"run": f"strategies n={c['n']} {c['mode']} {c['strategy']}", "real_flops": c["real_flops"],
-                             "padded_flops": c["padded_flops"], "wall_s": c["wall_s"], "model_s": c["model_s"],
-                             "precision": c["engine"].split()[-1]})
+    keys = ("real_flops", "padded_flops", "wall_s", "model_s")
+    cells = [(f"{task} / {name} (median)", c, c["precision"]) for task, cs in (engine or {}).get("tasks", {}).items()
+             for name, c in cs.items()]
+    cells += [(f"strategies n={c['n']} {c['mode']} {c['strategy']}", c, c["engine"].split()[-1])
+              for c in (strategies or {}).get("timed", []) if "wall_s" in c]
+    runs = [{"run": run, **{k: c[k] for k in keys}, "precision": precision} for run, c, precision in cells]
     for r in runs:
         r.update(achieved(r, peak["peak_flops"], peak.get("peak_fp16_flops")))
     out = {"model_shape": shape, "peak": peak, "runs": runs}
-    main = engine["tasks"]["rank"] if engine and "tasks" in engine else None
-    if main:
-        first = next(iter(main.values()))
+    if engine and "tasks" in engine:
+        first = next(iter(engine["tasks"]["rank"].values()))
         tokens = first["tokens"] / first["pairs"]
         t = round(tokens)
         f = batch_flops(shape, 1, t, t * t)

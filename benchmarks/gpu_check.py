@@ -59,11 +59,9 @@ def parse_args(argv=None):
                    help="CPU, tiny shape, 2 prompts x 3 candidates, best-of-4, 1 repeat, short texts")
     args = p.parse_args(argv)
     # Dry run: the same driver on the CPU with a tiny checkpoint and short texts; explicit sizes win.
-    defaults = dict(prompts=2, candidates=3, best_of=4, repeats=1) if args.dry_run else \
-        dict(prompts=8, candidates=6, best_of=12, repeats=2)
-    for name, value in defaults.items():
+    for name, dry, real in (("prompts", 2, 8), ("candidates", 3, 6), ("best_of", 4, 12), ("repeats", 1, 2)):
         if getattr(args, name) is None:
-            setattr(args, name, value)
+            setattr(args, name, dry if args.dry_run else real)
     if args.dry_run:
         args.device, args.shapes, args.max_chars = "cpu", "tiny", args.max_chars or 200
     return args
@@ -96,15 +94,6 @@ def check_shape(ckpt: Path, shape: str, args, prompts) -> dict:
     return out
 
 
-def exact_backend(device: str) -> str:
-    """The exact (fp32) model of the cascade: ONNX Runtime when it has a GPU provider (TensorRT first, as
-    runtime/sessions.choose_providers orders them), else torch."""
-    import onnxruntime as ort
-
-    gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers())
-    return "onnx" if device == "cpu" or gpu else "torch"
-
-
 def cascade_check(ckpt: Path, prompts, n: int, device: str, repeats: int) -> dict:
     """The certified cascade on this device: a fast pass (torch fp16 on a GPU; torch bf16 in a CPU dry run)
     for every pair, fp32 again for the pairs its measured bound cannot certify. Measures the bound on the
@@ -118,9 +107,12 @@ def cascade_check(ckpt: Path, prompts, n: int, device: str, repeats: int) -> dic
     from blender_fast.runtime.calibration import measure_bound
 
     from .common import candidates_for, log
+    from .engine import onnxruntime_has_gpu
 
     fast_precision = "fp16" if device == "cuda" else "bf16"
-    exact = Ranker.from_pretrained(ckpt, backend=exact_backend(device), precision="fp32", device=device)
+    # The exact model on ONNX Runtime where it has a GPU provider (TensorRT first, as runtime/sessions orders them).
+    exact_backend = "onnx" if device == "cpu" or onnxruntime_has_gpu() else "torch"
+    exact = Ranker.from_pretrained(ckpt, backend=exact_backend, precision="fp32", device=device)
     fast = Ranker.from_pretrained(ckpt, backend="torch", precision=fast_precision, device=device)
     bound = measure_bound(fast.model, exact.model, exact.tokenizer, load_checkpoint(ckpt))
     cascade = copy.copy(fast)
@@ -133,8 +125,7 @@ def cascade_check(ckpt: Path, prompts, n: int, device: str, repeats: int) -> dic
     out = {"fast": f"torch {fast_precision}", "exact": f"{exact.engine_info['backend']} fp32",
            "providers": getattr(exact.model, "providers", None), "bound": bound, "tasks": {}}
     for task, fn in tasks.items():
-        walls = {name: [] for name in rankers}
-        results = {}
+        walls, results = {name: [] for name in rankers}, {}
         for _ in range(max(1, repeats)):
             for name, r in rankers.items():
                 t0 = time.perf_counter()
@@ -149,9 +140,8 @@ def cascade_check(ckpt: Path, prompts, n: int, device: str, repeats: int) -> dic
         else:
             same = [a.top_k == b.top_k for a, b in zip(results["cascade"], results[out["exact"]])]
             sels = results["cascade"]
-        rows = sum(s.forward_passes for s in sels)
-        cell["cascade"].update(equal_to_fp32_pct=100.0 * float(np.mean(same)),
-                               rescored_pct=100.0 * sum(s.rescored for s in sels) / max(rows, 1))
+        cell["cascade"].update(equal_to_fp32_pct=100.0 * float(np.mean(same)), rescored_pct=100.0 * sum(
+            s.rescored for s in sels) / max(sum(s.forward_passes for s in sels), 1))
         out["tasks"][task] = cell
         log(f"gpu_check: cascade {task}: {cell}")
     return out
@@ -201,26 +191,29 @@ def table(results: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from blender_fast.cluster.outputs import output_dir, write_text
+
     from .common import (as_jsonable, default_data_path, generated_checkpoint, load_prompts, log, machine_info,
                          quiet_libraries)
 
     quiet_libraries()
-    from blender_fast.cluster.outputs import output_dir, write_text
-
     out = output_dir(args.out, "--out", may_hold_files=True)  # a file there, or no way to write: refused now
     out.mkdir(exist_ok=True)
     prompts = load_prompts(Path(args.data) if args.data else default_data_path(), max_chars=args.max_chars)[:args.prompts]
-    shapes = [s for s in args.shapes.split(",") if s]
     started = time.perf_counter()
+
+    def report(name, text):
+        write_text(out / name, text + "\n")
+        print(text)
 
     if args.phase == "t5":
         # Ours under whatever transformers this interpreter has (the image's 5.x), on the main run's
         # checkpoints and prompts, against the main run's scores.
+        import transformers
+
         from blender_fast import Ranker
 
         saved = json.loads((out / "gpu_check.json").read_text())
-        import transformers
-
         lines = [f"transformers {transformers.__version__}: ours torch fp16 vs the main run"]
         for shape, sres in saved["shapes"].items():
             ranker = Ranker.from_pretrained(sres["checkpoint"], backend="torch", device=args.device,
@@ -232,21 +225,18 @@ def main(argv=None) -> int:
             lines.append(f"{shape}: vs ours (main run) max |Δ| {p_main['max_abs_score_diff']:.3g}, top-1 "
                          f"{p_main['top1_agreement_pct']:.0f}%; vs llm-blender fp16 top-1 {p_ref['top1_agreement_pct']:.0f}% "
                          f"-> {'PASS' if p_ref['pass'] else 'FAIL'}")
-        text = "\n".join(lines)
-        write_text(out / "gpu_check_t5.md", text + "\n")
-        print(text)
+        report("gpu_check_t5.md", "\n".join(lines))
         return 0
 
     results = {"command": "python -m benchmarks.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv),
                "machine": machine_info(args.device), "shapes": {}}
-    for shape in shapes:
+    for shape in [s for s in args.shapes.split(",") if s]:
         t0 = time.perf_counter()
         ckpt = Path(args.model) if args.model else generated_checkpoint(shape, 0)
         log(f"gpu_check: {shape} checkpoint ready in {time.perf_counter() - t0:.0f} s")
         sres = check_shape(ckpt, shape, args, prompts)
-        ours, ref = ref_scores_of(sres["rank"], args.device)
-        sres["parity"] = parity(ours, ref)
-        sres["reference_precision"] = sres["rank"]["settings"]["reference_precision"]
+        sres.update(parity=parity(*ref_scores_of(sres["rank"], args.device)),
+                    reference_precision=sres["rank"]["settings"]["reference_precision"])
         log(f"gpu_check: {shape} certified cascade")
         sres["cascade"] = cascade_check(ckpt, prompts, args.candidates, args.device, args.repeats)
         results["shapes"][shape] = sres
@@ -254,21 +244,14 @@ def main(argv=None) -> int:
         write_text(out / "gpu_check.json", json.dumps(as_jsonable(results), indent=1))
         if args.model:
             break
-    text = table(results)
-    write_text(out / "gpu_check.md", text + "\n")
-    print(text)
+    report("gpu_check.md", table(results))
     log(f"gpu_check: done in {time.perf_counter() - started:.0f} s")
     exact_cascade = all(c["equal_to_fp32_pct"] == 100.0 for s in results["shapes"].values()
                         for c in (s["cascade"]["tasks"][t]["cascade"] for t in s["cascade"]["tasks"]))
     return 0 if exact_cascade and all(s["parity"]["pass"] for s in results["shapes"].values()) else 1
 
 
-def run(argv=None) -> int:
-    """main(), with the user's errors as one line and rc 2 (common.run_main)."""
-    from .common import run_main
-
-    return run_main(main, argv)
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    from .common import run_main  # the user's errors as one line and rc 2
+
+    sys.exit(run_main(main))

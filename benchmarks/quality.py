@@ -3,16 +3,15 @@ score a pick gives up, as a function of how accurate the pairwise comparator is.
 
 The comparator is synthetic unless a real checkpoint is given (--model). Synthetic model, per prompt:
 
-* utility u_i = log(q / (1 - q)) with q = judge_pref_i - 1 clipped to [1e-6, 1 - 1e-6] (judge_pref is
-  1 + P(candidate beats the GPT-4 reference); 17% of the scores sit below 1.000001, so the clip keeps
-  the ordering among weak candidates that the judge does express, and no further);
-* ordered-pair logit f(i, j) = β·(u_i - u_j) + b + ε_ij, with ε_ij ~ N(0, σ²) drawn once per ordered
-  pair (seeded) and a position bias b: f(i, j) is the logit that the candidate shown first is better;
-* the comparator's pairwise agreement is the fraction of candidate pairs with different (clipped)
-  judge utilities where sign(f(i, j) - f(j, i)) matches the judge. The bias cancels in that
-  difference; it only matters for one-order comparisons (orders="one"), which are shown too;
+* utility u_i = log(q / (1 - q)), q = judge_pref_i - 1 clipped to [1e-6, 1 - 1e-6] (judge_pref is 1 +
+  P(candidate beats the GPT-4 reference); 17% of the scores sit below 1.000001: the clip keeps the
+  ordering among weak candidates that the judge does express, and no further);
+* ordered-pair logit f(i, j) = β·(u_i - u_j) + b + ε_ij (the logit that the candidate shown first is
+  better), ε_ij ~ N(0, σ²) drawn once per ordered pair (seeded), b a position bias;
+* pairwise agreement: the fraction of pairs with different utilities where sign(f(i, j) - f(j, i))
+  matches the judge. b cancels there; it matters only for one-order comparisons (shown too);
 * σ = 1 and β is calibrated by bisection on the drawn noise so that the agreement hits 60, 70, 80 and
-  90 % exactly (to within one pair). Only β/σ matters for the agreement.
+  90 % (to within one pair).
 
 Bubble and tournament start from a random arrangement per prompt (seeded); everything is averaged over
 several noise seeds.
@@ -263,32 +262,19 @@ def _frontier_rows(comparator, prefs: np.ndarray, seed: int, budgets) -> list[di
 
     n_prompts, n = prefs.shape
     starts = start_orders(n_prompts, n, seed + 7919)  # independent of the noise draw
-    best_pref = prefs.max(axis=1)
-    full = None
-    out = []
-
-    def row(strategy, budget, sels):
-        nonlocal full
+    runs = [(s, None) for s in FRONTIER_REFERENCES] + [
+        (s, b) for s in FRONTIER_STRATEGIES for b in budgets if b >= min_passes(s, n, 1)]
+    out, full = [], None
+    for strategy, budget in runs:  # full first: the others are compared with it
+        sels = select([n] * n_prompts, 1, strategy, comparator, initial_orders=None if strategy == "full" else starts,
+                      **({"budget": budget} if budget else {}))
         picks = np.array([s.top_k[0] for s in sels])
-        if full is None:
-            full = picks
-        return {"strategy": strategy, "budget": budget, "seed": seed,
-                "forward_passes": float(np.mean([s.forward_passes for s in sels])),
-                "forward_passes_max": int(max(s.forward_passes for s in sels)),
-                "steps": float(np.mean([s.steps for s in sels])),
-                "steps_max": int(max(s.steps for s in sels)),
-                "regret": float(np.mean(best_pref - prefs[np.arange(n_prompts), picks])),
-                "top1_agreement_with_full_pct": 100.0 * float(np.mean(picks == full))}
-
-    for strategy in FRONTIER_REFERENCES:
-        sels = select([n] * n_prompts, 1, strategy, comparator, initial_orders=None if strategy == "full" else starts)
-        out.append(row(strategy, None, sels))
-    for strategy in FRONTIER_STRATEGIES:
-        for budget in budgets:
-            if budget < min_passes(strategy, n, 1):
-                continue
-            sels = select([n] * n_prompts, 1, strategy, comparator, initial_orders=starts, budget=budget)
-            out.append(row(strategy, budget, sels))
+        full = picks if full is None else full
+        passes, steps = [s.forward_passes for s in sels], [s.steps for s in sels]
+        out.append({"strategy": strategy, "budget": budget, "seed": seed, "forward_passes": float(np.mean(passes)),
+                    "forward_passes_max": int(max(passes)), "steps": float(np.mean(steps)), "steps_max": int(max(steps)),
+                    "regret": float(np.mean(prefs.max(axis=1) - prefs[np.arange(n_prompts), picks])),
+                    "top1_agreement_with_full_pct": 100.0 * float(np.mean(picks == full))})
     return out
 
 

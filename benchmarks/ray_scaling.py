@@ -124,11 +124,9 @@ def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, 
         ray_init_s = time.perf_counter() - t0
         ray.data.DataContext.get_current().enable_progress_bars = False
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the metered actor, by value
-        walls = {v: [] for v in VARIANTS}
-        cpus = {v: [] for v in VARIANTS}  # CPU seconds spent ranking (single: the whole process's)
-        meters = {v: [] for v in VARIANTS}
-        loads = []
-        outputs = {}
+        # CPU seconds spent ranking (single-process: the whole process's)
+        walls, cpus, meters = ({v: [] for v in VARIANTS} for _ in range(3))
+        loads, outputs = [], {}
         try:
             for r in range(repeats):
                 order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]  # interleaved, alternating order
@@ -166,27 +164,22 @@ def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, 
         shutil.rmtree(work, ignore_errors=True)
     med = {v: median(w) for v, w in walls.items()}
     single, one, two = med["single-process"], med["ray 1 actor"], med["ray 2 actors"]
-    return {
-        "settings": {"prompts": n_prompts, "candidates_per_prompt": n_candidates, "strategy": strategy, "top_k": 1,
-                     "chunk": chunk, "repeats": repeats, "threads_per_ranker": 1, "cpus": os.cpu_count()},
-        "ray_init_s": ray_init_s,
-        "ray_worker_niceness": os.environ.get("RAY_worker_niceness"),
-        "variants": {v: {"wall_s": med[v], "walls_s": walls[v], "prompts_per_s": n_prompts / med[v],
-                         "cpu_s": median(cpus[v]), "cpu_ms_per_prompt": 1000 * median(cpus[v]) / n_prompts,
-                         "cores_obtained": median([c / w for c, w in zip(cpus[v], walls[v])]),
-                         "actors_meter": meters[v]} for v in VARIANTS},
-        "ray1_over_single": one / single,
-        "ray_overhead_ms_per_prompt": 1000 * (one - single) / n_prompts,
-        "ray2_speedup_over_ray1": one / two,
-        # CPU seconds per prompt the whole Ray job costs (driver + Ray's daemons + actors' start-up and
-        # ranking) minus the single-process job's: Ray's overhead in CPU, which contention cannot blur.
-        "ray1_job_cpu_s": median([m["job_cpu_s"] for m in meters["ray 1 actor"]]),
-        "ray2_job_cpu_s": median([m["job_cpu_s"] for m in meters["ray 2 actors"]]),
-        "single_job_cpu_s": median(cpus["single-process"]),
-        "targets": {"ray1_over_single_max": 1.10, "ray2_speedup_min": 1.6},
-        "outputs_identical": same,
-        "load_averages": loads,
-    }
+    return {"settings": {"prompts": n_prompts, "candidates_per_prompt": n_candidates, "strategy": strategy, "top_k": 1,
+                         "chunk": chunk, "repeats": repeats, "threads_per_ranker": 1, "cpus": os.cpu_count()},
+            "ray_init_s": ray_init_s, "ray_worker_niceness": os.environ.get("RAY_worker_niceness"),
+            "variants": {v: {"wall_s": med[v], "walls_s": walls[v], "prompts_per_s": n_prompts / med[v],
+                             "cpu_s": median(cpus[v]), "cpu_ms_per_prompt": 1000 * median(cpus[v]) / n_prompts,
+                             "cores_obtained": median([c / w for c, w in zip(cpus[v], walls[v])]),
+                             "actors_meter": meters[v]} for v in VARIANTS},
+            "ray1_over_single": one / single, "ray_overhead_ms_per_prompt": 1000 * (one - single) / n_prompts,
+            "ray2_speedup_over_ray1": one / two,
+            # The whole job's CPU seconds (driver, Ray's daemons, actors' start-up and ranking): Ray's overhead
+            # in CPU, which contention cannot blur.
+            "ray1_job_cpu_s": median([m["job_cpu_s"] for m in meters["ray 1 actor"]]),
+            "ray2_job_cpu_s": median([m["job_cpu_s"] for m in meters["ray 2 actors"]]),
+            "single_job_cpu_s": median(cpus["single-process"]),
+            "targets": {"ray1_over_single_max": 1.10, "ray2_speedup_min": 1.6}, "outputs_identical": same,
+            "load_averages": loads}
 
 
 def ray_md(res: dict) -> list[str]:

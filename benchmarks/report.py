@@ -250,8 +250,7 @@ def make_plots(results: dict, out: Path) -> list[str]:
             err = [[c["wall_s"] - c["wall_min_s"] for c in cells], [c["wall_max_s"] - c["wall_s"] for c in cells]]
             colors = ["tab:gray" if n.startswith("llm-blender") else "tab:blue" for _, n in keys]
             ax.barh(labels, [c["wall_s"] for c in cells], xerr=err, color=colors)
-            ax.set_xlabel("wall time, s (median, min–max)")
-            ax.set_title(title)
+            ax.set(xlabel="wall time, s (median, min–max)", title=title)
             ax.invert_yaxis()
         save(fig, "engine.png")
 
@@ -262,16 +261,12 @@ def make_plots(results: dict, out: Path) -> list[str]:
         for strategy, marker, color in (("full", "o", "tab:blue"), ("bubble", "s", "tab:orange"),
                                         ("tournament", "^", "tab:green")):
             rows = [r for r in st["counts"] if r["top_k"] == 1 and r["strategy"] == strategy]
-            axes[0].plot([r["n"] for r in rows], [r["forward_passes"] for r in rows], marker=marker, color=color,
-                         label=strategy)
-            axes[1].plot([r["n"] for r in rows], [r["steps"] for r in rows], marker=marker, color=color, label=strategy)
-            if st["timed"]:
-                for mode, style in (("throughput", "-"), ("latency", "--")):
-                    t = [c for c in st["timed"] if c["strategy"] == strategy and c["mode"] == mode and "wall_s" in c]
-                    if t:
-                        y = [c.get("median_prompt_wall_s") or c["wall_s"] / c["prompts"] for c in t]
-                        axes[2].plot([c["n"] for c in t], y, style, marker=marker, color=color,
-                                     label=f"{strategy}, {mode}")
+            for ax, key in zip(axes, ("forward_passes", "steps")):
+                ax.plot([r["n"] for r in rows], [r[key] for r in rows], marker=marker, color=color, label=strategy)
+            for mode, style in (("throughput", "-"), ("latency", "--")) if st["timed"] else ():
+                t = [c for c in st["timed"] if c["strategy"] == strategy and c["mode"] == mode and "wall_s" in c]
+                axes[2].plot([c["n"] for c in t], [c.get("median_prompt_wall_s") or c["wall_s"] / c["prompts"] for c in t],
+                             style, marker=marker, color=color, label=f"{strategy}, {mode}")
         axes[0].set(xlabel="candidates n", ylabel="forward passes per prompt (top-1)", yscale="log", xticks=ns)
         axes[1].set(xlabel="candidates n", ylabel="sequential steps (top-1)", xticks=ns)
         if st["timed"]:
@@ -285,12 +280,10 @@ def make_plots(results: dict, out: Path) -> list[str]:
     if q and "levels" in q:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         x = [lvl["achieved_agreement_pct"] for lvl in q["levels"]]
-        variants = [r["variant"] for r in q["levels"][0]["rows"] if r["top_k"] == 1]
-        for v in variants:
+        for v in [r["variant"] for r in q["levels"][0]["rows"] if r["top_k"] == 1]:
             rows = [next(r for r in lvl["rows"] if r["variant"] == v and r["top_k"] == 1) for lvl in q["levels"]]
-            style = "--" if "one order" in v else "-"
-            axes[0].plot(x, [r["regret"] for r in rows], style, marker="o", label=v)
-            axes[1].plot(x, [r["top1_agreement_with_full_pct"] for r in rows], style, marker="o", label=v)
+            for ax, key in zip(axes, ("regret", "top1_agreement_with_full_pct")):
+                ax.plot(x, [r[key] for r in rows], "--" if "one order" in v else "-", marker="o", label=v)
         axes[0].axhline(q["random_pick_regret"], color="gray", lw=0.8, ls=":", label="random pick")
         axes[0].set(xlabel="comparator pairwise agreement with the judge, %", ylabel="mean regret (judge_pref)",
                     yscale="log", title="top-1 regret")

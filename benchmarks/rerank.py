@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import candidates_for, default_data_path, load_average, load_prompts, log
+from .common import candidates_for, default_data_path, load_average, load_prompts, log, run_main
 from .serve import Request, ServerProcess, closed_loop, ours
 from .tables import md_table
 
@@ -88,4 +88,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -1,15 +1,12 @@
 """Serving under load: `blender-fast serve` on loopback against its own ceiling and two baselines.
 
-Side by side in one run, on the same request mix (rank and tournament-select requests with 4-12
-candidates from the shared data):
-  - the offline engine (Ranker.rank / select in-process, all requests in one call): the ceiling;
-  - the server with continuous batching (the default), closed-loop at several concurrencies and an
-    open-loop Poisson sweep;
-  - the same server with cross-request batching off (one request per model call: a naive wrapper);
-  - llm-blender 0.0.2 behind a minimal HTTP handler (one request at a time, its batch_size=8);
-  - overload: open-loop at 10x the measured capacity against a small queue bound (429s, lost
-    requests, server RSS).
-Every loop is bounded in count and in time. Servers run as subprocesses bound to 127.0.0.1.
+Side by side, on one request mix (rank and tournament-select requests, 4-12 candidates from the shared
+data): the offline engine (Ranker.rank / select in-process, all requests in one call: the ceiling); the
+server with continuous batching, closed-loop at several concurrencies and an open-loop Poisson sweep;
+the same server with cross-request batching off (a naive wrapper); llm-blender 0.0.2 behind a minimal
+HTTP handler (one request at a time, its batch_size=8); overload: open loop at 10x the measured capacity
+against a small queue bound (429s, lost requests, server RSS). Every loop is bounded in count and time;
+servers are subprocesses bound to 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -69,12 +66,8 @@ class Request:
         return self.route if self.route.startswith("/") else f"/v1/{self.route}"
 
     def body(self) -> bytes:
-        if self.payload is not None:
-            return json.dumps(self.payload).encode()
-        item = {"input": self.input, "candidates": self.candidates}
-        if self.route == "select":
-            item.update(top_k=1, strategy="tournament")
-        return json.dumps(item).encode()
+        select = {"top_k": 1, "strategy": "tournament"} if self.route == "select" else {}
+        return json.dumps(self.payload or {"input": self.input, "candidates": self.candidates, **select}).encode()
 
 
 def build_requests(prompts: list[BenchPrompt], count: int, seed: int, max_chars: int) -> list[Request]:
@@ -98,12 +91,9 @@ class ServerProcess:
     def __init__(self, argv: list[str], name: str, ready_timeout: float = 180.0):
         # The repository first; the caller's PYTHONPATH (if any) after it rather than dropped.
         path = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
-        self.name = name
-        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
-                                     cwd=str(REPO))
-        self.lines: list[str] = []
-        self.url = None
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=str(REPO),
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path})
+        self.name, self.lines, self.url = name, [], None
         end = time.monotonic() + ready_timeout
         while self.url is None and time.monotonic() < end:
             line = self.proc.stderr.readline()
@@ -360,11 +350,6 @@ def _offline(ranker, requests: list[Request]) -> dict:
             "cpu_ms_per_pair": 1000 * cpu / rows}
 
 
-def _merge_offline(runs: list[dict]) -> dict:
-    rows, wall, cpu = (sum(r[k] for r in runs) for k in ("rows", "wall_s", "cpu_s"))
-    return {"rows": rows, "wall_s": wall, "pairs_per_s": rows / wall, "cpu_ms_per_pair": 1000 * cpu / rows}
-
-
 def _merge_runs(runs: list[dict]) -> dict:
     """One level's rounds as one run: counts and times summed, latencies pooled."""
     outcomes = [o for r in runs for o in r["outcomes"]]
@@ -441,14 +426,13 @@ def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, see
                     runs[kind].append(row)
                 # The ceiling on the same requests, in between.
                 offline_runs.append(_offline(ranker, reqs))
-            offline = _merge_offline(offline_runs)
+            rows, wall, cpu = (sum(r[k] for r in offline_runs) for k in ("rows", "wall_s", "cpu_s"))
             for kind in kinds:
                 row = _merge_runs(runs[kind])
                 row.update(server=kind, concurrency=c, rss_mb=servers[kind].rss_mb(),
-                           offline_pairs_per_s=offline["pairs_per_s"], offline_cpu_ms_per_pair=offline["cpu_ms_per_pair"])
+                           offline_pairs_per_s=rows / wall, offline_cpu_ms_per_pair=1000 * cpu / rows)
                 res["closed_loop"].append(row)
-        best = max((r for r in res["closed_loop"] if r["server"] == "batching"), key=lambda r: r["requests_per_s"])
-        capacity = best["requests_per_s"]
+        capacity = max(r["requests_per_s"] for r in res["closed_loop"] if r["server"] == "batching")
         srv = servers["batching"]
         for k, frac in enumerate(sz.poisson_fractions):
             log(f"serve: open loop, {frac:.2f} x capacity ({capacity * frac:.1f} requests/s)")
@@ -470,15 +454,12 @@ def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, see
         before = srv.metrics()
         row = open_loop(srv.host, srv.port, pool_requests, capacity * sz.overload_factor, sz.overload_seconds, seed + 99,
                         rss=srv.rss_mb)
-        m = srv.metrics()
         # Every request sent must get exactly one response: the server's count of answered requests
         # equals the client's, and none is missing (status 0 = no response on the connection).
-        row["server_counted"] = sum(srv.metrics("blender_fast_requests_total").values())
-        row["lost"] = row["sent"] - sum(n for s, n in row["statuses"].items() if s != "0")
-        row.update(**batch_stats(before, m, ranker.token_budget))
-        res["overload"] = row
-        res["overload"]["exit_code"] = srv.stop()
-        servers.clear()
+        row.update(server_counted=sum(srv.metrics("blender_fast_requests_total").values()),
+                   lost=row["sent"] - sum(n for s, n in row["statuses"].items() if s != "0"),
+                   **batch_stats(before, srv.metrics(), ranker.token_budget))
+        res["overload"] = {**row, "exit_code": servers.pop("overload").stop()}
 
         try:
             log("serve: llm-blender behind a minimal HTTP handler")
