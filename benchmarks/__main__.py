@@ -12,7 +12,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from blender_fast.options import HelpFormatter
+from blender_fast import Ranker
+from blender_fast.cluster.outputs import output_dir
+from blender_fast.options import BACKENDS, PRECISIONS, HelpFormatter
+from blender_fast.synthetic.demo import local_model
+
+from . import agreement, engine, flops, quality, ray_scaling, report, serve, strategies
+from .common import (as_jsonable, default_data_path, generated_checkpoint, load_average, load_prompts, log,
+                     machine_info, quiet_libraries, run_main)
 
 # Never touch a hub unless told (HF_HUB_OFFLINE=0): checkpoints are generated, or given with --model (a
 # directory or a hub id already in the HF cache).
@@ -106,8 +113,6 @@ def engines_argument(text: str | None) -> list[tuple[str, str, str, str]] | None
     """"onnx:fp32,openvino:bf16" → the engine section's plan entries; None when not given."""
     if not text:
         return None
-    from blender_fast.options import BACKENDS, PRECISIONS
-
     plan = []
     for item in text.split(","):
         backend, _, precision = item.strip().partition(":")
@@ -131,12 +136,6 @@ def resolve_sizes(args) -> Sizes:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sizes = resolve_sizes(args)
-    from blender_fast.cluster.outputs import output_dir
-
-    from . import report
-    from .common import (as_jsonable, default_data_path, generated_checkpoint, load_average, load_prompts, log,
-                         machine_info, quiet_libraries)
-
     quiet_libraries()
     started = time.perf_counter()
 
@@ -149,15 +148,11 @@ def main(argv=None) -> int:
         raise SystemExit(f"{data}: {len(prompts)} prompts, the settings need {need}")
 
     if args.model:
-        from blender_fast.synthetic.demo import local_model
-
         # a directory, demo:SHAPE, or a hub id already in the HF cache (HF_HUB_OFFLINE=0 to let it download)
         ckpt, kind = local_model(args.model), "given with --model"
     else:
         ckpt, kind = generated_checkpoint(sizes.shape, args.seed), f"generated, shape {sizes.shape}, random weights"
-    from .flops import ModelShape
-
-    shape = ModelShape.from_checkpoint(ckpt)
+    shape = flops.ModelShape.from_checkpoint(ckpt)
     machine = machine_info(args.device)
     load = machine["load_average_at_start"][0]
     results = {"meta": {
@@ -185,8 +180,6 @@ def main(argv=None) -> int:
             results[name] = as_jsonable(measure())
             results["meta"]["section_seconds"][name] = time.perf_counter() - t0
             write()
-
-    from . import agreement, engine, flops, quality, ray_scaling, serve, strategies
 
     # The GEMM peak at the start of the run too (the flops section measures it again at the end).
     start_peak = flops.measure_peak(args.device, args.threads, args.quick) if {"flops", "speed"} & set(args.sections) else None
@@ -216,8 +209,6 @@ def main(argv=None) -> int:
         variants=tuple(gate_variants) or None))
     ranker = None
     if args.model and {"quality", "frontier"} & set(args.sections):
-        from blender_fast import Ranker
-
         ranker = Ranker.from_pretrained(ckpt, device=args.device, threads=args.threads,
                                         backend="onnx" if args.device == "cpu" else "torch")
     # The synthetic comparator on every prompt; with --model also the checkpoint's logits on --quality-prompts.
@@ -235,6 +226,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .common import run_main  # the user's errors as one line and rc 2
-
     sys.exit(run_main(main))

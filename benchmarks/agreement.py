@@ -13,6 +13,12 @@ import shutil
 import time
 from pathlib import Path
 
+from blender_fast import Ranker
+from blender_fast.model.checkpoint import load_checkpoint
+from blender_fast.model.tokenization import build_pair_tokenizer
+from blender_fast.runtime.agreement import GATE_VARIANTS, describe_record, gate_thresholds, run_gate
+from blender_fast.runtime.autoselect import cpu_features
+
 from .common import as_jsonable, candidates_for, log
 from .tables import md_table
 
@@ -24,9 +30,7 @@ def conditioned_checkpoint(base: Path, qk_gain: float = QK_GAIN) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from blender_fast.model.checkpoint import load_checkpoint
     from blender_fast.model.export import build_torch_model, sample_batch
-    from blender_fast.model.tokenization import build_pair_tokenizer
 
     out = base.parent / f"{base.name}-qk{qk_gain:g}"
     done = out / "conditioned_complete"
@@ -59,11 +63,6 @@ def run_agreement_section(ckpt_path: Path, prompts, n_candidates: int, threads, 
                           qk_gain: float | None = QK_GAIN, variants=None) -> dict:
     """The gate on the benchmark's prompts (conditioned first unless qk_gain is None); its records are saved
     where precision="auto" reads them."""
-    from blender_fast import Ranker
-    from blender_fast.model.checkpoint import load_checkpoint
-    from blender_fast.runtime.agreement import GATE_VARIANTS, describe_record, gate_thresholds, run_gate
-    from blender_fast.runtime.autoselect import cpu_features
-
     t0 = time.perf_counter()
     ckpt = conditioned_checkpoint(Path(ckpt_path), qk_gain) if qk_gain else Path(ckpt_path)
     clip = (lambda s: s[:max_chars]) if max_chars else (lambda s: s)

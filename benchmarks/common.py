@@ -9,9 +9,15 @@ import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+
+from blender_fast.cluster.outputs import OutputError
+from blender_fast.jsonl.prompts import iter_prompts
+from blender_fast.runtime.autoselect import cpu_features
+from blender_fast.synthetic.demo import demo_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_FILE_NAME = "candidates_dev.jsonl"
@@ -43,8 +49,6 @@ class BenchPrompt:
 def load_prompts(path: Path, limit: int | None = None, max_chars: int | None = None) -> list[BenchPrompt]:
     """Prompts of a JSON Lines file (the shared AlpacaEval format, or any the CLI reads), with their judge
     scores when every candidate has one. max_chars clips every text (smoke runs: even the reference is fast)."""
-    from blender_fast.jsonl.prompts import iter_prompts
-
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: prompt file not found; pass --data FILE or set BLENDER_FAST_DATA "
                                 "(the shared AlpacaEval candidates_dev.jsonl or any file in that format)")
@@ -70,11 +74,7 @@ def candidates_for(prompts: list[BenchPrompt], index: int, n: int) -> list[str]:
 # -- machine ---------------------------------------------------------------------------------------
 
 def machine_info(device: str) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     import psutil
-
-    from blender_fast.runtime.autoselect import cpu_features
 
     def installed(name):
         try:
@@ -224,8 +224,6 @@ def as_jsonable(obj):
 def generated_checkpoint(shape: str, seed: int) -> Path:
     """A random-weight checkpoint, generated once into the blender-fast cache and reused (with the
     backbone weights llm-blender's loader reads: the reference runs on it too)."""
-    from blender_fast.synthetic.demo import demo_checkpoint
-
     return demo_checkpoint(shape, seed, llm_blender_loadable=True,
                            announce=lambda p: log(f"generating a random-weight {shape} checkpoint in {p}"))
 
@@ -247,8 +245,6 @@ def quiet_libraries() -> None:
 def run_main(main, argv=None) -> int:
     """``main(argv)``, with the user's errors (an output path that cannot be written, a missing data file)
     as one line and rc 2, as the blender-fast CLI does. Every benchmark entry point runs through it."""
-    from blender_fast.cluster.outputs import OutputError
-
     try:
         return main(argv)
     except (OutputError, FileNotFoundError) as e:

@@ -10,9 +10,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .common import (BatchShape, RecordingModel, RssSampler, as_jsonable, load_average, log, median,
-                     record_reference_batches, summarize_batches)
-from .flops import ModelShape, run_flops
+from blender_fast import Blender
+from blender_fast.model.checkpoint import llm_blender_model_name, load_checkpoint
+from blender_fast.model.tokenization import build_pair_tokenizer
+from blender_fast.runtime.autoselect import cpu_features
+from blender_fast.selection.strategies import ranks_from_scores
+
+from .common import (BatchShape, RecordingModel, RssSampler, as_jsonable, candidates_for, load_average, log,
+                     median, record_reference_batches, summarize_batches)
+from .flops import ModelShape, achieved, run_flops
 
 REFERENCE_BATCH_SIZE = 8  # llm_blender.Blender.rank's default
 # Pause before each timed call: ONNX Runtime's and torch's worker threads spin-wait for a while after
@@ -37,8 +43,6 @@ class Engine:
 def engine_plan(device: str) -> list[tuple[str, str, str, str]]:
     """(name, side, backend, precision) of our engines to compare on this device; the first is the main one."""
     if device == "cpu":
-        from blender_fast.runtime.autoselect import cpu_features
-
         bf16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()["isa"]))
         variants = [("onnx", "fp32"), ("onnx", "int8"), ("torch", "fp32")] + [("torch", "bf16")] * bf16
         try:
@@ -59,8 +63,6 @@ def onnxruntime_has_gpu() -> bool:
 
 
 def load_ours(path, device: str, backend: str, precision: str, threads: int | None) -> tuple[object, list]:
-    from blender_fast import Blender
-
     blender = Blender({"device": device, "use_tqdm": False})
     blender.loadranker(str(path), device=device, backend=backend, precision=precision, threads=threads)
     recorder = blender.ranker.model = RecordingModel(blender.ranker.model)
@@ -74,8 +76,6 @@ def load_reference(path, device: str) -> tuple[object, list]:
     with contextlib.redirect_stdout(sys.stderr):
         ref = llm_blender.Blender(llm_blender.BlenderConfig(device=device, use_tqdm=False))
         # llm-blender resolves model_name against the working directory, blender-fast against the checkpoint
-        from blender_fast.model.checkpoint import llm_blender_model_name
-
         ref.loadranker(str(path), device=device, model_name=llm_blender_model_name(path))
     return ref, record_reference_batches(ref, device)
 
@@ -125,8 +125,6 @@ def timed_call(engine: Engine, fn, device: str, shape: ModelShape) -> tuple[obje
 
 def score_agreement(a, b) -> dict:
     """How two engines' full rankings agree: identical rank vectors, same top-1, max |score diff|."""
-    from blender_fast.selection.strategies import ranks_from_scores
-
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     same = [np.array_equal(ranks_from_scores(x), ranks_from_scores(y)) for x, y in zip(a, b)]
     return {"identical_ranks_pct": 100.0 * float(np.mean(same)),
@@ -164,8 +162,6 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
     plan: (name, side, backend, precision) of our engines, default engine_plan(device); the first is
     the one timed against llm-blender in best-of-n and compared with it. reference_batch_sizes: which of
     llm-blender's batch sizes to time in rank (its default 8, and 1); leaving 8 out saves most of a run."""
-    from .common import candidates_for
-
     shape = ModelShape.from_checkpoint(ckpt_path)
     inputs = [p.instruction for p in prompts]
     cands = [candidates_for(prompts, i, n_candidates) for i in range(len(prompts))]
@@ -298,11 +294,6 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
 def tokens_per_pair(ckpt_path, prompts, n_candidates: int) -> list[float]:
     """Each prompt's mean tokens per ordered pair (source + two candidates, each clipped at the checkpoint's
     limits), from its own tokenizer: what the length bins sort on (the table reports the tokens run)."""
-    from blender_fast.model.checkpoint import load_checkpoint
-    from blender_fast.model.tokenization import build_pair_tokenizer
-
-    from .common import candidates_for
-
     ckpt = load_checkpoint(ckpt_path)
     tok = build_pair_tokenizer(ckpt)
     out = []
@@ -321,8 +312,6 @@ def run_speed_section(ckpt_path, prompts, n_prompts: int, n_bins: int, n_candida
     sorted into `n_bins` bins of equal count by tokens per pair (`per_bin` of each, spread over its lengths,
     when given); each bin an engine run of its own. Beside each ratio: each engine's useful FLOP rate as a
     fraction of the machine's fp32 GEMM rate `peak`. on_bin(partial result) after every bin."""
-    from .flops import achieved
-
     if threads:
         import torch
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from blender_fast.model.checkpoint import load_checkpoint
+
 from .common import BatchShape
 
 
@@ -35,8 +37,6 @@ class ModelShape:
 
     @classmethod
     def from_checkpoint(cls, path) -> "ModelShape":
-        from blender_fast.model.checkpoint import load_checkpoint
-
         ckpt = load_checkpoint(path)
         cfg = ckpt.backbone_config
         buckets, max_rel = (int(cfg.get(k, -1) or -1) for k in ("position_buckets", "max_relative_positions"))

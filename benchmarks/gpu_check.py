@@ -16,19 +16,29 @@ closer than twice that difference). Writes OUT/gpu_check.md and OUT/gpu_check.js
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from blender_fast import Ranker
+from blender_fast.cluster.outputs import output_dir, write_text
+from blender_fast.model.checkpoint import load_checkpoint
+from blender_fast.runtime.calibration import measure_bound
+
+from .common import (as_jsonable, candidates_for, default_data_path, generated_checkpoint, load_prompts, log,
+                     machine_info, quiet_libraries, run_main)
+from .engine import onnxruntime_has_gpu, run_engine_section, score_agreement
+from .tables import md_table
+
+# Before transformers or huggingface_hub is imported (lazily): checkpoints are generated or given as directories.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import numpy as np  # noqa: E402
-
-from .tables import md_table  # noqa: E402
 
 # Parity: scores may differ by rounding (fp16 both sides, different padding) by at most this share of their std.
 MAX_REL_SCORE_DIFF = 0.05
@@ -69,8 +79,6 @@ def parse_args(argv=None):
 
 def parity(ours: np.ndarray, ref: np.ndarray) -> dict:
     """engine.score_agreement, and whether the difference is small and each top-1 mismatch a near-tie."""
-    from .engine import score_agreement
-
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     agree = score_agreement(ours, ref)
     diff, spread = agree["max_abs_score_diff"], float(np.std(ref))
@@ -83,9 +91,6 @@ def parity(ours: np.ndarray, ref: np.ndarray) -> dict:
 
 
 def check_shape(ckpt: Path, shape: str, args, prompts) -> dict:
-    from .engine import run_engine_section
-    from .common import log
-
     out = {"checkpoint": str(ckpt), "shape": shape}
     for task, n in (("rank", args.candidates), ("best_of", args.best_of)):
         log(f"gpu_check: {shape} {task}: {len(prompts)} prompts x {n} candidates")
@@ -100,15 +105,6 @@ def cascade_check(ckpt: Path, prompts, n: int, device: str, repeats: int) -> dic
     calibration rows (runtime/calibration.py), then times, interleaved, full ranking (ranks, which the
     cascade certifies; scores come from fp32 anyway) and best-of-n bubble on: fp32 alone, the fast pass
     alone, and the cascade; checks the cascade's ranks and picks equal fp32's and counts re-scored rows."""
-    import copy
-
-    from blender_fast import Ranker
-    from blender_fast.model.checkpoint import load_checkpoint
-    from blender_fast.runtime.calibration import measure_bound
-
-    from .common import candidates_for, log
-    from .engine import onnxruntime_has_gpu
-
     fast_precision = "fp16" if device == "cuda" else "bf16"
     # The exact model on ONNX Runtime where it has a GPU provider (TensorRT first, as runtime/sessions orders them).
     exact_backend = "onnx" if device == "cpu" or onnxruntime_has_gpu() else "torch"
@@ -191,11 +187,6 @@ def table(results: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from blender_fast.cluster.outputs import output_dir, write_text
-
-    from .common import (as_jsonable, default_data_path, generated_checkpoint, load_prompts, log, machine_info,
-                         quiet_libraries)
-
     quiet_libraries()
     out = output_dir(args.out, "--out", may_hold_files=True)  # a file there, or no way to write: refused now
     out.mkdir(exist_ok=True)
@@ -210,8 +201,6 @@ def main(argv=None) -> int:
         # Ours under whatever transformers this interpreter has (the image's 5.x), on the main run's
         # checkpoints and prompts, against the main run's scores.
         import transformers
-
-        from blender_fast import Ranker
 
         saved = json.loads((out / "gpu_check.json").read_text())
         lines = [f"transformers {transformers.__version__}: ours torch fp16 vs the main run"]
@@ -252,6 +241,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .common import run_main  # the user's errors as one line and rc 2
-
     sys.exit(run_main(main))

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from blender_fast.selection.strategies import min_passes, select
+
 from .common import BenchPrompt, log
 
 CLIP = 1e-6
@@ -104,8 +106,6 @@ def calibrate_beta(u: np.ndarray, noise: np.ndarray, target: float, sigma: float
 
 def evaluate(comparator, prefs: np.ndarray, seed: int, top_ks=(1, 3)) -> list[dict]:
     """Run every variant with this comparator; per (variant, k) metrics against full and the judge."""
-    from blender_fast.selection.strategies import select
-
     n_prompts, n = prefs.shape
     starts = start_orders(n_prompts, n, seed + 7919)  # independent of the noise draw
     best_pref = prefs.max(axis=1)
@@ -258,8 +258,6 @@ FRONTIER_TARGETS = ({"agreement_pct": 60, "passes": 44, "slack": 0.02, "steps": 
 def _frontier_rows(comparator, prefs: np.ndarray, seed: int, budgets) -> list[dict]:
     """Top-1 judge regret and agreement with full for every budgeted strategy at every budget, and the
     fixed-cost references, all from the same starting arrangements."""
-    from blender_fast.selection.strategies import min_passes, select
-
     n_prompts, n = prefs.shape
     starts = start_orders(n_prompts, n, seed + 7919)  # independent of the noise draw
     runs = [(s, None) for s in FRONTIER_REFERENCES] + [

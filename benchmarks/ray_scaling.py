@@ -15,11 +15,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+from blender_fast import Ranker
+from blender_fast.cluster.jobs import RankOptions, rank_prompts
+from blender_fast.cluster.records import read_prompts
+
 from .common import load_average, log, median
+from .tables import doc_body, fmt_num, md_table
 
 VARIANTS = ("single-process", "ray 1 actor", "ray 2 actors")
 
@@ -75,10 +81,6 @@ def process_tree_cpu() -> dict:
 
 def run_single(ckpt, inp: Path, out: Path, strategy: str, chunk: int) -> int:
     """The single-process CLI's job, in-process (no interpreter start-up in the timing)."""
-    from blender_fast.cluster.jobs import RankOptions, rank_prompts
-    from blender_fast.cluster.records import read_prompts
-    from blender_fast import Ranker
-
     prompts = read_prompts(inp)
     ranker = Ranker.from_pretrained(ckpt, threads=1)
     options = RankOptions(strategy=strategy)
@@ -99,8 +101,6 @@ def run_ray(ckpt, inp: Path, out: Path, strategy: str, chunk: int, actors: int, 
 
 def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, repeats: int = 2,
                     strategy: str = "tournament", chunk: int = 25) -> dict:
-    import sys
-
     import ray
 
     from blender_fast.cluster.ray_job import prepare_model
@@ -183,8 +183,6 @@ def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, 
 
 
 def ray_md(res: dict) -> list[str]:
-    from .tables import doc_body, fmt_num, md_table
-
     s = res["settings"]
     rows = [[v, f"{fmt_num(c['wall_s'])} [{', '.join(fmt_num(w) for w in c['walls_s'])}]", fmt_num(c["prompts_per_s"]),
              fmt_num(c["cpu_ms_per_prompt"], 1), fmt_num(c["cores_obtained"])] for v, c in res["variants"].items()]

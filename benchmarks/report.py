@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from blender_fast.cluster.outputs import write_text  # the CLI's rule: links followed, devices streamed
+
 from .agreement import agreement_md
 from .common import as_jsonable, log
 from .flops import __doc__ as FLOPS_DOC
@@ -335,8 +337,6 @@ def write_outputs(results: dict, out: Path) -> None:
         results["plots"] = []
         results["plots_skipped"] = f"{PLOTS_SKIPPED} ({e})"
         log(f"WARNING: {results['plots_skipped']}")
-    from blender_fast.cluster.outputs import write_text  # the CLI's rule: links followed, devices streamed
-
     write_text(out / "results.json", json.dumps(as_jsonable(results), indent=1))
     write_text(out / "results.md", render_markdown(results))
 

@@ -24,7 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import BenchPrompt, candidates_for, load_average, log
+from blender_fast import Ranker
+
+from .common import BenchPrompt, candidates_for, load_average, log, quiet_libraries
+from .engine import REFERENCE_BATCH_SIZE, load_reference
 from .tables import fmt_num, md_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,13 +294,9 @@ def reference_server_main(argv: list[str]) -> int:
 
     import torch
 
-    from .common import quiet_libraries
-
     quiet_libraries()
 
     torch.set_num_threads(int(argv[1]) if len(argv) > 1 else 1)
-    from .engine import REFERENCE_BATCH_SIZE, load_reference
-
     blender, _ = load_reference(argv[0], "cpu")
     lock = threading.Lock()
 
@@ -337,8 +336,7 @@ def reference_server_main(argv: list[str]) -> int:
 
 def _offline(ranker, requests: list[Request]) -> dict:
     """The ceiling: every request's work in two calls (ranks, then tournament selects), in-process."""
-    ranks = [r for r in requests if r.route == "rank"]
-    sels = [r for r in requests if r.route == "select"]
+    ranks, sels = ([r for r in requests if r.route == route] for route in ("rank", "select"))
     t0, cpu0 = time.perf_counter(), time.process_time()
     if ranks:
         ranker.rank([r.input for r in ranks], [r.candidates for r in ranks])
@@ -355,13 +353,10 @@ def _merge_runs(runs: list[dict]) -> dict:
     outcomes = [o for r in runs for o in r["outcomes"]]
     out = summarize(outcomes, sum(r["wall_s"] for r in runs))
     ok_rows = sum(o.rows for o in outcomes if o.status == 200)
-    batches = sum(r["batches"] for r in runs) or 1
-    out.update(rounds=len(runs), cpu_s=sum(r["cpu_s"] for r in runs),
-               cpu_ms_per_pair=1000 * sum(r["cpu_s"] for r in runs) / max(ok_rows, 1),
-               batches=batches, model_s=sum(r["model_s"] for r in runs),
-               rows_per_batch=sum(r["rows_per_batch"] * r["batches"] for r in runs) / batches,
-               batch_fill=sum(r["batch_fill"] * r["batches"] for r in runs) / batches,
-               pad_fraction=sum(r["pad_fraction"] * r["batches"] for r in runs) / batches)
+    batches, cpu = sum(r["batches"] for r in runs) or 1, sum(r["cpu_s"] for r in runs)
+    out.update(rounds=len(runs), cpu_s=cpu, cpu_ms_per_pair=1000 * cpu / max(ok_rows, 1), batches=batches,
+               model_s=sum(r["model_s"] for r in runs),
+               **{k: sum(r[k] * r["batches"] for r in runs) / batches for k in ("rows_per_batch", "batch_fill", "pad_fraction")})
     return out
 
 
@@ -371,23 +366,24 @@ def _tournament_latency(ranker, server: ServerProcess, prompts, repeats: int, ma
     cands = [c[:max_chars] for c in candidates_for(prompts, 0, 12)]
     req = Request("select", inp, cands, 22)
     conns = Connections(server.host, server.port)
-    off, srv = [], []
-    for _ in range(repeats):
+
+    def wall(fn):
         time.sleep(0.1)
         t0 = time.perf_counter()
-        ranker.select([inp], [cands], top_k=1, strategy="tournament")
-        off.append(time.perf_counter() - t0)
-        time.sleep(0.1)
-        t0 = time.perf_counter()
-        assert conns.post(req.path, req.body()) == 200
-        srv.append(time.perf_counter() - t0)
+        fn()
+        return time.perf_counter() - t0
+
+    def post():
+        if conns.post(req.path, req.body()) != 200:
+            raise RuntimeError("the server failed a best-of-12 tournament request")
+
+    off, srv = zip(*((wall(lambda: ranker.select([inp], [cands], top_k=1, strategy="tournament")), wall(post))
+                     for _ in range(repeats)))
     return {"offline_ms": float(np.median(off)) * 1000, "server_ms": float(np.median(srv)) * 1000,
             "ratio": float(np.median(srv) / np.median(off)), "repeats": repeats}
 
 
 def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, seed: int = 0) -> dict:
-    from blender_fast import Ranker
-
     sz = QUICK if quick else ServeSizes()
     ranker = Ranker.from_pretrained(ckpt, threads=sz.threads)
     res: dict = {"settings": {**sz.__dict__, "token_budget": ranker.token_budget}, "closed_loop": [],

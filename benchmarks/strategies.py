@@ -12,7 +12,11 @@ import time
 
 import numpy as np
 
+from blender_fast import Ranker
+from blender_fast.selection.strategies import select
+
 from .common import RecordingModel, candidates_for, log, median, summarize_batches
+from .engine import engine_plan
 from .flops import ModelShape, run_flops
 from .quality import start_orders
 
@@ -21,8 +25,6 @@ STRATEGIES = ("full", "bubble", "tournament")
 
 def count_table(ns, top_ks=(1, 3), n_prompts: int = 64, seed: int = 0) -> list[dict]:
     """Forward passes / steps / comparisons per prompt for every (n, top_k, strategy)."""
-    from blender_fast.selection.strategies import select
-
     rows = []
     for n, k, strategy in ((n, k, s) for n in ns for k in top_ks if k <= n for s in STRATEGIES):
         rng = np.random.default_rng(seed)
@@ -50,10 +52,6 @@ def run_timed(ckpt_path, prompts, ns, device: str, threads: int | None, throughp
               latency_prompts: int, max_rows: int, counts: list[dict], seed: int = 0) -> list[dict]:
     """Wall time of every (n, mode, strategy) cell that fits the row budget, top-1, both orders, on our
     first engine for the device (CPU: ONNX fp32)."""
-    from blender_fast import Ranker
-
-    from .engine import engine_plan
-
     _, _, backend, precision = engine_plan(device)[0]
     shape = ModelShape.from_checkpoint(ckpt_path)
     ranker = Ranker.from_pretrained(ckpt_path, backend=backend, device=device, precision=precision, threads=threads)
