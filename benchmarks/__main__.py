@@ -17,7 +17,7 @@ from blender_fast.cluster.outputs import output_dir
 from blender_fast.options import BACKENDS, PRECISIONS, HelpFormatter
 from blender_fast.synthetic.demo import local_model
 
-from . import agreement, engine, flops, quality, ray_scaling, report, serve, strategies
+from . import engine, flops, quality, ray_scaling, report, serve, strategies
 from .common import (as_jsonable, default_data_path, generated_checkpoint, load_average, load_prompts, log,
                      machine_info, quiet_libraries, run_main)
 
@@ -27,9 +27,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("engine", "speed", "strategies", "flops", "quality", "frontier", "agreement", "ray", "serve")
-# speed (the README's table: tens of minutes), agreement, ray (needs [ray]) and serve (needs [serve], minutes
-# of HTTP load) run when asked, e.g. --sections flops,speed
+SECTIONS = ("engine", "speed", "strategies", "flops", "quality", "frontier", "ray", "serve")
+# speed (the README's table: tens of minutes), ray (needs [ray]) and serve (needs [serve], minutes of HTTP load)
+# run when asked, e.g. --sections flops,speed
 DEFAULT_SECTIONS = ("engine", "strategies", "flops", "quality", "frontier")
 ALL_NS = (4, 8, 12, 16, 24, 32)
 
@@ -78,11 +78,6 @@ def parse_args(argv=None):
                    "$BLENDER_FAST_DATA or ../shared/data/alpaca_eval_candidates/candidates_dev.jsonl")
     p.add_argument("--out", default="bench_out")
     p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
-    p.add_argument("--gate-prompts", type=int, default=100, help="agreement: prompts (x --gate-candidates)")
-    p.add_argument("--gate-candidates", type=int, default=12, help="agreement: candidates per prompt")
-    p.add_argument("--gate-max-chars", type=int, default=None, help="agreement: clip texts to this many characters")
-    p.add_argument("--gate-variants", default=None, help="agreement: BACKEND:PRECISION,... to gate (default: every "
-                   "variant auto may pick, e.g. torch:bf16,onnx:int8,openvino:fp32,openvino:bf16)")
     p.add_argument("--engines", default=None, help="engine section: our engines as BACKEND:PRECISION,... (the first "
                    "is the main one; default: every variant this device runs)")
     p.add_argument("--quick", action="store_true", help="tiny-shape smoke run (well under a minute)")
@@ -117,7 +112,7 @@ def engines_argument(text: str | None) -> list[tuple[str, str, str, str]] | None
     for item in text.split(","):
         backend, _, precision = item.strip().partition(":")
         if backend not in BACKENDS or precision not in PRECISIONS:
-            raise SystemExit(f"--engines/--gate-variants: {item!r} is not BACKEND:PRECISION with BACKEND in "
+            raise SystemExit(f"--engines: {item!r} is not BACKEND:PRECISION with BACKEND in "
                              f"{BACKENDS} and PRECISION in {PRECISIONS}")
         plan.append((f"blender-fast {backend} {precision}", "ours", backend, precision))
     return plan
@@ -202,11 +197,6 @@ def main(argv=None) -> int:
     section("flops", lambda: flops.run_flops_section(shape, results.get("engine"), results.get("strategies"),
                                                      args.device, args.threads, args.quick, start_peak),
             "flops: measuring the GEMM peak (end of run)")
-    gate_variants = [(b, p) for _, _, b, p in engines_argument(args.gate_variants) or []]
-    section("agreement", lambda: agreement.run_agreement_section(
-        ckpt, load_prompts(data, max_chars=args.gate_max_chars)[:args.gate_prompts], args.gate_candidates,
-        args.threads, args.gate_max_chars, qk_gain=None if args.model else agreement.QK_GAIN,
-        variants=tuple(gate_variants) or None))
     ranker = None
     if args.model and {"quality", "frontier"} & set(args.sections):
         ranker = Ranker.from_pretrained(ckpt, device=args.device, threads=args.threads,

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from blender_fast.cluster.outputs import write_text  # the CLI's rule: links followed, devices streamed
 
-from .agreement import agreement_md
 from .common import as_jsonable, log
 from .flops import __doc__ as FLOPS_DOC
 from .quality import __doc__ as QUALITY_DOC
@@ -357,7 +356,7 @@ def render_markdown(results: dict) -> str:
     if m.get("isa") is not None:
         md += [f"CPU features used to choose variants: {', '.join(m['isa']) or 'none of AMX/AVX512-BF16/VNNI/AVX2'}.", ""]
     sections = {"engine": engine_md, "speed": speed_md, "strategies": strategies_md, "flops": flops_md,
-                "quality": quality_md, "frontier": frontier_md, "agreement": agreement_md, "ray": ray_md, "serve": serve_md}
+                "quality": quality_md, "frontier": frontier_md, "ray": ray_md, "serve": serve_md}
     for key, fn in sections.items():
         if key in results:
             md += fn(results[key])

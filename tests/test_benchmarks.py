@@ -155,7 +155,7 @@ def test_frontier_numbers(quick_results):
 
 
 def test_engines_argument():
-    """--engines / --gate-variants: BACKEND:PRECISION pairs from the package's vocabulary, named when wrong."""
+    """--engines: BACKEND:PRECISION pairs from the package's vocabulary, named when wrong."""
     from benchmarks.__main__ import engines_argument
 
     assert engines_argument(None) is None
