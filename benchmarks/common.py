@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import platform
 import sys
@@ -208,17 +209,11 @@ def as_jsonable(obj):
         return as_jsonable(asdict(obj))
     if isinstance(obj, dict):
         return {str(k): as_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, (list, tuple, np.ndarray)):
         return [as_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return None
-    return obj
+    if isinstance(obj, (np.generic, Path)):
+        return str(obj) if isinstance(obj, Path) else as_jsonable(obj.item())
+    return None if isinstance(obj, float) and not np.isfinite(obj) else obj
 
 
 def generated_checkpoint(shape: str, seed: int) -> Path:
@@ -231,15 +226,10 @@ def generated_checkpoint(shape: str, seed: int) -> Path:
 def quiet_libraries() -> None:
     for category in (UserWarning, FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
-    try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-    except ImportError:
-        pass
-    import logging
-
     logging.getLogger().setLevel(logging.ERROR)  # llm-blender logs through the root logger
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].logging.set_verbosity_error()
 
 
 def run_main(main, argv=None) -> int:

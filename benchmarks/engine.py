@@ -96,8 +96,7 @@ def timed_call(engine: Engine, fn, device: str, shape: ModelShape) -> tuple[obje
     """Run fn once; wall time, peak RSS, batch statistics and FLOPs of exactly this call."""
     gc.collect()
     time.sleep(SETTLE_S)
-    first_batch = len(engine.batches)
-    torch = None
+    first_batch, torch = len(engine.batches), None
     if device == "cuda":
         import torch
 

@@ -146,17 +146,14 @@ def measure_peak(device: str, threads: int | None, quick: bool) -> dict:
 
 def achieved(run: dict, peak: float, peak_fp16: float | None = None) -> dict:
     """Achieved FLOP/s of one timed run (dict with real_flops, padded_flops, wall_s, model_s)."""
-    wall = run["wall_s"]
+    nan, wall = float("nan"), run["wall_s"]
     model_s = run.get("model_s") or wall
     ref_peak = peak_fp16 if (peak_fp16 and run.get("precision") == "fp16") else peak
-    real_rate = run["real_flops"] / wall if wall else float("nan")
-    padded_model_rate = run["padded_flops"] / model_s if model_s else float("nan")
-    return {
-        "real_flops_per_s": real_rate,  # useful work per wall second
-        "padded_flops_per_s_in_model": padded_model_rate,  # what the hardware executes while in the model
-        "fraction_of_peak": real_rate / ref_peak if ref_peak else float("nan"),
-        "padded_model_fraction_of_peak": padded_model_rate / ref_peak if ref_peak else float("nan"),
-    }
+    real_rate = run["real_flops"] / wall if wall else nan  # useful work per wall second
+    padded_model_rate = run["padded_flops"] / model_s if model_s else nan  # what the hardware executes in the model
+    return {"real_flops_per_s": real_rate, "padded_flops_per_s_in_model": padded_model_rate,
+            "fraction_of_peak": real_rate / ref_peak if ref_peak else nan,
+            "padded_model_fraction_of_peak": padded_model_rate / ref_peak if ref_peak else nan}
 
 
 def run_flops_section(shape: ModelShape, engine: dict | None, strategies: dict | None, device: str,
@@ -165,13 +162,10 @@ def run_flops_section(shape: ModelShape, engine: dict | None, strategies: dict |
     if given, at the start of the run: the higher of the two (on a shared machine the load drifts)."""
     peak = measure_peak(device, threads, quick)
     if earlier_peak:
-        peak["at_end_of_run"] = dict(peak)
-        peak["at_start_of_run"] = earlier_peak
+        peak.update(at_end_of_run=dict(peak), at_start_of_run=earlier_peak)
         if earlier_peak["peak_flops"] > peak["peak_flops"]:
-            for key in ("peak_flops", "peak_source", "peak_fp16_flops"):
-                if key in earlier_peak:
-                    peak[key] = earlier_peak[key]
-            peak["peak_source"] += " (start of run)"
+            peak.update({k: earlier_peak[k] for k in ("peak_flops", "peak_fp16_flops") if k in earlier_peak},
+                        peak_source=earlier_peak["peak_source"] + " (start of run)")
     keys = ("real_flops", "padded_flops", "wall_s", "model_s")
     cells = [(f"{task} / {name} (median)", c, c["precision"]) for task, cs in (engine or {}).get("tasks", {}).items()
              for name, c in cs.items()]

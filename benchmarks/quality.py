@@ -97,10 +97,7 @@ def calibrate_beta(u: np.ndarray, noise: np.ndarray, target: float, sigma: float
         hi *= 2
     for _ in range(60):
         mid = (lo + hi) / 2
-        if agreement(mid) < target:
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if agreement(mid) < target else (lo, mid)
     return hi
 
 

@@ -31,7 +31,7 @@ VARIANTS = ("single-process", "ray 1 actor", "ray 2 actors")
 
 
 class _MeteredActor:
-    """Mixed into RankerActor (see metered_actor): logs each batch's wall and CPU seconds (the actor
+    """Mixed into RankerActor (see run_ray): logs each batch's wall and CPU seconds (the actor
     process's own), so the report can say how many cores each variant actually got."""
     log_path: str = ""
 
@@ -48,12 +48,6 @@ class _MeteredActor:
         out = super().__call__(batch)
         self._log(rows=batch.num_rows, wall_s=time.perf_counter() - t, cpu_s=time.process_time() - c)
         return out
-
-
-def metered_actor(log_path: Path):
-    from blender_fast.cluster.ray_job import RankerActor
-
-    return type("MeteredRankerActor", (_MeteredActor, RankerActor), {"log_path": str(log_path)})
 
 
 def read_meter(log_path: Path) -> dict:
@@ -81,9 +75,7 @@ def process_tree_cpu() -> dict:
 
 def run_single(ckpt, inp: Path, out: Path, strategy: str, chunk: int) -> int:
     """The single-process CLI's job, in-process (no interpreter start-up in the timing)."""
-    prompts = read_prompts(inp)
-    ranker = Ranker.from_pretrained(ckpt, threads=1)
-    options = RankOptions(strategy=strategy)
+    prompts, ranker, options = read_prompts(inp), Ranker.from_pretrained(ckpt, threads=1), RankOptions(strategy=strategy)
     with open(out, "w", encoding="utf-8") as f:
         for start in range(0, len(prompts), chunk):
             part = prompts[start:start + chunk]
@@ -93,10 +85,12 @@ def run_single(ckpt, inp: Path, out: Path, strategy: str, chunk: int) -> int:
 
 
 def run_ray(ckpt, inp: Path, out: Path, strategy: str, chunk: int, actors: int, meter: Path) -> int:
-    from blender_fast.cluster.ray_job import rank_files
+    """The Ray job, its actors metered (_MeteredActor mixed into RankerActor) into `meter`."""
+    from blender_fast.cluster.ray_job import RankerActor, rank_files
 
+    actor = type("MeteredRankerActor", (_MeteredActor, RankerActor), {"log_path": str(meter)})
     return rank_files(str(inp), out, ckpt, strategy=strategy, num_actors=actors, threads=1, batch_size=chunk,
-                      actor_cls=metered_actor(meter))
+                      actor_cls=actor)
 
 
 def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, repeats: int = 2,

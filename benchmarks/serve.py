@@ -26,12 +26,9 @@ import numpy as np
 
 from blender_fast import Ranker
 
-from .common import BenchPrompt, candidates_for, load_average, log, quiet_libraries
+from .common import REPO, BenchPrompt, candidates_for, load_average, log, quiet_libraries
 from .engine import REFERENCE_BATCH_SIZE, load_reference
-from .tables import fmt_num, md_table
-
-REPO = Path(__file__).resolve().parents[1]
-
+from .tables import doc_body, fmt_num, md_table
 
 @dataclass
 class ServeSizes:
@@ -74,15 +71,12 @@ class Request:
 
 
 def build_requests(prompts: list[BenchPrompt], count: int, seed: int, max_chars: int) -> list[Request]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(count):
-        n = int(rng.integers(4, 13))
-        route = "rank" if rng.random() < 0.5 else "select"
-        p = int(rng.integers(len(prompts)))
-        cands = [c[:max_chars] for c in candidates_for(prompts, p, n)]
-        rows = n * (n - 1) if route == "rank" else 2 * (n - 1)
-        out.append(Request(route, prompts[p].instruction[:max_chars], cands, rows))
+    """`count` requests: a rank or a tournament select, 4-12 candidates, texts clipped to `max_chars`."""
+    rng, out = np.random.default_rng(seed), []
+    for _ in range(count):
+        n, route, p = int(rng.integers(4, 13)), "rank" if rng.random() < 0.5 else "select", int(rng.integers(len(prompts)))
+        out.append(Request(route, prompts[p].instruction[:max_chars], [c[:max_chars] for c in candidates_for(prompts, p, n)],
+                           n * (n - 1) if route == "rank" else 2 * (n - 1)))
     return out
 
 
@@ -499,7 +493,7 @@ def _ms(r, route):
 
 
 def serve_md(res: dict) -> list[str]:
-    md = ["## Serving under load (`blender-fast serve`)", "", __doc__.split("\n\n")[1].strip(), "",
+    md = ["## Serving under load (`blender-fast serve`)", "", doc_body(__doc__), "",
           f"Load average at start {res.get('load_average_start')}, at end {res.get('load_average_end')} "
           "(a shared machine: other jobs ran at the same time). Server: `" + res.get("startup_line", "") + "`", "",
           "### Closed loop (each client sends its next request when the last one is answered)", ""]
