@@ -17,7 +17,7 @@ from blender_fast.cluster.outputs import output_dir
 from blender_fast.options import BACKENDS, PRECISIONS, HelpFormatter
 from blender_fast.synthetic.demo import local_model
 
-from . import engine, flops, quality, ray_scaling, report, serve, strategies
+from . import coldstart, engine, flops, quality, ray_scaling, report, serve, strategies
 from .common import (as_jsonable, default_data_path, generated_checkpoint, load_average, load_prompts, log,
                      machine_info, quiet_libraries, run_main)
 
@@ -27,9 +27,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("engine", "speed", "strategies", "flops", "quality", "frontier", "ray", "serve")
-# speed (the README's table: tens of minutes), ray (needs [ray]) and serve (needs [serve], minutes of HTTP load)
-# run when asked, e.g. --sections flops,speed
+SECTIONS = ("engine", "speed", "strategies", "flops", "quality", "frontier", "ray", "serve", "coldstart")
+# speed (the README's table: tens of minutes), ray (needs [ray]), serve (needs [serve], minutes of HTTP load) and
+# coldstart (from the clone: the hub stand-in is in tests/) run when asked, e.g. --sections flops,speed
 DEFAULT_SECTIONS = ("engine", "strategies", "flops", "quality", "frontier")
 ALL_NS = (4, 8, 12, 16, 24, 32)
 
@@ -169,8 +169,7 @@ def main(argv=None) -> int:
 
     def section(name, measure, message=None):
         if name in args.sections:
-            if message:
-                log(message)
+            log(message or f"{name}: starting")
             t0 = time.perf_counter()
             results[name] = as_jsonable(measure())
             results["meta"]["section_seconds"][name] = time.perf_counter() - t0
@@ -210,6 +209,8 @@ def main(argv=None) -> int:
                                                        repeats=sizes.repeats if args.repeats else 2),
             f"ray: {sizes.ray_prompts} prompts, single-process vs Ray with 1 and 2 actors")
     section("serve", lambda: serve.run_serve_section(ckpt, prompts, quick=args.quick, seed=args.seed))
+    section("coldstart", lambda: coldstart.run_coldstart_section(ckpt, repeats=args.repeats or 1),
+            f"coldstart: {coldstart.HUB_ID} through the hub stand-in, llm-blender and ours")
     write()
     log(f"wrote {out / 'results.md'} and {out / 'results.json'} in {results['meta']['wall_s']:.0f} s")
     return 0

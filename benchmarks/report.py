@@ -6,6 +6,7 @@ from pathlib import Path
 
 from blender_fast.cluster.outputs import write_text  # the CLI's rule: links followed, devices streamed
 
+from .coldstart import coldstart_md
 from .common import as_jsonable, log
 from .flops import __doc__ as FLOPS_DOC
 from .quality import __doc__ as QUALITY_DOC
@@ -341,8 +342,7 @@ def write_outputs(results: dict, out: Path) -> None:
 
 
 def render_markdown(results: dict) -> str:
-    meta = results["meta"]
-    m = meta["machine"]
+    meta, m = results["meta"], results["meta"]["machine"]
     md = ["# blender-fast benchmark", ""]
     if meta.get("note"):
         md += [f"**{meta['note']}**", ""]
@@ -356,7 +356,8 @@ def render_markdown(results: dict) -> str:
     if m.get("isa") is not None:
         md += [f"CPU features used to choose variants: {', '.join(m['isa']) or 'none of AMX/AVX512-BF16/VNNI/AVX2'}.", ""]
     sections = {"engine": engine_md, "speed": speed_md, "strategies": strategies_md, "flops": flops_md,
-                "quality": quality_md, "frontier": frontier_md, "ray": ray_md, "serve": serve_md}
+                "quality": quality_md, "frontier": frontier_md, "ray": ray_md, "serve": serve_md,
+                "coldstart": coldstart_md}
     for key, fn in sections.items():
         if key in results:
             md += fn(results[key])
