@@ -3,8 +3,8 @@
 The loopback hub stand-in (tests/model/hub_server.py: run from the clone) serves the run's checkpoint as
 llm-blender/PairRM, its backbone named by hub id and served as its own repo, as the real one is.
 llm-blender: `Blender().loadranker(HUB_ID)` + one rank; ours: `Ranker.from_pretrained(HUB_ID)` + one rank;
-alternated. Wall seconds of the child process, its peak RSS (os.wait4), whether it imported torch and the
-requests it made to the hub. The "download" runs at loopback disk speed, not a network's.
+alternated. Wall seconds of the child process, its peak RSS (VmHWM: its own, not the parent's that rusage
+carries over the fork), whether it imported torch and the requests it made to the hub. The "download" runs at loopback disk speed, not a network's.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from .tables import doc_body, fmt_num, md_table
 HUB_ID, BACKBONE = "llm-blender/PairRM", "microsoft/deberta-v3-large"
 START = {"llm-blender": "import llm_blender\nb = llm_blender.Blender()\nb.loadranker(HUB_ID, device='cpu')\nb.rank(*ONE)",
          "blender-fast": "from blender_fast import Ranker\nRanker.from_pretrained(HUB_ID, device='cpu').rank(*ONE)"}
-CHILD = "import sys\nHUB_ID, ONE = {hub_id!r}, (['What is 2+2?'], [['4', 'five', 'Four.']])\n{start}\nprint('torch' in sys.modules)"
+CHILD = ("import re, sys\nHUB_ID, ONE = {hub_id!r}, (['What is 2+2?'], [['4', 'five', 'Four.']])\n{start}\n"
+         "print('torch' in sys.modules, re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))")
 
 
 def cold_start(name: str, hub_url: str, home: Path) -> dict:
@@ -32,16 +33,14 @@ def cold_start(name: str, hub_url: str, home: Path) -> dict:
     env.update(HF_ENDPOINT=hub_url, HF_HOME=str(home / "hf"), BLENDER_FAST_CACHE=str(home / "bf"), HF_HUB_OFFLINE="0",
                TRANSFORMERS_OFFLINE="0", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1",
                PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
-    with open(home / "stdout", "w") as out, open(home / "stderr", "w") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", CHILD.format(hub_id=HUB_ID, start=START[name])], env=env,
-                                cwd=home, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not the high-water mark of all
-        wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"coldstart: {name} failed: {(home / 'stderr').read_text()[-3000:]}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "torch_imported": (home / "stdout").read_text().split()[-1] == "True"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHILD.format(hub_id=HUB_ID, start=START[name])], env=env, cwd=home,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"coldstart: {name} failed: {proc.stderr[-3000:]}")
+    torch_imported, hwm_kb = proc.stdout.split()[-2:]
+    return {"wall_s": wall, "peak_rss_mb": int(hwm_kb) / 1024, "torch_imported": torch_imported == "True"}
 
 
 def run_coldstart_section(ckpt, repeats: int = 1) -> dict:
