@@ -1,6 +1,2 @@
-"""blender-fast benchmarks: engine vs llm-blender, selection strategies, FLOPs against the machine's
-GEMM peak, and selection quality.  Run ``python -m benchmarks --help`` from the repository root.
-
-Modules: ``common`` (data, machine info, timing and memory helpers), ``engine``, ``strategies``,
-``flops``, ``quality`` (one per section of the report) and ``report`` (markdown, JSON, plots).
-"""
+"""blender-fast benchmarks (`python -m benchmarks --help`, benchmarks/README.md): one module per section,
+``common`` and ``tables`` shared, ``report`` writing results.md, results.json and the plots."""

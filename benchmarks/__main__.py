@@ -8,11 +8,18 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from blender_fast.options import HelpFormatter
+from blender_fast import Ranker
+from blender_fast.cluster.outputs import output_dir
+from blender_fast.options import BACKENDS, PRECISIONS, HelpFormatter
+from blender_fast.synthetic.demo import local_model
+
+from . import coldstart, engine, flops, quality, ray_scaling, report, serve, strategies
+from .common import (as_jsonable, default_data_path, generated_checkpoint, load_average, load_prompts, log,
+                     machine_info, quiet_libraries, run_main)
 
 # Never touch a hub unless told (HF_HUB_OFFLINE=0): checkpoints are generated, or given with --model (a
 # directory or a hub id already in the HF cache).
@@ -20,18 +27,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("engine", "speed", "strategies", "flops", "quality", "frontier", "agreement", "ray", "serve")
-# speed (the README's table: tens of minutes), agreement, ray (needs [ray]) and serve (needs [serve], minutes
-# of HTTP load) run when asked, e.g. --sections flops,speed
+SECTIONS = ("engine", "speed", "strategies", "flops", "quality", "frontier", "ray", "serve", "coldstart")
+# speed (the README's table: tens of minutes), ray (needs [ray]), serve (needs [serve], minutes of HTTP load) and
+# coldstart (from the clone: the hub stand-in is in tests/) run when asked, e.g. --sections flops,speed
 DEFAULT_SECTIONS = ("engine", "strategies", "flops", "quality", "frontier")
 ALL_NS = (4, 8, 12, 16, 24, 32)
 
 
 @dataclass
 class Sizes:
-    """How much work each section does. The CPU defaults are sized so that `python -m benchmarks`
-    (shape xsmall) finishes in under 15 minutes on a 2-core machine; a pair of ~550 tokens costs
-    ~34 GFLOP there, i.e. roughly half a second to a second per model row."""
+    """How much work each section does. The CPU defaults fit `python -m benchmarks` (xsmall) in 15 minutes
+    on 2 cores: a pair of ~550 tokens costs ~34 GFLOP there, half a second to a second per model row."""
 
     shape: str
     prompts: int  # engine section: prompts ...
@@ -72,44 +78,29 @@ def parse_args(argv=None):
                    "$BLENDER_FAST_DATA or ../shared/data/alpaca_eval_candidates/candidates_dev.jsonl")
     p.add_argument("--out", default="bench_out")
     p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
-    p.add_argument("--gate-prompts", type=int, default=100, help="agreement: prompts (x --gate-candidates)")
-    p.add_argument("--gate-candidates", type=int, default=12, help="agreement: candidates per prompt")
-    p.add_argument("--gate-max-chars", type=int, default=None, help="agreement: clip texts to this many characters")
-    p.add_argument("--gate-qk-gain", type=float, default=3.0, help="agreement: query/key gain of the "
-                   "conditioned checkpoint (0: use the checkpoint as is, e.g. a real one given with --model)")
-    p.add_argument("--gate-variants", default=None, help="agreement: BACKEND:PRECISION,... to gate (default: every "
-                   "variant auto may pick, e.g. torch:bf16,onnx:int8,openvino:fp32,openvino:bf16)")
     p.add_argument("--engines", default=None, help="engine section: our engines as BACKEND:PRECISION,... (the first "
                    "is the main one; default: every variant this device runs)")
     p.add_argument("--quick", action="store_true", help="tiny-shape smoke run (well under a minute)")
-    p.add_argument("--prompts", type=int, default=None, help="engine section: number of prompts")
-    p.add_argument("--candidates", type=int, default=None, help="engine section: candidates per prompt")
-    p.add_argument("--repeats", type=int, default=None, help="engine section: interleaved repeats (median)")
+    for flag, what in (("--prompts", "engine: number of prompts"), ("--candidates", "engine: candidates per prompt"),
+                       ("--repeats", "engine: interleaved repeats (median)"), ("--throughput-prompts", None),
+                       ("--latency-prompts", None), ("--max-rows", "strategies: skip timed cells above this many model rows"),
+                       ("--quality-seeds", None), ("--quality-prompts", "with --model: prompts scored by the checkpoint"),
+                       ("--threads", "intra-op threads (ours and torch); default: runtime's"),
+                       ("--ray-prompts", "ray section: prompts (default 200)")):
+        p.add_argument(flag, type=int, default=None, help=what)
     p.add_argument("--speed-prompts", type=int, default=48, help="speed: prompts, sorted into --speed-bins "
                    "length bins (tokens per pair) of equal count")
     p.add_argument("--speed-bins", type=int, default=3, help="speed: length bins")
     p.add_argument("--speed-per-bin", type=int, default=None, help="speed: time only N prompts of each bin, "
                    "spread over its lengths (a shorter run over the same length range)")
-    p.add_argument("--speed-only-bins", default=None, help="speed: time only these bins, e.g. 3 (1 = shortest)")
     p.add_argument("--speed-batch-sizes", default="1,8", help="speed: llm-blender's batch sizes to time against "
                    "(1 is its fastest on a CPU, 8 its default and the slow part of the run)")
     p.add_argument("--strategy-ns", default=None, help="strategies: candidate counts to time, e.g. 4,8,12")
-    p.add_argument("--throughput-prompts", type=int, default=None)
-    p.add_argument("--latency-prompts", type=int, default=None)
-    p.add_argument("--max-rows", type=int, default=None, help="strategies: skip timed cells above this many model rows")
-    p.add_argument("--quality-seeds", type=int, default=None)
-    p.add_argument("--quality-prompts", type=int, default=None, help="with --model: prompts scored by the checkpoint")
-    p.add_argument("--max-chars", type=int, default=None, help="clip every prompt and candidate text to this many "
-                   "characters (smoke runs; --quick uses 300)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (ours and torch); default: runtime's")
-    p.add_argument("--ray-prompts", type=int, default=None, help="ray section: prompts (default 200)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - set(SECTIONS)
-    if unknown:
-        p.error(f"unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
-    args.sections = sections
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if set(args.sections) - set(SECTIONS):
+        p.error(f"unknown sections {sorted(set(args.sections) - set(SECTIONS))}; choose from {','.join(SECTIONS)}")
     return args
 
 
@@ -117,48 +108,31 @@ def engines_argument(text: str | None) -> list[tuple[str, str, str, str]] | None
     """"onnx:fp32,openvino:bf16" → the engine section's plan entries; None when not given."""
     if not text:
         return None
-    from blender_fast.options import BACKENDS, PRECISIONS
-
     plan = []
     for item in text.split(","):
         backend, _, precision = item.strip().partition(":")
         if backend not in BACKENDS or precision not in PRECISIONS:
-            raise SystemExit(f"--engines/--gate-variants: {item!r} is not BACKEND:PRECISION with BACKEND in "
+            raise SystemExit(f"--engines: {item!r} is not BACKEND:PRECISION with BACKEND in "
                              f"{BACKENDS} and PRECISION in {PRECISIONS}")
         plan.append((f"blender-fast {backend} {precision}", "ours", backend, precision))
     return plan
 
 
 def resolve_sizes(args) -> Sizes:
-    base = DEFAULTS["quick" if args.quick else args.device]
-    return Sizes(
-        shape=args.shape or base.shape,
-        prompts=args.prompts or base.prompts,
-        candidates=args.candidates or base.candidates,
-        repeats=args.repeats or base.repeats,
-        timed_ns=tuple(int(x) for x in args.strategy_ns.split(",")) if args.strategy_ns else base.timed_ns,
-        throughput_prompts=args.throughput_prompts if args.throughput_prompts is not None else base.throughput_prompts,
-        latency_prompts=args.latency_prompts if args.latency_prompts is not None else base.latency_prompts,
-        max_rows=args.max_rows or base.max_rows,
-        quality_seeds=args.quality_seeds or base.quality_seeds,
-        quality_prompts=args.quality_prompts or base.quality_prompts,
-        max_chars=args.max_chars or base.max_chars,
-        ray_prompts=args.ray_prompts or base.ray_prompts,
-        ray_candidates=base.ray_candidates,
-    )
+    """The device's (or --quick's) defaults, with every size given on the command line instead."""
+    given = {f: getattr(args, f) for f in ("shape", "prompts", "candidates", "repeats", "throughput_prompts",
+                                           "latency_prompts", "max_rows", "quality_seeds", "quality_prompts",
+                                           "ray_prompts") if getattr(args, f) is not None}
+    if args.strategy_ns:
+        given["timed_ns"] = tuple(int(x) for x in args.strategy_ns.split(","))
+    return replace(DEFAULTS["quick" if args.quick else args.device], **given)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     sizes = resolve_sizes(args)
-    from . import report
-    from .common import (as_jsonable, default_data_path, generated_checkpoint, load_average, load_prompts, log,
-                         machine_info, quiet_libraries)
-
     quiet_libraries()
-
     started = time.perf_counter()
-    from blender_fast.cluster.outputs import output_dir
 
     out = output_dir(args.out, "--out", may_hold_files=True)  # a file there, or no way to write: refused now
     out.mkdir(exist_ok=True)
@@ -169,152 +143,78 @@ def main(argv=None) -> int:
         raise SystemExit(f"{data}: {len(prompts)} prompts, the settings need {need}")
 
     if args.model:
-        from blender_fast.synthetic.demo import local_model
-
         # a directory, demo:SHAPE, or a hub id already in the HF cache (HF_HUB_OFFLINE=0 to let it download)
         ckpt, kind = local_model(args.model), "given with --model"
     else:
         ckpt, kind = generated_checkpoint(sizes.shape, args.seed), f"generated, shape {sizes.shape}, random weights"
-    from .flops import ModelShape
-
-    shape = ModelShape.from_checkpoint(ckpt)
+    shape = flops.ModelShape.from_checkpoint(ckpt)
     machine = machine_info(args.device)
-    busy = machine.get("load_average_at_start") and machine["load_average_at_start"][0] > 0.5 * (machine["logical_cores"] or 1)
+    load = machine["load_average_at_start"][0]
     results = {"meta": {
         "command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine, "checkpoint": str(ckpt), "checkpoint_kind": kind, "model_shape": shape,
         "data": str(data), "settings": {**vars(args), **as_jsonable(sizes), "sections": args.sections},
-        "note": (f"Provisional: the machine was busy at the start (load average {machine['load_average_at_start'][0]:.1f} "
-                 f"on {machine['logical_cores']} cores); timings are noisy." if busy else None),
+        "note": (f"Provisional: the machine was busy at the start (load average {load:.1f} on "
+                 f"{machine['logical_cores']} cores); timings are noisy." if load > 0.5 * machine["logical_cores"] else None),
         "section_seconds": {},
     }}
 
-    def finish_section(name, t0):
-        results["meta"]["section_seconds"][name] = time.perf_counter() - t0
-        results["meta"]["wall_s"] = time.perf_counter() - started
-        results["meta"]["load_average_at_end"] = load_average()
-        report.write_outputs(results, out)  # after every section: a late failure keeps the earlier ones
-
-    start_peak = None
-    if "flops" in args.sections:
-        from .flops import measure_peak
-
-        log("flops: measuring the GEMM peak (start of run)")
-        start_peak = measure_peak(args.device, args.threads, args.quick)
-
-    if "engine" in args.sections:
-        from .engine import run_engine_section
-
-        t0 = time.perf_counter()
-        log(f"engine: {sizes.prompts} prompts × {sizes.candidates} candidates, {sizes.repeats} repeats")
-        results["engine"] = run_engine_section(ckpt, prompts[:sizes.prompts], sizes.candidates, args.device,
-                                               args.threads, sizes.repeats, seed=args.seed,
-                                               plan=engines_argument(args.engines))
-        finish_section("engine", t0)
-
-    if "speed" in args.sections:
-        from .engine import run_speed_section
-        from .flops import measure_peak
-
-        t0 = time.perf_counter()
-        batch_sizes = tuple(int(x) for x in args.speed_batch_sizes.split(","))
-        if not set(batch_sizes) <= {1, 8} or not batch_sizes:
-            raise SystemExit(f"--speed-batch-sizes {args.speed_batch_sizes!r}: a comma-separated subset of 1,8")
-        n_speed = min(args.speed_prompts, len(prompts)) if not args.quick else 2 * args.speed_bins
-        log(f"speed: {n_speed} prompts × {args.candidates or 6} candidates in {args.speed_bins} length bins, "
-            f"llm-blender batch sizes {batch_sizes}")
-
-        def keep(partial):
+    def write(partial=None):
+        """Outputs after every section (and every speed bin): a late failure keeps the earlier ones."""
+        if partial is not None:
             results["speed"] = partial
-            finish_section("speed", t0)
+        results["meta"].update(wall_s=time.perf_counter() - started, load_average_at_end=load_average())
+        report.write_outputs(results, out)
 
-        run_speed_section(ckpt, prompts, n_speed, args.speed_bins, args.candidates or (3 if args.quick else 6),
-                          args.device, args.threads, args.repeats or 1, batch_sizes,
-                          start_peak or measure_peak(args.device, args.threads, args.quick), seed=args.seed,
-                          per_bin=args.speed_per_bin, on_bin=keep,
-                          only_bins={int(b) for b in args.speed_only_bins.split(",")} if args.speed_only_bins else None)
+    def section(name, measure, message=None):
+        if name in args.sections:
+            log(message or f"{name}: starting")
+            t0 = time.perf_counter()
+            results[name] = as_jsonable(measure())
+            results["meta"]["section_seconds"][name] = time.perf_counter() - t0
+            write()
 
-    if "strategies" in args.sections:
-        from .strategies import run_strategies_section
-
-        t0 = time.perf_counter()
-        log(f"strategies: timing n in {sizes.timed_ns}")
-        results["strategies"] = as_jsonable(run_strategies_section(
-            ckpt, prompts, ALL_NS if not args.strategy_ns else tuple(sorted(set(ALL_NS) | set(sizes.timed_ns))),
-            args.device, args.threads, sizes.throughput_prompts, sizes.latency_prompts, sizes.max_rows,
-            seed=args.seed, timed_ns=sizes.timed_ns))
-        finish_section("strategies", t0)
-
-    if "flops" in args.sections:
-        from .flops import run_flops_section
-
-        t0 = time.perf_counter()
-        log("flops: measuring the GEMM peak")
-        results["flops"] = as_jsonable(run_flops_section(shape, results.get("engine"), results.get("strategies"),
-                                                         args.device, args.threads, args.quick, start_peak))
-        finish_section("flops", t0)
-
-    if "agreement" in args.sections:
-        from .agreement import run_agreement_section
-
-        t0 = time.perf_counter()
-        gate_prompts = load_prompts(data, max_chars=args.gate_max_chars)[:args.gate_prompts]
-        variants = [(backend, precision) for _, _, backend, precision in engines_argument(args.gate_variants) or []]
-        results["agreement"] = run_agreement_section(ckpt, gate_prompts, args.gate_candidates, args.threads,
-                                                     args.gate_max_chars, qk_gain=args.gate_qk_gain or None,
-                                                     variants=tuple(variants) or None)
-        finish_section("agreement", t0)
-
-    from . import quality
-
-    # quality and frontier: the synthetic comparator on every prompt, and with --model the checkpoint's
-    # own logits on the first --quality-prompts.
-    for section, synthetic, on_model in (("quality", quality.run_synthetic, quality.run_model),
-                                         ("frontier", quality.run_frontier, quality.run_model_frontier)):
-        if section not in args.sections:
-            continue
-        t0 = time.perf_counter()
-        results[section] = {"synthetic": synthetic(prompts, seeds=sizes.quality_seeds)}
-        if args.model:
-            from blender_fast import Ranker
-
-            ranker = Ranker.from_pretrained(ckpt, device=args.device, threads=args.threads,
-                                            backend="onnx" if args.device == "cpu" else "torch")
-            results[section]["checkpoint"] = on_model(ranker, prompts[:sizes.quality_prompts],
-                                                      seeds=sizes.quality_seeds)
-        results[section] = as_jsonable(results[section])
-        finish_section(section, t0)
-
-    if "ray" in args.sections:
-        from .ray_scaling import run_ray_section
-
-        t0 = time.perf_counter()
-        log(f"ray: {sizes.ray_prompts} prompts, single-process vs Ray with 1 and 2 actors")
-        results["ray"] = as_jsonable(run_ray_section(ckpt, prompts, sizes.ray_prompts, sizes.ray_candidates,
-                                                     repeats=sizes.repeats if args.repeats else 2))
-        finish_section("ray", t0)
-
-    if "serve" in args.sections:
-        from .serve import run_serve_section
-
-        t0 = time.perf_counter()
-        results["serve"] = as_jsonable(run_serve_section(ckpt, prompts, quick=args.quick, seed=args.seed))
-        finish_section("serve", t0)
-
-    results["meta"]["wall_s"] = time.perf_counter() - started
-    results["meta"]["load_average_at_end"] = load_average()
-    report.write_outputs(results, out)
+    # The GEMM peak at the start of the run too (the flops section measures it again at the end).
+    start_peak = flops.measure_peak(args.device, args.threads, args.quick) if {"flops", "speed"} & set(args.sections) else None
+    section("engine", lambda: engine.run_engine_section(
+        ckpt, prompts[:sizes.prompts], sizes.candidates, args.device, args.threads, sizes.repeats, seed=args.seed,
+        plan=engines_argument(args.engines)),
+        f"engine: {sizes.prompts} prompts × {sizes.candidates} candidates, {sizes.repeats} repeats")
+    batch_sizes = tuple(int(x) for x in args.speed_batch_sizes.split(","))
+    if not set(batch_sizes) <= {1, 8}:
+        raise SystemExit(f"--speed-batch-sizes {args.speed_batch_sizes!r}: a comma-separated subset of 1,8")
+    n_speed = min(args.speed_prompts, len(prompts)) if not args.quick else 2 * args.speed_bins
+    section("speed", lambda: engine.run_speed_section(
+        ckpt, prompts, n_speed, args.speed_bins, args.candidates or (3 if args.quick else 6), args.device,
+        args.threads, args.repeats or 1, batch_sizes, start_peak, seed=args.seed, per_bin=args.speed_per_bin,
+        on_bin=write), f"speed: {n_speed} prompts in {args.speed_bins} length bins, llm-blender batch sizes {batch_sizes}")
+    section("strategies", lambda: strategies.run_strategies_section(
+        ckpt, prompts, tuple(sorted(set(ALL_NS) | set(sizes.timed_ns))), args.device, args.threads,
+        sizes.throughput_prompts, sizes.latency_prompts, sizes.max_rows, seed=args.seed, timed_ns=sizes.timed_ns),
+        f"strategies: timing n in {sizes.timed_ns}")
+    section("flops", lambda: flops.run_flops_section(shape, results.get("engine"), results.get("strategies"),
+                                                     args.device, args.threads, args.quick, start_peak),
+            "flops: measuring the GEMM peak (end of run)")
+    ranker = None
+    if args.model and {"quality", "frontier"} & set(args.sections):
+        ranker = Ranker.from_pretrained(ckpt, device=args.device, threads=args.threads,
+                                        backend="onnx" if args.device == "cpu" else "torch")
+    # The synthetic comparator on every prompt; with --model also the checkpoint's logits on --quality-prompts.
+    for name, synthetic, on_model in (("quality", quality.run_synthetic, quality.run_model),
+                                      ("frontier", quality.run_frontier, quality.run_model_frontier)):
+        section(name, lambda: {"synthetic": synthetic(prompts, seeds=sizes.quality_seeds), **(
+            {"checkpoint": on_model(ranker, prompts[:sizes.quality_prompts], seeds=sizes.quality_seeds)} if ranker else {})})
+    section("ray", lambda: ray_scaling.run_ray_section(ckpt, prompts, sizes.ray_prompts, sizes.ray_candidates,
+                                                       repeats=sizes.repeats if args.repeats else 2),
+            f"ray: {sizes.ray_prompts} prompts, single-process vs Ray with 1 and 2 actors")
+    section("serve", lambda: serve.run_serve_section(ckpt, prompts, quick=args.quick, seed=args.seed))
+    section("coldstart", lambda: coldstart.run_coldstart_section(ckpt, repeats=args.repeats or 1),
+            f"coldstart: {coldstart.HUB_ID} through the hub stand-in, llm-blender and ours")
+    write()
     log(f"wrote {out / 'results.md'} and {out / 'results.json'} in {results['meta']['wall_s']:.0f} s")
     return 0
 
 
-def run(argv=None) -> int:
-    """main(), with the user's errors as one line and rc 2 (common.run_main)."""
-    from .common import run_main
-
-    return run_main(main, argv)
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(run_main(main))

@@ -1,7 +1,8 @@
 """Shared pieces of the benchmarks: prompt data, machine info, timing, memory sampling, batch recording."""
 from __future__ import annotations
 
-import json
+import itertools
+import logging
 import os
 import platform
 import sys
@@ -9,9 +10,15 @@ import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+
+from blender_fast.cluster.outputs import OutputError
+from blender_fast.jsonl.prompts import iter_prompts
+from blender_fast.runtime.autoselect import cpu_features
+from blender_fast.synthetic.demo import demo_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_FILE_NAME = "candidates_dev.jsonl"
@@ -41,86 +48,53 @@ class BenchPrompt:
 
 
 def load_prompts(path: Path, limit: int | None = None, max_chars: int | None = None) -> list[BenchPrompt]:
-    """Prompts in the shared AlpacaEval format (or any JSONL with instruction + candidates).
-    max_chars clips every text (smoke runs: short texts make even the reference fast)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: prompt file not found; pass --data FILE or set BLENDER_FAST_DATA "
-            "(the shared AlpacaEval candidates_dev.jsonl or any file in that format)"
-        )
-    prompts = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            cands = rec.get("candidates") or []
-            texts = [c["text"] if isinstance(c, dict) else c for c in cands]
-            prefs = [c.get("judge_pref") if isinstance(c, dict) else None for c in cands]
-            instruction = rec.get("instruction", "") + rec.get("input", "")
-            if max_chars:
-                instruction, texts = instruction[:max_chars], [t[:max_chars] for t in texts]
-            if not instruction or not texts:
-                raise ValueError(f"{path}:{lineno}: needs an instruction and candidates")
-            prompts.append(BenchPrompt(str(rec.get("id", lineno)), instruction, texts,
-                                       None if any(p is None for p in prefs) else [float(p) for p in prefs]))
-            if limit is not None and len(prompts) >= limit:
-                break
-    return prompts
+    """Prompts of a JSON Lines file (the shared AlpacaEval format, or any the CLI reads), with their judge
+    scores when every candidate has one. max_chars clips every text (smoke runs: even the reference is fast)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: prompt file not found; pass --data FILE or set BLENDER_FAST_DATA "
+                                "(the shared AlpacaEval candidates_dev.jsonl or any file in that format)")
+    clip = (lambda t: t[:max_chars]) if max_chars else (lambda t: t)
+    out = []
+    for p in iter_prompts(path, limit=limit):
+        prefs = [c.get("judge_pref") if isinstance(c, dict) else None for c in p.record["candidates"]]
+        out.append(BenchPrompt(str(p.record.get("id", p.where)), clip(p.instruction + p.input),
+                               [clip(t) for t in p.candidates], None if None in prefs else [float(x) for x in prefs]))
+    return out
 
 
 def candidates_for(prompts: list[BenchPrompt], index: int, n: int) -> list[str]:
     """n candidate texts for prompt `index`: its own first, then those of the following prompts
     (wrapping around), so n can exceed the 12 answers the data holds per prompt."""
-    out: list[str] = []
-    k = index
-    while len(out) < n:
-        need = n - len(out)
-        out.extend(prompts[k % len(prompts)].candidates[:need])
-        k += 1
-        if k - index > len(prompts):
-            raise ValueError(f"the data holds fewer than {n} candidates in total")
+    texts = (t for k in range(index, index + len(prompts)) for t in prompts[k % len(prompts)].candidates)
+    out = list(itertools.islice(texts, n))
+    if len(out) < n:
+        raise ValueError(f"the data holds fewer than {n} candidates in total")
     return out
 
 
 # -- machine ---------------------------------------------------------------------------------------
 
-def _version(module: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(module)
-    except Exception:
-        return None
-
-
 def machine_info(device: str) -> dict:
     import psutil
 
-    from blender_fast.runtime.autoselect import cpu_features
+    def installed(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
 
     cpu = cpu_features()  # /proc/cpuinfo, read by the one parser auto uses too
-    info = {
-        "cpu_model": cpu["cpu_model"],
-        "isa": cpu["isa"],  # AMX / AVX512-BF16 / VNNI / AVX2 flags
-        "physical_cores": psutil.cpu_count(logical=False),
-        "logical_cores": psutil.cpu_count(logical=True),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "versions": {m: _version(m) for m in ("blender-fast", "llm-blender", "numpy", "onnxruntime",
-                                              "onnxruntime-gpu", "torch", "transformers", "tokenizers", "openvino")},
-    }
+    info = {"cpu_model": cpu["cpu_model"], "isa": cpu["isa"],  # AMX / AVX512-BF16 / VNNI / AVX2 flags
+            "physical_cores": psutil.cpu_count(logical=False), "logical_cores": psutil.cpu_count(logical=True),
+            "cpu_affinity": len(os.sched_getaffinity(0)), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "load_average_at_start": load_average(),
+            "versions": {m: installed(m) for m in ("blender-fast", "llm-blender", "numpy", "onnxruntime", "onnxruntime-gpu",
+                                                   "torch", "transformers", "tokenizers", "openvino")}}
     try:
         import onnxruntime as ort
 
         info["onnxruntime_providers"] = ort.get_available_providers()
-    except ImportError:
-        pass
-    try:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
@@ -133,56 +107,33 @@ def machine_info(device: str) -> dict:
     return info
 
 
-def load_average() -> list[float] | None:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 # -- timing and memory -----------------------------------------------------------------------------
 
-def run_clients(client, concurrency: int, join_s: float) -> float:
-    """``concurrency`` daemon threads running ``client`` at once (load generators); waits for each at most
-    ``join_s`` and returns the wall seconds from the first start to the last join."""
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(join_s)
-    return time.perf_counter() - t0
-
-
 class RssSampler:
-    """Peak resident memory of this process while a block runs, sampled by a background thread.
-
-    Sampling (every 5 ms) rather than ru_maxrss because the latter is a high-water mark for the
-    whole process life: after the first big run it would never move again."""
-
-    def __init__(self, interval_s: float = 0.005):
-        import psutil
-
-        self._proc = psutil.Process()
-        self.interval_s = interval_s
-        self.before = self.peak = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _loop(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(self.interval_s)
+    """Peak RSS of this process while a block runs, sampled every 5 ms by a thread (ru_maxrss is a
+    high-water mark for the whole process life: after the first big run it would never move again)."""
 
     def __enter__(self):
+        import psutil
+
+        self._proc, self._stop = psutil.Process(), threading.Event()
         self.before = self.peak = self._proc.memory_info().rss
-        self._stop.clear()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
+
+    def _loop(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._proc.memory_info().rss)
-        return False
 
 
 @dataclass
@@ -227,13 +178,13 @@ def record_reference_batches(ref_blender, device: str) -> list[BatchShape]:
     original = module.forward
 
     def forward(*args, **kwargs):
-        mask = kwargs.get("attention_mask")
-        if mask is None and len(args) > 1:
-            mask = args[1]
-        sync = _cuda_sync if device == "cuda" else (lambda: None)
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
         t0 = time.perf_counter()
         out = original(*args, **kwargs)
-        sync()
+        if device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
         batches.append(shape_of(mask.detach().cpu().numpy(), time.perf_counter() - t0))
         return out
 
@@ -241,23 +192,11 @@ def record_reference_batches(ref_blender, device: str) -> list[BatchShape]:
     return batches
 
 
-def _cuda_sync():
-    import torch
-
-    torch.cuda.synchronize()
-
-
 def summarize_batches(batches: list[BatchShape]) -> dict:
     real = sum(b.sum_t for b in batches)
     padded = sum(b.padded_tokens for b in batches)
-    return {
-        "batches": len(batches),
-        "rows": sum(b.rows for b in batches),
-        "tokens": real,
-        "padded_tokens": padded,
-        "pad_fraction": (1 - real / padded) if padded else 0.0,
-        "model_s": sum(b.seconds for b in batches),
-    }
+    return {"batches": len(batches), "rows": sum(b.rows for b in batches), "tokens": real, "padded_tokens": padded,
+            "pad_fraction": (1 - real / padded) if padded else 0.0, "model_s": sum(b.seconds for b in batches)}
 
 
 def median(xs) -> float:
@@ -270,48 +209,32 @@ def as_jsonable(obj):
         return as_jsonable(asdict(obj))
     if isinstance(obj, dict):
         return {str(k): as_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, (list, tuple, np.ndarray)):
         return [as_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return None
-    return obj
+    if isinstance(obj, (np.generic, Path)):
+        return str(obj) if isinstance(obj, Path) else as_jsonable(obj.item())
+    return None if isinstance(obj, float) and not np.isfinite(obj) else obj
 
 
 def generated_checkpoint(shape: str, seed: int) -> Path:
     """A random-weight checkpoint, generated once into the blender-fast cache and reused (with the
     backbone weights llm-blender's loader reads: the reference runs on it too)."""
-    from blender_fast.synthetic.demo import demo_checkpoint
-
     return demo_checkpoint(shape, seed, llm_blender_loadable=True,
                            announce=lambda p: log(f"generating a random-weight {shape} checkpoint in {p}"))
 
 
 def quiet_libraries() -> None:
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-    except ImportError:
-        pass
-    import logging
-
+    for category in (UserWarning, FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
     logging.getLogger().setLevel(logging.ERROR)  # llm-blender logs through the root logger
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].logging.set_verbosity_error()
 
 
 def run_main(main, argv=None) -> int:
     """``main(argv)``, with the user's errors (an output path that cannot be written, a missing data file)
     as one line and rc 2, as the blender-fast CLI does. Every benchmark entry point runs through it."""
-    from blender_fast.cluster.outputs import OutputError
-
     try:
         return main(argv)
     except (OutputError, FileNotFoundError) as e:

@@ -10,9 +10,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .common import (BatchShape, RecordingModel, RssSampler, as_jsonable, load_average, log, median,
-                     record_reference_batches, summarize_batches)
-from .flops import ModelShape, run_flops
+from blender_fast import Blender
+from blender_fast.model.checkpoint import llm_blender_model_name, load_checkpoint
+from blender_fast.model.tokenization import build_pair_tokenizer
+from blender_fast.runtime.autoselect import cpu_features
+from blender_fast.selection.strategies import ranks_from_scores
+
+from .common import (BatchShape, RecordingModel, RssSampler, as_jsonable, candidates_for, load_average, log,
+                     median, record_reference_batches, summarize_batches)
+from .flops import ModelShape, achieved, run_flops
 
 REFERENCE_BATCH_SIZE = 8  # llm_blender.Blender.rank's default
 # Pause before each timed call: ONNX Runtime's and torch's worker threads spin-wait for a while after
@@ -35,42 +41,31 @@ class Engine:
 
 
 def engine_plan(device: str) -> list[tuple[str, str, str, str]]:
-    """(name, side, backend, precision) of the engines to compare on this device."""
+    """(name, side, backend, precision) of our engines to compare on this device; the first is the main one."""
     if device == "cpu":
-        from blender_fast.runtime.autoselect import cpu_features
-
-        plan = [
-            ("blender-fast onnx fp32", "ours", "onnx", "fp32"),
-            ("blender-fast onnx int8", "ours", "onnx", "int8"),
-            ("blender-fast torch fp32", "ours", "torch", "fp32"),
-        ]
-        bf16_units = {"avx512_bf16", "amx_bf16"} & set(cpu_features()["isa"])
-        if bf16_units:
-            plan.append(("blender-fast torch bf16", "ours", "torch", "bf16"))
+        bf16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()["isa"]))
+        variants = [("onnx", "fp32"), ("onnx", "int8"), ("torch", "fp32")] + [("torch", "bf16")] * bf16
         try:
             import openvino  # noqa: F401
 
-            plan.append(("blender-fast openvino fp32", "ours", "openvino", "fp32"))
-            if bf16_units:
-                plan.append(("blender-fast openvino bf16", "ours", "openvino", "bf16"))
+            variants += [("openvino", "fp32")] + [("openvino", "bf16")] * bf16
         except ImportError:
             pass
-        return plan
+    else:
+        variants = [("onnx", "fp16"), ("onnx", "fp32")] * onnxruntime_has_gpu() + [("torch", "fp16"), ("torch", "fp32")]
+    return [(f"blender-fast {b} {p}", "ours", b, p) for b, p in variants]
+
+
+def onnxruntime_has_gpu() -> bool:
     import onnxruntime as ort
 
-    plan = [("blender-fast torch fp16", "ours", "torch", "fp16"), ("blender-fast torch fp32", "ours", "torch", "fp32")]
-    if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()):
-        plan = [("blender-fast onnx fp16", "ours", "onnx", "fp16"), ("blender-fast onnx fp32", "ours", "onnx", "fp32")] + plan
-    return plan
+    return bool({"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()))
 
 
 def load_ours(path, device: str, backend: str, precision: str, threads: int | None) -> tuple[object, list]:
-    from blender_fast import Blender
-
     blender = Blender({"device": device, "use_tqdm": False})
     blender.loadranker(str(path), device=device, backend=backend, precision=precision, threads=threads)
-    recorder = RecordingModel(blender.ranker.model)
-    blender.ranker.model = recorder
+    recorder = blender.ranker.model = RecordingModel(blender.ranker.model)
     return blender, recorder.batches
 
 
@@ -81,15 +76,8 @@ def load_reference(path, device: str) -> tuple[object, list]:
     with contextlib.redirect_stdout(sys.stderr):
         ref = llm_blender.Blender(llm_blender.BlenderConfig(device=device, use_tqdm=False))
         # llm-blender resolves model_name against the working directory, blender-fast against the checkpoint
-        from blender_fast.model.checkpoint import llm_blender_model_name
-
         ref.loadranker(str(path), device=device, model_name=llm_blender_model_name(path))
     return ref, record_reference_batches(ref, device)
-
-
-def reference_precision(ref, device: str) -> str:
-    # llm-blender halves the ranker on GPUs when its config says fp16 (the default), fp32 on CPU.
-    return "fp16" if device == "cuda" and getattr(ref.ranker_config, "fp16", False) else "fp32"
 
 
 def reference_bubble_orders(n_prompts: int, n: int, batch_size: int, seed: int) -> list[np.ndarray]:
@@ -104,39 +92,25 @@ def reference_bubble_orders(n_prompts: int, n: int, batch_size: int, seed: int) 
     return [perms[p // batch_size] for p in range(n_prompts)]
 
 
-def _sync(device):
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def timed_call(engine: Engine, fn, device: str, shape: ModelShape, sample_rss: bool = True) -> tuple[object, dict]:
-    """Run fn once; wall time, peak RSS, batch statistics and FLOPs of exactly this call.
-    sample_rss=False: no sampling thread beside the call (RSS fields NaN), for callers that measure peak
-    RSS elsewhere."""
+def timed_call(engine: Engine, fn, device: str, shape: ModelShape) -> tuple[object, dict]:
+    """Run fn once; wall time, peak RSS, batch statistics and FLOPs of exactly this call."""
     gc.collect()
     time.sleep(SETTLE_S)
-    first_batch = len(engine.batches)
-    cuda_peak = None
+    first_batch, torch = len(engine.batches), None
     if device == "cuda":
         import torch
 
         torch.cuda.reset_peak_memory_stats()
-    with RssSampler() if sample_rss else contextlib.nullcontext() as mem:
+    with RssSampler() as mem:
         t0 = time.perf_counter()
         out = fn()
-        _sync(device)
+        if torch:
+            torch.cuda.synchronize()
         wall = time.perf_counter() - t0
-    if device == "cuda":
-        import torch
-
-        cuda_peak = torch.cuda.max_memory_allocated() / 2**20
     batches = engine.batches[first_batch:]
-    nan = float("nan")
-    rec = {"wall_s": wall, "load_average_1min": load_average()[0] if load_average() else None,
-           "rss_before_mb": mem.before / 2**20 if mem else nan, "peak_rss_mb": mem.peak / 2**20 if mem else nan,
-           "rss_increase_mb": (mem.peak - mem.before) / 2**20 if mem else nan, "cuda_peak_mb": cuda_peak,
+    rec = {"wall_s": wall, "load_average_1min": load_average()[0], "rss_before_mb": mem.before / 2**20,
+           "peak_rss_mb": mem.peak / 2**20, "rss_increase_mb": (mem.peak - mem.before) / 2**20,
+           "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if torch else None,
            **summarize_batches(batches), **run_flops(shape, batches), "precision": engine.precision}
     if engine.side == "ours":
         st = engine.blender.ranker.last_stats
@@ -148,22 +122,13 @@ def timed_call(engine: Engine, fn, device: str, shape: ModelShape, sample_rss: b
     return out, rec
 
 
-def _ranks(scores):
-    from blender_fast.selection.strategies import ranks_from_scores
-
-    return np.stack([ranks_from_scores(np.asarray(s)) for s in scores])
-
-
 def score_agreement(a, b) -> dict:
     """How two engines' full rankings agree: identical rank vectors, same top-1, max |score diff|."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    ra, rb = _ranks(a), _ranks(b)
-    return {
-        "identical_ranks_pct": 100.0 * float(np.mean(np.all(ra == rb, axis=1))),
-        "top1_agreement_pct": 100.0 * float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1))),
-        "max_abs_score_diff": float(np.max(np.abs(a - b))),
-        "prompts": int(a.shape[0]),
-    }
+    same = [np.array_equal(ranks_from_scores(x), ranks_from_scores(y)) for x, y in zip(a, b)]
+    return {"identical_ranks_pct": 100.0 * float(np.mean(same)),
+            "top1_agreement_pct": 100.0 * float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1))),
+            "max_abs_score_diff": float(np.max(np.abs(a - b))), "prompts": int(a.shape[0])}
 
 
 def pick_agreement(a: list[int], b: list[int]) -> float:
@@ -172,20 +137,15 @@ def pick_agreement(a: list[int], b: list[int]) -> float:
 
 def summarize(runs: list[dict]) -> dict:
     """Median over repeats of one (task, engine) cell."""
-    walls = [r["wall_s"] for r in runs]
+    walls, first = [r["wall_s"] for r in runs], runs[0]
     wall = median(walls)
-    first = runs[0]
-    out = {
-        "repeats": len(runs), "wall_s": wall, "wall_min_s": min(walls), "wall_max_s": max(walls),
-        "pairs": first["pairs"], "tokens": first["tokens"], "padded_tokens": first["padded_tokens"],
-        "batches": first["batches"], "pad_fraction": first["pad_fraction"],
-        "pairs_per_s": first["pairs"] / wall, "tokens_per_s": first["tokens"] / wall,
-        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-        "rss_increase_mb": max(r["rss_increase_mb"] for r in runs),
-        "cuda_peak_mb": max((r["cuda_peak_mb"] or 0) for r in runs) or None,
-        "model_s": median([r["model_s"] for r in runs]),
-        "real_flops": first["real_flops"], "padded_flops": first["padded_flops"], "precision": first["precision"],
-    }
+    out = {"repeats": len(runs), "wall_s": wall, "wall_min_s": min(walls), "wall_max_s": max(walls),
+           **{k: first[k] for k in ("pairs", "tokens", "padded_tokens", "batches", "pad_fraction", "real_flops",
+                                    "padded_flops", "precision")},
+           "pairs_per_s": first["pairs"] / wall, "tokens_per_s": first["tokens"] / wall,
+           "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "rss_increase_mb": max(r["rss_increase_mb"] for r in runs),
+           "cuda_peak_mb": max((r["cuda_peak_mb"] or 0) for r in runs) or None,
+           "model_s": median([r["model_s"] for r in runs])}
     if "tokenize_s" in first:
         out.update(tokenize_s=median([r["tokenize_s"] for r in runs]), pack_s=median([r["pack_s"] for r in runs]),
                    steps=first["steps"])
@@ -201,8 +161,6 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
     plan: (name, side, backend, precision) of our engines, default engine_plan(device); the first is
     the one timed against llm-blender in best-of-n and compared with it. reference_batch_sizes: which of
     llm-blender's batch sizes to time in rank (its default 8, and 1); leaving 8 out saves most of a run."""
-    from .common import candidates_for
-
     shape = ModelShape.from_checkpoint(ckpt_path)
     inputs = [p.instruction for p in prompts]
     cands = [candidates_for(prompts, i, n_candidates) for i in range(len(prompts))]
@@ -212,15 +170,16 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
         log(f"engine: loading {name}")
         t0 = time.perf_counter()
         blender, batches = load_ours(ckpt_path, device, backend, precision, threads)
-        engines.append(Engine(name, side, backend, precision, blender=blender, batches=batches))
-        engines[-1].load_s = time.perf_counter() - t0
+        engines.append(Engine(name, side, backend, precision, blender=blender, batches=batches,
+                              load_s=time.perf_counter() - t0))
     log("engine: loading llm-blender (reference)")
     t0 = time.perf_counter()
     ref_blender, ref_batches = load_reference(ckpt_path, device)
-    ref_prec = reference_precision(ref_blender, device)
+    # llm-blender halves the ranker on GPUs when its config says fp16 (the default), fp32 on CPU.
+    ref_prec = "fp16" if device == "cuda" and getattr(ref_blender.ranker_config, "fp16", False) else "fp32"
     ref = Engine(f"llm-blender (batch_size={REFERENCE_BATCH_SIZE})", "reference", "torch", ref_prec,
-                 batch_size=REFERENCE_BATCH_SIZE, blender=ref_blender, batches=ref_batches)
-    ref.load_s = time.perf_counter() - t0
+                 batch_size=REFERENCE_BATCH_SIZE, blender=ref_blender, batches=ref_batches,
+                 load_s=time.perf_counter() - t0)
     ref1 = Engine("llm-blender (batch_size=1)", "reference", "torch", ref_prec, batch_size=1,
                   blender=ref_blender, batches=ref_batches)
     ours_main = engines[0]
@@ -230,10 +189,8 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
     bubble_orders = reference_bubble_orders(len(prompts), n_candidates, REFERENCE_BATCH_SIZE, seed)
 
     def rank_fn(engine):
-        if engine.side == "ours":
-            return lambda: engine.blender.rank(inputs, cands, return_scores=True, disable_tqdm=True)
-        return lambda: engine.blender.rank(inputs, cands, return_scores=True, batch_size=engine.batch_size,
-                                           disable_tqdm=True)
+        batch = {"batch_size": engine.batch_size} if engine.side == "reference" else {}
+        return lambda: engine.blender.rank(inputs, cands, return_scores=True, disable_tqdm=True, **batch)
 
     def best_fn(engine, cmp_type):
         if engine.side == "ours":
@@ -254,10 +211,8 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
     # timed in every repeat too: the speed targets are stated against it as well as the default. Its
     # scores are also the ones ours must reproduce: llm-blender decides truncation per batch (longest
     # source in the batch), and with batch_size=1 that is per prompt, like ours.
-    schedule = [("rank", ours_main, rank_fn(ours_main))] + [
-        ("rank", e, rank_fn(e)) for e in (ref, ref1) if e.batch_size in reference_batch_sizes]
-    for e in engines[1:]:
-        schedule.append(("rank", e, rank_fn(e)))
+    schedule = [("rank", e, rank_fn(e)) for e in [ours_main] + [e for e in (ref, ref1) if e.batch_size in
+                                                                 reference_batch_sizes] + engines[1:]]
     if best_of_n:
         schedule += [("best_of_n bubble", ours_main, best_fn(ours_main, "bubble")),
                      ("best_of_n bubble", ref, best_fn(ref, "bubble"))]
@@ -265,10 +220,9 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
             schedule.append(("best_of_n tournament", ours_main, best_fn(ours_main, "tournament")))
 
     log("engine: warm-up (one small call per engine)")
-    warm_in, warm_c = inputs[:1], [cands[0][:2]]
-    for e in engines:
-        e.blender.rank(warm_in, warm_c, return_scores=True, disable_tqdm=True)
-    ref.blender.rank(warm_in, warm_c, return_scores=True, batch_size=1, disable_tqdm=True)
+    for e in engines + [ref1]:
+        e.blender.rank(inputs[:1], [cands[0][:2]], return_scores=True, disable_tqdm=True,
+                       **({"batch_size": 1} if e is ref1 else {}))
 
     runs: dict[tuple[str, str], list[dict]] = {}
     outputs: dict[tuple[str, str], object] = {}
@@ -280,10 +234,9 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
             outputs.setdefault((task, engine.name), out)
             log(f"engine: repeat {r + 1}/{repeats} {task:<21} {engine.name:<28} {rec['wall_s']:7.2f}s")
 
-    cells = {}
+    cells: dict[str, dict] = {}
     for (task, name), rs in runs.items():
-        cell = summarize(rs)
-        cells.setdefault(task, {})[name] = cell
+        cells.setdefault(task, {})[name] = summarize(rs)
     for task, by_engine in cells.items():
         ref_name = ref.name if ref.name in by_engine else ref1.name
         if ref_name in by_engine:
@@ -291,8 +244,8 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
                 cell["speedup_vs_reference"] = by_engine[ref_name]["wall_s"] / cell["wall_s"]
                 # Paired per-repeat ratios: robust to load that drifts over the run.
                 if name != ref_name and len(runs[(task, name)]) == len(runs[(task, ref_name)]):
-                    ratios = [b["wall_s"] / a["wall_s"] for a, b in zip(runs[(task, name)], runs[(task, ref_name)])]
-                    cell["speedup_paired_median"] = median(ratios)
+                    cell["speedup_paired_median"] = median([b["wall_s"] / a["wall_s"] for a, b in
+                                                            zip(runs[(task, name)], runs[(task, ref_name)])])
                 if ref1.name in by_engine:
                     cell["speedup_vs_batch_size_1"] = by_engine[ref1.name]["wall_s"] / cell["wall_s"]
         elif task.startswith("best_of_n") and ref.name in cells.get("best_of_n bubble", {}):
@@ -302,25 +255,22 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
     # Agreement on the full rankings.
     scores = {name: np.asarray(outputs[("rank", name)], dtype=np.float64) for (task, name) in outputs if task == "rank"}
     agreement = {f"{a.name} vs {b.name}": score_agreement(scores[a.name], scores[b.name])
-                 for a, b in ((ours_main, ref1), (ours_main, ref), (ref, ref1)) if a.name in scores and b.name in scores}
-    for e in engines[1:]:
-        agreement[f"{e.name} vs {ours_main.name}"] = score_agreement(scores[e.name], scores[ours_main.name])
+                 for a, b in [(ours_main, ref1), (ours_main, ref), (ref, ref1)] + [(e, ours_main) for e in engines[1:]]
+                 if a.name in scores and b.name in scores}
 
     picks = {}
     if best_of_n:
-        def idx(task, name):
+        def idx(task, name=ours_main.name):
             return [cands[p].index(text) for p, text in enumerate(outputs[(task, name)])]
 
-        full_top1 = [int(i) for i in np.argmax(scores[ours_main.name], axis=1)]
-        ours_bubble, ref_bubble = idx("best_of_n bubble", ours_main.name), idx("best_of_n bubble", ref.name)
-        picks = {
-            "ours bubble vs llm-blender bubble (same start order), % same pick": pick_agreement(ours_bubble, ref_bubble),
-            "ours bubble vs full-rank top-1, % same": pick_agreement(ours_bubble, full_top1),
-        }
+        full_top1, bubble = list(np.argmax(scores[ours_main.name], axis=1)), idx("best_of_n bubble")
+        picks = {"ours bubble vs llm-blender bubble (same start order), % same pick":
+                 pick_agreement(bubble, idx("best_of_n bubble", ref.name)),
+                 "ours bubble vs full-rank top-1, % same": pick_agreement(bubble, full_top1)}
         if tournament:
-            ours_tourn = idx("best_of_n tournament", ours_main.name)
-            picks["ours tournament vs full-rank top-1, % same"] = pick_agreement(ours_tourn, full_top1)
-            picks["ours tournament vs ours bubble, % same"] = pick_agreement(ours_tourn, ours_bubble)
+            tourn = idx("best_of_n tournament")
+            picks.update({"ours tournament vs full-rank top-1, % same": pick_agreement(tourn, full_top1),
+                          "ours tournament vs ours bubble, % same": pick_agreement(tourn, bubble)})
 
     return as_jsonable({
         "settings": {"prompts": len(prompts), "candidates_per_prompt": n_candidates, "repeats": repeats,
@@ -341,14 +291,8 @@ def run_engine_section(ckpt_path, prompts, n_candidates: int, device: str, threa
 # -- speed vs llm-blender in length bins ------------------------------------------------------------
 
 def tokens_per_pair(ckpt_path, prompts, n_candidates: int) -> list[float]:
-    """Each prompt's mean tokens per ordered pair (source + two candidates, each clipped at the
-    checkpoint's limits), from the checkpoint's own tokenizer: what the length bins sort on. The table
-    then reports the tokens the engines actually ran (recorded batches)."""
-    from blender_fast.model.checkpoint import load_checkpoint
-    from blender_fast.model.tokenization import build_pair_tokenizer
-
-    from .common import candidates_for
-
+    """Each prompt's mean tokens per ordered pair (source + two candidates, each clipped at the checkpoint's
+    limits), from its own tokenizer: what the length bins sort on (the table reports the tokens run)."""
     ckpt = load_checkpoint(ckpt_path)
     tok = build_pair_tokenizer(ckpt)
     out = []
@@ -362,16 +306,11 @@ def tokens_per_pair(ckpt_path, prompts, n_candidates: int) -> list[float]:
 
 def run_speed_section(ckpt_path, prompts, n_prompts: int, n_bins: int, n_candidates: int, device: str,
                       threads: int | None, repeats: int, reference_batch_sizes: tuple, peak: dict,
-                      seed: int = 0, per_bin: int | None = None, on_bin=None, only_bins=None) -> dict:
+                      seed: int = 0, per_bin: int | None = None, on_bin=None) -> dict:
     """Full ranking, ours (ONNX Runtime fp32, exact) against llm-blender, on the first `n_prompts` prompts
-    sorted into `n_bins` bins of equal count by tokens per pair (`per_bin` of each, spread over its
-    lengths, when given: a shorter run over the same length range); each bin is an engine run of its own (interleaved
-    repeats). Beside each ratio: each engine's useful FLOP rate (real tokens only) as a fraction of the
-    machine's fp32 GEMM rate `peak`, so that a ratio can be read against the machine. on_bin(partial
-    result) after every bin: a long run keeps what it measured. only_bins: 1-based bin numbers to time
-    (the rest of a run cut short)."""
-    from .flops import achieved
-
+    sorted into `n_bins` bins of equal count by tokens per pair (`per_bin` of each, spread over its lengths,
+    when given); each bin an engine run of its own. Beside each ratio: each engine's useful FLOP rate as a
+    fraction of the machine's fp32 GEMM rate `peak`. on_bin(partial result) after every bin."""
     if threads:
         import torch
 
@@ -387,8 +326,6 @@ def run_speed_section(ckpt_path, prompts, n_prompts: int, n_bins: int, n_candida
     plan = [("blender-fast onnx fp32", "ours", "onnx", "fp32")]
     bins = []
     for b, idx in enumerate(np.array_split(np.asarray(order), n_bins)):
-        if only_bins and b + 1 not in only_bins:
-            continue
         if per_bin and per_bin < len(idx):  # spread over the bin's length range, not its shortest
             idx = idx[np.unique(np.linspace(0, len(idx) - 1, per_bin).round().astype(int))]
         group = [chosen[i] for i in idx]
@@ -397,21 +334,15 @@ def run_speed_section(ckpt_path, prompts, n_prompts: int, n_bins: int, n_candida
                                  best_of_n=False, plan=plan, reference_batch_sizes=reference_batch_sizes)
         cells = eng["tasks"]["rank"]
         ours = cells[plan[0][0]]
-        row = {"prompts": len(group), "prompt_ids": [p.id for p in group],
-               "tokens_per_pair": ours["tokens"] / ours["pairs"], "pairs": ours["pairs"], "engines": {}}
-        for name, cell in cells.items():
-            row["engines"][name] = {"wall_s": cell["wall_s"], "wall_min_s": cell["wall_min_s"],
-                                    "wall_max_s": cell["wall_max_s"],
-                                    "ratio": cell["wall_s"] / ours["wall_s"],
-                                    "fraction_of_gemm_rate": achieved(cell, gemm_rate)["fraction_of_peak"]}
-        row["agreement"] = eng["agreement"]
-        row["load_average"] = [r.get("load_average_1min") for rs in eng["runs"].values() for r in rs]
-        bins.append(row)
-        ratios = {}
-        for r in bins:
-            for name, e in r["engines"].items():
-                if name != plan[0][0]:
-                    ratios.setdefault(name, []).append(e["ratio"])
+        bins.append({"prompts": len(group), "prompt_ids": [p.id for p in group],
+                     "tokens_per_pair": ours["tokens"] / ours["pairs"], "pairs": ours["pairs"],
+                     "engines": {name: {"wall_s": c["wall_s"], "wall_min_s": c["wall_min_s"], "wall_max_s": c["wall_max_s"],
+                                        "ratio": c["wall_s"] / ours["wall_s"],
+                                        "fraction_of_gemm_rate": achieved(c, gemm_rate)["fraction_of_peak"]}
+                                 for name, c in cells.items()},
+                     "agreement": eng["agreement"],
+                     "load_average": [r.get("load_average_1min") for rs in eng["runs"].values() for r in rs]})
+        ratios = {name: [r["engines"][name]["ratio"] for r in bins] for name in cells if name != plan[0][0]}
         result = as_jsonable({
             "settings": {"prompts": sum(r["prompts"] for r in bins), "drawn_from": len(chosen), "bins": n_bins,
                          "candidates_per_prompt": n_candidates, "repeats": repeats, "threads": threads,

@@ -1,22 +1,19 @@
 """Model FLOPs of PairRM (DeBERTa-v2/v3 with disentangled attention) and the machine's GEMM peak.
 
-The count (multiply-add = 2 FLOPs), per layer, for one sequence of T real tokens, hidden H,
-intermediate I and relative-attention span 2k (position_buckets=256 → 2k = 512 relative positions):
+The count (multiply-add = 2 FLOPs), per layer, for one sequence of T real tokens, hidden H, intermediate
+I and relative-attention span 2k (position_buckets=256 → 2k = 512 relative positions):
 
-* Q, K, V and output projections: 4 · 2·T·H² = 8·T·H²
-* QKᵀ and attention·V: 2 · 2·T²·H = 4·T²·H
-* relative-position key and query projections of the 2k relative embeddings (share_att_key: the
-  layer's own K and Q weights): 2 · 2·(2k)·H² per layer, but they do not depend on the input: our export
-  computes them once (blender_fast/attention.py) and llm-blender once per batch. Not counted, so the
-  achieved rate is never flattered by work that need not be done.
+* Q, K, V and output projections: 4 · 2·T·H² = 8·T·H²; QKᵀ and attention·V: 2 · 2·T²·H = 4·T²·H
+* relative-position key and query projections of the 2k relative embeddings: 2 · 2·(2k)·H², but they do
+  not depend on the input (our export computes them once, llm-blender once per batch): not counted, so
+  the achieved rate is never flattered by work that need not be done
 * c2p and p2c scores (queries against relative keys, keys against relative queries): 2 · 2·T·(2k)·H
 * feed-forward H→I→H: 4·T·H·I
-* head, per pair: Linear(2H→H) on the [source; candidate] pair of each side: 2 · 2·(2H)·H = 8·H²,
-  plus Linear(H→n_tasks) twice: 4·H·n_tasks
+* head, per pair: Linear(2H→H) on each side's [source; candidate]: 8·H², plus Linear(H→n_tasks) twice
 
-Left out (small against the above, and not GEMM work): embeddings lookup, LayerNorm, softmax, GELU,
-the relative-position bucket gather. "Real" FLOPs count real tokens only; "padded" FLOPs count every
-position of every batch (B × T_max), which is what the hardware actually executes.
+Left out (small, and not GEMM work): embeddings, LayerNorm, softmax, GELU, the bucket gather. "Real"
+FLOPs count real tokens only; "padded" FLOPs every position of every batch (B × T_max), which is what
+the hardware actually executes.
 """
 from __future__ import annotations
 
@@ -24,6 +21,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+
+from blender_fast.model.checkpoint import load_checkpoint
 
 from .common import BatchShape
 
@@ -38,27 +37,25 @@ class ModelShape:
 
     @classmethod
     def from_checkpoint(cls, path) -> "ModelShape":
-        from blender_fast.model.checkpoint import load_checkpoint
-
         ckpt = load_checkpoint(path)
         cfg = ckpt.backbone_config
-        buckets = int(cfg.get("position_buckets", -1) or -1)
-        if buckets > 0:
-            span = 2 * buckets
-        else:
-            max_rel = int(cfg.get("max_relative_positions", -1) or -1)
-            span = 2 * (max_rel if max_rel > 0 else int(cfg.get("max_position_embeddings", 512)))
+        buckets, max_rel = (int(cfg.get(k, -1) or -1) for k in ("position_buckets", "max_relative_positions"))
+        span = 2 * (buckets if buckets > 0 else max_rel if max_rel > 0 else int(cfg.get("max_position_embeddings", 512)))
         return cls(int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]),
                    int(cfg.get("intermediate_size", 4 * cfg["hidden_size"])), span, ckpt.n_tasks)
 
 
+def flop_terms(shape: ModelShape, rows: int, sum_t: float, sum_t2: float) -> dict:
+    """FLOPs by term of one batch of `rows` sequences with sum of lengths sum_t and of squared lengths sum_t2."""
+    h, i, s, n = shape.hidden, shape.intermediate, shape.att_span, shape.layers
+    return {"qkvo_projections": n * 8 * h * h * sum_t, "qk_and_av": n * 4 * h * sum_t2,
+            "relative_position_projections (input-independent, not counted)": n * 2 * 2 * s * h * h,
+            "c2p_p2c": n * 2 * 2 * s * h * sum_t, "ffn": n * 4 * h * i * sum_t,
+            "head": rows * (8 * h * h + 4 * h * shape.n_tasks)}
+
+
 def batch_flops(shape: ModelShape, rows: int, sum_t: float, sum_t2: float) -> float:
-    """FLOPs of one batch of `rows` sequences with sum of lengths sum_t and of squared lengths sum_t2."""
-    h, i, s = shape.hidden, shape.intermediate, shape.att_span
-    per_token = 8 * h * h + 2 * 2 * s * h + 4 * h * i
-    per_layer = per_token * sum_t + 4 * h * sum_t2
-    head = rows * (8 * h * h + 4 * h * shape.n_tasks)
-    return shape.layers * per_layer + head
+    return sum(v for k, v in flop_terms(shape, rows, sum_t, sum_t2).items() if "not counted" not in k)
 
 
 def run_flops(shape: ModelShape, batches: list[BatchShape]) -> dict:
@@ -68,43 +65,26 @@ def run_flops(shape: ModelShape, batches: list[BatchShape]) -> dict:
     return {"real_flops": float(real), "padded_flops": float(padded)}
 
 
-def flops_per_pair(shape: ModelShape, tokens: int, batch_rows: int = 1) -> float:
-    """FLOPs of one pair of `tokens` real tokens, in a batch of `batch_rows`."""
-    return batch_flops(shape, batch_rows, batch_rows * tokens, batch_rows * tokens * tokens) / batch_rows
-
-
-def flops_breakdown(shape: ModelShape, tokens: int) -> dict:
-    """Where one pair's FLOPs go (per pair, batch of 1), for the report."""
-    h, i, s, t, n = shape.hidden, shape.intermediate, shape.att_span, tokens, shape.layers
-    return {
-        "qkvo_projections": n * 8 * t * h * h,
-        "qk_and_av": n * 4 * t * t * h,
-        "relative_position_projections (input-independent, not counted)": n * 2 * 2 * s * h * h,
-        "c2p_p2c": n * 2 * 2 * t * s * h,
-        "ffn": n * 4 * t * h * i,
-        "head": 8 * h * h + 4 * h * shape.n_tasks,
-    }
-
-
 # -- the machine's GEMM peak -----------------------------------------------------------------------
 
 def _best_rate(fn, flops: float, reps: int, min_s: float = 0.5) -> float:
+    """FLOP/s of the fastest of at least `reps` runs (more, up to 10x, until `min_s` has passed)."""
     fn()  # warm-up: thread pools, allocations
-    best = float("inf")
-    t_start = time.perf_counter()
-    done = 0
+    best, done, t_start = float("inf"), 0, time.perf_counter()
     while done < reps or (time.perf_counter() - t_start < min_s and done < 10 * reps):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-        done += 1
+        best, done = min(best, time.perf_counter() - t0), done + 1
     return flops / best
 
 
-def numpy_gemm_peak(n: int, reps: int = 3) -> float:
+def _square_pair(n: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
+    return rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+
+
+def numpy_gemm_peak(n: int, reps: int = 3) -> float:
+    a, b = _square_pair(n)
     return _best_rate(lambda: a @ b, 2.0 * n ** 3, reps)
 
 
@@ -128,21 +108,17 @@ def onnxruntime_gemm_peak(n: int, threads: int | None, reps: int = 3) -> float |
     if threads:
         opts.intra_op_num_threads = int(threads)
     sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feeds = {"a": rng.standard_normal((n, n), dtype=np.float32), "b": rng.standard_normal((n, n), dtype=np.float32)}
+    feeds = dict(zip("ab", _square_pair(n)))
     return _best_rate(lambda: sess.run(None, feeds), 2.0 * n ** 3, reps)
 
 
 def torch_cuda_gemm_peak(n: int, dtype: str, reps: int = 10) -> float | None:
-    try:
-        import torch
-    except ImportError:
-        return None
+    import torch
+
     if not torch.cuda.is_available():
         return None
-    dt = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
-    a = torch.randn(n, n, device="cuda", dtype=dt)
-    b = torch.randn(n, n, device="cuda", dtype=dt)
+    a, b = (torch.randn(n, n, device="cuda", dtype=getattr(torch, {"fp32": "float32", "fp16": "float16"}[dtype]))
+            for _ in range(2))
 
     def run():
         for _ in range(5):
@@ -158,12 +134,9 @@ def measure_peak(device: str, threads: int | None, quick: bool) -> dict:
     out = {"matrix_size": n, "numpy_fp32": numpy_gemm_peak(n), "onnxruntime_fp32": onnxruntime_gemm_peak(n, threads)}
     if device == "cuda":
         n_gpu = 1024 if quick else 8192
-        out["cuda_matrix_size"] = n_gpu
-        out["torch_cuda_fp32"] = torch_cuda_gemm_peak(n_gpu, "fp32")
-        out["torch_cuda_fp16"] = torch_cuda_gemm_peak(n_gpu, "fp16")
-        out["peak_flops"] = out["torch_cuda_fp32"]
-        out["peak_source"] = "torch_cuda_fp32"
-        out["peak_fp16_flops"] = out["torch_cuda_fp16"]
+        fp32, fp16 = torch_cuda_gemm_peak(n_gpu, "fp32"), torch_cuda_gemm_peak(n_gpu, "fp16")
+        out.update(cuda_matrix_size=n_gpu, torch_cuda_fp32=fp32, torch_cuda_fp16=fp16, peak_flops=fp32,
+                   peak_source="torch_cuda_fp32", peak_fp16_flops=fp16)
     else:
         cands = {k: out[k] for k in ("numpy_fp32", "onnxruntime_fp32") if out.get(k)}
         out["peak_source"] = max(cands, key=cands.get)
@@ -173,17 +146,14 @@ def measure_peak(device: str, threads: int | None, quick: bool) -> dict:
 
 def achieved(run: dict, peak: float, peak_fp16: float | None = None) -> dict:
     """Achieved FLOP/s of one timed run (dict with real_flops, padded_flops, wall_s, model_s)."""
-    wall = run["wall_s"]
+    nan, wall = float("nan"), run["wall_s"]
     model_s = run.get("model_s") or wall
     ref_peak = peak_fp16 if (peak_fp16 and run.get("precision") == "fp16") else peak
-    real_rate = run["real_flops"] / wall if wall else float("nan")
-    padded_model_rate = run["padded_flops"] / model_s if model_s else float("nan")
-    return {
-        "real_flops_per_s": real_rate,  # useful work per wall second
-        "padded_flops_per_s_in_model": padded_model_rate,  # what the hardware executes while in the model
-        "fraction_of_peak": real_rate / ref_peak if ref_peak else float("nan"),
-        "padded_model_fraction_of_peak": padded_model_rate / ref_peak if ref_peak else float("nan"),
-    }
+    real_rate = run["real_flops"] / wall if wall else nan  # useful work per wall second
+    padded_model_rate = run["padded_flops"] / model_s if model_s else nan  # what the hardware executes in the model
+    return {"real_flops_per_s": real_rate, "padded_flops_per_s_in_model": padded_model_rate,
+            "fraction_of_peak": real_rate / ref_peak if ref_peak else nan,
+            "padded_model_fraction_of_peak": padded_model_rate / ref_peak if ref_peak else nan}
 
 
 def run_flops_section(shape: ModelShape, engine: dict | None, strategies: dict | None, device: str,
@@ -192,34 +162,23 @@ def run_flops_section(shape: ModelShape, engine: dict | None, strategies: dict |
     if given, at the start of the run: the higher of the two (on a shared machine the load drifts)."""
     peak = measure_peak(device, threads, quick)
     if earlier_peak:
-        peak["at_end_of_run"] = dict(peak)
-        peak["at_start_of_run"] = earlier_peak
+        peak.update(at_end_of_run=dict(peak), at_start_of_run=earlier_peak)
         if earlier_peak["peak_flops"] > peak["peak_flops"]:
-            for key in ("peak_flops", "peak_source", "peak_fp16_flops"):
-                if key in earlier_peak:
-                    peak[key] = earlier_peak[key]
-            peak["peak_source"] += " (start of run)"
-    runs = []
-    if engine and "tasks" in engine:
-        for task, cells in engine["tasks"].items():
-            for name, cell in cells.items():
-                runs.append({"run": f"{task} / {name} (median)", "real_flops": cell["real_flops"],
-                             "padded_flops": cell["padded_flops"], "wall_s": cell["wall_s"],
-                             "model_s": cell["model_s"], "precision": cell["precision"]})
-    if strategies:
-        for c in strategies.get("timed", []):
-            if "wall_s" in c:
-                runs.append({"run": f"strategies n={c['n']} {c['mode']} {c['strategy']}", "real_flops": c["real_flops"],
-                             "padded_flops": c["padded_flops"], "wall_s": c["wall_s"], "model_s": c["model_s"],
-                             "precision": c["engine"].split()[-1]})
+            peak.update({k: earlier_peak[k] for k in ("peak_flops", "peak_fp16_flops") if k in earlier_peak},
+                        peak_source=earlier_peak["peak_source"] + " (start of run)")
+    keys = ("real_flops", "padded_flops", "wall_s", "model_s")
+    cells = [(f"{task} / {name} (median)", c, c["precision"]) for task, cs in (engine or {}).get("tasks", {}).items()
+             for name, c in cs.items()]
+    cells += [(f"strategies n={c['n']} {c['mode']} {c['strategy']}", c, c["engine"].split()[-1])
+              for c in (strategies or {}).get("timed", []) if "wall_s" in c]
+    runs = [{"run": run, **{k: c[k] for k in keys}, "precision": precision} for run, c, precision in cells]
     for r in runs:
         r.update(achieved(r, peak["peak_flops"], peak.get("peak_fp16_flops")))
     out = {"model_shape": shape, "peak": peak, "runs": runs}
-    main = engine["tasks"]["rank"] if engine and "tasks" in engine else None
-    if main:
-        first = next(iter(main.values()))
+    if engine and "tasks" in engine:
+        first = next(iter(engine["tasks"]["rank"].values()))
         tokens = first["tokens"] / first["pairs"]
-        f = flops_per_pair(shape, round(tokens))
-        out["per_pair"] = {"tokens": tokens, "flops": f, "gflop": f / 1e9,
-                           "breakdown": flops_breakdown(shape, round(tokens))}
+        t = round(tokens)
+        f = batch_flops(shape, 1, t, t * t)
+        out["per_pair"] = {"tokens": tokens, "flops": f, "gflop": f / 1e9, "breakdown": flop_terms(shape, 1, t, t * t)}
     return out

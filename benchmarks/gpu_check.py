@@ -3,47 +3,52 @@
     bash benchmarks/gpu_check.sh                      # on a machine with a CUDA GPU (see that file)
     python -m benchmarks.gpu_check --dry-run          # the same driver on the CPU, tiny shape, seconds
 
-For each shape (default xsmall and large, PairRM's size) it generates a random-weight checkpoint (the
-generator needs transformers<5: gpu_check.sh puts the carried wheels first on the path), then times,
-interleaved, full ranking of P prompts x N candidates and best-of-B (bubble) with: ours torch fp16, ours
-torch bf16, ours torch fp32, llm-blender fp16 at its default batch_size=8 (and batch_size=1 once, for
-parity), then the certified cascade (torch fp16 for every pair, fp32 again, on ONNX Runtime's TensorRT/CUDA
-providers where present, for the pairs its measured bound cannot certify) against fp32 alone. Parity: ours fp16 vs llm-blender fp16 (same GPU, same checkpoint): top-1 agreement, identical
-rankings, max |score difference|. It passes when that difference is under 5% of the scores' std and every
-top-1 mismatch is a near-tie (the two candidates' scores differ by less than twice it). Writes OUT/gpu_check.md and OUT/gpu_check.json.
+Per shape (default xsmall and large, PairRM's size; the generator needs transformers<5, which gpu_check.sh
+puts first on the path) it times, interleaved, full ranking of P prompts x N candidates and best-of-B
+(bubble): ours torch fp16, bf16 and fp32 against llm-blender fp16 at batch_size=8 (and 1, for parity);
+then the certified cascade (fp16 for every pair, fp32 on ONNX Runtime's TensorRT/CUDA providers where
+present for the pairs its measured bound cannot certify) against fp32 alone. Parity passes when ours fp16
+and llm-blender fp16 differ by under 5% of the scores' std and every top-1 mismatch is a near-tie (scores
+closer than twice that difference). Writes OUT/gpu_check.md and OUT/gpu_check.json.
 
-``--phase t5`` reruns ours (fp16) under the image's own transformers 5 against the saved scores of the
-main run, so both transformers majors are checked on the GPU.
+``--phase t5`` reruns ours (fp16) under the image's own transformers 5 against the main run's scores.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from blender_fast import Ranker
+from blender_fast.cluster.outputs import output_dir, write_text
+from blender_fast.model.checkpoint import load_checkpoint
+from blender_fast.runtime.calibration import measure_bound
+
+from .common import (as_jsonable, candidates_for, default_data_path, generated_checkpoint, load_prompts, log,
+                     machine_info, quiet_libraries, run_main)
+from .engine import onnxruntime_has_gpu, run_engine_section, score_agreement
+from .tables import md_table
+
+# Before transformers or huggingface_hub is imported (lazily): checkpoints are generated or given as directories.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
-
 # Parity: scores may differ by rounding (fp16 both sides, different padding) by at most this share of their std.
 MAX_REL_SCORE_DIFF = 0.05
-# (name, side, backend, precision): ours on the GPU. fp16 first: it is the one compared with llm-blender.
-GPU_PLAN = [
-    ("blender-fast torch fp16", "ours", "torch", "fp16"),
-    ("blender-fast torch bf16", "ours", "torch", "bf16"),
-    ("blender-fast torch fp32", "ours", "torch", "fp32"),
-]
-# On the CPU (dry run) llm-blender runs fp32, so ours fp32 is the one compared with it.
-CPU_PLAN = [GPU_PLAN[2], GPU_PLAN[0], GPU_PLAN[1]]
 
 
-def plan_for(device: str):
-    return GPU_PLAN if device == "cuda" else CPU_PLAN
+def plan_for(device: str) -> list[tuple[str, str, str, str]]:
+    """Ours, torch: the first is the one compared with llm-blender, in its precision (fp16 on a GPU, fp32
+    on the CPU of a dry run)."""
+    order = ("fp16", "bf16", "fp32") if device == "cuda" else ("fp32", "fp16", "bf16")
+    return [(f"blender-fast torch {p}", "ours", "torch", p) for p in order]
 
 
 def parse_args(argv=None):
@@ -64,54 +69,34 @@ def parse_args(argv=None):
                    help="CPU, tiny shape, 2 prompts x 3 candidates, best-of-4, 1 repeat, short texts")
     args = p.parse_args(argv)
     # Dry run: the same driver on the CPU with a tiny checkpoint and short texts; explicit sizes win.
-    defaults = dict(prompts=2, candidates=3, best_of=4, repeats=1) if args.dry_run else \
-        dict(prompts=8, candidates=6, best_of=12, repeats=2)
-    for name, value in defaults.items():
+    for name, dry, real in (("prompts", 2, 8), ("candidates", 3, 6), ("best_of", 4, 12), ("repeats", 1, 2)):
         if getattr(args, name) is None:
-            setattr(args, name, value)
+            setattr(args, name, dry if args.dry_run else real)
     if args.dry_run:
         args.device, args.shapes, args.max_chars = "cpu", "tiny", args.max_chars or 200
     return args
 
 
 def parity(ours: np.ndarray, ref: np.ndarray) -> dict:
-    """Top-1 / identical-ranking agreement, max |score diff|, and whether each top-1 mismatch is a near-tie."""
-    from blender_fast.selection.strategies import ranks_from_scores
-
+    """engine.score_agreement, and whether the difference is small and each top-1 mismatch a near-tie."""
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    diff = float(np.max(np.abs(ours - ref)))
+    agree = score_agreement(ours, ref)
+    diff, spread = agree["max_abs_score_diff"], float(np.std(ref))
     top_o, top_r = ours.argmax(1), ref.argmax(1)
     mismatches = np.flatnonzero(top_o != top_r)
-    near_tie = [bool(abs(ref[p, top_r[p]] - ref[p, top_o[p]]) <= 2 * diff) for p in mismatches]
-    spread = float(np.std(ref))
+    near_ties = all(abs(ref[p, top_r[p]] - ref[p, top_o[p]]) <= 2 * diff for p in mismatches)
     small = diff <= MAX_REL_SCORE_DIFF * spread if spread > 0 else diff == 0.0
-    identical = np.mean([np.array_equal(ranks_from_scores(a), ranks_from_scores(b)) for a, b in zip(ours, ref)])
-    return {"prompts": int(len(ours)), "top1_agreement_pct": 100.0 * float(np.mean(top_o == top_r)),
-            "identical_ranks_pct": 100.0 * float(identical), "max_abs_score_diff": diff,
-            "score_spread": spread, "top1_mismatches": int(len(mismatches)),
-            "mismatches_all_near_ties": all(near_tie), "pass": bool(small and all(near_tie))}
+    return {**agree, "score_spread": spread, "top1_mismatches": int(len(mismatches)),
+            "mismatches_all_near_ties": bool(near_ties), "pass": bool(small and near_ties)}
 
 
 def check_shape(ckpt: Path, shape: str, args, prompts) -> dict:
-    from .engine import run_engine_section
-    from .common import log
-
     out = {"checkpoint": str(ckpt), "shape": shape}
     for task, n in (("rank", args.candidates), ("best_of", args.best_of)):
         log(f"gpu_check: {shape} {task}: {len(prompts)} prompts x {n} candidates")
-        res = run_engine_section(ckpt, prompts, n, args.device, None, args.repeats, plan=plan_for(args.device),
-                                 best_of_n=(task == "best_of"), tournament=False)
-        out[task] = res
+        out[task] = run_engine_section(ckpt, prompts, n, args.device, None, args.repeats, plan=plan_for(args.device),
+                                       best_of_n=(task == "best_of"), tournament=False)
     return out
-
-
-def exact_backend(device: str) -> str:
-    """The exact (fp32) model of the cascade: ONNX Runtime when it has a GPU provider (TensorRT first, as
-    runtime/sessions.choose_providers orders them), else torch."""
-    import onnxruntime as ort
-
-    gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers())
-    return "onnx" if device == "cpu" or gpu else "torch"
 
 
 def cascade_check(ckpt: Path, prompts, n: int, device: str, repeats: int) -> dict:
@@ -120,16 +105,10 @@ def cascade_check(ckpt: Path, prompts, n: int, device: str, repeats: int) -> dic
     calibration rows (runtime/calibration.py), then times, interleaved, full ranking (ranks, which the
     cascade certifies; scores come from fp32 anyway) and best-of-n bubble on: fp32 alone, the fast pass
     alone, and the cascade; checks the cascade's ranks and picks equal fp32's and counts re-scored rows."""
-    import copy
-
-    from blender_fast import Ranker
-    from blender_fast.model.checkpoint import load_checkpoint
-    from blender_fast.runtime.calibration import measure_bound
-
-    from .common import candidates_for, log
-
     fast_precision = "fp16" if device == "cuda" else "bf16"
-    exact = Ranker.from_pretrained(ckpt, backend=exact_backend(device), precision="fp32", device=device)
+    # The exact model on ONNX Runtime where it has a GPU provider (TensorRT first, as runtime/sessions orders them).
+    exact_backend = "onnx" if device == "cpu" or onnxruntime_has_gpu() else "torch"
+    exact = Ranker.from_pretrained(ckpt, backend=exact_backend, precision="fp32", device=device)
     fast = Ranker.from_pretrained(ckpt, backend="torch", precision=fast_precision, device=device)
     bound = measure_bound(fast.model, exact.model, exact.tokenizer, load_checkpoint(ckpt))
     cascade = copy.copy(fast)
@@ -142,8 +121,7 @@ def cascade_check(ckpt: Path, prompts, n: int, device: str, repeats: int) -> dic
     out = {"fast": f"torch {fast_precision}", "exact": f"{exact.engine_info['backend']} fp32",
            "providers": getattr(exact.model, "providers", None), "bound": bound, "tasks": {}}
     for task, fn in tasks.items():
-        walls = {name: [] for name in rankers}
-        results = {}
+        walls, results = {name: [] for name in rankers}, {}
         for _ in range(max(1, repeats)):
             for name, r in rankers.items():
                 t0 = time.perf_counter()
@@ -158,9 +136,8 @@ def cascade_check(ckpt: Path, prompts, n: int, device: str, repeats: int) -> dic
         else:
             same = [a.top_k == b.top_k for a, b in zip(results["cascade"], results[out["exact"]])]
             sels = results["cascade"]
-        rows = sum(s.forward_passes for s in sels)
-        cell["cascade"].update(equal_to_fp32_pct=100.0 * float(np.mean(same)),
-                               rescored_pct=100.0 * sum(s.rescored for s in sels) / max(rows, 1))
+        cell["cascade"].update(equal_to_fp32_pct=100.0 * float(np.mean(same)), rescored_pct=100.0 * sum(
+            s.rescored for s in sels) / max(sum(s.forward_passes for s in sels), 1))
         out["tasks"][task] = cell
         log(f"gpu_check: cascade {task}: {cell}")
     return out
@@ -168,16 +145,14 @@ def cascade_check(ckpt: Path, prompts, n: int, device: str, repeats: int) -> dic
 
 def cascade_table(shape: str, c: dict) -> list[str]:
     b = c["bound"]
-    lines = [f"{shape}: certified cascade, fast {c['fast']}, exact {c['exact']} (providers {c['providers']}); "
-             f"fast-pass error vs fp32 on the calibration rows: median {b['median_err']:.2g}, p99 {b['p99_err']:.2g}, "
-             f"max {b['max_err']:.2g}; bound eps {b['eps']:.3g}", "",
-             "| shape | task | engine | wall s (median) | × fp32 | ranks/picks = fp32 | re-scored |", "|---|---|---|---|---|---|---|"]
-    for task, cells in c["tasks"].items():
-        for name, cell in cells.items():
-            eq = f"{cell['equal_to_fp32_pct']:.0f}%" if "equal_to_fp32_pct" in cell else "—"
-            rs = f"{cell['rescored_pct']:.1f}%" if "rescored_pct" in cell else "—"
-            lines.append(f"| {shape} | {task} | {name} | {cell['wall_s']:.3f} | {cell['speedup_vs_fp32']:.2f} | {eq} | {rs} |")
-    return lines + [""]
+    return [f"{shape}: certified cascade, fast {c['fast']}, exact {c['exact']} (providers {c['providers']}); "
+            f"fast-pass error vs fp32 on the calibration rows: median {b['median_err']:.2g}, p99 {b['p99_err']:.2g}, "
+            f"max {b['max_err']:.2g}; bound eps {b['eps']:.3g}", ""] + md_table(
+        ["shape", "task", "engine", "wall s (median)", "× fp32", "ranks/picks = fp32", "re-scored"],
+        [[shape, task, name, f"{cell['wall_s']:.3f}", f"{cell['speedup_vs_fp32']:.2f}",
+          f"{cell['equal_to_fp32_pct']:.0f}%" if "equal_to_fp32_pct" in cell else "—",
+          f"{cell['rescored_pct']:.1f}%" if "rescored_pct" in cell else "—"]
+         for task, cells in c["tasks"].items() for name, cell in cells.items()])
 
 
 def ref_scores_of(res: dict, device: str) -> tuple[np.ndarray, np.ndarray]:
@@ -187,54 +162,47 @@ def ref_scores_of(res: dict, device: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def table(results: dict) -> str:
-    lines = [f"GPU check on {results['machine'].get('gpu', 'no GPU (CPU dry run)')} ({results['machine']['versions']})", "",
-             "| shape | task | engine | wall s (median) | pairs/s | × llm-blender fp16 bs=8 | × bs=1 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"GPU check on {results['machine'].get('gpu', 'no GPU (CPU dry run)')} ({results['machine']['versions']})", ""]
     for shape, sres in results["shapes"].items():
+        rows = []
         for task in ("rank", "best_of"):
             res = sres[task]
             for tname, cells in res["tasks"].items():
                 if task == "best_of" and tname == "rank":
                     continue  # best_of runs at n = best-of; its full ranking is only there for the picks
                 bs1 = cells.get("llm-blender (batch_size=1)", {}).get("wall_s")
-                for name, c in cells.items():
-                    vs1 = f"{bs1 / c['wall_s']:.2f}" if bs1 else "—"
-                    lines.append(f"| {shape} | {tname} n={res['settings']['candidates_per_prompt']} | {name} | "
-                                 f"{c['wall_s']:.3f} | {c['pairs_per_s']:.0f} | {c.get('speedup_vs_reference', float('nan')):.2f} | {vs1} |")
+                rows += [[shape, f"{tname} n={res['settings']['candidates_per_prompt']}", name, f"{c['wall_s']:.3f}",
+                          f"{c['pairs_per_s']:.0f}", f"{c.get('speedup_vs_reference', float('nan')):.2f}",
+                          f"{bs1 / c['wall_s']:.2f}" if bs1 else "—"] for name, c in cells.items()]
         p = sres["parity"]
-        lines.append("")
-        lines.append(f"{shape}: parity ours vs llm-blender, same precision ({sres['reference_precision']}): top-1 {p['top1_agreement_pct']:.1f}% "
-                     f"({p['top1_mismatches']} mismatches, all near-ties: {p['mismatches_all_near_ties']}), "
-                     f"identical ranks {p['identical_ranks_pct']:.1f}%, max |Δscore| {p['max_abs_score_diff']:.3g} "
-                     f"(score std {p['score_spread']:.3g}) -> {'PASS' if p['pass'] else 'FAIL'}")
-        lines.append("")
-        if "cascade" in sres:
-            lines += cascade_table(shape, sres["cascade"])
+        lines += md_table(["shape", "task", "engine", "wall s (median)", "pairs/s", "× llm-blender fp16 bs=8", "× bs=1"],
+                          rows)
+        lines += [f"{shape}: parity ours vs llm-blender, same precision ({sres['reference_precision']}): top-1 "
+                  f"{p['top1_agreement_pct']:.1f}% ({p['top1_mismatches']} mismatches, all near-ties: "
+                  f"{p['mismatches_all_near_ties']}), identical ranks {p['identical_ranks_pct']:.1f}%, max |Δscore| "
+                  f"{p['max_abs_score_diff']:.3g} (score std {p['score_spread']:.3g}) -> {'PASS' if p['pass'] else 'FAIL'}",
+                  ""] + (cascade_table(shape, sres["cascade"]) if "cascade" in sres else [])
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .common import (as_jsonable, default_data_path, generated_checkpoint, load_prompts, log, machine_info,
-                         quiet_libraries)
-
     quiet_libraries()
-    from blender_fast.cluster.outputs import output_dir, write_text
-
     out = output_dir(args.out, "--out", may_hold_files=True)  # a file there, or no way to write: refused now
     out.mkdir(exist_ok=True)
     prompts = load_prompts(Path(args.data) if args.data else default_data_path(), max_chars=args.max_chars)[:args.prompts]
-    shapes = [s for s in args.shapes.split(",") if s]
     started = time.perf_counter()
+
+    def report(name, text):
+        write_text(out / name, text + "\n")
+        print(text)
 
     if args.phase == "t5":
         # Ours under whatever transformers this interpreter has (the image's 5.x), on the main run's
         # checkpoints and prompts, against the main run's scores.
-        from blender_fast import Ranker
-
-        saved = json.loads((out / "gpu_check.json").read_text())
         import transformers
 
+        saved = json.loads((out / "gpu_check.json").read_text())
         lines = [f"transformers {transformers.__version__}: ours torch fp16 vs the main run"]
         for shape, sres in saved["shapes"].items():
             ranker = Ranker.from_pretrained(sres["checkpoint"], backend="torch", device=args.device,
@@ -246,21 +214,18 @@ def main(argv=None) -> int:
             lines.append(f"{shape}: vs ours (main run) max |Δ| {p_main['max_abs_score_diff']:.3g}, top-1 "
                          f"{p_main['top1_agreement_pct']:.0f}%; vs llm-blender fp16 top-1 {p_ref['top1_agreement_pct']:.0f}% "
                          f"-> {'PASS' if p_ref['pass'] else 'FAIL'}")
-        text = "\n".join(lines)
-        write_text(out / "gpu_check_t5.md", text + "\n")
-        print(text)
+        report("gpu_check_t5.md", "\n".join(lines))
         return 0
 
     results = {"command": "python -m benchmarks.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv),
                "machine": machine_info(args.device), "shapes": {}}
-    for shape in shapes:
+    for shape in [s for s in args.shapes.split(",") if s]:
         t0 = time.perf_counter()
         ckpt = Path(args.model) if args.model else generated_checkpoint(shape, 0)
         log(f"gpu_check: {shape} checkpoint ready in {time.perf_counter() - t0:.0f} s")
         sres = check_shape(ckpt, shape, args, prompts)
-        ours, ref = ref_scores_of(sres["rank"], args.device)
-        sres["parity"] = parity(ours, ref)
-        sres["reference_precision"] = sres["rank"]["settings"]["reference_precision"]
+        sres.update(parity=parity(*ref_scores_of(sres["rank"], args.device)),
+                    reference_precision=sres["rank"]["settings"]["reference_precision"])
         log(f"gpu_check: {shape} certified cascade")
         sres["cascade"] = cascade_check(ckpt, prompts, args.candidates, args.device, args.repeats)
         results["shapes"][shape] = sres
@@ -268,21 +233,12 @@ def main(argv=None) -> int:
         write_text(out / "gpu_check.json", json.dumps(as_jsonable(results), indent=1))
         if args.model:
             break
-    text = table(results)
-    write_text(out / "gpu_check.md", text + "\n")
-    print(text)
+    report("gpu_check.md", table(results))
     log(f"gpu_check: done in {time.perf_counter() - started:.0f} s")
     exact_cascade = all(c["equal_to_fp32_pct"] == 100.0 for s in results["shapes"].values()
                         for c in (s["cascade"]["tasks"][t]["cascade"] for t in s["cascade"]["tasks"]))
     return 0 if exact_cascade and all(s["parity"]["pass"] for s in results["shapes"].values()) else 1
 
 
-def run(argv=None) -> int:
-    """main(), with the user's errors as one line and rc 2 (common.run_main)."""
-    from .common import run_main
-
-    return run_main(main, argv)
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(run_main(main))

@@ -3,26 +3,26 @@ score a pick gives up, as a function of how accurate the pairwise comparator is.
 
 The comparator is synthetic unless a real checkpoint is given (--model). Synthetic model, per prompt:
 
-* utility u_i = log(q / (1 - q)) with q = judge_pref_i - 1 clipped to [1e-6, 1 - 1e-6] (judge_pref is
-  1 + P(candidate beats the GPT-4 reference); 17% of the scores sit below 1.000001, so the clip keeps
-  the ordering among weak candidates that the judge does express, and no further);
-* ordered-pair logit f(i, j) = β·(u_i - u_j) + b + ε_ij, with ε_ij ~ N(0, σ²) drawn once per ordered
-  pair (seeded) and a position bias b: f(i, j) is the logit that the candidate shown first is better;
-* the comparator's pairwise agreement is the fraction of candidate pairs with different (clipped)
-  judge utilities where sign(f(i, j) - f(j, i)) matches the judge. The bias cancels in that
-  difference; it only matters for one-order comparisons (orders="one"), which are shown too;
+* utility u_i = log(q / (1 - q)), q = judge_pref_i - 1 clipped to [1e-6, 1 - 1e-6] (judge_pref is 1 +
+  P(candidate beats the GPT-4 reference); 17% of the scores sit below 1.000001: the clip keeps the
+  ordering among weak candidates that the judge does express, and no further);
+* ordered-pair logit f(i, j) = β·(u_i - u_j) + b + ε_ij (the logit that the candidate shown first is
+  better), ε_ij ~ N(0, σ²) drawn once per ordered pair (seeded), b a position bias;
+* pairwise agreement: the fraction of pairs with different utilities where sign(f(i, j) - f(j, i))
+  matches the judge. b cancels there; it matters only for one-order comparisons (shown too);
 * σ = 1 and β is calibrated by bisection on the drawn noise so that the agreement hits 60, 70, 80 and
-  90 % exactly (to within one pair). Only β/σ matters for the agreement.
+  90 % (to within one pair).
 
-Bubble and tournament start from a random arrangement per prompt (seeded): the data lists the 12
-models in a fixed order, so one shared arrangement would give the same model the same bracket slot in
-every prompt. Everything is averaged over several noise seeds.
+Bubble and tournament start from a random arrangement per prompt (seeded); everything is averaged over
+several noise seeds.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from blender_fast.selection.strategies import min_passes, select
 
 from .common import BenchPrompt, log
 
@@ -31,13 +31,8 @@ SIGMA = 1.0
 DEFAULT_BIAS = 0.3
 DEFAULT_LEVELS = (60, 70, 80, 90)
 # (label, strategy, orders) of the selection runs compared.
-VARIANTS = (
-    ("full", "full", "both"),
-    ("bubble", "bubble", "both"),
-    ("tournament", "tournament", "both"),
-    ("bubble (one order)", "bubble", "one"),
-    ("tournament (one order)", "tournament", "one"),
-)
+VARIANTS = (("full", "full", "both"), ("bubble", "bubble", "both"), ("tournament", "tournament", "both"),
+            ("bubble (one order)", "bubble", "one"), ("tournament (one order)", "tournament", "one"))
 
 
 def utilities(prefs: np.ndarray) -> np.ndarray:
@@ -60,8 +55,7 @@ class SyntheticComparator:
         return self.beta * (self.u[p, i] - self.u[p, j]) + self.bias + self.sigma * self.noise[p, i, j]
 
     def matrix(self) -> np.ndarray:
-        m = self.beta * (self.u[:, :, None] - self.u[:, None, :]) + self.bias + self.sigma * self.noise
-        return m
+        return self.beta * (self.u[:, :, None] - self.u[:, None, :]) + self.bias + self.sigma * self.noise
 
 
 @dataclass
@@ -77,25 +71,23 @@ class MatrixComparator:
         return self.logits
 
 
+def pair_differences(u: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """u_i - u_j and m(i, j) - m(j, i) over the pairs i < j whose utilities differ."""
+    a, b = np.triu_indices(u.shape[1], 1)
+    du, dm = u[:, a] - u[:, b], m[:, a, b] - m[:, b, a]
+    return du[du != 0], dm[du != 0]
+
+
 def pairwise_agreement(logits: np.ndarray, u: np.ndarray) -> float:
     """Fraction of pairs i<j with u_i != u_j where sign(f(i,j) - f(j,i)) == sign(u_i - u_j)."""
-    n = u.shape[1]
-    a, b = np.triu_indices(n, 1)
-    du = u[:, a] - u[:, b]
-    d = logits[:, a, b] - logits[:, b, a]
-    valid = du != 0
-    return float(np.mean(np.sign(d[valid]) == np.sign(du[valid])))
+    du, d = pair_differences(u, logits)
+    return float(np.mean(np.sign(d) == np.sign(du)))
 
 
 def calibrate_beta(u: np.ndarray, noise: np.ndarray, target: float, sigma: float = SIGMA) -> float:
     """β giving pairwise agreement `target` (0..1) with this noise draw. Agreement is monotone in β:
     pair (i, j) agrees iff 2β|u_i - u_j| > -sign(u_i - u_j)·σ·(ε_ij - ε_ji)."""
-    n = u.shape[1]
-    a, b = np.triu_indices(n, 1)
-    du = u[:, a] - u[:, b]
-    de = sigma * (noise[:, a, b] - noise[:, b, a])
-    valid = du != 0
-    du, de = du[valid], de[valid]
+    du, de = pair_differences(u, sigma * noise)
 
     def agreement(beta):
         return np.mean(np.sign(2 * beta * du + de) == np.sign(du))
@@ -105,80 +97,76 @@ def calibrate_beta(u: np.ndarray, noise: np.ndarray, target: float, sigma: float
         hi *= 2
     for _ in range(60):
         mid = (lo + hi) / 2
-        if agreement(mid) < target:
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if agreement(mid) < target else (lo, mid)
     return hi
 
 
 def evaluate(comparator, prefs: np.ndarray, seed: int, top_ks=(1, 3)) -> list[dict]:
     """Run every variant with this comparator; per (variant, k) metrics against full and the judge."""
-    from blender_fast.selection.strategies import select
-
     n_prompts, n = prefs.shape
-    rng = np.random.default_rng(seed + 7919)  # start arrangements, independent of the noise draw
-    starts = [rng.permutation(n).astype(np.int64) for _ in range(n_prompts)]
+    starts = start_orders(n_prompts, n, seed + 7919)  # independent of the noise draw
     best_pref = prefs.max(axis=1)
     out = []
     for k in top_ks:
-        picks = {}
-        passes = {}
-        steps = {}
-        for label, strategy, orders in VARIANTS:
+        full = None
+        for label, strategy, orders in VARIANTS:  # full first: the others are compared with it
             sels = select([n] * n_prompts, k, strategy, comparator, orders=orders, seed=seed,
                           initial_orders=None if strategy == "full" else starts)
-            picks[label] = [s.top_k for s in sels]
-            passes[label] = float(np.mean([s.forward_passes for s in sels]))
-            steps[label] = float(np.mean([s.steps for s in sels]))
-        full = picks["full"]
-        for label, _, _ in VARIANTS:
-            chosen = picks[label]
-            top1 = np.array([c[0] for c in chosen])
+            chosen = [s.top_k for s in sels]
+            full = full or chosen
             got_best = np.array([prefs[p, c].max() for p, c in enumerate(chosen)])
-            row = {
-                "variant": label, "top_k": k, "seed": seed,
-                "forward_passes": passes[label], "steps": steps[label],
-                # regret of the best candidate in the chosen set (for k=1: the pick)
-                "regret": float(np.mean(best_pref - got_best)),
-                "judge_best_in_set_pct": 100.0 * float(np.mean(got_best >= best_pref)),
-            }
-            if k == 1:
-                row["top1_agreement_with_full_pct"] = 100.0 * float(np.mean(top1 == np.array([c[0] for c in full])))
-            else:
-                row["overlap_with_full_pct"] = 100.0 * float(np.mean(
-                    [len(set(c) & set(f)) / k for c, f in zip(chosen, full)]))
-                row["top1_agreement_with_full_pct"] = 100.0 * float(np.mean(top1 == np.array([c[0] for c in full])))
+            row = {"variant": label, "top_k": k, "seed": seed,
+                   "forward_passes": float(np.mean([s.forward_passes for s in sels])),
+                   "steps": float(np.mean([s.steps for s in sels])),
+                   # regret of the best candidate in the chosen set (for k=1: the pick)
+                   "regret": float(np.mean(best_pref - got_best)),
+                   "judge_best_in_set_pct": 100.0 * float(np.mean(got_best >= best_pref)),
+                   "top1_agreement_with_full_pct": 100.0 * float(np.mean([c[0] == f[0] for c, f in zip(chosen, full)]))}
+            if k > 1:
+                row["overlap_with_full_pct"] = 100.0 * float(np.mean([len(set(c) & set(f)) / k
+                                                                      for c, f in zip(chosen, full)]))
             out.append(row)
     return out
 
 
-def _mean_rows(rows: list[dict]) -> list[dict]:
-    """Average the per-seed rows of each (variant, k)."""
+def mean_over_seeds(rows: list[dict], group: tuple) -> list[dict]:
+    """The rows of each group (one per noise seed) as one: means, the max of *_max keys, regret's std."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["variant"], r["top_k"]), []).append(r)
+        groups.setdefault(tuple(r[k] for k in group), []).append(r)
     out = []
-    for (variant, k), rs in groups.items():
-        m = {"variant": variant, "top_k": k, "seeds": len(rs)}
-        for key in rs[0]:
-            if key in ("variant", "top_k", "seed"):
-                continue
-            vals = [r[key] for r in rs]
-            m[key] = float(np.mean(vals))
-            if key == "regret" and len(rs) > 1:
-                m["regret_std_over_seeds"] = float(np.std(vals))
+    for key, rs in groups.items():
+        m = {**dict(zip(group, key)), "seeds": len(rs)}
+        for k in (k for k in rs[0] if k not in group and k != "seed"):
+            m[k] = max(r[k] for r in rs) if k.endswith("_max") else float(np.mean([r[k] for r in rs]))
+        m["regret_std_over_seeds"] = float(np.std([r["regret"] for r in rs]))
         out.append(m)
     return out
 
 
-def usable(prompts: list[BenchPrompt]) -> list[BenchPrompt]:
-    """Prompts with a judge score for every candidate, all with the most common candidate count."""
+NO_JUDGE = {"skipped": "no prompt in the data has judge_pref for all its candidates"}
+
+
+def usable(prompts: list[BenchPrompt]) -> tuple[list[BenchPrompt], np.ndarray]:
+    """Prompts with a judge score for every candidate, all with the most common candidate count, and
+    their scores [P, n]."""
     scored = [p for p in prompts if p.judge_pref is not None]
     if not scored:
-        return []
+        return [], np.zeros((0, 0))
     n = max(set(len(p.candidates) for p in scored), key=[len(p.candidates) for p in scored].count)
-    return [p for p in scored if len(p.candidates) == n]
+    scored = [p for p in scored if len(p.candidates) == n]
+    return scored, np.array([p.judge_pref for p in scored], dtype=np.float64)
+
+
+def random_pick_regret(prefs: np.ndarray) -> float:
+    return float(np.mean(prefs.max(axis=1) - prefs.mean(axis=1)))
+
+
+def start_orders(n_prompts: int, n: int, seed: int) -> list[np.ndarray]:
+    """Bubble's and tournament's start arrangement per prompt: the data lists the 12 models in a fixed
+    order, so one shared arrangement would give the same model the same bracket slot in every prompt."""
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(n).astype(np.int64) for _ in range(n_prompts)]
 
 
 def calibrated_levels(prefs: np.ndarray, levels, seeds: int, bias: float, rows_for):
@@ -198,26 +186,22 @@ def calibrated_levels(prefs: np.ndarray, levels, seeds: int, bias: float, rows_f
         yield level, rows, betas, achieved
 
 
-def run_synthetic(prompts: list[BenchPrompt], levels=DEFAULT_LEVELS, seeds: int = 5, bias: float = DEFAULT_BIAS) -> dict:
-    prompts = usable(prompts)
+def on_synthetic(section: str, prompts, levels, seeds: int, bias: float, rows_for, group: tuple) -> dict:
+    """``rows_for(comparator, prefs, seed)`` with the synthetic comparator at every agreement level."""
+    prompts, prefs = usable(prompts)
     if not prompts:
-        return {"skipped": "no prompt in the data has judge_pref for all its candidates"}
-    prefs = np.array([p.judge_pref for p in prompts], dtype=np.float64)
+        return NO_JUDGE
     u = utilities(prefs)
     n_prompts, n = prefs.shape
     levels_out = []
-    for level, rows, betas, achieved in calibrated_levels(prefs, levels, seeds, bias, evaluate):
+    for level, rows, betas, achieved in calibrated_levels(prefs, levels, seeds, bias, rows_for):
         levels_out.append({"target_agreement_pct": level, "achieved_agreement_pct": float(np.mean(achieved)),
-                           "beta_mean": float(np.mean(betas)), "rows": _mean_rows(rows)})
-        log(f"quality: agreement {level}% (beta {np.mean(betas):.3f}) done")
+                           "beta_mean": float(np.mean(betas)), "rows": mean_over_seeds(rows, group)})
+        log(f"{section}: agreement {level}% (beta {np.mean(betas):.3f}) done")
     a, b = np.triu_indices(n, 1)
-    return {
-        "comparator": "synthetic",
-        "prompts": n_prompts, "candidates": n, "seeds": seeds, "sigma": SIGMA, "bias": bias, "clip": CLIP,
-        "distinct_pairs_pct": 100.0 * float(np.mean(u[:, a] != u[:, b])),
-        "random_pick_regret": float(np.mean(prefs.max(axis=1) - prefs.mean(axis=1))),
-        "levels": levels_out,
-    }
+    return {"comparator": "synthetic", "prompts": n_prompts, "candidates": n, "seeds": seeds, "sigma": SIGMA,
+            "bias": bias, "clip": CLIP, "distinct_pairs_pct": 100.0 * float(np.mean(u[:, a] != u[:, b])),
+            "random_pick_regret": random_pick_regret(prefs), "levels": levels_out}
 
 
 def model_logit_matrix(ranker, prompts: list[BenchPrompt]) -> np.ndarray:
@@ -235,23 +219,26 @@ def model_logit_matrix(ranker, prompts: list[BenchPrompt]) -> np.ndarray:
     return m
 
 
-def run_model(ranker, prompts: list[BenchPrompt], seeds: int = 5) -> dict:
+def on_checkpoint(section: str, ranker, prompts, seeds: int, rows_for, group: tuple) -> dict:
     """The same metrics with a real checkpoint's logits. The model is run once per ordered pair and
     every strategy reads those logits: the same decisions as running it per strategy (deterministic)."""
-    prompts = usable(prompts)
+    prompts, prefs = usable(prompts)
     if not prompts:
-        return {"skipped": "no prompt in the data has judge_pref for all its candidates"}
-    prefs = np.array([p.judge_pref for p in prompts], dtype=np.float64)
-    u = utilities(prefs)
-    log(f"quality: running the checkpoint on all ordered pairs of {len(prompts)} prompts")
+        return NO_JUDGE
+    log(f"{section}: running the checkpoint on all ordered pairs of {len(prompts)} prompts")
     comp = MatrixComparator(model_logit_matrix(ranker, prompts))
-    rows = []
-    for seed in range(seeds):
-        rows += evaluate(comp, prefs, seed)
+    rows = [r for seed in range(seeds) for r in rows_for(comp, prefs, seed)]
     return {"comparator": "checkpoint", "prompts": len(prompts), "candidates": prefs.shape[1], "seeds": seeds,
-            "achieved_agreement_pct": 100.0 * pairwise_agreement(comp.logits, u),
-            "random_pick_regret": float(np.mean(prefs.max(axis=1) - prefs.mean(axis=1))),
-            "rows": _mean_rows(rows)}
+            "achieved_agreement_pct": 100.0 * pairwise_agreement(comp.logits, utilities(prefs)),
+            "random_pick_regret": random_pick_regret(prefs), "rows": mean_over_seeds(rows, group)}
+
+
+def run_synthetic(prompts: list[BenchPrompt], levels=DEFAULT_LEVELS, seeds: int = 5, bias: float = DEFAULT_BIAS) -> dict:
+    return on_synthetic("quality", prompts, levels, seeds, bias, evaluate, ("variant", "top_k"))
+
+
+def run_model(ranker, prompts: list[BenchPrompt], seeds: int = 5) -> dict:
+    return on_checkpoint("quality", ranker, prompts, seeds, evaluate, ("variant", "top_k"))
 
 
 # -- the frontier: quality against forward passes for the budgeted strategies -----------------------
@@ -268,53 +255,21 @@ FRONTIER_TARGETS = ({"agreement_pct": 60, "passes": 44, "slack": 0.02, "steps": 
 def _frontier_rows(comparator, prefs: np.ndarray, seed: int, budgets) -> list[dict]:
     """Top-1 judge regret and agreement with full for every budgeted strategy at every budget, and the
     fixed-cost references, all from the same starting arrangements."""
-    from blender_fast.selection.strategies import min_passes, select
-
     n_prompts, n = prefs.shape
-    rng = np.random.default_rng(seed + 7919)
-    starts = [rng.permutation(n).astype(np.int64) for _ in range(n_prompts)]
-    best_pref = prefs.max(axis=1)
-    full = None
-    out = []
-
-    def row(strategy, budget, sels):
-        nonlocal full
+    starts = start_orders(n_prompts, n, seed + 7919)  # independent of the noise draw
+    runs = [(s, None) for s in FRONTIER_REFERENCES] + [
+        (s, b) for s in FRONTIER_STRATEGIES for b in budgets if b >= min_passes(s, n, 1)]
+    out, full = [], None
+    for strategy, budget in runs:  # full first: the others are compared with it
+        sels = select([n] * n_prompts, 1, strategy, comparator, initial_orders=None if strategy == "full" else starts,
+                      **({"budget": budget} if budget else {}))
         picks = np.array([s.top_k[0] for s in sels])
-        if full is None:
-            full = picks
-        return {"strategy": strategy, "budget": budget, "seed": seed,
-                "forward_passes": float(np.mean([s.forward_passes for s in sels])),
-                "forward_passes_max": int(max(s.forward_passes for s in sels)),
-                "steps": float(np.mean([s.steps for s in sels])),
-                "steps_max": int(max(s.steps for s in sels)),
-                "regret": float(np.mean(best_pref - prefs[np.arange(n_prompts), picks])),
-                "top1_agreement_with_full_pct": 100.0 * float(np.mean(picks == full))}
-
-    for strategy in FRONTIER_REFERENCES:
-        sels = select([n] * n_prompts, 1, strategy, comparator, initial_orders=None if strategy == "full" else starts)
-        out.append(row(strategy, None, sels))
-    for strategy in FRONTIER_STRATEGIES:
-        for budget in budgets:
-            if budget < min_passes(strategy, n, 1):
-                continue
-            sels = select([n] * n_prompts, 1, strategy, comparator, initial_orders=starts, budget=budget)
-            out.append(row(strategy, budget, sels))
-    return out
-
-
-def _mean_frontier(rows: list[dict]) -> list[dict]:
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["strategy"], r["budget"]), []).append(r)
-    out = []
-    for (strategy, budget), rs in groups.items():
-        m = {"strategy": strategy, "budget": budget, "seeds": len(rs)}
-        for key in ("forward_passes", "steps", "regret", "top1_agreement_with_full_pct"):
-            m[key] = float(np.mean([r[key] for r in rs]))
-        m["forward_passes_max"] = max(r["forward_passes_max"] for r in rs)
-        m["steps_max"] = max(r["steps_max"] for r in rs)
-        m["regret_std_over_seeds"] = float(np.std([r["regret"] for r in rs]))
-        out.append(m)
+        full = picks if full is None else full
+        passes, steps = [s.forward_passes for s in sels], [s.steps for s in sels]
+        out.append({"strategy": strategy, "budget": budget, "seed": seed, "forward_passes": float(np.mean(passes)),
+                    "forward_passes_max": int(max(passes)), "steps": float(np.mean(steps)), "steps_max": int(max(steps)),
+                    "regret": float(np.mean(prefs.max(axis=1) - prefs[np.arange(n_prompts), picks])),
+                    "top1_agreement_with_full_pct": 100.0 * float(np.mean(picks == full))})
     return out
 
 
@@ -339,34 +294,15 @@ def frontier_targets(levels: list[dict]) -> list[dict]:
 def run_frontier(prompts: list[BenchPrompt], levels=DEFAULT_LEVELS, seeds: int = 5, budgets=FRONTIER_BUDGETS,
                  bias: float = DEFAULT_BIAS) -> dict:
     """The synthetic comparator of run_synthetic (same calibration, same noise seeds)."""
-    prompts = usable(prompts)
-    if not prompts:
-        return {"skipped": "no prompt in the data has judge_pref for all its candidates"}
-    prefs = np.array([p.judge_pref for p in prompts], dtype=np.float64)
-    n_prompts, n = prefs.shape
-    levels_out = []
-    frontier_rows = lambda comp, prefs, seed: _frontier_rows(comp, prefs, seed, budgets)  # noqa: E731
-    for level, rows, betas, achieved in calibrated_levels(prefs, levels, seeds, bias, frontier_rows):
-        levels_out.append({"target_agreement_pct": level, "achieved_agreement_pct": float(np.mean(achieved)),
-                           "beta_mean": float(np.mean(betas)), "rows": _mean_frontier(rows)})
-        log(f"frontier: agreement {level}% done")
-    return {"comparator": "synthetic", "prompts": n_prompts, "candidates": n, "seeds": seeds, "bias": bias,
-            "budgets": list(budgets), "random_pick_regret": float(np.mean(prefs.max(axis=1) - prefs.mean(axis=1))),
-            "levels": levels_out, "targets": frontier_targets(levels_out)}
+    out = on_synthetic("frontier", prompts, levels, seeds, bias,
+                       lambda comp, prefs, seed: _frontier_rows(comp, prefs, seed, budgets), ("strategy", "budget"))
+    if "levels" in out:
+        out.update(budgets=list(budgets), targets=frontier_targets(out["levels"]))
+    return out
 
 
 def run_model_frontier(ranker, prompts: list[BenchPrompt], seeds: int = 5, budgets=FRONTIER_BUDGETS) -> dict:
     """The frontier on a real checkpoint's logits (every ordered pair scored once, then looked up)."""
-    prompts = usable(prompts)
-    if not prompts:
-        return {"skipped": "no prompt in the data has judge_pref for all its candidates"}
-    prefs = np.array([p.judge_pref for p in prompts], dtype=np.float64)
-    log(f"frontier: running the checkpoint on all ordered pairs of {len(prompts)} prompts")
-    comp = MatrixComparator(model_logit_matrix(ranker, prompts))
-    rows = []
-    for seed in range(seeds):
-        rows += _frontier_rows(comp, prefs, seed, budgets)
-    return {"comparator": "checkpoint", "prompts": len(prompts), "candidates": prefs.shape[1], "seeds": seeds,
-            "achieved_agreement_pct": 100.0 * pairwise_agreement(comp.logits, utilities(prefs)),
-            "budgets": list(budgets), "random_pick_regret": float(np.mean(prefs.max(axis=1) - prefs.mean(axis=1))),
-            "rows": _mean_frontier(rows)}
+    return {**on_checkpoint("frontier", ranker, prompts, seeds,
+                            lambda comp, prefs, seed: _frontier_rows(comp, prefs, seed, budgets),
+                            ("strategy", "budget")), "budgets": list(budgets)}

@@ -1,62 +1,53 @@
 """Ray: the same ranking job single-process vs on Ray Data with 1 and 2 actors.
 
-Every variant runs the whole job on the same JSONL file: read the prompts, load the ranker, rank
-(tournament top-1 by default), write JSON Lines. Single-process is the CLI's loop (``jobs.rank_prompts``
-per chunk, one ranker with 1 thread); Ray is ``blender_fast.cluster.ray_job.rank_files`` (reader tasks, an actor
-pool of 1-thread rankers, writer tasks) on a local Ray instance started once before the timings
-(its start-up is reported apart). Both use the same chunk = batch size, and every actor gets 1 thread,
-so "2 actors" is the scaling the pool gives on 2 cores. Variants are interleaved per repeat; medians.
-Ray's overhead per prompt = (Ray 1 actor − single-process) / prompts. CPU ms/prompt: single-process,
-the whole process's CPU time (loading included); Ray, the actors' CPU time inside their batches (each
-actor logs it), so "cores obtained" = CPU / wall shows how much of the machine each variant really got:
-on a machine shared with other work, 2 actors can only scale as far as the scheduler gives them a
-second core. Targets: Ray 1 actor
-≤ 1.10× single-process wall time; 2 actors ≥ 1.6× the throughput of 1 actor.
+Every variant runs the whole job on the same JSONL file: read, load the ranker, rank (tournament top-1),
+write JSON Lines. Single-process is the CLI's loop (``jobs.rank_prompts`` per chunk, one 1-thread ranker);
+Ray is ``blender_fast.cluster.ray_job.rank_files`` (reader tasks, a pool of 1-thread ranker actors, writer
+tasks) on a local Ray instance started once before the timings (its start-up is reported apart). Same
+chunk = batch size everywhere; variants interleaved per repeat; medians. Ray's overhead per prompt =
+(Ray 1 actor − single-process) / prompts. CPU ms/prompt: single-process, the whole process's CPU time
+(loading included); Ray, the actors' CPU time inside their batches, so "cores obtained" = CPU / wall
+shows how much of a shared machine each variant really got. Targets: Ray 1 actor ≤ 1.10× single-process
+wall time; 2 actors ≥ 1.6× the throughput of 1 actor.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+from blender_fast import Ranker
+from blender_fast.cluster.jobs import RankOptions, rank_prompts
+from blender_fast.cluster.records import read_prompts
+
 from .common import load_average, log, median
+from .tables import doc_body, fmt_num, md_table
 
 VARIANTS = ("single-process", "ray 1 actor", "ray 2 actors")
 
 
-def write_input(prompts, n_prompts: int, n_candidates: int, path: Path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for p in prompts[:n_prompts]:
-            f.write(json.dumps({"id": p.id, "instruction": p.instruction, "candidates": p.candidates[:n_candidates]},
-                               ensure_ascii=False) + "\n")
-
-
 class _MeteredActor:
-    """Mixed into RankerActor (see metered_actor): appends each batch's wall and CPU seconds (the
-    actor process's own) to a log, so the report can say how many cores each variant actually got."""
+    """Mixed into RankerActor (see run_ray): logs each batch's wall and CPU seconds (the actor
+    process's own), so the report can say how many cores each variant actually got."""
     log_path: str = ""
+
+    def _log(self, **record):
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"pid": os.getpid(), **record}) + "\n")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        with open(self.log_path, "a", encoding="utf-8") as f:  # the worker's CPU so far: imports + model load
-            f.write(json.dumps({"pid": os.getpid(), "init_cpu_s": time.process_time()}) + "\n")
+        self._log(init_cpu_s=time.process_time())  # the worker's CPU so far: imports + model load
 
     def __call__(self, batch):
         t, c = time.perf_counter(), time.process_time()
         out = super().__call__(batch)
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"pid": os.getpid(), "rows": batch.num_rows, "wall_s": time.perf_counter() - t,
-                                "cpu_s": time.process_time() - c}) + "\n")
+        self._log(rows=batch.num_rows, wall_s=time.perf_counter() - t, cpu_s=time.process_time() - c)
         return out
-
-
-def metered_actor(log_path: Path):
-    from blender_fast.cluster.ray_job import RankerActor
-
-    return type("MeteredRankerActor", (_MeteredActor, RankerActor), {"log_path": str(log_path)})
 
 
 def read_meter(log_path: Path) -> dict:
@@ -73,12 +64,10 @@ def process_tree_cpu() -> dict:
     """CPU seconds so far of this process and every process under it (Ray's raylet, GCS, workers)."""
     import psutil
 
-    me = psutil.Process()
-    out = {}
+    me, out = psutil.Process(), {}
     for p in [me] + me.children(recursive=True):
         try:
-            t = p.cpu_times()
-            out[p.pid] = t.user + t.system
+            out[p.pid] = sum(p.cpu_times()[:2])
         except psutil.Error:
             pass
     return out
@@ -86,13 +75,7 @@ def process_tree_cpu() -> dict:
 
 def run_single(ckpt, inp: Path, out: Path, strategy: str, chunk: int) -> int:
     """The single-process CLI's job, in-process (no interpreter start-up in the timing)."""
-    from blender_fast.cluster.jobs import RankOptions, rank_prompts
-    from blender_fast.cluster.records import read_prompts
-    from blender_fast import Ranker
-
-    prompts = read_prompts(inp)
-    ranker = Ranker.from_pretrained(ckpt, threads=1)
-    options = RankOptions(strategy=strategy)
+    prompts, ranker, options = read_prompts(inp), Ranker.from_pretrained(ckpt, threads=1), RankOptions(strategy=strategy)
     with open(out, "w", encoding="utf-8") as f:
         for start in range(0, len(prompts), chunk):
             part = prompts[start:start + chunk]
@@ -102,16 +85,16 @@ def run_single(ckpt, inp: Path, out: Path, strategy: str, chunk: int) -> int:
 
 
 def run_ray(ckpt, inp: Path, out: Path, strategy: str, chunk: int, actors: int, meter: Path) -> int:
-    from blender_fast.cluster.ray_job import rank_files
+    """The Ray job, its actors metered (_MeteredActor mixed into RankerActor) into `meter`."""
+    from blender_fast.cluster.ray_job import RankerActor, rank_files
 
+    actor = type("MeteredRankerActor", (_MeteredActor, RankerActor), {"log_path": str(meter)})
     return rank_files(str(inp), out, ckpt, strategy=strategy, num_actors=actors, threads=1, batch_size=chunk,
-                      actor_cls=metered_actor(meter))
+                      actor_cls=actor)
 
 
 def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, repeats: int = 2,
                     strategy: str = "tournament", chunk: int = 25) -> dict:
-    import sys
-
     import ray
 
     from blender_fast.cluster.ray_job import prepare_model
@@ -121,7 +104,8 @@ def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, 
     work = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     try:
         inp = work / "prompts.jsonl"
-        write_input(prompts, n_prompts, n_candidates, inp)
+        inp.write_text("".join(json.dumps({"id": p.id, "instruction": p.instruction, "candidates": p.candidates[:n_candidates]},
+                                          ensure_ascii=False) + "\n" for p in prompts[:n_prompts]), encoding="utf-8")
         prepare_model(ckpt)  # the export cache is warm for every variant alike
         # Ray runs its workers at nice 15 by default (RAY_worker_niceness); on a machine shared with other
         # work, that alone starves the actors against the nice-0 single-process run (measured: 2 actors
@@ -134,11 +118,9 @@ def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, 
         ray_init_s = time.perf_counter() - t0
         ray.data.DataContext.get_current().enable_progress_bars = False
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the metered actor, by value
-        walls = {v: [] for v in VARIANTS}
-        cpus = {v: [] for v in VARIANTS}  # CPU seconds spent ranking (single: the whole process's)
-        meters = {v: [] for v in VARIANTS}
-        loads = []
-        outputs = {}
+        # CPU seconds spent ranking (single-process: the whole process's)
+        walls, cpus, meters = ({v: [] for v in VARIANTS} for _ in range(3))
+        loads, outputs = [], {}
         try:
             for r in range(repeats):
                 order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]  # interleaved, alternating order
@@ -176,32 +158,25 @@ def run_ray_section(ckpt, prompts, n_prompts: int = 200, n_candidates: int = 6, 
         shutil.rmtree(work, ignore_errors=True)
     med = {v: median(w) for v, w in walls.items()}
     single, one, two = med["single-process"], med["ray 1 actor"], med["ray 2 actors"]
-    return {
-        "settings": {"prompts": n_prompts, "candidates_per_prompt": n_candidates, "strategy": strategy, "top_k": 1,
-                     "chunk": chunk, "repeats": repeats, "threads_per_ranker": 1, "cpus": os.cpu_count()},
-        "ray_init_s": ray_init_s,
-        "ray_worker_niceness": os.environ.get("RAY_worker_niceness"),
-        "variants": {v: {"wall_s": med[v], "walls_s": walls[v], "prompts_per_s": n_prompts / med[v],
-                         "cpu_s": median(cpus[v]), "cpu_ms_per_prompt": 1000 * median(cpus[v]) / n_prompts,
-                         "cores_obtained": median([c / w for c, w in zip(cpus[v], walls[v])]),
-                         "actors_meter": meters[v]} for v in VARIANTS},
-        "ray1_over_single": one / single,
-        "ray_overhead_ms_per_prompt": 1000 * (one - single) / n_prompts,
-        "ray2_speedup_over_ray1": one / two,
-        # CPU seconds per prompt the whole Ray job costs (driver + Ray's daemons + actors' start-up and
-        # ranking) minus the single-process job's: Ray's overhead in CPU, which contention cannot blur.
-        "ray1_job_cpu_s": median([m["job_cpu_s"] for m in meters["ray 1 actor"]]),
-        "ray2_job_cpu_s": median([m["job_cpu_s"] for m in meters["ray 2 actors"]]),
-        "single_job_cpu_s": median(cpus["single-process"]),
-        "targets": {"ray1_over_single_max": 1.10, "ray2_speedup_min": 1.6},
-        "outputs_identical": same,
-        "load_averages": loads,
-    }
+    return {"settings": {"prompts": n_prompts, "candidates_per_prompt": n_candidates, "strategy": strategy, "top_k": 1,
+                         "chunk": chunk, "repeats": repeats, "threads_per_ranker": 1, "cpus": os.cpu_count()},
+            "ray_init_s": ray_init_s, "ray_worker_niceness": os.environ.get("RAY_worker_niceness"),
+            "variants": {v: {"wall_s": med[v], "walls_s": walls[v], "prompts_per_s": n_prompts / med[v],
+                             "cpu_s": median(cpus[v]), "cpu_ms_per_prompt": 1000 * median(cpus[v]) / n_prompts,
+                             "cores_obtained": median([c / w for c, w in zip(cpus[v], walls[v])]),
+                             "actors_meter": meters[v]} for v in VARIANTS},
+            "ray1_over_single": one / single, "ray_overhead_ms_per_prompt": 1000 * (one - single) / n_prompts,
+            "ray2_speedup_over_ray1": one / two,
+            # The whole job's CPU seconds (driver, Ray's daemons, actors' start-up and ranking): Ray's overhead
+            # in CPU, which contention cannot blur.
+            "ray1_job_cpu_s": median([m["job_cpu_s"] for m in meters["ray 1 actor"]]),
+            "ray2_job_cpu_s": median([m["job_cpu_s"] for m in meters["ray 2 actors"]]),
+            "single_job_cpu_s": median(cpus["single-process"]),
+            "targets": {"ray1_over_single_max": 1.10, "ray2_speedup_min": 1.6}, "outputs_identical": same,
+            "load_averages": loads}
 
 
 def ray_md(res: dict) -> list[str]:
-    from .tables import doc_body, fmt_num, md_table
-
     s = res["settings"]
     rows = [[v, f"{fmt_num(c['wall_s'])} [{', '.join(fmt_num(w) for w in c['walls_s'])}]", fmt_num(c["prompts_per_s"]),
              fmt_num(c["cpu_ms_per_prompt"], 1), fmt_num(c["cores_obtained"])] for v, c in res["variants"].items()]

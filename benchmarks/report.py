@@ -4,10 +4,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from blender_fast.cluster.outputs import write_text  # the CLI's rule: links followed, devices streamed
+
+from .coldstart import coldstart_md
 from .common import as_jsonable, log
 from .flops import __doc__ as FLOPS_DOC
 from .quality import __doc__ as QUALITY_DOC
-from .tables import doc_body, fmt_count, fmt_num, md_table
+from .ray_scaling import ray_md
+from .serve import serve_md, serve_plot
+from .tables import doc_body, fmt_count, fmt_num, fmt_times, md_table
 
 
 # -- sections --------------------------------------------------------------------------------------
@@ -18,44 +23,31 @@ def engine_md(eng: dict) -> list[str]:
           f"{s['prompts']} prompts × {s['candidates_per_prompt']} candidates, same checkpoint and machine; "
           f"{s['repeats']} interleaved repeats (order per repeat: {', '.join(s['interleaving'])}); "
           f"medians, [min–max]. llm-blender runs `Blender.rank(..., batch_size={s['reference_batch_size']}, "
-          f"disable_tqdm=True)` ({s['reference_precision']}). Pairs = model rows (ordered pairs); tokens = "
-          "real (unpadded) tokens. Pad fraction: ours from `last_stats`, llm-blender's from its attention "
-          "masks (its `pretrained_model.forward` is wrapped). Peak RSS: whole process (every engine is "
-          "loaded in it), and the increase over the RSS before the run. On a busy machine the comparison "
-          "is skewed, not just noisy: torch (llm-blender and our torch backend) slows down far more than "
-          "ONNX Runtime when the cores are oversubscribed; every run's 1-minute load average is in "
-          "results.json.", ""]
+          f"disable_tqdm=True)` ({s['reference_precision']}). Pairs = model rows (ordered pairs); tokens = real "
+          "(unpadded) tokens. Pad fraction: ours from `last_stats`, llm-blender's from its attention masks. Peak "
+          "RSS: the whole process (every engine is loaded in it), and the increase over the RSS before the run. "
+          "On a busy machine torch (llm-blender, our torch backend) slows down far more than ONNX Runtime: the "
+          "comparison is skewed, not just noisy; every run's load average is in results.json.", ""]
     for task, cells in eng["tasks"].items():
-        md.append(f"### {task}")
-        md.append("")
-        rows = []
-        for name, c in cells.items():
-            rows.append([name, f"{fmt_num(c['wall_s'])} [{fmt_num(c['wall_min_s'])}–{fmt_num(c['wall_max_s'])}]", c["pairs"],
-                         fmt_num(c["pairs_per_s"]), fmt_num(c["tokens_per_s"], 0),
-                         fmt_num(c.get("speedup_vs_reference")) + ("×" if c.get("speedup_vs_reference") else ""),
-                         fmt_num(c.get("speedup_paired_median")),
-                         fmt_num(c.get("speedup_vs_batch_size_1")) + ("×" if c.get("speedup_vs_batch_size_1") else ""),
-                         fmt_num(c["pad_fraction"], 1, pct=True),
-                         f"{fmt_num(c['peak_rss_mb'], 0)} (+{fmt_num(c['rss_increase_mb'], 0)})"
-                         + (f"; GPU {fmt_num(c['cuda_peak_mb'], 0)}" if c.get("cuda_peak_mb") else "")])
-        md += md_table(["engine", "wall s", "pairs", "pairs/s", "tokens/s", "speedup vs llm-blender",
-                      "paired speedup (median of per-repeat ratios)", "vs llm-blender batch_size=1", "pad %",
-                      "peak RSS MB (+run)"], rows)
-    md += ["### Where our time goes (median seconds per call)", ""]
-    rows = []
-    for task, cells in eng["tasks"].items():
-        for name, c in cells.items():
-            if "tokenize_s" in c:
-                wall = c["wall_s"]
-                rows.append([task, name, fmt_num(wall), fmt_num(c["tokenize_s"], 3), fmt_num(c["pack_s"], 3), fmt_num(c["model_s"]),
-                             fmt_num(c["other_s"], 3), fmt_num(c["model_s"] / wall if wall else None, 1, pct=True),
-                             c["batches"], c.get("steps")])
-    md += md_table(["task", "engine", "wall", "tokenize", "pack", "model", "other", "model % of wall", "batches",
-                  "steps"], rows)
-    md += ["### Agreement", ""]
-    rows = [[k, fmt_num(v["identical_ranks_pct"], 1), fmt_num(v["top1_agreement_pct"], 1), f"{v['max_abs_score_diff']:.2e}"]
-            for k, v in eng["agreement"].items()]
-    md += md_table(["pair of engines", "identical ranks %", "same top-1 %", "max |score diff|"], rows)
+        md += [f"### {task}", ""] + md_table(
+            ["engine", "wall s", "pairs", "pairs/s", "tokens/s", "speedup vs llm-blender",
+             "paired speedup (median of per-repeat ratios)", "vs llm-blender batch_size=1", "pad %", "peak RSS MB (+run)"],
+            [[name, f"{fmt_num(c['wall_s'])} [{fmt_num(c['wall_min_s'])}–{fmt_num(c['wall_max_s'])}]", c["pairs"],
+              fmt_num(c["pairs_per_s"]), fmt_num(c["tokens_per_s"], 0), fmt_times(c.get("speedup_vs_reference")),
+              fmt_num(c.get("speedup_paired_median")), fmt_times(c.get("speedup_vs_batch_size_1")),
+              fmt_num(c["pad_fraction"], 1, pct=True),
+              f"{fmt_num(c['peak_rss_mb'], 0)} (+{fmt_num(c['rss_increase_mb'], 0)})"
+              + (f"; GPU {fmt_num(c['cuda_peak_mb'], 0)}" if c.get("cuda_peak_mb") else "")] for name, c in cells.items()])
+    md += ["### Where our time goes (median seconds per call)", ""] + md_table(
+        ["task", "engine", "wall", "tokenize", "pack", "model", "other", "model % of wall", "batches", "steps"],
+        [[task, name, fmt_num(c["wall_s"]), fmt_num(c["tokenize_s"], 3), fmt_num(c["pack_s"], 3), fmt_num(c["model_s"]),
+          fmt_num(c["other_s"], 3), fmt_num(c["model_s"] / c["wall_s"] if c["wall_s"] else None, 1, pct=True),
+          c["batches"], c.get("steps")]
+         for task, cells in eng["tasks"].items() for name, c in cells.items() if "tokenize_s" in c])
+    md += ["### Agreement", ""] + md_table(
+        ["pair of engines", "identical ranks %", "same top-1 %", "max |score diff|"],
+        [[k, fmt_num(v["identical_ranks_pct"], 1), fmt_num(v["top1_agreement_pct"], 1), f"{v['max_abs_score_diff']:.2e}"]
+         for k, v in eng["agreement"].items()])
     md += ["llm-blender truncates candidates by the longest source *in its batch*; blender-fast per prompt. "
            "With batch_size=1 the two rules coincide, so that run is the parity reference; any difference "
            "between llm-blender's batch_size=8 and batch_size=1 runs is that truncation rule at work "
@@ -77,23 +69,14 @@ def speed_md(sp: dict) -> list[str]:
           f"(ONNX Runtime MatMul {peak['matrix_size']}², {s['threads'] or 'default'} thread(s)): "
           f"{fmt_num(sp.get('gemm_rate', peak['peak_flops']) / 1e9, 0)} GFLOP/s, measured at the start of the run.", ""]
     names = list(sp["bins"][0]["engines"]) if sp["bins"] else []
-    ours = names[0] if names else None
-    header = ["tokens/pair", "prompts", "ours s", "ours GEMM %"]
-    for name in names[1:]:
-        header += [f"{name} s", "ratio", "GEMM %"]
-    rows = []
-    for b in sp["bins"]:
-        e = b["engines"]
-        row = [fmt_num(b["tokens_per_pair"], 0), b["prompts"], fmt_num(e[ours]["wall_s"], 1),
-               fmt_num(e[ours]["fraction_of_gemm_rate"], 0, pct=True)]
-        for name in names[1:]:
-            row += [fmt_num(e[name]["wall_s"], 1), fmt_num(e[name]["ratio"]) + "×",
-                    fmt_num(e[name]["fraction_of_gemm_rate"], 0, pct=True)]
-        rows.append(row)
-    md += md_table(header, rows)
-    md += [f"Ratio ranges: " + "; ".join(f"{name}: {lo:.2f}× to {hi:.2f}×" for name, (lo, hi) in sp["ratio_range"].items()),
-           ""]
-    return md
+    gemm = lambda e: fmt_num(e["fraction_of_gemm_rate"], 0, pct=True)  # noqa: E731
+    md += md_table(["tokens/pair", "prompts", "ours s", "ours GEMM %"] + [h for n in names[1:] for h in (f"{n} s", "ratio", "GEMM %")],
+                   [[fmt_num(b["tokens_per_pair"], 0), b["prompts"], fmt_num(b["engines"][names[0]]["wall_s"], 1),
+                     gemm(b["engines"][names[0]])] + [x for n in names[1:] for x in (
+                         fmt_num(b["engines"][n]["wall_s"], 1), fmt_times(b["engines"][n]["ratio"]), gemm(b["engines"][n]))]
+                    for b in sp["bins"]])
+    return md + ["Ratio ranges: " + "; ".join(f"{name}: {lo:.2f}× to {hi:.2f}×" for name, (lo, hi) in sp["ratio_range"].items()),
+                 ""]
 
 
 def strategies_md(st: dict) -> list[str]:
@@ -108,35 +91,26 @@ def strategies_md(st: dict) -> list[str]:
                      [[r["strategy"], fmt_num(r["forward_passes"], 0), fmt_num(r["steps"], 0), fmt_num(r["comparisons"], 0)]
                       for r in c12])
     md += ["### Forward passes / sequential steps per prompt", ""]
-    ns = s["ns"]
+    counts = {(r["n"], r["top_k"], r["strategy"]): r for r in st["counts"]}
     for k in sorted({r["top_k"] for r in st["counts"]}):
-        rows = []
-        for strategy in ("full", "bubble", "tournament"):
-            cells = []
-            for n in ns:
-                r = next((r for r in st["counts"] if r["n"] == n and r["top_k"] == k and r["strategy"] == strategy), None)
-                cells.append("—" if r is None else f"{fmt_num(r['forward_passes'], 0 if k == 1 else 1)} / "
-                                                   f"{fmt_num(r['steps'], 0 if k == 1 else 1)}")
-            rows.append([f"{strategy} (top-{k})"] + cells)
-        md += md_table(["strategy"] + [f"n={n}" for n in ns], rows)
+        d = 0 if k == 1 else 1
+        md += md_table(["strategy"] + [f"n={n}" for n in s["ns"]],
+                       [[f"{strategy} (top-{k})"] + [f"{fmt_num(r['forward_passes'], d)} / {fmt_num(r['steps'], d)}" if r else "—"
+                                                     for r in (counts.get((n, k, strategy)) for n in s["ns"])]
+                        for strategy in ("full", "bubble", "tournament")])
     if st["timed"]:
         md += ["### Wall time", "",
                f"Top-1, our engine ({st['timed'][0]['engine']}). Throughput: {s['throughput_prompts']} prompts in "
                f"flight, each step of all prompts is one packed call. Latency: {s['latency_prompts']} prompts one "
                f"at a time, median per-prompt wall time. Cells over {s['max_rows_per_cell']} model rows are "
                "skipped (counts above still hold). One run per cell.", ""]
-        rows = []
-        for c in st["timed"]:
-            if "skipped" in c:
-                rows.append([c["n"], c["mode"], c["strategy"], c["prompts"], c["rows_needed"], "—", "—", "—",
-                             "skipped: " + c["skipped"]])
-                continue
-            per_prompt = c.get("median_prompt_wall_s")
-            rows.append([c["n"], c["mode"], c["strategy"], c["prompts"], c["forward_passes"], c["steps"],
-                         fmt_num(c["wall_s"]), fmt_num(per_prompt if per_prompt is not None else c["wall_s"] / c["prompts"]),
-                         f"pad {fmt_num(c['pad_fraction'], 1, pct=True)}%"])
         md += md_table(["n", "mode", "strategy", "prompts", "forward passes", "steps (max)", "wall s",
-                      "s per prompt (latency: median)", "note"], rows)
+                        "s per prompt (latency: median)", "note"],
+                       [[c["n"], c["mode"], c["strategy"], c["prompts"]] + (
+                           [c["rows_needed"], "—", "—", "—", "skipped: " + c["skipped"]] if "skipped" in c else
+                           [c["forward_passes"], c["steps"], fmt_num(c["wall_s"]),
+                            fmt_num(c.get("median_prompt_wall_s", c["wall_s"] / c["prompts"])),
+                            f"pad {fmt_num(c['pad_fraction'], 1, pct=True)}%"]) for c in st["timed"]])
     return md
 
 
@@ -159,15 +133,14 @@ def flops_md(fl: dict) -> list[str]:
             if "at_start_of_run" in peak else rates(peak))
     md += [f"GEMM peak measured in this run ({peak['matrix_size']}² fp32 matmul through ONNX Runtime with our engine's thread count, and through numpy), "
            f"{when}; peak used = the highest, {peak['peak_source']} = {peak['peak_flops'] / 1e9:.1f} GFLOP/s.", ""]
-    rows = []
-    for r in fl["runs"]:
-        rows.append([r["run"], fmt_count(r["real_flops"] / 1e9), fmt_count(r["padded_flops"] / 1e9), fmt_num(r["wall_s"]),
-                     fmt_num(r["real_flops_per_s"] / 1e9, 1), fmt_num(r["fraction_of_peak"], 1, pct=True),
-                     fmt_num(r["padded_flops_per_s_in_model"] / 1e9, 1), fmt_num(r["padded_model_fraction_of_peak"], 1, pct=True)])
-    if not rows:
+    if not fl["runs"]:
         return md + ["No timed runs in this invocation: run the engine or strategies section too.", ""]
     md += md_table(["run", "real GFLOP", "padded GFLOP", "wall s", "real GFLOP/s (wall)", "% of peak",
-                  "padded GFLOP/s in model", "% of peak"], rows)
+                    "padded GFLOP/s in model", "% of peak"],
+                   [[r["run"], fmt_count(r["real_flops"] / 1e9), fmt_count(r["padded_flops"] / 1e9), fmt_num(r["wall_s"]),
+                     fmt_num(r["real_flops_per_s"] / 1e9, 1), fmt_num(r["fraction_of_peak"], 1, pct=True),
+                     fmt_num(r["padded_flops_per_s_in_model"] / 1e9, 1),
+                     fmt_num(r["padded_model_fraction_of_peak"], 1, pct=True)] for r in fl["runs"]])
     md += ["Real FLOPs include the relative-position projections once per batch, so an engine that runs "
            "more, smaller batches (llm-blender: one per pair position and batch of prompts) does more real "
            "work for the same pairs. "
@@ -194,35 +167,31 @@ def quality_md(q: dict) -> list[str]:
         for k, what in ((1, "same top-1 as full %"), (3, "overlap with full's top-3 %")):
             key = "top1_agreement_with_full_pct" if k == 1 else "overlap_with_full_pct"
             md += [f"### Top-{k}: {what} / regret, by the comparator's pairwise agreement", ""]
-            rows = []
-            for r0 in (r for r in levels[0]["rows"] if r["top_k"] == k):
-                cells = []
-                for lvl in levels:
-                    r = next(x for x in lvl["rows"] if x["variant"] == r0["variant"] and x["top_k"] == k)
-                    cells.append(f"{fmt_num(r[key], 1)} / {fmt_num(r['regret'], 4)}")
-                rows.append([r0["variant"], fmt_num(r0["forward_passes"], 1), fmt_num(r0["steps"], 1)] + cells)
-            md += md_table(["strategy", "forward passes", "steps"] + head, rows)
+            by_level = [{r["variant"]: r for r in lvl["rows"] if r["top_k"] == k} for lvl in levels]
+            md += md_table(["strategy", "forward passes", "steps"] + head,
+                           [[v, fmt_num(r0["forward_passes"], 1), fmt_num(r0["steps"], 1)]
+                            + [f"{fmt_num(lv[v][key], 1)} / {fmt_num(lv[v]['regret'], 4)}" for lv in by_level]
+                            for v, r0 in by_level[0].items()])
     model = q.get("checkpoint")
     if model and "rows" in model:
         md += [f"### With the checkpoint's own logits ({model['prompts']} prompts)", "",
                f"Pairwise agreement with the judge: {model['achieved_agreement_pct']:.1f}%. A generated "
                "(random-weight) checkpoint scores about 50%: only a real PairRM makes this table meaningful.", ""]
-        rows = [[r["variant"], r["top_k"], fmt_num(r["forward_passes"], 1), fmt_num(r["steps"], 1),
-                 fmt_num(r["top1_agreement_with_full_pct"], 1), fmt_num(r.get("overlap_with_full_pct"), 1),
-                 fmt_num(r["regret"], 4), fmt_num(r["judge_best_in_set_pct"], 1)] for r in model["rows"]]
         md += md_table(["strategy", "k", "forward passes", "steps", "same top-1 as full %", "top-3 overlap %",
-                      "regret", "judge's best in set %"], rows)
+                        "regret", "judge's best in set %"],
+                       [[r["variant"], r["top_k"], fmt_num(r["forward_passes"], 1), fmt_num(r["steps"], 1),
+                         fmt_num(r["top1_agreement_with_full_pct"], 1), fmt_num(r.get("overlap_with_full_pct"), 1),
+                         fmt_num(r["regret"], 4), fmt_num(r["judge_best_in_set_pct"], 1)] for r in model["rows"]])
     return md
 
 
 def _frontier_table(rows: list[dict]) -> list[str]:
-    table = []
-    for r in rows:
-        label = r["strategy"] if r["budget"] is None else f"{r['strategy']} @ {r['budget']}"
-        table.append([label, fmt_num(r["forward_passes"], 1), r["forward_passes_max"], fmt_num(r["steps"], 1), r["steps_max"],
-                      fmt_num(r["regret"], 4), fmt_num(r["regret_std_over_seeds"], 4), fmt_num(r["top1_agreement_with_full_pct"], 1)])
     return md_table(["strategy @ budget", "forward passes (mean)", "(max)", "steps (mean)", "(max)", "regret",
-                   "± over seeds", "same top-1 as full %"], table)
+                     "± over seeds", "same top-1 as full %"],
+                    [[r["strategy"] if r["budget"] is None else f"{r['strategy']} @ {r['budget']}",
+                      fmt_num(r["forward_passes"], 1), r["forward_passes_max"], fmt_num(r["steps"], 1), r["steps_max"],
+                      fmt_num(r["regret"], 4), fmt_num(r["regret_std_over_seeds"], 4),
+                      fmt_num(r["top1_agreement_with_full_pct"], 1)] for r in rows])
 
 
 def frontier_md(fr: dict) -> list[str]:
@@ -254,43 +223,6 @@ def frontier_md(fr: dict) -> list[str]:
     return md
 
 
-def plot_frontier(fr: dict, path: Path) -> bool:
-    """One column per agreement level: judge regret (top) and same top-1 as full (bottom) against
-    forward passes, one line per budgeted strategy; full / tournament / bubble as reference points."""
-    import matplotlib.pyplot as plt
-
-    syn = fr.get("synthetic")
-    if not syn or "levels" not in syn:
-        return False
-    levels = syn["levels"]
-    fig, axes = plt.subplots(2, len(levels), figsize=(4.2 * len(levels), 7), squeeze=False)
-    styles = {"swiss": ("s", "tab:orange"), "knockout_rr": ("^", "tab:green"), "adaptive": ("o", "tab:red")}
-    refs = {"full": ("*", "tab:blue"), "tournament": ("v", "tab:purple"), "bubble": ("D", "tab:brown")}
-    for col, lvl in enumerate(levels):
-        for row, key in enumerate(("regret", "top1_agreement_with_full_pct")):
-            ax = axes[row][col]
-            for strategy, (marker, color) in styles.items():
-                rs = sorted((r for r in lvl["rows"] if r["strategy"] == strategy), key=lambda r: r["budget"])
-                ax.plot([r["forward_passes"] for r in rs], [r[key] for r in rs], marker=marker, color=color,
-                        ms=4, label=strategy)
-            for strategy, (marker, color) in refs.items():
-                r = next(r for r in lvl["rows"] if r["strategy"] == strategy)
-                ax.plot([r["forward_passes"]], [r[key]], marker=marker, color=color, ls="none", ms=8, label=strategy)
-            if key == "regret":
-                full = next(r for r in lvl["rows"] if r["strategy"] == "full")["regret"]
-                ax.axhline(full, color="tab:blue", lw=0.8, ls="--")
-                ax.set_title(f"{lvl['target_agreement_pct']}% comparator agreement")
-            ax.axvline(44, color="gray", lw=0.6, ls=":")
-            ax.set_xlabel("forward passes per prompt")
-            ax.set_ylabel("judge regret (top-1)" if key == "regret" else "same top-1 as full, %")
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
-
-
 # -- plots -----------------------------------------------------------------------------------------
 
 def make_plots(results: dict, out: Path) -> list[str]:
@@ -300,6 +232,13 @@ def make_plots(results: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+
     eng = results.get("engine")
     if eng and "tasks" in eng:
         # Panel 1: full ranking; panel 2: every best-of-n task (ours bubble and tournament, theirs bubble).
@@ -313,13 +252,9 @@ def make_plots(results: dict, out: Path) -> list[str]:
             err = [[c["wall_s"] - c["wall_min_s"] for c in cells], [c["wall_max_s"] - c["wall_s"] for c in cells]]
             colors = ["tab:gray" if n.startswith("llm-blender") else "tab:blue" for _, n in keys]
             ax.barh(labels, [c["wall_s"] for c in cells], xerr=err, color=colors)
-            ax.set_xlabel("wall time, s (median, min–max)")
-            ax.set_title(title)
+            ax.set(xlabel="wall time, s (median, min–max)", title=title)
             ax.invert_yaxis()
-        fig.tight_layout()
-        fig.savefig(out / "engine.png", dpi=110)
-        plt.close(fig)
-        written.append("engine.png")
+        save(fig, "engine.png")
 
     st = results.get("strategies")
     if st and st.get("counts"):
@@ -328,16 +263,12 @@ def make_plots(results: dict, out: Path) -> list[str]:
         for strategy, marker, color in (("full", "o", "tab:blue"), ("bubble", "s", "tab:orange"),
                                         ("tournament", "^", "tab:green")):
             rows = [r for r in st["counts"] if r["top_k"] == 1 and r["strategy"] == strategy]
-            axes[0].plot([r["n"] for r in rows], [r["forward_passes"] for r in rows], marker=marker, color=color,
-                         label=strategy)
-            axes[1].plot([r["n"] for r in rows], [r["steps"] for r in rows], marker=marker, color=color, label=strategy)
-            if st["timed"]:
-                for mode, style in (("throughput", "-"), ("latency", "--")):
-                    t = [c for c in st["timed"] if c["strategy"] == strategy and c["mode"] == mode and "wall_s" in c]
-                    if t:
-                        y = [c.get("median_prompt_wall_s") or c["wall_s"] / c["prompts"] for c in t]
-                        axes[2].plot([c["n"] for c in t], y, style, marker=marker, color=color,
-                                     label=f"{strategy}, {mode}")
+            for ax, key in zip(axes, ("forward_passes", "steps")):
+                ax.plot([r["n"] for r in rows], [r[key] for r in rows], marker=marker, color=color, label=strategy)
+            for mode, style in (("throughput", "-"), ("latency", "--")) if st["timed"] else ():
+                t = [c for c in st["timed"] if c["strategy"] == strategy and c["mode"] == mode and "wall_s" in c]
+                axes[2].plot([c["n"] for c in t], [c.get("median_prompt_wall_s") or c["wall_s"] / c["prompts"] for c in t],
+                             style, marker=marker, color=color, label=f"{strategy}, {mode}")
         axes[0].set(xlabel="candidates n", ylabel="forward passes per prompt (top-1)", yscale="log", xticks=ns)
         axes[1].set(xlabel="candidates n", ylabel="sequential steps (top-1)", xticks=ns)
         if st["timed"]:
@@ -345,36 +276,50 @@ def make_plots(results: dict, out: Path) -> list[str]:
                         xticks=st["settings"].get("timed_ns") or ns, title="wall time, top-1")
             axes[2].legend(fontsize=7)
         axes[0].legend()
-        fig.tight_layout()
-        fig.savefig(out / "strategies.png", dpi=110)
-        plt.close(fig)
-        written.append("strategies.png")
+        save(fig, "strategies.png")
 
     q = results.get("quality", {}).get("synthetic")
     if q and "levels" in q:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         x = [lvl["achieved_agreement_pct"] for lvl in q["levels"]]
-        variants = [r["variant"] for r in q["levels"][0]["rows"] if r["top_k"] == 1]
-        for v in variants:
+        for v in [r["variant"] for r in q["levels"][0]["rows"] if r["top_k"] == 1]:
             rows = [next(r for r in lvl["rows"] if r["variant"] == v and r["top_k"] == 1) for lvl in q["levels"]]
-            style = "--" if "one order" in v else "-"
-            axes[0].plot(x, [r["regret"] for r in rows], style, marker="o", label=v)
-            axes[1].plot(x, [r["top1_agreement_with_full_pct"] for r in rows], style, marker="o", label=v)
+            for ax, key in zip(axes, ("regret", "top1_agreement_with_full_pct")):
+                ax.plot(x, [r[key] for r in rows], "--" if "one order" in v else "-", marker="o", label=v)
         axes[0].axhline(q["random_pick_regret"], color="gray", lw=0.8, ls=":", label="random pick")
         axes[0].set(xlabel="comparator pairwise agreement with the judge, %", ylabel="mean regret (judge_pref)",
                     yscale="log", title="top-1 regret")
         axes[1].set(xlabel="comparator pairwise agreement with the judge, %", ylabel="%",
                     title="same top-1 as full ranking")
         axes[0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "quality.png", dpi=110)
-        plt.close(fig)
-        written.append("quality.png")
-    if results.get("frontier") and plot_frontier(results["frontier"], out / "frontier.png"):
-        written.append("frontier.png")
+        save(fig, "quality.png")
+    fr = results.get("frontier", {}).get("synthetic")
+    if fr and "levels" in fr:
+        # One column per agreement level: judge regret (top) and same top-1 as full (bottom) against forward
+        # passes, one line per budgeted strategy; full / tournament / bubble as reference points.
+        fig, axes = plt.subplots(2, len(fr["levels"]), figsize=(4.2 * len(fr["levels"]), 7), squeeze=False)
+        budgeted = {"swiss": ("s", "tab:orange"), "knockout_rr": ("^", "tab:green"), "adaptive": ("o", "tab:red")}
+        refs = {"full": ("*", "tab:blue"), "tournament": ("v", "tab:purple"), "bubble": ("D", "tab:brown")}
+        for col, lvl in enumerate(fr["levels"]):
+            for row, key in enumerate(("regret", "top1_agreement_with_full_pct")):
+                ax = axes[row][col]
+                for strategy, (marker, color) in budgeted.items():
+                    rs = sorted((r for r in lvl["rows"] if r["strategy"] == strategy), key=lambda r: r["budget"])
+                    ax.plot([r["forward_passes"] for r in rs], [r[key] for r in rs], marker=marker, color=color,
+                            ms=4, label=strategy)
+                for strategy, (marker, color) in refs.items():
+                    r = next(r for r in lvl["rows"] if r["strategy"] == strategy)
+                    ax.plot([r["forward_passes"]], [r[key]], marker=marker, color=color, ls="none", ms=8, label=strategy)
+                    if strategy == "full" and key == "regret":
+                        ax.axhline(r["regret"], color="tab:blue", lw=0.8, ls="--")
+                        ax.set_title(f"{lvl['target_agreement_pct']}% comparator agreement")
+                ax.axvline(44, color="gray", lw=0.6, ls=":")
+                ax.set(xlabel="forward passes per prompt",
+                       ylabel="judge regret (top-1)" if key == "regret" else "same top-1 as full, %")
+                ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        save(fig, "frontier.png")
     if results.get("serve", {}).get("closed_loop"):
-        from .serve import serve_plot
-
         written.append(serve_plot(results["serve"], out))
     return written
 
@@ -392,15 +337,12 @@ def write_outputs(results: dict, out: Path) -> None:
         results["plots"] = []
         results["plots_skipped"] = f"{PLOTS_SKIPPED} ({e})"
         log(f"WARNING: {results['plots_skipped']}")
-    from blender_fast.cluster.outputs import write_text  # the CLI's rule: links followed, devices streamed
-
     write_text(out / "results.json", json.dumps(as_jsonable(results), indent=1))
     write_text(out / "results.md", render_markdown(results))
 
 
 def render_markdown(results: dict) -> str:
-    meta = results["meta"]
-    m = meta["machine"]
+    meta, m = results["meta"], results["meta"]["machine"]
     md = ["# blender-fast benchmark", ""]
     if meta.get("note"):
         md += [f"**{meta['note']}**", ""]
@@ -413,22 +355,12 @@ def render_markdown(results: dict) -> str:
            f"device {meta['settings']['device']}; threads {meta['settings']['threads'] or 'default'}.", ""]
     if m.get("isa") is not None:
         md += [f"CPU features used to choose variants: {', '.join(m['isa']) or 'none of AMX/AVX512-BF16/VNNI/AVX2'}.", ""]
-    from .agreement import agreement_markdown
-
-    sections = (("engine", engine_md), ("speed", speed_md), ("strategies", strategies_md), ("flops", flops_md), ("quality", quality_md),
-                ("frontier", frontier_md),
-                ("agreement", lambda sec: ["## Agreement gate (precision × runtime vs exact fp32)", ""] + agreement_markdown(sec) + [""]))
-    for key, fn in sections:
+    sections = {"engine": engine_md, "speed": speed_md, "strategies": strategies_md, "flops": flops_md,
+                "quality": quality_md, "frontier": frontier_md, "ray": ray_md, "serve": serve_md,
+                "coldstart": coldstart_md}
+    for key, fn in sections.items():
         if key in results:
             md += fn(results[key])
-    if "ray" in results:
-        from .ray_scaling import ray_md
-
-        md += ray_md(results["ray"])
-    if "serve" in results:
-        from .serve import serve_md
-
-        md += serve_md(results["serve"])
     if results.get("plots"):
         md += ["## Plots", ""] + [f"![{p}]({p})" for p in results["plots"]] + [""]
     elif results.get("plots_skipped"):

@@ -13,10 +13,13 @@ import argparse
 import json
 import sys
 
+from pathlib import Path
+
 import numpy as np
 
-from .common import candidates_for, default_data_path, load_average, load_prompts, log
+from .common import candidates_for, default_data_path, load_average, load_prompts, log, run_main
 from .serve import Request, ServerProcess, closed_loop, ours
+from .tables import md_table
 
 # name: (path, the request body for a query and its documents)
 ROUTES = {
@@ -74,17 +77,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     res = run(args.model, args.concurrency, args.seconds, args.rounds, args.candidates, args.max_chars,
               args.threads, args.seed)
-    print(f"| route | req/s | vs /v1/rank | server CPU ms/request |  (concurrency {res['concurrency']}, "
-          f"{res['candidates']} documents, {res['model']}, load average {res['load_average']})")
-    print("|---|---:|---:|---:|")
-    for name, r in res["routes"].items():
-        print(f"| {ROUTES[name][0]} ({name}) | {r['req_per_s']:.1f} | {r['ratio_to_rank']:.3f} | "
-              f"{r['server_cpu_ms_per_request']:.1f} |")
+    print(f"concurrency {res['concurrency']}, {res['candidates']} documents, {res['model']}, load average "
+          f"{res['load_average']}\n")
+    print("\n".join(md_table(["route", "req/s", "vs /v1/rank", "server CPU ms/request"],
+                             [[f"{ROUTES[name][0]} ({name})", f"{r['req_per_s']:.1f}", f"{r['ratio_to_rank']:.3f}",
+                               f"{r['server_cpu_ms_per_request']:.1f}"] for name, r in res["routes"].items()])))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(res, f, indent=1)
+        Path(args.json).write_text(json.dumps(res, indent=1), encoding="utf-8")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

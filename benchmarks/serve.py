@@ -1,15 +1,12 @@
 """Serving under load: `blender-fast serve` on loopback against its own ceiling and two baselines.
 
-Side by side in one run, on the same request mix (rank and tournament-select requests with 4-12
-candidates from the shared data):
-  - the offline engine (Ranker.rank / select in-process, all requests in one call): the ceiling;
-  - the server with continuous batching (the default), closed-loop at several concurrencies and an
-    open-loop Poisson sweep;
-  - the same server with cross-request batching off (one request per model call: a naive wrapper);
-  - llm-blender 0.0.2 behind a minimal HTTP handler (one request at a time, its batch_size=8);
-  - overload: open-loop at 10x the measured capacity against a small queue bound (429s, lost
-    requests, server RSS).
-Every loop is bounded in count and in time. Servers run as subprocesses bound to 127.0.0.1.
+Side by side, on one request mix (rank and tournament-select requests, 4-12 candidates from the shared
+data): the offline engine (Ranker.rank / select in-process, all requests in one call: the ceiling); the
+server with continuous batching, closed-loop at several concurrencies and an open-loop Poisson sweep;
+the same server with cross-request batching off (a naive wrapper); llm-blender 0.0.2 behind a minimal
+HTTP handler (one request at a time, its batch_size=8); overload: open loop at 10x the measured capacity
+against a small queue bound (429s, lost requests, server RSS). Every loop is bounded in count and time;
+servers are subprocesses bound to 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -27,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import BenchPrompt, candidates_for, load_average, log, run_clients
-from .tables import fmt_num
+from blender_fast import Ranker
 
-REPO = Path(__file__).resolve().parents[1]
-
+from .common import REPO, BenchPrompt, candidates_for, load_average, log, quiet_libraries
+from .engine import REFERENCE_BATCH_SIZE, load_reference
+from .tables import doc_body, fmt_num, md_table
 
 @dataclass
 class ServeSizes:
@@ -69,24 +66,17 @@ class Request:
         return self.route if self.route.startswith("/") else f"/v1/{self.route}"
 
     def body(self) -> bytes:
-        if self.payload is not None:
-            return json.dumps(self.payload).encode()
-        item = {"input": self.input, "candidates": self.candidates}
-        if self.route == "select":
-            item.update(top_k=1, strategy="tournament")
-        return json.dumps(item).encode()
+        select = {"top_k": 1, "strategy": "tournament"} if self.route == "select" else {}
+        return json.dumps(self.payload or {"input": self.input, "candidates": self.candidates, **select}).encode()
 
 
 def build_requests(prompts: list[BenchPrompt], count: int, seed: int, max_chars: int) -> list[Request]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(count):
-        n = int(rng.integers(4, 13))
-        route = "rank" if rng.random() < 0.5 else "select"
-        p = int(rng.integers(len(prompts)))
-        cands = [c[:max_chars] for c in candidates_for(prompts, p, n)]
-        rows = n * (n - 1) if route == "rank" else 2 * (n - 1)
-        out.append(Request(route, prompts[p].instruction[:max_chars], cands, rows))
+    """`count` requests: a rank or a tournament select, 4-12 candidates, texts clipped to `max_chars`."""
+    rng, out = np.random.default_rng(seed), []
+    for _ in range(count):
+        n, route, p = int(rng.integers(4, 13)), "rank" if rng.random() < 0.5 else "select", int(rng.integers(len(prompts)))
+        out.append(Request(route, prompts[p].instruction[:max_chars], [c[:max_chars] for c in candidates_for(prompts, p, n)],
+                           n * (n - 1) if route == "rank" else 2 * (n - 1)))
     return out
 
 
@@ -98,29 +88,23 @@ class ServerProcess:
     def __init__(self, argv: list[str], name: str, ready_timeout: float = 180.0):
         # The repository first; the caller's PYTHONPATH (if any) after it rather than dropped.
         path = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
-        self.name = name
-        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
-                                     cwd=str(REPO))
-        self.lines: list[str] = []
-        self.url = None
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=str(REPO),
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path})
+        self.name, self.lines, self.url = name, [], None
         end = time.monotonic() + ready_timeout
         while self.url is None and time.monotonic() < end:
             line = self.proc.stderr.readline()
-            if not line:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            self.lines.append(line.rstrip())
-            for word in line.split():
-                if word.startswith("http://"):
-                    self.url = word
+            if line:
+                self.lines.append(line.rstrip())
+                self.url = next((w for w in line.split() if w.startswith("http://")), None)
+            elif self.proc.poll() is not None:
+                break
         if self.url is None:
             self.stop()
             raise RuntimeError(f"{name} did not start: " + "\n".join(self.lines[-20:]))
         threading.Thread(target=self._drain_stderr, daemon=True).start()
-        host, port = self.url[len("http://"):].split(":")
-        self.host, self.port = host, int(port)
+        self.host, port = self.url[len("http://"):].split(":")
+        self.port = int(port)
         for _ in range(int(ready_timeout * 10)):
             if _get(self.host, self.port, "/ready")[0] == 200:
                 break
@@ -139,24 +123,18 @@ class ServerProcess:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
 
     def cpu_s(self) -> float:
-        """CPU seconds the server process has used (all its threads): a measure of work that other
-        jobs on a shared machine disturb far less than wall time."""
+        """CPU seconds of the server (all its threads): work that a shared machine's other jobs disturb far
+        less than wall time."""
         import psutil
 
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return t.user + t.system
+        return sum(psutil.Process(self.proc.pid).cpu_times()[:2])
 
-    def metrics(self) -> dict:
-        status, text = _get(self.host, self.port, "/metrics")
-        out = {}
-        if status != 200:
-            return out
-        for line in text.splitlines():
-            if line.startswith("#") or "{" in line:
-                continue
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-        return out
+    def metrics(self, labelled: str | None = None) -> dict:
+        """/metrics samples without labels, or with labels those of the family named ``labelled``."""
+        lines = _get(self.host, self.port, "/metrics")[1].splitlines()
+        keep = (lambda line: line.startswith(labelled + "{")) if labelled else (lambda line: "{" not in line)
+        return {key: float(value) for key, _, value in (line.rpartition(" ") for line in lines
+                                                        if line and not line.startswith("#") and keep(line))}
 
     def stop(self) -> int | None:
         if self.proc.poll() is None:
@@ -179,9 +157,9 @@ def _get(host, port, path):
         conn = http.client.HTTPConnection(host, port, timeout=30)
         conn.request("GET", path)
         resp = conn.getresponse()
-        body = resp.read().decode()
+        status, body = resp.status, resp.read().decode()
         conn.close()
-        return resp.status, body
+        return status, body
     except OSError:
         return 0, ""
 
@@ -204,10 +182,10 @@ class Connections:
         self.local = threading.local()
 
     def post(self, path: str, body: bytes) -> int:
-        for attempt in range(2):  # a keep-alive connection the server closed: reconnect once
-            conn = getattr(self.local, "conn", None)
-            if conn is None:
-                conn = self.local.conn = http.client.HTTPConnection(self.host, self.port, timeout=300)
+        """The response's status; 0 for no response."""
+        for _ in range(2):  # a keep-alive connection the server closed: reconnect once
+            conn = getattr(self.local, "conn", None) or http.client.HTTPConnection(self.host, self.port, timeout=300)
+            self.local.conn = conn
             try:
                 conn.request("POST", path, body, {"Content-Type": "application/json"})
                 resp = conn.getresponse()
@@ -216,33 +194,31 @@ class Connections:
             except (OSError, http.client.HTTPException):
                 conn.close()
                 self.local.conn = None
-                if attempt:
-                    return 0
         return 0
 
 
 def closed_loop(host, port, requests: list[Request], concurrency: int, seconds: float) -> dict:
-    conns = Connections(host, port)
-    lock = threading.Lock()
-    next_index = [0]
-    outcomes: list[Outcome] = []
+    """`concurrency` clients, each sending its next request when the last is answered, until `requests`
+    or `seconds` run out (every post is bounded too)."""
+    conns, lock, todo, outcomes = Connections(host, port), threading.Lock(), iter(requests), []
     end = time.monotonic() + seconds
 
     def client():
         while time.monotonic() < end:
             with lock:
-                i = next_index[0]
-                if i >= len(requests):
-                    return
-                next_index[0] += 1
-            r = requests[i]
+                r = next(todo, None)
+            if r is None:
+                return
             t0 = time.perf_counter()
             status = conns.post(r.path, r.body())
-            o = Outcome(r.route, status, time.perf_counter() - t0, r.rows)
             with lock:
-                outcomes.append(o)
+                outcomes.append(Outcome(r.route, status, time.perf_counter() - t0, r.rows))
 
-    return summarize(outcomes, run_clients(client, concurrency, seconds + 300))
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        for _ in range(concurrency):
+            pool.submit(client)
+    return summarize(outcomes, time.perf_counter() - t0)
 
 
 def open_loop(host, port, requests: list[Request], rate: float, seconds: float, seed: int,
@@ -295,31 +271,26 @@ def summarize(outcomes: list[Outcome], wall: float) -> dict:
 
 
 def batch_stats(before: dict, after: dict, token_budget: int) -> dict:
-    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in (
-        "blender_fast_batches_total", "blender_fast_forward_passes_total", "blender_fast_tokens_total",
-        "blender_fast_pad_tokens_total", "blender_fast_model_seconds_total")}
-    batches = d["blender_fast_batches_total"] or 1
-    padded = d["blender_fast_tokens_total"] + d["blender_fast_pad_tokens_total"]
-    return {"batches": int(d["blender_fast_batches_total"]), "rows_per_batch": d["blender_fast_forward_passes_total"] / batches,
-            "batch_fill": padded / batches / token_budget, "pad_fraction": d["blender_fast_pad_tokens_total"] / padded if padded else 0.0,
-            "model_s": d["blender_fast_model_seconds_total"]}
+    """The server's batching between two /metrics snapshots."""
+    d = {k: after.get(f"blender_fast_{k}_total", 0.0) - before.get(f"blender_fast_{k}_total", 0.0)
+         for k in ("batches", "forward_passes", "tokens", "pad_tokens", "model_seconds")}
+    batches, padded = d["batches"] or 1, d["tokens"] + d["pad_tokens"]
+    return {"batches": int(d["batches"]), "rows_per_batch": d["forward_passes"] / batches,
+            "batch_fill": padded / batches / token_budget, "pad_fraction": d["pad_tokens"] / padded if padded else 0.0,
+            "model_s": d["model_seconds"]}
 
 
 # -- the llm-blender baseline: a minimal HTTP handler ----------------------------------------------
 
 def reference_server_main(argv: list[str]) -> int:
     """`python -m benchmarks.serve reference CKPT`: llm-blender behind http.server, one request at a time."""
-    import logging
-    import warnings
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    warnings.filterwarnings("ignore")
-    logging.getLogger().setLevel(logging.ERROR)
     import torch
 
-    torch.set_num_threads(int(argv[1]) if len(argv) > 1 else 1)
-    from .engine import REFERENCE_BATCH_SIZE, load_reference
+    quiet_libraries()
 
+    torch.set_num_threads(int(argv[1]) if len(argv) > 1 else 1)
     blender, _ = load_reference(argv[0], "cpu")
     lock = threading.Lock()
 
@@ -359,8 +330,7 @@ def reference_server_main(argv: list[str]) -> int:
 
 def _offline(ranker, requests: list[Request]) -> dict:
     """The ceiling: every request's work in two calls (ranks, then tournament selects), in-process."""
-    ranks = [r for r in requests if r.route == "rank"]
-    sels = [r for r in requests if r.route == "select"]
+    ranks, sels = ([r for r in requests if r.route == route] for route in ("rank", "select"))
     t0, cpu0 = time.perf_counter(), time.process_time()
     if ranks:
         ranker.rank([r.input for r in ranks], [r.candidates for r in ranks])
@@ -372,23 +342,15 @@ def _offline(ranker, requests: list[Request]) -> dict:
             "cpu_ms_per_pair": 1000 * cpu / rows}
 
 
-def _merge_offline(runs: list[dict]) -> dict:
-    rows, wall, cpu = (sum(r[k] for r in runs) for k in ("rows", "wall_s", "cpu_s"))
-    return {"rows": rows, "wall_s": wall, "pairs_per_s": rows / wall, "cpu_ms_per_pair": 1000 * cpu / rows}
-
-
 def _merge_runs(runs: list[dict]) -> dict:
     """One level's rounds as one run: counts and times summed, latencies pooled."""
     outcomes = [o for r in runs for o in r["outcomes"]]
     out = summarize(outcomes, sum(r["wall_s"] for r in runs))
     ok_rows = sum(o.rows for o in outcomes if o.status == 200)
-    batches = sum(r["batches"] for r in runs) or 1
-    out.update(rounds=len(runs), cpu_s=sum(r["cpu_s"] for r in runs),
-               cpu_ms_per_pair=1000 * sum(r["cpu_s"] for r in runs) / max(ok_rows, 1),
-               batches=batches, model_s=sum(r["model_s"] for r in runs),
-               rows_per_batch=sum(r["rows_per_batch"] * r["batches"] for r in runs) / batches,
-               batch_fill=sum(r["batch_fill"] * r["batches"] for r in runs) / batches,
-               pad_fraction=sum(r["pad_fraction"] * r["batches"] for r in runs) / batches)
+    batches, cpu = sum(r["batches"] for r in runs) or 1, sum(r["cpu_s"] for r in runs)
+    out.update(rounds=len(runs), cpu_s=cpu, cpu_ms_per_pair=1000 * cpu / max(ok_rows, 1), batches=batches,
+               model_s=sum(r["model_s"] for r in runs),
+               **{k: sum(r[k] * r["batches"] for r in runs) / batches for k in ("rows_per_batch", "batch_fill", "pad_fraction")})
     return out
 
 
@@ -398,24 +360,24 @@ def _tournament_latency(ranker, server: ServerProcess, prompts, repeats: int, ma
     cands = [c[:max_chars] for c in candidates_for(prompts, 0, 12)]
     req = Request("select", inp, cands, 22)
     conns = Connections(server.host, server.port)
-    off, srv = [], []
-    for _ in range(repeats):
+
+    def wall(fn):
         time.sleep(0.1)
         t0 = time.perf_counter()
-        ranker.select([inp], [cands], top_k=1, strategy="tournament")
-        off.append(time.perf_counter() - t0)
-        time.sleep(0.1)
-        t0 = time.perf_counter()
-        assert conns.post(req.path, req.body()) == 200
-        srv.append(time.perf_counter() - t0)
+        fn()
+        return time.perf_counter() - t0
+
+    def post():
+        if conns.post(req.path, req.body()) != 200:
+            raise RuntimeError("the server failed a best-of-12 tournament request")
+
+    off, srv = zip(*((wall(lambda: ranker.select([inp], [cands], top_k=1, strategy="tournament")), wall(post))
+                     for _ in range(repeats)))
     return {"offline_ms": float(np.median(off)) * 1000, "server_ms": float(np.median(srv)) * 1000,
             "ratio": float(np.median(srv) / np.median(off)), "repeats": repeats}
 
 
-def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, seed: int = 0,
-                      reference: bool = True) -> dict:
-    from blender_fast import Ranker
-
+def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, seed: int = 0) -> dict:
     sz = QUICK if quick else ServeSizes()
     ranker = Ranker.from_pretrained(ckpt, threads=sz.threads)
     res: dict = {"settings": {**sz.__dict__, "token_budget": ranker.token_budget}, "closed_loop": [],
@@ -454,14 +416,13 @@ def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, see
                     runs[kind].append(row)
                 # The ceiling on the same requests, in between.
                 offline_runs.append(_offline(ranker, reqs))
-            offline = _merge_offline(offline_runs)
+            rows, wall, cpu = (sum(r[k] for r in offline_runs) for k in ("rows", "wall_s", "cpu_s"))
             for kind in kinds:
                 row = _merge_runs(runs[kind])
                 row.update(server=kind, concurrency=c, rss_mb=servers[kind].rss_mb(),
-                           offline_pairs_per_s=offline["pairs_per_s"], offline_cpu_ms_per_pair=offline["cpu_ms_per_pair"])
+                           offline_pairs_per_s=rows / wall, offline_cpu_ms_per_pair=1000 * cpu / rows)
                 res["closed_loop"].append(row)
-        best = max((r for r in res["closed_loop"] if r["server"] == "batching"), key=lambda r: r["requests_per_s"])
-        capacity = best["requests_per_s"]
+        capacity = max(r["requests_per_s"] for r in res["closed_loop"] if r["server"] == "batching")
         srv = servers["batching"]
         for k, frac in enumerate(sz.poisson_fractions):
             log(f"serve: open loop, {frac:.2f} x capacity ({capacity * frac:.1f} requests/s)")
@@ -483,39 +444,35 @@ def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, see
         before = srv.metrics()
         row = open_loop(srv.host, srv.port, pool_requests, capacity * sz.overload_factor, sz.overload_seconds, seed + 99,
                         rss=srv.rss_mb)
-        m = srv.metrics()
         # Every request sent must get exactly one response: the server's count of answered requests
         # equals the client's, and none is missing (status 0 = no response on the connection).
-        row["server_counted"] = sum(_labelled(srv).values())
-        row["lost"] = row["sent"] - sum(n for s, n in row["statuses"].items() if s != "0")
-        row.update(**batch_stats(before, m, ranker.token_budget))
-        res["overload"] = row
-        res["overload"]["exit_code"] = srv.stop()
-        servers.clear()
+        row.update(server_counted=sum(srv.metrics("blender_fast_requests_total").values()),
+                   lost=row["sent"] - sum(n for s, n in row["statuses"].items() if s != "0"),
+                   **batch_stats(before, srv.metrics(), ranker.token_budget))
+        res["overload"] = {**row, "exit_code": servers.pop("overload").stop()}
 
-        if reference:
-            try:
-                log("serve: llm-blender behind a minimal HTTP handler")
-                srv = servers["llm-blender"] = ServerProcess(
-                    [sys.executable, "-m", "benchmarks.serve", "reference", str(ckpt), str(sz.threads)],
-                    "llm-blender reference server", ready_timeout=300)
-                reqs = pool_requests[:sz.reference_requests]
-                for c in (1, 16):
-                    log(f"serve: closed loop, llm-blender, concurrency {c}, {len(reqs)} requests")
-                    cpu0 = srv.cpu_s()
-                    row = closed_loop(srv.host, srv.port, reqs, c, sz.level_seconds * 2)
-                    cpu = srv.cpu_s() - cpu0
-                    # llm-blender ranks all n(n-1) pairs for a select too: count the rows it really ran.
-                    done = reqs[:row["ok"]]
-                    row["pairs_per_s_run"] = sum(len(r.candidates) * (len(r.candidates) - 1) for r in done) / row["wall_s"]
-                    offline = _offline(ranker, done or reqs[:1])
-                    row.update(server="llm-blender 0.0.2 (http.server, batch_size=8)", concurrency=c,
-                               rss_mb=srv.rss_mb(), offline_pairs_per_s=offline["pairs_per_s"],
-                               offline_cpu_ms_per_pair=offline["cpu_ms_per_pair"],
-                               cpu_ms_per_pair=1000 * cpu / max(sum(r.rows for r in done), 1))
-                    res["closed_loop"].append(row)
-            except Exception as e:  # noqa: BLE001  (the baseline is optional: say why it is missing)
-                res["reference_error"] = f"{type(e).__name__}: {e}"
+        try:
+            log("serve: llm-blender behind a minimal HTTP handler")
+            srv = servers["llm-blender"] = ServerProcess(
+                [sys.executable, "-m", "benchmarks.serve", "reference", str(ckpt), str(sz.threads)],
+                "llm-blender reference server", ready_timeout=300)
+            reqs = pool_requests[:sz.reference_requests]
+            for c in (1, 16):
+                log(f"serve: closed loop, llm-blender, concurrency {c}, {len(reqs)} requests")
+                cpu0 = srv.cpu_s()
+                row = closed_loop(srv.host, srv.port, reqs, c, sz.level_seconds * 2)
+                cpu = srv.cpu_s() - cpu0
+                # llm-blender ranks all n(n-1) pairs for a select too: count the rows it really ran.
+                done = reqs[:row["ok"]]
+                row["pairs_per_s_run"] = sum(len(r.candidates) * (len(r.candidates) - 1) for r in done) / row["wall_s"]
+                offline = _offline(ranker, done or reqs[:1])
+                row.update(server="llm-blender 0.0.2 (http.server, batch_size=8)", concurrency=c,
+                           rss_mb=srv.rss_mb(), offline_pairs_per_s=offline["pairs_per_s"],
+                           offline_cpu_ms_per_pair=offline["cpu_ms_per_pair"],
+                           cpu_ms_per_pair=1000 * cpu / max(sum(r.rows for r in done), 1))
+                res["closed_loop"].append(row)
+        except Exception as e:  # noqa: BLE001  (the baseline is optional: say why it is missing)
+            res["reference_error"] = f"{type(e).__name__}: {e}"
     finally:
         for s in servers.values():
             s.stop()
@@ -525,67 +482,54 @@ def run_serve_section(ckpt, prompts: list[BenchPrompt], quick: bool = False, see
     return res
 
 
-def _labelled(srv: ServerProcess) -> dict:
-    """blender_fast_requests_total samples by (route, status)."""
-    status, text = _get(srv.host, srv.port, "/metrics")
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("blender_fast_requests_total{"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
-
-
 # -- report ----------------------------------------------------------------------------------------
 
 def _f(x, digits=1):  # the report's one number format (tables.fmt_num), one decimal by default
     return fmt_num(x, digits)
 
 
+def _ms(r, route):
+    return " / ".join(_f(r.get(f"{route}_{p}_ms"), 0) for p in ("p50", "p95", "p99"))
+
+
 def serve_md(res: dict) -> list[str]:
-    md = ["## Serving under load (`blender-fast serve`)", "",
-          __doc__.split("\n\n")[1].strip(), "",
+    md = ["## Serving under load (`blender-fast serve`)", "", doc_body(__doc__), "",
           f"Load average at start {res.get('load_average_start')}, at end {res.get('load_average_end')} "
           "(a shared machine: other jobs ran at the same time). Server: `" + res.get("startup_line", "") + "`", "",
-          "### Closed loop (each client sends its next request when the last one is answered)", "",
-          "| server | clients | requests ok | pairs/s | offline pairs/s (same requests) | % of offline | req/s | "
-          "rank p50 / p95 / p99 ms | select p50 / p95 / p99 ms | rows per batch | batch fill | pad % | "
-          "CPU ms per pair (offline) | server RSS MB |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in res["closed_loop"]:
-        pct = 100 * r["pairs_per_s"] / r["offline_pairs_per_s"] if r.get("offline_pairs_per_s") else None
-        md.append(f"| {r['server']} | {r['concurrency']} | {r['ok']}/{r['requests']} | {_f(r['pairs_per_s'])} | "
-                  f"{_f(r.get('offline_pairs_per_s'))} | {_f(pct, 0)} | {_f(r['requests_per_s'], 2)} | "
-                  f"{_f(r.get('rank_p50_ms'), 0)} / {_f(r.get('rank_p95_ms'), 0)} / {_f(r.get('rank_p99_ms'), 0)} | "
-                  f"{_f(r.get('select_p50_ms'), 0)} / {_f(r.get('select_p95_ms'), 0)} / {_f(r.get('select_p99_ms'), 0)} | "
-                  f"{_f(r.get('rows_per_batch'))} | {_f(r.get('batch_fill'), 2)} | "
-                  f"{_f(100 * r['pad_fraction'] if 'pad_fraction' in r else None)} | "
-                  f"{_f(r.get('cpu_ms_per_pair'), 2)} ({_f(r.get('offline_cpu_ms_per_pair'), 2)}) | {_f(r.get('rss_mb'), 0)} |")
+          "### Closed loop (each client sends its next request when the last one is answered)", ""]
+    md += md_table(["server", "clients", "requests ok", "pairs/s", "offline pairs/s (same requests)", "% of offline",
+                    "req/s", "rank p50 / p95 / p99 ms", "select p50 / p95 / p99 ms", "rows per batch", "batch fill",
+                    "pad %", "CPU ms per pair (offline)", "server RSS MB"],
+                   [[r["server"], r["concurrency"], f"{r['ok']}/{r['requests']}", _f(r["pairs_per_s"]),
+                     _f(r.get("offline_pairs_per_s")),
+                     _f(100 * r["pairs_per_s"] / r["offline_pairs_per_s"] if r.get("offline_pairs_per_s") else None, 0),
+                     _f(r["requests_per_s"], 2), _ms(r, "rank"), _ms(r, "select"), _f(r.get("rows_per_batch")),
+                     _f(r.get("batch_fill"), 2), _f(100 * r["pad_fraction"] if "pad_fraction" in r else None),
+                     f"{_f(r.get('cpu_ms_per_pair'), 2)} ({_f(r.get('offline_cpu_ms_per_pair'), 2)})",
+                     _f(r.get("rss_mb"), 0)] for r in res["closed_loop"]])
     if res.get("reference_error"):
-        md += ["", f"llm-blender baseline not measured: {res['reference_error']}"]
-    md += ["", "The llm-blender rows count pairs/s of the requests' own pairs (a tournament select's 2(n-1)); "
-           "it ranks all n(n-1) pairs for every request.", "",
-           "### Open loop (Poisson arrivals)", "",
-           "| offered req/s | x capacity | sent | ok | statuses | pairs/s | all p50 / p95 / p99 ms | rows per batch | pad % |",
-           "|---|---|---|---|---|---|---|---|---|"]
-    for r in res["poisson"]:
-        md.append(f"| {_f(r['offered_rate'], 1)} | {r['fraction']:.2f} | {r['sent']} | {r['ok']} | {r['statuses']} | "
-                  f"{_f(r['pairs_per_s'])} | {_f(r.get('all_p50_ms'), 0)} / {_f(r.get('all_p95_ms'), 0)} / "
-                  f"{_f(r.get('all_p99_ms'), 0)} | {_f(r.get('rows_per_batch'))} | {_f(100 * r['pad_fraction'])} |")
-    o = res.get("overload")
+        md += [f"llm-blender baseline not measured: {res['reference_error']}", ""]
+    md += ["The llm-blender rows count pairs/s of the requests' own pairs (a tournament select's 2(n-1)); "
+           "it ranks all n(n-1) pairs for every request.", "", "### Open loop (Poisson arrivals)", ""]
+    md += md_table(["offered req/s", "x capacity", "sent", "ok", "statuses", "pairs/s", "all p50 / p95 / p99 ms",
+                    "rows per batch", "pad %"],
+                   [[_f(r["offered_rate"]), f"{r['fraction']:.2f}", r["sent"], r["ok"], r["statuses"],
+                     _f(r["pairs_per_s"]), _ms(r, "all"), _f(r.get("rows_per_batch")), _f(100 * r["pad_fraction"])]
+                    for r in res["poisson"]])
+    o, st = res.get("overload"), res["settings"]
     if o:
-        md += ["", f"### Overload: {res['settings']['overload_factor']:.0f}x capacity for "
-               f"{res['settings']['overload_seconds']} s, --max-queued-pairs {res['settings']['overload_queue_pairs']}", "",
+        md += [f"### Overload: {st['overload_factor']:.0f}x capacity for {st['overload_seconds']} s, "
+               f"--max-queued-pairs {st['overload_queue_pairs']}", "",
                f"Sent {o['sent']}, answered {o['requests']} ({o['statuses']}), unanswered {o['unanswered']}, lost "
                f"{o['lost']}. Server RSS {_f(o.get('rss_mb_first'), 0)} MB at the start, max "
-               f"{_f(o.get('rss_mb_max'), 0)}, {_f(o.get('rss_mb_last'), 0)} at the end (after a warm-up); exit code after SIGTERM "
-               f"{o.get('exit_code')}."]
+               f"{_f(o.get('rss_mb_max'), 0)}, {_f(o.get('rss_mb_last'), 0)} at the end (after a warm-up); exit code "
+               f"after SIGTERM {o.get('exit_code')}.", ""]
     t = res.get("tournament_latency")
     if t:
-        md += ["", "### Best-of-12 tournament, one request at a time", "",
+        md += ["### Best-of-12 tournament, one request at a time", "",
                f"Offline `Ranker.select` {t['offline_ms']:.1f} ms, through the server {t['server_ms']:.1f} ms "
-               f"(median of {t['repeats']}): {t['ratio']:.2f}x."]
-    return md + [""]
+               f"(median of {t['repeats']}): {t['ratio']:.2f}x.", ""]
+    return md
 
 
 def serve_plot(res: dict, out: Path) -> str | None:
@@ -620,8 +564,8 @@ def serve_plot(res: dict, out: Path) -> str | None:
     ax2.axhline(100, color="k", lw=0.8, ls="--")
     ax2.set(xlabel="concurrent clients", ylabel="% of the offline engine's pairs/s", xscale="log",
             title="throughput vs offline, same rounds")
-    ax2.set_xticks(sorted({r["concurrency"] for r in res["closed_loop"]}))
-    ax2.set_xticklabels([str(c) for c in sorted({r["concurrency"] for r in res["closed_loop"]})])
+    clients = sorted({r["concurrency"] for r in res["closed_loop"]})
+    ax2.set_xticks(clients, [str(c) for c in clients])
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "serve.png", dpi=110)

@@ -1,18 +1,20 @@
-"""Markdown helpers shared by the benchmark reports (report.py and the sections that render their own
-tables, e.g. ray_scaling.py): number formatting, tables, method notes from docstrings."""
+"""Markdown helpers of the benchmark reports: number formatting, tables, method notes from docstrings."""
 from __future__ import annotations
 
 
 def fmt_num(x, digits=2, pct=False) -> str:
     """A number with fixed digits (as a percentage of 1 with ``pct``); None and NaN print as a dash,
     strings pass through."""
-    if x is None:
-        return "—"
     if isinstance(x, str):
         return x
-    if x != x:  # NaN
+    if x is None or x != x:  # NaN
         return "—"
     return f"{100 * x:.{digits}f}" if pct else f"{x:.{digits}f}"
+
+
+def fmt_times(x) -> str:
+    """A ratio with its × sign (a dash when there is none)."""
+    return fmt_num(x) + ("×" if x else "")
 
 
 def fmt_count(x) -> str:

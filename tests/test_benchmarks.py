@@ -155,7 +155,7 @@ def test_frontier_numbers(quick_results):
 
 
 def test_engines_argument():
-    """--engines / --gate-variants: BACKEND:PRECISION pairs from the package's vocabulary, named when wrong."""
+    """--engines: BACKEND:PRECISION pairs from the package's vocabulary, named when wrong."""
     from benchmarks.__main__ import engines_argument
 
     assert engines_argument(None) is None
@@ -163,3 +163,16 @@ def test_engines_argument():
         ("blender-fast onnx fp32", "ours", "onnx", "fp32"), ("blender-fast openvino bf16", "ours", "openvino", "bf16")]
     with pytest.raises(SystemExit, match="'onnx:fp8'"):
         engines_argument("onnx:fp8")
+
+
+def test_coldstart_section(tiny_checkpoint):
+    """Both engines start cold from the hub stand-in in fresh interpreters; ours never imports torch."""
+    require("llm_blender")
+    from benchmarks.coldstart import coldstart_md, run_coldstart_section
+
+    res = run_coldstart_section(tiny_checkpoint)
+    assert set(res["runs"]) == {"llm-blender", "blender-fast"}
+    for name, (run,) in res["runs"].items():
+        assert run["wall_s"] > 0 and run["peak_rss_mb"] > 50 and run["hub_requests"] > 0, (name, run)
+    assert res["runs"]["llm-blender"][0]["torch_imported"] and not res["runs"]["blender-fast"][0]["torch_imported"]
+    assert "| blender-fast |" in "\n".join(coldstart_md(res))

@@ -5,8 +5,7 @@ of the full rankings, Kendall's tau of the rankings (tau-b, per prompt, mean and
 |pair logit difference| relative to the spread (std) of the fp32 pair logits. Only a variant with
 top-1 >= 99% and mean tau >= 0.98 passes; ``precision="auto"`` picks among passing variants only.
 Records are cached per checkpoint (see autoselect.py), so the gate runs once per checkpoint and machine:
-``run_gate`` measures and writes them; ``blender-fast gate`` (cli.py) and ``python -m benchmarks --sections
-agreement`` both call it. The thresholds and the gate's size are defined here and nowhere else.
+``run_gate`` measures and writes them; ``blender-fast gate`` (cli.py) calls it. The thresholds and the gate's size are defined here and nowhere else.
 """
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ OnnxPairModel = OnnxModel  # its old name (CHANGELOG)
 
 
 # What stays in fp32 when the rest of the model runs in bf16, by default. Decided by measurement
-# (benchmarks agreement section, docs/performance.md, "The agreement gate"): on the conditioned tiny
+# (docs/performance.md, "The agreement gate"): on the conditioned tiny
 # checkpoint (100 prompts x 12) the head is the island the gate needs (all-bf16: tau 0.980, min 0.40, fails;
 # fp32 head: tau 0.986, passes; layer norms alone change nothing there). On the 12-layer xsmall shape fp32
 # layer norms halved the error (max |dlogit| 1.76 -> 1.00 x the logit std, unconditioned) at no measurable

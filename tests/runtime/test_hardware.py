@@ -16,17 +16,41 @@ CANDS = [["Rayleigh scattering sends blue light everywhere.", "Because it is.", 
          ["Boil water, add the egg, wait 8 minutes.", "Microwave it.", "Eggs are laid by hens.", "Put it in water."]]
 
 
-@pytest.fixture(scope="module")
-def conditioned_tiny(tiny_checkpoint, tmp_path_factory):
-    """The tiny checkpoint with selective attention (benchmarks/agreement.py), where bf16 is meaningful."""
-    require("safetensors")
+def conditioned_checkpoint(base, out, qk_gain: float = 3.0):
+    """A copy of ``base`` whose attention is selective, as in trained models: query/key projections x qk_gain,
+    the head rescaled to pair-logit std 1. A random-weight checkpoint's prefix states barely depend on the
+    text, so the generator scales its head by 140 (xsmall) to 3200 (tiny), which amplifies any rounding as
+    much: bf16 would look hopeless whatever it is (docs/performance.md, "The agreement gate")."""
     import shutil
 
-    from benchmarks.agreement import conditioned_checkpoint
+    import torch
+    from safetensors.torch import load_file, save_file
 
-    base = tmp_path_factory.mktemp("cond") / "tiny"
-    shutil.copytree(tiny_checkpoint, base)
-    return conditioned_checkpoint(base, 3.0)
+    from blender_fast.model.checkpoint import load_checkpoint
+    from blender_fast.model.export import build_torch_model, sample_batch
+    from blender_fast.model.tokenization import build_pair_tokenizer
+
+    shutil.copytree(base, out)
+    weights = out / "model.safetensors"
+    state = load_file(str(weights))
+    for k in state:
+        if ".attention.self.query_proj." in k or ".attention.self.key_proj." in k:
+            state[k] = state[k] * qk_gain
+    ckpt = load_checkpoint(out)
+    ids, mask, pos = sample_batch(build_pair_tokenizer(ckpt), ckpt)
+    with torch.no_grad():
+        std = float(build_torch_model(ckpt, state)(torch.from_numpy(ids), torch.from_numpy(mask),
+                                                   torch.from_numpy(pos)).std())
+    state["head_layer.4.weight"] = state["head_layer.4.weight"] / std  # the logit is linear in it
+    save_file(state, str(weights), metadata={"format": "pt"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def conditioned_tiny(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint with selective attention (conditioned_checkpoint), where bf16 is meaningful."""
+    require("safetensors")
+    return conditioned_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("cond") / "tiny-qk3")
 
 
 def test_kendall_tau():
