@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .synthetic.demo import local_model, resolve_model
-from .serve.startup import startup_line  # noqa: F401  (the ranker's line: rank, fuse and serve print it)
+from .runtime.loading import ranker_details, startup_line
 from .options import check_top_k_fits, resolve_device
 from .options import (MAX_BUDGET, MAX_SEED, MAX_TOP_K, ORDERS, POLICIES, STRATEGIES, HelpFormatter,
                       add_engine_options, int_argument)
@@ -464,7 +464,6 @@ def _device(args) -> str:
 
 def _load_ranker(args):
     from .ranker import Ranker
-    from .serve.startup import ranker_details
 
     precision = "int8" if args.int8 else args.precision
     ranker = Ranker.from_pretrained(resolve_model(args.model), backend=args.backend, device=_device(args),

@@ -57,3 +57,31 @@ def load_model(spec, backend: str, precision: str | None, device: str, threads=N
         loaded.exact_model, loaded.cascade = models[0], cascade
         info["cascade"] = {"fast": f"{cascade['backend']} {cascade['precision']}", "eps": cascade["eps"]}
     return loaded
+
+
+_BACKEND_NAMES = {"onnx": "ONNX Runtime", "torch": "PyTorch", "openvino": "OpenVINO"}
+
+
+def startup_line(d: dict) -> str:
+    """What runs and why, in a few plain words, from ``Ranker.describe()`` (its ``reason`` is the full
+    story, for --verbose): e.g. "ranker: ONNX Runtime fp32 on CPU (exact; no faster certified path on
+    this CPU)". rank, fuse and serve print it; it lives beside the reason it condenses, so the CLI prints
+    it without importing serve/."""
+    device = str(d.get("device") or "cpu")
+    device = device.upper() if device in ("cpu", "cuda") else device
+    reason = str(d.get("reason") or "")
+    if reason.startswith("certified cascade"):
+        why = "certified cascade: fp32's answers, with a fast first pass"
+    elif "passed the agreement gate" in reason:
+        why = "faster, and passed the agreement gate for this checkpoint"
+    elif reason.startswith("exact fp32"):
+        why = f"exact; no faster certified path on this {device}"
+    else:
+        why = "as asked"
+    return f"ranker: {_BACKEND_NAMES.get(d.get('backend'), d.get('backend'))} {d.get('precision')} on {device} ({why})"
+
+
+def ranker_details(d: dict) -> str:
+    """--verbose: the backend, the CPU, its ISA and auto-selection's whole reason, from ``Ranker.describe()``."""
+    return (f"{d['backend']} {d['precision']} on {d['device']} ({d['cpu_model']}; {', '.join(d['isa'])}): "
+            f"{d['reason']}")
