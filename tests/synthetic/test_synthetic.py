@@ -524,3 +524,50 @@ def test_make_checkpoint_fuser_prints_no_third_party_notice(tmp_path):
     assert (tmp_path / "fuser" / "tokenizer.json").is_file()
     assert "add_prefix_space" not in out.stderr + out.stdout
     assert "wrote fuser checkpoint" in out.stdout + out.stderr
+
+
+def test_statement_nodes_are_ast_walks_docstring_owners_in_its_order():
+    """The pruned walk the demo tokenizer's corpus is read with (synthetic/tokenizer.statement_nodes) finds
+    the same modules, classes and functions as ast.walk, in the same order (the word counts, and so the
+    trained tokenizer, depend on it): nested defs under if/try/except/with/match/class, and a lambda and a
+    comprehension (expressions, which hold no statements), plus a slice of the standard library."""
+    import ast
+    import sysconfig
+    from pathlib import Path
+
+    from blender_fast.synthetic.tokenizer import statement_nodes
+
+    owners = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    source = '''
+"""m"""
+if True:
+    def a():
+        """a"""
+        f = lambda: [x for x in ()]
+        class B:
+            """B"""
+            async def c(self):
+                """c"""
+try:
+    def d():
+        """d"""
+except Exception:
+    def e():
+        """e"""
+finally:
+    with open("x") as f:
+        def g():
+            """g"""
+match 1:
+    case 1:
+        def h():
+            """h"""
+'''
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    trees = [ast.parse(source)] + [ast.parse(p.read_bytes()) for p in sorted(stdlib.glob("*.py"))[:40]]
+    for tree in trees:
+        walked = [n for n in ast.walk(tree) if isinstance(n, owners)]
+        pruned = [n for n in statement_nodes(tree) if isinstance(n, owners)]
+        assert pruned == walked
+    found = {ast.get_docstring(n) for n in statement_nodes(trees[0]) if isinstance(n, owners)}
+    assert found == set("madBcegh")
