@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -205,10 +204,8 @@ def export_onnx(ckpt, out_dir: Path, precision: str = "fp32", tok: PairTokenizer
         except UnsupportedGraph as e:
             _torch_fallback(ckpt, e)
     if made is None:
-        # int8: the torch maker runs onnxruntime's quantize_dynamic, whose root-logger lines are kept, not printed
-        with quantizer_log_captured() if precision == "int8" else nullcontext():
-            made = (kind.make(ckpt, out_dir, precision, tok=tok, rewrite_attention=rewrite_attention)
-                    if ckpt.kind == "pair" else kind.make(ckpt, out_dir, precision))
+        made = (kind.make(ckpt, out_dir, precision, tok=tok, rewrite_attention=rewrite_attention)
+                if ckpt.kind == "pair" else kind.make(ckpt, out_dir, precision))
     where = Path(final_dir or out_dir) / "model.onnx"
     got = run_exported(out_dir / "model.onnx", made["feeds"])
     # A built fp32 graph has no torch to hold it to: its own outputs, checked for NaN/inf.
@@ -223,31 +220,6 @@ def export_onnx(ckpt, out_dir: Path, precision: str = "fp32", tok: PairTokenizer
             cache.MANIFEST_FILES_KEY: cache.record_files(out_dir, exclude=(EXPORT_META,))}
     (out_dir / EXPORT_META).write_text(json.dumps(meta, indent=1))
     return report
-
-
-@contextmanager
-def quantizer_log_captured():
-    """Root-logger records inside the block are kept, not printed (issue 28: a successful export prints no
-    third-party lines). ONNX Runtime's quantize_dynamic logs "Inference failed or unsupported type to quantize
-    for tensor ..." with the tensor's type in protobuf text (a dozen lines) for each tensor whose type shape
-    inference left open: such a tensor simply stays fp32, and the check against torch measures the result."""
-    import logging
-
-    root = logging.getLogger()
-    kept = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            kept.append(record)
-
-    saved_handlers, saved_level = root.handlers[:], root.level
-    # A handler of our own: logging.warning() would otherwise install a stderr one (basicConfig).
-    root.handlers[:] = [Keep()]
-    try:
-        yield kept
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
 
 
 def run_exported(onnx_path: Path, feeds: dict) -> np.ndarray:
